@@ -1,0 +1,158 @@
+//! Document records and patch operations as they travel (spec §6).
+//!
+//! A document is a tree under an implicit document node with id 0. A snapshot lists the
+//! document's descendants in preorder; each element record says how many child records follow
+//! it, so the tree shape needs no ids. Node ids are assigned implicitly: the n-th record of an
+//! epoch's snapshot gets id n (starting at 1), and each node a later `Insert` creates takes the
+//! next id. Ids are never reused within an epoch (spec §6.1).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Sym, wire_enum};
+
+/// A node id (spec §6.1): 0 is the document node; others are assigned by the consumer in the
+/// order nodes are created within the epoch. Encoded as a varint.
+pub type NodeId = u64;
+
+/// The id of the document node.
+pub const DOCUMENT_ID: NodeId = 0;
+
+wire_enum! {
+    /// The namespace of an element (spec §6.2).
+    pub enum Ns {
+        /// The HTML namespace.
+        Html = 0,
+        /// The SVG namespace.
+        Svg = 1,
+        /// The MathML namespace.
+        MathMl = 2,
+    }
+}
+
+/// One attribute of an element record: name then value (spec §6.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Attr {
+    /// The qualified attribute name (`class`, `xlink:href`).
+    pub name: Sym,
+    /// The attribute value.
+    pub value: Sym,
+}
+
+/// One node of a preorder tree listing (spec §6.2).
+///
+/// Layout: varint variant, then the fields in order.
+/// `0 Element { ns: varint, name: Sym, attrs: varint n × Attr, children: varint }`,
+/// `1 Text { text: Sym }`, `2 Comment { text: Sym }`,
+/// `3 Doctype { name: Sym, public_id: Sym, system_id: Sym }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum NodeRecord {
+    /// An element; `children` records of its subtree's children follow (each with its own
+    /// descendants) before the element's next sibling.
+    Element {
+        /// Namespace.
+        ns: Ns,
+        /// Local tag name, lower case for HTML.
+        name: Sym,
+        /// Attributes in document order.
+        attrs: Vec<Attr>,
+        /// Number of child nodes.
+        children: u32,
+    },
+    /// A text node.
+    Text {
+        /// The text.
+        text: Sym,
+    },
+    /// A comment.
+    Comment {
+        /// The comment's text.
+        text: Sym,
+    },
+    /// A document type declaration; only as a child of the document.
+    Doctype {
+        /// `html` for HTML5 documents.
+        name: Sym,
+        /// Public identifier, usually empty.
+        public_id: Sym,
+        /// System identifier, usually empty.
+        system_id: Sym,
+    },
+}
+
+/// One edit of a text (spec §6.5): keep `keep` bytes, delete `delete` bytes, insert `insert`.
+/// Offsets count UTF-8 bytes and MUST fall on character boundaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct TextEdit {
+    /// Bytes to copy unchanged from the old text.
+    pub keep: u32,
+    /// Bytes of the old text to skip.
+    pub delete: u32,
+    /// Text to insert.
+    pub insert: String,
+}
+
+/// One operation of a patch (spec §6.5). Operations apply in order; each refers to nodes as
+/// the tree is after the operations before it.
+///
+/// `prev` positions a node after the sibling `prev` under `parent`, or first when `prev` is 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum PatchOp {
+    /// `0`: insert new subtrees (a preorder listing of one or more siblings) under `parent`
+    /// after `prev`; the new nodes take the next ids in preorder.
+    Insert {
+        /// The parent node.
+        parent: NodeId,
+        /// The preceding sibling, or 0 to insert first.
+        prev: NodeId,
+        /// The new nodes in preorder.
+        nodes: Vec<NodeRecord>,
+    },
+    /// `1`: remove a node and its subtree; their ids are retired.
+    Remove {
+        /// The node to remove.
+        node: NodeId,
+    },
+    /// `2`: move a node (with its subtree) under `parent` after `prev`.
+    Move {
+        /// The node to move.
+        node: NodeId,
+        /// The new parent.
+        parent: NodeId,
+        /// The preceding sibling at the new place, or 0 to move it first.
+        prev: NodeId,
+    },
+    /// `3`: set an attribute, appending it if the element lacks it.
+    SetAttr {
+        /// The element.
+        node: NodeId,
+        /// Attribute name.
+        name: Sym,
+        /// New value.
+        value: Sym,
+    },
+    /// `4`: remove an attribute if present.
+    RemoveAttr {
+        /// The element.
+        node: NodeId,
+        /// Attribute name.
+        name: Sym,
+    },
+    /// `5`: replace the text of a text or comment node.
+    SetText {
+        /// The text or comment node.
+        node: NodeId,
+        /// The new text.
+        text: Sym,
+    },
+    /// `6`: edit the text of a text or comment node.
+    EditText {
+        /// The text or comment node.
+        node: NodeId,
+        /// Edits applied left to right; the rest of the old text is kept.
+        edits: Vec<TextEdit>,
+    },
+}
