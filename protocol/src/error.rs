@@ -61,6 +61,16 @@ pub enum DecodeError {
         /// What is wrong with it.
         detail: &'static str,
     },
+    /// A string reference names an entry its table does not hold (spec §5.1).
+    #[error("{field}: the {table} string table has no entry {index}")]
+    BadStringRef {
+        /// The field holding the reference.
+        field: &'static str,
+        /// Which table: `static` or `dynamic`.
+        table: &'static str,
+        /// The index the reference carried.
+        index: u32,
+    },
     /// A critical frame type (even number) that this receiver does not know (spec §4.3).
     #[error("unknown critical frame type {ty:#x}")]
     UnknownCritical {
@@ -124,6 +134,7 @@ impl DecodeError {
         match self {
             Self::FrameTooLarge { .. } | Self::Limit { .. } => ErrorCode::LimitExceeded,
             Self::UnknownCritical { .. } => ErrorCode::UnknownFrame,
+            Self::BadStringRef { .. } => ErrorCode::BadStringRef,
             _ => ErrorCode::MalformedFrame,
         }
     }
@@ -148,7 +159,8 @@ wire_enum! {
         BadPatch = 6,
         /// The receiver's tree hash differs from the hash a patch or snapshot announced.
         HashMismatch = 7,
-        /// A dynamic string table reference is out of range, or the table overflowed.
+        /// A string reference is out of range of its table (spec §5); a dynamic table that would
+        /// grow past its limits is `LimitExceeded`.
         BadStringRef = 8,
         /// The session code or token is unknown or expired.
         SessionNotFound = 9,
@@ -160,5 +172,51 @@ wire_enum! {
         SessionEnded = 12,
         /// An internal failure of the sender.
         Internal = 13,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_of_decode_errors() {
+        let cases = [
+            (
+                DecodeError::Truncated { field: "f" },
+                ErrorCode::MalformedFrame,
+            ),
+            (
+                DecodeError::BadVarint { field: "f" },
+                ErrorCode::MalformedFrame,
+            ),
+            (
+                DecodeError::FrameTooLarge { len: 2, max: 1 },
+                ErrorCode::LimitExceeded,
+            ),
+            (
+                DecodeError::Limit {
+                    field: "f",
+                    limit: 1,
+                    actual: 2,
+                },
+                ErrorCode::LimitExceeded,
+            ),
+            (
+                DecodeError::BadStringRef {
+                    field: "f",
+                    table: "dynamic",
+                    index: 3,
+                },
+                ErrorCode::BadStringRef,
+            ),
+            (
+                DecodeError::UnknownCritical { ty: 0x7e },
+                ErrorCode::UnknownFrame,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
     }
 }

@@ -256,6 +256,9 @@ pub struct Joined {
     pub peer_label: String,
     /// The other side's platform.
     pub peer_platform: Platform,
+    /// The session's capabilities: the bits both peers' `HELLO`s and the relay share. Parts
+    /// that run end to end (compression, resources) are used only when set here.
+    pub capabilities: Capabilities,
 }
 
 /// `INVITE` (0x18, spec §7.7): an agent invites a customer known to the relay by `target`.

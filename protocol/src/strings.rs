@@ -290,18 +290,20 @@ impl SymDecoder {
     pub fn resolve(&mut self, sym: Sym, field: &'static str) -> Result<String, DecodeError> {
         match sym {
             Sym::Static(i) => STATIC_TABLE.get(i as usize).map(|s| (*s).to_owned()).ok_or(
-                DecodeError::InvalidValue {
+                DecodeError::BadStringRef {
                     field,
-                    detail: "static string index out of range",
+                    table: "static",
+                    index: i,
                 },
             ),
             Sym::Ref(i) => self
                 .entries
                 .get(i as usize)
                 .cloned()
-                .ok_or(DecodeError::InvalidValue {
+                .ok_or(DecodeError::BadStringRef {
                     field,
-                    detail: "dynamic string index out of range",
+                    table: "dynamic",
+                    index: i,
                 }),
             Sym::Lit(s) => Ok(s),
             Sym::New(s) => {
@@ -368,13 +370,22 @@ mod tests {
     #[test]
     fn bad_references_are_named_errors() {
         let mut dec = SymDecoder::new(Limits::DEFAULT);
+        let err = dec.resolve(Sym::Ref(0), "f").unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::BadStringRef {
+                field: "f",
+                table: "dynamic",
+                index: 0
+            }
+        );
+        assert_eq!(err.code(), crate::ErrorCode::BadStringRef);
         assert!(matches!(
-            dec.resolve(Sym::Ref(0), "f"),
-            Err(DecodeError::InvalidValue { field: "f", .. })
-        ));
-        assert!(matches!(
-            dec.resolve(Sym::Static(100_000), "f"),
-            Err(DecodeError::InvalidValue { .. })
+            dec.resolve(Sym::Static(STATIC_TABLE.len() as u32), "f"),
+            Err(DecodeError::BadStringRef {
+                table: "static",
+                ..
+            })
         ));
         let tiny = Limits {
             max_dynamic_entries: 1,
