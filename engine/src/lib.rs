@@ -1,1 +1,69 @@
-pub fn x() {}
+//! # tandem-engine: the Tandem co-browsing engine, without I/O
+//!
+//! The engine keeps the page's tree on both sides and moves it across as snapshots and patches
+//! of wire format v1 (`tandem-protocol`). It never opens a socket, reads a clock or asks the OS
+//! for randomness: callers pass bytes, messages and seeds in and drain what it produces, so a
+//! vendor can embed it in any transport and a test can run it in virtual time.
+//!
+//! ## Model
+//!
+//! ```text
+//!   page (HTML or change records)                                  agent console
+//!        │                                                              ▲
+//!        ▼                                                              │ to_html()
+//!   Consumer ── Dom (ids, Merkle hashes) ── SNAPSHOT / PATCH ──►  Agent ── Dom
+//!        ▲                                   (spec §7.14, §7.15)        │
+//!        └──────────────── ACK / RESYNC (spec §7.16, §7.17) ◄───────────┘
+//! ```
+//!
+//! * [`Dom`] is an arena indexed by consumer-assigned node ids (spec §6.1) with a blake3 Merkle
+//!   hash per node, recomputed only along dirty paths (spec §6.3).
+//! * [`parse_html`] imports a page with html5ever into the script-free tree (spec §6.4);
+//!   [`to_html`] writes a tree back as HTML.
+//! * [`Consumer`] records changes and emits a snapshot, then patches that carry the hash of the
+//!   tree they produce; [`Agent`] applies them and checks every hash. Divergence is never
+//!   silent: it becomes [`AgentEvent::Diverged`] and a `RESYNC`, answered by a new snapshot.
+//! * [`LivePage`] makes seeded random page changes for demos and tests.
+//!
+//! ## Example
+//!
+//! ```
+//! use tandem_engine::{Agent, AgentEvent, Consumer, LivePage, parse_html};
+//! use tandem_protocol::Limits;
+//!
+//! let page = parse_html("<!DOCTYPE html><body><p>Order <b>42</b> shipped</p></body>", Limits::DEFAULT);
+//! let mut consumer = Consumer::new(page, "https://shop.example/", Limits::DEFAULT);
+//! let mut agent = Agent::new(Limits::DEFAULT);
+//! let mut live = LivePage::new(7);
+//! for _ in 0..10 {
+//!     live.step(&mut consumer, 5).unwrap();
+//!     consumer.flush();
+//!     while let Some(msg) = consumer.poll_message() {
+//!         agent.handle_message(msg).unwrap();
+//!     }
+//!     while let Some(ack) = agent.poll_message() {
+//!         consumer.handle_message(&ack).unwrap();
+//!     }
+//! }
+//! assert_eq!(agent.tree_hash(), Some(consumer.tree_hash()));
+//! assert!(matches!(agent.poll_event(), Some(AgentEvent::Rendered { .. })));
+//! ```
+#![deny(missing_docs)]
+
+pub mod agent;
+pub mod consumer;
+pub mod diff;
+pub mod dom;
+pub mod error;
+pub mod hash;
+pub mod html;
+pub mod live;
+pub mod patch;
+pub mod snapshot;
+
+pub use agent::{Agent, AgentEvent};
+pub use consumer::Consumer;
+pub use dom::{Dom, Element, Node, NodeKind};
+pub use error::EngineError;
+pub use html::{parse_html, to_html};
+pub use live::LivePage;

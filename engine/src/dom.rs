@@ -1,0 +1,588 @@
+//! The arena DOM (spec §6): nodes in a vector indexed by their consumer-assigned id, each with a
+//! cached Merkle hash (spec §6.3) that is recomputed only along dirty paths.
+
+use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
+
+use crate::EngineError;
+
+/// What a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// The document node (always id 0).
+    Document,
+    /// An element.
+    Element(Element),
+    /// A text node.
+    Text(String),
+    /// A comment.
+    Comment(String),
+    /// A document type declaration.
+    Doctype {
+        /// `html` for HTML5.
+        name: String,
+        /// Public identifier.
+        public_id: String,
+        /// System identifier.
+        system_id: String,
+    },
+}
+
+/// An element's name and attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    /// Namespace.
+    pub ns: Ns,
+    /// Local name (lower case for HTML elements).
+    pub name: String,
+    /// Attributes in order, as (qualified name, value).
+    pub attrs: Vec<(String, String)>,
+}
+
+impl Element {
+    /// The value of attribute `name`, if set.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One node of the arena.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// What the node is.
+    pub kind: NodeKind,
+    parent: Option<NodeId>,
+    children: Vec<NodeId>,
+    hash: [u8; 32],
+    dirty: bool,
+}
+
+impl Node {
+    fn new(kind: NodeKind) -> Self {
+        Node {
+            kind,
+            parent: None,
+            children: Vec::new(),
+            hash: [0; 32],
+            dirty: true,
+        }
+    }
+
+    /// The parent's id, if attached.
+    pub fn parent(&self) -> Option<NodeId> {
+        self.parent
+    }
+
+    /// The children's ids in order.
+    pub fn children(&self) -> &[NodeId] {
+        &self.children
+    }
+
+    /// The element data, if this is an element.
+    pub fn element(&self) -> Option<&Element> {
+        match &self.kind {
+            NodeKind::Element(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A document tree whose nodes are addressed by consumer-assigned ids (spec §6.1).
+///
+/// Ids are handed out in creation order and never reused, so the arena is a vector indexed by
+/// id; removed nodes leave an empty slot. Every mutation marks the changed node and its
+/// ancestors dirty; [`Dom::root_hash`] rehashes only dirty nodes (spec §6.3).
+#[derive(Debug, Clone)]
+pub struct Dom {
+    nodes: Vec<Option<Node>>,
+    live: usize,
+    limits: Limits,
+}
+
+impl Default for Dom {
+    fn default() -> Self {
+        Self::new(Limits::DEFAULT)
+    }
+}
+
+impl Dom {
+    /// An empty document: the document node alone, with id 0.
+    pub fn new(limits: Limits) -> Self {
+        Dom {
+            nodes: vec![Some(Node::new(NodeKind::Document))],
+            live: 1,
+            limits,
+        }
+    }
+
+    /// The limits this tree enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Number of live nodes, the document node included.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the document has no children.
+    pub fn is_empty(&self) -> bool {
+        self.children(DOCUMENT_ID).is_empty()
+    }
+
+    /// The id the next created node will get.
+    pub fn next_id(&self) -> NodeId {
+        self.nodes.len() as NodeId
+    }
+
+    /// The node with `id`, if it exists.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(usize::try_from(id).ok()?)?.as_ref()
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        self.nodes.get_mut(usize::try_from(id).ok()?)?.as_mut()
+    }
+
+    fn get(&self, id: NodeId, field: &'static str) -> Result<&Node, EngineError> {
+        self.node(id).ok_or(EngineError::NoSuchNode { field, id })
+    }
+
+    fn get_mut(&mut self, id: NodeId, field: &'static str) -> Result<&mut Node, EngineError> {
+        self.node_mut(id)
+            .ok_or(EngineError::NoSuchNode { field, id })
+    }
+
+    /// The children of `id` (empty for a missing node).
+    pub fn children(&self, id: NodeId) -> &[NodeId] {
+        self.node(id).map(|n| n.children.as_slice()).unwrap_or(&[])
+    }
+
+    /// The parent of `id`.
+    pub fn parent(&self, id: NodeId) -> Option<NodeId> {
+        self.node(id)?.parent
+    }
+
+    /// Creates a detached node and returns its id (the next id).
+    pub fn create(&mut self, kind: NodeKind) -> Result<NodeId, EngineError> {
+        if matches!(kind, NodeKind::Document) {
+            return Err(EngineError::BadShape {
+                field: "node.kind",
+                detail: "a second document node",
+            });
+        }
+        let live = self.live as u64 + 1;
+        if live > u64::from(self.limits.max_nodes) {
+            return Err(EngineError::Limit {
+                field: "tree.nodes",
+                limit: self.limits.max_nodes.into(),
+                actual: live,
+            });
+        }
+        let id = self.next_id();
+        self.nodes.push(Some(Node::new(kind)));
+        self.live += 1;
+        Ok(id)
+    }
+
+    /// Depth of `id` below the document (the document is 0).
+    pub fn depth(&self, mut id: NodeId) -> u32 {
+        let mut d = 0;
+        while let Some(p) = self.parent(id) {
+            d += 1;
+            id = p;
+        }
+        d
+    }
+
+    fn height(&self, id: NodeId) -> u32 {
+        // Height of the subtree at `id`, iteratively (no recursion on peer-built trees).
+        let mut max = 0;
+        let mut stack = vec![(id, 0u32)];
+        while let Some((n, h)) = stack.pop() {
+            max = max.max(h);
+            for &c in self.children(n) {
+                stack.push((c, h + 1));
+            }
+        }
+        max
+    }
+
+    /// Whether `anc` is `id` or one of its ancestors.
+    pub fn is_ancestor_or_self(&self, anc: NodeId, mut id: NodeId) -> bool {
+        loop {
+            if id == anc {
+                return true;
+            }
+            match self.parent(id) {
+                Some(p) => id = p,
+                None => return false,
+            }
+        }
+    }
+
+    fn position_after(
+        &self,
+        parent: NodeId,
+        prev: NodeId,
+        field: &'static str,
+    ) -> Result<usize, EngineError> {
+        let p = self.get(parent, field)?;
+        if prev == 0 {
+            return Ok(0);
+        }
+        // Search from the end: appends (prev = last child) are the common case.
+        match p.children.iter().rposition(|&c| c == prev) {
+            Some(i) => Ok(i + 1),
+            None => Err(EngineError::NotAChild {
+                field,
+                parent,
+                prev,
+            }),
+        }
+    }
+
+    /// Marks `id` and its ancestors dirty. Invariant: every ancestor of a dirty attached node
+    /// is dirty, so the walk stops at the first node that already is.
+    fn mark_dirty(&mut self, id: NodeId) {
+        let mut cur = Some(id);
+        while let Some(n) = cur {
+            let Some(node) = self.node_mut(n) else { return };
+            if node.dirty {
+                return;
+            }
+            node.dirty = true;
+            cur = node.parent;
+        }
+    }
+
+    /// Attaches the detached node `id` under `parent` after `prev` (0: first).
+    pub fn attach(&mut self, id: NodeId, parent: NodeId, prev: NodeId) -> Result<(), EngineError> {
+        let field = "insert";
+        if id == DOCUMENT_ID || self.get(id, field)?.parent.is_some() {
+            return Err(EngineError::BadMove { field, id });
+        }
+        self.check_container(parent, id, field)?;
+        let depth = self.depth(parent) + 1 + self.height(id);
+        if depth > self.limits.max_depth {
+            return Err(EngineError::Limit {
+                field: "tree.depth",
+                limit: self.limits.max_depth.into(),
+                actual: depth.into(),
+            });
+        }
+        let at = self.position_after(parent, prev, field)?;
+        self.get_mut(parent, field)?.children.insert(at, id);
+        self.get_mut(id, field)?.parent = Some(parent);
+        self.mark_dirty(parent);
+        Ok(())
+    }
+
+    fn check_container(
+        &self,
+        parent: NodeId,
+        child: NodeId,
+        field: &'static str,
+    ) -> Result<(), EngineError> {
+        let p = self.get(parent, field)?;
+        let c = self.get(child, field)?;
+        let ok = match (&p.kind, &c.kind) {
+            (NodeKind::Document, NodeKind::Text(_)) => false,
+            (NodeKind::Document, _) => true,
+            (NodeKind::Element(_), NodeKind::Doctype { .. }) => false,
+            (NodeKind::Element(_), _) => true,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(EngineError::WrongKind { field, id: parent })
+        }
+    }
+
+    /// Appends the detached node `id` as the last child of `parent`.
+    pub fn append(&mut self, parent: NodeId, id: NodeId) -> Result<(), EngineError> {
+        let prev = self.children(parent).last().copied().unwrap_or(0);
+        self.attach(id, parent, prev)
+    }
+
+    /// Removes `id` and its subtree; their ids are retired.
+    pub fn remove(&mut self, id: NodeId) -> Result<(), EngineError> {
+        let field = "remove";
+        if id == DOCUMENT_ID {
+            return Err(EngineError::BadMove { field, id });
+        }
+        self.detach(id, field)?;
+        let mut stack = vec![id];
+        while let Some(n) = stack.pop() {
+            if let Some(node) = self.nodes.get_mut(n as usize).and_then(Option::take) {
+                self.live -= 1;
+                stack.extend(node.children);
+            }
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, id: NodeId, field: &'static str) -> Result<(), EngineError> {
+        let parent = self.get(id, field)?.parent;
+        if let Some(p) = parent {
+            self.mark_dirty(p);
+            let pn = self.get_mut(p, field)?;
+            if let Some(i) = pn.children.iter().rposition(|&c| c == id) {
+                pn.children.remove(i);
+            }
+            self.get_mut(id, field)?.parent = None;
+        }
+        Ok(())
+    }
+
+    /// Moves `id` (with its subtree) under `parent` after `prev` (0: first).
+    pub fn move_node(
+        &mut self,
+        id: NodeId,
+        parent: NodeId,
+        prev: NodeId,
+    ) -> Result<(), EngineError> {
+        let field = "move";
+        if id == DOCUMENT_ID || prev == id {
+            return Err(EngineError::BadMove { field, id });
+        }
+        self.get(id, field)?;
+        self.get(parent, field)?;
+        if self.is_ancestor_or_self(id, parent) {
+            return Err(EngineError::BadMove { field, id });
+        }
+        if prev != 0 && self.parent(prev) != Some(parent) {
+            return Err(EngineError::NotAChild {
+                field,
+                parent,
+                prev,
+            });
+        }
+        self.check_container(parent, id, field)?;
+        let depth = self.depth(parent) + 1 + self.height(id);
+        if depth > self.limits.max_depth {
+            return Err(EngineError::Limit {
+                field: "tree.depth",
+                limit: self.limits.max_depth.into(),
+                actual: depth.into(),
+            });
+        }
+        self.detach(id, field)?;
+        self.attach(id, parent, prev)
+    }
+
+    /// Sets attribute `name` of element `id` (appended if absent).
+    pub fn set_attr(&mut self, id: NodeId, name: &str, value: &str) -> Result<(), EngineError> {
+        let field = "set_attr";
+        let max = self.limits.max_attributes;
+        let node = self.get_mut(id, field)?;
+        let NodeKind::Element(e) = &mut node.kind else {
+            return Err(EngineError::WrongKind { field, id });
+        };
+        match e.attrs.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => {
+                if v == value {
+                    return Ok(());
+                }
+                value.clone_into(v);
+            }
+            None => {
+                if e.attrs.len() as u64 >= u64::from(max) {
+                    return Err(EngineError::Limit {
+                        field: "node.attrs",
+                        limit: max.into(),
+                        actual: e.attrs.len() as u64 + 1,
+                    });
+                }
+                e.attrs.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Removes attribute `name` of element `id`, if present.
+    pub fn remove_attr(&mut self, id: NodeId, name: &str) -> Result<(), EngineError> {
+        let field = "remove_attr";
+        let node = self.get_mut(id, field)?;
+        let NodeKind::Element(e) = &mut node.kind else {
+            return Err(EngineError::WrongKind { field, id });
+        };
+        let before = e.attrs.len();
+        e.attrs.retain(|(n, _)| n != name);
+        if e.attrs.len() != before {
+            self.mark_dirty(id);
+        }
+        Ok(())
+    }
+
+    /// The text of a text or comment node.
+    pub fn text(&self, id: NodeId) -> Option<&str> {
+        match &self.node(id)?.kind {
+            NodeKind::Text(t) | NodeKind::Comment(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Mutable access to the text of a text or comment node; marks it dirty.
+    pub fn text_mut(
+        &mut self,
+        id: NodeId,
+        field: &'static str,
+    ) -> Result<&mut String, EngineError> {
+        match self.get(id, field)?.kind {
+            NodeKind::Text(_) | NodeKind::Comment(_) => {}
+            _ => return Err(EngineError::WrongKind { field, id }),
+        }
+        self.mark_dirty(id);
+        match &mut self.get_mut(id, field)?.kind {
+            NodeKind::Text(t) | NodeKind::Comment(t) => Ok(t),
+            // Checked above.
+            _ => Err(EngineError::WrongKind { field, id }),
+        }
+    }
+
+    /// Replaces the text of a text or comment node.
+    pub fn set_text(&mut self, id: NodeId, text: &str) -> Result<(), EngineError> {
+        let t = self.text_mut(id, "set_text")?;
+        text.clone_into(t);
+        Ok(())
+    }
+
+    /// Node ids of the subtree at `id` in preorder (including `id`).
+    pub fn preorder(&self, id: NodeId) -> Preorder<'_> {
+        Preorder {
+            dom: self,
+            stack: if self.node(id).is_some() {
+                vec![id]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    /// The Merkle hash of node `id` (spec §6.3), rehashing dirty descendants first.
+    pub fn hash_of(&mut self, id: NodeId) -> Option<[u8; 32]> {
+        self.node(id)?;
+        self.rehash(id);
+        self.node(id).map(|n| n.hash)
+    }
+
+    /// The tree hash: the document node's Merkle hash (spec §6.3).
+    pub fn root_hash(&mut self) -> [u8; 32] {
+        self.rehash(DOCUMENT_ID);
+        self.nodes[0].as_ref().map(|n| n.hash).unwrap_or_default()
+    }
+
+    /// The cached hash of `id`; only current after [`Dom::root_hash`] or [`Dom::hash_of`].
+    pub fn cached_hash(&self, id: NodeId) -> Option<[u8; 32]> {
+        self.node(id).map(|n| n.hash)
+    }
+
+    fn rehash(&mut self, id: NodeId) {
+        // Post-order over dirty nodes only; clean subtrees keep their cached hash.
+        let mut stack = vec![(id, false)];
+        let mut buf = Vec::new();
+        while let Some((n, expanded)) = stack.pop() {
+            let Some(node) = self.node(n) else { continue };
+            if !node.dirty {
+                continue;
+            }
+            if !expanded {
+                stack.push((n, true));
+                for &c in &node.children {
+                    if self.node(c).is_some_and(|cn| cn.dirty) {
+                        stack.push((c, false));
+                    }
+                }
+                continue;
+            }
+            buf.clear();
+            crate::hash::encode_node(&node.kind, &mut buf);
+            let mut h = blake3::Hasher::new();
+            h.update(&buf);
+            if !matches!(
+                node.kind,
+                NodeKind::Text(_) | NodeKind::Comment(_) | NodeKind::Doctype { .. }
+            ) {
+                let mut count = Vec::with_capacity(10);
+                crate::hash::write_varint(&mut count, node.children.len() as u64);
+                h.update(&count);
+                for &c in &node.children {
+                    if let Some(cn) = self.node(c) {
+                        h.update(&cn.hash);
+                    }
+                }
+            }
+            let hash = *h.finalize().as_bytes();
+            if let Some(node) = self.node_mut(n) {
+                node.hash = hash;
+                node.dirty = false;
+            }
+        }
+    }
+
+    /// A copy of this tree with ids renumbered in document order (1, 2, … in preorder), as a
+    /// snapshot assigns them (spec §6.1).
+    pub fn renumbered(&self) -> Dom {
+        let mut out = Dom::new(self.limits);
+        let mut stack: Vec<(NodeId, NodeId)> = self
+            .children(DOCUMENT_ID)
+            .iter()
+            .rev()
+            .map(|&c| (c, DOCUMENT_ID))
+            .collect();
+        while let Some((old, new_parent)) = stack.pop() {
+            let Some(node) = self.node(old) else { continue };
+            let id = out.nodes.len() as NodeId;
+            let mut copy = Node::new(node.kind.clone());
+            copy.parent = Some(new_parent);
+            out.nodes.push(Some(copy));
+            out.live += 1;
+            if let Some(p) = out.node_mut(new_parent) {
+                p.children.push(id);
+            }
+            for &c in node.children.iter().rev() {
+                stack.push((c, id));
+            }
+        }
+        out
+    }
+
+    /// Whether `self` and `other` have the same shape and content, ignoring ids.
+    pub fn same_tree(&mut self, other: &mut Dom) -> bool {
+        self.root_hash() == other.root_hash()
+    }
+
+    pub(crate) fn push_raw(&mut self, kind: NodeKind, parent: NodeId) -> NodeId {
+        // Used by builders that validated shape and limits themselves.
+        let id = self.nodes.len() as NodeId;
+        let mut node = Node::new(kind);
+        node.parent = Some(parent);
+        self.nodes.push(Some(node));
+        self.live += 1;
+        if let Some(p) = self.node_mut(parent) {
+            p.children.push(id);
+        }
+        id
+    }
+}
+
+/// Preorder iterator over a subtree's ids.
+#[derive(Debug)]
+pub struct Preorder<'a> {
+    dom: &'a Dom,
+    stack: Vec<NodeId>,
+}
+
+impl Iterator for Preorder<'_> {
+    type Item = NodeId;
+    fn next(&mut self) -> Option<NodeId> {
+        let id = self.stack.pop()?;
+        self.stack.extend(self.dom.children(id).iter().rev());
+        Some(id)
+    }
+}

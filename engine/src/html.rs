@@ -1,0 +1,561 @@
+//! HTML import with html5ever and export back to HTML (spec §6.4).
+//!
+//! Import builds the script-free tree: `script` elements (with their content), processing
+//! instructions and event-handler attributes (`on*`) are dropped, because the agent never runs
+//! page scripts. Template contents become the template element's children. A tree deeper than
+//! `Limits::max_depth` is flattened at that depth (as browsers' parsers do), so any page
+//! imports within the limits.
+
+use std::borrow::Cow;
+use std::cell::{Cell, Ref, RefCell};
+
+use html5ever::interface::tree_builder::{ElementFlags, NodeOrText, QuirksMode, TreeSink};
+use html5ever::tendril::{StrTendril, TendrilSink};
+use html5ever::{Attribute, LocalName, Namespace, QualName, ns, parse_document};
+use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
+
+use crate::dom::{Dom, Element, NodeKind};
+
+/// Parses an HTML document into a [`Dom`] with ids 1, 2, … in document order.
+pub fn parse_html(html: &str, limits: Limits) -> Dom {
+    let sink = Sink::default();
+    let sink = parse_document(sink, Default::default()).one(StrTendril::from(html));
+    sink.into_dom(limits)
+}
+
+/// Whether an element is dropped on import: scripts never travel (spec §6.4).
+pub fn is_script(ns: &Ns, name: &str) -> bool {
+    name == "script" && matches!(ns, Ns::Html | Ns::Svg)
+}
+
+/// Whether an attribute is dropped on import: event handlers never travel (spec §6.4).
+pub fn is_event_handler(name: &str) -> bool {
+    name.len() > 2 && name.as_bytes()[..2].eq_ignore_ascii_case(b"on")
+}
+
+#[derive(Debug)]
+enum SinkData {
+    Document,
+    Doctype {
+        name: StrTendril,
+        public_id: StrTendril,
+        system_id: StrTendril,
+    },
+    Text(StrTendril),
+    Comment(StrTendril),
+    Element {
+        attrs: Vec<Attribute>,
+        template: Option<usize>,
+        annotation_point: bool,
+    },
+    Pi,
+}
+
+#[derive(Debug)]
+struct SinkNode {
+    data: SinkData,
+    name: QualName,
+    parent: Option<usize>,
+    first_child: Option<usize>,
+    last_child: Option<usize>,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// The html5ever tree sink: an index arena with sibling links, converted to a [`Dom`] once
+/// parsing is done.
+#[derive(Debug)]
+struct Sink {
+    nodes: RefCell<Vec<SinkNode>>,
+    quirks: Cell<QuirksMode>,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        let sink = Sink {
+            nodes: RefCell::new(Vec::new()),
+            quirks: Cell::new(QuirksMode::NoQuirks),
+        };
+        sink.new_node(SinkData::Document, empty_name());
+        sink
+    }
+}
+
+fn empty_name() -> QualName {
+    QualName::new(None, ns!(), LocalName::from(""))
+}
+
+impl Sink {
+    fn new_node(&self, data: SinkData, name: QualName) -> usize {
+        let mut nodes = self.nodes.borrow_mut();
+        nodes.push(SinkNode {
+            data,
+            name,
+            parent: None,
+            first_child: None,
+            last_child: None,
+            prev: None,
+            next: None,
+        });
+        nodes.len() - 1
+    }
+
+    fn detach(nodes: &mut [SinkNode], n: usize) {
+        let (parent, prev, next) = (
+            nodes[n].parent.take(),
+            nodes[n].prev.take(),
+            nodes[n].next.take(),
+        );
+        match next {
+            Some(x) => nodes[x].prev = prev,
+            None => {
+                if let Some(p) = parent {
+                    nodes[p].last_child = prev;
+                }
+            }
+        }
+        match prev {
+            Some(x) => nodes[x].next = next,
+            None => {
+                if let Some(p) = parent {
+                    nodes[p].first_child = next;
+                }
+            }
+        }
+    }
+
+    fn append_node(nodes: &mut [SinkNode], parent: usize, child: usize) {
+        Self::detach(nodes, child);
+        nodes[child].parent = Some(parent);
+        match nodes[parent].last_child {
+            Some(last) => {
+                nodes[child].prev = Some(last);
+                nodes[last].next = Some(child);
+            }
+            None => nodes[parent].first_child = Some(child),
+        }
+        nodes[parent].last_child = Some(child);
+    }
+
+    fn insert_before(nodes: &mut [SinkNode], sibling: usize, child: usize) {
+        Self::detach(nodes, child);
+        let parent = nodes[sibling].parent;
+        nodes[child].parent = parent;
+        nodes[child].next = Some(sibling);
+        match nodes[sibling].prev {
+            Some(p) => {
+                nodes[child].prev = Some(p);
+                nodes[p].next = Some(child);
+            }
+            None => {
+                if let Some(par) = parent {
+                    nodes[par].first_child = Some(child);
+                }
+            }
+        }
+        nodes[sibling].prev = Some(child);
+    }
+
+    /// Appends text to `prev` if it is a text node; otherwise makes a new text node.
+    fn text_or_node(&self, prev: Option<usize>, child: NodeOrText<usize>) -> Option<usize> {
+        match child {
+            NodeOrText::AppendNode(n) => Some(n),
+            NodeOrText::AppendText(text) => {
+                if let Some(p) = prev
+                    && let SinkData::Text(t) = &mut self.nodes.borrow_mut()[p].data
+                {
+                    t.push_tendril(&text);
+                    return None;
+                }
+                Some(self.new_node(SinkData::Text(text), empty_name()))
+            }
+        }
+    }
+
+    fn into_dom(self, limits: Limits) -> Dom {
+        let nodes = self.nodes.into_inner();
+        let mut dom = Dom::new(limits);
+        let max_depth = limits.max_depth;
+        // (sink node, dom parent, depth of dom parent); children are pushed in reverse.
+        let mut stack: Vec<(usize, NodeId, u32)> = Vec::new();
+        let push_children = |stack: &mut Vec<(usize, NodeId, u32)>,
+                             first: Option<usize>,
+                             parent: NodeId,
+                             depth: u32| {
+            let mut kids = Vec::new();
+            let mut c = first;
+            while let Some(k) = c {
+                kids.push(k);
+                c = nodes[k].next;
+            }
+            stack.extend(kids.into_iter().rev().map(|k| (k, parent, depth)));
+        };
+        push_children(&mut stack, nodes[0].first_child, DOCUMENT_ID, 0);
+        while let Some((n, mut parent, mut pdepth)) = stack.pop() {
+            if dom.len() as u64 >= u64::from(limits.max_nodes) {
+                break;
+            }
+            // Flatten below the depth limit: attach to the nearest ancestor that fits.
+            while pdepth >= max_depth {
+                parent = dom.parent(parent).unwrap_or(DOCUMENT_ID);
+                pdepth -= 1;
+            }
+            let node = &nodes[n];
+            let (kind, first) = match &node.data {
+                SinkData::Document | SinkData::Pi => continue,
+                SinkData::Doctype {
+                    name,
+                    public_id,
+                    system_id,
+                } => {
+                    if parent != DOCUMENT_ID {
+                        continue;
+                    }
+                    let kind = NodeKind::Doctype {
+                        name: name.to_string(),
+                        public_id: public_id.to_string(),
+                        system_id: system_id.to_string(),
+                    };
+                    (kind, None)
+                }
+                SinkData::Text(t) => {
+                    if parent == DOCUMENT_ID {
+                        continue;
+                    }
+                    // Text on both sides of a dropped script joins, as a reparse would join it.
+                    if let Some(&last) = dom.children(parent).last()
+                        && dom.text(last).is_some()
+                        && matches!(dom.node(last).map(|n| &n.kind), Some(NodeKind::Text(_)))
+                    {
+                        if let Ok(text) = dom.text_mut(last, "import") {
+                            text.push_str(t);
+                        }
+                        continue;
+                    }
+                    (NodeKind::Text(t.to_string()), None)
+                }
+                SinkData::Comment(t) => (NodeKind::Comment(t.to_string()), None),
+                SinkData::Element {
+                    attrs, template, ..
+                } => {
+                    let ns = namespace(&node.name.ns);
+                    let name = node.name.local.to_string();
+                    if is_script(&ns, &name) {
+                        continue;
+                    }
+                    let attrs = attrs
+                        .iter()
+                        .map(|a| (qualified(&a.name), a.value.to_string()))
+                        .filter(|(n, _)| !is_event_handler(n))
+                        .take(limits.max_attributes as usize)
+                        .collect();
+                    let first = match template {
+                        Some(t) => nodes[*t].first_child,
+                        None => node.first_child,
+                    };
+                    (NodeKind::Element(Element { ns, name, attrs }), first)
+                }
+            };
+            let id = dom.push_raw(kind, parent);
+            push_children(&mut stack, first, id, pdepth + 1);
+        }
+        dom
+    }
+}
+
+fn namespace(ns: &Namespace) -> Ns {
+    if *ns == ns!(svg) {
+        Ns::Svg
+    } else if *ns == ns!(mathml) {
+        Ns::MathMl
+    } else {
+        Ns::Html
+    }
+}
+
+fn qualified(name: &QualName) -> String {
+    match &name.prefix {
+        Some(p) => format!("{}:{}", p, name.local),
+        None => name.local.to_string(),
+    }
+}
+
+impl TreeSink for Sink {
+    type Handle = usize;
+    type Output = Self;
+    type ElemName<'a> = Ref<'a, QualName>;
+
+    fn finish(self) -> Self {
+        self
+    }
+
+    fn parse_error(&self, _msg: Cow<'static, str>) {}
+
+    fn get_document(&self) -> usize {
+        0
+    }
+
+    fn elem_name<'a>(&'a self, target: &'a usize) -> Ref<'a, QualName> {
+        Ref::map(self.nodes.borrow(), |n| &n[*target].name)
+    }
+
+    fn create_element(&self, name: QualName, attrs: Vec<Attribute>, flags: ElementFlags) -> usize {
+        let template = flags
+            .template
+            .then(|| self.new_node(SinkData::Document, empty_name()));
+        let data = SinkData::Element {
+            attrs,
+            template,
+            annotation_point: flags.mathml_annotation_xml_integration_point,
+        };
+        self.new_node(data, name)
+    }
+
+    fn create_comment(&self, text: StrTendril) -> usize {
+        self.new_node(SinkData::Comment(text), empty_name())
+    }
+
+    fn create_pi(&self, _target: StrTendril, _data: StrTendril) -> usize {
+        self.new_node(SinkData::Pi, empty_name())
+    }
+
+    fn append(&self, parent: &usize, child: NodeOrText<usize>) {
+        let last = self.nodes.borrow()[*parent].last_child;
+        if let Some(c) = self.text_or_node(last, child) {
+            Self::append_node(&mut self.nodes.borrow_mut(), *parent, c);
+        }
+    }
+
+    fn append_based_on_parent_node(
+        &self,
+        element: &usize,
+        prev_element: &usize,
+        child: NodeOrText<usize>,
+    ) {
+        if self.nodes.borrow()[*element].parent.is_some() {
+            self.append_before_sibling(element, child);
+        } else {
+            self.append(prev_element, child);
+        }
+    }
+
+    fn append_doctype_to_document(
+        &self,
+        name: StrTendril,
+        public_id: StrTendril,
+        system_id: StrTendril,
+    ) {
+        let n = self.new_node(
+            SinkData::Doctype {
+                name,
+                public_id,
+                system_id,
+            },
+            empty_name(),
+        );
+        Self::append_node(&mut self.nodes.borrow_mut(), 0, n);
+    }
+
+    fn get_template_contents(&self, target: &usize) -> usize {
+        match self.nodes.borrow()[*target].data {
+            SinkData::Element {
+                template: Some(t), ..
+            } => t,
+            // html5ever asks only for templates; a fresh empty fragment is a safe answer otherwise.
+            _ => 0,
+        }
+    }
+
+    fn same_node(&self, x: &usize, y: &usize) -> bool {
+        x == y
+    }
+
+    fn set_quirks_mode(&self, mode: QuirksMode) {
+        self.quirks.set(mode);
+    }
+
+    fn append_before_sibling(&self, sibling: &usize, child: NodeOrText<usize>) {
+        let prev = self.nodes.borrow()[*sibling].prev;
+        if let Some(c) = self.text_or_node(prev, child) {
+            Self::insert_before(&mut self.nodes.borrow_mut(), *sibling, c);
+        }
+    }
+
+    fn add_attrs_if_missing(&self, target: &usize, attrs: Vec<Attribute>) {
+        if let SinkData::Element {
+            attrs: existing, ..
+        } = &mut self.nodes.borrow_mut()[*target].data
+        {
+            for a in attrs {
+                if !existing.iter().any(|e| e.name == a.name) {
+                    existing.push(a);
+                }
+            }
+        }
+    }
+
+    fn remove_from_parent(&self, target: &usize) {
+        Self::detach(&mut self.nodes.borrow_mut(), *target);
+    }
+
+    fn reparent_children(&self, node: &usize, new_parent: &usize) {
+        let mut nodes = self.nodes.borrow_mut();
+        let mut c = nodes[*node].first_child;
+        while let Some(k) = c {
+            c = nodes[k].next;
+            Self::append_node(&mut nodes, *new_parent, k);
+        }
+    }
+
+    fn is_mathml_annotation_xml_integration_point(&self, handle: &usize) -> bool {
+        matches!(
+            self.nodes.borrow()[*handle].data,
+            SinkData::Element {
+                annotation_point: true,
+                ..
+            }
+        )
+    }
+}
+
+const VOID: &[&str] = &[
+    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input",
+    "keygen", "link", "meta", "param", "source", "track", "wbr",
+];
+
+const RAW_TEXT: &[&str] = &[
+    "style",
+    "script",
+    "xmp",
+    "iframe",
+    "noembed",
+    "noframes",
+    "plaintext",
+    "noscript",
+];
+
+/// Serializes the tree as an HTML document (the HTML fragment serialization algorithm applied
+/// to the document's children).
+pub fn to_html(dom: &Dom) -> String {
+    let mut out = String::new();
+    write_html(dom, DOCUMENT_ID, &mut out);
+    out
+}
+
+/// Serializes the children of `id` into `out`.
+pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
+    enum Step {
+        Open(NodeId),
+        Close(NodeId),
+    }
+    let mut stack: Vec<Step> = dom
+        .children(id)
+        .iter()
+        .rev()
+        .map(|&c| Step::Open(c))
+        .collect();
+    while let Some(step) = stack.pop() {
+        match step {
+            Step::Close(n) => {
+                if let Some(e) = dom.node(n).and_then(|n| n.element()) {
+                    out.push_str("</");
+                    out.push_str(&e.name);
+                    out.push('>');
+                }
+            }
+            Step::Open(n) => {
+                let Some(node) = dom.node(n) else { continue };
+                match &node.kind {
+                    NodeKind::Document => {}
+                    NodeKind::Doctype {
+                        name,
+                        public_id,
+                        system_id,
+                    } => {
+                        out.push_str("<!DOCTYPE ");
+                        out.push_str(name);
+                        if !public_id.is_empty() {
+                            out.push_str(" PUBLIC \"");
+                            out.push_str(public_id);
+                            out.push('"');
+                            if !system_id.is_empty() {
+                                out.push_str(" \"");
+                                out.push_str(system_id);
+                                out.push('"');
+                            }
+                        } else if !system_id.is_empty() {
+                            out.push_str(" SYSTEM \"");
+                            out.push_str(system_id);
+                            out.push('"');
+                        }
+                        out.push('>');
+                    }
+                    NodeKind::Comment(t) => {
+                        out.push_str("<!--");
+                        out.push_str(t);
+                        out.push_str("-->");
+                    }
+                    NodeKind::Text(t) => {
+                        let raw = dom
+                            .parent(n)
+                            .and_then(|p| dom.node(p))
+                            .and_then(|p| p.element())
+                            .is_some_and(|e| {
+                                e.ns == Ns::Html && RAW_TEXT.contains(&e.name.as_str())
+                            });
+                        if raw {
+                            out.push_str(t);
+                        } else {
+                            escape(t, false, out);
+                        }
+                    }
+                    NodeKind::Element(e) => {
+                        out.push('<');
+                        out.push_str(&e.name);
+                        for (k, v) in &e.attrs {
+                            out.push(' ');
+                            out.push_str(k);
+                            out.push_str("=\"");
+                            escape(v, true, out);
+                            out.push('"');
+                        }
+                        out.push('>');
+                        if e.ns == Ns::Html && VOID.contains(&e.name.as_str()) {
+                            continue;
+                        }
+                        if e.ns == Ns::Html
+                            && matches!(e.name.as_str(), "pre" | "textarea" | "listing")
+                            && node
+                                .children()
+                                .first()
+                                .and_then(|&c| dom.text(c))
+                                .is_some_and(|t| t.starts_with('\n'))
+                        {
+                            out.push('\n');
+                        }
+                        stack.push(Step::Close(n));
+                        stack.extend(node.children().iter().rev().map(|&c| Step::Open(c)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn escape(s: &str, attr: bool, out: &mut String) {
+    let mut last = 0;
+    for (i, c) in s.char_indices() {
+        let rep = match c {
+            '&' => "&amp;",
+            '\u{a0}' => "&nbsp;",
+            '"' if attr => "&quot;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            _ => continue,
+        };
+        out.push_str(&s[last..i]);
+        out.push_str(rep);
+        last = i + c.len_utf8();
+    }
+    out.push_str(&s[last..]);
+}

@@ -1,0 +1,303 @@
+//! Snapshots: a full tree as preorder records, split into parts (spec §7.14), and the
+//! receiver's builder that turns records back into a tree (spec §6.2).
+
+use tandem_protocol::message::Snapshot;
+use tandem_protocol::{
+    Attr, DOCUMENT_ID, DecodeError, Limits, NodeId, NodeRecord, Ns, StrClass, SymDecoder,
+    SymEncoder,
+};
+
+use crate::dom::{Dom, Element, NodeKind};
+use crate::{EngineError, hash};
+
+/// Default target size of one snapshot part, in estimated body bytes. Parts let the agent show
+/// progress and let a later part be built while an earlier one travels.
+pub const DEFAULT_PART_BYTES: usize = 32 * 1024;
+
+/// Builds the record for one node, with its child count.
+pub fn record(kind: &NodeKind, children: usize, enc: &mut SymEncoder) -> NodeRecord {
+    match kind {
+        NodeKind::Element(e) => NodeRecord::Element {
+            ns: e.ns,
+            name: enc.encode(&e.name, StrClass::Name),
+            attrs: e
+                .attrs
+                .iter()
+                .map(|(n, v)| Attr {
+                    name: enc.encode(n, StrClass::Name),
+                    value: enc.encode(v, StrClass::Value),
+                })
+                .collect(),
+            children: children as u32,
+        },
+        NodeKind::Text(t) => NodeRecord::Text {
+            text: enc.encode(t, StrClass::Text),
+        },
+        NodeKind::Comment(t) => NodeRecord::Comment {
+            text: enc.encode(t, StrClass::Text),
+        },
+        NodeKind::Doctype {
+            name,
+            public_id,
+            system_id,
+        } => NodeRecord::Doctype {
+            name: enc.encode(name, StrClass::Name),
+            public_id: enc.encode(public_id, StrClass::Value),
+            system_id: enc.encode(system_id, StrClass::Value),
+        },
+        // The document node is implicit and never listed.
+        NodeKind::Document => NodeRecord::Comment {
+            text: enc.encode("", StrClass::Text),
+        },
+    }
+}
+
+fn estimate(kind: &NodeKind) -> usize {
+    match kind {
+        NodeKind::Element(e) => {
+            4 + e
+                .attrs
+                .iter()
+                .map(|(n, v)| 2 + n.len().min(4) + v.len())
+                .sum::<usize>()
+        }
+        NodeKind::Text(t) | NodeKind::Comment(t) => 2 + t.len(),
+        NodeKind::Doctype {
+            name,
+            public_id,
+            system_id,
+        } => 4 + name.len() + public_id.len() + system_id.len(),
+        NodeKind::Document => 0,
+    }
+}
+
+/// Encodes the subtree records of `root`'s children in preorder, appending to `out`.
+pub fn records_of(dom: &Dom, root: NodeId, enc: &mut SymEncoder, out: &mut Vec<NodeRecord>) {
+    for id in dom.preorder(root).skip(1) {
+        if let Some(node) = dom.node(id) {
+            out.push(record(&node.kind, node.children().len(), enc));
+        }
+    }
+}
+
+/// Encodes `dom` as the parts of a snapshot of `epoch` (spec §7.14). The tree's ids must be in
+/// document order (see [`Dom::renumbered`]); `enc` is reset, as a snapshot starts an epoch.
+pub fn encode(
+    dom: &mut Dom,
+    epoch: u32,
+    url: &str,
+    enc: &mut SymEncoder,
+    part_bytes: usize,
+) -> Vec<Snapshot> {
+    enc.reset();
+    let hash = hash::short(&dom.root_hash());
+    let mut parts = Vec::new();
+    let mut nodes = Vec::new();
+    let mut size = 0;
+    for id in dom.preorder(DOCUMENT_ID).skip(1) {
+        let Some(node) = dom.node(id) else { continue };
+        size += estimate(&node.kind);
+        nodes.push(record(&node.kind, node.children().len(), enc));
+        if size >= part_bytes {
+            let part = parts.len() as u32;
+            let url = if part == 0 {
+                url.to_owned()
+            } else {
+                String::new()
+            };
+            parts.push(Snapshot {
+                epoch,
+                part,
+                url,
+                nodes: std::mem::take(&mut nodes),
+                hash: None,
+            });
+            size = 0;
+        }
+    }
+    let part = parts.len() as u32;
+    let url = if part == 0 {
+        url.to_owned()
+    } else {
+        String::new()
+    };
+    parts.push(Snapshot {
+        epoch,
+        part,
+        url,
+        nodes,
+        hash: Some(hash),
+    });
+    parts
+}
+
+/// Turns a stream of preorder records into a tree, checking shape and limits as it goes.
+#[derive(Debug)]
+pub struct TreeBuilder {
+    /// Open elements: (id, children still expected).
+    stack: Vec<(NodeId, u32)>,
+    /// Where top-level records go.
+    root: NodeId,
+    /// For inserts: the sibling the next top-level record follows (0: first).
+    prev_top: NodeId,
+    /// Ids of the top-level records, in order.
+    pub top: Vec<NodeId>,
+}
+
+impl TreeBuilder {
+    /// A builder that adds records under `root`, after `prev` (0: first).
+    pub fn new(root: NodeId, prev: NodeId) -> Self {
+        TreeBuilder {
+            stack: Vec::new(),
+            root,
+            prev_top: prev,
+            top: Vec::new(),
+        }
+    }
+
+    /// Adds one record; `field` names the message field for errors.
+    pub fn add(
+        &mut self,
+        dom: &mut Dom,
+        rec: NodeRecord,
+        dec: &mut SymDecoder,
+        field: &'static str,
+    ) -> Result<NodeId, EngineError> {
+        let children = match &rec {
+            NodeRecord::Element { children, .. } => *children,
+            _ => 0,
+        };
+        let kind = resolve(rec, dec, field)?;
+        self.add_kind(dom, kind, children)
+    }
+
+    /// Adds one node that will have `children` children (the records that follow).
+    pub fn add_kind(
+        &mut self,
+        dom: &mut Dom,
+        kind: NodeKind,
+        children: u32,
+    ) -> Result<NodeId, EngineError> {
+        while let Some(&(_, 0)) = self.stack.last() {
+            self.stack.pop();
+        }
+        if children > 0 && !matches!(kind, NodeKind::Element(_)) {
+            return Err(EngineError::BadShape {
+                field: "node.children",
+                detail: "only elements have children",
+            });
+        }
+        let id = dom.create(kind)?;
+        match self.stack.last_mut() {
+            Some((parent, remaining)) => {
+                *remaining -= 1;
+                let parent = *parent;
+                dom.append(parent, id)?;
+            }
+            None => {
+                dom.attach(id, self.root, self.prev_top)?;
+                self.prev_top = id;
+                self.top.push(id);
+            }
+        }
+        if children > 0 {
+            let depth = dom.depth(id) + 1;
+            if depth > dom.limits().max_depth {
+                return Err(EngineError::Limit {
+                    field: "tree.depth",
+                    limit: dom.limits().max_depth.into(),
+                    actual: depth.into(),
+                });
+            }
+            self.stack.push((id, children));
+        }
+        Ok(id)
+    }
+
+    /// Checks that every element received all its children.
+    pub fn finish(&mut self, field: &'static str) -> Result<(), EngineError> {
+        while let Some(&(_, 0)) = self.stack.last() {
+            self.stack.pop();
+        }
+        if self.stack.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::BadShape {
+                field,
+                detail: "records end inside an element",
+            })
+        }
+    }
+
+    /// Whether the builder is inside an element that still expects children.
+    pub fn is_open(&self) -> bool {
+        self.stack.iter().any(|&(_, r)| r > 0)
+    }
+}
+
+/// Resolves a record's strings into a node kind, appending `New` strings to the table.
+pub fn resolve(
+    rec: NodeRecord,
+    dec: &mut SymDecoder,
+    field: &'static str,
+) -> Result<NodeKind, EngineError> {
+    Ok(match rec {
+        NodeRecord::Element {
+            ns, name, attrs, ..
+        } => {
+            if matches!(ns, Ns::Unknown(_)) {
+                return Err(DecodeError::InvalidValue {
+                    field,
+                    detail: "unknown namespace",
+                }
+                .into());
+            }
+            let name = dec.resolve(name, field)?;
+            let attrs = attrs
+                .into_iter()
+                .map(|a| Ok((dec.resolve(a.name, field)?, dec.resolve(a.value, field)?)))
+                .collect::<Result<Vec<_>, DecodeError>>()?;
+            NodeKind::Element(Element { ns, name, attrs })
+        }
+        NodeRecord::Text { text } => NodeKind::Text(dec.resolve(text, field)?),
+        NodeRecord::Comment { text } => NodeKind::Comment(dec.resolve(text, field)?),
+        NodeRecord::Doctype {
+            name,
+            public_id,
+            system_id,
+        } => NodeKind::Doctype {
+            name: dec.resolve(name, field)?,
+            public_id: dec.resolve(public_id, field)?,
+            system_id: dec.resolve(system_id, field)?,
+        },
+    })
+}
+
+/// Decodes a complete snapshot (all parts, in order) into a tree, checking the hash. A
+/// convenience for tests and tools; the [`crate::Agent`] does the same incrementally.
+pub fn decode(parts: &[Snapshot], limits: Limits) -> Result<Dom, EngineError> {
+    let mut dom = Dom::new(limits);
+    let mut dec = SymDecoder::new(limits);
+    let mut builder = TreeBuilder::new(DOCUMENT_ID, 0);
+    let mut announced = None;
+    for part in parts {
+        for rec in part.nodes.iter().cloned() {
+            builder.add(&mut dom, rec, &mut dec, "snapshot.nodes")?;
+        }
+        announced = part.hash;
+    }
+    builder.finish("snapshot.nodes")?;
+    let actual = hash::short(&dom.root_hash());
+    match announced {
+        Some(h) if h == actual => Ok(dom),
+        Some(h) => Err(EngineError::HashMismatch {
+            what: "snapshot".into(),
+            expected: crate::error::hex(&h),
+            actual: crate::error::hex(&actual),
+        }),
+        None => Err(EngineError::BadShape {
+            field: "snapshot.hash",
+            detail: "no part carried the hash",
+        }),
+    }
+}

@@ -1,0 +1,225 @@
+//! Issue 2's corpus checks: every page imports, snapshots and rebuilds to the same tree and
+//! hash; live changes and recorded page states converge on the agent, hash-checked after every
+//! patch.
+
+mod common;
+
+use tandem_engine::{
+    Agent, AgentEvent, Consumer, Dom, LivePage, NodeKind, parse_html, snapshot, to_html,
+};
+use tandem_protocol::{FrameReader, Limits, Message, frame};
+
+/// Sends everything the consumer has queued through real frame encoding and decoding, and
+/// returns acknowledgements to it.
+fn pump(consumer: &mut Consumer, agent: &mut Agent) -> usize {
+    let limits = Limits::DEFAULT;
+    let mut wire = Vec::new();
+    while let Some(msg) = consumer.poll_message() {
+        frame::encode_frame(&msg, &mut wire, &limits).expect("encode");
+    }
+    let bytes = wire.len();
+    let mut reader = FrameReader::new(limits);
+    reader.push(&wire);
+    while let Some(raw) = reader.next_frame().expect("frame") {
+        let msg = raw.decode(&limits).expect("decode");
+        agent.handle_message(msg).expect("agent applies");
+    }
+    while let Some(reply) = agent.poll_message() {
+        consumer
+            .handle_message(&reply)
+            .expect("consumer handles reply");
+    }
+    bytes
+}
+
+fn assert_same(consumer: &mut Consumer, agent: &mut Agent, what: &str) {
+    assert_eq!(
+        agent.tree_hash(),
+        Some(consumer.tree_hash()),
+        "{what}: hashes differ"
+    );
+}
+
+#[test]
+fn every_page_snapshots_and_rebuilds() {
+    for (name, html) in common::pages() {
+        let mut dom = parse_html(&html, Limits::DEFAULT);
+        let nodes = dom.len();
+        let hash = dom.root_hash();
+        let mut consumer = Consumer::new(dom, "https://example.test/", Limits::DEFAULT);
+        let mut agent = Agent::new(Limits::DEFAULT);
+        let bytes = pump(&mut consumer, &mut agent);
+        assert_eq!(agent.tree_hash(), Some(hash), "{name}");
+        assert_eq!(agent.dom().len(), nodes, "{name}: node count");
+        // Structure, not only hash: the exported HTML is identical.
+        assert_eq!(
+            agent.to_html(),
+            to_html(consumer.dom()),
+            "{name}: exported HTML"
+        );
+        assert!(bytes > 0);
+        let mut rendered = false;
+        while let Some(ev) = agent.poll_event() {
+            rendered |= matches!(ev, AgentEvent::Rendered { .. });
+        }
+        assert!(rendered, "{name}: no Rendered event");
+    }
+}
+
+#[test]
+fn scripts_and_handlers_never_imported() {
+    for (name, html) in common::pages() {
+        let dom = parse_html(&html, Limits::DEFAULT);
+        for id in dom.preorder(0) {
+            if let Some(NodeKind::Element(e)) = dom.node(id).map(|n| &n.kind) {
+                assert_ne!(e.name, "script", "{name}");
+                assert!(
+                    e.attrs
+                        .iter()
+                        .all(|(n, _)| !n.to_ascii_lowercase().starts_with("on")),
+                    "{name}: {:?}",
+                    e.attrs
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn export_reimports_to_the_same_tree() {
+    for (name, html) in common::pages() {
+        let mut dom = parse_html(&html, Limits::DEFAULT);
+        let mut again = parse_html(&to_html(&dom), Limits::DEFAULT);
+        assert_eq!(again.root_hash(), dom.root_hash(), "{name}");
+    }
+}
+
+#[test]
+fn snapshot_decode_matches_in_small_parts() {
+    for (name, html) in common::pages() {
+        let mut dom = parse_html(&html, Limits::DEFAULT);
+        let mut enc = tandem_protocol::SymEncoder::new(Limits::DEFAULT);
+        let parts = snapshot::encode(&mut dom, 3, "u", &mut enc, 512);
+        let mut back = snapshot::decode(&parts, Limits::DEFAULT).expect(&name);
+        assert_eq!(back.root_hash(), dom.root_hash(), "{name}");
+        assert!(
+            parts.iter().rev().skip(1).all(|p| p.hash.is_none()),
+            "{name}: only the last part has the hash"
+        );
+    }
+}
+
+#[test]
+fn live_changes_converge_on_every_page() {
+    for (name, html) in common::pages() {
+        let dom = parse_html(&html, Limits::DEFAULT);
+        let mut consumer = Consumer::new(dom, "https://example.test/", Limits::DEFAULT);
+        let mut agent = Agent::new(Limits::DEFAULT);
+        pump(&mut consumer, &mut agent);
+        let mut live = LivePage::new(name.len() as u64);
+        for step in 0..30 {
+            live.step(&mut consumer, 10).expect("changes apply");
+            consumer.flush();
+            pump(&mut consumer, &mut agent);
+            assert_same(&mut consumer, &mut agent, &format!("{name} step {step}"));
+        }
+        assert_eq!(
+            consumer.acked(),
+            consumer.seq(),
+            "{name}: every patch acknowledged"
+        );
+        assert_eq!(agent.to_html(), to_html(consumer.dom()), "{name}");
+    }
+}
+
+#[test]
+fn recorded_states_replay_through_diff() {
+    for (name, states) in common::state_dirs() {
+        let mut first = parse_html(&states[0], Limits::DEFAULT);
+        first.root_hash();
+        let mut consumer = Consumer::new(first, "https://example.test/", Limits::DEFAULT);
+        let mut agent = Agent::new(Limits::DEFAULT);
+        pump(&mut consumer, &mut agent);
+        for (k, html) in states.iter().enumerate().skip(1) {
+            let mut target: Dom = parse_html(html, Limits::DEFAULT);
+            consumer.update_to(&mut target).expect("diff applies");
+            assert_eq!(
+                consumer.tree_hash(),
+                target.root_hash(),
+                "{name} state {k}: consumer reached the state"
+            );
+            consumer.flush();
+            pump(&mut consumer, &mut agent);
+            assert_same(&mut consumer, &mut agent, &format!("{name} state {k}"));
+        }
+    }
+}
+
+#[test]
+fn morph_pairs_diff_to_target() {
+    for (name, from, to) in common::morph_pairs() {
+        let mut consumer = Consumer::new(parse_html(&from, Limits::DEFAULT), "u", Limits::DEFAULT);
+        let mut agent = Agent::new(Limits::DEFAULT);
+        pump(&mut consumer, &mut agent);
+        let mut target = parse_html(&to, Limits::DEFAULT);
+        consumer.update_to(&mut target).expect("diff applies");
+        assert_eq!(consumer.tree_hash(), target.root_hash(), "{name}");
+        consumer.flush();
+        pump(&mut consumer, &mut agent);
+        assert_same(&mut consumer, &mut agent, &name);
+    }
+}
+
+#[test]
+fn divergence_is_detected_and_repaired() {
+    let (_, html) = common::pages().swap_remove(0);
+    let mut consumer = Consumer::new(parse_html(&html, Limits::DEFAULT), "u", Limits::DEFAULT);
+    let mut agent = Agent::new(Limits::DEFAULT);
+    pump(&mut consumer, &mut agent);
+    LivePage::new(1).step(&mut consumer, 5).unwrap();
+    consumer.flush();
+    let Some(Message::Patch(mut p)) = consumer.poll_message() else {
+        panic!("a patch")
+    };
+    p.hash[0] ^= 1;
+    let err = agent.handle_message(Message::Patch(p)).unwrap_err();
+    assert!(
+        matches!(err, tandem_engine::EngineError::HashMismatch { .. }),
+        "{err}"
+    );
+    assert!(
+        agent
+            .poll_event()
+            .is_some_and(|e| matches!(e, AgentEvent::Rendered { .. }))
+    );
+    assert!(matches!(
+        agent.poll_event(),
+        Some(AgentEvent::Diverged { .. })
+    ));
+    let resync = agent
+        .poll_message()
+        .into_iter()
+        .find(|m| matches!(m, Message::Resync(_)))
+        .expect("RESYNC queued");
+    consumer.handle_message(&resync).unwrap();
+    pump(&mut consumer, &mut agent);
+    assert_same(&mut consumer, &mut agent, "after resync");
+    assert_eq!(consumer.epoch(), 1);
+}
+
+#[test]
+fn deep_pages_are_flattened_within_the_depth_limit() {
+    let html = "<div>".repeat(5000) + "deep" + &"</div>".repeat(5000);
+    let limits = Limits::DEFAULT;
+    let dom = parse_html(&html, limits);
+    let max = dom.preorder(0).map(|id| dom.depth(id)).max().unwrap();
+    assert!(max <= limits.max_depth, "depth {max}");
+    assert!(
+        dom.preorder(0).any(|id| dom.text(id) == Some("deep")),
+        "content kept"
+    );
+    let mut consumer = Consumer::new(dom, "u", limits);
+    let mut agent = Agent::new(limits);
+    pump(&mut consumer, &mut agent);
+    assert_same(&mut consumer, &mut agent, "deep page");
+}
