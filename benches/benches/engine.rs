@@ -1,1 +1,102 @@
-fn main() {}
+//! Engine benchmarks: HTML import, snapshot encode and decode (as frames), and one small
+//! change through consumer and agent (diff-free change record + encode + apply + hash check).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tandem_engine::{Agent, Consumer, parse_html, snapshot};
+use tandem_protocol::{FrameReader, Limits, Message, SymEncoder, frame};
+
+fn import(c: &mut Criterion) {
+    let mut g = c.benchmark_group("import");
+    for (name, html) in tandem_benches::pages() {
+        g.throughput(Throughput::Bytes(html.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(&name), &html, |b, html| {
+            b.iter(|| parse_html(html, Limits::DEFAULT))
+        });
+    }
+    g.finish();
+}
+
+fn snapshot_frames(c: &mut Criterion) {
+    let limits = Limits::DEFAULT;
+    let mut g = c.benchmark_group("snapshot_encode_decode");
+    for (name, html) in tandem_benches::pages() {
+        let mut dom = parse_html(&html, limits);
+        dom.root_hash();
+        // Throughput in bytes of page HTML, as the target states it.
+        g.throughput(Throughput::Bytes(html.len() as u64));
+        g.bench_function(BenchmarkId::new("encode", &name), |b| {
+            let mut enc = SymEncoder::new(limits);
+            b.iter(|| {
+                let mut wire = Vec::new();
+                for part in
+                    snapshot::encode(&mut dom, 0, "u", &mut enc, snapshot::DEFAULT_PART_BYTES)
+                {
+                    frame::encode_frame(&Message::Snapshot(part), &mut wire, &limits).unwrap();
+                }
+                wire
+            })
+        });
+        let mut enc = SymEncoder::new(limits);
+        let mut wire = Vec::new();
+        for part in snapshot::encode(&mut dom, 0, "u", &mut enc, snapshot::DEFAULT_PART_BYTES) {
+            frame::encode_frame(&Message::Snapshot(part), &mut wire, &limits).unwrap();
+        }
+        g.bench_function(BenchmarkId::new("decode", &name), |b| {
+            b.iter(|| {
+                let mut agent = Agent::new(limits);
+                let mut r = FrameReader::new(limits);
+                r.push(&wire);
+                while let Some(f) = r.next_frame().unwrap() {
+                    agent.handle_message(f.decode(&limits).unwrap()).unwrap();
+                }
+                agent
+            })
+        });
+    }
+    g.finish();
+}
+
+fn one_change(c: &mut Criterion) {
+    let limits = Limits::DEFAULT;
+    let mut g = c.benchmark_group("one_attribute_change");
+    for (name, html) in tandem_benches::pages() {
+        let mut consumer = Consumer::new(parse_html(&html, limits), "u", limits);
+        let mut agent = Agent::new(limits);
+        while let Some(m) = consumer.poll_message() {
+            agent.handle_message(m).unwrap();
+        }
+        let target = consumer
+            .dom()
+            .preorder(0)
+            .filter(|&id| {
+                consumer
+                    .dom()
+                    .node(id)
+                    .is_some_and(|n| n.element().is_some())
+            })
+            .last()
+            .unwrap();
+        let mut tick = 0u64;
+        g.bench_function(BenchmarkId::from_parameter(&name), |b| {
+            b.iter(|| {
+                tick += 1;
+                consumer
+                    .set_attr(target, "data-tick", &tick.to_string())
+                    .unwrap();
+                consumer.flush();
+                let mut wire = Vec::new();
+                while let Some(m) = consumer.poll_message() {
+                    frame::encode_frame(&m, &mut wire, &limits).unwrap();
+                }
+                let m = frame::decode_exact(&wire, &limits).unwrap();
+                agent.handle_message(m).unwrap();
+                while agent.poll_message().is_some() {}
+                while agent.poll_event().is_some() {}
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, import, snapshot_frames, one_change);
+criterion_main!(benches);
