@@ -153,6 +153,11 @@ impl Agent {
     }
 
     fn on_snapshot(&mut self, s: Snapshot) -> Result<(), EngineError> {
+        // Parts of an epoch older than the newest one seen are stale bytes of a superseded
+        // stream (spec §3): they are dropped, not treated as errors.
+        if self.last_epoch.is_some_and(|last| s.epoch < last) {
+            return Ok(());
+        }
         if s.part == 0 {
             self.dec.reset();
             self.last_epoch = Some(s.epoch);
@@ -174,7 +179,11 @@ impl Agent {
             // A later part without its part 0 (after a divergence): ignore until a new epoch.
             return Ok(());
         };
-        if s.epoch != *epoch || s.part != *next_part {
+        if s.epoch != *epoch && s.part != 0 {
+            // A later part of an epoch whose part 0 never came: ignore it.
+            return Ok(());
+        }
+        if s.part != *next_part {
             return Err(EngineError::Unexpected {
                 message: "SNAPSHOT",
                 detail: format!(
