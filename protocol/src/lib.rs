@@ -38,6 +38,7 @@ mod macros;
 pub mod dom;
 pub mod error;
 pub mod frame;
+pub mod fuzzing;
 pub mod limits;
 pub mod message;
 pub mod strings;

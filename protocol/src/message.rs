@@ -842,7 +842,9 @@ pub fn check_records(
 }
 
 impl Message {
-    fn check(&self, l: &Limits) -> Result<(), DecodeError> {
+    /// The checks [`Message::decode_body`] makes after postcard decoding (spec §8): limits and
+    /// value rules that do not need the receiver's state.
+    pub(crate) fn check(&self, l: &Limits) -> Result<(), DecodeError> {
         match self {
             Message::Hello(m) => {
                 platform("hello.platform", &m.platform, l)?;
