@@ -46,6 +46,7 @@ pub struct Consumer {
     limits: Limits,
     part_bytes: usize,
     started: bool,
+    synced: bool,
 }
 
 impl Consumer {
@@ -63,6 +64,7 @@ impl Consumer {
             limits,
             part_bytes: snapshot::DEFAULT_PART_BYTES,
             started: false,
+            synced: false,
         };
         c.queue_snapshot();
         c
@@ -84,6 +86,7 @@ impl Consumer {
         self.pending.clear();
         self.seq = 0;
         self.acked = 0;
+        self.synced = false;
         // Anything not yet sent of the old epoch is superseded.
         self.out.clear();
         for part in snapshot::encode(
@@ -120,6 +123,12 @@ impl Consumer {
     /// The last sequence the agent acknowledged.
     pub fn acked(&self) -> u64 {
         self.acked
+    }
+
+    /// Whether the agent has acknowledged everything: the current epoch's snapshot and every
+    /// patch queued, with no change pending and nothing left to send.
+    pub fn is_synced(&self) -> bool {
+        self.synced && self.acked == self.seq && self.pending.is_empty() && self.out.is_empty()
     }
 
     /// Whether changes are waiting for [`Consumer::flush`].
@@ -296,6 +305,7 @@ impl Consumer {
                     });
                 }
                 self.acked = self.acked.max(a.seq);
+                self.synced = true;
                 Ok(())
             }
             Message::Resync(Resync { epoch, .. }) if *epoch == self.epoch => {
