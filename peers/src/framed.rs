@@ -1,0 +1,375 @@
+//! Frames over QUIC streams (spec §4): write a [`Message`] or a [`RawFrame`] to a
+//! [`quinn::SendStream`], read frames from a [`quinn::RecvStream`] with bounded memory, and
+//! forward a stream frame by frame without decoding bodies (what the relay does).
+//!
+//! ```text
+//!  RecvStream ──read──► FrameReader ──► RawFrame ──► Message      (FrameRecv)
+//!  RecvStream ──chunk──► HeaderCheck ──same chunk──► SendStream  (forward_stream)
+//! ```
+//!
+//! Errors separate "the peer broke the protocol" ([`FramedError::Protocol`]) from "the link went
+//! away" (every other variant), because the first closes the session with a typed `CLOSE` and
+//! the second is a connection loss.
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream, VarInt};
+use tandem_protocol::frame::{FrameHeader, read_header};
+use tandem_protocol::varint::MAX_VARINT32_LEN;
+use tandem_protocol::{
+    DecodeError, EncodeError, ErrorCode, FrameReader, Limits, Message, RawFrame,
+};
+
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A failure reading, writing or forwarding frames.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FramedError {
+    /// The peer sent bytes that are not a valid frame (spec §4.5): the peer broke the protocol.
+    #[error("peer broke the protocol: {0}")]
+    Protocol(#[from] DecodeError),
+    /// A message to send could not be encoded (too large, or a value the wire cannot carry).
+    #[error("cannot encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// Reading failed: the stream was reset or the connection went away.
+    #[error("read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed: the receiver stopped the stream or the connection went away.
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream had already been finished or reset locally.
+    #[error("stream already closed: {0}")]
+    ClosedStream(#[from] quinn::ClosedStream),
+    /// Opening or accepting a stream failed because the connection went away.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+impl FramedError {
+    /// Whether the peer broke the protocol, as opposed to the link going away.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Self::Protocol(_))
+    }
+
+    /// The code to put in a `CLOSE` to the peer, when the peer broke the protocol.
+    pub fn close_code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Protocol(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Appends `msg` as one frame to `stream`.
+pub async fn write_message(
+    stream: &mut SendStream,
+    msg: &Message,
+    limits: &Limits,
+) -> Result<(), FramedError> {
+    let bytes = tandem_protocol::frame::to_frame(msg, limits)?;
+    stream.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Appends a raw frame (header and body, exactly as received) to `stream`.
+pub async fn write_raw(stream: &mut SendStream, frame: &RawFrame) -> Result<(), FramedError> {
+    stream.write_chunk(Bytes::from(frame.to_bytes())).await?;
+    Ok(())
+}
+
+/// Reads frames from a stream. Memory is bounded by one frame plus one read chunk: a header
+/// announcing a body above `limits.max_frame_body` is refused before its body is buffered.
+///
+/// [`FrameRecv::next_raw`] and [`FrameRecv::next_message`] are cancel-safe: bytes already read
+/// stay buffered, so they can be used in `tokio::select!`.
+#[derive(Debug)]
+pub struct FrameRecv {
+    stream: RecvStream,
+    reader: FrameReader,
+    limits: Limits,
+    chunk: Box<[u8]>,
+    finished: bool,
+}
+
+impl FrameRecv {
+    /// Reads frames from `stream`, enforcing `limits`.
+    pub fn new(stream: RecvStream, limits: Limits) -> Self {
+        Self {
+            stream,
+            reader: FrameReader::new(limits),
+            limits,
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            finished: false,
+        }
+    }
+
+    /// The next frame, undecoded. `Ok(None)` when the peer finished the stream on a frame
+    /// boundary; a stream that ends inside a frame is a protocol error.
+    pub async fn next_raw(&mut self) -> Result<Option<RawFrame>, FramedError> {
+        loop {
+            if let Some(frame) = self.reader.next_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.finished {
+                self.reader.finish()?;
+                return Ok(None);
+            }
+            match self.stream.read(&mut self.chunk).await? {
+                Some(n) => self.reader.push(&self.chunk[..n]),
+                None => self.finished = true,
+            }
+        }
+    }
+
+    /// The next frame, decoded (spec §4.5). Unknown types come back as [`Message::Unknown`];
+    /// skipping optional ones or refusing critical ones is the caller's decision.
+    pub async fn next_message(&mut self) -> Result<Option<Message>, FramedError> {
+        match self.next_raw().await? {
+            Some(frame) => Ok(Some(frame.decode(&self.limits)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The limits this reader enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The underlying stream, for example to `stop` it.
+    pub fn stream_mut(&mut self) -> &mut RecvStream {
+        &mut self.stream
+    }
+}
+
+/// Checks frame boundaries in a byte stream without buffering bodies: it parses each header as
+/// it goes by, refuses one that breaks `limits`, and counts body bytes through. The relay uses it
+/// to forward streams chunk by chunk with memory bounded by one chunk.
+#[derive(Debug, Clone)]
+pub struct HeaderCheck {
+    limits: Limits,
+    header: [u8; 2 * MAX_VARINT32_LEN],
+    header_len: usize,
+    body_left: u32,
+    frames: u64,
+}
+
+impl HeaderCheck {
+    /// A checker enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            header: [0; 2 * MAX_VARINT32_LEN],
+            header_len: 0,
+            body_left: 0,
+            frames: 0,
+        }
+    }
+
+    /// Feeds the next bytes of the stream. On error the stream is broken and must not be
+    /// forwarded further.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), DecodeError> {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = data.len().min(self.body_left as usize);
+                data = &data[n..];
+                // n <= body_left, which is a u32.
+                self.body_left -= n as u32;
+                continue;
+            }
+            // Inside a header: take one byte at a time (headers are at most ten bytes). A
+            // header_len at the array's size is impossible: two varints of at most five bytes
+            // each are either complete or invalid by then.
+            self.header[self.header_len] = data[0];
+            self.header_len += 1;
+            data = &data[1..];
+            if let Some(FrameHeader { len, .. }) =
+                read_header(&self.header[..self.header_len], &self.limits)?
+            {
+                self.header_len = 0;
+                self.body_left = len;
+                self.frames += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the stream ended on a frame boundary.
+    pub fn finish(&self) -> Result<(), DecodeError> {
+        if self.header_len == 0 && self.body_left == 0 {
+            Ok(())
+        } else {
+            Err(DecodeError::Truncated { field: "frame" })
+        }
+    }
+
+    /// Frames whose header has been seen so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+}
+
+/// How forwarding one stream ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ForwardEnd {
+    /// The source finished on a frame boundary and the destination was finished: `frames`
+    /// frames went through.
+    Finished {
+        /// Frames forwarded.
+        frames: u64,
+    },
+    /// The source reset its stream; the destination was reset with the same code.
+    SourceReset(VarInt),
+    /// The destination stopped its stream; the source was stopped with the same code.
+    DestinationStopped(VarInt),
+}
+
+/// Forwards `from` to `to` chunk by chunk, checking every frame header against `limits` and
+/// never decoding bodies (unknown frame types pass through). Resets and stops are propagated
+/// with their codes. A bad header resets `to` and returns [`FramedError::Protocol`], which blames
+/// the sender of `from`; the other errors are connection losses of either side.
+pub async fn forward_stream(
+    mut from: RecvStream,
+    to: SendStream,
+    limits: Limits,
+) -> Result<ForwardEnd, FramedError> {
+    // If this future is dropped halfway (the session ended), the destination is reset rather
+    // than finished, so the receiver never mistakes a cut stream for a complete one.
+    let mut to = ResetOnDrop(Some(to));
+    let mut check = HeaderCheck::new(limits);
+    loop {
+        let chunk = match from.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(quinn::ReadError::Reset(code)) => {
+                to.reset(code);
+                return Ok(ForwardEnd::SourceReset(code));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = check.feed(&chunk.bytes) {
+            let code = VarInt::from_u32(u32::from(e.code()));
+            to.reset(code);
+            let _ = from.stop(code);
+            return Err(e.into());
+        }
+        match to.stream().write_chunk(chunk.bytes).await {
+            Ok(()) => {}
+            Err(quinn::WriteError::Stopped(code)) => {
+                let _ = from.stop(code);
+                to.0 = None;
+                return Ok(ForwardEnd::DestinationStopped(code));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Err(e) = check.finish() {
+        to.reset(VarInt::from_u32(u32::from(e.code())));
+        return Err(e.into());
+    }
+    to.finish()?;
+    Ok(ForwardEnd::Finished {
+        frames: check.frames(),
+    })
+}
+
+/// A send stream that is reset, not finished, if dropped before [`ResetOnDrop::finish`].
+struct ResetOnDrop(Option<SendStream>);
+
+impl ResetOnDrop {
+    fn stream(&mut self) -> &mut SendStream {
+        // Only `finish` and `reset` take the stream out, and both end the forwarding.
+        self.0.as_mut().expect("stream used after finish or reset")
+    }
+
+    fn reset(&mut self, code: VarInt) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.reset(code);
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
+        match self.0.take() {
+            Some(mut s) => s.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        self.reset(VarInt::from_u32(u32::from(ErrorCode::SessionEnded)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_protocol::frame::encode_frame;
+    use tandem_protocol::message::Ping;
+
+    fn stream_of_frames() -> Vec<u8> {
+        let limits = Limits::DEFAULT;
+        let mut bytes = Vec::new();
+        for nonce in [0u64, 300, 1 << 40] {
+            encode_frame(&Message::Ping(Ping { nonce }), &mut bytes, &limits).unwrap();
+        }
+        // An unknown optional frame with a 200-byte body (two-byte length).
+        bytes.extend(
+            RawFrame {
+                ty: tandem_protocol::FrameType(0x1001),
+                body: vec![7; 200],
+            }
+            .to_bytes(),
+        );
+        bytes
+    }
+
+    #[test]
+    fn header_check_accepts_any_split() {
+        let bytes = stream_of_frames();
+        for step in 1..bytes.len() {
+            let mut check = HeaderCheck::new(Limits::DEFAULT);
+            for piece in bytes.chunks(step) {
+                check.feed(piece).unwrap();
+            }
+            check.finish().unwrap();
+            assert_eq!(check.frames(), 4);
+        }
+    }
+
+    #[test]
+    fn header_check_refuses_oversized_and_truncated() {
+        let limits = Limits {
+            max_frame_body: 100,
+            ..Limits::DEFAULT
+        };
+        let mut check = HeaderCheck::new(limits);
+        assert_eq!(
+            check.feed(&[0x62, 0x65]),
+            Err(DecodeError::FrameTooLarge { len: 101, max: 100 })
+        );
+
+        let bytes = stream_of_frames();
+        let mut check = HeaderCheck::new(Limits::DEFAULT);
+        check.feed(&bytes[..bytes.len() - 1]).unwrap();
+        assert!(check.finish().is_err());
+
+        let mut check = HeaderCheck::new(Limits::DEFAULT);
+        assert!(matches!(
+            check.feed(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(DecodeError::BadVarint { .. })
+        ));
+    }
+
+    #[test]
+    fn protocol_errors_are_told_apart_from_link_errors() {
+        let e = FramedError::from(DecodeError::FrameTooLarge { len: 2, max: 1 });
+        assert!(e.is_protocol());
+        assert_eq!(e.close_code(), Some(ErrorCode::LimitExceeded));
+        let e = FramedError::from(quinn::ReadError::ClosedStream);
+        assert!(!e.is_protocol());
+        assert_eq!(e.close_code(), None);
+    }
+}

@@ -1,0 +1,512 @@
+//! QUIC endpoints for Tandem (DESIGN.md "Transport mapping"): quinn over real UDP sockets,
+//! TLS 1.3 only with the *ring* provider, ALPN `tandem/1`, and a self-signed relay certificate
+//! that clients pin by its SHA-256 fingerprint.
+//!
+//! ```text
+//!  relay:  Identity::load_or_generate ─► server_endpoint(listen, &identity)
+//!          identity.fingerprint()  ──── printed, handed to clients out of band ───┐
+//!  client: client_endpoint(pin) ─► connect(&endpoint, relay_addr) ─► Connection  ◄┘
+//! ```
+//!
+//! The transport parameters are tuned for slow, lossy links (300 ms RTT, 750 kbit/s, 1–5 %
+//! loss): Cubic congestion control, no MTU probing, keep-alives well inside the idle timeout and
+//! small datagram buffers so that stale pointer positions are dropped rather than queued.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// The ALPN protocol identifier of Tandem over QUIC, version 1.
+pub const ALPN: &[u8] = b"tandem/1";
+
+/// The TLS server name clients ask for. The relay's certificate is pinned by fingerprint, so the
+/// name is never checked; it is also one of the names in a generated certificate.
+pub const SERVER_NAME: &str = "tandem-relay";
+
+/// Keep-alive interval: well inside the idle timeout, and frequent enough to keep NAT bindings.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A connection with no traffic for this long is considered lost.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes a connection may have in flight unacknowledged (all streams together).
+pub const SEND_WINDOW: u64 = 2 * 1024 * 1024;
+
+/// Outgoing datagram queue: small, so that a newer pointer position pushes out an older one.
+pub const DATAGRAM_SEND_BUFFER: usize = 16 * 1024;
+
+/// Incoming datagram queue: datagrams not read in time are dropped, oldest first.
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// QUIC application error code used when closing a connection normally.
+pub const CLOSE_OK: u32 = 0;
+
+/// Errors of setting up or using the transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A socket could not be bound, or a certificate file could not be read or written.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A certificate or key file exists but does not hold what it should.
+    #[error("bad PEM in {path}: {detail}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Only one of the certificate and key files exists.
+    #[error(
+        "certificate and key must both exist or both be absent ({present} exists, {missing} does not)"
+    )]
+    HalfIdentity {
+        /// The file that exists.
+        present: String,
+        /// The file that does not.
+        missing: String,
+    },
+    /// The self-signed certificate could not be generated.
+    #[error("certificate generation failed: {0}")]
+    CertGen(#[from] rcgen::Error),
+    /// rustls refused the TLS configuration (for example a key that does not match the certificate).
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    NoInitialCipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// A fingerprint given by the user is not 64 hex digits.
+    #[error("bad fingerprint {0:?}: expected 64 hex digits (SHA-256 of the relay certificate)")]
+    BadFingerprint(String),
+    /// The connection attempt could not start (bad address, endpoint closed).
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The server's certificate is not the pinned one: this is not the relay you asked for.
+    #[error("relay certificate does not match the pinned fingerprint: {detail}")]
+    PinMismatch {
+        /// What the TLS layer reported, including the fingerprint that was presented.
+        detail: String,
+    },
+    /// The handshake or connection failed.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+}
+
+/// The SHA-256 fingerprint of a DER certificate.
+pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// A certificate fingerprint (SHA-256 of the DER certificate). Displays as 64 lowercase hex
+/// digits without separators; parses from hex in either case, with or without colons.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER certificate.
+    pub fn of(cert_der: &[u8]) -> Self {
+        Self(fingerprint(cert_der))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = TransportError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || TransportError::BadFingerprint(s.to_owned());
+        let digits: Vec<u8> = s.bytes().filter(|&b| b != b':').collect();
+        if digits.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in digits.chunks_exact(2).enumerate() {
+            let hi = hex_value(pair[0]).ok_or_else(bad)?;
+            let lo = hex_value(pair[1]).ok_or_else(bad)?;
+            out[i] = (hi << 4) | lo;
+        }
+        Ok(Self(out))
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A server's certificate and private key.
+#[derive(Debug)]
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// A fresh self-signed certificate (ECDSA P-256) for `tandem-relay` and `localhost`.
+    pub fn generate() -> Result<Self, TransportError> {
+        let (identity, _, _) = Self::generate_pem()?;
+        Ok(identity)
+    }
+
+    fn generate_pem() -> Result<(Self, String, String), TransportError> {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            SERVER_NAME.to_owned(),
+            "localhost".to_owned(),
+        ])?;
+        let cert_pem = ck.cert.pem();
+        let key_pem = ck.signing_key.serialize_pem();
+        let identity = Self {
+            cert: ck.cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())),
+        };
+        Ok((identity, cert_pem, key_pem))
+    }
+
+    /// Reads a certificate and its private key from PEM files.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TransportError> {
+        let cert_pem = std::fs::read(cert_path)?;
+        let key_pem = std::fs::read(key_path)?;
+        let pem_err = |path: &Path, e: rustls::pki_types::pem::Error| TransportError::Pem {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        };
+        let cert = CertificateDer::from_pem_slice(&cert_pem).map_err(|e| pem_err(cert_path, e))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| pem_err(key_path, e))?;
+        Ok(Self { cert, key })
+    }
+
+    /// Loads the identity from `cert_path` and `key_path` when both exist; when neither exists,
+    /// generates one and saves it there (the key file readable by its owner only), so that a
+    /// relay keeps its fingerprint across restarts.
+    pub fn load_or_generate(cert_path: &Path, key_path: &Path) -> Result<Self, TransportError> {
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Self::load(cert_path, key_path),
+            (false, false) => {
+                let (identity, cert_pem, key_pem) = Self::generate_pem()?;
+                write_private(key_path, key_pem.as_bytes())?;
+                std::fs::write(cert_path, cert_pem)?;
+                Ok(identity)
+            }
+            (true, false) => Err(TransportError::HalfIdentity {
+                present: cert_path.display().to_string(),
+                missing: key_path.display().to_string(),
+            }),
+            (false, true) => Err(TransportError::HalfIdentity {
+                present: key_path.display().to_string(),
+                missing: cert_path.display().to_string(),
+            }),
+        }
+    }
+
+    /// The DER certificate.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The certificate's fingerprint, which clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert)
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// The *ring* crypto provider; Tandem never uses aws-lc.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport parameters for slow, lossy links, shared by both sides.
+pub fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        .mtu_discovery_config(None)
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        // 30 s fits in a QUIC varint of milliseconds by a wide margin.
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s is a valid idle timeout"),
+        ))
+        .send_window(SEND_WINDOW)
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    t
+}
+
+/// A quinn server configuration presenting `identity`: TLS 1.3 only, ALPN `tandem/1`.
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TransportError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+/// A quinn client configuration that accepts only the server certificate whose fingerprint is
+/// `pin`: TLS 1.3 only, ALPN `tandem/1`.
+pub fn client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, TransportError> {
+    let provider = provider();
+    let verifier = PinnedServerCert {
+        pin,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+/// A server endpoint on a UDP socket bound to `listen` (port 0 picks a free port; read it back
+/// with `local_addr`). Must be called inside a tokio runtime.
+pub fn server_endpoint(
+    listen: SocketAddr,
+    identity: &Identity,
+) -> Result<Endpoint, TransportError> {
+    Ok(Endpoint::server(server_config(identity)?, listen)?)
+}
+
+/// A client endpoint on an ephemeral IPv4 UDP port whose connections pin the server
+/// certificate to `pin`. Use [`client_endpoint_on`] to reach an IPv6 relay. Must be called
+/// inside a tokio runtime.
+pub fn client_endpoint(pin: Fingerprint) -> Result<Endpoint, TransportError> {
+    client_endpoint_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), pin)
+}
+
+/// Like [`client_endpoint`], bound to `bind`.
+pub fn client_endpoint_on(bind: SocketAddr, pin: Fingerprint) -> Result<Endpoint, TransportError> {
+    let mut endpoint = Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client_config(pin)?);
+    Ok(endpoint)
+}
+
+/// The unspecified address of the same family as `addr`, port 0: where a client should bind to
+/// reach `addr`.
+pub fn bind_address_for(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// Connects `endpoint` (made by [`client_endpoint`]) to the relay at `addr` and completes the
+/// handshake. A relay whose certificate is not the pinned one fails with
+/// [`TransportError::PinMismatch`].
+pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Connection, TransportError> {
+    let connecting = endpoint.connect(addr, SERVER_NAME)?;
+    connecting.await.map_err(|e| match e {
+        // Our verifier is the only thing on the client that rejects a certificate, and it does
+        // so only when the fingerprint differs; rustls reports `CertificateError::Other` as a
+        // certificate_unknown alert.
+        quinn::ConnectionError::TransportError(ref te)
+            if te.code == quinn::TransportErrorCode::crypto(CERTIFICATE_UNKNOWN_ALERT) =>
+        {
+            TransportError::PinMismatch {
+                detail: te.reason.clone(),
+            }
+        }
+        other => TransportError::Connection(other),
+    })
+}
+
+/// The TLS `certificate_unknown` alert (RFC 8446 §6.2).
+const CERTIFICATE_UNKNOWN_ALERT: u8 = 46;
+
+/// Accepts exactly the server certificate whose SHA-256 is the pin, and still checks that the
+/// server holds its key by verifying the TLS 1.3 handshake signature.
+#[derive(Debug)]
+struct PinnedServerCert {
+    pin: Fingerprint,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServerCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = Fingerprint::of(end_entity);
+        if got == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinError {
+                    expected: self.pin,
+                    got,
+                }))),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The configuration allows TLS 1.3 only, so rustls never asks.
+        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Why the pinned verifier refused a certificate. Its `Debug` is its `Display`, because rustls
+/// puts the `Debug` form in the handshake error the user sees.
+struct PinError {
+    expected: Fingerprint,
+    got: Fingerprint,
+}
+
+impl fmt::Display for PinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "certificate fingerprint {} is not the pinned {}",
+            self.got, self.expected
+        )
+    }
+}
+
+impl fmt::Debug for PinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for PinError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_sha256_of_der() {
+        // SHA-256 of the empty input.
+        assert_eq!(
+            Fingerprint::of(b"").to_string(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn fingerprint_parses_its_display_and_colon_form() {
+        let fp = Identity::generate().unwrap().fingerprint();
+        let hex = fp.to_string();
+        assert_eq!(hex.len(), 64);
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_eq!(hex.parse::<Fingerprint>().unwrap(), fp);
+        let colons: Vec<String> = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect();
+        assert_eq!(colons.join(":").parse::<Fingerprint>().unwrap(), fp);
+        assert!("abc".parse::<Fingerprint>().is_err());
+        assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+    }
+
+    #[test]
+    fn identity_persists_across_loads() {
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-identity-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+        let first = Identity::load_or_generate(&cert, &key).unwrap();
+        let second = Identity::load_or_generate(&cert, &key).unwrap();
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        server_config(&second).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        assert!(matches!(
+            Identity::load_or_generate(&cert, &key),
+            Err(TransportError::HalfIdentity { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
