@@ -209,6 +209,27 @@ impl HeaderCheck {
     }
 }
 
+/// Checks that a QUIC datagram holds exactly one complete frame within `limits` (spec §3.2);
+/// anything else is a malformed frame.
+pub fn check_datagram(datagram: &[u8], limits: &Limits) -> Result<(), DecodeError> {
+    let Some(h) = read_header(datagram, limits)? else {
+        return Err(DecodeError::Truncated {
+            field: "datagram.header",
+        });
+    };
+    let end = h.header_len + h.len as usize;
+    match datagram.len().cmp(&end) {
+        std::cmp::Ordering::Less => Err(DecodeError::Truncated {
+            field: "datagram.body",
+        }),
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(DecodeError::TrailingBytes {
+            message: "datagram",
+            count: datagram.len() - end,
+        }),
+    }
+}
+
 /// How forwarding one stream ended.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -360,6 +381,22 @@ mod tests {
         assert!(matches!(
             check.feed(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]),
             Err(DecodeError::BadVarint { .. })
+        ));
+    }
+
+    #[test]
+    fn datagrams_hold_exactly_one_frame() {
+        let limits = Limits::DEFAULT;
+        let one =
+            tandem_protocol::frame::to_frame(&Message::Ping(Ping { nonce: 9 }), &limits).unwrap();
+        check_datagram(&one, &limits).unwrap();
+        assert!(check_datagram(&one[..one.len() - 1], &limits).is_err());
+        assert!(check_datagram(&[], &limits).is_err());
+        let mut two = one.clone();
+        two.extend(&one);
+        assert!(matches!(
+            check_datagram(&two, &limits),
+            Err(DecodeError::TrailingBytes { .. })
         ));
     }
 

@@ -1,12 +1,43 @@
-//! # tandem-peers: the `tandem` binary's library — QUIC transport and framing
+//! # tandem-peers: the `tandem` binary's library — QUIC transport, relay and clients
 //!
 //! ```text
 //!  transport  quinn endpoints: TLS 1.3 (ring), ALPN tandem/1, pinned self-signed certificates,
 //!             transport parameters for slow lossy links
 //!  framed     frames over QUIC streams: write Message/RawFrame, read with bounded memory,
 //!             forward a stream frame by frame without decoding bodies
+//!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events;
+//!             relay::state is its sans-IO core (session table, negotiation, teardown plan)
+//!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED
+//! ```
+//!
+//! Dependencies point one way: peers → engine → protocol. Every protocol decision of the relay
+//! is in [`relay::state`], which does no I/O; the rest is the tokio pump (STYLE.md 3).
+//!
+//! ## Example: a relay and two clients in one process
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tandem_peers::{client, relay, transport};
+//! use tandem_protocol::message::{Credential, Role};
+//!
+//! let relay = relay::spawn(relay::RelayConfig::new(
+//!     "127.0.0.1:0".parse()?,
+//!     transport::Identity::generate()?,
+//! ))?;
+//! let conn = client::connect(relay.addr, relay.fingerprint).await?;
+//! let mut consumer = client::ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
+//! let code = consumer.open_session("Customer").await?.code;
+//!
+//! let conn = client::connect(relay.addr, relay.fingerprint).await?;
+//! let mut agent = client::ControlChannel::open(conn, client::hello(Role::Agent)).await?;
+//! let consumer_info = agent.join(Credential::Code(code), "Alice").await?;
+//! let agent_info = consumer.wait_joined().await?;
+//! relay.shutdown().await;
+//! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod framed;
+pub mod relay;
 pub mod transport;

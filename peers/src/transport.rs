@@ -488,6 +488,46 @@ mod tests {
         assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
     }
 
+    /// A client that pins the right certificate but speaks another ALPN is refused (spec §3.1).
+    #[tokio::test]
+    async fn other_alpn_is_refused() {
+        let identity = Identity::generate().unwrap();
+        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let _ = incoming.await;
+            }
+        });
+
+        let provider = provider();
+        let verifier = PinnedServerCert {
+            pin: identity.fingerprint(),
+            algorithms: provider.signature_verification_algorithms,
+        };
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"other/1".to_vec()];
+        let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let result = client
+            .connect_with(config, addr, SERVER_NAME)
+            .unwrap()
+            .await;
+        assert!(result.is_err(), "handshake with another ALPN must fail");
+
+        // The same client with the right ALPN connects.
+        let mut client = client;
+        client.set_default_client_config(client_config(identity.fingerprint()).unwrap());
+        let conn = connect(&client, addr).await.unwrap();
+        conn.close(0u32.into(), b"");
+        accept.abort();
+    }
+
     #[test]
     fn identity_persists_across_loads() {
         let dir = std::env::temp_dir().join(format!(

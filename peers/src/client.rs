@@ -1,0 +1,346 @@
+//! The client side of the relay handshake (spec §7.1–§7.6): a [`ControlChannel`] opens the
+//! control stream, says `HELLO`, reads `WELCOME`, then opens a session (consumer) or joins one
+//! (agent) and waits for `JOINED`.
+//!
+//! ```no_run
+//! # async fn demo(relay: std::net::SocketAddr, pin: tandem_peers::transport::Fingerprint)
+//! # -> Result<(), tandem_peers::client::ClientError> {
+//! use tandem_peers::client::{self, ControlChannel};
+//! use tandem_protocol::message::{Credential, Role};
+//!
+//! // Consumer: open a session, read the code out, wait for the agent.
+//! let conn = client::connect(relay, pin).await?;
+//! let mut consumer = ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
+//! let created = consumer.open_session("Customer").await?;
+//! println!("code: {}", created.code);
+//! let agent = consumer.wait_joined().await?;
+//! let mut dom = consumer.connection().open_uni().await.map_err(client::ClientError::from_connection)?;
+//! // ... write SNAPSHOT / PATCH frames to `dom` with framed::write_message ...
+//!
+//! // Agent (elsewhere): join by code, then accept the DOM stream.
+//! let conn = client::connect(relay, pin).await?;
+//! let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
+//! let consumer_info = ctl.join(Credential::Code(created.code), "Alice").await?;
+//! let dom = ctl.connection().accept_uni().await.map_err(client::ClientError::from_connection)?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, SendStream, VarInt};
+use tandem_protocol::message::{
+    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Join, Joined, Platform, Role,
+    SessionCreated, SessionOpen, Welcome,
+};
+use tandem_protocol::{ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
+
+use crate::framed::{FrameRecv, FramedError, write_message, write_raw};
+use crate::transport::{self, Fingerprint, TransportError};
+
+/// The software string clients send in `HELLO`.
+pub const SOFTWARE: &str = concat!("tandem/", env!("CARGO_PKG_VERSION"));
+
+/// How long [`ControlChannel::end`] waits for the relay's `CLOSE`.
+const END_WAIT: Duration = Duration::from_secs(5);
+
+/// A failure of the client handshake or of the control stream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The QUIC connection could not be set up (including a relay that fails the pin).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The relay sent a bad frame, or the link went away.
+    #[error(transparent)]
+    Framed(#[from] FramedError),
+    /// The relay refused the request with an `ERROR` (spec §7.33), such as `SessionNotFound`,
+    /// `SessionBusy` or `RateLimited`; the channel stays usable to try again.
+    #[error("relay refused: {code:?}: {message}")]
+    Refused {
+        /// The error code.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The relay closed the connection with this code (spec §7.34).
+    #[error("relay closed the connection: {code:?}: {message}")]
+    Closed {
+        /// The close code, such as `VersionMismatch` or `RateLimited`.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The session ended (spec §7.13).
+    #[error("session ended: {0:?}")]
+    Ended(EndReason),
+    /// The relay sent a message that has no place at this point of the handshake.
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        /// What the client waited for.
+        expected: &'static str,
+        /// The message that came instead.
+        got: &'static str,
+    },
+    /// The relay finished the control stream without a `CLOSE`.
+    #[error("the relay finished the control stream")]
+    StreamEnded,
+}
+
+impl ClientError {
+    /// Wraps a connection error from opening or accepting a stream.
+    pub fn from_connection(e: quinn::ConnectionError) -> Self {
+        ClientError::Framed(FramedError::Connection(e))
+    }
+
+    /// The relay's error or close code, when the relay refused the request or closed.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } | ClientError::Closed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A `HELLO` for `role` speaking exactly this crate's protocol version, offering datagrams,
+/// with an empty platform. Set the fields of the result to say more.
+pub fn hello(role: Role) -> Hello {
+    Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        role,
+        capabilities: Capabilities::DATAGRAMS,
+        platform: Platform::default(),
+        software: SOFTWARE.to_owned(),
+    }
+}
+
+/// Makes a client endpoint that pins `pin` and connects to the relay at `relay`. The endpoint
+/// lives as long as the connection.
+pub async fn connect(relay: SocketAddr, pin: Fingerprint) -> Result<Connection, ClientError> {
+    let endpoint: Endpoint =
+        transport::client_endpoint_on(transport::bind_address_for(relay), pin)?;
+    Ok(transport::connect(&endpoint, relay).await?)
+}
+
+/// The control stream to the relay (DESIGN.md "Transport mapping": one bidirectional stream for
+/// hello, session lifecycle, mode, acks and errors).
+///
+/// Call order: [`ControlChannel::open`], then [`ControlChannel::open_session`] and
+/// [`ControlChannel::wait_joined`] (consumer) or [`ControlChannel::join`] (agent); after that
+/// [`ControlChannel::send`] and [`ControlChannel::recv`] carry the session's control messages,
+/// and [`ControlChannel::connection`] opens or accepts the data streams.
+#[derive(Debug)]
+pub struct ControlChannel {
+    conn: Connection,
+    send: SendStream,
+    recv: FrameRecv,
+    limits: Limits,
+    role: Role,
+    welcome: Welcome,
+}
+
+impl ControlChannel {
+    /// Opens the control stream on `conn`, sends `hello` and waits for `WELCOME`, with the
+    /// default limits.
+    pub async fn open(conn: Connection, hello: Hello) -> Result<Self, ClientError> {
+        Self::open_with_limits(conn, hello, Limits::DEFAULT).await
+    }
+
+    /// Like [`ControlChannel::open`], enforcing `limits` on what the relay sends.
+    pub async fn open_with_limits(
+        conn: Connection,
+        hello: Hello,
+        limits: Limits,
+    ) -> Result<Self, ClientError> {
+        let (mut send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
+        let role = hello.role;
+        write_message(&mut send, &Message::Hello(hello), &limits).await?;
+        let mut channel = Self {
+            conn,
+            send,
+            recv: FrameRecv::new(recv, limits),
+            limits,
+            role,
+            // Replaced by the relay's answer below.
+            welcome: Welcome {
+                version: 0,
+                role: Role::Relay,
+                capabilities: Capabilities(0),
+                software: String::new(),
+            },
+        };
+        match channel.expect("WELCOME").await? {
+            Message::Welcome(w) => channel.welcome = w,
+            other => return Err(channel.unexpected("WELCOME", &other)),
+        }
+        Ok(channel)
+    }
+
+    /// The relay's `WELCOME`: negotiated version and capabilities.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The QUIC connection, to open or accept data streams and send or read datagrams.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Consumer: asks for a new session (`SESSION_OPEN`) and returns its code and token.
+    pub async fn open_session(&mut self, label: &str) -> Result<SessionCreated, ClientError> {
+        self.send(&Message::SessionOpen(SessionOpen {
+            label: label.to_owned(),
+        }))
+        .await?;
+        match self.expect("SESSION_CREATED").await? {
+            Message::SessionCreated(created) => Ok(created),
+            other => Err(self.unexpected("SESSION_CREATED", &other)),
+        }
+    }
+
+    /// Consumer: waits until an agent joins and returns what the relay says about it.
+    pub async fn wait_joined(&mut self) -> Result<Joined, ClientError> {
+        match self.expect("JOINED").await? {
+            Message::Joined(joined) => Ok(joined),
+            other => Err(self.unexpected("JOINED", &other)),
+        }
+    }
+
+    /// Agent: joins the session named by `credential` and returns what the relay says about the
+    /// consumer. A wrong or expired code fails with [`ClientError::Refused`] `SessionNotFound`
+    /// and a session that has an agent with `SessionBusy`; the channel stays usable to try
+    /// again. Too many wrong codes fail with `Refused` `RateLimited`, after which the relay
+    /// closes the connection.
+    pub async fn join(
+        &mut self,
+        credential: Credential,
+        label: &str,
+    ) -> Result<Joined, ClientError> {
+        self.send(&Message::Join(Join {
+            credential,
+            label: label.to_owned(),
+        }))
+        .await?;
+        self.wait_joined().await
+    }
+
+    /// Sends one message on the control stream.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
+        Ok(write_message(&mut self.send, msg, &self.limits).await?)
+    }
+
+    /// Sends one raw frame (any type, even one this version does not know).
+    pub async fn send_raw(&mut self, frame: &RawFrame) -> Result<(), ClientError> {
+        Ok(write_raw(&mut self.send, frame).await?)
+    }
+
+    /// The next control message, `END` and `CLOSE` included; `Ok(None)` when the relay finished
+    /// the stream. After a `CLOSE` the connection is closed with its code.
+    pub async fn recv(&mut self) -> Result<Option<Message>, ClientError> {
+        let msg = self.recv.next_message().await?;
+        if let Some(Message::Close(report)) = &msg {
+            close_connection(&self.conn, report);
+        }
+        Ok(msg)
+    }
+
+    /// The next control frame, undecoded; `Ok(None)` when the relay finished the stream.
+    pub async fn recv_raw(&mut self) -> Result<Option<RawFrame>, ClientError> {
+        Ok(self.recv.next_raw().await?)
+    }
+
+    /// Ends the session with `END` (`EndedByConsumer` or `EndedByAgent`, by this side's role),
+    /// waits for the relay's `CLOSE` (a few seconds at most, skipping anything in between) and
+    /// closes the connection.
+    pub async fn end(mut self) -> Result<(), ClientError> {
+        let reason = match self.role {
+            Role::Agent => EndReason::EndedByAgent,
+            _ => EndReason::EndedByConsumer,
+        };
+        self.send(&Message::End(End { reason })).await?;
+        let wait = async {
+            loop {
+                match self.recv.next_message().await {
+                    Ok(Some(Message::Close(report))) => return Ok(report),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(ClientError::StreamEnded),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let result = tokio::time::timeout(END_WAIT, wait).await;
+        match result {
+            Ok(Ok(report)) => {
+                close_connection(&self.conn, &report);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.conn.close(VarInt::from_u32(0), b"");
+                Err(e)
+            }
+            Err(_) => {
+                self.conn.close(VarInt::from_u32(0), b"");
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the next message the handshake waits for: `ERROR` becomes [`ClientError::Refused`],
+    /// `CLOSE` and `END` end the connection with an error, `PING` is answered, `PONG` and
+    /// optional frames of unknown type are skipped (spec §3.2, §4.3).
+    async fn expect(&mut self, expected: &'static str) -> Result<Message, ClientError> {
+        loop {
+            match self.recv.next_message().await? {
+                None => return Err(ClientError::StreamEnded),
+                Some(Message::Error(report)) => {
+                    return Err(ClientError::Refused {
+                        code: report.code,
+                        message: report.message,
+                    });
+                }
+                Some(Message::Close(report)) => {
+                    close_connection(&self.conn, &report);
+                    return Err(ClientError::Closed {
+                        code: report.code,
+                        message: report.message,
+                    });
+                }
+                Some(Message::End(End { reason })) => {
+                    // A `CLOSE` follows; the session is over either way.
+                    self.conn.close(
+                        VarInt::from_u32(u32::from(ErrorCode::SessionEnded)),
+                        b"session ended",
+                    );
+                    return Err(ClientError::Ended(reason));
+                }
+                Some(Message::Ping(ping)) => self.send(&Message::Pong(ping)).await?,
+                Some(Message::Pong(_)) => {}
+                Some(Message::Unknown(u)) if !u.must_understand() => {}
+                Some(other) if other.name() == expected => return Ok(other),
+                Some(other) => return Err(self.unexpected(expected, &other)),
+            }
+        }
+    }
+
+    /// Closes the connection over a message that has no place here.
+    fn unexpected(&self, expected: &'static str, got: &Message) -> ClientError {
+        self.conn.close(
+            VarInt::from_u32(u32::from(ErrorCode::UnexpectedMessage)),
+            b"unexpected message",
+        );
+        ClientError::Unexpected {
+            expected,
+            got: got.name(),
+        }
+    }
+
+    /// Splits the channel into its connection, control send stream and control reader.
+    pub fn into_parts(self) -> (Connection, SendStream, FrameRecv) {
+        (self.conn, self.send, self.recv)
+    }
+}
+
+fn close_connection(conn: &Connection, report: &ErrorReport) {
+    conn.close(VarInt::from_u32(u32::from(report.code)), b"");
+}

@@ -1,0 +1,1118 @@
+//! `tandem relay`: pairs a consumer and an agent by session code or token and forwards their
+//! traffic without decoding it.
+//!
+//! ```text
+//!  consumer ──HELLO──► relay ◄──HELLO── agent
+//!           ◄WELCOME─        ─WELCOME─►
+//!  ──SESSION_OPEN──►
+//!  ◄SESSION_CREATED─ (code, token)        ◄──JOIN(code)──
+//!  ◄────JOINED──────                      ───JOINED─────►
+//!  uni streams, control frames, datagrams ◄────────────► forwarded frame by frame
+//!  ──END──►                               ──END(EndedByConsumer), CLOSE──►
+//! ```
+//!
+//! Every decision (negotiation, pairing, expiry, rate limiting, what to tell whom at the end)
+//! lives in the sans-IO [`state`]; this module is the tokio pump around it: one task per
+//! connection until pairing, then one task per session that owns both connections. Bodies are
+//! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
+//! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
+//! by type alone, datagrams pass as they are.
+
+pub mod state;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+use tandem_protocol::message::{End, EndReason, ErrorReport, Role, SessionCreated};
+use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout};
+
+use self::state::{
+    ControlAction, JoinRefusal, Outcome, PeerInfo, RandomFailed, SessionId, SessionTable, Side,
+    TableConfig,
+};
+use crate::framed::{FrameRecv, FramedError, forward_stream, write_message, write_raw};
+use crate::transport::{self, Fingerprint, Identity, TransportError};
+
+/// Command-line arguments of `tandem relay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    pub listen: SocketAddr,
+    /// PEM certificate file; with --key, loaded if both exist, else generated and saved there
+    /// so the fingerprint survives restarts. Without them a new certificate is made each start.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key file (see --cert).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Write session lifecycle events as JSON lines to FILE (appended), or to stdout with `-`.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<String>,
+}
+
+/// Settings of a relay run in-process by [`spawn`].
+pub struct RelayConfig {
+    /// UDP address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Certificate and key the relay presents.
+    pub identity: Identity,
+    /// Limits enforced on every frame header and on the handshake messages.
+    pub limits: Limits,
+    /// Code expiry, rate limiting and capacity.
+    pub table: TableConfig,
+    /// Time a new connection has to send `HELLO` and `SESSION_OPEN` or `JOIN`.
+    pub handshake_timeout: Duration,
+    /// Time a peer has, after the relay's `CLOSE`, to close its connection before the relay
+    /// closes it.
+    pub close_grace: Duration,
+    /// Where to write lifecycle events as JSON lines, if anywhere.
+    pub event_log: Option<Box<dyn Write + Send>>,
+}
+
+impl RelayConfig {
+    /// Defaults: spec limits, 120 s codes, 5 failed joins per minute, 30 s handshake.
+    pub fn new(listen: SocketAddr, identity: Identity) -> Self {
+        Self {
+            listen,
+            identity,
+            limits: Limits::DEFAULT,
+            table: TableConfig::default(),
+            handshake_timeout: Duration::from_secs(30),
+            close_grace: Duration::from_secs(3),
+            event_log: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("listen", &self.listen)
+            .field("fingerprint", &self.identity.fingerprint())
+            .field("limits", &self.limits)
+            .field("table", &self.table)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("close_grace", &self.close_grace)
+            .field("event_log", &self.event_log.is_some())
+            .finish()
+    }
+}
+
+/// Errors starting a relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The endpoint or certificate could not be set up.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The events file could not be opened, or the listening address read back.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A session lifecycle event, written as one JSON line with an `event` tag and a `ts_ms`
+/// timestamp (milliseconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RelayEvent {
+    /// A consumer opened a session.
+    Created {
+        /// The session's id inside the relay.
+        session: SessionId,
+        /// The consumer's label.
+        label: String,
+        /// The consumer's address.
+        remote: SocketAddr,
+    },
+    /// An agent joined; both sides were told.
+    Joined {
+        /// The session.
+        session: SessionId,
+        /// The consumer's label.
+        consumer_label: String,
+        /// The agent's label.
+        agent_label: String,
+        /// The agent's address.
+        remote: SocketAddr,
+    },
+    /// A `JOIN` was refused.
+    JoinRefused {
+        /// `SessionNotFound`, `SessionBusy` or `RateLimited`.
+        reason: String,
+        /// The agent's address.
+        remote: SocketAddr,
+    },
+    /// A session ended.
+    Ended {
+        /// The session.
+        session: SessionId,
+        /// The `END` reason (`EndedByConsumer`, `EndedByAgent`, `ConnectionLost`, `Expired`).
+        reason: String,
+        /// The side that ended it or whose fault or loss it was, if any.
+        by: Option<String>,
+        /// More detail, such as the protocol error.
+        detail: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct EventLine<'a> {
+    ts_ms: u128,
+    #[serde(flatten)]
+    event: &'a RelayEvent,
+}
+
+/// A relay running inside this process (for `tandem demo` and tests).
+#[derive(Debug)]
+pub struct RelayHandle {
+    /// The address the relay listens on.
+    pub addr: SocketAddr,
+    /// The fingerprint clients pin.
+    pub fingerprint: Fingerprint,
+    events: broadcast::Sender<RelayEvent>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Lifecycle events from now on. A receiver that falls more than 1024 events behind loses
+    /// the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<RelayEvent> {
+        self.events.subscribe()
+    }
+
+    /// Stops the relay: live sessions get `END ConnectionLost` and `CLOSE`, then the endpoint
+    /// closes. Returns when the relay has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the relay's endpoint and runs it on the current tokio runtime.
+pub fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+    let endpoint = transport::server_endpoint(config.listen, &config.identity)?;
+    let addr = endpoint.local_addr()?;
+    let (events, _) = broadcast::channel(1024);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        table: Mutex::new(SessionTable::new(config.table)),
+        limits: config.limits,
+        handshake_timeout: config.handshake_timeout,
+        close_grace: config.close_grace,
+        events: events.clone(),
+        log: config.event_log.map(Mutex::new),
+        rng: SystemRandom::new(),
+        shutdown: shutdown_rx,
+    });
+    let task = tokio::spawn(accept_loop(endpoint, shared));
+    Ok(RelayHandle {
+        addr,
+        fingerprint: config.identity.fingerprint(),
+        events,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs `tandem relay` until Ctrl-C: prints `listening: <addr>` and `fingerprint: <hex>` on
+/// stdout, one line each, then serves.
+pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Identity::load_or_generate(cert, key)?,
+        _ => Identity::generate()?,
+    };
+    let mut config = RelayConfig::new(args.listen, identity);
+    config.event_log = match args.events.as_deref() {
+        None => None,
+        Some("-") => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+    };
+    let handle = spawn(config)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening: {}", handle.addr)?;
+        writeln!(out, "fingerprint: {}", handle.fingerprint)?;
+        out.flush()?;
+    }
+    tracing::info!(addr = %handle.addr, fingerprint = %handle.fingerprint, "relay listening");
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// What every task of the relay shares.
+struct Shared {
+    table: Mutex<SessionTable<oneshot::Sender<Peer>>>,
+    limits: Limits,
+    handshake_timeout: Duration,
+    close_grace: Duration,
+    events: broadcast::Sender<RelayEvent>,
+    log: Option<Mutex<Box<dyn Write + Send>>>,
+    rng: SystemRandom,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, SessionTable<oneshot::Sender<Peer>>> {
+        // A panic while holding the lock would be a bug in the table; its data stays usable.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, event: RelayEvent) {
+        tracing::info!(?event, "session event");
+        if let Some(log) = &self.log {
+            let ts_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let line = EventLine {
+                ts_ms,
+                event: &event,
+            };
+            if let Ok(mut json) = serde_json::to_vec(&line) {
+                json.push(b'\n');
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = log.write_all(&json).and_then(|()| log.flush()) {
+                    tracing::warn!(error = %e, "cannot write event");
+                }
+            }
+        }
+        let _ = self.events.send(event);
+    }
+
+    fn random(&self) -> impl FnMut(&mut [u8]) -> Result<(), RandomFailed> + '_ {
+        |buf: &mut [u8]| self.rng.fill(buf).map_err(|_| RandomFailed)
+    }
+
+    async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// A greeted client: its connection, its control stream and what it told about itself.
+struct Peer {
+    conn: Connection,
+    send: SendStream,
+    recv: FrameRecv,
+    info: PeerInfo,
+}
+
+/// Why a connection's handling stopped before pairing.
+enum Stop {
+    /// Tell the peer with a `CLOSE` and close the connection.
+    Refuse(ErrorReport),
+    /// The link is gone; nothing can be told.
+    Gone,
+}
+
+impl From<FramedError> for Stop {
+    fn from(e: FramedError) -> Self {
+        match e.close_code() {
+            Some(code) => Stop::Refuse(ErrorReport {
+                code,
+                message: e.to_string(),
+            }),
+            None => Stop::Gone,
+        }
+    }
+}
+
+fn refusal(code: ErrorCode, message: impl Into<String>) -> Stop {
+    Stop::Refuse(ErrorReport {
+        code,
+        message: message.into(),
+    })
+}
+
+fn close_code(code: ErrorCode) -> VarInt {
+    VarInt::from_u32(u32::from(code))
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(handle_connection(shared.clone(), incoming));
+                }
+                None => break,
+            },
+            _ = sweep.tick() => {
+                shared.table().sweep(Instant::now());
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shared.shutting_down() => break,
+        }
+    }
+    // Sessions see the shutdown too and tell their peers; give them time to.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    let _ = timeout(shared.close_grace * 2, drain).await;
+    connections.abort_all();
+    endpoint.close(VarInt::from_u32(0), b"relay shutting down");
+    let _ = timeout(shared.close_grace, endpoint.wait_idle()).await;
+}
+
+async fn handle_connection(shared: Arc<Shared>, incoming: Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let (send, recv) = tokio::select! {
+        r = timeout(shared.handshake_timeout, conn.accept_bi()) => match r {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                conn.close(close_code(ErrorCode::UnexpectedMessage), b"no control stream");
+                return;
+            }
+        },
+        _ = shared.shutting_down() => {
+            conn.close(VarInt::from_u32(0), b"relay shutting down");
+            return;
+        }
+    };
+    let mut peer = Peer {
+        conn,
+        send,
+        recv: FrameRecv::new(recv, shared.limits),
+        info: PeerInfo::default(),
+    };
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    let role = match handshake_step(&shared, deadline, greet(&shared, &mut peer)).await {
+        Ok(role) => role,
+        Err(stop) => return finish(&shared, peer, stop).await,
+    };
+    let result = match role {
+        Role::Consumer => serve_consumer(&shared, peer, remote).await,
+        _ => serve_agent(&shared, peer, remote).await,
+    };
+    if let Err((peer, stop)) = result {
+        finish(&shared, peer, stop).await;
+    }
+}
+
+/// Runs a handshake step until `deadline`, turning a timeout or a relay shutdown into a
+/// refusal.
+async fn handshake_step<T>(
+    shared: &Shared,
+    deadline: tokio::time::Instant,
+    fut: impl Future<Output = Result<T, Stop>>,
+) -> Result<T, Stop> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, fut) => match r {
+            Ok(r) => r,
+            Err(_) => Err(refusal(ErrorCode::UnexpectedMessage, "handshake timed out")),
+        },
+        _ = shared.shutting_down() => Err(refusal(ErrorCode::NoError, "relay shutting down")),
+    }
+}
+
+/// Reads `HELLO`, answers `WELCOME` (spec §7.1, §7.2) and returns the peer's role.
+async fn greet(shared: &Shared, peer: &mut Peer) -> Result<Role, Stop> {
+    let hello = match peer.recv.next_message().await? {
+        Some(Message::Hello(hello)) => hello,
+        Some(other) => {
+            return Err(refusal(
+                ErrorCode::UnexpectedMessage,
+                format!("expected HELLO, got {}", other.name()),
+            ));
+        }
+        None => return Err(Stop::Gone),
+    };
+    let welcome = state::negotiate(&hello).map_err(Stop::Refuse)?;
+    peer.info.capabilities = welcome.capabilities;
+    write_message(&mut peer.send, &Message::Welcome(welcome), &shared.limits).await?;
+    peer.info.platform = hello.platform;
+    Ok(hello.role)
+}
+
+/// Sends a hop `ERROR` (spec §7.33): a refused request; the connection stays open.
+async fn send_error(
+    shared: &Shared,
+    peer: &mut Peer,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> Result<(), Stop> {
+    let error = Message::Error(ErrorReport {
+        code,
+        message: message.into(),
+    });
+    write_message(&mut peer.send, &error, &shared.limits).await?;
+    Ok(())
+}
+
+/// Reads the next request of a greeted peer that has no session yet: answers `PING`, skips
+/// `PONG` and `ERROR`, turns `END`, `CLOSE` and relay-only messages into a stop, and decodes the
+/// rest for the caller.
+async fn next_request(shared: &Shared, peer: &mut Peer) -> Result<Message, Stop> {
+    loop {
+        let Some(frame) = peer.recv.next_raw().await? else {
+            return Err(Stop::Gone);
+        };
+        match frame.ty {
+            FrameType::PING => {
+                let pong = RawFrame {
+                    ty: FrameType::PONG,
+                    body: frame.body,
+                };
+                write_raw(&mut peer.send, &pong).await?;
+            }
+            FrameType::PONG | FrameType::ERROR => {}
+            FrameType::END => return Err(refusal(ErrorCode::NoError, "no session to end")),
+            FrameType::CLOSE => return Err(Stop::Gone),
+            FrameType::HELLO
+            | FrameType::WELCOME
+            | FrameType::SESSION_CREATED
+            | FrameType::JOINED => {
+                return Err(refusal(
+                    ErrorCode::UnexpectedMessage,
+                    format!("{} is not allowed here", frame.ty),
+                ));
+            }
+            _ => return Ok(frame.decode(&shared.limits).map_err(FramedError::from)?),
+        }
+    }
+}
+
+async fn serve_consumer(
+    shared: &Arc<Shared>,
+    mut peer: Peer,
+    remote: SocketAddr,
+) -> Result<(), (Peer, Stop)> {
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    // SESSION_OPEN, answered with SESSION_CREATED or, when the relay cannot, with ERROR; the
+    // consumer may try again (spec §7.3).
+    let (opened, rx) = loop {
+        let open = match handshake_step(shared, deadline, next_request(shared, &mut peer)).await {
+            Ok(Message::SessionOpen(open)) => open,
+            Ok(other) => {
+                let message = format!("expected SESSION_OPEN, got {}", other.name());
+                if let Err(stop) =
+                    send_error(shared, &mut peer, ErrorCode::UnexpectedMessage, message).await
+                {
+                    return Err((peer, stop));
+                }
+                continue;
+            }
+            Err(stop) => return Err((peer, stop)),
+        };
+        peer.info.label = open.label;
+        let (tx, rx) = oneshot::channel();
+        let opened = {
+            let mut random = shared.random();
+            shared
+                .table()
+                .open(Instant::now(), peer.info.clone(), tx, &mut random)
+        };
+        match opened {
+            Ok(opened) => break (opened, rx),
+            Err(e) => {
+                if let Err(stop) = send_error(shared, &mut peer, e.code(), e.to_string()).await {
+                    return Err((peer, stop));
+                }
+            }
+        }
+    };
+    let id = opened.id;
+    let created = Message::SessionCreated(SessionCreated {
+        code: opened.code,
+        token: opened.token,
+        expires_ms: u32::try_from(shared.table().config().code_ttl.as_millis()).unwrap_or(u32::MAX),
+    });
+    if let Err(e) = write_message(&mut peer.send, &created, &shared.limits).await {
+        shared.table().remove(id);
+        return Err((peer, e.into()));
+    }
+    shared.emit(RelayEvent::Created {
+        session: id,
+        label: peer.info.label.clone(),
+        remote,
+    });
+    match wait_for_agent(shared, &mut peer, id, opened.expires_at, rx).await {
+        Waited::Paired { agent, pending } => {
+            run_session(shared.clone(), id, peer, *agent, pending).await;
+            Ok(())
+        }
+        Waited::Ended { reason, by, stop } => {
+            shared.table().remove(id);
+            shared.emit(ended(id, reason, by, None));
+            Err((peer, stop))
+        }
+    }
+}
+
+enum Waited {
+    Paired {
+        agent: Box<Peer>,
+        pending: Vec<RawFrame>,
+    },
+    Ended {
+        reason: &'static str,
+        by: Option<Side>,
+        stop: Stop,
+    },
+}
+
+/// Most control bytes a consumer may send before an agent joins; they are delivered after
+/// `JOINED`.
+const PENDING_BUDGET: usize = 256 * 1024;
+
+/// Waits for an agent to join the consumer's session, answering the consumer's hop messages
+/// and queueing its end-to-end ones for the agent.
+async fn wait_for_agent(
+    shared: &Shared,
+    peer: &mut Peer,
+    id: SessionId,
+    expires_at: Instant,
+    mut rx: oneshot::Receiver<Peer>,
+) -> Waited {
+    let expiry = sleep_until(expires_at.into());
+    tokio::pin!(expiry);
+    let mut expiry_armed = true;
+    let mut pending = Vec::new();
+    let mut pending_bytes = 0usize;
+    let lost = |stop| Waited::Ended {
+        reason: "ConnectionLost",
+        by: Some(Side::Consumer),
+        stop,
+    };
+    loop {
+        let frame = tokio::select! {
+            agent = &mut rx => return match agent {
+                Ok(agent) => Waited::Paired { agent: Box::new(agent), pending },
+                // The table dropped the waiter: the code expired in a sweep.
+                Err(_) => expired(peer, shared).await,
+            },
+            _ = &mut expiry, if expiry_armed => {
+                if shared.table().expire(id, Instant::now()) {
+                    return expired(peer, shared).await;
+                }
+                // An agent joined at the last moment: its link is on the way through `rx`.
+                expiry_armed = false;
+                continue;
+            }
+            frame = peer.recv.next_raw() => match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return lost(Stop::Gone),
+                Err(e) => return lost(e.into()),
+            },
+            _ = shared.shutting_down() => return Waited::Ended {
+                reason: "ConnectionLost",
+                by: None,
+                stop: refusal(ErrorCode::SessionEnded, "relay shutting down"),
+            },
+        };
+        let reply = match state::classify_control(Side::Consumer, frame.ty) {
+            ControlAction::Forward => {
+                pending_bytes += frame.body.len();
+                if pending_bytes > PENDING_BUDGET {
+                    return lost(refusal(
+                        ErrorCode::LimitExceeded,
+                        "too much control traffic before an agent joined",
+                    ));
+                }
+                pending.push(frame);
+                None
+            }
+            ControlAction::End => {
+                return Waited::Ended {
+                    reason: "EndedByConsumer",
+                    by: Some(Side::Consumer),
+                    stop: refusal(ErrorCode::NoError, "session ended"),
+                };
+            }
+            ControlAction::Close => {
+                return Waited::Ended {
+                    reason: "EndedByConsumer",
+                    by: Some(Side::Consumer),
+                    stop: Stop::Gone,
+                };
+            }
+            ControlAction::Ping => Some(RawFrame {
+                ty: FrameType::PONG,
+                body: frame.body,
+            }),
+            ControlAction::Ignore => None,
+            ControlAction::Refuse(code) => Some(error_frame(
+                code,
+                &format!("{} is not allowed now", frame.ty),
+            )),
+            ControlAction::Violation => {
+                return lost(refusal(
+                    ErrorCode::UnexpectedMessage,
+                    format!("{} is not allowed after SESSION_OPEN", frame.ty),
+                ));
+            }
+        };
+        if let Some(reply) = reply {
+            if let Err(e) = write_raw(&mut peer.send, &reply).await {
+                return lost(e.into());
+            }
+        }
+    }
+}
+
+/// An `ERROR` frame, raw.
+fn error_frame(code: ErrorCode, message: &str) -> RawFrame {
+    let msg = Message::Error(ErrorReport {
+        code,
+        message: message.to_owned(),
+    });
+    let mut body = Vec::new();
+    // An ERROR with a short message always encodes; if it ever did not, an empty body would be
+    // a malformed ERROR rather than a panic.
+    let _ = msg.encode_body(&mut body);
+    RawFrame {
+        ty: FrameType::ERROR,
+        body,
+    }
+}
+
+/// The consumer's code expired unused: it gets `END Expired` (spec §7.4, §7.13); the caller's
+/// refusal adds the `CLOSE`.
+async fn expired(peer: &mut Peer, shared: &Shared) -> Waited {
+    let end = Message::End(End {
+        reason: EndReason::Expired,
+    });
+    let _ = write_message(&mut peer.send, &end, &shared.limits).await;
+    Waited::Ended {
+        reason: "Expired",
+        by: None,
+        stop: refusal(ErrorCode::SessionEnded, "the session code expired unused"),
+    }
+}
+
+/// Serves an agent until it joins a session (spec §7.5): a wrong code or a busy session is
+/// answered with `ERROR` and the agent may try again; too many failures from its address are
+/// answered with `ERROR RateLimited` and the connection is closed.
+async fn serve_agent(
+    shared: &Arc<Shared>,
+    mut peer: Peer,
+    remote: SocketAddr,
+) -> Result<(), (Peer, Stop)> {
+    loop {
+        let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+        let join = match handshake_step(shared, deadline, next_request(shared, &mut peer)).await {
+            Ok(Message::Join(join)) => join,
+            Ok(other) => {
+                let message = format!("expected JOIN, got {}", other.name());
+                if let Err(stop) =
+                    send_error(shared, &mut peer, ErrorCode::UnexpectedMessage, message).await
+                {
+                    return Err((peer, stop));
+                }
+                continue;
+            }
+            Err(stop) => return Err((peer, stop)),
+        };
+        peer.info.label = join.label;
+        let joined = shared
+            .table()
+            .join(Instant::now(), remote.ip(), &join.credential);
+        let refused = match joined {
+            Ok(pairing) => {
+                let id = pairing.id;
+                // The consumer's task runs the session from here on.
+                match pairing.waiter.send(peer) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => {
+                        // The consumer went away between its last check and this join.
+                        peer = back;
+                        shared.table().remove(id);
+                        JoinRefusal::NotFound
+                    }
+                }
+            }
+            Err(refused) => refused,
+        };
+        shared.emit(RelayEvent::JoinRefused {
+            reason: refused.name().to_owned(),
+            remote,
+        });
+        if let Err(stop) = send_error(shared, &mut peer, refused.code(), refused.to_string()).await
+        {
+            return Err((peer, stop));
+        }
+        if refused == JoinRefusal::RateLimited {
+            return Err((peer, refusal(refused.code(), refused.to_string())));
+        }
+    }
+}
+
+/// Tells a peer why it is being let go (if it can still hear) and closes its connection once
+/// it has closed its side or the grace period is over.
+async fn finish(shared: &Shared, mut peer: Peer, stop: Stop) {
+    match stop {
+        Stop::Refuse(report) => {
+            tracing::debug!(code = ?report.code, message = %report.message, "closing peer");
+            let code = close_code(report.code);
+            let reason = report.message.clone();
+            let _ = timeout(
+                shared.close_grace,
+                write_message(&mut peer.send, &Message::Close(report), &shared.limits),
+            )
+            .await;
+            let _ = peer.send.finish();
+            let _ = timeout(shared.close_grace, peer.conn.closed()).await;
+            peer.conn.close(code, truncate(reason.as_bytes()));
+        }
+        Stop::Gone => peer.conn.close(VarInt::from_u32(0), b""),
+    }
+}
+
+/// QUIC close reasons must fit in a packet; keep them short.
+fn truncate(reason: &[u8]) -> &[u8] {
+    &reason[..reason.len().min(200)]
+}
+
+fn ended(session: SessionId, reason: &str, by: Option<Side>, detail: Option<String>) -> RelayEvent {
+    RelayEvent::Ended {
+        session,
+        reason: reason.to_owned(),
+        by: by.map(|s| s.name().to_owned()),
+        detail,
+    }
+}
+
+/// One paired session: tells both sides `JOINED`, forwards everything until one side ends it,
+/// breaks the protocol or goes away, then tells each side what the [`state::teardown`] plan says.
+async fn run_session(
+    shared: Arc<Shared>,
+    id: SessionId,
+    consumer: Peer,
+    agent: Peer,
+    pending: Vec<RawFrame>,
+) {
+    shared.emit(RelayEvent::Joined {
+        session: id,
+        consumer_label: consumer.info.label.clone(),
+        agent_label: agent.info.label.clone(),
+        remote: agent.conn.remote_address(),
+    });
+    let limits = shared.limits;
+    let (outcome_tx, mut outcome_rx) = mpsc::channel::<Outcome>(16);
+    let (to_consumer, consumer_writer) = spawn_writer(consumer.send);
+    let (to_agent, agent_writer) = spawn_writer(agent.send);
+
+    let (joined_consumer, joined_agent) = state::joined_messages(&consumer.info, &agent.info);
+    let _ = to_consumer
+        .send(frame_bytes(&Message::Joined(joined_consumer), &limits))
+        .await;
+    let _ = to_agent
+        .send(frame_bytes(&Message::Joined(joined_agent), &limits))
+        .await;
+    for frame in pending {
+        let _ = to_agent.send(Bytes::from(frame.to_bytes())).await;
+    }
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(forward_control(
+        Side::Consumer,
+        consumer.recv,
+        to_consumer.clone(),
+        to_agent.clone(),
+        outcome_tx.clone(),
+    ));
+    tasks.spawn(forward_control(
+        Side::Agent,
+        agent.recv,
+        to_agent.clone(),
+        to_consumer.clone(),
+        outcome_tx.clone(),
+    ));
+    for (side, from, to) in [
+        (Side::Consumer, &consumer.conn, &agent.conn),
+        (Side::Agent, &agent.conn, &consumer.conn),
+    ] {
+        tasks.spawn(forward_uni_streams(
+            side,
+            from.clone(),
+            to.clone(),
+            limits,
+            outcome_tx.clone(),
+        ));
+        let to_control = match side {
+            Side::Consumer => to_agent.clone(),
+            Side::Agent => to_consumer.clone(),
+        };
+        tasks.spawn(forward_datagrams(
+            side,
+            from.clone(),
+            to.clone(),
+            to_control,
+            limits,
+            outcome_tx.clone(),
+        ));
+        let (from, outcome_tx) = (from.clone(), outcome_tx.clone());
+        tasks.spawn(async move {
+            from.closed().await;
+            let _ = outcome_tx.try_send(Outcome::Lost(side));
+        });
+    }
+    drop(outcome_tx);
+
+    let outcome = tokio::select! {
+        o = outcome_rx.recv() => o.unwrap_or(Outcome::Shutdown),
+        _ = shared.shutting_down() => Outcome::Shutdown,
+    };
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    shared.table().remove(id);
+
+    let plan = state::teardown(&outcome);
+    let (by, detail) = match &outcome {
+        Outcome::Ended { side, .. } | Outcome::Lost(side) => (Some(*side), None),
+        Outcome::Violation { side, detail, .. } => (Some(*side), Some(detail.clone())),
+        Outcome::Shutdown => (None, Some("relay shutting down".to_owned())),
+    };
+    tracing::info!(session = id, ?outcome, "session ended");
+    let reason = match plan.reason.name() {
+        Some(name) => name.to_owned(),
+        None => format!("{:?}", plan.reason),
+    };
+    shared.emit(ended(id, &reason, by, detail));
+
+    let close_consumer = close_after(
+        &shared,
+        consumer.conn,
+        to_consumer,
+        consumer_writer,
+        plan.to(Side::Consumer),
+    );
+    let close_agent = close_after(
+        &shared,
+        agent.conn,
+        to_agent,
+        agent_writer,
+        plan.to(Side::Agent),
+    );
+    tokio::join!(close_consumer, close_agent);
+}
+
+fn frame_bytes(msg: &Message, limits: &Limits) -> Bytes {
+    // Messages the relay builds itself are small and always encodable; should one ever not be,
+    // an empty chunk writes nothing rather than a broken frame.
+    Bytes::from(tandem_protocol::frame::to_frame(msg, limits).unwrap_or_default())
+}
+
+/// The single writer of a control stream: frames from the forwarders and the relay's own
+/// messages go through one queue, so a frame is never interleaved with another. When the queue
+/// closes, the stream is finished.
+fn spawn_writer(mut send: SendStream) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+    let task = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if bytes.is_empty() {
+                continue;
+            }
+            if send.write_chunk(bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    (tx, task)
+}
+
+/// Sends the teardown messages, finishes the control stream, waits (bounded) for the peer to
+/// close, then closes the connection with the code of the last `CLOSE` sent.
+async fn close_after(
+    shared: &Shared,
+    conn: Connection,
+    tx: mpsc::Sender<Bytes>,
+    writer: tokio::task::JoinHandle<()>,
+    messages: &[Message],
+) {
+    let mut code = ErrorCode::SessionEnded;
+    for msg in messages {
+        if let Message::Close(report) = msg {
+            code = report.code;
+        }
+        let _ = tx.send(frame_bytes(msg, &shared.limits)).await;
+    }
+    drop(tx);
+    let _ = timeout(shared.close_grace, writer).await;
+    if !messages.is_empty() {
+        let _ = timeout(shared.close_grace, conn.closed()).await;
+    }
+    conn.close(close_code(code), b"session ended");
+}
+
+/// Forwards `side`'s end-to-end control frames to the other side's writer (`to_other`) and
+/// handles its hop messages (spec §3.2): answers `PING`, refuses requests with `ERROR` on
+/// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
+/// never decoded, except those of `END` and `CLOSE`, which the relay acts on.
+async fn forward_control(
+    side: Side,
+    mut recv: FrameRecv,
+    to_self: mpsc::Sender<Bytes>,
+    to_other: mpsc::Sender<Bytes>,
+    outcome: mpsc::Sender<Outcome>,
+) {
+    let result = loop {
+        let frame = match recv.next_raw().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Outcome::Lost(side),
+            Err(e) => break outcome_of(side, e),
+        };
+        let (to, bytes) = match state::classify_control(side, frame.ty) {
+            ControlAction::Forward => (&to_other, frame.to_bytes()),
+            ControlAction::Ping => {
+                let pong = RawFrame {
+                    ty: FrameType::PONG,
+                    body: frame.body,
+                };
+                (&to_self, pong.to_bytes())
+            }
+            ControlAction::Ignore => continue,
+            ControlAction::Refuse(code) => {
+                let message = format!("{} is not allowed in a live session", frame.ty);
+                (&to_self, error_frame(code, &message).to_bytes())
+            }
+            ControlAction::End => match frame.decode(recv.limits()) {
+                Ok(Message::End(End { reason })) => break Outcome::Ended { side, reason },
+                Ok(_) => unreachable!("classified by type as END"),
+                Err(e) => break outcome_of(side, e.into()),
+            },
+            ControlAction::Close => {
+                let clean = matches!(
+                    frame.decode(recv.limits()),
+                    Ok(Message::Close(ErrorReport {
+                        code: ErrorCode::NoError,
+                        ..
+                    }))
+                );
+                break if clean {
+                    Outcome::Ended {
+                        side,
+                        reason: side.ended_by(),
+                    }
+                } else {
+                    Outcome::Lost(side)
+                };
+            }
+            ControlAction::Violation => {
+                break Outcome::Violation {
+                    side,
+                    code: ErrorCode::UnexpectedMessage,
+                    detail: format!("{} is not allowed in a session", frame.ty),
+                };
+            }
+        };
+        if to.send(Bytes::from(bytes)).await.is_err() {
+            // That side's writer stopped: its connection is going away, and its watcher
+            // reports that.
+            return;
+        }
+    };
+    let _ = outcome.try_send(result);
+}
+
+fn outcome_of(side: Side, e: FramedError) -> Outcome {
+    match e.close_code() {
+        Some(code) => Outcome::Violation {
+            side,
+            code,
+            detail: e.to_string(),
+        },
+        None => Outcome::Lost(side),
+    }
+}
+
+/// Every unidirectional stream `side` opens becomes a new one to the other side, forwarded
+/// frame by frame. The per-stream tasks live in a set owned by this task, so aborting it stops
+/// them all.
+async fn forward_uni_streams(
+    side: Side,
+    from: Connection,
+    to: Connection,
+    limits: Limits,
+    outcome: mpsc::Sender<Outcome>,
+) {
+    let mut streams = JoinSet::new();
+    loop {
+        let recv = tokio::select! {
+            r = from.accept_uni() => match r {
+                Ok(recv) => recv,
+                Err(_) => return,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+        };
+        let send = match to.open_uni().await {
+            Ok(send) => send,
+            Err(_) => return,
+        };
+        let outcome = outcome.clone();
+        streams.spawn(async move {
+            match forward_stream(recv, send, limits).await {
+                Ok(end) => tracing::debug!(side = side.name(), ?end, "stream forwarded"),
+                Err(e) if e.is_protocol() => {
+                    let _ = outcome.try_send(outcome_of(side, e));
+                }
+                Err(e) => {
+                    tracing::debug!(side = side.name(), error = %e, "stream forwarding stopped")
+                }
+            }
+        });
+    }
+}
+
+/// Datagrams pass as they are, after a check that each holds exactly one frame (spec §3.2).
+/// When the other side's send buffer is full quinn drops the oldest queued one, so the latest
+/// position wins. When the other side cannot take datagrams (not negotiated, or this one is too
+/// large for its path), the frame goes on its control stream instead (spec §3.2).
+async fn forward_datagrams(
+    side: Side,
+    from: Connection,
+    to: Connection,
+    to_control: mpsc::Sender<Bytes>,
+    limits: Limits,
+    outcome: mpsc::Sender<Outcome>,
+) {
+    while let Ok(datagram) = from.read_datagram().await {
+        if let Err(e) = crate::framed::check_datagram(&datagram, &limits) {
+            let _ = outcome.try_send(Outcome::Violation {
+                side,
+                code: e.code(),
+                detail: format!("bad datagram: {e}"),
+            });
+            return;
+        }
+        match to.send_datagram(datagram.clone()) {
+            Ok(()) => {}
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+            Err(e) => {
+                tracing::trace!(error = %e, "datagram goes by the control stream");
+                if to_control.send(datagram).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,981 @@
+//! The relay's decisions, with no I/O (STYLE.md 1 and 3): version negotiation, what to do with
+//! each control frame, the session table (codes, tokens, expiry, pairing, rate limiting) and
+//! what each side is told when a session ends. Time and randomness come in as arguments, so
+//! every rule here is tested without sockets; `relay.rs` is the tokio pump around it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use tandem_protocol::message::{
+    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Joined, Platform, Role, Welcome,
+};
+use tandem_protocol::{ErrorCode, FrameType, Message, PROTOCOL_VERSION};
+
+/// Lowest protocol version this relay speaks.
+pub const MIN_VERSION: u32 = PROTOCOL_VERSION;
+/// Highest protocol version this relay speaks.
+pub const MAX_VERSION: u32 = PROTOCOL_VERSION;
+
+/// Capabilities the relay supports. It forwards streams and datagrams without looking inside,
+/// so compression and resources work through it; it cannot resume sessions.
+pub const RELAY_CAPABILITIES: Capabilities = Capabilities(
+    Capabilities::COMPRESSION.0 | Capabilities::RESOURCES.0 | Capabilities::DATAGRAMS.0,
+);
+
+/// The software string the relay sends in `WELCOME`.
+pub const SOFTWARE: &str = concat!("tandem-relay/", env!("CARGO_PKG_VERSION"));
+
+/// The answer to a `HELLO` (spec §7.1, §7.2): `WELCOME` with the highest common version and the
+/// intersected capabilities, or the `CLOSE` to send instead.
+pub fn negotiate(hello: &Hello) -> Result<Welcome, ErrorReport> {
+    if !matches!(hello.role, Role::Consumer | Role::Agent) {
+        return Err(ErrorReport {
+            code: ErrorCode::UnexpectedMessage,
+            message: format!("role {:?} cannot connect to a relay", hello.role),
+        });
+    }
+    let low = hello.min_version.max(MIN_VERSION);
+    let high = hello.max_version.min(MAX_VERSION);
+    if hello.min_version > hello.max_version || low > high {
+        return Err(ErrorReport {
+            code: ErrorCode::VersionMismatch,
+            message: format!(
+                "no common version: peer speaks {}..={}, relay speaks {MIN_VERSION}..={MAX_VERSION}",
+                hello.min_version, hello.max_version
+            ),
+        });
+    }
+    Ok(Welcome {
+        version: high,
+        role: Role::Relay,
+        capabilities: hello.capabilities.intersect(RELAY_CAPABILITIES),
+        software: SOFTWARE.to_owned(),
+    })
+}
+
+/// One side of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The customer's side, which opened the session.
+    Consumer,
+    /// The agent's side, which joined it.
+    Agent,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Consumer => Side::Agent,
+            Side::Agent => Side::Consumer,
+        }
+    }
+
+    /// The `END` reason when this side ends the session.
+    pub fn ended_by(self) -> EndReason {
+        match self {
+            Side::Consumer => EndReason::EndedByConsumer,
+            Side::Agent => EndReason::EndedByAgent,
+        }
+    }
+
+    /// Lowercase name, for logs and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Consumer => "consumer",
+            Side::Agent => "agent",
+        }
+    }
+}
+
+/// What the relay does with a control frame from a peer that has a session (waiting or paired),
+/// by frame type alone (spec §3.2: hop messages are the relay's, end-to-end ones are forwarded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlAction {
+    /// End-to-end: forward it unchanged to the other side's control stream (queued until the
+    /// agent joins). Unknown types are end-to-end too (spec §4.3).
+    Forward,
+    /// `END` (spec §7.13): forward it to the other side and end the session.
+    End,
+    /// `CLOSE` (spec §7.34): the sender is leaving.
+    Close,
+    /// `PING` (spec §7.30): answer `PONG` with the same body.
+    Ping,
+    /// A hop message that needs no answer (`PONG`, `ERROR`): consume it.
+    Ignore,
+    /// A request that cannot be granted now: answer `ERROR` with this code and carry on.
+    Refuse(ErrorCode),
+    /// A message that only the relay sends, or a second `HELLO`: the sender broke the protocol.
+    Violation,
+}
+
+/// Classifies a control frame from `side` of a session by its type; bodies are not decoded.
+pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
+    match ty {
+        FrameType::END => ControlAction::End,
+        FrameType::CLOSE => ControlAction::Close,
+        FrameType::PING => ControlAction::Ping,
+        FrameType::PONG | FrameType::ERROR => ControlAction::Ignore,
+        FrameType::HELLO | FrameType::WELCOME | FrameType::SESSION_CREATED | FrameType::JOINED => {
+            ControlAction::Violation
+        }
+        // spec §7.5: an agent has at most one live session; JOIN or INVITE while it has one is
+        // SessionBusy.
+        FrameType::JOIN | FrameType::INVITE if side == Side::Agent => {
+            ControlAction::Refuse(ErrorCode::SessionBusy)
+        }
+        // spec §7.3: one session per connection. Resume (JOIN from a consumer) and invitations
+        // are not offered by this relay.
+        FrameType::SESSION_OPEN | FrameType::JOIN | FrameType::INVITE => {
+            ControlAction::Refuse(ErrorCode::UnexpectedMessage)
+        }
+        _ => ControlAction::Forward,
+    }
+}
+
+/// How a paired session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A side sent `END` with `reason` (or `CLOSE` with no error).
+    Ended {
+        /// The side that ended the session.
+        side: Side,
+        /// The reason it gave, forwarded as it is.
+        reason: EndReason,
+    },
+    /// A side's connection went away (or it sent `CLOSE` with an error).
+    Lost(Side),
+    /// A side broke the protocol; it is told why in a `CLOSE` with `code`.
+    Violation {
+        /// The side at fault.
+        side: Side,
+        /// The close code.
+        code: ErrorCode,
+        /// What was wrong, for the `CLOSE` message and the event log.
+        detail: String,
+    },
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+/// What each side is told when a session ends, and the reason recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Teardown {
+    /// Messages for the consumer's control stream, in order.
+    pub to_consumer: Vec<Message>,
+    /// Messages for the agent's control stream, in order.
+    pub to_agent: Vec<Message>,
+    /// The reason recorded in the `ended` event.
+    pub reason: EndReason,
+}
+
+impl Teardown {
+    /// The messages for `side`.
+    pub fn to(&self, side: Side) -> &[Message] {
+        match side {
+            Side::Consumer => &self.to_consumer,
+            Side::Agent => &self.to_agent,
+        }
+    }
+}
+
+fn close(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Close(ErrorReport {
+        code,
+        message: message.into(),
+    })
+}
+
+/// What the relay sends when a paired session ends (spec §3.3, §7.13, §7.34): the side that did
+/// not end it gets the `END` (the peer's own, or `ConnectionLost`) and `CLOSE SessionEnded`; the
+/// side that ended it gets `CLOSE NoError`; a side that broke the protocol gets a `CLOSE` with
+/// its error; a side whose connection is gone gets nothing. The relay closes both connections
+/// after that (spec §7.13 allows keeping them; this relay serves one session per connection).
+pub fn teardown(outcome: &Outcome) -> Teardown {
+    let end = |reason| Message::End(End { reason });
+    let mut t = Teardown {
+        to_consumer: Vec::new(),
+        to_agent: Vec::new(),
+        reason: EndReason::ConnectionLost,
+    };
+    let (first, second) = match outcome {
+        Outcome::Ended { side, reason } => {
+            t.reason = *reason;
+            let notice = vec![
+                end(t.reason),
+                close(
+                    ErrorCode::SessionEnded,
+                    format!("the {} ended the session", side.name()),
+                ),
+            ];
+            let ack = vec![close(ErrorCode::NoError, "session ended")];
+            ((side.other(), notice), Some((*side, ack)))
+        }
+        Outcome::Lost(side) => {
+            let notice = vec![
+                end(EndReason::ConnectionLost),
+                close(
+                    ErrorCode::SessionEnded,
+                    format!("the {}'s connection was lost", side.name()),
+                ),
+            ];
+            ((side.other(), notice), None)
+        }
+        Outcome::Violation { side, code, detail } => {
+            let notice = vec![
+                end(EndReason::ConnectionLost),
+                close(
+                    ErrorCode::SessionEnded,
+                    format!("the {} broke the protocol", side.name()),
+                ),
+            ];
+            let blame = vec![close(*code, detail.clone())];
+            ((side.other(), notice), Some((*side, blame)))
+        }
+        Outcome::Shutdown => {
+            let notice = || {
+                vec![
+                    end(EndReason::ConnectionLost),
+                    close(ErrorCode::SessionEnded, "relay shutting down"),
+                ]
+            };
+            ((Side::Consumer, notice()), Some((Side::Agent, notice())))
+        }
+    };
+    for (side, msgs) in std::iter::once(first).chain(second) {
+        match side {
+            Side::Consumer => t.to_consumer = msgs,
+            Side::Agent => t.to_agent = msgs,
+        }
+    }
+    t
+}
+
+/// What the relay knows about a peer from its `HELLO` and `SESSION_OPEN`/`JOIN`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerInfo {
+    /// The display label.
+    pub label: String,
+    /// The platform from `HELLO`.
+    pub platform: Platform,
+    /// The capabilities agreed with the relay in `WELCOME`.
+    pub capabilities: Capabilities,
+}
+
+/// The `JOINED` each side receives (spec §7.6): the other side's role, label and platform, and
+/// the session's capabilities, which both peers and the relay share.
+pub fn joined_messages(consumer: &PeerInfo, agent: &PeerInfo) -> (Joined, Joined) {
+    let capabilities = consumer.capabilities.intersect(agent.capabilities);
+    let to_consumer = Joined {
+        peer_role: Role::Agent,
+        peer_label: agent.label.clone(),
+        peer_platform: agent.platform.clone(),
+        capabilities,
+    };
+    let to_agent = Joined {
+        peer_role: Role::Consumer,
+        peer_label: consumer.label.clone(),
+        peer_platform: consumer.platform.clone(),
+        capabilities,
+    };
+    (to_consumer, to_agent)
+}
+
+/// Settings of the session table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableConfig {
+    /// How long an unused session code stays valid (spec §7.4: 120 s).
+    pub code_ttl: Duration,
+    /// Failed joins from one source allowed within `failure_window`.
+    pub max_failures: usize,
+    /// The window over which failed joins are counted.
+    pub failure_window: Duration,
+    /// Most sessions (waiting or paired) at once.
+    pub max_sessions: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            code_ttl: Duration::from_secs(120),
+            max_failures: 5,
+            failure_window: Duration::from_secs(60),
+            max_sessions: 10_000,
+        }
+    }
+}
+
+/// A session's identifier inside the relay (never on the wire).
+pub type SessionId = u64;
+
+/// A session just opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// Its identifier.
+    pub id: SessionId,
+    /// The six-digit code the customer reads out.
+    pub code: String,
+    /// The 64-hex-digit token for links.
+    pub token: String,
+    /// When the code expires if no agent joins.
+    pub expires_at: Instant,
+}
+
+/// An agent joined a waiting session.
+#[derive(Debug)]
+pub struct Pairing<P> {
+    /// The session.
+    pub id: SessionId,
+    /// The consumer that opened it.
+    pub consumer: PeerInfo,
+    /// What the pump stored with the waiting consumer (how to reach it).
+    pub waiter: P,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The relay holds its maximum number of sessions.
+    #[error("the relay is full")]
+    Full,
+    /// The OS random source failed.
+    #[error("the random source failed")]
+    Random,
+}
+
+impl OpenError {
+    /// The `CLOSE` code for the consumer.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            OpenError::Full => ErrorCode::RateLimited,
+            OpenError::Random => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Why a `JOIN` was refused (spec §7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinRefusal {
+    /// No waiting or paired session has this code or token (or it expired).
+    #[error("no session with this code")]
+    NotFound,
+    /// The session already has an agent.
+    #[error("the session already has an agent")]
+    Busy,
+    /// Too many failed joins from this source recently.
+    #[error("too many failed attempts; try again later")]
+    RateLimited,
+}
+
+impl JoinRefusal {
+    /// The `CLOSE` code for the agent.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            JoinRefusal::NotFound => ErrorCode::SessionNotFound,
+            JoinRefusal::Busy => ErrorCode::SessionBusy,
+            JoinRefusal::RateLimited => ErrorCode::RateLimited,
+        }
+    }
+
+    /// The refusal's name, for events.
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinRefusal::NotFound => "SessionNotFound",
+            JoinRefusal::Busy => "SessionBusy",
+            JoinRefusal::RateLimited => "RateLimited",
+        }
+    }
+}
+
+/// A random source that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomFailed;
+
+#[derive(Debug)]
+enum State<P> {
+    Waiting { expires_at: Instant, waiter: P },
+    Paired,
+}
+
+#[derive(Debug)]
+struct Entry<P> {
+    code: String,
+    token: String,
+    consumer: PeerInfo,
+    state: State<P>,
+}
+
+/// The relay's sessions, by code and by token, and the failed-join counters by source.
+///
+/// `P` is what the pump keeps for a waiting consumer (a channel to hand it the agent); the
+/// table gives it back in [`Pairing`] and drops it when the session expires.
+///
+/// Order of calls: [`SessionTable::open`] for each `SESSION_OPEN`, [`SessionTable::join`] for
+/// each `JOIN`, [`SessionTable::remove`] when a session ends, and [`SessionTable::sweep`] now
+/// and then (at least once per `failure_window`) to drop expired codes and old failures.
+#[derive(Debug)]
+pub struct SessionTable<P> {
+    config: TableConfig,
+    sessions: HashMap<SessionId, Entry<P>>,
+    by_code: HashMap<String, SessionId>,
+    by_token: HashMap<String, SessionId>,
+    failures: HashMap<SourceKey, VecDeque<Instant>>,
+    next_id: SessionId,
+}
+
+/// Failed joins are counted per IPv4 address and per IPv6 /64 (one host's usual allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceKey {
+    V4([u8; 4]),
+    V6([u8; 8]),
+}
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => SourceKey::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey::V4(v4.octets()),
+                None => {
+                    let mut prefix = [0u8; 8];
+                    prefix.copy_from_slice(&v6.octets()[..8]);
+                    SourceKey::V6(prefix)
+                }
+            },
+        }
+    }
+}
+
+/// Attempts at drawing an unused code before the table counts as full.
+const CODE_ATTEMPTS: usize = 64;
+
+impl<P> SessionTable<P> {
+    /// An empty table.
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            config,
+            sessions: HashMap::new(),
+            by_code: HashMap::new(),
+            by_token: HashMap::new(),
+            failures: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The table's settings.
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    /// Opens a session for `consumer`: draws an unused six-digit code and a 32-byte token from
+    /// `random`, and keeps `waiter` until an agent joins or the code expires.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        consumer: PeerInfo,
+        waiter: P,
+        random: &mut dyn FnMut(&mut [u8]) -> Result<(), RandomFailed>,
+    ) -> Result<Opened, OpenError> {
+        if self.sessions.len() >= self.config.max_sessions {
+            return Err(OpenError::Full);
+        }
+        let code = self.draw_code(random)?;
+        let mut token_bytes = [0u8; 32];
+        random(&mut token_bytes).map_err(|_| OpenError::Random)?;
+        let token: String = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if self.by_token.contains_key(&token) {
+            // 256 random bits never collide unless the random source is broken.
+            return Err(OpenError::Random);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let expires_at = now + self.config.code_ttl;
+        self.by_code.insert(code.clone(), id);
+        self.by_token.insert(token.clone(), id);
+        self.sessions.insert(
+            id,
+            Entry {
+                code: code.clone(),
+                token: token.clone(),
+                consumer,
+                state: State::Waiting { expires_at, waiter },
+            },
+        );
+        Ok(Opened {
+            id,
+            code,
+            token,
+            expires_at,
+        })
+    }
+
+    fn draw_code(
+        &self,
+        random: &mut dyn FnMut(&mut [u8]) -> Result<(), RandomFailed>,
+    ) -> Result<String, OpenError> {
+        // The largest multiple of 10^6 that fits in a u32: values at or above it are redrawn so
+        // that every code is equally likely.
+        const ZONE: u32 = (u32::MAX / 1_000_000) * 1_000_000;
+        for _ in 0..CODE_ATTEMPTS {
+            let mut b = [0u8; 4];
+            random(&mut b).map_err(|_| OpenError::Random)?;
+            let v = u32::from_le_bytes(b);
+            if v >= ZONE {
+                continue;
+            }
+            let code = format!("{:06}", v % 1_000_000);
+            if !self.by_code.contains_key(&code) {
+                return Ok(code);
+            }
+        }
+        Err(OpenError::Full)
+    }
+
+    /// An agent from `from` asks to join with `credential`. A wrong or expired credential counts
+    /// as a failure of `from`; once `max_failures` failures fall within `failure_window`, every
+    /// join from there is refused as [`JoinRefusal::RateLimited`] until the oldest ages out.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        from: IpAddr,
+        credential: &Credential,
+    ) -> Result<Pairing<P>, JoinRefusal> {
+        let key = SourceKey::of(from);
+        if self.recent_failures(key, now) >= self.config.max_failures {
+            return Err(JoinRefusal::RateLimited);
+        }
+        let id = match credential {
+            Credential::Code(c) => self.by_code.get(c),
+            Credential::Token(t) => self.by_token.get(t),
+        }
+        .copied();
+        let Some((id, entry)) = id.and_then(|id| self.sessions.get_mut(&id).map(|e| (id, e)))
+        else {
+            self.record_failure(key, now);
+            return Err(JoinRefusal::NotFound);
+        };
+        match std::mem::replace(&mut entry.state, State::Paired) {
+            State::Paired => Err(JoinRefusal::Busy),
+            State::Waiting { expires_at, waiter } if expires_at <= now => {
+                entry.state = State::Waiting { expires_at, waiter };
+                self.record_failure(key, now);
+                Err(JoinRefusal::NotFound)
+            }
+            State::Waiting { waiter, .. } => Ok(Pairing {
+                id,
+                consumer: entry.consumer.clone(),
+                waiter,
+            }),
+        }
+    }
+
+    fn recent_failures(&mut self, key: SourceKey, now: Instant) -> usize {
+        let window = self.config.failure_window;
+        match self.failures.get_mut(&key) {
+            Some(times) => {
+                while times
+                    .front()
+                    .is_some_and(|&t| now.duration_since(t) >= window)
+                {
+                    times.pop_front();
+                }
+                times.len()
+            }
+            None => 0,
+        }
+    }
+
+    fn record_failure(&mut self, key: SourceKey, now: Instant) {
+        let times = self.failures.entry(key).or_default();
+        times.push_back(now);
+        while times.len() > self.config.max_failures {
+            times.pop_front();
+        }
+    }
+
+    /// Removes session `id` if it is still waiting and its code has expired at `now`. Returns
+    /// whether it did (false: an agent joined, or it is gone already).
+    pub fn expire(&mut self, id: SessionId, now: Instant) -> bool {
+        let expired = matches!(
+            self.sessions.get(&id),
+            Some(Entry { state: State::Waiting { expires_at, .. }, .. }) if *expires_at <= now
+        );
+        if expired {
+            self.remove(id);
+        }
+        expired
+    }
+
+    /// Forgets session `id` and its code and token. Returns whether it existed.
+    pub fn remove(&mut self, id: SessionId) -> bool {
+        match self.sessions.remove(&id) {
+            Some(entry) => {
+                self.by_code.remove(&entry.code);
+                self.by_token.remove(&entry.token);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every waiting session whose code has expired (dropping its waiter, which tells
+    /// the pump) and forgets failures older than the window. Returns the removed sessions.
+    pub fn sweep(&mut self, now: Instant) -> Vec<SessionId> {
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(
+                |(_, e)| matches!(e.state, State::Waiting { expires_at, .. } if expires_at <= now),
+            )
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &expired {
+            self.remove(id);
+        }
+        let window = self.config.failure_window;
+        self.failures.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|&t| now.duration_since(t) < window)
+        });
+        expired
+    }
+
+    /// The earliest instant at which [`SessionTable::sweep`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let codes = self.sessions.values().filter_map(|e| match e.state {
+            State::Waiting { expires_at, .. } => Some(expires_at),
+            State::Paired => None,
+        });
+        let failures = self
+            .failures
+            .values()
+            .filter_map(|t| t.back().map(|&t| t + self.config.failure_window));
+        codes.chain(failures).min()
+    }
+
+    /// Sessions held (waiting or paired).
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether the table holds no session.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use tandem_protocol::message::Platform;
+
+    /// A deterministic byte source: a counter run through a simple mixer.
+    fn counter_random() -> impl FnMut(&mut [u8]) -> Result<(), RandomFailed> {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        move |buf: &mut [u8]| {
+            for b in buf.iter_mut() {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                *b = (state >> 33) as u8;
+            }
+            Ok(())
+        }
+    }
+
+    fn hello(min: u32, max: u32, role: Role) -> Hello {
+        Hello {
+            min_version: min,
+            max_version: max,
+            role,
+            capabilities: Capabilities::DATAGRAMS | Capabilities::RESUME,
+            platform: Platform::default(),
+            software: "test".into(),
+        }
+    }
+
+    fn info(label: &str) -> PeerInfo {
+        PeerInfo {
+            label: label.into(),
+            platform: Platform::default(),
+            capabilities: RELAY_CAPABILITIES,
+        }
+    }
+
+    const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+    #[test]
+    fn negotiation_picks_highest_common_version_and_intersects() {
+        let w = negotiate(&hello(1, 7, Role::Agent)).unwrap();
+        assert_eq!(w.version, PROTOCOL_VERSION);
+        assert_eq!(w.role, Role::Relay);
+        assert_eq!(w.capabilities, Capabilities::DATAGRAMS);
+        assert_eq!(
+            negotiate(&hello(2, 3, Role::Consumer)).unwrap_err().code,
+            ErrorCode::VersionMismatch
+        );
+        assert_eq!(
+            negotiate(&hello(1, 0, Role::Consumer)).unwrap_err().code,
+            ErrorCode::VersionMismatch
+        );
+        assert_eq!(
+            negotiate(&hello(1, 1, Role::Relay)).unwrap_err().code,
+            ErrorCode::UnexpectedMessage
+        );
+    }
+
+    #[test]
+    fn control_frames_are_classified_by_type_only() {
+        use ControlAction as A;
+        let c = |ty| classify_control(Side::Consumer, ty);
+        let a = |ty| classify_control(Side::Agent, ty);
+        assert_eq!(c(FrameType::END), A::End);
+        assert_eq!(a(FrameType::CLOSE), A::Close);
+        assert_eq!(c(FrameType::PING), A::Ping);
+        assert_eq!(a(FrameType::PONG), A::Ignore);
+        assert_eq!(a(FrameType::ERROR), A::Ignore);
+        assert_eq!(a(FrameType::HELLO), A::Violation);
+        assert_eq!(c(FrameType::JOINED), A::Violation);
+        assert_eq!(a(FrameType::JOIN), A::Refuse(ErrorCode::SessionBusy));
+        assert_eq!(a(FrameType::INVITE), A::Refuse(ErrorCode::SessionBusy));
+        assert_eq!(c(FrameType::JOIN), A::Refuse(ErrorCode::UnexpectedMessage));
+        assert_eq!(
+            c(FrameType::SESSION_OPEN),
+            A::Refuse(ErrorCode::UnexpectedMessage)
+        );
+        for ty in [
+            FrameType::ACK,
+            FrameType::RESYNC,
+            FrameType::MODE,
+            FrameType::REFUSED,
+            FrameType::STATUS,
+            FrameType::PAUSE,
+            FrameType::VIEWPORT,
+            FrameType::ACCEPT,
+            FrameType(0x1001),
+            FrameType(0x1000),
+        ] {
+            assert_eq!(c(ty), A::Forward, "{ty}");
+            assert_eq!(a(ty), A::Forward, "{ty}");
+        }
+    }
+
+    #[test]
+    fn codes_are_six_digits_and_tokens_64_hex() {
+        let mut table = SessionTable::new(TableConfig::default());
+        let mut random = counter_random();
+        let now = Instant::now();
+        let mut codes = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let o = table.open(now, info("c"), (), &mut random).unwrap();
+            assert_eq!(o.code.len(), 6);
+            assert!(o.code.bytes().all(|b| b.is_ascii_digit()));
+            assert_eq!(o.token.len(), 64);
+            assert!(o.token.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(codes.insert(o.code), "codes are unique among live sessions");
+            assert_eq!(o.expires_at, now + Duration::from_secs(120));
+        }
+    }
+
+    #[test]
+    fn join_pairs_once_then_busy() {
+        let mut table = SessionTable::new(TableConfig::default());
+        let now = Instant::now();
+        let o = table
+            .open(now, info("customer"), 42u32, &mut counter_random())
+            .unwrap();
+        let p = table
+            .join(now, IP, &Credential::Code(o.code.clone()))
+            .unwrap();
+        assert_eq!(
+            (p.id, p.waiter, p.consumer.label.as_str()),
+            (o.id, 42, "customer")
+        );
+        assert_eq!(
+            table
+                .join(now, IP, &Credential::Token(o.token))
+                .unwrap_err(),
+            JoinRefusal::Busy
+        );
+        assert!(
+            !table.expire(o.id, now + Duration::from_secs(600)),
+            "paired never expires"
+        );
+        assert!(table.remove(o.id));
+        assert_eq!(
+            table.join(now, IP, &Credential::Code(o.code)).unwrap_err(),
+            JoinRefusal::NotFound
+        );
+    }
+
+    #[test]
+    fn codes_expire_unused() {
+        let mut table = SessionTable::new(TableConfig::default());
+        let t0 = Instant::now();
+        let o = table
+            .open(t0, info("c"), (), &mut counter_random())
+            .unwrap();
+        assert_eq!(table.poll_timeout(), Some(o.expires_at));
+        assert!(!table.expire(o.id, o.expires_at - Duration::from_millis(1)));
+        assert_eq!(
+            table
+                .join(o.expires_at, IP, &Credential::Code(o.code.clone()))
+                .unwrap_err(),
+            JoinRefusal::NotFound
+        );
+        assert_eq!(table.sweep(o.expires_at), vec![o.id]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn wrong_codes_are_rate_limited_per_source() {
+        let mut table = SessionTable::new(TableConfig::default());
+        let t0 = Instant::now();
+        let o = table
+            .open(t0, info("c"), (), &mut counter_random())
+            .unwrap();
+        let wrong = Credential::Code("abcdef".into());
+        for _ in 0..5 {
+            assert_eq!(
+                table.join(t0, IP, &wrong).unwrap_err(),
+                JoinRefusal::NotFound
+            );
+        }
+        let right = Credential::Code(o.code.clone());
+        assert_eq!(
+            table.join(t0, IP, &right).unwrap_err(),
+            JoinRefusal::RateLimited
+        );
+        // Another source is not affected; the same /64 in IPv6 is one source.
+        let v6a = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1));
+        let v6b = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 9, 9, 9, 9));
+        for _ in 0..5 {
+            assert_eq!(
+                table.join(t0, v6a, &wrong).unwrap_err(),
+                JoinRefusal::NotFound
+            );
+        }
+        assert_eq!(
+            table.join(t0, v6b, &wrong).unwrap_err(),
+            JoinRefusal::RateLimited
+        );
+        // A minute later the first source may try again.
+        let later = t0 + Duration::from_secs(60);
+        assert!(table.join(later, IP, &right).is_ok());
+        table.sweep(later);
+        assert!(table.failures.is_empty());
+    }
+
+    #[test]
+    fn full_table_refuses_open() {
+        let mut table = SessionTable::new(TableConfig {
+            max_sessions: 1,
+            ..TableConfig::default()
+        });
+        let now = Instant::now();
+        let mut random = counter_random();
+        table.open(now, info("a"), (), &mut random).unwrap();
+        assert_eq!(
+            table.open(now, info("b"), (), &mut random).unwrap_err(),
+            OpenError::Full
+        );
+        let mut broken = |_: &mut [u8]| Err(RandomFailed);
+        let mut table = SessionTable::new(TableConfig::default());
+        assert_eq!(
+            table.open(now, info("a"), (), &mut broken).unwrap_err(),
+            OpenError::Random
+        );
+    }
+
+    #[test]
+    fn joined_carries_the_other_side_and_shared_capabilities() {
+        let consumer = PeerInfo {
+            capabilities: Capabilities::DATAGRAMS | Capabilities::COMPRESSION,
+            ..info("customer")
+        };
+        let agent = PeerInfo {
+            capabilities: Capabilities::DATAGRAMS,
+            ..info("alice")
+        };
+        let (to_consumer, to_agent) = joined_messages(&consumer, &agent);
+        assert_eq!(
+            (to_consumer.peer_role, to_consumer.peer_label.as_str()),
+            (Role::Agent, "alice")
+        );
+        assert_eq!(
+            (to_agent.peer_role, to_agent.peer_label.as_str()),
+            (Role::Consumer, "customer")
+        );
+        assert_eq!(to_consumer.capabilities, Capabilities::DATAGRAMS);
+        assert_eq!(to_agent.capabilities, Capabilities::DATAGRAMS);
+    }
+
+    #[test]
+    fn teardown_tells_each_side_the_right_thing() {
+        let t = teardown(&Outcome::Ended {
+            side: Side::Consumer,
+            reason: EndReason::EndedByConsumer,
+        });
+        assert_eq!(t.reason, EndReason::EndedByConsumer);
+        assert!(matches!(
+            t.to_agent.as_slice(),
+            [
+                Message::End(End {
+                    reason: EndReason::EndedByConsumer
+                }),
+                Message::Close(ErrorReport {
+                    code: ErrorCode::SessionEnded,
+                    ..
+                })
+            ]
+        ));
+        assert!(matches!(
+            t.to_consumer.as_slice(),
+            [Message::Close(ErrorReport {
+                code: ErrorCode::NoError,
+                ..
+            })]
+        ));
+
+        let t = teardown(&Outcome::Lost(Side::Agent));
+        assert!(t.to_agent.is_empty());
+        assert!(matches!(
+            t.to_consumer.as_slice(),
+            [
+                Message::End(End {
+                    reason: EndReason::ConnectionLost
+                }),
+                Message::Close(_)
+            ]
+        ));
+
+        let t = teardown(&Outcome::Violation {
+            side: Side::Agent,
+            code: ErrorCode::LimitExceeded,
+            detail: "too big".into(),
+        });
+        assert!(matches!(
+            t.to(Side::Agent),
+            [Message::Close(ErrorReport {
+                code: ErrorCode::LimitExceeded,
+                ..
+            })]
+        ));
+        assert!(matches!(
+            t.to(Side::Consumer),
+            [
+                Message::End(End {
+                    reason: EndReason::ConnectionLost
+                }),
+                Message::Close(_)
+            ]
+        ));
+        let t = teardown(&Outcome::Shutdown);
+        assert_eq!((t.to_agent.len(), t.to_consumer.len()), (2, 2));
+    }
+}

@@ -1,0 +1,613 @@
+//! The relay over real QUIC on 127.0.0.1: pairing, byte-identical forwarding of streams,
+//! control frames and datagrams, refusals, pinning and session endings.
+//!
+//! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_peers::client::{self, ClientError, ControlChannel};
+use tandem_peers::framed::{FrameRecv, write_message, write_raw};
+use tandem_peers::relay::{self, RelayConfig, RelayEvent, RelayHandle};
+use tandem_peers::transport::{self, Fingerprint, Identity, TransportError};
+use tandem_protocol::message::{
+    Ack, Capabilities, Click, Credential, End, EndReason, Hello, Ping, Pointer, Role, Status,
+};
+use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
+
+const GUARD: Duration = Duration::from_secs(10);
+
+/// Fails the test instead of hanging when `fut` does not finish in time.
+async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+fn start_relay() -> RelayHandle {
+    let identity = Identity::generate().expect("generate certificate");
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), identity);
+    // Peers that stop reading when a test is over are let go quickly.
+    config.close_grace = Duration::from_millis(300);
+    relay::spawn(config).expect("relay starts")
+}
+
+async fn channel(relay: &RelayHandle, role: Role) -> ControlChannel {
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    guard("welcome", ControlChannel::open(conn, client::hello(role)))
+        .await
+        .expect("welcome")
+}
+
+/// A consumer with an open session and an agent joined to it by code.
+async fn paired(relay: &RelayHandle) -> (ControlChannel, ControlChannel) {
+    let mut consumer = channel(relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("session created");
+    let mut agent = channel(relay, Role::Agent).await;
+    let about_consumer = guard("join", agent.join(Credential::Code(created.code), "Alice"))
+        .await
+        .expect("joined");
+    assert_eq!(about_consumer.peer_role, Role::Consumer);
+    assert_eq!(about_consumer.peer_label, "Customer");
+    let about_agent = guard("joined", consumer.wait_joined())
+        .await
+        .expect("consumer told");
+    assert_eq!(about_agent.peer_role, Role::Agent);
+    assert_eq!(about_agent.peer_label, "Alice");
+    assert!(about_agent.capabilities.contains(Capabilities::DATAGRAMS));
+    (consumer, agent)
+}
+
+fn expect_closed(result: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
+    match result {
+        Err(ClientError::Closed { code: got, .. }) => assert_eq!(got, code),
+        other => panic!("expected CLOSE {code:?}, got {other:?}"),
+    }
+}
+
+fn expect_refused(result: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode) {
+    match result {
+        Err(ClientError::Refused { code: got, .. }) => assert_eq!(got, code),
+        other => panic!("expected ERROR {code:?}, got {other:?}"),
+    }
+}
+
+/// Reads control messages until `END`, then expects the `CLOSE` after it.
+async fn expect_end(ctl: &mut ControlChannel) -> EndReason {
+    let reason = loop {
+        match guard("END", ctl.recv()).await.expect("control readable") {
+            Some(Message::End(End { reason })) => break reason,
+            Some(_) => continue,
+            None => panic!("control stream ended without END"),
+        }
+    };
+    match guard("CLOSE", ctl.recv()).await.expect("control readable") {
+        Some(Message::Close(report)) => assert_eq!(report.code, ErrorCode::SessionEnded),
+        other => panic!("expected CLOSE after END, got {other:?}"),
+    }
+    reason
+}
+
+async fn next_ended(events: &mut tokio::sync::broadcast::Receiver<RelayEvent>) -> RelayEvent {
+    loop {
+        let event = guard("event", events.recv()).await.expect("event stream");
+        if matches!(event, RelayEvent::Ended { .. }) {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_are_forwarded_byte_identical() {
+    let relay = start_relay();
+    let (mut consumer, mut agent) = paired(&relay).await;
+    let limits = Limits::DEFAULT;
+
+    // A uni stream: PING, an unknown optional frame, a 3 MB unknown frame, STATUS.
+    let mut sent = Vec::new();
+    let frames = [
+        Message::Ping(Ping { nonce: 42 }),
+        Message::Status(Status {
+            rtt_ms: 300,
+            loss_ppm: 10_000,
+            throughput_bps: 750_000,
+        }),
+    ];
+    let unknown = RawFrame {
+        ty: FrameType(0x1001),
+        body: b"from a newer version".to_vec(),
+    };
+    let big = RawFrame {
+        ty: FrameType(0x2003),
+        body: (0..3 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect(),
+    };
+    for msg in &frames {
+        sent.extend(tandem_protocol::frame::to_frame(msg, &limits).unwrap());
+    }
+    // Expected order on the wire: PING, unknown, big, STATUS.
+    let ping_len = tandem_protocol::frame::to_frame(&frames[0], &limits)
+        .unwrap()
+        .len();
+    let mut expected = sent[..ping_len].to_vec();
+    expected.extend(unknown.to_bytes());
+    expected.extend(big.to_bytes());
+    expected.extend(&sent[ping_len..]);
+    let sent = expected;
+
+    // Written from a task: 3 MB is more than the flow-control windows hold while the agent has
+    // not started reading.
+    let mut dom = consumer.connection().open_uni().await.expect("open uni");
+    let writer = {
+        let (frames, unknown, big) = (frames.clone(), unknown.clone(), big.clone());
+        tokio::spawn(async move {
+            write_message(&mut dom, &frames[0], &limits).await?;
+            write_raw(&mut dom, &unknown).await?;
+            write_raw(&mut dom, &big).await?;
+            write_message(&mut dom, &frames[1], &limits).await?;
+            dom.finish()?;
+            Ok::<_, tandem_peers::framed::FramedError>(())
+        })
+    };
+
+    // Control: end-to-end frames are forwarded; PING is a hop message the relay answers.
+    consumer.send(&frames[1]).await.unwrap();
+    consumer.send_raw(&unknown).await.unwrap();
+    consumer.send(&frames[0]).await.unwrap();
+    assert_eq!(
+        guard("pong", consumer.recv()).await.unwrap(),
+        Some(Message::Pong(Ping { nonce: 42 }))
+    );
+    let pointer = Message::Pointer(Pointer {
+        seq: 1,
+        node: 7,
+        x: 1000,
+        y: 2000,
+        visible: true,
+    });
+    let datagram = Bytes::from(tandem_protocol::frame::to_frame(&pointer, &limits).unwrap());
+    consumer
+        .connection()
+        .send_datagram(datagram.clone())
+        .unwrap();
+
+    let mut incoming = guard("accept uni", agent.connection().accept_uni())
+        .await
+        .expect("uni stream forwarded");
+    let received = guard("uni stream", incoming.read_to_end(8 * 1024 * 1024))
+        .await
+        .expect("read stream");
+    guard("writer", writer)
+        .await
+        .unwrap()
+        .expect("writes succeed");
+    assert_eq!(received.len(), sent.len());
+    assert!(received == sent, "uni stream bytes differ");
+
+    let first = guard("control", agent.recv_raw()).await.unwrap().unwrap();
+    assert_eq!(first.decode(&limits).unwrap(), frames[1]);
+    let second = guard("control", agent.recv_raw()).await.unwrap().unwrap();
+    assert_eq!(second, unknown);
+
+    let got = guard("datagram", agent.connection().read_datagram())
+        .await
+        .expect("datagram forwarded");
+    assert_eq!(got, datagram);
+
+    // And the other way: agent → consumer on a stream, on control and as a datagram.
+    let mut actions = agent.connection().open_uni().await.unwrap();
+    let click = Message::Click(Click {
+        id: 1,
+        node: 7,
+        x: 5000,
+        y: 5000,
+        button: 0,
+        modifiers: 0,
+    });
+    write_message(&mut actions, &click, &limits).await.unwrap();
+    actions.finish().unwrap();
+    let ack = Message::Ack(Ack {
+        epoch: 0,
+        seq: 3,
+        hash: [9; 16],
+    });
+    agent.send(&ack).await.unwrap();
+    agent.connection().send_datagram(datagram.clone()).unwrap();
+    let recv = guard("accept uni", consumer.connection().accept_uni())
+        .await
+        .unwrap();
+    let mut reader = FrameRecv::new(recv, limits);
+    assert_eq!(
+        guard("frame", reader.next_message()).await.unwrap(),
+        Some(click)
+    );
+    assert_eq!(guard("end", reader.next_message()).await.unwrap(), None);
+    assert_eq!(guard("control", consumer.recv()).await.unwrap(), Some(ack));
+    let got = guard("datagram", consumer.connection().read_datagram())
+        .await
+        .expect("datagram forwarded");
+    assert_eq!(got, datagram);
+
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn wrong_code_is_session_not_found_and_the_agent_may_retry() {
+    let relay = start_relay();
+    let mut events = relay.subscribe();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = consumer.open_session("Customer").await.unwrap();
+    let wrong = if created.code == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    let mut agent = channel(&relay, Role::Agent).await;
+    let result = guard("join", agent.join(Credential::Code(wrong.into()), "Alice")).await;
+    expect_refused(result, ErrorCode::SessionNotFound);
+    let event = loop {
+        match guard("event", events.recv()).await.unwrap() {
+            RelayEvent::Created { .. } => continue,
+            event => break event,
+        }
+    };
+    assert!(
+        matches!(&event, RelayEvent::JoinRefused { reason, .. } if reason == "SessionNotFound"),
+        "{event:?}"
+    );
+    // spec §7.5: the connection stays open, so the agent can try again.
+    let joined = guard("join", agent.join(Credential::Code(created.code), "Alice"))
+        .await
+        .expect("second attempt joins");
+    assert_eq!(joined.peer_label, "Customer");
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn wrong_token_is_session_not_found() {
+    let relay = start_relay();
+    let mut agent = channel(&relay, Role::Agent).await;
+    let result = guard(
+        "join",
+        agent.join(Credential::Token("ab".repeat(32)), "Alice"),
+    )
+    .await;
+    expect_refused(result, ErrorCode::SessionNotFound);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn join_by_token_pairs() {
+    let relay = start_relay();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = consumer.open_session("Customer").await.unwrap();
+    assert_eq!(created.expires_ms, 120_000);
+    let mut agent = channel(&relay, Role::Agent).await;
+    let joined = guard("join", agent.join(Credential::Token(created.token), "Bob"))
+        .await
+        .unwrap();
+    assert_eq!(joined.peer_label, "Customer");
+    assert_eq!(consumer.wait_joined().await.unwrap().peer_label, "Bob");
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn second_agent_is_session_busy() {
+    let relay = start_relay();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = consumer.open_session("Customer").await.unwrap();
+    let mut first = channel(&relay, Role::Agent).await;
+    first
+        .join(Credential::Code(created.code.clone()), "Alice")
+        .await
+        .unwrap();
+    let mut second = channel(&relay, Role::Agent).await;
+    let result = guard(
+        "join",
+        second.join(Credential::Code(created.code), "Mallory"),
+    )
+    .await;
+    expect_refused(result, ErrorCode::SessionBusy);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn wrong_codes_are_rate_limited() {
+    let relay = start_relay();
+    // Failures count per source address, across connections.
+    for attempt in 0..5 {
+        let mut agent = channel(&relay, Role::Agent).await;
+        let code = Credential::Code(format!("99999{attempt}"));
+        expect_refused(
+            guard("join", agent.join(code, "x")).await,
+            ErrorCode::SessionNotFound,
+        );
+    }
+    let mut agent = channel(&relay, Role::Agent).await;
+    let result = guard("join", agent.join(Credential::Code("123456".into()), "x")).await;
+    expect_refused(result, ErrorCode::RateLimited);
+    // The relay then closes the connection.
+    match guard("CLOSE", agent.recv()).await.unwrap() {
+        Some(Message::Close(report)) => assert_eq!(report.code, ErrorCode::RateLimited),
+        other => panic!("expected CLOSE RateLimited, got {other:?}"),
+    }
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn wrong_pin_is_refused() {
+    let relay = start_relay();
+    let other = Identity::generate().unwrap().fingerprint();
+    assert_ne!(other, relay.fingerprint);
+    let result = guard("connect", client::connect(relay.addr, other)).await;
+    match result {
+        Err(ClientError::Transport(TransportError::PinMismatch { detail })) => {
+            assert!(detail.contains(&relay.fingerprint.to_string()), "{detail}");
+        }
+        other => panic!("expected a pin mismatch, got {other:?}"),
+    }
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn version_mismatch_is_refused() {
+    let relay = start_relay();
+    let conn = client::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    let hello = Hello {
+        min_version: 7,
+        max_version: 9,
+        ..client::hello(Role::Consumer)
+    };
+    let result = guard("welcome", ControlChannel::open(conn, hello)).await;
+    expect_closed(result, ErrorCode::VersionMismatch);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn consumer_end_reaches_agent() {
+    let relay = start_relay();
+    let mut events = relay.subscribe();
+    let (consumer, mut agent) = paired(&relay).await;
+    guard("end", consumer.end())
+        .await
+        .expect("relay answers END with CLOSE");
+    assert_eq!(expect_end(&mut agent).await, EndReason::EndedByConsumer);
+    let event = next_ended(&mut events).await;
+    assert!(
+        matches!(&event, RelayEvent::Ended { reason, by: Some(by), .. }
+            if reason == "EndedByConsumer" && by == "consumer"),
+        "{event:?}"
+    );
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn agent_end_reaches_consumer() {
+    let relay = start_relay();
+    let (mut consumer, agent) = paired(&relay).await;
+    guard("end", agent.end()).await.unwrap();
+    assert_eq!(expect_end(&mut consumer).await, EndReason::EndedByAgent);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn connection_loss_reaches_the_other_side() {
+    let relay = start_relay();
+    let (consumer, mut agent) = paired(&relay).await;
+    consumer.connection().close(0u32.into(), b"gone");
+    assert_eq!(expect_end(&mut agent).await, EndReason::ConnectionLost);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn bad_frame_closes_only_the_offenders_session() {
+    let relay = start_relay();
+    let (mut consumer, mut agent) = paired(&relay).await;
+    // An unrelated session on the same relay must survive.
+    let (mut other_consumer, mut other_agent) = paired(&relay).await;
+
+    // A header announcing a body above the 16 MiB limit.
+    let mut bad = consumer.connection().open_uni().await.unwrap();
+    let mut header = Vec::new();
+    tandem_protocol::varint::write_u32(&mut header, 0x33);
+    tandem_protocol::varint::write_u32(&mut header, Limits::DEFAULT.max_frame_body + 1);
+    bad.write_all(&header).await.unwrap();
+
+    match guard("CLOSE", consumer.recv()).await.unwrap() {
+        Some(Message::Close(report)) => assert_eq!(report.code, ErrorCode::LimitExceeded),
+        other => panic!("expected CLOSE LimitExceeded, got {other:?}"),
+    }
+    assert_eq!(expect_end(&mut agent).await, EndReason::ConnectionLost);
+
+    let status = Message::Status(Status {
+        rtt_ms: 1,
+        loss_ppm: 0,
+        throughput_bps: 1,
+    });
+    other_consumer.send(&status).await.unwrap();
+    assert_eq!(
+        guard("status", other_agent.recv()).await.unwrap(),
+        Some(status)
+    );
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn join_during_a_session_is_busy_and_hello_is_a_violation() {
+    let relay = start_relay();
+    let (mut consumer, mut agent) = paired(&relay).await;
+    // spec §7.5: an agent with a live session that sends JOIN gets ERROR SessionBusy.
+    agent
+        .send(&Message::Join(tandem_protocol::message::Join {
+            credential: Credential::Code("123456".into()),
+            label: "again".into(),
+        }))
+        .await
+        .unwrap();
+    match guard("ERROR", agent.recv()).await.unwrap() {
+        Some(Message::Error(report)) => assert_eq!(report.code, ErrorCode::SessionBusy),
+        other => panic!("expected ERROR SessionBusy, got {other:?}"),
+    }
+    // A second HELLO breaks the protocol: CLOSE for the agent, END for the consumer.
+    agent
+        .send(&Message::Hello(client::hello(Role::Agent)))
+        .await
+        .unwrap();
+    match guard("CLOSE", agent.recv()).await.unwrap() {
+        Some(Message::Close(report)) => assert_eq!(report.code, ErrorCode::UnexpectedMessage),
+        other => panic!("expected CLOSE UnexpectedMessage, got {other:?}"),
+    }
+    assert_eq!(expect_end(&mut consumer).await, EndReason::ConnectionLost);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn control_frames_sent_before_join_are_delivered_after() {
+    let relay = start_relay();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = consumer.open_session("Customer").await.unwrap();
+    // PING before pairing is answered by the relay; STATUS waits for the agent.
+    consumer
+        .send(&Message::Ping(Ping { nonce: 5 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        guard("pong", consumer.recv()).await.unwrap(),
+        Some(Message::Pong(Ping { nonce: 5 }))
+    );
+    let status = Message::Status(Status {
+        rtt_ms: 1,
+        loss_ppm: 2,
+        throughput_bps: 3,
+    });
+    consumer.send(&status).await.unwrap();
+    let mut agent = channel(&relay, Role::Agent).await;
+    agent
+        .join(Credential::Code(created.code), "Alice")
+        .await
+        .unwrap();
+    assert_eq!(guard("status", agent.recv()).await.unwrap(), Some(status));
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_live_sessions() {
+    let relay = start_relay();
+    let (mut consumer, mut agent) = paired(&relay).await;
+    let shutdown = tokio::spawn(relay.shutdown());
+    assert_eq!(expect_end(&mut consumer).await, EndReason::ConnectionLost);
+    assert_eq!(expect_end(&mut agent).await, EndReason::ConnectionLost);
+    guard("shutdown", shutdown).await.unwrap();
+}
+
+#[tokio::test]
+async fn events_are_written_as_json_lines() {
+    let path = std::env::temp_dir().join(format!("tandem-events-{}.jsonl", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut config = RelayConfig::new(
+        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        Identity::generate().unwrap(),
+    );
+    config.event_log = Some(Box::new(file));
+    config.close_grace = Duration::from_millis(300);
+    let relay = relay::spawn(config).unwrap();
+    let mut events = relay.subscribe();
+    let (consumer, _agent) = paired(&relay).await;
+    consumer.end().await.unwrap();
+    next_ended(&mut events).await;
+    guard("shutdown", relay.shutdown()).await;
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let kinds: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+            assert!(v["ts_ms"].as_u64().is_some(), "{line}");
+            v["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["created", "joined", "ended"]);
+    assert!(text.contains("\"reason\":\"EndedByConsumer\""), "{text}");
+}
+
+#[tokio::test]
+async fn transport_endpoints_work_without_the_client_helpers() {
+    // The lower-level API the demo uses: explicit endpoints and connect.
+    let relay = start_relay();
+    let endpoint = transport::client_endpoint(relay.fingerprint).unwrap();
+    let conn = guard("connect", transport::connect(&endpoint, relay.addr))
+        .await
+        .unwrap();
+    let fp: Fingerprint = relay.fingerprint.to_string().parse().unwrap();
+    assert_eq!(fp, relay.fingerprint);
+    let ctl = ControlChannel::open(conn, client::hello(Role::Agent))
+        .await
+        .unwrap();
+    assert_eq!(ctl.welcome().role, Role::Relay);
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn datagrams_go_by_control_to_a_peer_without_datagrams() {
+    let relay = start_relay();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = consumer.open_session("Customer").await.unwrap();
+
+    // An agent whose transport does not accept datagrams.
+    let mut config = transport::client_config(relay.fingerprint).unwrap();
+    let mut params = transport::transport_config();
+    params.datagram_receive_buffer_size(None);
+    config.transport_config(std::sync::Arc::new(params));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = guard("connect", transport::connect(&endpoint, relay.addr))
+        .await
+        .unwrap();
+    let mut agent = ControlChannel::open(conn, client::hello(Role::Agent))
+        .await
+        .unwrap();
+    agent
+        .join(Credential::Code(created.code), "Alice")
+        .await
+        .unwrap();
+    consumer.wait_joined().await.unwrap();
+
+    let scroll = Message::Scroll(tandem_protocol::message::Scroll {
+        seq: 4,
+        node: 0,
+        x: 0,
+        y: 480,
+    });
+    let bytes = tandem_protocol::frame::to_frame(&scroll, &Limits::DEFAULT).unwrap();
+    consumer
+        .connection()
+        .send_datagram(Bytes::from(bytes))
+        .unwrap();
+    assert_eq!(guard("scroll", agent.recv()).await.unwrap(), Some(scroll));
+    guard("shutdown", relay.shutdown()).await;
+}
+
+#[tokio::test]
+async fn a_datagram_that_is_not_one_frame_is_malformed() {
+    let relay = start_relay();
+    let (mut consumer, mut agent) = paired(&relay).await;
+    consumer
+        .connection()
+        .send_datagram(Bytes::from_static(b"\x51\x10short"))
+        .unwrap();
+    match guard("CLOSE", consumer.recv()).await.unwrap() {
+        Some(Message::Close(report)) => assert_eq!(report.code, ErrorCode::MalformedFrame),
+        other => panic!("expected CLOSE MalformedFrame, got {other:?}"),
+    }
+    assert_eq!(expect_end(&mut agent).await, EndReason::ConnectionLost);
+    guard("shutdown", relay.shutdown()).await;
+}
