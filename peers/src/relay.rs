@@ -508,7 +508,7 @@ async fn serve_consumer(
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     // SESSION_OPEN, answered with SESSION_CREATED or, when the relay cannot, with ERROR; the
     // consumer may try again (spec §7.3).
-    let (opened, rx) = loop {
+    let (opened, mut rx) = loop {
         let open = match handshake_step(shared, deadline, next_request(shared, &mut peer)).await {
             Ok(Message::SessionOpen(open)) => open,
             Ok(other) => {
@@ -554,14 +554,22 @@ async fn serve_consumer(
         label: peer.info.label.clone(),
         remote,
     });
-    match wait_for_agent(shared, &mut peer, id, opened.expires_at, rx).await {
+    match wait_for_agent(shared, &mut peer, id, opened.expires_at, &mut rx).await {
         Waited::Paired { agent, pending } => {
             run_session(shared.clone(), id, peer, *agent, pending).await;
             Ok(())
         }
         Waited::Ended { reason, by, stop } => {
             shared.table().remove(id);
-            shared.emit(ended(id, reason, by, None));
+            // An agent may have joined in the same instant: it is told the session ended.
+            rx.close();
+            if let Ok(mut agent) = rx.try_recv() {
+                let end = Message::End(End { reason });
+                let _ = write_message(&mut agent.send, &end, &shared.limits).await;
+                let notice = refusal(ErrorCode::SessionEnded, "the consumer left");
+                tokio::spawn(finish_owned(shared.clone(), agent, notice));
+            }
+            shared.emit(ended(id, &reason_name(reason), by, None));
             Err((peer, stop))
         }
     }
@@ -573,7 +581,7 @@ enum Waited {
         pending: Vec<RawFrame>,
     },
     Ended {
-        reason: &'static str,
+        reason: EndReason,
         by: Option<Side>,
         stop: Stop,
     },
@@ -590,7 +598,7 @@ async fn wait_for_agent(
     peer: &mut Peer,
     id: SessionId,
     expires_at: Instant,
-    mut rx: oneshot::Receiver<Peer>,
+    rx: &mut oneshot::Receiver<Peer>,
 ) -> Waited {
     let expiry = sleep_until(expires_at.into());
     tokio::pin!(expiry);
@@ -598,13 +606,13 @@ async fn wait_for_agent(
     let mut pending = Vec::new();
     let mut pending_bytes = 0usize;
     let lost = |stop| Waited::Ended {
-        reason: "ConnectionLost",
+        reason: EndReason::ConnectionLost,
         by: Some(Side::Consumer),
         stop,
     };
     loop {
         let frame = tokio::select! {
-            agent = &mut rx => return match agent {
+            agent = &mut *rx => return match agent {
                 Ok(agent) => Waited::Paired { agent: Box::new(agent), pending },
                 // The table dropped the waiter: the code expired in a sweep.
                 Err(_) => expired(peer, shared).await,
@@ -623,7 +631,7 @@ async fn wait_for_agent(
                 Err(e) => return lost(e.into()),
             },
             _ = shared.shutting_down() => return Waited::Ended {
-                reason: "ConnectionLost",
+                reason: EndReason::ConnectionLost,
                 by: None,
                 stop: refusal(ErrorCode::SessionEnded, "relay shutting down"),
             },
@@ -642,14 +650,14 @@ async fn wait_for_agent(
             }
             ControlAction::End => {
                 return Waited::Ended {
-                    reason: "EndedByConsumer",
+                    reason: EndReason::EndedByConsumer,
                     by: Some(Side::Consumer),
                     stop: refusal(ErrorCode::NoError, "session ended"),
                 };
             }
             ControlAction::Close => {
                 return Waited::Ended {
-                    reason: "EndedByConsumer",
+                    reason: EndReason::EndedByConsumer,
                     by: Some(Side::Consumer),
                     stop: Stop::Gone,
                 };
@@ -702,7 +710,7 @@ async fn expired(peer: &mut Peer, shared: &Shared) -> Waited {
     });
     let _ = write_message(&mut peer.send, &end, &shared.limits).await;
     Waited::Ended {
-        reason: "Expired",
+        reason: EndReason::Expired,
         by: None,
         stop: refusal(ErrorCode::SessionEnded, "the session code expired unused"),
     }
@@ -783,6 +791,18 @@ async fn finish(shared: &Shared, mut peer: Peer, stop: Stop) {
             peer.conn.close(code, truncate(reason.as_bytes()));
         }
         Stop::Gone => peer.conn.close(VarInt::from_u32(0), b""),
+    }
+}
+
+async fn finish_owned(shared: Arc<Shared>, peer: Peer, stop: Stop) {
+    finish(&shared, peer, stop).await;
+}
+
+/// The name of an `END` reason for events: the spec's name, or `Unknown(n)`.
+fn reason_name(reason: EndReason) -> String {
+    match reason.name() {
+        Some(name) => name.to_owned(),
+        None => format!("{reason:?}"),
     }
 }
 
@@ -892,11 +912,7 @@ async fn run_session(
         Outcome::Shutdown => (None, Some("relay shutting down".to_owned())),
     };
     tracing::info!(session = id, ?outcome, "session ended");
-    let reason = match plan.reason.name() {
-        Some(name) => name.to_owned(),
-        None => format!("{:?}", plan.reason),
-    };
-    shared.emit(ended(id, &reason, by, detail));
+    shared.emit(ended(id, &reason_name(plan.reason), by, detail));
 
     let close_consumer = close_after(
         &shared,
@@ -997,7 +1013,13 @@ async fn forward_control(
             }
             ControlAction::End => match frame.decode(recv.limits()) {
                 Ok(Message::End(End { reason })) => break Outcome::Ended { side, reason },
-                Ok(_) => unreachable!("classified by type as END"),
+                // A frame of type END always decodes to `Message::End`.
+                Ok(_) => {
+                    break Outcome::Ended {
+                        side,
+                        reason: side.ended_by(),
+                    };
+                }
                 Err(e) => break outcome_of(side, e.into()),
             },
             ControlAction::Close => {

@@ -611,3 +611,31 @@ async fn a_datagram_that_is_not_one_frame_is_malformed() {
     assert_eq!(expect_end(&mut agent).await, EndReason::ConnectionLost);
     guard("shutdown", relay.shutdown()).await;
 }
+
+#[tokio::test]
+async fn unused_code_expires() {
+    let mut config = RelayConfig::new(
+        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        Identity::generate().unwrap(),
+    );
+    config.close_grace = Duration::from_millis(300);
+    config.table.code_ttl = Duration::from_millis(200);
+    let relay = relay::spawn(config).unwrap();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = consumer.open_session("Customer").await.unwrap();
+    assert_eq!(created.expires_ms, 200);
+    assert_eq!(
+        guard("END", consumer.recv()).await.unwrap(),
+        Some(Message::End(End {
+            reason: EndReason::Expired
+        }))
+    );
+    match guard("CLOSE", consumer.recv()).await.unwrap() {
+        Some(Message::Close(report)) => assert_eq!(report.code, ErrorCode::SessionEnded),
+        other => panic!("expected CLOSE, got {other:?}"),
+    }
+    let mut agent = channel(&relay, Role::Agent).await;
+    let result = guard("join", agent.join(Credential::Code(created.code), "Alice")).await;
+    expect_refused(result, ErrorCode::SessionNotFound);
+    guard("shutdown", relay.shutdown()).await;
+}
