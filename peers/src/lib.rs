@@ -37,7 +37,12 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod client;
+pub mod consumer;
+pub mod demo;
 pub mod framed;
 pub mod relay;
+pub mod session;
+pub mod snapshot;
 pub mod transport;

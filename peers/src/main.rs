@@ -2,7 +2,7 @@
 //! module that owns its arguments and its `run`.
 
 use clap::{Parser, Subcommand};
-use tandem_peers::relay;
+use tandem_peers::{agent, consumer, demo, relay, snapshot};
 
 /// Tandem co-browsing: relay, consumer and agent over QUIC.
 #[derive(Debug, Parser)]
@@ -17,6 +17,14 @@ struct Cli {
 enum Command {
     /// Run a relay that pairs consumers and agents by session code and forwards their traffic.
     Relay(relay::RelayArgs),
+    /// Share a page through a relay: print the session code, send the snapshot, then patches.
+    Consumer(consumer::ConsumerArgs),
+    /// Join a session by code and rebuild the customer's page.
+    Agent(agent::AgentArgs),
+    /// Relay, consumer and agent in one process over QUIC on loopback, with a sample page.
+    Demo(demo::DemoArgs),
+    /// Import a page and report node count, snapshot bytes and tree hash.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +46,14 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Relay(args) => relay::run(args).await.map_err(|e| e.to_string()),
+            Command::Consumer(args) => consumer::run(args).await.map_err(|e| e.to_string()),
+            Command::Agent(args) => agent::run(args).await.map_err(|e| e.to_string()),
+            Command::Demo(args) => match demo::run(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the agent's tree hash differs from the consumer's".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+            Command::Snapshot(args) => snapshot::run(args).map_err(|e| e.to_string()),
         }
     });
     match result {

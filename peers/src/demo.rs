@@ -1,0 +1,195 @@
+//! `tandem demo`: a relay, a consumer and an agent in one process over real QUIC on loopback.
+//! The consumer shares the built-in sample page (or `--page`) and a stream of generated
+//! changes; the demo prints the bytes sent, the time to first render and the final hashes of
+//! both sides, and succeeds only when they match.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tandem_protocol::Limits;
+use tandem_protocol::message::{Credential, Role};
+
+use crate::client::{self, ControlChannel};
+use crate::relay::{self, RelayConfig};
+use crate::session::{
+    self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
+};
+use crate::transport::Identity;
+
+/// The built-in sample page: an order page with a form.
+pub const SAMPLE_PAGE: &str = include_str!("../assets/sample.html");
+
+/// Command-line arguments of `tandem demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Share this HTML file (or states directory) instead of the built-in page.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub page: Option<PathBuf>,
+    /// Batches of generated changes.
+    #[arg(long, default_value_t = 20)]
+    pub batches: u64,
+    /// Changes per batch.
+    #[arg(long, default_value_t = 10)]
+    pub batch_size: usize,
+    /// Milliseconds between batches.
+    #[arg(long, default_value_t = 50)]
+    pub interval_ms: u64,
+    /// Seed of the live-page generator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the agent's final page as HTML to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The demo's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoReport {
+    /// Nodes in the page at the start.
+    pub nodes: usize,
+    /// Bytes of SNAPSHOT frames the consumer sent.
+    pub snapshot_bytes: u64,
+    /// Bytes of PATCH frames the consumer sent.
+    pub patch_bytes: u64,
+    /// Patches sent.
+    pub patches: u64,
+    /// UDP bytes the consumer's connection sent (QUIC, TLS and control included).
+    pub udp_bytes: u64,
+    /// Milliseconds from the agent joining to its first verified render.
+    pub first_render_ms: Option<f64>,
+    /// Milliseconds the whole session took.
+    pub total_ms: f64,
+    /// The consumer's final tree hash.
+    pub consumer_hash: String,
+    /// The agent's final tree hash.
+    pub agent_hash: Option<String>,
+    /// Divergences the agent detected and repaired.
+    pub divergences: u64,
+    /// Whether both hashes are equal.
+    pub hashes_match: bool,
+}
+
+/// Runs the demo and returns its report.
+pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
+    let (html, changes) = match &args.page {
+        Some(p) => {
+            crate::consumer::page_and_changes(p, Some(args.batches), args.batch_size, args.seed)?
+        }
+        None => {
+            let changes = session::ChangeSource::Live {
+                generator: tandem_engine::LivePage::new(args.seed),
+                per_batch: args.batch_size,
+                batches: Some(args.batches),
+            };
+            (SAMPLE_PAGE.to_owned(), changes)
+        }
+    };
+    let identity = Identity::generate().map_err(client::ClientError::from)?;
+    let relay = relay::spawn(RelayConfig::new(([127, 0, 0, 1], 0).into(), identity))
+        .map_err(|e| SessionError::EndedEarly(format!("relay: {e}")))?;
+    let (addr, pin) = (relay.addr, relay.fingerprint);
+    let started = Instant::now();
+    let interval = Duration::from_millis(args.interval_ms);
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel::<String>();
+
+    let consumer = tokio::spawn(async move {
+        let conn = client::connect(addr, pin).await?;
+        let ctl = ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
+        let opts = ConsumerOptions {
+            html,
+            url: "https://shop.example/orders/NW-48213".into(),
+            label: "Sam".into(),
+            changes,
+            interval,
+            limits: Limits::DEFAULT,
+        };
+        session::run_consumer(ctl, opts, |created| {
+            let _ = code_tx.send(created.code.clone());
+        })
+        .await
+    });
+    let out = args.out.clone();
+    let agent = tokio::spawn(async move {
+        let code = code_rx
+            .await
+            .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
+        let conn = client::connect(addr, pin).await?;
+        let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
+        ctl.join(Credential::Code(code), "Alex").await?;
+        let joined_at = Instant::now();
+        session::run_agent(
+            ctl,
+            AgentOptions {
+                limits: Limits::DEFAULT,
+                out,
+                verbose: false,
+            },
+            joined_at,
+        )
+        .await
+    });
+    let consumer: Result<ConsumerReport, SessionError> = consumer
+        .await
+        .map_err(|e| SessionError::EndedEarly(format!("consumer task: {e}")))?;
+    let agent: Result<AgentReport, SessionError> = agent
+        .await
+        .map_err(|e| SessionError::EndedEarly(format!("agent task: {e}")))?;
+    relay.shutdown().await;
+    let (c, a) = (consumer?, agent?);
+    let consumer_hash = session::hex(&c.hash);
+    let agent_hash = a.hash.map(|h| session::hex(&h));
+    Ok(DemoReport {
+        nodes: c.nodes,
+        snapshot_bytes: c.snapshot_bytes,
+        patch_bytes: c.patch_bytes,
+        patches: c.patches,
+        udp_bytes: c.udp_bytes,
+        first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
+        total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        hashes_match: agent_hash.as_deref() == Some(consumer_hash.as_str()),
+        consumer_hash,
+        agent_hash,
+        divergences: a.divergences,
+    })
+}
+
+/// Runs `tandem demo`: prints the report; `Ok(false)` when the hashes differ.
+pub async fn run(args: DemoArgs) -> Result<bool, SessionError> {
+    let r = demo(&args).await?;
+    if args.json {
+        // Serializing a struct of numbers and strings cannot fail.
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        println!("tandem demo: relay, consumer and agent over QUIC on loopback");
+        println!("page nodes:        {}", r.nodes);
+        println!("snapshot bytes:    {}", r.snapshot_bytes);
+        println!("patches:           {} ({} bytes)", r.patches, r.patch_bytes);
+        println!(
+            "UDP bytes sent:    {} (consumer, QUIC and TLS included)",
+            r.udp_bytes
+        );
+        match r.first_render_ms {
+            Some(ms) => println!("first render:      {ms:.1} ms after the agent joined"),
+            None => println!("first render:      never"),
+        }
+        println!("session:           {:.1} ms", r.total_ms);
+        println!("consumer hash:     {}", r.consumer_hash);
+        println!(
+            "agent hash:        {}",
+            r.agent_hash.as_deref().unwrap_or("none")
+        );
+        println!("divergences:       {}", r.divergences);
+        println!(
+            "{}",
+            if r.hashes_match {
+                "hashes match"
+            } else {
+                "HASHES DIFFER"
+            }
+        );
+    }
+    Ok(r.hashes_match)
+}

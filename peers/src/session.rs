@@ -1,0 +1,479 @@
+//! The consumer's and the agent's session pumps (STYLE.md 3): read from QUIC, feed the engine,
+//! write what it produced. No protocol decision lives here; the engine makes them.
+//!
+//! ```text
+//!  consumer                              relay                              agent
+//!  ControlChannel ── SESSION_OPEN ──────►  pairs by code  ◄────── JOIN ──── ControlChannel
+//!  Consumer ── DOM stream (uni, per epoch) ──► forwarded ──► DOM stream ──► Agent
+//!  Consumer ◄── ACK / RESYNC (control) ◄────── forwarded ◄──── control ◄── Agent
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, SendStream, VarInt};
+use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, parse_html};
+use tandem_protocol::message::{End, EndReason, SessionCreated};
+use tandem_protocol::{Limits, Message, frame};
+use tokio::sync::mpsc;
+
+use crate::client::{ClientError, ControlChannel};
+use crate::framed::{FrameRecv, FramedError, write_message};
+
+/// Priority of the DOM stream; resources (lower) and control share the connection.
+const DOM_PRIORITY: i32 = 10;
+
+/// A failure of a consumer or agent session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The handshake or the control stream failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A data stream failed: the peer broke the protocol or the link went away.
+    #[error(transparent)]
+    Framed(#[from] FramedError),
+    /// The engine refused input it cannot recover from.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Reading the page or writing the output failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The session ended before the work was done.
+    #[error("session ended early: {0}")]
+    EndedEarly(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SessionError + '_ {
+    move |source| SessionError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where the consumer's page changes come from.
+#[derive(Debug)]
+pub enum ChangeSource {
+    /// The built-in live-page generator: `batches` batches of `per_batch` seeded random changes.
+    Live {
+        /// The generator.
+        generator: LivePage,
+        /// Changes per batch.
+        per_batch: usize,
+        /// Number of batches; `None` runs until the session ends.
+        batches: Option<u64>,
+    },
+    /// Successive states `1.html, 2.html, …` of a directory (`0.html` is the page), one per
+    /// batch.
+    States {
+        /// The directory.
+        dir: PathBuf,
+        /// The next state to read.
+        next: u64,
+    },
+    /// No changes: the snapshot alone.
+    None,
+}
+
+impl ChangeSource {
+    /// Applies the next batch of changes to `consumer`; `Ok(false)` when there are no more.
+    pub fn next_batch(
+        &mut self,
+        consumer: &mut Consumer,
+        done: &mut u64,
+    ) -> Result<bool, SessionError> {
+        match self {
+            ChangeSource::Live {
+                generator,
+                per_batch,
+                batches,
+            } => {
+                if batches.is_some_and(|b| *done >= b) {
+                    return Ok(false);
+                }
+                generator.step(consumer, *per_batch)?;
+            }
+            ChangeSource::States { dir, next } => {
+                let path = dir.join(format!("{next}.html"));
+                let Ok(bytes) = std::fs::read(&path) else {
+                    return Ok(false);
+                };
+                let mut target = parse_html(&String::from_utf8_lossy(&bytes), *consumer.limits());
+                consumer.update_to(&mut target)?;
+                *next += 1;
+            }
+            ChangeSource::None => return Ok(false),
+        }
+        *done += 1;
+        Ok(true)
+    }
+}
+
+/// Reads a page file (bytes that are not UTF-8 are replaced).
+pub fn read_page(path: &Path) -> Result<String, SessionError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// What the consumer side did.
+#[derive(Debug, Clone)]
+pub struct ConsumerReport {
+    /// The session code.
+    pub code: String,
+    /// Nodes in the page at the start (the document node included).
+    pub nodes: usize,
+    /// Bytes of `SNAPSHOT` frames sent.
+    pub snapshot_bytes: u64,
+    /// Bytes of `PATCH` frames sent.
+    pub patch_bytes: u64,
+    /// Patches sent.
+    pub patches: u64,
+    /// Snapshots sent (1 plus one per resync).
+    pub snapshots: u64,
+    /// UDP bytes the connection sent, QUIC and TLS overhead included.
+    pub udp_bytes: u64,
+    /// The final tree hash.
+    pub hash: [u8; 32],
+    /// Whether the agent acknowledged the final state.
+    pub acked: bool,
+}
+
+/// Settings of a consumer session.
+#[derive(Debug)]
+pub struct ConsumerOptions {
+    /// The page's HTML.
+    pub html: String,
+    /// The page's URL as the agent is told.
+    pub url: String,
+    /// The customer's label for the agent.
+    pub label: String,
+    /// Where changes come from.
+    pub changes: ChangeSource,
+    /// Time between batches of changes.
+    pub interval: Duration,
+    /// Limits.
+    pub limits: Limits,
+}
+
+struct DomStream {
+    stream: SendStream,
+    epoch: u32,
+}
+
+async fn send_queued(
+    conn: &Connection,
+    dom: &mut Option<DomStream>,
+    consumer: &mut Consumer,
+    report: &mut ConsumerReport,
+    limits: &Limits,
+) -> Result<(), SessionError> {
+    while let Some(msg) = consumer.poll_message() {
+        let epoch = match &msg {
+            Message::Snapshot(s) => s.epoch,
+            Message::Patch(p) => p.epoch,
+            _ => consumer.epoch(),
+        };
+        // A new epoch gets a new stream; the superseded one is reset so stale bytes leave the
+        // send buffer (spec §3).
+        if dom.as_ref().is_none_or(|d| d.epoch != epoch) {
+            if let Some(mut old) = dom.take() {
+                let _ = old.stream.reset(VarInt::from_u32(0));
+            }
+            let stream = conn
+                .open_uni()
+                .await
+                .map_err(ClientError::from_connection)?;
+            let _ = stream.set_priority(DOM_PRIORITY);
+            *dom = Some(DomStream { stream, epoch });
+        }
+        let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
+        match &msg {
+            Message::Snapshot(s) => {
+                report.snapshot_bytes += bytes.len() as u64;
+                if s.part == 0 {
+                    report.snapshots += 1;
+                }
+            }
+            Message::Patch(_) => {
+                report.patch_bytes += bytes.len() as u64;
+                report.patches += 1;
+            }
+            _ => {}
+        }
+        if let Some(d) = dom.as_mut() {
+            d.stream
+                .write_all(&bytes)
+                .await
+                .map_err(FramedError::from)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the consumer side of a session on an open control channel: opens the session (calling
+/// `on_code` with the code to read out), waits for the agent, sends the snapshot and then the
+/// changes, and ends the session once the agent has acknowledged the final state.
+pub async fn run_consumer(
+    mut ctl: ControlChannel,
+    mut opts: ConsumerOptions,
+    on_code: impl FnOnce(&SessionCreated),
+) -> Result<ConsumerReport, SessionError> {
+    let limits = opts.limits;
+    let page = parse_html(&opts.html, limits);
+    let nodes = page.len();
+    let created = ctl.open_session(&opts.label).await?;
+    on_code(&created);
+    ctl.wait_joined().await?;
+    let mut consumer = Consumer::new(page, &opts.url, limits);
+    let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
+    let mut report = ConsumerReport {
+        code: created.code,
+        nodes,
+        snapshot_bytes: 0,
+        patch_bytes: 0,
+        patches: 0,
+        snapshots: 0,
+        udp_bytes: 0,
+        hash: consumer.tree_hash(),
+        acked: false,
+    };
+    let mut dom = None;
+    send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+    let mut ticker = tokio::time::interval(opts.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batches = 0;
+    let mut exhausted = false;
+    loop {
+        if exhausted && consumer.is_synced() {
+            report.acked = true;
+            write_message(
+                &mut ctl_send,
+                &Message::End(End {
+                    reason: EndReason::EndedByConsumer,
+                }),
+                &limits,
+            )
+            .await?;
+            break;
+        }
+        tokio::select! {
+            msg = ctl_recv.next_message() => {
+                match msg? {
+                    Some(Message::End(e)) => return Err(SessionError::EndedEarly(format!("{:?}", e.reason))),
+                    Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
+                    None => return Err(SessionError::EndedEarly("control stream finished".into())),
+                    Some(m) => {
+                        consumer.handle_message(&m)?;
+                        send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+                    }
+                }
+            }
+            _ = ticker.tick(), if !exhausted => {
+                if opts.changes.next_batch(&mut consumer, &mut batches)? {
+                    consumer.flush();
+                    send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+                } else {
+                    exhausted = true;
+                }
+            }
+        }
+    }
+    if let Some(mut d) = dom.take() {
+        let _ = d.stream.finish();
+    }
+    // Wait briefly for the relay's CLOSE so the END is delivered before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(m)) = ctl_recv.next_message().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    report.hash = consumer.tree_hash();
+    report.udp_bytes = conn.stats().udp_tx.bytes;
+    conn.close(VarInt::from_u32(0), b"done");
+    Ok(report)
+}
+
+/// What the agent side saw.
+#[derive(Debug, Clone, Default)]
+pub struct AgentReport {
+    /// Time from the start of the session (the agent joined) to the first verified render.
+    pub first_render: Option<Duration>,
+    /// Nodes in the page at the end (the document node included).
+    pub nodes: usize,
+    /// Patches applied.
+    pub patches: u64,
+    /// Bytes of DOM frames received.
+    pub dom_bytes: u64,
+    /// Divergences detected (each answered by a resync).
+    pub divergences: u64,
+    /// The final tree hash, if a verified page is held.
+    pub hash: Option<[u8; 32]>,
+    /// The page URL.
+    pub url: String,
+}
+
+/// Settings of an agent session.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Limits enforced on what the consumer sends.
+    pub limits: Limits,
+    /// Write the current page as HTML to this file whenever it changes (at most every 250 ms,
+    /// and at the end).
+    pub out: Option<PathBuf>,
+    /// Print progress lines to stderr.
+    pub verbose: bool,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            limits: Limits::DEFAULT,
+            out: None,
+            verbose: false,
+        }
+    }
+}
+
+/// Runs the agent side of a joined session: rebuilds the page from the DOM streams the relay
+/// forwards, answers with ACK/RESYNC, and returns when the session ends.
+pub async fn run_agent(
+    ctl: ControlChannel,
+    opts: AgentOptions,
+    started: Instant,
+) -> Result<AgentReport, SessionError> {
+    let limits = opts.limits;
+    let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
+    let mut agent = Agent::new(limits);
+    let mut report = AgentReport::default();
+    let (tx, mut rx) = mpsc::channel::<Result<tandem_protocol::RawFrame, FramedError>>(64);
+    let accept = tokio::spawn(accept_dom_streams(conn.clone(), tx, limits));
+    let mut last_write: Option<Instant> = None;
+    let mut dirty = false;
+    let result = loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break Ok(()) };
+                let raw = match frame {
+                    Ok(raw) => raw,
+                    Err(e) if e.is_protocol() => break Err(SessionError::from(e)),
+                    // A stream reset by the consumer (a superseded epoch) is not an error.
+                    Err(_) => continue,
+                };
+                let header = tandem_protocol::varint::len_u32(raw.ty.0) + tandem_protocol::varint::len_u32(raw.body.len() as u32);
+                report.dom_bytes += (header + raw.body.len()) as u64;
+                let msg = raw.decode(&limits).map_err(FramedError::from)?;
+                if let Message::Unknown(u) = &msg {
+                    if u.must_understand() {
+                        break Err(SessionError::Framed(FramedError::Protocol(tandem_protocol::DecodeError::UnknownCritical { ty: u.ty.0 })));
+                    }
+                    continue;
+                }
+                // Divergence is reported as an event and answered by RESYNC; not fatal.
+                let _ = agent.handle_message(msg);
+                while let Some(reply) = agent.poll_message() {
+                    write_message(&mut ctl_send, &reply, &limits).await?;
+                }
+                while let Some(ev) = agent.poll_event() {
+                    match &ev {
+                        AgentEvent::Rendered { nodes, hash, .. } => {
+                            if report.first_render.is_none() {
+                                report.first_render = Some(started.elapsed());
+                            }
+                            if opts.verbose {
+                                eprintln!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));
+                            }
+                            dirty = true;
+                        }
+                        AgentEvent::Patched { .. } => {
+                            report.patches += 1;
+                            dirty = true;
+                        }
+                        AgentEvent::Diverged { error } => {
+                            report.divergences += 1;
+                            eprintln!("agent: diverged ({error}); asked for a new snapshot");
+                        }
+                        AgentEvent::Progress { nodes, .. } if opts.verbose => {
+                            eprintln!("agent: {nodes} nodes received");
+                        }
+                        _ => {}
+                    }
+                }
+                if dirty && last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) {
+                    write_out(&opts, &agent)?;
+                    last_write = Some(Instant::now());
+                    dirty = false;
+                }
+            }
+            msg = ctl_recv.next_message() => {
+                match msg {
+                    Ok(Some(Message::End(_))) | Ok(Some(Message::Close(_))) | Ok(None) => break Ok(()),
+                    Ok(Some(_)) => {}
+                    Err(e) if e.is_protocol() => break Err(e.into()),
+                    Err(_) => break Ok(()),
+                }
+            }
+        }
+    };
+    accept.abort();
+    if dirty {
+        write_out(&opts, &agent)?;
+    }
+    report.nodes = agent.dom().len();
+    report.hash = agent.tree_hash();
+    report.url = agent.url().to_owned();
+    conn.close(VarInt::from_u32(0), b"done");
+    result.map(|()| report)
+}
+
+async fn accept_dom_streams(
+    conn: Connection,
+    tx: mpsc::Sender<Result<tandem_protocol::RawFrame, FramedError>>,
+    limits: Limits,
+) {
+    while let Ok(stream) = conn.accept_uni().await {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut recv = FrameRecv::new(stream, limits);
+            loop {
+                match recv.next_raw().await {
+                    Ok(Some(frame)) => {
+                        if tx.send(Ok(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn write_out(opts: &AgentOptions, agent: &Agent) -> Result<(), SessionError> {
+    let Some(path) = &opts.out else { return Ok(()) };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, agent.to_html()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+/// The first 16 bytes of a hash in hex, as the tools print it.
+pub fn hex16(h: &[u8]) -> String {
+    h.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The full hash in hex.
+pub fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
