@@ -57,7 +57,7 @@ enum State {
         epoch: u32,
         next_part: u32,
         builder: TreeBuilder,
-        dom: Dom,
+        dom: Box<Dom>,
     },
     /// In sync at `seq` of `epoch`.
     Live { epoch: u32, seq: u64 },
@@ -165,8 +165,8 @@ impl Agent {
             self.state = State::Building {
                 epoch: s.epoch,
                 next_part: 0,
-                builder: TreeBuilder::new(DOCUMENT_ID, 0),
-                dom: Dom::new(self.limits),
+                builder: TreeBuilder::new(DOCUMENT_ID, 0, 1),
+                dom: Box::new(Dom::new(self.limits)),
             };
         }
         let State::Building {
@@ -219,7 +219,7 @@ impl Agent {
         else {
             unreachable!("state was Building above");
         };
-        self.dom = dom;
+        self.dom = *dom;
         self.events.push_back(AgentEvent::Rendered {
             epoch,
             nodes,

@@ -1,22 +1,86 @@
 //! The consumer's side of the DOM stream (spec §7.14–§7.17): owns the page's tree, records
-//! changes, and turns them into snapshots and patches.
+//! which nodes changed, and turns the changes into snapshots and patches.
+//!
+//! ## Model: state sync against a shadow
+//!
+//! The consumer keeps two trees with the same ids: the page (`dom`) and a *shadow* of what the
+//! agent holds once every queued message is applied. Mutations change the page and note what
+//! they touched — nodes whose attributes or text changed, parents whose child lists gained or
+//! reordered nodes, roots of removed subtrees. [`Consumer::flush`] compares only those places of
+//! the page with the shadow and emits the operations that take the shadow to the page:
+//!
+//! * structure first, parents before children (by depth): for each touched parent, children in
+//!   their final order; new nodes are inserted as runs of consecutive ids (spec §6.1), old nodes
+//!   that changed parent or order are moved — the longest run already in order stays put;
+//! * then attributes and texts of old nodes that changed (long texts as `EditText` when smaller);
+//! * then removals of old nodes that are gone (the topmost only).
+//!
+//! So changes made between two sends fold into one patch: an insert then remove cancels,
+//! repeated attribute sets keep the last, text edits merge, changes under a removed ancestor
+//! vanish. The patch is applied to the shadow at once and the shadow's hash must equal the
+//! page's; if it ever did not, the consumer would start a new epoch with a snapshot rather than
+//! let the agent diverge.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use tandem_protocol::message::{Patch, Resync};
 use tandem_protocol::{Limits, Message, NodeId, SymEncoder};
 
 use crate::dom::{Dom, NodeKind};
 use crate::patch::{self, Op};
-use crate::snapshot::{self, TreeBuilder};
+use crate::snapshot;
 use crate::{EngineError, diff, hash};
+
+/// A node a [`ChangeRecord::ChildList`] adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// A new subtree, in preorder with child counts; the engine assigns its ids.
+    New(Vec<(NodeKind, u32)>),
+    /// A node the consumer already knows (moved here; a `removed` entry of the same batch may
+    /// name it too).
+    Existing(NodeId),
+}
+
+/// A change as a page's `MutationObserver` reports it, with the consumer's node ids and the
+/// current values (spec §6.5 operations are derived from these, never from a tree walk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeRecord {
+    /// Children of `target` were removed and/or added after `previous_sibling` (0: first).
+    ChildList {
+        /// The parent whose children changed.
+        target: NodeId,
+        /// Removed children.
+        removed: Vec<NodeId>,
+        /// Added children, in order.
+        added: Vec<Added>,
+        /// The sibling the added nodes follow, or 0.
+        previous_sibling: NodeId,
+    },
+    /// An attribute of `target` was set (`Some`) or removed (`None`).
+    Attributes {
+        /// The element.
+        target: NodeId,
+        /// Attribute name.
+        name: String,
+        /// The current value.
+        value: Option<String>,
+    },
+    /// The text of a text or comment node changed.
+    CharacterData {
+        /// The node.
+        target: NodeId,
+        /// The current text.
+        value: String,
+    },
+}
 
 /// The consumer's DOM stream state machine (sans I/O).
 ///
-/// Order of calls: make changes with the mutation methods (or [`Consumer::update_to`]), call
-/// [`Consumer::flush`] when the link can take a patch, then drain [`Consumer::poll_message`]
-/// until it returns `None` and send what it returned on the DOM stream. Feed `ACK` and
-/// `RESYNC` from the agent to [`Consumer::handle_message`] and drain again.
+/// Order of calls: make changes with the mutation methods, [`Consumer::apply_records`] or
+/// [`Consumer::update_to`]; call [`Consumer::flush`] when the link can take a patch, then drain
+/// [`Consumer::poll_message`] until it returns `None` and send what it returned on the DOM
+/// stream. Feed `ACK` and `RESYNC` from the agent to [`Consumer::handle_message`] and drain
+/// again.
 ///
 /// ```
 /// use tandem_engine::{Consumer, parse_html, Agent};
@@ -25,7 +89,8 @@ use crate::{EngineError, diff, hash};
 /// let page = parse_html("<p id=a>hello</p>", Limits::DEFAULT);
 /// let mut consumer = Consumer::new(page, "https://example.com/", Limits::DEFAULT);
 /// let mut agent = Agent::new(Limits::DEFAULT);
-/// let p = consumer.dom().preorder(0).find(|&id| consumer.dom().node(id).and_then(|n| n.element()).is_some_and(|e| e.name == "p")).unwrap();
+/// let dom = consumer.dom();
+/// let p = dom.preorder(0).find(|&id| dom.node(id).and_then(|n| n.element()).is_some_and(|e| e.name == "p")).unwrap();
 /// consumer.set_attr(p, "class", "greeting").unwrap();
 /// consumer.flush();
 /// while let Some(msg) = consumer.poll_message() {
@@ -36,35 +101,43 @@ use crate::{EngineError, diff, hash};
 #[derive(Debug)]
 pub struct Consumer {
     dom: Dom,
+    shadow: Dom,
     url: String,
     epoch: u32,
+    started: bool,
     seq: u64,
     acked: u64,
+    synced: bool,
     enc: SymEncoder,
-    pending: Vec<Op>,
+    touched: HashSet<NodeId>,
+    parents: HashSet<NodeId>,
+    removed: Vec<NodeId>,
     out: VecDeque<Message>,
     limits: Limits,
     part_bytes: usize,
-    started: bool,
-    synced: bool,
+    fallbacks: u64,
 }
 
 impl Consumer {
     /// A consumer for the page `dom` at `url`; queues the first snapshot (epoch 0).
     pub fn new(dom: Dom, url: &str, limits: Limits) -> Self {
         let mut c = Consumer {
+            shadow: Dom::new(limits),
             dom,
             url: url.to_owned(),
             epoch: 0,
+            started: false,
             seq: 0,
             acked: 0,
+            synced: false,
             enc: SymEncoder::new(limits),
-            pending: Vec::new(),
+            touched: HashSet::new(),
+            parents: HashSet::new(),
+            removed: Vec::new(),
             out: VecDeque::new(),
             limits,
             part_bytes: snapshot::DEFAULT_PART_BYTES,
-            started: false,
-            synced: false,
+            fallbacks: 0,
         };
         c.queue_snapshot();
         c
@@ -76,18 +149,18 @@ impl Consumer {
     }
 
     /// Starts a new epoch: renumbers the tree in document order, forgets pending changes and the
-    /// string table, and queues a full snapshot (spec §7.14).
+    /// string table, and queues a full snapshot (spec §7.14). Anything not yet sent of the old
+    /// epoch is dropped: the snapshot supersedes it.
     pub fn queue_snapshot(&mut self) {
         if self.started {
             self.epoch = self.epoch.wrapping_add(1);
         }
         self.started = true;
         self.dom = self.dom.renumbered();
-        self.pending.clear();
+        self.clear_changes();
         self.seq = 0;
         self.acked = 0;
         self.synced = false;
-        // Anything not yet sent of the old epoch is superseded.
         self.out.clear();
         for part in snapshot::encode(
             &mut self.dom,
@@ -98,6 +171,13 @@ impl Consumer {
         ) {
             self.out.push_back(Message::Snapshot(part));
         }
+        self.shadow = self.dom.clone();
+    }
+
+    fn clear_changes(&mut self) {
+        self.touched.clear();
+        self.parents.clear();
+        self.removed.clear();
     }
 
     /// The page's tree.
@@ -125,53 +205,34 @@ impl Consumer {
         self.acked
     }
 
+    /// How many times a patch failed its own check and a snapshot was sent instead (a bug if
+    /// ever nonzero; counted so tests and operators can see it).
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks
+    }
+
     /// Whether the agent has acknowledged everything: the current epoch's snapshot and every
     /// patch queued, with no change pending and nothing left to send.
     pub fn is_synced(&self) -> bool {
-        self.synced && self.acked == self.seq && self.pending.is_empty() && self.out.is_empty()
+        self.synced && self.acked == self.seq && !self.has_pending() && self.out.is_empty()
     }
 
     /// Whether changes are waiting for [`Consumer::flush`].
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.touched.is_empty() || !self.parents.is_empty() || !self.removed.is_empty()
     }
 
     /// Sets an attribute.
     pub fn set_attr(&mut self, node: NodeId, name: &str, value: &str) -> Result<(), EngineError> {
-        if self
-            .dom
-            .node(node)
-            .and_then(|n| n.element())
-            .and_then(|e| e.attr(name))
-            == Some(value)
-        {
-            return Ok(());
-        }
         self.dom.set_attr(node, name, value)?;
-        self.pending.push(Op::SetAttr {
-            node,
-            name: name.to_owned(),
-            value: value.to_owned(),
-        });
+        self.touched.insert(node);
         Ok(())
     }
 
     /// Removes an attribute.
     pub fn remove_attr(&mut self, node: NodeId, name: &str) -> Result<(), EngineError> {
-        if self
-            .dom
-            .node(node)
-            .and_then(|n| n.element())
-            .and_then(|e| e.attr(name))
-            .is_none()
-        {
-            return Ok(());
-        }
         self.dom.remove_attr(node, name)?;
-        self.pending.push(Op::RemoveAttr {
-            node,
-            name: name.to_owned(),
-        });
+        self.touched.insert(node);
         Ok(())
     }
 
@@ -181,17 +242,27 @@ impl Consumer {
             return Ok(());
         }
         self.dom.set_text(node, text)?;
-        self.pending.push(Op::SetText {
-            node,
-            text: text.to_owned(),
-        });
+        self.touched.insert(node);
         Ok(())
     }
 
     /// Removes a node and its subtree.
     pub fn remove(&mut self, node: NodeId) -> Result<(), EngineError> {
+        if !self.dom.contains(node) {
+            return Err(EngineError::NoSuchNode {
+                field: "remove",
+                id: node,
+            });
+        }
+        // Every node the agent has in this subtree is noted: one may sit elsewhere in the
+        // shadow (moved here since the last flush) and needs its own removal.
+        let known: Vec<NodeId> = self
+            .dom
+            .preorder(node)
+            .filter(|&n| self.shadow.contains(n))
+            .collect();
         self.dom.remove(node)?;
-        self.pending.push(Op::Remove { node });
+        self.removed.extend(known);
         Ok(())
     }
 
@@ -203,7 +274,7 @@ impl Consumer {
         prev: NodeId,
     ) -> Result<(), EngineError> {
         self.dom.move_node(node, parent, prev)?;
-        self.pending.push(Op::Move { node, parent, prev });
+        self.parents.insert(parent);
         Ok(())
     }
 
@@ -216,11 +287,11 @@ impl Consumer {
         src: &Dom,
         src_root: NodeId,
     ) -> Result<NodeId, EngineError> {
-        let nodes = patch::subtree(src, src_root);
-        self.insert(parent, prev, nodes)
+        self.insert(parent, prev, patch::subtree(src, src_root))
     }
 
-    /// Inserts nodes given in preorder with their child counts; returns the first's id.
+    /// Inserts nodes given in preorder with their child counts under `parent` after `prev`
+    /// (0: first); returns the first's id (the others follow in preorder).
     pub fn insert(
         &mut self,
         parent: NodeId,
@@ -233,50 +304,151 @@ impl Consumer {
                 detail: "nothing to insert",
             });
         }
-        if self.dom.node(parent).is_none() {
-            return Err(EngineError::NoSuchNode {
-                field: "insert.parent",
-                id: parent,
-            });
-        }
-        if prev != 0 && self.dom.parent(prev) != Some(parent) {
-            return Err(EngineError::NotAChild {
-                field: "insert.prev",
-                parent,
-                prev,
-            });
-        }
         let first = self.dom.next_id();
-        let mut builder = TreeBuilder::new(parent, prev);
-        for (kind, children) in &nodes {
-            builder.add_kind(&mut self.dom, kind.clone(), *children)?;
-        }
-        builder.finish("insert.nodes")?;
-        self.pending.push(Op::Insert {
+        let op = Op::Insert {
             parent,
             prev,
+            first,
             nodes,
-        });
+        };
+        if let Err(e) = op.apply(&mut self.dom) {
+            // Leave no half-inserted listing behind.
+            let mut b = first;
+            while b < self.dom.next_id() {
+                if self.dom.contains(b) && self.dom.parent(b).is_none_or(|p| p < first) {
+                    let _ = self.dom.remove(b);
+                }
+                b += 1;
+            }
+            return Err(e);
+        }
+        self.parents.insert(parent);
         Ok(first)
     }
 
-    /// Brings the tree to the content of `target` with the fewest operations the diff finds,
-    /// recording them as pending changes.
+    /// Applies change records as a `MutationObserver` reports them (issue 3, spec §6.5). Nodes
+    /// removed and added again in the same batch are moved, not recreated. Returns the ids of
+    /// the roots of the new subtrees, in the order they were added.
+    pub fn apply_records(
+        &mut self,
+        records: impl IntoIterator<Item = ChangeRecord>,
+    ) -> Result<Vec<NodeId>, EngineError> {
+        let mut limbo: Vec<NodeId> = Vec::new();
+        let mut new_roots = Vec::new();
+        let mut result = Ok(());
+        for rec in records {
+            let r = match rec {
+                ChangeRecord::Attributes {
+                    target,
+                    name,
+                    value: Some(v),
+                } => self.set_attr(target, &name, &v),
+                ChangeRecord::Attributes {
+                    target,
+                    name,
+                    value: None,
+                } => self.remove_attr(target, &name),
+                ChangeRecord::CharacterData { target, value } => self.set_text(target, &value),
+                ChangeRecord::ChildList {
+                    target,
+                    removed,
+                    added,
+                    previous_sibling,
+                } => self.child_list(
+                    target,
+                    removed,
+                    added,
+                    previous_sibling,
+                    &mut limbo,
+                    &mut new_roots,
+                ),
+            };
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        // Removed nodes that were not added again are gone for good.
+        for id in limbo {
+            if self.dom.contains(id) && self.dom.parent(id).is_none() {
+                self.remove(id)?;
+            }
+        }
+        result.map(|()| new_roots)
+    }
+
+    fn child_list(
+        &mut self,
+        target: NodeId,
+        removed: Vec<NodeId>,
+        added: Vec<Added>,
+        mut prev: NodeId,
+        limbo: &mut Vec<NodeId>,
+        new_roots: &mut Vec<NodeId>,
+    ) -> Result<(), EngineError> {
+        for id in removed {
+            if self.dom.parent(id) != Some(target) {
+                return Err(EngineError::NotAChild {
+                    field: "records.removed",
+                    parent: target,
+                    prev: id,
+                });
+            }
+            self.dom.detach(id, "records.removed")?;
+            limbo.push(id);
+        }
+        for a in added {
+            prev = match a {
+                Added::New(nodes) => {
+                    let id = self.insert(target, prev, nodes)?;
+                    new_roots.push(id);
+                    id
+                }
+                Added::Existing(id) => {
+                    if self.dom.parent(id).is_some() {
+                        self.dom.move_node(id, target, prev)?;
+                    } else {
+                        self.dom.attach(id, target, prev)?;
+                    }
+                    self.parents.insert(target);
+                    id
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Brings the tree to the content of `target`, a tree that shares no ids with it (spec
+    /// §6.5; see [`diff`]), recording the changes.
     pub fn update_to(&mut self, target: &mut Dom) -> Result<(), EngineError> {
         diff::update(self, target)
     }
 
-    /// Turns pending changes into one `PATCH` (spec §7.15) on the outgoing queue. Returns
-    /// whether a patch was queued.
+    /// Turns the changes since the last flush into one `PATCH` (spec §7.15) on the outgoing
+    /// queue. Returns whether a message was queued (a patch, or a snapshot when a new epoch is
+    /// due because ids ran low).
     pub fn flush(&mut self) -> bool {
-        if self.pending.is_empty() {
+        if !self.has_pending() {
             return false;
         }
-        let ops: Vec<_> = self
-            .pending
-            .drain(..)
-            .map(|op| op.encode(&mut self.enc))
-            .collect();
+        if self.dom.next_id() > u64::from(self.limits.max_node_id) / 4 * 3 {
+            // Ids are running out: a new epoch renumbers from 1 (spec §6.1).
+            self.queue_snapshot();
+            return true;
+        }
+        let mut ops = Vec::new();
+        let built = self.build_ops(&mut ops);
+        self.clear_changes();
+        if built.is_ok() && ops.is_empty() {
+            return false;
+        }
+        if built.is_err() || self.shadow.root_hash() != self.dom.root_hash() {
+            // The patch would not reproduce the page: never let the agent diverge.
+            self.fallbacks += 1;
+            self.queue_snapshot();
+            return true;
+        }
+        let ops = ops.iter().map(|op| op.encode(&mut self.enc)).collect();
         self.seq += 1;
         let hash = hash::short(&self.dom.root_hash());
         self.out.push_back(Message::Patch(Patch {
@@ -286,6 +458,182 @@ impl Consumer {
             hash,
         }));
         true
+    }
+
+    /// Appends to `ops` the operations that take the shadow to the page, looking only at the
+    /// touched places, and applies them to the shadow as it goes: which removals are needed
+    /// depends on where the moves before them left the agent's nodes.
+    fn build_ops(&mut self, ops: &mut Vec<Op>) -> Result<(), EngineError> {
+        let mut parents: Vec<(u32, NodeId)> = self
+            .parents
+            .iter()
+            .filter(|&&p| self.dom.contains(p))
+            .map(|&p| (self.dom.depth(p), p))
+            .collect();
+        parents.sort_unstable();
+        let mut done = HashSet::new();
+        let mut placed = HashSet::new();
+        for (_, p) in parents {
+            self.place_children(p, ops, &mut done, &mut placed);
+        }
+        let mut touched: Vec<NodeId> = self.touched.iter().copied().collect();
+        touched.sort_unstable();
+        for n in touched {
+            if self.shadow.contains(n) && self.dom.contains(n) {
+                self.content_ops(n, ops);
+            }
+        }
+        for op in ops.iter() {
+            op.apply(&mut self.shadow)?;
+        }
+        let applied = ops.len();
+        let mut seen = HashSet::new();
+        for &r in &self.removed {
+            if !self.shadow.contains(r) || self.dom.contains(r) || !seen.insert(r) {
+                continue;
+            }
+            // Covered when a shadow ancestor is removed too.
+            let mut up = self.shadow.parent(r);
+            let mut covered = false;
+            while let Some(a) = up {
+                if !self.dom.contains(a) {
+                    covered = true;
+                    break;
+                }
+                up = self.shadow.parent(a);
+            }
+            if !covered {
+                ops.push(Op::Remove { node: r });
+            }
+        }
+        for op in &ops[applied..] {
+            op.apply(&mut self.shadow)?;
+        }
+        Ok(())
+    }
+
+    /// Emits the inserts and moves that give `p` its final children, in order.
+    fn place_children(
+        &self,
+        p: NodeId,
+        ops: &mut Vec<Op>,
+        done: &mut HashSet<NodeId>,
+        placed: &mut HashSet<NodeId>,
+    ) {
+        if !done.insert(p) {
+            return;
+        }
+        let kids = self.dom.children(p).to_vec();
+        let stable = self.stable_children(p, &kids);
+        let mut prev = 0;
+        for &c in &kids {
+            if placed.contains(&c) {
+                // Inserted with an ancestor's listing.
+            } else if !self.shadow.contains(c) {
+                let (nodes, run) = self.new_run(c, placed);
+                ops.push(Op::Insert {
+                    parent: p,
+                    prev,
+                    first: c,
+                    nodes,
+                });
+                for m in run {
+                    if self.dom.children(m).iter().any(|k| !placed.contains(k)) {
+                        self.place_children(m, ops, done, placed);
+                    }
+                }
+            } else if !stable.contains(&c) {
+                ops.push(Op::Move {
+                    node: c,
+                    parent: p,
+                    prev,
+                });
+            }
+            prev = c;
+        }
+    }
+
+    /// Old children of `p` that stay where they are: those already under `p` in the shadow,
+    /// in the longest run whose shadow order is kept.
+    fn stable_children(&self, p: NodeId, kids: &[NodeId]) -> HashSet<NodeId> {
+        if !self.shadow.contains(p) {
+            return HashSet::new();
+        }
+        let pos: HashMap<NodeId, usize> = self
+            .shadow
+            .children(p)
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, i))
+            .collect();
+        let seq: Vec<(NodeId, usize)> = kids
+            .iter()
+            .filter_map(|c| pos.get(c).map(|&i| (*c, i)))
+            .collect();
+        longest_increasing(&seq)
+    }
+
+    /// The largest listing of new nodes from `c` in preorder whose ids run consecutively from
+    /// `c` (spec §6.1); nodes that break the run are placed later by their parents.
+    fn new_run(
+        &self,
+        c: NodeId,
+        placed: &mut HashSet<NodeId>,
+    ) -> (Vec<(NodeKind, u32)>, Vec<NodeId>) {
+        let mut run = Vec::new();
+        let mut expected = c;
+        let mut stack = vec![c];
+        while let Some(n) = stack.pop() {
+            if n != expected || self.shadow.contains(n) || placed.contains(&n) {
+                continue;
+            }
+            expected += 1;
+            placed.insert(n);
+            run.push(n);
+            stack.extend(self.dom.children(n).iter().rev());
+        }
+        let nodes = run
+            .iter()
+            .filter_map(|&n| {
+                let node = self.dom.node(n)?;
+                let kids = node
+                    .children()
+                    .iter()
+                    .filter(|&&k| run_contains(&run, k))
+                    .count();
+                Some((node.kind.clone(), kids as u32))
+            })
+            .collect();
+        (nodes, run)
+    }
+
+    /// Attribute and text operations that take an old node's content from the shadow's to the
+    /// page's.
+    fn content_ops(&self, n: NodeId, ops: &mut Vec<Op>) {
+        let (Some(now), Some(was)) = (self.dom.node(n), self.shadow.node(n)) else {
+            return;
+        };
+        match (&now.kind, &was.kind) {
+            (NodeKind::Text(t), NodeKind::Text(o))
+            | (NodeKind::Comment(t), NodeKind::Comment(o))
+                if t != o =>
+            {
+                ops.push(match patch::text_edit(o, t) {
+                    Some(e) => Op::EditText {
+                        node: n,
+                        edits: vec![e],
+                    },
+                    None => Op::SetText {
+                        node: n,
+                        text: t.clone(),
+                    },
+                });
+            }
+            (NodeKind::Element(e), NodeKind::Element(o)) if e.attrs != o.attrs => {
+                attr_ops(n, &o.attrs, &e.attrs, ops);
+            }
+            _ => {}
+        }
     }
 
     /// The next message to send on the DOM stream.
@@ -323,5 +671,132 @@ impl Consumer {
 
     pub(crate) fn dom_mut(&mut self) -> &mut Dom {
         &mut self.dom
+    }
+}
+
+fn run_contains(run: &[NodeId], id: NodeId) -> bool {
+    // A run is consecutive ids from its first.
+    run.first()
+        .is_some_and(|&f| id >= f && id < f + run.len() as NodeId)
+}
+
+/// The ids of the longest subsequence of `seq` whose positions increase (patience sorting,
+/// O(n log n)).
+fn longest_increasing(seq: &[(NodeId, usize)]) -> HashSet<NodeId> {
+    let mut tails: Vec<usize> = Vec::new(); // index into seq of the smallest tail per length
+    let mut back: Vec<Option<usize>> = vec![None; seq.len()];
+    for (i, &(_, pos)) in seq.iter().enumerate() {
+        let at = tails.partition_point(|&t| seq[t].1 < pos);
+        back[i] = at.checked_sub(1).map(|j| tails[j]);
+        if at == tails.len() {
+            tails.push(i);
+        } else {
+            tails[at] = i;
+        }
+    }
+    let mut out = HashSet::with_capacity(tails.len());
+    let mut cur = tails.last().copied();
+    while let Some(i) = cur {
+        out.insert(seq[i].0);
+        cur = back[i];
+    }
+    out
+}
+
+/// Operations that turn attribute list `was` into `now` under `SetAttr` (in place when present,
+/// else appended) and `RemoveAttr` semantics (spec §6.5): attributes that keep their relative
+/// order stay; the rest are removed and appended again in order.
+fn attr_ops(n: NodeId, was: &[(String, String)], now: &[(String, String)], ops: &mut Vec<Op>) {
+    let pos: HashMap<&str, usize> = was
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
+    let mut kept = HashSet::new();
+    let mut last = None;
+    for (k, _) in now {
+        match pos.get(k.as_str()) {
+            Some(&i) if last.is_none_or(|l| i > l) => {
+                kept.insert(k.as_str());
+                last = Some(i);
+            }
+            _ => break,
+        }
+    }
+    for (k, _) in was {
+        if !kept.contains(k.as_str()) {
+            ops.push(Op::RemoveAttr {
+                node: n,
+                name: k.clone(),
+            });
+        }
+    }
+    for (k, v) in now {
+        let unchanged =
+            kept.contains(k.as_str()) && was.get(pos[k.as_str()]).is_some_and(|(_, ov)| ov == v);
+        if !unchanged {
+            ops.push(Op::SetAttr {
+                node: n,
+                name: k.clone(),
+                value: v.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply_attrs(mut list: Vec<(String, String)>, ops: &[Op]) -> Vec<(String, String)> {
+        for op in ops {
+            match op {
+                Op::SetAttr { name, value, .. } => match list.iter_mut().find(|(k, _)| k == name) {
+                    Some((_, v)) => v.clone_from(value),
+                    None => list.push((name.clone(), value.clone())),
+                },
+                Op::RemoveAttr { name, .. } => list.retain(|(k, _)| k != name),
+                _ => unreachable!(),
+            }
+        }
+        list
+    }
+
+    #[test]
+    fn attribute_lists_reach_their_order() {
+        let l = |s: &[(&str, &str)]| {
+            s.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let cases = [
+            (
+                l(&[("a", "1"), ("b", "2"), ("c", "3")]),
+                l(&[("a", "1"), ("c", "3"), ("b", "2")]),
+            ),
+            (l(&[("a", "1"), ("b", "2")]), l(&[("b", "9"), ("a", "1")])),
+            (
+                l(&[("a", "1"), ("b", "2")]),
+                l(&[("a", "1"), ("b", "3"), ("c", "4")]),
+            ),
+            (l(&[("a", "1"), ("b", "2"), ("c", "3")]), l(&[("c", "3")])),
+            (l(&[]), l(&[("x", "1")])),
+        ];
+        for (was, now) in cases {
+            let mut ops = Vec::new();
+            attr_ops(1, &was, &now, &mut ops);
+            assert_eq!(
+                apply_attrs(was.clone(), &ops),
+                now,
+                "{was:?} -> {now:?} via {ops:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn longest_increasing_keeps_the_ordered_run() {
+        let seq = [(10, 3), (11, 0), (12, 1), (13, 5), (14, 2)];
+        let keep = longest_increasing(&seq);
+        assert_eq!(keep, [11, 12, 14].into_iter().collect());
     }
 }

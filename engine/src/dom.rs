@@ -89,14 +89,22 @@ impl Node {
     }
 }
 
+/// Marks an id with no slot in [`Dom`]'s index.
+const NO_SLOT: u32 = u32::MAX;
+
 /// A document tree whose nodes are addressed by consumer-assigned ids (spec §6.1).
 ///
-/// Ids are handed out in creation order and never reused, so the arena is a vector indexed by
-/// id; removed nodes leave an empty slot. Every mutation marks the changed node and its
-/// ancestors dirty; [`Dom::root_hash`] rehashes only dirty nodes (spec §6.3).
+/// Ids are never reused within an epoch but may be sparse (nodes come and go), so the arena
+/// keeps nodes in dense slots, reused through a free list, and a 4-byte index from id to slot.
+/// Ids are bounded by `Limits::max_node_id`, so memory is bounded by the live nodes plus four
+/// bytes per id. Every mutation marks the changed node and its ancestors dirty;
+/// [`Dom::root_hash`] rehashes only dirty nodes (spec §6.3).
 #[derive(Debug, Clone)]
 pub struct Dom {
-    nodes: Vec<Option<Node>>,
+    index: Vec<u32>,
+    slots: Vec<Option<Node>>,
+    free: Vec<u32>,
+    next_id: NodeId,
     live: usize,
     limits: Limits,
 }
@@ -111,7 +119,10 @@ impl Dom {
     /// An empty document: the document node alone, with id 0.
     pub fn new(limits: Limits) -> Self {
         Dom {
-            nodes: vec![Some(Node::new(NodeKind::Document))],
+            index: vec![0],
+            slots: vec![Some(Node::new(NodeKind::Document))],
+            free: Vec::new(),
+            next_id: 1,
             live: 1,
             limits,
         }
@@ -132,18 +143,85 @@ impl Dom {
         self.children(DOCUMENT_ID).is_empty()
     }
 
-    /// The id the next created node will get.
+    /// The id the next created node will get: one above the highest id ever used.
     pub fn next_id(&self) -> NodeId {
-        self.nodes.len() as NodeId
+        self.next_id
+    }
+
+    /// Whether a node with `id` exists.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.slot(id).is_some()
+    }
+
+    #[inline]
+    fn slot(&self, id: NodeId) -> Option<usize> {
+        let s = *self.index.get(usize::try_from(id).ok()?)?;
+        (s != NO_SLOT).then_some(s as usize)
     }
 
     /// The node with `id`, if it exists.
+    #[inline]
     pub fn node(&self, id: NodeId) -> Option<&Node> {
-        self.nodes.get(usize::try_from(id).ok()?)?.as_ref()
+        self.slots.get(self.slot(id)?)?.as_ref()
     }
 
+    #[inline]
     fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
-        self.nodes.get_mut(usize::try_from(id).ok()?)?.as_mut()
+        let s = self.slot(id)?;
+        self.slots.get_mut(s)?.as_mut()
+    }
+
+    /// Puts `node` in a slot under `id` (which must be free and within limits).
+    fn alloc(&mut self, id: NodeId, node: Node) -> Result<(), EngineError> {
+        let max_id = u64::from(self.limits.max_node_id);
+        if id >= max_id {
+            return Err(EngineError::Limit {
+                field: "tree.node_id",
+                limit: max_id,
+                actual: id,
+            });
+        }
+        if self.contains(id) || id == DOCUMENT_ID {
+            return Err(EngineError::BadShape {
+                field: "node.id",
+                detail: "id already in use",
+            });
+        }
+        let live = self.live as u64 + 1;
+        if live > u64::from(self.limits.max_nodes) {
+            return Err(EngineError::Limit {
+                field: "tree.nodes",
+                limit: self.limits.max_nodes.into(),
+                actual: live,
+            });
+        }
+        let slot = match self.free.pop() {
+            Some(f) => {
+                self.slots[f as usize] = Some(node);
+                f
+            }
+            None => {
+                self.slots.push(Some(node));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let i = id as usize;
+        if self.index.len() <= i {
+            self.index.resize(i + 1, NO_SLOT);
+        }
+        self.index[i] = slot;
+        self.live += 1;
+        self.next_id = self.next_id.max(id + 1);
+        Ok(())
+    }
+
+    fn release(&mut self, id: NodeId) -> Option<Node> {
+        let s = self.slot(id)?;
+        self.index[id as usize] = NO_SLOT;
+        let node = self.slots[s].take();
+        self.free.push(s as u32);
+        self.live -= 1;
+        node
     }
 
     fn get(&self, id: NodeId, field: &'static str) -> Result<&Node, EngineError> {
@@ -167,24 +245,21 @@ impl Dom {
 
     /// Creates a detached node and returns its id (the next id).
     pub fn create(&mut self, kind: NodeKind) -> Result<NodeId, EngineError> {
+        let id = self.next_id;
+        self.create_with_id(id, kind)?;
+        Ok(id)
+    }
+
+    /// Creates a detached node with the given id, which must not be in use and must be below
+    /// `Limits::max_node_id` (a patch's `Insert` names its ids, spec §6.5).
+    pub fn create_with_id(&mut self, id: NodeId, kind: NodeKind) -> Result<(), EngineError> {
         if matches!(kind, NodeKind::Document) {
             return Err(EngineError::BadShape {
                 field: "node.kind",
                 detail: "a second document node",
             });
         }
-        let live = self.live as u64 + 1;
-        if live > u64::from(self.limits.max_nodes) {
-            return Err(EngineError::Limit {
-                field: "tree.nodes",
-                limit: self.limits.max_nodes.into(),
-                actual: live,
-            });
-        }
-        let id = self.next_id();
-        self.nodes.push(Some(Node::new(kind)));
-        self.live += 1;
-        Ok(id)
+        self.alloc(id, Node::new(kind))
     }
 
     /// Depth of `id` below the document (the document is 0).
@@ -317,15 +392,15 @@ impl Dom {
         self.detach(id, field)?;
         let mut stack = vec![id];
         while let Some(n) = stack.pop() {
-            if let Some(node) = self.nodes.get_mut(n as usize).and_then(Option::take) {
-                self.live -= 1;
+            if let Some(node) = self.release(n) {
                 stack.extend(node.children);
             }
         }
         Ok(())
     }
 
-    fn detach(&mut self, id: NodeId, field: &'static str) -> Result<(), EngineError> {
+    /// Detaches `id` (with its subtree) from its parent, keeping it in the arena.
+    pub fn detach(&mut self, id: NodeId, field: &'static str) -> Result<(), EngineError> {
         let parent = self.get(id, field)?.parent;
         if let Some(p) = parent {
             self.mark_dirty(p);
@@ -474,7 +549,7 @@ impl Dom {
     /// The tree hash: the document node's Merkle hash (spec §6.3).
     pub fn root_hash(&mut self) -> [u8; 32] {
         self.rehash(DOCUMENT_ID);
-        self.nodes[0].as_ref().map(|n| n.hash).unwrap_or_default()
+        self.node(DOCUMENT_ID).map(|n| n.hash).unwrap_or_default()
     }
 
     /// The cached hash of `id`; only current after [`Dom::root_hash`] or [`Dom::hash_of`].
@@ -537,14 +612,10 @@ impl Dom {
             .collect();
         while let Some((old, new_parent)) = stack.pop() {
             let Some(node) = self.node(old) else { continue };
-            let id = out.nodes.len() as NodeId;
-            let mut copy = Node::new(node.kind.clone());
-            copy.parent = Some(new_parent);
-            out.nodes.push(Some(copy));
-            out.live += 1;
-            if let Some(p) = out.node_mut(new_parent) {
-                p.children.push(id);
-            }
+            // The copy has no more nodes than this tree, so it fits the same limits.
+            let Ok(id) = out.push_raw(node.kind.clone(), new_parent) else {
+                break;
+            };
             for &c in node.children.iter().rev() {
                 stack.push((c, id));
             }
@@ -557,17 +628,48 @@ impl Dom {
         self.root_hash() == other.root_hash()
     }
 
-    pub(crate) fn push_raw(&mut self, kind: NodeKind, parent: NodeId) -> NodeId {
-        // Used by builders that validated shape and limits themselves.
-        let id = self.nodes.len() as NodeId;
+    /// Creates a node with the next id and appends it to `parent`, without the shape and depth
+    /// checks of [`Dom::attach`]: for builders that validated those themselves.
+    pub(crate) fn push_raw(
+        &mut self,
+        kind: NodeKind,
+        parent: NodeId,
+    ) -> Result<NodeId, EngineError> {
+        let id = self.next_id;
+        self.push_raw_with_id(id, kind, parent)?;
+        Ok(id)
+    }
+
+    /// [`Dom::push_raw`] with a given id.
+    pub(crate) fn push_raw_with_id(
+        &mut self,
+        id: NodeId,
+        kind: NodeKind,
+        parent: NodeId,
+    ) -> Result<(), EngineError> {
+        if matches!(kind, NodeKind::Document) {
+            return Err(EngineError::BadShape {
+                field: "node.kind",
+                detail: "a second document node",
+            });
+        }
         let mut node = Node::new(kind);
         node.parent = Some(parent);
-        self.nodes.push(Some(node));
-        self.live += 1;
-        if let Some(p) = self.node_mut(parent) {
-            p.children.push(id);
+        self.alloc(id, node)?;
+        self.mark_dirty(parent);
+        match self.node_mut(parent) {
+            Some(p) => {
+                p.children.push(id);
+                Ok(())
+            }
+            None => {
+                self.release(id);
+                Err(EngineError::NoSuchNode {
+                    field: "node.parent",
+                    id: parent,
+                })
+            }
         }
-        id
     }
 }
 

@@ -256,7 +256,9 @@ impl Sink {
                     (NodeKind::Element(Element { ns, name, attrs }), first)
                 }
             };
-            let id = dom.push_raw(kind, parent);
+            let Ok(id) = dom.push_raw(kind, parent) else {
+                break;
+            };
             push_children(&mut stack, first, id, pdepth + 1);
         }
         dom

@@ -1,22 +1,28 @@
-//! Patch operations: the consumer's record of changes, their encoding, and the receiver's
-//! application (spec §6.5).
+//! Patch operations (spec §6.5): the engine-level form with resolved strings, its encoding
+//! against the session's string tables, and application of both forms to a tree.
 
-use tandem_protocol::{NodeId, NodeRecord, PatchOp, StrClass, SymDecoder, SymEncoder, TextEdit};
+use tandem_protocol::{
+    DOCUMENT_ID, NodeId, NodeRecord, PatchOp, StrClass, SymDecoder, SymEncoder, TextEdit,
+};
 
 use crate::dom::{Dom, NodeKind};
 use crate::snapshot::TreeBuilder;
 use crate::{EngineError, snapshot};
 
-/// A change to the tree with its strings resolved: what the consumer records between two
-/// sends, before the strings are encoded against the session's tables.
+/// A patch operation with its strings resolved: what the consumer computes before the strings
+/// are encoded against the session's tables, and what it applies to its copy of the agent's
+/// tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// New subtrees in preorder (kind, child count), inserted under `parent` after `prev`.
+    /// New subtrees in preorder (kind, child count) under `parent` after `prev`, taking ids
+    /// from `first`.
     Insert {
         /// The parent.
         parent: NodeId,
         /// The preceding sibling, or 0.
         prev: NodeId,
+        /// The first new node's id.
+        first: NodeId,
         /// The new nodes in preorder, with their child counts.
         nodes: Vec<(NodeKind, u32)>,
     },
@@ -57,6 +63,13 @@ pub enum Op {
         /// The new text.
         text: String,
     },
+    /// Edit a text.
+    EditText {
+        /// The text or comment node.
+        node: NodeId,
+        /// The edits.
+        edits: Vec<TextEdit>,
+    },
 }
 
 impl Op {
@@ -66,10 +79,12 @@ impl Op {
             Op::Insert {
                 parent,
                 prev,
+                first,
                 nodes,
             } => PatchOp::Insert {
                 parent: *parent,
                 prev: *prev,
+                first: *first,
                 nodes: nodes
                     .iter()
                     .map(|(k, c)| snapshot::record(k, *c as usize, enc))
@@ -94,8 +109,74 @@ impl Op {
                 node: *node,
                 text: enc.encode(text, StrClass::Text),
             },
+            Op::EditText { node, edits } => PatchOp::EditText {
+                node: *node,
+                edits: edits.clone(),
+            },
         }
     }
+
+    /// Applies the operation to `dom` (spec §6.5).
+    pub fn apply(&self, dom: &mut Dom) -> Result<(), EngineError> {
+        match self {
+            Op::Insert {
+                parent,
+                prev,
+                first,
+                nodes,
+            } => {
+                let mut b = insert_builder(dom, *parent, *prev, *first)?;
+                for (kind, children) in nodes {
+                    if matches!(kind, NodeKind::Doctype { .. }) && *parent != DOCUMENT_ID {
+                        return Err(EngineError::WrongKind {
+                            field: "insert.nodes",
+                            id: *parent,
+                        });
+                    }
+                    b.add_kind(dom, kind.clone(), *children)?;
+                }
+                b.finish("insert.nodes")
+            }
+            Op::Remove { node } => dom.remove(*node),
+            Op::Move { node, parent, prev } => dom.move_node(*node, *parent, *prev),
+            Op::SetAttr { node, name, value } => dom.set_attr(*node, name, value),
+            Op::RemoveAttr { node, name } => dom.remove_attr(*node, name),
+            Op::SetText { node, text } => dom.set_text(*node, text),
+            Op::EditText { node, edits } => edit(dom, *node, edits),
+        }
+    }
+}
+
+fn insert_builder(
+    dom: &Dom,
+    parent: NodeId,
+    prev: NodeId,
+    first: NodeId,
+) -> Result<TreeBuilder, EngineError> {
+    if !dom.contains(parent) {
+        return Err(EngineError::NoSuchNode {
+            field: "patch.insert.parent",
+            id: parent,
+        });
+    }
+    if prev != 0 && dom.parent(prev) != Some(parent) {
+        return Err(EngineError::NotAChild {
+            field: "patch.insert.prev",
+            parent,
+            prev,
+        });
+    }
+    Ok(TreeBuilder::new(parent, prev, first))
+}
+
+fn edit(dom: &mut Dom, node: NodeId, edits: &[TextEdit]) -> Result<(), EngineError> {
+    let t = dom.text_mut(node, "patch.edit_text.node")?;
+    let edited = edit_text(t, edits).ok_or(EngineError::BadEdit {
+        field: "patch.edit_text.edits",
+        id: node,
+    })?;
+    *t = edited;
+    Ok(())
 }
 
 /// Applies one wire operation to `dom`, resolving strings with `dec` (spec §6.5).
@@ -104,34 +185,20 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
         PatchOp::Insert {
             parent,
             prev,
+            first,
             nodes,
         } => {
-            if dom.node(parent).is_none() {
-                return Err(EngineError::NoSuchNode {
-                    field: "patch.insert.parent",
-                    id: parent,
-                });
-            }
-            if prev != 0 && dom.parent(prev) != Some(parent) {
-                return Err(EngineError::NotAChild {
-                    field: "patch.insert.prev",
-                    parent,
-                    prev,
-                });
-            }
-            let mut builder = TreeBuilder::new(parent, prev);
+            let mut b = insert_builder(dom, parent, prev, first)?;
             for rec in nodes {
-                if matches!(rec, NodeRecord::Doctype { .. })
-                    && parent != tandem_protocol::DOCUMENT_ID
-                {
+                if matches!(rec, NodeRecord::Doctype { .. }) && parent != DOCUMENT_ID {
                     return Err(EngineError::WrongKind {
                         field: "patch.insert.nodes",
                         id: parent,
                     });
                 }
-                builder.add(dom, rec, dec, "patch.insert.nodes")?;
+                b.add(dom, rec, dec, "patch.insert.nodes")?;
             }
-            builder.finish("patch.insert.nodes")
+            b.finish("patch.insert.nodes")
         }
         PatchOp::Remove { node } => dom.remove(node),
         PatchOp::Move { node, parent, prev } => dom.move_node(node, parent, prev),
@@ -148,15 +215,7 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
             let text = dec.resolve(text, "patch.set_text.text")?;
             dom.set_text(node, &text)
         }
-        PatchOp::EditText { node, edits } => {
-            let t = dom.text_mut(node, "patch.edit_text.node")?;
-            let edited = edit_text(t, &edits).ok_or(EngineError::BadEdit {
-                field: "patch.edit_text.edits",
-                id: node,
-            })?;
-            *t = edited;
-            Ok(())
-        }
+        PatchOp::EditText { node, edits } => edit(dom, node, &edits),
     }
 }
 
@@ -167,7 +226,7 @@ pub fn edit_text(old: &str, edits: &[TextEdit]) -> Option<String> {
     for e in edits {
         let keep_end = at.checked_add(e.keep as usize)?;
         let del_end = keep_end.checked_add(e.delete as usize)?;
-        if !old.is_char_boundary(keep_end) || !old.is_char_boundary(del_end) || del_end > old.len()
+        if del_end > old.len() || !old.is_char_boundary(keep_end) || !old.is_char_boundary(del_end)
         {
             return None;
         }
@@ -179,7 +238,40 @@ pub fn edit_text(old: &str, edits: &[TextEdit]) -> Option<String> {
     Some(out)
 }
 
-/// The records of a subtree of `dom` with their child counts, for an [`Op::Insert`].
+/// The single edit that turns `old` into `new` (common prefix and suffix kept), when sending
+/// it is shorter than sending `new` whole; `None` otherwise.
+pub fn text_edit(old: &str, new: &str) -> Option<TextEdit> {
+    // Short texts travel whole: an edit's fixed cost would eat the saving.
+    if new.len() < 24 {
+        return None;
+    }
+    let (a, b) = (old.as_bytes(), new.as_bytes());
+    let mut pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    while !old.is_char_boundary(pre) || !new.is_char_boundary(pre) {
+        pre -= 1;
+    }
+    let max_suf = a.len().min(b.len()) - pre;
+    let mut suf = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(max_suf)
+        .take_while(|(x, y)| x == y)
+        .count();
+    while !old.is_char_boundary(a.len() - suf) || !new.is_char_boundary(b.len() - suf) {
+        suf -= 1;
+    }
+    let insert = &new[pre..b.len() - suf];
+    let edit = TextEdit {
+        keep: u32::try_from(pre).ok()?,
+        delete: u32::try_from(a.len() - suf - pre).ok()?,
+        insert: insert.to_owned(),
+    };
+    // An edit costs its three fields; a SetText costs the new text and a length.
+    (insert.len() + 12 < new.len()).then_some(edit)
+}
+
+/// The records of a subtree of `dom` with their child counts.
 pub fn subtree(dom: &Dom, root: NodeId) -> Vec<(NodeKind, u32)> {
     dom.preorder(root)
         .filter_map(|id| {
@@ -214,6 +306,40 @@ mod tests {
             edit_text("abc", &[e(u32::MAX, u32::MAX, "")]),
             None,
             "overflow"
+        );
+    }
+
+    #[test]
+    fn computed_edits_round_trip() {
+        let cases = [
+            (
+                "The quick brown fox jumps over the lazy dog",
+                "The quick red fox jumps over the lazy dog",
+            ),
+            (
+                "Order NW-48213 is being prepared for shipping",
+                "Order NW-48213 is shipped today for shipping",
+            ),
+            (
+                "naïve café crème brûlée, très bien servie ici",
+                "naïve café crème brulée, très bien servie ici",
+            ),
+            (
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ),
+        ];
+        for (old, new) in cases {
+            let e = text_edit(old, new).expect("an edit is shorter");
+            assert_eq!(edit_text(old, &[e]).as_deref(), Some(new), "{old} -> {new}");
+        }
+        assert_eq!(text_edit("short", "other"), None);
+        assert_eq!(
+            text_edit(
+                "completely different text here",
+                "nothing alike at all in this one"
+            ),
+            None
         );
     }
 }

@@ -132,25 +132,34 @@ pub fn encode(
 }
 
 /// Turns a stream of preorder records into a tree, checking shape and limits as it goes.
+///
+/// Records take consecutive ids from the builder's first id (spec §6.1). Nested records are
+/// appended without walking the tree: depth comes from the builder's own stack.
 #[derive(Debug)]
 pub struct TreeBuilder {
-    /// Open elements: (id, children still expected).
-    stack: Vec<(NodeId, u32)>,
+    /// Open elements: (id, depth, children still expected).
+    stack: Vec<(NodeId, u32, u32)>,
     /// Where top-level records go.
     root: NodeId,
+    /// Depth of the top-level records, once known.
+    top_depth: Option<u32>,
     /// For inserts: the sibling the next top-level record follows (0: first).
     prev_top: NodeId,
+    /// The id the next record takes.
+    next: NodeId,
     /// Ids of the top-level records, in order.
     pub top: Vec<NodeId>,
 }
 
 impl TreeBuilder {
-    /// A builder that adds records under `root`, after `prev` (0: first).
-    pub fn new(root: NodeId, prev: NodeId) -> Self {
+    /// A builder that adds records under `root`, after `prev` (0: first), with ids from `first`.
+    pub fn new(root: NodeId, prev: NodeId, first: NodeId) -> Self {
         TreeBuilder {
             stack: Vec::new(),
             root,
+            top_depth: None,
             prev_top: prev,
+            next: first,
             top: Vec::new(),
         }
     }
@@ -178,45 +187,59 @@ impl TreeBuilder {
         kind: NodeKind,
         children: u32,
     ) -> Result<NodeId, EngineError> {
-        while let Some(&(_, 0)) = self.stack.last() {
+        while let Some(&(_, _, 0)) = self.stack.last() {
             self.stack.pop();
         }
-        if children > 0 && !matches!(kind, NodeKind::Element(_)) {
+        let is_element = matches!(kind, NodeKind::Element(_));
+        if children > 0 && !is_element {
             return Err(EngineError::BadShape {
                 field: "node.children",
                 detail: "only elements have children",
             });
         }
-        let id = dom.create(kind)?;
-        match self.stack.last_mut() {
-            Some((parent, remaining)) => {
+        let id = self.next;
+        let depth = match self.stack.last_mut() {
+            Some((parent, pdepth, remaining)) => {
+                // Inside an element of this listing: only a doctype may not stand here.
+                if matches!(kind, NodeKind::Doctype { .. }) {
+                    return Err(EngineError::WrongKind {
+                        field: "node.kind",
+                        id: *parent,
+                    });
+                }
                 *remaining -= 1;
-                let parent = *parent;
-                dom.append(parent, id)?;
+                let (parent, depth) = (*parent, *pdepth + 1);
+                dom.push_raw_with_id(id, kind, parent)?;
+                depth
             }
             None => {
-                dom.attach(id, self.root, self.prev_top)?;
+                dom.create_with_id(id, kind)?;
+                if let Err(e) = dom.attach(id, self.root, self.prev_top) {
+                    let _ = dom.remove(id);
+                    return Err(e);
+                }
                 self.prev_top = id;
                 self.top.push(id);
+                *self.top_depth.get_or_insert_with(|| dom.depth(id))
             }
-        }
+        };
+        self.next = id + 1;
         if children > 0 {
-            let depth = dom.depth(id) + 1;
-            if depth > dom.limits().max_depth {
+            if depth + 1 > dom.limits().max_depth {
                 return Err(EngineError::Limit {
                     field: "tree.depth",
                     limit: dom.limits().max_depth.into(),
-                    actual: depth.into(),
+                    actual: (depth + 1).into(),
                 });
             }
-            self.stack.push((id, children));
+            self.stack.push((id, depth, children));
         }
         Ok(id)
     }
 
     /// Checks that every element received all its children.
     pub fn finish(&mut self, field: &'static str) -> Result<(), EngineError> {
-        while let Some(&(_, 0)) = self.stack.last() {
+        while let Some(&(_, _, 0)) = self.stack.last() {
             self.stack.pop();
         }
         if self.stack.is_empty() {
@@ -231,7 +254,7 @@ impl TreeBuilder {
 
     /// Whether the builder is inside an element that still expects children.
     pub fn is_open(&self) -> bool {
-        self.stack.iter().any(|&(_, r)| r > 0)
+        self.stack.iter().any(|&(_, _, r)| r > 0)
     }
 }
 
@@ -278,7 +301,7 @@ pub fn resolve(
 pub fn decode(parts: &[Snapshot], limits: Limits) -> Result<Dom, EngineError> {
     let mut dom = Dom::new(limits);
     let mut dec = SymDecoder::new(limits);
-    let mut builder = TreeBuilder::new(DOCUMENT_ID, 0);
+    let mut builder = TreeBuilder::new(DOCUMENT_ID, 0, 1);
     let mut announced = None;
     for part in parts {
         for rec in part.nodes.iter().cloned() {

@@ -18,6 +18,11 @@ fn pump(consumer: &mut Consumer, agent: &mut Agent) -> usize {
         frame::encode_frame(&msg, &mut wire, &limits).expect("encode");
     }
     let bytes = wire.len();
+    assert_eq!(
+        consumer.fallbacks(),
+        0,
+        "a patch failed the consumer's own check"
+    );
     let mut reader = FrameReader::new(limits);
     reader.push(&wire);
     while let Some(raw) = reader.next_frame().expect("frame") {

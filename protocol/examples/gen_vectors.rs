@@ -583,7 +583,8 @@ fn dom_stream_vectors() -> Vec<Positive> {
     ];
     let mut records = part0.clone();
     records.extend(part1.clone());
-    t.insert(0, 0, &records).expect("snapshot builds");
+    t.insert(0, 0, t.next_id(), &records)
+        .expect("snapshot builds");
     let hash = t.tree_hash();
     let outline = t.outline();
     out.push(Positive {
@@ -627,6 +628,7 @@ fn dom_stream_vectors() -> Vec<Positive> {
         PatchOp::Insert {
             parent: 8,
             prev: 9,
+            first: t.next_id(),
             nodes: vec![
                 html("ul", vec![attr(st("class"), new("items"))], 2),
                 html("li", vec![attr(st("class"), new("item"))], 1),
@@ -698,8 +700,8 @@ fn dom_stream_vectors() -> Vec<Positive> {
     out.push(Positive {
         name: "patch_every_op",
         description: format!(
-            "PATCH epoch 7 seq 1, every operation in order: Insert (0) under div 8 after text 9 \
-             of ul > li > text, li > text (new ids 15..19; class New `items` = entry 4, New \
+            "PATCH epoch 7 seq 1, every operation in order: Insert (0) under div 8 after text 9, \
+             first id 15, of ul > li > text, li > text (new ids 15..19; class New `items` = entry 4, New \
              `item` = entry 5, then Ref 5); Remove (1) comment 10; Move (2) button 11 to the \
              front of body 7 (prev 0); SetAttr (3) class of div 8 (replaced in place); SetAttr \
              disabled on 11 (appended); RemoveAttr (4) Ref 3 = `data-step` from 11; SetText (5) \
@@ -721,6 +723,7 @@ fn dom_stream_vectors() -> Vec<Positive> {
         PatchOp::Insert {
             parent: 7,
             prev: 8,
+            first: t.next_id(),
             nodes: vec![
                 html("p", vec![attr(st("role"), lit("status"))], 1),
                 text(lit("Card declined")),
@@ -735,7 +738,7 @@ fn dom_stream_vectors() -> Vec<Positive> {
     out.push(Positive {
         name: "patch_second",
         description: format!(
-            "PATCH epoch 7 seq 2: Insert p role=status (id 20) with text `Card declined` (id \
+            "PATCH epoch 7 seq 2: Insert (first id 20) p role=status (id 20) with text `Card declined` (id \
              21) under body 7 after div 8, then Remove li 16 with its text 17. Hash {}.",
             hex16(&hash2)
         ),
@@ -779,7 +782,8 @@ fn dom_stream_vectors() -> Vec<Positive> {
         el(Ns::MathMl, st("mi"), vec![], 1),
         text(lit("x")),
     ];
-    t.insert(0, 0, &nodes).expect("snapshot builds");
+    t.insert(0, 0, t.next_id(), &nodes)
+        .expect("snapshot builds");
     let hash = t.tree_hash();
     out.push(Positive {
         name: "snapshot_single_part",

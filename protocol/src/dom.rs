@@ -3,8 +3,9 @@
 //! A document is a tree under an implicit document node with id 0. A snapshot lists the
 //! document's descendants in preorder; each element record says how many child records follow
 //! it, so the tree shape needs no ids. Node ids are assigned implicitly: the n-th record of an
-//! epoch's snapshot gets id n (starting at 1), and each node a later `Insert` creates takes the
-//! next id. Ids are never reused within an epoch (spec §6.1).
+//! epoch's snapshot gets id n (starting at 1), and the nodes of a later `Insert` take
+//! consecutive ids from the `first` it names. Ids are never reused within an epoch and stay
+//! below `Limits::max_node_id` (spec §6.1).
 
 use serde::{Deserialize, Serialize};
 
@@ -102,12 +103,14 @@ pub struct TextEdit {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum PatchOp {
     /// `0`: insert new subtrees (a preorder listing of one or more siblings) under `parent`
-    /// after `prev`; the new nodes take the next ids in preorder.
+    /// after `prev`; the new nodes take the ids `first`, `first + 1`, … in preorder.
     Insert {
         /// The parent node.
         parent: NodeId,
         /// The preceding sibling, or 0 to insert first.
         prev: NodeId,
+        /// The id of the first new node; ids MUST NOT be in use.
+        first: NodeId,
         /// The new nodes in preorder.
         nodes: Vec<NodeRecord>,
     },

@@ -14,6 +14,7 @@ const TIGHT: Limits = Limits {
     max_string: 32,
     max_nodes_per_frame: 8,
     max_nodes: 64,
+    max_node_id: 256,
     max_depth: 8,
     max_attributes: 4,
     max_patch_ops: 8,

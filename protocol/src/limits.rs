@@ -14,6 +14,8 @@ pub struct Limits {
     pub max_nodes_per_frame: u32,
     /// Most nodes a document may hold at any time.
     pub max_nodes: u32,
+    /// Node ids are below this (spec §6.1); a consumer starts a new epoch before it runs out.
+    pub max_node_id: u32,
     /// Deepest element nesting below the document node.
     pub max_depth: u32,
     /// Most attributes on one element.
@@ -35,6 +37,7 @@ impl Limits {
         max_string: 8 * 1024 * 1024,
         max_nodes_per_frame: 1_000_000,
         max_nodes: 1_000_000,
+        max_node_id: 4_194_304,
         max_depth: 512,
         max_attributes: 1024,
         max_patch_ops: 1_000_000,

@@ -72,10 +72,11 @@ fn node() -> impl Strategy<Value = u64> {
 
 fn patch_op() -> impl Strategy<Value = PatchOp> {
     prop_oneof![
-        (node(), node(), vec(record(), 0..5)).prop_map(|(parent, prev, nodes)| {
+        (node(), node(), node(), vec(record(), 0..5)).prop_map(|(parent, prev, first, nodes)| {
             PatchOp::Insert {
                 parent,
                 prev,
+                first,
                 nodes,
             }
         }),

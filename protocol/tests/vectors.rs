@@ -259,7 +259,7 @@ fn dom_streams_replay_to_their_hashes() {
                     assert_eq!(Some(s.epoch), epoch, "{name}: snapshot of another epoch");
                     pending.extend(s.nodes);
                     if let Some(h) = s.hash {
-                        t.insert(0, 0, &pending)
+                        t.insert(0, 0, t.next_id(), &pending)
                             .unwrap_or_else(|e| panic!("{name}: snapshot: {e}"));
                         assert_eq!(t.tree_hash(), h, "{name}: snapshot hash\n{}", t.outline());
                         seq = 0;
@@ -492,6 +492,7 @@ fn spec_limits_match_code() {
         max_string,
         max_nodes_per_frame,
         max_nodes,
+        max_node_id,
         max_depth,
         max_attributes,
         max_patch_ops,
@@ -504,6 +505,7 @@ fn spec_limits_match_code() {
         ("max_string", max_string),
         ("max_nodes_per_frame", max_nodes_per_frame),
         ("max_nodes", max_nodes),
+        ("max_node_id", max_node_id),
         ("max_depth", max_depth),
         ("max_attributes", max_attributes),
         ("max_patch_ops", max_patch_ops),

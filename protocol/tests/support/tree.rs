@@ -178,22 +178,30 @@ impl Tree {
         &mut self,
         parent: NodeId,
         prev: NodeId,
+        first: NodeId,
         records: &[NodeRecord],
     ) -> Result<(), String> {
         self.node(parent)?;
         let mut open: Vec<(NodeId, u32)> = Vec::new();
         let mut after = prev;
-        for rec in records {
+        for (k, rec) in records.iter().enumerate() {
             let (kind, children) = self.resolve(rec)?;
             if children > 0 && !matches!(kind, Kind::Element { .. }) {
                 return Err("only elements have children".into());
             }
-            let id = self.next_id();
-            self.nodes.push(Some(Node {
+            let id = first + k as NodeId;
+            let slot = usize::try_from(id).map_err(|_| "id out of range")?;
+            if slot == 0 || self.nodes.get(slot).is_some_and(Option::is_some) {
+                return Err("id already in use".into());
+            }
+            if self.nodes.len() <= slot {
+                self.nodes.resize_with(slot + 1, || None);
+            }
+            self.nodes[slot] = Some(Node {
                 kind,
                 parent: None,
                 children: Vec::new(),
-            }));
+            });
             match open.last_mut() {
                 Some((p, left)) => {
                     let p = *p;
@@ -226,8 +234,9 @@ impl Tree {
             PatchOp::Insert {
                 parent,
                 prev,
+                first,
                 nodes,
-            } => self.insert(*parent, *prev, nodes),
+            } => self.insert(*parent, *prev, *first, nodes),
             PatchOp::Remove { node } => {
                 self.detach(*node)?;
                 let mut stack = vec![*node];

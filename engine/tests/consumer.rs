@@ -1,0 +1,259 @@
+//! The consumer's patches: change records, coalescing between sends, moves, text edits, and
+//! convergence under random change sequences, checked on the agent by hash.
+
+use tandem_engine::consumer::{Added, ChangeRecord};
+use tandem_engine::{Agent, Consumer, Dom, Element, LivePage, NodeKind, parse_html};
+use tandem_protocol::{Limits, Message, Ns, PatchOp};
+
+const PAGE: &str = "<!DOCTYPE html><html><head><title>t</title></head><body>\
+    <ul id=list><li id=a>alpha</li><li id=b>beta</li><li id=c>gamma</li></ul>\
+    <div id=box><p id=p>The quick brown fox jumps over the lazy dog, twice a day.</p></div>\
+    </body></html>";
+
+fn setup() -> (Consumer, Agent) {
+    let mut consumer = Consumer::new(parse_html(PAGE, Limits::DEFAULT), "u", Limits::DEFAULT);
+    let mut agent = Agent::new(Limits::DEFAULT);
+    while let Some(m) = consumer.poll_message() {
+        agent.handle_message(m).unwrap();
+    }
+    (consumer, agent)
+}
+
+fn by_id(c: &Consumer, id: &str) -> u64 {
+    let dom = c.dom();
+    dom.preorder(0)
+        .find(|&n| {
+            dom.node(n)
+                .and_then(|x| x.element())
+                .and_then(|e| e.attr("id"))
+                == Some(id)
+        })
+        .unwrap()
+}
+
+/// Flushes, delivers the patch to the agent, checks both hashes, returns the patch's ops.
+fn send(c: &mut Consumer, agent: &mut Agent) -> Vec<PatchOp> {
+    let queued = c.flush();
+    let mut ops = Vec::new();
+    while let Some(m) = c.poll_message() {
+        if let Message::Patch(p) = &m {
+            ops.extend(p.ops.clone());
+        }
+        agent.handle_message(m).expect("agent applies");
+    }
+    while let Some(r) = agent.poll_message() {
+        c.handle_message(&r).unwrap();
+    }
+    assert_eq!(c.fallbacks(), 0);
+    assert_eq!(agent.tree_hash(), Some(c.tree_hash()));
+    assert_eq!(queued, !ops.is_empty() || c.epoch() > 0);
+    ops
+}
+
+fn li(text: &str) -> Vec<(NodeKind, u32)> {
+    let el = NodeKind::Element(Element {
+        ns: Ns::Html,
+        name: "li".into(),
+        attrs: vec![],
+    });
+    vec![(el, 1), (NodeKind::Text(text.into()), 0)]
+}
+
+#[test]
+fn insert_then_remove_cancels() {
+    let (mut c, mut agent) = setup();
+    let list = by_id(&c, "list");
+    let id = c.insert(list, 0, li("temp")).unwrap();
+    c.remove(id).unwrap();
+    assert!(send(&mut c, &mut agent).is_empty(), "nothing to send");
+}
+
+#[test]
+fn repeated_attribute_sets_keep_the_last() {
+    let (mut c, mut agent) = setup();
+    let b = by_id(&c, "b");
+    for i in 0..5 {
+        c.set_attr(b, "class", &format!("v{i}")).unwrap();
+    }
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(matches!(&ops[0], PatchOp::SetAttr { node, .. } if *node == b));
+}
+
+#[test]
+fn text_edits_merge_and_travel_as_edits() {
+    let (mut c, mut agent) = setup();
+    let p = by_id(&c, "p");
+    let text = c.dom().children(p)[0];
+    c.set_text(
+        text,
+        "The quick red fox jumps over the lazy dog, twice a day.",
+    )
+    .unwrap();
+    c.set_text(
+        text,
+        "The quick red fox leaps over the lazy dog, twice a day.",
+    )
+    .unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(
+        matches!(&ops[0], PatchOp::EditText { edits, .. } if edits.len() == 1),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn changes_under_a_removed_ancestor_vanish() {
+    let (mut c, mut agent) = setup();
+    let (bx, p) = (by_id(&c, "box"), by_id(&c, "p"));
+    c.set_attr(p, "class", "x").unwrap();
+    c.insert(p, 0, li("inner")).unwrap();
+    c.remove(bx).unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(ops, vec![PatchOp::Remove { node: bx }]);
+}
+
+#[test]
+fn moves_travel_as_moves() {
+    let (mut c, mut agent) = setup();
+    let (list, a, c_, bx) = (
+        by_id(&c, "list"),
+        by_id(&c, "a"),
+        by_id(&c, "c"),
+        by_id(&c, "box"),
+    );
+    c.move_node(c_, list, 0).unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(
+        ops,
+        vec![PatchOp::Move {
+            node: c_,
+            parent: list,
+            prev: 0
+        }]
+    );
+    c.move_node(a, bx, 0).unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(
+        ops,
+        vec![PatchOp::Move {
+            node: a,
+            parent: bx,
+            prev: 0
+        }]
+    );
+}
+
+#[test]
+fn records_remove_and_add_is_a_move() {
+    let (mut c, mut agent) = setup();
+    let (list, a, b, bx) = (
+        by_id(&c, "list"),
+        by_id(&c, "a"),
+        by_id(&c, "b"),
+        by_id(&c, "box"),
+    );
+    let new = c
+        .apply_records([
+            ChangeRecord::ChildList {
+                target: list,
+                removed: vec![a],
+                added: vec![],
+                previous_sibling: 0,
+            },
+            ChangeRecord::ChildList {
+                target: bx,
+                removed: vec![],
+                added: vec![Added::Existing(a), Added::New(li("delta"))],
+                previous_sibling: 0,
+            },
+            ChangeRecord::Attributes {
+                target: b,
+                name: "hidden".into(),
+                value: Some("".into()),
+            },
+            ChangeRecord::Attributes {
+                target: b,
+                name: "hidden".into(),
+                value: None,
+            },
+        ])
+        .unwrap();
+    assert_eq!(new.len(), 1);
+    let ops = send(&mut c, &mut agent);
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, PatchOp::Move { node, .. } if *node == a)),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter().all(|o| !matches!(o, PatchOp::Remove { .. })),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .all(|o| !matches!(o, PatchOp::SetAttr { .. } | PatchOp::RemoveAttr { .. })),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn nested_inserts_at_different_times_keep_their_ids() {
+    let (mut c, mut agent) = setup();
+    let (list, bx) = (by_id(&c, "list"), by_id(&c, "box"));
+    let x = c.insert(list, 0, li("x")).unwrap();
+    let _other = c.insert(bx, 0, li("elsewhere")).unwrap();
+    // A child inserted into the new node later takes a non-consecutive id.
+    let y = c.insert(x, 0, li("y")).unwrap();
+    let x_text = c.dom().children(x)[1];
+    c.set_text(x_text, "x changed").unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, PatchOp::Insert { first, .. } if *first == y)),
+        "{ops:?}"
+    );
+    // The agent uses the consumer's ids: a later change to y applies.
+    c.set_attr(y, "class", "later").unwrap();
+    send(&mut c, &mut agent);
+}
+
+#[test]
+fn random_batches_converge_with_several_changes_between_sends() {
+    let seeds: u64 = std::env::var("TANDEM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    for seed in 0..seeds {
+        let (mut c, mut agent) = setup();
+        let mut live = LivePage::new(seed);
+        for _ in 0..25 {
+            live.step(&mut c, 1 + (seed as usize % 7)).unwrap();
+            send(&mut c, &mut agent);
+        }
+    }
+}
+
+#[test]
+fn one_attribute_change_on_a_large_tree_is_one_op() {
+    let mut html = String::from("<!DOCTYPE html><body>");
+    for s in 0..1000 {
+        html.push_str(&format!("<section id=s{s}><h2>Section {s}</h2><ul>"));
+        for i in 0..24 {
+            html.push_str(&format!("<li class=item>Item {i}</li>"));
+        }
+        html.push_str("</ul></section>");
+    }
+    let dom: Dom = parse_html(&html, Limits::DEFAULT);
+    assert!(dom.len() > 50_000, "{}", dom.len());
+    let mut c = Consumer::new(dom, "u", Limits::DEFAULT);
+    let mut agent = Agent::new(Limits::DEFAULT);
+    while let Some(m) = c.poll_message() {
+        agent.handle_message(m).unwrap();
+    }
+    let target = by_id(&c, "s500");
+    c.set_attr(target, "class", "open").unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(ops.len(), 1);
+}
