@@ -98,5 +98,66 @@ fn one_change(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, import, snapshot_frames, one_change);
+/// A 52,000-node page: 1,000 sections of a heading and a 24-item list.
+fn large_page() -> String {
+    let mut html = String::from("<!DOCTYPE html><html><head><title>large</title></head><body>");
+    for s in 0..1000 {
+        html.push_str(&format!("<section id=s{s} class=card><h2>Section {s}</h2><ul>"));
+        for i in 0..24 {
+            html.push_str(&format!("<li class=item data-i={i}>Item {i} of section {s}</li>"));
+        }
+        html.push_str("</ul></section>");
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+/// Issue 3's target: one small change on a 50,000-node document — record, diff against the
+/// shadow, encode, frame, decode, apply on the agent and verify the hash.
+fn large_document_change(c: &mut Criterion) {
+    let limits = Limits::DEFAULT;
+    let mut consumer = Consumer::new(parse_html(&large_page(), limits), "u", limits);
+    let mut agent = Agent::new(limits);
+    while let Some(m) = consumer.poll_message() {
+        agent.handle_message(m).unwrap();
+    }
+    assert!(consumer.dom().len() > 50_000);
+    let dom = consumer.dom();
+    let target = dom
+        .preorder(0)
+        .find(|&id| dom.node(id).and_then(|n| n.element()).and_then(|e| e.attr("id")) == Some("s500"))
+        .unwrap();
+    let text = dom.preorder(target).find(|&id| dom.text(id).is_some()).unwrap();
+    let mut g = c.benchmark_group("large_document_50k");
+    let mut tick = 0u64;
+    let mut round = |consumer: &mut Consumer, agent: &mut Agent| {
+        consumer.flush();
+        let mut wire = Vec::new();
+        while let Some(m) = consumer.poll_message() {
+            frame::encode_frame(&m, &mut wire, &limits).unwrap();
+        }
+        let m = frame::decode_exact(&wire, &limits).unwrap();
+        agent.handle_message(m).unwrap();
+        while agent.poll_message().is_some() {}
+        while agent.poll_event().is_some() {}
+    };
+    g.bench_function("attribute", |b| {
+        b.iter(|| {
+            tick += 1;
+            consumer.set_attr(target, "class", &format!("card open-{tick}")).unwrap();
+            round(&mut consumer, &mut agent);
+        })
+    });
+    g.bench_function("text", |b| {
+        b.iter(|| {
+            tick += 1;
+            consumer.set_text(text, &format!("Section 500, edit {tick}")).unwrap();
+            round(&mut consumer, &mut agent);
+        })
+    });
+    g.finish();
+    assert_eq!(agent.tree_hash(), Some(consumer.tree_hash()));
+}
+
+criterion_group!(benches, import, snapshot_frames, one_change, large_document_change);
 criterion_main!(benches);

@@ -156,7 +156,9 @@ impl Consumer {
             self.epoch = self.epoch.wrapping_add(1);
         }
         self.started = true;
-        self.dom = self.dom.renumbered();
+        if !self.dom.is_in_document_order() {
+            self.dom = self.dom.renumbered();
+        }
         self.clear_changes();
         self.seq = 0;
         self.acked = 0;

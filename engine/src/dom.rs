@@ -575,29 +575,37 @@ impl Dom {
                 }
                 continue;
             }
+            // One contiguous input: blake3 hashes large inputs with SIMD across chunks.
             buf.clear();
             crate::hash::encode_node(&node.kind, &mut buf);
-            let mut h = blake3::Hasher::new();
-            h.update(&buf);
             if !matches!(
                 node.kind,
                 NodeKind::Text(_) | NodeKind::Comment(_) | NodeKind::Doctype { .. }
             ) {
-                let mut count = Vec::with_capacity(10);
-                crate::hash::write_varint(&mut count, node.children.len() as u64);
-                h.update(&count);
+                crate::hash::write_varint(&mut buf, node.children.len() as u64);
+                buf.reserve(node.children.len() * 32);
                 for &c in &node.children {
                     if let Some(cn) = self.node(c) {
-                        h.update(&cn.hash);
+                        buf.extend_from_slice(&cn.hash);
                     }
                 }
             }
-            let hash = *h.finalize().as_bytes();
+            let hash = *blake3::hash(&buf).as_bytes();
             if let Some(node) = self.node_mut(n) {
                 node.hash = hash;
                 node.dirty = false;
             }
         }
+    }
+
+    /// Whether the ids are 1, 2, … in document order with none missing, as a snapshot assigns
+    /// them (spec §6.1).
+    pub fn is_in_document_order(&self) -> bool {
+        self.next_id == self.live as NodeId
+            && self
+                .preorder(DOCUMENT_ID)
+                .enumerate()
+                .all(|(i, id)| id == i as NodeId)
     }
 
     /// A copy of this tree with ids renumbered in document order (1, 2, … in preorder), as a
