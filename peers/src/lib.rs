@@ -45,4 +45,5 @@ pub mod framed;
 pub mod relay;
 pub mod session;
 pub mod snapshot;
+pub mod tools;
 pub mod transport;

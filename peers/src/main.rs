@@ -2,7 +2,7 @@
 //! module that owns its arguments and its `run`.
 
 use clap::{Parser, Subcommand};
-use tandem_peers::{agent, consumer, demo, relay, snapshot};
+use tandem_peers::{agent, consumer, demo, relay, snapshot, tools};
 
 /// Tandem co-browsing: relay, consumer and agent over QUIC.
 #[derive(Debug, Parser)]
@@ -25,6 +25,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Import a page and report node count, snapshot bytes and tree hash.
     Snapshot(snapshot::SnapshotArgs),
+    /// Diff two pages: print the patch operations and bytes, and verify the result.
+    Diff(tools::DiffArgs),
+    /// Replay successive states DIR/0.html, 1.html, …: snapshot and patch bytes, verified.
+    Replay(tools::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +58,16 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e.to_string()),
             },
             Command::Snapshot(args) => snapshot::run(args).map_err(|e| e.to_string()),
+            Command::Diff(args) => match tools::run_diff(args) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("applying the patch did not give the target page".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+            Command::Replay(args) => match tools::run_replay(args) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("a step did not reproduce its state".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
         }
     });
     match result {

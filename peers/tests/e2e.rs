@@ -95,3 +95,36 @@ fn snapshot_command_reports_and_writes_frames() {
     assert_eq!(report["hash"].as_str(), Some(hash.as_str()));
     assert!(report["nodes"].as_u64().unwrap_or(0) > 100);
 }
+
+fn run_tandem(args: &[&str]) -> (bool, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .output()
+        .expect("run tandem");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), json)
+}
+
+#[test]
+fn diff_command_verifies_a_morph_pair() {
+    let pair = repo().join("testdata/morph-pairs/todomvc");
+    let (ok, r) = run_tandem(&[
+        "diff",
+        "--json",
+        pair.join("from.html").to_str().expect("utf-8 path"),
+        pair.join("to.html").to_str().expect("utf-8 path"),
+    ]);
+    assert!(ok, "{r}");
+    assert_eq!(r["verified"], true);
+    assert!(r["patch_bytes"].as_u64().unwrap_or(0) > 0);
+    assert!(!r["ops"].as_array().expect("ops").is_empty());
+}
+
+#[test]
+fn replay_command_verifies_every_state() {
+    let dir = repo().join("testdata/states/mozilla-2");
+    let (ok, r) = run_tandem(&["replay", "--json", dir.to_str().expect("utf-8 path")]);
+    assert!(ok, "{r}");
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["steps"].as_array().expect("steps").len(), 5);
+}

@@ -1,0 +1,263 @@
+//! Research tools over the engine alone (no network): `tandem diff FROM TO` and
+//! `tandem replay DIR`. Each prints what travels — operations, bytes — and verifies that the
+//! agent's tree ends equal to the target, exiting non-zero when it does not.
+
+use std::path::{Path, PathBuf};
+
+use tandem_engine::{Agent, Consumer, parse_html};
+use tandem_protocol::{Limits, Message, PatchOp, Sym, frame};
+
+use crate::session::{self, SessionError};
+
+/// Command-line arguments of `tandem diff`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiffArgs {
+    /// The page before.
+    pub from: PathBuf,
+    /// The page after.
+    pub to: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Command-line arguments of `tandem replay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// A directory of successive states 0.html, 1.html, … of one page.
+    pub dir: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `tandem diff` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiffReport {
+    /// The operations, one line each.
+    pub ops: Vec<String>,
+    /// Bytes of the PATCH frame (0 when nothing changed).
+    pub patch_bytes: usize,
+    /// Whether the agent's tree, after the patch, equals the target page's.
+    pub verified: bool,
+    /// The target page's tree hash, hex.
+    pub hash: String,
+}
+
+/// One step of `tandem replay`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayStep {
+    /// The state number.
+    pub state: u64,
+    /// Operations in the patch.
+    pub ops: usize,
+    /// Bytes of the PATCH frame.
+    pub patch_bytes: usize,
+    /// Whether the agent's tree equals the state's.
+    pub verified: bool,
+}
+
+/// What `tandem replay` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayReport {
+    /// Bytes of the snapshot frames of state 0.
+    pub snapshot_bytes: usize,
+    /// One entry per later state.
+    pub steps: Vec<ReplayStep>,
+    /// Sum of the patch bytes.
+    pub patch_bytes_total: usize,
+    /// Whether every step verified.
+    pub verified: bool,
+}
+
+fn sym(s: &Sym) -> String {
+    match s {
+        Sym::Static(i) => format!(
+            "{:?}",
+            tandem_protocol::STATIC_TABLE
+                .get(*i as usize)
+                .copied()
+                .unwrap_or("?")
+        ),
+        Sym::Ref(i) => format!("ref{i}"),
+        Sym::New(t) | Sym::Lit(t) => format!("{:?}", shorten(t)),
+    }
+}
+
+fn shorten(t: &str) -> String {
+    if t.chars().count() <= 40 {
+        return t.to_owned();
+    }
+    let cut: String = t.chars().take(37).collect();
+    format!("{cut}...")
+}
+
+/// A one-line description of a patch operation.
+pub fn describe(op: &PatchOp) -> String {
+    match op {
+        PatchOp::Insert {
+            parent,
+            prev,
+            first,
+            nodes,
+        } => {
+            format!(
+                "insert under {parent} after {prev}: {} node(s) from id {first}",
+                nodes.len()
+            )
+        }
+        PatchOp::Remove { node } => format!("remove {node}"),
+        PatchOp::Move { node, parent, prev } => format!("move {node} under {parent} after {prev}"),
+        PatchOp::SetAttr { node, name, value } => {
+            format!("set {node} {}={}", sym(name), sym(value))
+        }
+        PatchOp::RemoveAttr { node, name } => format!("remove attribute {node} {}", sym(name)),
+        PatchOp::SetText { node, text } => format!("text {node} {}", sym(text)),
+        PatchOp::EditText { node, edits } => {
+            let parts: Vec<String> = edits
+                .iter()
+                .map(|e| {
+                    format!(
+                        "keep {} delete {} insert {:?}",
+                        e.keep,
+                        e.delete,
+                        shorten(&e.insert)
+                    )
+                })
+                .collect();
+            format!("edit {node}: {}", parts.join("; "))
+        }
+    }
+}
+
+/// Sends everything queued to the agent, returning the PATCH operations and frame bytes.
+fn deliver(
+    consumer: &mut Consumer,
+    agent: &mut Agent,
+    limits: &Limits,
+) -> Result<(Vec<PatchOp>, usize, usize), SessionError> {
+    let (mut ops, mut patch_bytes, mut snapshot_bytes) = (Vec::new(), 0, 0);
+    while let Some(msg) = consumer.poll_message() {
+        let bytes = frame::to_frame(&msg, limits).map_err(crate::framed::FramedError::from)?;
+        match &msg {
+            Message::Patch(p) => {
+                ops.extend(p.ops.iter().cloned());
+                patch_bytes += bytes.len();
+            }
+            _ => snapshot_bytes += bytes.len(),
+        }
+        let decoded =
+            frame::decode_exact(&bytes, limits).map_err(crate::framed::FramedError::from)?;
+        agent.handle_message(decoded)?;
+    }
+    while let Some(reply) = agent.poll_message() {
+        consumer.handle_message(&reply)?;
+    }
+    Ok((ops, patch_bytes, snapshot_bytes))
+}
+
+/// Diffs two pages and verifies the patch.
+pub fn diff(from: &Path, to: &Path) -> Result<DiffReport, SessionError> {
+    let limits = Limits::DEFAULT;
+    let mut consumer = Consumer::new(parse_html(&session::read_page(from)?, limits), "", limits);
+    let mut agent = Agent::new(limits);
+    deliver(&mut consumer, &mut agent, &limits)?;
+    let mut target = parse_html(&session::read_page(to)?, limits);
+    consumer.update_to(&mut target)?;
+    consumer.flush();
+    let (ops, patch_bytes, _) = deliver(&mut consumer, &mut agent, &limits)?;
+    let want = target.root_hash();
+    Ok(DiffReport {
+        ops: ops.iter().map(describe).collect(),
+        patch_bytes,
+        verified: agent.tree_hash() == Some(want),
+        hash: session::hex(&want),
+    })
+}
+
+/// Replays the states of a directory and verifies every step.
+pub fn replay(dir: &Path) -> Result<ReplayReport, SessionError> {
+    let limits = Limits::DEFAULT;
+    let first = session::read_page(&dir.join("0.html"))?;
+    let mut consumer = Consumer::new(parse_html(&first, limits), "", limits);
+    let mut agent = Agent::new(limits);
+    let (_, _, snapshot_bytes) = deliver(&mut consumer, &mut agent, &limits)?;
+    let mut steps = Vec::new();
+    for state in 1.. {
+        let path = dir.join(format!("{state}.html"));
+        if !path.exists() {
+            break;
+        }
+        let mut target = parse_html(&session::read_page(&path)?, limits);
+        consumer.update_to(&mut target)?;
+        consumer.flush();
+        let (ops, patch_bytes, _) = deliver(&mut consumer, &mut agent, &limits)?;
+        steps.push(ReplayStep {
+            state,
+            ops: ops.len(),
+            patch_bytes,
+            verified: agent.tree_hash() == Some(target.root_hash()),
+        });
+    }
+    Ok(ReplayReport {
+        snapshot_bytes,
+        patch_bytes_total: steps.iter().map(|s| s.patch_bytes).sum(),
+        verified: steps.iter().all(|s| s.verified),
+        steps,
+    })
+}
+
+/// Runs `tandem diff`; `Ok(false)` when the patch does not reproduce the target.
+pub fn run_diff(args: DiffArgs) -> Result<bool, SessionError> {
+    let r = diff(&args.from, &args.to)?;
+    if args.json {
+        // Serializing strings, numbers and bools cannot fail.
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        for op in &r.ops {
+            println!("{op}");
+        }
+        println!(
+            "{} operation(s), patch {} bytes",
+            r.ops.len(),
+            r.patch_bytes
+        );
+        println!(
+            "{}: hash {}",
+            if r.verified { "verified" } else { "MISMATCH" },
+            r.hash
+        );
+    }
+    Ok(r.verified)
+}
+
+/// Runs `tandem replay`; `Ok(false)` when a step does not verify.
+pub fn run_replay(args: ReplayArgs) -> Result<bool, SessionError> {
+    let r = replay(&args.dir)?;
+    if args.json {
+        // Serializing strings, numbers and bools cannot fail.
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        println!("snapshot: {} bytes", r.snapshot_bytes);
+        for s in &r.steps {
+            println!(
+                "state {:>3}: {:>4} op(s) {:>7} bytes {}",
+                s.state,
+                s.ops,
+                s.patch_bytes,
+                if s.verified { "ok" } else { "MISMATCH" }
+            );
+        }
+        println!(
+            "patches: {} bytes over {} steps; {}",
+            r.patch_bytes_total,
+            r.steps.len(),
+            if r.verified {
+                "all verified"
+            } else {
+                "MISMATCH"
+            }
+        );
+    }
+    Ok(r.verified)
+}
