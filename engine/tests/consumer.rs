@@ -257,3 +257,99 @@ fn one_attribute_change_on_a_large_tree_is_one_op() {
     let ops = send(&mut c, &mut agent);
     assert_eq!(ops.len(), 1);
 }
+
+/// Random MutationObserver-style batches: removals, re-additions elsewhere (moves), new
+/// subtrees, attribute and text records; the agent converges after every batch.
+#[test]
+fn random_record_batches_converge() {
+    use tandem_engine::live::Rng;
+    let seeds: u64 = std::env::var("TANDEM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    for seed in 0..seeds {
+        let (mut c, mut agent) = setup();
+        let mut rng = Rng::new(seed);
+        for _ in 0..20 {
+            let mut records = Vec::new();
+            for _ in 0..1 + rng.below(6) {
+                let dom = c.dom();
+                let elements: Vec<u64> = dom
+                    .preorder(0)
+                    .filter(|&n| {
+                        dom.node(n)
+                            .and_then(|x| x.element())
+                            .is_some_and(|e| !matches!(e.name.as_str(), "html" | "head" | "title"))
+                    })
+                    .collect();
+                let body = elements[0];
+                let pick = |rng: &mut Rng| elements[rng.below(elements.len())];
+                match rng.below(4) {
+                    0 => {
+                        // Move: remove from its parent, add under another element.
+                        let n = pick(&mut rng);
+                        let target = pick(&mut rng);
+                        if n == body || dom.is_ancestor_or_self(n, target) {
+                            continue;
+                        }
+                        let parent = dom.parent(n).unwrap();
+                        records.push(ChangeRecord::ChildList {
+                            target: parent,
+                            removed: vec![n],
+                            added: vec![],
+                            previous_sibling: 0,
+                        });
+                        let kids = dom.children(target);
+                        let prev = if kids.is_empty() {
+                            0
+                        } else {
+                            kids[rng.below(kids.len())]
+                        };
+                        let prev = if prev == n { 0 } else { prev };
+                        records.push(ChangeRecord::ChildList {
+                            target,
+                            removed: vec![],
+                            added: vec![Added::Existing(n), Added::New(li(&format!("new {seed}")))],
+                            previous_sibling: prev,
+                        });
+                        // Apply now: later records in the batch refer to the tree as it is.
+                        c.apply_records(std::mem::take(&mut records))
+                            .expect("records apply");
+                    }
+                    1 => {
+                        let n = pick(&mut rng);
+                        if n != body {
+                            let parent = dom.parent(n).unwrap();
+                            records.push(ChangeRecord::ChildList {
+                                target: parent,
+                                removed: vec![n],
+                                added: vec![],
+                                previous_sibling: 0,
+                            });
+                            c.apply_records(std::mem::take(&mut records))
+                                .expect("records apply");
+                        }
+                    }
+                    2 => records.push(ChangeRecord::Attributes {
+                        target: pick(&mut rng),
+                        name: "data-x".into(),
+                        value: (rng.below(3) > 0).then(|| format!("{}", rng.below(100))),
+                    }),
+                    _ => {
+                        let texts: Vec<u64> =
+                            dom.preorder(0).filter(|&n| dom.text(n).is_some()).collect();
+                        if let Some(&t) = texts.get(rng.below(texts.len().max(1))) {
+                            records.push(ChangeRecord::CharacterData {
+                                target: t,
+                                value: format!("text {}", rng.below(1000)),
+                            });
+                        }
+                    }
+                }
+                c.apply_records(std::mem::take(&mut records))
+                    .expect("records apply");
+            }
+            send(&mut c, &mut agent);
+        }
+    }
+}
