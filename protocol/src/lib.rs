@@ -35,6 +35,7 @@
 
 mod macros;
 
+pub mod compress;
 pub mod dom;
 pub mod error;
 pub mod frame;

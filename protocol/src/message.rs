@@ -326,6 +326,19 @@ pub struct Patch {
     pub hash: TreeHash,
 }
 
+/// `COMPRESSED` (0x38, spec §7.35): a piece of a compressed DOM stream (spec §4.6).
+///
+/// Layout: `data` is the whole body, raw, with no length of its own (the frame's length says how
+/// long it is). The bodies of a DOM stream's `COMPRESSED` frames, concatenated in order, are its
+/// compressed bytes: a codec byte, then the codec's bytes, which decompress to the frames an
+/// uncompressed DOM stream would carry ([`crate::compress`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Compressed {
+    /// The next compressed bytes of the stream.
+    pub data: Vec<u8>,
+}
+
 /// `ACK` (0x34, spec §7.16): the agent has applied everything up to `seq` and holds `hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -561,6 +574,69 @@ mod serde_bytes_vec {
 /// Re-exported for the registry macro: the frame type newtype.
 pub use crate::frame::FrameType;
 
+/// How a message type's body travels: most are postcard encodings of their struct (spec §4.4);
+/// `COMPRESSED` is its raw bytes.
+trait Body: Sized {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error>;
+    fn decode(body: &[u8], message: &'static str) -> Result<Self, DecodeError>;
+}
+
+macro_rules! postcard_body {
+    ($($ty:ty),* $(,)?) => {$(
+        impl Body for $ty {
+            fn encode(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+                postcard::to_io(self, out).map(|_| ())
+            }
+            fn decode(body: &[u8], message: &'static str) -> Result<Self, DecodeError> {
+                take::<$ty>(body, message)
+            }
+        }
+    )*};
+}
+
+postcard_body!(
+    Hello,
+    Welcome,
+    SessionOpen,
+    SessionCreated,
+    Join,
+    Joined,
+    Invite,
+    InvitationRef,
+    (),
+    End,
+    Snapshot,
+    Patch,
+    Ack,
+    Resync,
+    Addresses,
+    Resource,
+    Pointer,
+    Scroll,
+    Highlight,
+    Click,
+    Input,
+    Navigate,
+    ModeChange,
+    Refused,
+    Status,
+    Ping,
+    ViewportChange,
+    ErrorReport,
+);
+
+impl Body for Compressed {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+        out.extend_from_slice(&self.data);
+        Ok(())
+    }
+    fn decode(body: &[u8], _message: &'static str) -> Result<Self, DecodeError> {
+        Ok(Compressed {
+            data: body.to_vec(),
+        })
+    }
+}
+
 macro_rules! catalogue {
     ($( $(#[$doc:meta])* $variant:ident ( $ty:ty ) = $code:literal, $cname:ident, $section:literal; )*) => {
         /// Every message of wire format v1 (spec §7), plus frames of types this version does
@@ -600,7 +676,7 @@ macro_rules! catalogue {
             pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
                 let start = out.len();
                 let res = match self {
-                    $( Message::$variant(m) => postcard::to_io(m, &mut *out).map(|_| ()), )*
+                    $( Message::$variant(m) => Body::encode(m, &mut *out), )*
                     Message::Unknown(u) => { out.extend_from_slice(&u.body); Ok(()) }
                 };
                 res.map_err(|_| {
@@ -615,7 +691,7 @@ macro_rules! catalogue {
             /// receiver may skip it.
             pub fn decode_body(ty: FrameType, body: &[u8], limits: &Limits) -> Result<Message, DecodeError> {
                 let msg = match ty.0 {
-                    $( $code => Message::$variant(take::<$ty>(body, stringify!($cname))?), )*
+                    $( $code => Message::$variant(<$ty as Body>::decode(body, stringify!($cname))?), )*
                     _ => return Ok(Message::Unknown(UnknownFrame { ty, body: body.to_vec() })),
                 };
                 msg.check(limits)?;
@@ -675,6 +751,8 @@ catalogue! {
     Ack(Ack) = 0x34, ACK, "§7.16";
     /// `RESYNC`.
     Resync(Resync) = 0x36, RESYNC, "§7.17";
+    /// `COMPRESSED`: a piece of a compressed DOM stream.
+    Compressed(Compressed) = 0x38, COMPRESSED, "§7.35";
     /// `HAVE`.
     Have(Addresses) = 0x40, HAVE, "§7.18";
     /// `WANT`.

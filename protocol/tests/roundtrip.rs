@@ -9,11 +9,11 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::Union;
 use tandem_protocol::message::{
-    Ack, Addresses, Capabilities, Click, Credential, End, EndReason, ErrorReport, Hello, Highlight,
-    Input, InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange, ModeOp, Navigate,
-    Patch, Ping, Platform, Pointer, RefusalCode, Refused, Resource, Resync, ResyncReason, Role,
-    Scroll, SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame, Viewport, ViewportChange,
-    Welcome,
+    Ack, Addresses, Capabilities, Click, Compressed, Credential, End, EndReason, ErrorReport,
+    Hello, Highlight, Input, InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange,
+    ModeOp, Navigate, Patch, Ping, Platform, Pointer, RefusalCode, Refused, Resource, Resync,
+    ResyncReason, Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame,
+    Viewport, ViewportChange, Welcome,
 };
 use tandem_protocol::strings::MAX_SYM_INDEX;
 use tandem_protocol::{
@@ -291,6 +291,9 @@ fn message() -> impl Strategy<Value = Message> {
             .boxed(),
         (any::<u32>(), wire::<ResyncReason>())
             .prop_map(|(epoch, reason)| Message::Resync(Resync { epoch, reason }))
+            .boxed(),
+        vec(any::<u8>(), 0..40)
+            .prop_map(|data| Message::Compressed(Compressed { data }))
             .boxed(),
         addresses().prop_map(Message::Have).boxed(),
         addresses().prop_map(Message::Want).boxed(),

@@ -4,11 +4,13 @@
 //! with the error it names, every registered message has a vector, and the DOM stream vectors
 //! replay to the tree hashes they announce. Then `spec/tandem.md` is read: the registry (§10),
 //! the message sections and their field tables (§7), the limits (§8), the error codes (§9), the
-//! wire enum tables (§10) and the static table (Appendix A) must say what the code says. When
-//! the code and the spec drift apart, this test fails.
+//! wire enum tables (§10), the static table (Appendix A) and the compression dictionary
+//! (Appendix C) must say what the code says. Compressed DOM stream vectors decode to the DOM
+//! stream they carry, and the malformed ones fail as named. When the code and the spec drift
+//! apart, this test fails.
 //!
 //! The files are read, never regenerated: `cargo run -p tandem-protocol --example gen_vectors`
-//! writes them.
+//! and `--example gen_compressed_vectors` write them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Display};
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use serde::ser;
+use tandem_protocol::compress::{CODEC_ZSTD_DOM_V1, DICTIONARY, DecompressError, DomDecompressor};
 use tandem_protocol::message::{
     Capabilities, EndReason, Mode, ModeOp, RefusalCode, ResyncReason, Role,
 };
@@ -289,6 +292,132 @@ fn dom_streams_replay_to_their_hashes() {
     }
 }
 
+/// Each compressed DOM stream (blocks sharing a `compressed` key) decodes to exactly the frames
+/// of the DOM stream of the same name, batch by batch: after each COMPRESSED frame, everything
+/// decoded so far is whole frames of that stream (spec §4.6).
+#[test]
+fn compressed_streams_decode_to_their_frames() {
+    let limits = Limits::DEFAULT;
+    let blocks = all_vectors();
+    let mut names = BTreeSet::new();
+    for b in &blocks {
+        if let Some(name) = b.get("compressed") {
+            names.insert(name.to_owned());
+        }
+    }
+    assert!(!names.is_empty(), "no compressed DOM stream vectors");
+    for name in names {
+        let plain: Vec<Vec<u8>> = blocks
+            .iter()
+            .filter(|b| b.get("stream") == Some(name.as_str()))
+            .map(Block::bytes)
+            .collect();
+        assert!(!plain.is_empty(), "{name}: no uncompressed frames");
+        let mut d = DomDecompressor::new(limits).expect("decompressor");
+        let mut got = Vec::new();
+        let mut batches = 0;
+        for b in blocks
+            .iter()
+            .filter(|b| b.get("compressed") == Some(name.as_str()))
+        {
+            let outer = frame::decode_exact(&b.bytes(), &limits).expect("decodes");
+            let Message::Compressed(c) = outer else {
+                panic!("{}: not a COMPRESSED frame", b.name());
+            };
+            d.push(&c.data)
+                .unwrap_or_else(|e| panic!("{}: {e}", b.name()));
+            while let Some(f) = d
+                .next_frame()
+                .unwrap_or_else(|e| panic!("{}: {e}", b.name()))
+            {
+                got.push(f.to_bytes());
+            }
+            assert_eq!(
+                got[..],
+                plain[..got.len()],
+                "{}: decodes to other frames",
+                b.name()
+            );
+            batches += 1;
+        }
+        d.finish().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, plain, "{name}: the whole stream");
+        assert!(batches > 1, "{name}: one batch only");
+    }
+}
+
+/// The `stream_error` vectors: a DOM stream of one COMPRESSED frame that MUST be refused.
+#[test]
+fn compressed_stream_errors_fail_as_named() {
+    let limits = Limits::DEFAULT;
+    let mut count = 0;
+    for b in all_vectors() {
+        let Some(want) = b.get("stream_error") else {
+            continue;
+        };
+        let outer = frame::decode_exact(&b.bytes(), &limits).expect("decodes");
+        let Message::Compressed(c) = outer else {
+            panic!("{}: not a COMPRESSED frame", b.name());
+        };
+        let mut d = DomDecompressor::new(limits).expect("decompressor");
+        let result = d.push(&c.data).and_then(|()| {
+            while d.next_frame()?.is_some() {}
+            d.finish()
+        });
+        let err = match result {
+            Ok(()) => panic!("{}: accepted", b.name()),
+            Err(e) => e,
+        };
+        let got = match &err {
+            DecompressError::UnknownCodec { .. } => "UnknownCodec".to_owned(),
+            DecompressError::WindowTooLarge { .. } => "WindowTooLarge".to_owned(),
+            DecompressError::Corrupt { .. } => "Corrupt".to_owned(),
+            DecompressError::Truncated => "Truncated".to_owned(),
+            DecompressError::UnexpectedFrame { inner: true, .. } => {
+                "UnexpectedFrame inner".to_owned()
+            }
+            DecompressError::UnexpectedFrame { inner: false, .. } => {
+                "UnexpectedFrame outer".to_owned()
+            }
+            DecompressError::Frame(e) => format!("Frame {}", error_summary(e)),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(got, want, "{}: {err}", b.name());
+        count += 1;
+    }
+    assert!(count >= 5, "only {count} compressed stream error vectors");
+}
+
+/// Appendix C names the dictionary's size and blake3 hash; the file must match them.
+#[test]
+fn spec_dictionary_matches_code() {
+    let md = spec();
+    let lines = prose_lines(&md);
+    let (_, app) = section(&lines, "## Appendix C").expect("spec has Appendix C");
+    let rows = need_table(&app, "Dictionary");
+    let row = rows
+        .iter()
+        .find(|r| r[0] == "dom-v1")
+        .expect("Appendix C lists dom-v1");
+    let path = root().join(&row[1]);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        bytes, DICTIONARY,
+        "the code embeds another file than the spec names"
+    );
+    assert_eq!(row[2], bytes.len().to_string(), "Appendix C: size");
+    assert_eq!(
+        row[3],
+        blake3::hash(&bytes).to_hex().as_str(),
+        "Appendix C: blake3"
+    );
+    assert_eq!(
+        row[4],
+        format!("0x{CODEC_ZSTD_DOM_V1:02x}"),
+        "Appendix C: codec byte"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The spec document.
 
@@ -431,6 +560,8 @@ fn message_fields(m: &Message) -> Vec<&'static str> {
         Message::Ping(x) | Message::Pong(x) => field_names(x),
         Message::Viewport(x) => field_names(x),
         Message::Error(x) | Message::Close(x) => field_names(x),
+        // Not a postcard struct: the body is the raw bytes (spec §7.35).
+        Message::Compressed(_) => vec!["data"],
         other => panic!("{} has no fields to compare", other.name()),
     }
 }
