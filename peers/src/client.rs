@@ -102,14 +102,20 @@ impl ClientError {
     }
 }
 
-/// A `HELLO` for `role` speaking exactly this crate's protocol version, offering datagrams,
-/// with an empty platform. Set the fields of the result to say more.
+/// The capabilities this crate's peers implement and offer in `HELLO` (spec §10.3): compressed
+/// DOM streams (spec §4.6) and datagrams.
+pub const CAPABILITIES: Capabilities =
+    Capabilities(Capabilities::COMPRESSION.0 | Capabilities::DATAGRAMS.0);
+
+/// A `HELLO` for `role` speaking exactly this crate's protocol version, offering
+/// [`CAPABILITIES`], with an empty platform. Set the fields of the result to say more (clear
+/// `COMPRESSION` from `capabilities` to keep the DOM stream uncompressed).
 pub fn hello(role: Role) -> Hello {
     Hello {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         role,
-        capabilities: Capabilities::DATAGRAMS,
+        capabilities: CAPABILITIES,
         platform: Platform::default(),
         software: SOFTWARE.to_owned(),
     }
@@ -138,6 +144,7 @@ pub struct ControlChannel {
     limits: Limits,
     role: Role,
     welcome: Welcome,
+    joined: Option<Joined>,
 }
 
 impl ControlChannel {
@@ -169,6 +176,7 @@ impl ControlChannel {
                 capabilities: Capabilities(0),
                 software: String::new(),
             },
+            joined: None,
         };
         match channel.expect("WELCOME").await? {
             Message::Welcome(w) => channel.welcome = w,
@@ -202,9 +210,26 @@ impl ControlChannel {
     /// Consumer: waits until an agent joins and returns what the relay says about it.
     pub async fn wait_joined(&mut self) -> Result<Joined, ClientError> {
         match self.expect("JOINED").await? {
-            Message::Joined(joined) => Ok(joined),
+            Message::Joined(joined) => {
+                self.joined = Some(joined.clone());
+                Ok(joined)
+            }
             other => Err(self.unexpected("JOINED", &other)),
         }
+    }
+
+    /// The relay's `JOINED`, once the session is open: the other side and the session's
+    /// capabilities (spec §7.6).
+    pub fn joined(&self) -> Option<&Joined> {
+        self.joined.as_ref()
+    }
+
+    /// The session's capabilities: those of `JOINED`, or none before the session is open.
+    /// End-to-end parts such as compressed DOM streams are used only when set here.
+    pub fn session_capabilities(&self) -> Capabilities {
+        self.joined
+            .as_ref()
+            .map_or(Capabilities(0), |j| j.capabilities)
     }
 
     /// Agent: joins the session named by `credential` and returns what the relay says about the

@@ -1,13 +1,14 @@
 //! `tandem demo`: a relay, a consumer and an agent in one process over real QUIC on loopback.
 //! The consumer shares the built-in sample page (or `--page`) and a stream of generated
-//! changes; the demo prints the bytes sent, the time to first render and the final hashes of
-//! both sides, and succeeds only when they match.
+//! changes; the demo prints the bytes sent (the DOM frames, and what they took on the wire once
+//! compressed, spec §4.6), the time to first render and the final hashes of both sides, and
+//! succeeds only when they match.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tandem_protocol::Limits;
-use tandem_protocol::message::{Credential, Role};
+use tandem_protocol::message::{Capabilities, Credential, Role};
 
 use crate::client::{self, ControlChannel};
 use crate::relay::{self, RelayConfig};
@@ -43,6 +44,9 @@ pub struct DemoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Do not offer compressed DOM streams (spec §4.6): send the frames as they are.
+    #[arg(long)]
+    pub no_compression: bool,
 }
 
 /// The demo's result.
@@ -50,10 +54,18 @@ pub struct DemoArgs {
 pub struct DemoReport {
     /// Nodes in the page at the start.
     pub nodes: usize,
-    /// Bytes of SNAPSHOT frames the consumer sent.
+    /// Bytes of SNAPSHOT frames the consumer sent, uncompressed.
     pub snapshot_bytes: u64,
-    /// Bytes of PATCH frames the consumer sent.
+    /// Bytes of PATCH frames the consumer sent, uncompressed.
     pub patch_bytes: u64,
+    /// Whether the DOM streams were compressed (both sides offered `COMPRESSION`).
+    pub compressed: bool,
+    /// Bytes the snapshots took on the DOM stream (compressed when `compressed`).
+    pub snapshot_wire_bytes: u64,
+    /// Bytes the patches took on the DOM stream (compressed when `compressed`).
+    pub patch_wire_bytes: u64,
+    /// Bytes the agent received on its DOM streams.
+    pub agent_dom_wire_bytes: u64,
     /// Patches sent.
     pub patches: u64,
     /// UDP bytes the consumer's connection sent (QUIC, TLS and control included).
@@ -94,10 +106,18 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
     let started = Instant::now();
     let interval = Duration::from_millis(args.interval_ms);
     let (code_tx, code_rx) = tokio::sync::oneshot::channel::<String>();
+    let no_compression = args.no_compression;
+    let hello = move |role| {
+        let mut h = client::hello(role);
+        if no_compression {
+            h.capabilities = Capabilities(h.capabilities.0 & !Capabilities::COMPRESSION.0);
+        }
+        h
+    };
 
     let consumer = tokio::spawn(async move {
         let conn = client::connect(addr, pin).await?;
-        let ctl = ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
+        let ctl = ControlChannel::open(conn, hello(Role::Consumer)).await?;
         let opts = ConsumerOptions {
             html,
             url: "https://shop.example/orders/NW-48213".into(),
@@ -117,7 +137,7 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
         let conn = client::connect(addr, pin).await?;
-        let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
+        let mut ctl = ControlChannel::open(conn, hello(Role::Agent)).await?;
         ctl.join(Credential::Code(code), "Alex").await?;
         let joined_at = Instant::now();
         session::run_agent(
@@ -145,6 +165,10 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
         nodes: c.nodes,
         snapshot_bytes: c.snapshot_bytes,
         patch_bytes: c.patch_bytes,
+        compressed: c.compressed,
+        snapshot_wire_bytes: c.snapshot_wire_bytes,
+        patch_wire_bytes: c.patch_wire_bytes,
+        agent_dom_wire_bytes: a.dom_wire_bytes,
         patches: c.patches,
         udp_bytes: c.udp_bytes,
         first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
@@ -167,6 +191,18 @@ pub async fn run(args: DemoArgs) -> Result<bool, SessionError> {
         println!("page nodes:        {}", r.nodes);
         println!("snapshot bytes:    {}", r.snapshot_bytes);
         println!("patches:           {} ({} bytes)", r.patches, r.patch_bytes);
+        if r.compressed {
+            let pct = |wire: u64, raw: u64| 100.0 * wire as f64 / raw.max(1) as f64;
+            println!(
+                "on the wire:       snapshot {} bytes ({:.0} %), patches {} bytes ({:.0} %), zstd with dictionary dom-v1",
+                r.snapshot_wire_bytes,
+                pct(r.snapshot_wire_bytes, r.snapshot_bytes),
+                r.patch_wire_bytes,
+                pct(r.patch_wire_bytes, r.patch_bytes),
+            );
+        } else {
+            println!("on the wire:       uncompressed (compression not negotiated)");
+        }
         println!(
             "UDP bytes sent:    {} (consumer, QUIC and TLS included)",
             r.udp_bytes

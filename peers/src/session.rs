@@ -7,14 +7,22 @@
 //!  Consumer ── DOM stream (uni, per epoch) ──► forwarded ──► DOM stream ──► Agent
 //!  Consumer ◄── ACK / RESYNC (control) ◄────── forwarded ◄──── control ◄── Agent
 //! ```
+//!
+//! When the session's capabilities (`JOINED`) hold `COMPRESSION`, each DOM stream goes through a
+//! [`DomCompressor`] on the consumer's side and a [`DomDecompressor`] on the agent's (spec
+//! §4.6): one context per stream, flushed after every message, so the relay still forwards
+//! frames and a small patch is coded against everything before it on its stream.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, SendStream, VarInt};
 use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, parse_html};
-use tandem_protocol::message::{End, EndReason, SessionCreated};
-use tandem_protocol::{Limits, Message, frame};
+use tandem_protocol::compress::{CompressError, DecompressError, DomCompressor, DomDecompressor};
+use tandem_protocol::message::{Capabilities, End, EndReason, SessionCreated};
+use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
 use tokio::sync::mpsc;
 
 use crate::client::{ClientError, ControlChannel};
@@ -36,6 +44,13 @@ pub enum SessionError {
     /// The engine refused input it cannot recover from.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The DOM stream compressor failed (spec §4.6).
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+    /// The consumer sent a compressed DOM stream that breaks spec §4.6: the peer broke the
+    /// protocol.
+    #[error(transparent)]
+    Decompress(#[from] DecompressError),
     /// Reading the page or writing the output failed.
     #[error("{path}: {source}")]
     Io {
@@ -127,10 +142,18 @@ pub struct ConsumerReport {
     pub code: String,
     /// Nodes in the page at the start (the document node included).
     pub nodes: usize,
-    /// Bytes of `SNAPSHOT` frames sent.
+    /// Bytes of `SNAPSHOT` frames sent, uncompressed.
     pub snapshot_bytes: u64,
-    /// Bytes of `PATCH` frames sent.
+    /// Bytes of `PATCH` frames sent, uncompressed.
     pub patch_bytes: u64,
+    /// Bytes the `SNAPSHOT` frames took on the DOM stream: compressed, `COMPRESSED` frame
+    /// headers and the codec byte included, when the session negotiated compression; otherwise
+    /// equal to `snapshot_bytes`.
+    pub snapshot_wire_bytes: u64,
+    /// Bytes the `PATCH` frames took on the DOM stream, as `snapshot_wire_bytes` counts them.
+    pub patch_wire_bytes: u64,
+    /// Whether the DOM streams were compressed (the session's capabilities hold `COMPRESSION`).
+    pub compressed: bool,
     /// Patches sent.
     pub patches: u64,
     /// Snapshots sent (1 plus one per resync).
@@ -163,6 +186,8 @@ pub struct ConsumerOptions {
 struct DomStream {
     stream: SendStream,
     epoch: u32,
+    /// The stream's compression context, when the session negotiated it (spec §4.6).
+    compressor: Option<DomCompressor>,
 }
 
 async fn send_queued(
@@ -172,6 +197,7 @@ async fn send_queued(
     report: &mut ConsumerReport,
     limits: &Limits,
 ) -> Result<(), SessionError> {
+    let mut wire = Vec::new();
     while let Some(msg) = consumer.poll_message() {
         let epoch = match &msg {
             Message::Snapshot(s) => s.epoch,
@@ -189,28 +215,46 @@ async fn send_queued(
                 .await
                 .map_err(ClientError::from_connection)?;
             let _ = stream.set_priority(DOM_PRIORITY);
-            *dom = Some(DomStream { stream, epoch });
+            // A new stream starts a new compression context (spec §4.6.1).
+            let compressor = if report.compressed {
+                Some(DomCompressor::new()?)
+            } else {
+                None
+            };
+            *dom = Some(DomStream {
+                stream,
+                epoch,
+                compressor,
+            });
         }
         let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
+        let Some(d) = dom.as_mut() else { continue };
+        // Each message is flushed on its own, so the agent can use it as soon as it arrives
+        // (spec §4.6.1): a snapshot part renders progressively, a patch applies at once.
+        let out: &[u8] = match d.compressor.as_mut() {
+            Some(c) => {
+                wire.clear();
+                c.write_frames(&bytes, &mut wire, limits)?;
+                &wire
+            }
+            None => &bytes,
+        };
         match &msg {
             Message::Snapshot(s) => {
                 report.snapshot_bytes += bytes.len() as u64;
+                report.snapshot_wire_bytes += out.len() as u64;
                 if s.part == 0 {
                     report.snapshots += 1;
                 }
             }
             Message::Patch(_) => {
                 report.patch_bytes += bytes.len() as u64;
+                report.patch_wire_bytes += out.len() as u64;
                 report.patches += 1;
             }
             _ => {}
         }
-        if let Some(d) = dom.as_mut() {
-            d.stream
-                .write_all(&bytes)
-                .await
-                .map_err(FramedError::from)?;
-        }
+        d.stream.write_all(out).await.map_err(FramedError::from)?;
     }
     Ok(())
 }
@@ -228,7 +272,8 @@ pub async fn run_consumer(
     let nodes = page.len();
     let created = ctl.open_session(&opts.label).await?;
     on_code(&created);
-    ctl.wait_joined().await?;
+    let joined = ctl.wait_joined().await?;
+    let compressed = joined.capabilities.contains(Capabilities::COMPRESSION);
     let mut consumer = Consumer::new(page, &opts.url, limits);
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut report = ConsumerReport {
@@ -236,6 +281,9 @@ pub async fn run_consumer(
         nodes,
         snapshot_bytes: 0,
         patch_bytes: 0,
+        snapshot_wire_bytes: 0,
+        patch_wire_bytes: 0,
+        compressed,
         patches: 0,
         snapshots: 0,
         udp_bytes: 0,
@@ -310,8 +358,13 @@ pub struct AgentReport {
     pub nodes: usize,
     /// Patches applied.
     pub patches: u64,
-    /// Bytes of DOM frames received.
+    /// Bytes of DOM frames received (`SNAPSHOT`, `PATCH`), uncompressed.
     pub dom_bytes: u64,
+    /// Bytes received on the DOM streams: the `COMPRESSED` frames when the session negotiated
+    /// compression, otherwise the same frames `dom_bytes` counts.
+    pub dom_wire_bytes: u64,
+    /// Whether the DOM streams were compressed.
+    pub compressed: bool,
     /// Divergences detected (each answered by a resync).
     pub divergences: u64,
     /// The final tree hash, if a verified page is held.
@@ -343,18 +396,32 @@ impl Default for AgentOptions {
 }
 
 /// Runs the agent side of a joined session: rebuilds the page from the DOM streams the relay
-/// forwards, answers with ACK/RESYNC, and returns when the session ends.
+/// forwards (decompressing them when the session's capabilities hold `COMPRESSION`), answers
+/// with ACK/RESYNC, and returns when the session ends.
 pub async fn run_agent(
     ctl: ControlChannel,
     opts: AgentOptions,
     started: Instant,
 ) -> Result<AgentReport, SessionError> {
     let limits = opts.limits;
+    let compressed = ctl
+        .session_capabilities()
+        .contains(Capabilities::COMPRESSION);
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut agent = Agent::new(limits);
-    let mut report = AgentReport::default();
-    let (tx, mut rx) = mpsc::channel::<Result<tandem_protocol::RawFrame, FramedError>>(64);
-    let accept = tokio::spawn(accept_dom_streams(conn.clone(), tx, limits));
+    let mut report = AgentReport {
+        compressed,
+        ..AgentReport::default()
+    };
+    let wire_bytes = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = mpsc::channel::<Result<RawFrame, DomStreamError>>(64);
+    let accept = tokio::spawn(accept_dom_streams(
+        conn.clone(),
+        tx,
+        limits,
+        compressed,
+        wire_bytes.clone(),
+    ));
     let mut last_write: Option<Instant> = None;
     let mut dirty = false;
     let result = loop {
@@ -363,10 +430,12 @@ pub async fn run_agent(
                 let Some(frame) = frame else { break Ok(()) };
                 let raw = match frame {
                     Ok(raw) => raw,
-                    Err(e) if e.is_protocol() => break Err(SessionError::from(e)),
+                    Err(DomStreamError::Framed(e)) if e.is_protocol() => break Err(SessionError::from(e)),
+                    Err(DomStreamError::Decompress(e)) => break Err(SessionError::from(e)),
                     // A stream reset by the consumer (a superseded epoch) is not an error.
-                    Err(_) => continue,
+                    Err(DomStreamError::Framed(_)) => continue,
                 };
+                report.dom_wire_bytes = wire_bytes.load(Ordering::Relaxed);
                 let header = tandem_protocol::varint::len_u32(raw.ty.0) + tandem_protocol::varint::len_u32(raw.body.len() as u32);
                 report.dom_bytes += (header + raw.body.len()) as u64;
                 let msg = raw.decode(&limits).map_err(FramedError::from)?;
@@ -426,6 +495,7 @@ pub async fn run_agent(
     if dirty {
         write_out(&opts, &agent)?;
     }
+    report.dom_wire_bytes = wire_bytes.load(Ordering::Relaxed);
     report.nodes = agent.dom().len();
     report.hash = agent.tree_hash();
     report.url = agent.url().to_owned();
@@ -433,30 +503,85 @@ pub async fn run_agent(
     result.map(|()| report)
 }
 
+/// Why a DOM stream stopped delivering frames.
+#[derive(Debug)]
+enum DomStreamError {
+    /// Reading or framing failed: a reset stream, a lost link, or a malformed frame.
+    Framed(FramedError),
+    /// The compressed stream broke spec §4.6 (or a `COMPRESSED` frame came on a stream of a
+    /// session without compression).
+    Decompress(DecompressError),
+}
+
 async fn accept_dom_streams(
     conn: Connection,
-    tx: mpsc::Sender<Result<tandem_protocol::RawFrame, FramedError>>,
+    tx: mpsc::Sender<Result<RawFrame, DomStreamError>>,
     limits: Limits,
+    compressed: bool,
+    wire_bytes: Arc<AtomicU64>,
 ) {
     while let Ok(stream) = conn.accept_uni().await {
         let tx = tx.clone();
+        let wire_bytes = wire_bytes.clone();
         tokio::spawn(async move {
-            let mut recv = FrameRecv::new(stream, limits);
-            loop {
-                match recv.next_raw().await {
-                    Ok(Some(frame)) => {
-                        if tx.send(Ok(frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
+            let recv = FrameRecv::new(stream, limits);
+            if let Err(e) = read_dom_stream(recv, &tx, limits, compressed, &wire_bytes).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+    }
+}
+
+/// Reads one DOM stream to its end, sending the frames it carries to `tx`: as they are, or
+/// decompressed (spec §4.6.4) when `compressed`. Memory stays within one frame (and the
+/// compression window): each `COMPRESSED` frame is drained before the next is read.
+async fn read_dom_stream(
+    mut recv: FrameRecv,
+    tx: &mpsc::Sender<Result<RawFrame, DomStreamError>>,
+    limits: Limits,
+    compressed: bool,
+    wire_bytes: &AtomicU64,
+) -> Result<(), DomStreamError> {
+    let mut decompressor = if compressed {
+        Some(DomDecompressor::new(limits).map_err(DomStreamError::Decompress)?)
+    } else {
+        None
+    };
+    loop {
+        let Some(frame) = recv.next_raw().await.map_err(DomStreamError::Framed)? else {
+            if let Some(d) = decompressor.as_mut() {
+                d.finish().map_err(DomStreamError::Decompress)?;
+            }
+            return Ok(());
+        };
+        let size = tandem_protocol::varint::len_u32(frame.ty.0)
+            + tandem_protocol::varint::len_u32(frame.body.len() as u32)
+            + frame.body.len();
+        wire_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        match decompressor.as_mut() {
+            None if frame.ty == FrameType::COMPRESSED => {
+                // Compression was not negotiated: the frame has no place here (spec §7.35).
+                return Err(DomStreamError::Decompress(
+                    DecompressError::UnexpectedFrame {
+                        ty: frame.ty,
+                        inner: true,
+                    },
+                ));
+            }
+            None => {
+                if tx.send(Ok(frame)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(d) => {
+                d.push_frame(&frame).map_err(DomStreamError::Decompress)?;
+                while let Some(inner) = d.next_frame().map_err(DomStreamError::Decompress)? {
+                    if tx.send(Ok(inner)).await.is_err() {
+                        return Ok(());
                     }
                 }
             }
-        });
+        }
     }
 }
 

@@ -15,6 +15,7 @@ fn args(page: Option<&Path>, batches: u64) -> DemoArgs {
         seed: 3,
         out: None,
         json: true,
+        no_compression: false,
     }
 }
 
@@ -32,6 +33,36 @@ async fn live_changes_over_quic_converge() {
     assert_eq!(report.patches, 30, "one patch per batch");
     assert!(report.first_render_ms.is_some());
     assert_eq!(report.divergences, 0);
+    // Both sides offer COMPRESSION, so the DOM stream was compressed (spec §4.6) and the agent
+    // received exactly what the consumer wrote.
+    assert!(report.compressed, "{report:?}");
+    assert!(
+        report.snapshot_wire_bytes < report.snapshot_bytes,
+        "{report:?}"
+    );
+    assert!(report.patch_wire_bytes < report.patch_bytes, "{report:?}");
+    assert_eq!(
+        report.agent_dom_wire_bytes,
+        report.snapshot_wire_bytes + report.patch_wire_bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncompressed_sessions_still_converge() {
+    let mut a = args(None, 10);
+    a.no_compression = true;
+    let report = tokio::time::timeout(Duration::from_secs(60), demo(&a))
+        .await
+        .expect("demo finishes")
+        .expect("demo runs");
+    assert!(report.hashes_match, "{report:?}");
+    assert!(!report.compressed);
+    assert_eq!(report.snapshot_wire_bytes, report.snapshot_bytes);
+    assert_eq!(report.patch_wire_bytes, report.patch_bytes);
+    assert_eq!(
+        report.agent_dom_wire_bytes,
+        report.snapshot_bytes + report.patch_bytes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
