@@ -61,7 +61,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::Range;
 
-use similar::{Algorithm, DiffTag, capture_diff_slices};
+use similar::algorithms::{DiffHook, myers};
 use tandem_protocol::{DOCUMENT_ID, NodeId};
 
 use crate::dom::{Dom, NodeKind};
@@ -470,31 +470,47 @@ impl<'a> Matcher<'a> {
         }
     }
 
+    /// Aligns the children between the equal ends of a compatible pair: first by subtree hash,
+    /// children matched earlier standing as fixed points (`Key::Pair`), then the children still
+    /// open by [`Level`]s, as one region (matched children may stand in any order, and a gap
+    /// between two of them would split the rest arbitrarily).
     fn align_general(&mut self, olds: &[u32], news: &[u32]) {
-        let ka: Vec<Key> = olds
+        let open_a: Vec<u64> = olds
             .iter()
-            .map(|&i| match self.a.partner(i) {
-                NONE => Key::Hash(self.a.key[i as usize]),
-                p => Key::Pair(p),
-            })
+            .filter(|&&i| self.a.open(i))
+            .map(|&i| self.a.key[i as usize])
             .collect();
-        let kb: Vec<Key> = news
+        let open_b: Vec<u64> = news
             .iter()
-            .map(|&j| match self.b.partner(j) {
-                NONE => Key::Hash(self.b.key[j as usize]),
-                _ => Key::Pair(j),
-            })
+            .filter(|&&j| self.b.open(j))
+            .map(|&j| self.b.key[j as usize])
             .collect();
-        let (pairs, monotone) = lcs(&ka, &kb);
-        for &(i, j) in &pairs {
-            let (p, q) = (olds[i as usize], news[j as usize]);
-            if self.a.partner(p) != q {
-                self.pair_found(p, q);
+        if open_a.is_empty() || open_b.is_empty() {
+            return;
+        }
+        if share_a_key(&open_a, &open_b) {
+            let ka: Vec<Key> = olds
+                .iter()
+                .map(|&i| match self.a.partner(i) {
+                    NONE => Key::Hash(self.a.key[i as usize]),
+                    p => Key::Pair(p),
+                })
+                .collect();
+            let kb: Vec<Key> = news
+                .iter()
+                .map(|&j| match self.b.partner(j) {
+                    NONE => Key::Hash(self.b.key[j as usize]),
+                    _ => Key::Pair(j),
+                })
+                .collect();
+            let (pairs, _) = lcs(&ka, &kb);
+            for &(i, j) in &pairs {
+                let (p, q) = (olds[i as usize], news[j as usize]);
+                if self.a.partner(p) != q {
+                    self.pair_found(p, q);
+                }
             }
         }
-        // The rest in one region: children matched earlier (`Pair`) may stand in any order,
-        // and a gap between two of them chosen by the alignment would split it arbitrarily.
-        let _ = monotone;
         self.in_gaps(olds, news, &[], true, Level::Own);
     }
 
@@ -796,33 +812,71 @@ fn level_key(kind: Option<&NodeKind>, level: Level) -> u64 {
 }
 
 /// Pairs of equal keys of `a` and `b` (as index pairs, in `b` order) and whether they are
-/// monotone in `a` too. A Myers alignment when `a.len() * b.len()` is at most
-/// [`MYERS_MAX_WORK`], else each element of `b` takes the first unused equal element of `a`.
+/// monotone in `a` too. Equal ends are paired directly; between them, a Myers alignment when
+/// the product of the lengths is at most [`MYERS_MAX_WORK`], else each element of `b` takes the
+/// first unused equal element of `a`; nothing when the two share no key.
 fn lcs<K: Hash + Eq + Copy>(a: &[K], b: &[K]) -> (Vec<(u32, u32)>, bool) {
     let mut pairs = Vec::new();
-    if a.is_empty() || b.is_empty() {
-        return (pairs, true);
-    }
-    if a.len().saturating_mul(b.len()) <= MYERS_MAX_WORK {
-        for op in capture_diff_slices(Algorithm::Myers, a, b) {
-            let (tag, old, new) = op.as_tag_tuple();
-            if tag == DiffTag::Equal {
-                pairs.extend(old.zip(new).map(|(i, j)| (i as u32, j as u32)));
+    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let suf = a[pre..]
+        .iter()
+        .rev()
+        .zip(b[pre..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    pairs.extend((0..pre as u32).map(|i| (i, i)));
+    let (ma, mb) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
+    let mut monotone = true;
+    if !ma.is_empty() && !mb.is_empty() && share_a_key(ma, mb) {
+        let off = pre as u32;
+        if ma.len().saturating_mul(mb.len()) <= MYERS_MAX_WORK {
+            let mut hook = Equal { pairs, off };
+            // The hook never fails.
+            let _ = myers::diff(&mut hook, ma, 0..ma.len(), mb, 0..mb.len());
+            pairs = hook.pairs;
+        } else {
+            let mut at: FastMap<K, Vec<u32>> = FastMap::default();
+            for (i, k) in ma.iter().enumerate().rev() {
+                at.entry(*k).or_default().push(i as u32 + off);
             }
-        }
-        return (pairs, true);
-    }
-    let mut at: FastMap<K, Vec<u32>> = FastMap::default();
-    for (i, k) in a.iter().enumerate().rev() {
-        at.entry(*k).or_default().push(i as u32);
-    }
-    for (j, k) in b.iter().enumerate() {
-        if let Some(i) = at.get_mut(k).and_then(Vec::pop) {
-            pairs.push((i, j as u32));
+            let start = pairs.len();
+            for (j, k) in mb.iter().enumerate() {
+                if let Some(i) = at.get_mut(k).and_then(Vec::pop) {
+                    pairs.push((i, j as u32 + off));
+                }
+            }
+            monotone = pairs[start..].windows(2).all(|w| w[0].0 < w[1].0);
         }
     }
-    let monotone = pairs.windows(2).all(|w| w[0].0 < w[1].0);
+    let (ea, eb) = ((a.len() - suf) as u32, (b.len() - suf) as u32);
+    pairs.extend((0..suf as u32).map(|k| (ea + k, eb + k)));
     (pairs, monotone)
+}
+
+/// Collects the equal runs a Myers alignment reports.
+struct Equal {
+    pairs: Vec<(u32, u32)>,
+    off: u32,
+}
+
+impl DiffHook for Equal {
+    type Error = std::convert::Infallible;
+
+    fn equal(&mut self, old: usize, new: usize, len: usize) -> Result<(), Self::Error> {
+        let (old, new) = (old as u32 + self.off, new as u32 + self.off);
+        self.pairs
+            .extend((0..len as u32).map(|k| (old + k, new + k)));
+        Ok(())
+    }
+}
+
+/// Whether some key of `a` is also in `b`.
+fn share_a_key<K: Hash + Eq + Copy>(a: &[K], b: &[K]) -> bool {
+    if a.len().saturating_mul(b.len()) <= 256 {
+        return a.iter().any(|x| b.contains(x));
+    }
+    let set: FastMap<K, ()> = a.iter().map(|&k| (k, ())).collect();
+    b.iter().any(|k| set.contains_key(k))
 }
 
 /// A small multiplicative hasher for the diff's maps (keys are hash prefixes, node indices
