@@ -38,3 +38,49 @@ pub fn pages() -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// rrweb 2.2.2's full snapshot of each corpus page, as JSON compressed with `zstd -19`, in bytes
+/// (the reference figures of `../shared/corpus/README.md`): (page, bytes).
+pub const RRWEB_SNAPSHOT_ZSTD19: &[(&str, u64)] = &[
+    ("001", 5_119),
+    ("mozilla-2", 7_908),
+    ("ars-1", 12_274),
+    ("heise", 16_583),
+    ("lwn-1", 20_200),
+    ("medium-1", 15_863),
+    ("wapo-2", 22_799),
+    ("bbc-1", 44_578),
+    ("wikipedia", 52_400),
+    ("archive-of-our-own", 97_468),
+    ("guardian-1", 86_887),
+    ("nytimes-3", 33_092),
+    ("svg-parsing", 845),
+    ("data-url-image", 48_677),
+];
+
+/// The 50-batch state sequences' reference figures (corpus README): (page, rrweb's incremental
+/// events as one `zstd -19` stream, the summed `zstd -19` deltas of the HTML states).
+pub const RRWEB_STATES_ZSTD19: &[(&str, u64, u64)] = &[
+    ("mozilla-2", 11_538, 7_105),
+    ("ars-1", 12_356, 7_461),
+    ("lwn-1", 12_696, 7_883),
+];
+
+/// The reference figure of `page` in [`RRWEB_SNAPSHOT_ZSTD19`], if the page has one.
+pub fn rrweb_snapshot(page: &str) -> Option<u64> {
+    RRWEB_SNAPSHOT_ZSTD19
+        .iter()
+        .find(|(n, _)| *n == page)
+        .map(|(_, b)| *b)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}

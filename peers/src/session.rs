@@ -197,13 +197,19 @@ async fn send_queued(
     report: &mut ConsumerReport,
     limits: &Limits,
 ) -> Result<(), SessionError> {
-    let mut wire = Vec::new();
+    let mut queued = Vec::new();
     while let Some(msg) = consumer.poll_message() {
-        let epoch = match &msg {
-            Message::Snapshot(s) => s.epoch,
-            Message::Patch(p) => p.epoch,
-            _ => consumer.epoch(),
-        };
+        let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
+        queued.push((msg, bytes));
+    }
+    let epoch_of = |msg: &Message| match msg {
+        Message::Snapshot(s) => s.epoch,
+        Message::Patch(p) => p.epoch,
+        _ => consumer.epoch(),
+    };
+    let mut wire = Vec::new();
+    for (msg, bytes) in &queued {
+        let epoch = epoch_of(msg);
         // A new epoch gets a new stream; the superseded one is reset so stale bytes leave the
         // send buffer (spec §3).
         if dom.as_ref().is_none_or(|d| d.epoch != epoch) {
@@ -215,9 +221,17 @@ async fn send_queued(
                 .await
                 .map_err(ClientError::from_connection)?;
             let _ = stream.set_priority(DOM_PRIORITY);
-            // A new stream starts a new compression context (spec §4.6.1).
+            // A new stream starts a new compression context (spec §4.6.1), at a level that
+            // suits the size of the snapshot it starts with.
             let compressor = if report.compressed {
-                Some(DomCompressor::new()?)
+                let snapshot: usize = queued
+                    .iter()
+                    .filter(|(m, _)| matches!(m, Message::Snapshot(s) if s.epoch == epoch))
+                    .map(|(_, b)| b.len())
+                    .sum();
+                Some(DomCompressor::with_level(
+                    tandem_protocol::compress::level_for_snapshot(snapshot),
+                )?)
             } else {
                 None
             };
@@ -227,19 +241,18 @@ async fn send_queued(
                 compressor,
             });
         }
-        let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
         let Some(d) = dom.as_mut() else { continue };
         // Each message is flushed on its own, so the agent can use it as soon as it arrives
         // (spec §4.6.1): a snapshot part renders progressively, a patch applies at once.
         let out: &[u8] = match d.compressor.as_mut() {
             Some(c) => {
                 wire.clear();
-                c.write_frames(&bytes, &mut wire, limits)?;
+                c.write_frames(bytes, &mut wire, limits)?;
                 &wire
             }
-            None => &bytes,
+            None => bytes,
         };
-        match &msg {
+        match msg {
             Message::Snapshot(s) => {
                 report.snapshot_bytes += bytes.len() as u64;
                 report.snapshot_wire_bytes += out.len() as u64;
