@@ -15,19 +15,23 @@
 //!
 //! ```text
 //!  1 in place   from the document pair down: children equal by hash at both ends of the
-//!               sibling lists are exact pairs; a single changed child on each side is a
-//!               compatible pair and is descended into. Whatever is left is the changed region.
+//!               sibling lists are exact pairs; a single changed child on each side (same tag
+//!               and `id`) is a tentative pair and is descended into. What is left open is the
+//!               changed region; tentative pairs are committed after 2-4 if both nodes are
+//!               still unmatched then.
 //!  2 anchors    inside the changed region, a subtree whose hash occurs once in A and once in
 //!               B is an exact pair, wherever the two occurrences sit (a moved subtree).
 //!  3 ids        elements with the same `id` (once in A, once in B, same tag) are compatible
 //!               pairs, across the whole changed region (as morphdom does with ids).
-//!  4 containers bottom-up: an unmatched B node whose matched children mostly come from one
-//!               unmatched, compatible A node is paired with it (a moved subtree that also
-//!               changed inside, an element whose attributes changed around kept content).
-//!  5 children   for every compatible pair, the children not yet matched are aligned with
-//!               `similar` (Myers) in three passes: by subtree hash (exact pairs, already
-//!               matched children act as fixed points), then in the gaps by the node's own
-//!               content (tag and attributes, or text), then by kind (tag and namespace).
+//!  4 containers bottom-up: an unmatched B node is paired with an unmatched, compatible A node
+//!               when most of its matched children come from that node and most of that
+//!               node's matched children went to it (a moved subtree that also changed
+//!               inside; an element whose attributes changed around kept content).
+//!  5 children   for every compatible pair, the children between the equal ends are aligned
+//!               with `similar` (Myers): first by subtree hash, children matched earlier
+//!               standing as fixed points; then the children still open, as one region, by
+//!               their own content (tag and attributes, or text); then in the gaps between
+//!               those pairs by kind (tag and namespace, or text, or comment).
 //!  6 leftovers  a B subtree still unmatched that equals an A subtree about to be removed
 //!               (by hash) is matched to it: moved, not inserted again.
 //! ```
@@ -41,7 +45,9 @@
 //! Unmatched A nodes that held matched nodes are removed last, once those have moved out. The
 //! walk keeps an invariant that makes every operation valid: the nodes already placed form the
 //! top of `B`, so a moved node's new parent is never inside the moved subtree, every `prev` is
-//! already at its final place, and no node moves after its old parent was removed.
+//! already at its final place, and no node moves after its old parent was removed. What
+//! travels is decided by the matching: the consumer's `flush` turns the resulting tree (which
+//! old ids stay, where they sit, what is new) into the `PATCH`.
 //!
 //! The result is checked against `target`'s hash; should it ever differ (a bug, or a 64-bit
 //! key collision that the full-hash checks did not catch), the document's children are
@@ -1147,25 +1153,36 @@ fn sync_node(
             };
             // `set_attr` appends a new name, so the kept names must be a prefix of the wanted
             // list that already appears in that order; the others are removed and appended.
+            let at: FastMap<&str, usize> = have
+                .iter()
+                .enumerate()
+                .map(|(k, (n, _))| (n.as_str(), k))
+                .collect();
             let mut keep = 0;
             let mut from = 0;
             for (name, _) in &want.attrs {
-                match have[from..].iter().position(|(h, _)| h == name) {
-                    Some(p) => {
-                        from += p + 1;
+                match at.get(name.as_str()) {
+                    Some(&p) if p >= from => {
+                        from = p + 1;
                         keep += 1;
                     }
-                    None => break,
+                    _ => break,
                 }
             }
-            let kept = &want.attrs[..keep];
+            let kept: FastMap<&str, ()> = want.attrs[..keep]
+                .iter()
+                .map(|(n, _)| (n.as_str(), ()))
+                .collect();
             for (name, _) in &have {
-                if !kept.iter().any(|(k, _)| k == name) {
+                if !kept.contains_key(name.as_str()) {
                     c.remove_attr(node, name)?;
                 }
             }
-            for (name, value) in &want.attrs {
-                c.set_attr(node, name, value)?;
+            for (k, (name, value)) in want.attrs.iter().enumerate() {
+                let same = k < keep && at.get(name.as_str()).is_some_and(|&p| have[p].1 == *value);
+                if !same {
+                    c.set_attr(node, name, value)?;
+                }
             }
             Ok(())
         }

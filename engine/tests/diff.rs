@@ -12,7 +12,8 @@ use tandem_engine::diff::fuzzing::{self, Operation, Reader, check_pair};
 use tandem_engine::diff::update_counting;
 use tandem_engine::live::Rng;
 use tandem_engine::{Agent, Consumer, Dom, Element, NodeKind, parse_html, to_html};
-use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, PatchOp};
+use tandem_protocol::compress::DomCompressor;
+use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, PatchOp, frame};
 
 const LIMITS: Limits = Limits::DEFAULT;
 
@@ -366,6 +367,29 @@ fn thousands_of_changed_siblings() {
     assert!(stats.inserted_nodes < n, "{stats:?}");
 }
 
+/// A 500-deep chain changed at the bottom and moved, and an element whose thousand attributes
+/// come back in reverse order: both converge without a quadratic blowup.
+#[test]
+fn deep_chains_and_long_attribute_lists() {
+    let deep = |leaf: &str| "<div>".repeat(500) + leaf + &"</div>".repeat(500);
+    let from = parse_html(
+        &format!("<section>{}</section><aside></aside>", deep("old")),
+        LIMITS,
+    );
+    let mut to = parse_html(
+        &format!("<section></section><aside>{}</aside>", deep("new")),
+        LIMITS,
+    );
+    check_pair(&from, &mut to);
+
+    let attrs = |order: &mut dyn Iterator<Item = usize>| -> String {
+        order.map(|k| format!(" a{k}=v{k}")).collect()
+    };
+    let from = parse_html(&format!("<p{}>x</p>", attrs(&mut (0..1000))), LIMITS);
+    let mut to = parse_html(&format!("<p{}>x</p>", attrs(&mut (0..1000).rev())), LIMITS);
+    check_pair(&from, &mut to);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fuzz regressions (STYLE.md 10).
 
@@ -417,17 +441,42 @@ fn replace_body(c: &mut Consumer, target: &Dom) {
         .expect("insert body");
 }
 
-/// `PATCH` bytes of the diff against replacing the body, over the morph pairs and the recorded
-/// states (`cargo test --test diff patch_sizes -- --nocapture` prints them).
+/// Sends what the consumer queued to the agent as frames, also through the DOM stream's
+/// compressor; returns the raw and compressed bytes of the `PATCH` frames.
+fn stream(consumer: &mut Consumer, agent: &mut Agent, zstd: &mut DomCompressor) -> [usize; 2] {
+    let mut sizes = [0; 2];
+    while let Some(msg) = consumer.poll_message() {
+        let wire = frame::to_frame(&msg, &LIMITS).expect("frame encodes");
+        let mut out = Vec::new();
+        let packed = zstd.compress(&wire, &mut out).expect("compresses");
+        if matches!(msg, Message::Patch(_)) {
+            sizes[0] += wire.len();
+            sizes[1] += packed;
+        }
+        agent.handle_message(msg).expect("agent applies");
+    }
+    while let Some(reply) = agent.poll_message() {
+        consumer
+            .handle_message(&reply)
+            .expect("consumer takes the reply");
+    }
+    sizes
+}
+
+/// `PATCH` bytes of the diff against replacing the body, raw and through the DOM stream's
+/// compressor, over the morph pairs and the recorded states
+/// (`cargo test --release --test diff patch_sizes -- --nocapture` prints them).
 #[test]
 fn patch_sizes() {
-    let mut totals = [[0usize; 2]; 2];
+    // [morph, states][diff, replace-body][raw, compressed]
+    let mut totals = [[[0usize; 2]; 2]; 2];
     for (name, from, to) in common::morph_pairs() {
-        let mut sizes = [0usize; 2];
+        let mut sizes = [[0usize; 2]; 2];
         for (k, size) in sizes.iter_mut().enumerate() {
             let mut consumer = Consumer::new(parse_html(&from, LIMITS), "u", LIMITS);
             let mut agent = Agent::new(LIMITS);
-            fuzzing::pump(&mut consumer, &mut agent);
+            let mut zstd = DomCompressor::new().expect("compressor");
+            stream(&mut consumer, &mut agent, &mut zstd);
             let mut target = parse_html(&to, LIMITS);
             if k == 0 {
                 consumer.update_to(&mut target).expect("diff");
@@ -435,22 +484,26 @@ fn patch_sizes() {
                 replace_body(&mut consumer, &target);
             }
             consumer.flush();
-            *size = fuzzing::pump(&mut consumer, &mut agent);
+            *size = stream(&mut consumer, &mut agent, &mut zstd);
             assert_eq!(agent.tree_hash(), Some(target.root_hash()), "{name}");
         }
         eprintln!(
-            "morph {name:28} diff {:6} replace-body {:6}",
-            sizes[0], sizes[1]
+            "morph {name:26} diff {:5} ({:4} zstd)  replace-body {:5} ({:4} zstd)",
+            sizes[0][0], sizes[0][1], sizes[1][0], sizes[1][1]
         );
-        totals[0][0] += sizes[0];
-        totals[0][1] += sizes[1];
+        for k in 0..2 {
+            for z in 0..2 {
+                totals[0][k][z] += sizes[k][z];
+            }
+        }
     }
     for (name, states) in common::state_dirs() {
-        let mut sizes = [0usize; 2];
+        let mut sizes = [[0usize; 2]; 2];
         for (k, size) in sizes.iter_mut().enumerate() {
             let mut consumer = Consumer::new(parse_html(&states[0], LIMITS), "u", LIMITS);
             let mut agent = Agent::new(LIMITS);
-            fuzzing::pump(&mut consumer, &mut agent);
+            let mut zstd = DomCompressor::new().expect("compressor");
+            stream(&mut consumer, &mut agent, &mut zstd);
             for html in &states[1..] {
                 let mut target = parse_html(html, LIMITS);
                 if k == 0 {
@@ -459,28 +512,26 @@ fn patch_sizes() {
                     replace_body(&mut consumer, &target);
                 }
                 consumer.flush();
-                *size += fuzzing::pump(&mut consumer, &mut agent);
+                let step = stream(&mut consumer, &mut agent, &mut zstd);
+                size[0] += step[0];
+                size[1] += step[1];
             }
         }
         eprintln!(
-            "states {name:10} diff {:8} replace-body {:8}",
-            sizes[0], sizes[1]
+            "states {name:10} diff {:6} ({:5} zstd)  replace-body {:7} ({:6} zstd)",
+            sizes[0][0], sizes[0][1], sizes[1][0], sizes[1][1]
         );
-        totals[1][0] += sizes[0];
-        totals[1][1] += sizes[1];
+        for k in 0..2 {
+            for z in 0..2 {
+                totals[1][k][z] += sizes[k][z];
+            }
+        }
     }
-    eprintln!(
-        "morph pairs total: diff {} replace-body {}",
-        totals[0][0], totals[0][1]
-    );
-    eprintln!(
-        "states total: diff {} replace-body {}",
-        totals[1][0], totals[1][1]
-    );
-    for [diff, baseline] in totals {
-        assert!(
-            diff * 2 < baseline,
-            "diff {diff} vs replace-body {baseline}"
+    for (what, t) in ["morph pairs", "states"].iter().zip(totals) {
+        eprintln!(
+            "{what} total: diff {} ({} zstd), replace-body {} ({} zstd)",
+            t[0][0], t[0][1], t[1][0], t[1][1]
         );
+        assert!(t[0][0] * 2 < t[1][0], "{what}: diff {:?}", t);
     }
 }
