@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use tandem_engine::{Agent, Consumer, parse_html};
+use tandem_protocol::compress::{self, DomCompressor};
 use tandem_protocol::{Limits, Message, PatchOp, Sym, frame};
 
 use crate::session::{self, SessionError};
@@ -38,6 +39,9 @@ pub struct DiffReport {
     pub ops: Vec<String>,
     /// Bytes of the PATCH frame (0 when nothing changed).
     pub patch_bytes: usize,
+    /// Bytes the patch takes on a compressed DOM stream that carried the snapshot of FROM
+    /// before it (spec §4.6).
+    pub patch_compressed: usize,
     /// Whether the agent's tree, after the patch, equals the target page's.
     pub verified: bool,
     /// The target page's tree hash, hex.
@@ -53,6 +57,8 @@ pub struct ReplayStep {
     pub ops: usize,
     /// Bytes of the PATCH frame.
     pub patch_bytes: usize,
+    /// Bytes the patch takes on the compressed DOM stream (context: everything before it).
+    pub compressed: usize,
     /// Whether the agent's tree equals the state's.
     pub verified: bool,
 }
@@ -62,10 +68,14 @@ pub struct ReplayStep {
 pub struct ReplayReport {
     /// Bytes of the snapshot frames of state 0.
     pub snapshot_bytes: usize,
+    /// Bytes of the snapshot on a compressed DOM stream.
+    pub snapshot_compressed: usize,
     /// One entry per later state.
     pub steps: Vec<ReplayStep>,
     /// Sum of the patch bytes.
     pub patch_bytes_total: usize,
+    /// Sum of the patches' compressed bytes.
+    pub compressed_total: usize,
     /// Whether every step verified.
     pub verified: bool,
 }
@@ -130,15 +140,28 @@ pub fn describe(op: &PatchOp) -> String {
     }
 }
 
-/// Sends everything queued to the agent, returning the PATCH operations and frame bytes.
+/// What one delivery carried.
+struct Delivery {
+    ops: Vec<PatchOp>,
+    patch_bytes: usize,
+    snapshot_bytes: usize,
+    compressed: usize,
+}
+
+/// Sends everything queued to the agent, returning the PATCH operations and frame bytes; the
+/// batch also goes through `zstd`, the DOM stream's compressor, as one flushed batch (spec
+/// §4.6), created at the level the reference consumer picks from the snapshot's size.
 fn deliver(
     consumer: &mut Consumer,
     agent: &mut Agent,
+    zstd: &mut Option<DomCompressor>,
     limits: &Limits,
-) -> Result<(Vec<PatchOp>, usize, usize), SessionError> {
+) -> Result<Delivery, SessionError> {
     let (mut ops, mut patch_bytes, mut snapshot_bytes) = (Vec::new(), 0, 0);
+    let mut batch = Vec::new();
     while let Some(msg) = consumer.poll_message() {
         let bytes = frame::to_frame(&msg, limits).map_err(crate::framed::FramedError::from)?;
+        batch.extend_from_slice(&bytes);
         match &msg {
             Message::Patch(p) => {
                 ops.extend(p.ops.iter().cloned());
@@ -153,7 +176,25 @@ fn deliver(
     while let Some(reply) = agent.poll_message() {
         consumer.handle_message(&reply)?;
     }
-    Ok((ops, patch_bytes, snapshot_bytes))
+    let codec = match zstd {
+        Some(c) => c,
+        None => zstd.insert(
+            DomCompressor::with_level(compress::level_for_snapshot(snapshot_bytes))
+                .map_err(|e| SessionError::EndedEarly(format!("compression failed: {e}")))?,
+        ),
+    };
+    let mut wire = Vec::new();
+    if !batch.is_empty() {
+        codec
+            .write_frames(&batch, &mut wire, limits)
+            .map_err(|e| SessionError::EndedEarly(format!("compression failed: {e}")))?;
+    }
+    Ok(Delivery {
+        ops,
+        patch_bytes,
+        snapshot_bytes,
+        compressed: wire.len(),
+    })
 }
 
 /// Diffs two pages and verifies the patch.
@@ -161,15 +202,17 @@ pub fn diff(from: &Path, to: &Path) -> Result<DiffReport, SessionError> {
     let limits = Limits::DEFAULT;
     let mut consumer = Consumer::new(parse_html(&session::read_page(from)?, limits), "", limits);
     let mut agent = Agent::new(limits);
-    deliver(&mut consumer, &mut agent, &limits)?;
+    let mut zstd = None;
+    deliver(&mut consumer, &mut agent, &mut zstd, &limits)?;
     let mut target = parse_html(&session::read_page(to)?, limits);
     consumer.update_to(&mut target)?;
     consumer.flush();
-    let (ops, patch_bytes, _) = deliver(&mut consumer, &mut agent, &limits)?;
+    let d = deliver(&mut consumer, &mut agent, &mut zstd, &limits)?;
     let want = target.root_hash();
     Ok(DiffReport {
-        ops: ops.iter().map(describe).collect(),
-        patch_bytes,
+        ops: d.ops.iter().map(describe).collect(),
+        patch_bytes: d.patch_bytes,
+        patch_compressed: d.compressed,
         verified: agent.tree_hash() == Some(want),
         hash: session::hex(&want),
     })
@@ -181,7 +224,8 @@ pub fn replay(dir: &Path) -> Result<ReplayReport, SessionError> {
     let first = session::read_page(&dir.join("0.html"))?;
     let mut consumer = Consumer::new(parse_html(&first, limits), "", limits);
     let mut agent = Agent::new(limits);
-    let (_, _, snapshot_bytes) = deliver(&mut consumer, &mut agent, &limits)?;
+    let mut zstd = None;
+    let snapshot = deliver(&mut consumer, &mut agent, &mut zstd, &limits)?;
     let mut steps = Vec::new();
     for state in 1.. {
         let path = dir.join(format!("{state}.html"));
@@ -191,17 +235,20 @@ pub fn replay(dir: &Path) -> Result<ReplayReport, SessionError> {
         let mut target = parse_html(&session::read_page(&path)?, limits);
         consumer.update_to(&mut target)?;
         consumer.flush();
-        let (ops, patch_bytes, _) = deliver(&mut consumer, &mut agent, &limits)?;
+        let d = deliver(&mut consumer, &mut agent, &mut zstd, &limits)?;
         steps.push(ReplayStep {
             state,
-            ops: ops.len(),
-            patch_bytes,
+            ops: d.ops.len(),
+            patch_bytes: d.patch_bytes,
+            compressed: d.compressed,
             verified: agent.tree_hash() == Some(target.root_hash()),
         });
     }
     Ok(ReplayReport {
-        snapshot_bytes,
+        snapshot_bytes: snapshot.snapshot_bytes,
+        snapshot_compressed: snapshot.compressed,
         patch_bytes_total: steps.iter().map(|s| s.patch_bytes).sum(),
+        compressed_total: steps.iter().map(|s| s.compressed).sum(),
         verified: steps.iter().all(|s| s.verified),
         steps,
     })
@@ -218,9 +265,10 @@ pub fn run_diff(args: DiffArgs) -> Result<bool, SessionError> {
             println!("{op}");
         }
         println!(
-            "{} operation(s), patch {} bytes",
+            "{} operation(s), patch {} bytes, {} compressed after the snapshot",
             r.ops.len(),
-            r.patch_bytes
+            r.patch_bytes,
+            r.patch_compressed
         );
         println!(
             "{}: hash {}",
@@ -238,25 +286,27 @@ pub fn run_replay(args: ReplayArgs) -> Result<bool, SessionError> {
         // Serializing strings, numbers and bools cannot fail.
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
-        println!("snapshot: {} bytes", r.snapshot_bytes);
+        println!(
+            "snapshot: {} bytes, {} compressed",
+            r.snapshot_bytes, r.snapshot_compressed
+        );
         for s in &r.steps {
+            let mark = if s.verified { "ok" } else { "MISMATCH" };
             println!(
-                "state {:>3}: {:>4} op(s) {:>7} bytes {}",
-                s.state,
-                s.ops,
-                s.patch_bytes,
-                if s.verified { "ok" } else { "MISMATCH" }
+                "state {:>3}: {:>4} op(s) {:>7} bytes {:>6} compressed {mark}",
+                s.state, s.ops, s.patch_bytes, s.compressed
             );
         }
+        let mark = if r.verified {
+            "all verified"
+        } else {
+            "MISMATCH"
+        };
         println!(
-            "patches: {} bytes over {} steps; {}",
+            "patches: {} bytes, {} compressed, over {} steps; {mark}",
             r.patch_bytes_total,
-            r.steps.len(),
-            if r.verified {
-                "all verified"
-            } else {
-                "MISMATCH"
-            }
+            r.compressed_total,
+            r.steps.len()
         );
     }
     Ok(r.verified)
