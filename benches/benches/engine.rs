@@ -102,9 +102,13 @@ fn one_change(c: &mut Criterion) {
 fn large_page() -> String {
     let mut html = String::from("<!DOCTYPE html><html><head><title>large</title></head><body>");
     for s in 0..1000 {
-        html.push_str(&format!("<section id=s{s} class=card><h2>Section {s}</h2><ul>"));
+        html.push_str(&format!(
+            "<section id=s{s} class=card><h2>Section {s}</h2><ul>"
+        ));
         for i in 0..24 {
-            html.push_str(&format!("<li class=item data-i={i}>Item {i} of section {s}</li>"));
+            html.push_str(&format!(
+                "<li class=item data-i={i}>Item {i} of section {s}</li>"
+            ));
         }
         html.push_str("</ul></section>");
     }
@@ -125,12 +129,20 @@ fn large_document_change(c: &mut Criterion) {
     let dom = consumer.dom();
     let target = dom
         .preorder(0)
-        .find(|&id| dom.node(id).and_then(|n| n.element()).and_then(|e| e.attr("id")) == Some("s500"))
+        .find(|&id| {
+            dom.node(id)
+                .and_then(|n| n.element())
+                .and_then(|e| e.attr("id"))
+                == Some("s500")
+        })
         .unwrap();
-    let text = dom.preorder(target).find(|&id| dom.text(id).is_some()).unwrap();
+    let text = dom
+        .preorder(target)
+        .find(|&id| dom.text(id).is_some())
+        .unwrap();
     let mut g = c.benchmark_group("large_document_50k");
     let mut tick = 0u64;
-    let mut round = |consumer: &mut Consumer, agent: &mut Agent| {
+    let round = |consumer: &mut Consumer, agent: &mut Agent| {
         consumer.flush();
         let mut wire = Vec::new();
         while let Some(m) = consumer.poll_message() {
@@ -144,14 +156,18 @@ fn large_document_change(c: &mut Criterion) {
     g.bench_function("attribute", |b| {
         b.iter(|| {
             tick += 1;
-            consumer.set_attr(target, "class", &format!("card open-{tick}")).unwrap();
+            consumer
+                .set_attr(target, "class", &format!("card open-{tick}"))
+                .unwrap();
             round(&mut consumer, &mut agent);
         })
     });
     g.bench_function("text", |b| {
         b.iter(|| {
             tick += 1;
-            consumer.set_text(text, &format!("Section 500, edit {tick}")).unwrap();
+            consumer
+                .set_text(text, &format!("Section 500, edit {tick}"))
+                .unwrap();
             round(&mut consumer, &mut agent);
         })
     });
@@ -159,5 +175,11 @@ fn large_document_change(c: &mut Criterion) {
     assert_eq!(agent.tree_hash(), Some(consumer.tree_hash()));
 }
 
-criterion_group!(benches, import, snapshot_frames, one_change, large_document_change);
+criterion_group!(
+    benches,
+    import,
+    snapshot_frames,
+    one_change,
+    large_document_change
+);
 criterion_main!(benches);
