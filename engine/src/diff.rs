@@ -100,21 +100,32 @@ pub struct DiffStats {
 /// Records on `c` the changes that turn its tree into `target`'s content (equal tree hash).
 ///
 /// Changes go through the consumer's mutation API, so they become part of the next `PATCH`.
-/// On error (only a tree limit can be hit, by an intermediate state) the consumer's tree holds
-/// part of the changes; queue a snapshot to recover.
+/// Should an operation fail (a tree limit hit by an intermediate state), the document's
+/// children are replaced instead; only if that fails too is the error returned, with the
+/// consumer's tree holding part of the changes (queue a snapshot to recover).
 pub fn update(c: &mut Consumer, target: &mut Dom) -> Result<(), EngineError> {
     update_counting(c, target).map(|_| ())
 }
 
 /// [`update`], also reporting what the diff matched and which operations it recorded.
 pub fn update_counting(c: &mut Consumer, target: &mut Dom) -> Result<DiffStats, EngineError> {
+    update_with(c, target, MYERS_MAX_WORK)
+}
+
+/// [`update_counting`] with another threshold for the Myers alignment (the fuzz target lowers
+/// it to exercise the keyed pairing on small trees).
+fn update_with(
+    c: &mut Consumer,
+    target: &mut Dom,
+    max_work: usize,
+) -> Result<DiffStats, EngineError> {
     let want = target.root_hash();
     if c.dom_mut().root_hash() == want {
         return Ok(DiffStats::default());
     }
     let target: &Dom = target;
     let (a, b) = {
-        let mut m = Matcher::new(c.dom(), target);
+        let mut m = Matcher::new(c.dom(), target, max_work);
         m.run();
         (m.a, m.b)
     };
@@ -163,7 +174,7 @@ const EXACT: u8 = 4;
 const ALIGNED: u8 = 8;
 /// A side, edit script: stays where it is among its siblings.
 const KEEP: u8 = 16;
-/// B side, edit script: inserted (its counterpart is in `Script::a_of`).
+/// B side, edit script: inserted by an earlier `insert` (its new id is known).
 const CREATED: u8 = 32;
 
 /// One tree in breadth-first order: node `i`'s children are `first[i] .. first[i] + count[i]`.
@@ -297,16 +308,19 @@ struct Matcher<'a> {
     b: Side,
     /// Compatible pairs whose children still need aligning.
     work: Vec<(u32, u32)>,
+    /// See [`MYERS_MAX_WORK`].
+    max_work: usize,
 }
 
 impl<'a> Matcher<'a> {
-    fn new(ad: &'a Dom, bd: &'a Dom) -> Self {
+    fn new(ad: &'a Dom, bd: &'a Dom, max_work: usize) -> Self {
         Matcher {
             ad,
             bd,
             a: Side::build(ad),
             b: Side::build(bd),
             work: Vec::new(),
+            max_work,
         }
     }
 
@@ -509,7 +523,7 @@ impl<'a> Matcher<'a> {
                     _ => Key::Pair(j),
                 })
                 .collect();
-            let (pairs, _) = lcs(&ka, &kb);
+            let (pairs, _) = lcs(&ka, &kb, self.max_work);
             for &(i, j) in &pairs {
                 let (p, q) = (olds[i as usize], news[j as usize]);
                 if self.a.partner(p) != q {
@@ -571,7 +585,7 @@ impl<'a> Matcher<'a> {
             .iter()
             .map(|&j| level_key(self.kind_b(j), level))
             .collect();
-        let (pairs, monotone) = lcs(&ka, &kb);
+        let (pairs, monotone) = lcs(&ka, &kb, self.max_work);
         for &(i, j) in &pairs {
             let (p, q) = (olds[i as usize], news[j as usize]);
             if self.a.open(p) && self.b.open(q) && self.compatible(p, q) {
@@ -819,9 +833,9 @@ fn level_key(kind: Option<&NodeKind>, level: Level) -> u64 {
 
 /// Pairs of equal keys of `a` and `b` (as index pairs, in `b` order) and whether they are
 /// monotone in `a` too. Equal ends are paired directly; between them, a Myers alignment when
-/// the product of the lengths is at most [`MYERS_MAX_WORK`], else each element of `b` takes the
+/// the product of the lengths is at most `max_work`, else each element of `b` takes the
 /// first unused equal element of `a`; nothing when the two share no key.
-fn lcs<K: Hash + Eq + Copy>(a: &[K], b: &[K]) -> (Vec<(u32, u32)>, bool) {
+fn lcs<K: Hash + Eq + Copy>(a: &[K], b: &[K], max_work: usize) -> (Vec<(u32, u32)>, bool) {
     let mut pairs = Vec::new();
     let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
     let suf = a[pre..]
@@ -835,7 +849,7 @@ fn lcs<K: Hash + Eq + Copy>(a: &[K], b: &[K]) -> (Vec<(u32, u32)>, bool) {
     let mut monotone = true;
     if !ma.is_empty() && !mb.is_empty() && share_a_key(ma, mb) {
         let off = pre as u32;
-        if ma.len().saturating_mul(mb.len()) <= MYERS_MAX_WORK {
+        if ma.len().saturating_mul(mb.len()) <= max_work {
             let mut hook = Equal { pairs, off };
             // The hook never fails.
             let _ = myers::diff(&mut hook, ma, 0..ma.len(), mb, 0..mb.len());
@@ -1201,7 +1215,7 @@ fn sync_node(
 pub mod fuzzing {
     use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, frame};
 
-    use super::{DiffStats, update_counting};
+    use super::{DiffStats, MYERS_MAX_WORK, update_with};
     use crate::dom::{Dom, Element, NodeKind};
     use crate::{Agent, Consumer, to_html};
 
@@ -1566,11 +1580,17 @@ pub mod fuzzing {
     /// The oracle: `from` diffed to `to` on a consumer whose agent holds `from` converges on
     /// both sides, by hash and by exported HTML, without the diff's fallback.
     pub fn check_pair(from: &Dom, to: &mut Dom) -> (DiffStats, usize) {
+        check_pair_with(from, to, MYERS_MAX_WORK)
+    }
+
+    /// [`check_pair`] with another threshold for the Myers alignment (`max_work`, see
+    /// [`MYERS_MAX_WORK`]): a small one sends small sibling lists through the keyed pairing.
+    pub fn check_pair_with(from: &Dom, to: &mut Dom, max_work: usize) -> (DiffStats, usize) {
         let limits = Limits::DEFAULT;
         let mut consumer = Consumer::new(from.clone(), "u", limits);
         let mut agent = Agent::new(limits);
         pump(&mut consumer, &mut agent);
-        let stats = update_counting(&mut consumer, to).expect("diff applies");
+        let stats = update_with(&mut consumer, to, max_work).expect("diff applies");
         assert!(!stats.fallback, "diff fell back: {stats:?}");
         let want = to.root_hash();
         assert_eq!(consumer.tree_hash(), want, "consumer reached the target");
@@ -1604,7 +1624,9 @@ pub mod fuzzing {
     }
 
     /// The fuzz target: a tree, then either a copy changed by a sequence of [`Operation`]s
-    /// (first byte even) or a second, unrelated tree (odd), checked with [`check_pair`].
+    /// (bit 0 of the first byte clear) or a second, unrelated tree (set), checked with
+    /// [`check_pair_with`]; bit 1 set lowers the Myers threshold to 4 so that the keyed
+    /// pairing runs too.
     pub fn diff_apply(data: &[u8]) {
         let mut r = Reader::new(data);
         let mode = r.byte();
@@ -1623,6 +1645,7 @@ pub mod fuzzing {
             let steps = usize::from(r.byte() % 64);
             tree(&mut r, steps)
         };
-        check_pair(&from, &mut to);
+        let max_work = if mode & 2 == 0 { MYERS_MAX_WORK } else { 4 };
+        check_pair_with(&from, &mut to, max_work);
     }
 }

@@ -8,8 +8,8 @@ mod common;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use tandem_engine::diff::fuzzing::{self, Operation, Reader, check_pair};
-use tandem_engine::diff::update_counting;
+use tandem_engine::diff::fuzzing::{self, Operation, Reader, check_pair, check_pair_with};
+use tandem_engine::diff::{MYERS_MAX_WORK, update_counting};
 use tandem_engine::live::Rng;
 use tandem_engine::{Agent, Consumer, Dom, Element, NodeKind, parse_html, to_html};
 use tandem_protocol::compress::DomCompressor;
@@ -121,24 +121,29 @@ fn operation() -> impl Strategy<Value = Operation> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Two unrelated random trees.
+    /// Two unrelated random trees (half of the time with a Myers threshold so low that
+    /// sibling lists go through the keyed pairing).
     #[test]
-    fn random_pairs_converge(a in vec(tree(), 0..5), b in vec(tree(), 0..5)) {
+    fn random_pairs_converge(a in vec(tree(), 0..5), b in vec(tree(), 0..5), keyed: bool) {
         let from = to_dom(&a);
         let mut to = to_dom(&b);
-        check_pair(&from, &mut to);
+        check_pair_with(&from, &mut to, if keyed { 4 } else { MYERS_MAX_WORK });
     }
 
     /// A random tree and a copy changed by random inserts, removals, moves, copies, wraps,
-    /// renames, attribute and text edits.
+    /// renames, attribute and text edits (Myers or keyed pairing, as above).
     #[test]
-    fn mutated_pairs_converge(a in vec(tree(), 1..5), ops in vec(operation(), 0..24)) {
+    fn mutated_pairs_converge(
+        a in vec(tree(), 1..5),
+        ops in vec(operation(), 0..24),
+        keyed: bool,
+    ) {
         let from = to_dom(&a);
         let mut to = from.clone();
         for op in ops {
             op.apply(&mut to);
         }
-        check_pair(&from, &mut to);
+        check_pair_with(&from, &mut to, if keyed { 4 } else { MYERS_MAX_WORK });
     }
 
     /// The fuzz target's own input format, from random bytes.
