@@ -94,40 +94,28 @@ pub fn encode(
     let mut parts = Vec::new();
     let mut nodes = Vec::new();
     let mut size = 0;
+    // The URL travels in part 0 only.
+    let part = |parts: &Vec<Snapshot>, nodes, hash| Snapshot {
+        epoch,
+        part: parts.len() as u32,
+        url: if parts.is_empty() {
+            url.to_owned()
+        } else {
+            String::new()
+        },
+        nodes,
+        hash,
+    };
     for id in dom.preorder(DOCUMENT_ID).skip(1) {
         let Some(node) = dom.node(id) else { continue };
         size += estimate(&node.kind);
         nodes.push(record(&node.kind, node.children().len(), enc));
         if size >= part_bytes {
-            let part = parts.len() as u32;
-            let url = if part == 0 {
-                url.to_owned()
-            } else {
-                String::new()
-            };
-            parts.push(Snapshot {
-                epoch,
-                part,
-                url,
-                nodes: std::mem::take(&mut nodes),
-                hash: None,
-            });
+            parts.push(part(&parts, std::mem::take(&mut nodes), None));
             size = 0;
         }
     }
-    let part = parts.len() as u32;
-    let url = if part == 0 {
-        url.to_owned()
-    } else {
-        String::new()
-    };
-    parts.push(Snapshot {
-        epoch,
-        part,
-        url,
-        nodes,
-        hash: Some(hash),
-    });
+    parts.push(part(&parts, nodes, Some(hash)));
     parts
 }
 
