@@ -339,6 +339,18 @@ impl Dom {
         if id == DOCUMENT_ID || self.get(id, field)?.parent.is_some() {
             return Err(EngineError::BadMove { field, id });
         }
+        self.check_placement(id, parent, field)?;
+        self.place(id, parent, prev, field)
+    }
+
+    /// Whether `id`'s subtree may stand under `parent`: the kinds fit (spec §6.2) and the depth
+    /// stays within `max_depth`.
+    fn check_placement(
+        &self,
+        id: NodeId,
+        parent: NodeId,
+        field: &'static str,
+    ) -> Result<(), EngineError> {
         self.check_container(parent, id, field)?;
         let depth = self.depth(parent) + 1 + self.height(id);
         if depth > self.limits.max_depth {
@@ -348,6 +360,17 @@ impl Dom {
                 actual: depth.into(),
             });
         }
+        Ok(())
+    }
+
+    /// Links the detached node `id` under `parent` after `prev`, placement already checked.
+    fn place(
+        &mut self,
+        id: NodeId,
+        parent: NodeId,
+        prev: NodeId,
+        field: &'static str,
+    ) -> Result<(), EngineError> {
         let at = self.position_after(parent, prev, field)?;
         self.get_mut(parent, field)?.children.insert(at, id);
         self.get_mut(id, field)?.parent = Some(parent);
@@ -436,17 +459,10 @@ impl Dom {
                 prev,
             });
         }
-        self.check_container(parent, id, field)?;
-        let depth = self.depth(parent) + 1 + self.height(id);
-        if depth > self.limits.max_depth {
-            return Err(EngineError::Limit {
-                field: "tree.depth",
-                limit: self.limits.max_depth.into(),
-                actual: depth.into(),
-            });
-        }
+        // Checked once, before anything changes: a refused move leaves the tree as it was.
+        self.check_placement(id, parent, field)?;
         self.detach(id, field)?;
-        self.attach(id, parent, prev)
+        self.place(id, parent, prev, field)
     }
 
     /// Sets attribute `name` of element `id` (appended if absent).
