@@ -253,14 +253,15 @@ impl Agent {
         for op in p.ops {
             patch::apply(&mut self.dom, op, &mut self.dec)?;
         }
-        let actual = hash::short(&self.dom.root_hash());
-        if actual != p.hash {
+        let full = self.dom.root_hash();
+        if hash::check(&full) != p.hash {
             return Err(EngineError::HashMismatch {
                 what: format!("patch {}", p.seq),
                 expected: hex(&p.hash),
-                actual: hex(&actual),
+                actual: hex(&hash::check(&full)),
             });
         }
+        let actual = hash::short(&full);
         self.events.push_back(AgentEvent::Patched {
             epoch,
             seq: p.seq,

@@ -452,7 +452,7 @@ impl Consumer {
         }
         let ops = ops.iter().map(|op| op.encode(&mut self.enc)).collect();
         self.seq += 1;
-        let hash = hash::short(&self.dom.root_hash());
+        let hash = hash::check(&self.dom.root_hash());
         self.out.push_back(Message::Patch(Patch {
             epoch: self.epoch,
             seq: self.seq,

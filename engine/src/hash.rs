@@ -57,9 +57,16 @@ pub fn encode_node(kind: &NodeKind, out: &mut Vec<u8>) {
     }
 }
 
-/// The 16-byte prefix of a tree hash that snapshots and patches carry (spec §6.3).
+/// The 16-byte prefix of a tree hash that snapshots and acknowledgements carry (spec §6.3).
 pub fn short(hash: &[u8; 32]) -> [u8; 16] {
     let mut out = [0; 16];
     out.copy_from_slice(&hash[..16]);
+    out
+}
+
+/// The 8-byte prefix of a tree hash that patches carry (spec §6.3).
+pub fn check(hash: &[u8; 32]) -> [u8; 8] {
+    let mut out = [0; 8];
+    out.copy_from_slice(&hash[..8]);
     out
 }

@@ -2,7 +2,7 @@
 //! against the session's string tables, and application of both forms to a tree.
 
 use tandem_protocol::{
-    DOCUMENT_ID, NodeId, NodeRecord, PatchOp, StrClass, SymDecoder, SymEncoder, TextEdit,
+    DOCUMENT_ID, NodeId, NodeRecord, PatchOp, Place, StrClass, SymDecoder, SymEncoder, TextEdit,
 };
 
 use crate::dom::{Dom, NodeKind};
@@ -82,8 +82,7 @@ impl Op {
                 first,
                 nodes,
             } => PatchOp::Insert {
-                parent: *parent,
-                prev: *prev,
+                at: Place::new(*parent, *prev),
                 first: *first,
                 nodes: nodes
                     .iter()
@@ -93,8 +92,7 @@ impl Op {
             Op::Remove { node } => PatchOp::Remove { node: *node },
             Op::Move { node, parent, prev } => PatchOp::Move {
                 node: *node,
-                parent: *parent,
-                prev: *prev,
+                at: Place::new(*parent, *prev),
             },
             Op::SetAttr { node, name, value } => PatchOp::SetAttr {
                 node: *node,
@@ -169,6 +167,17 @@ fn insert_builder(
     Ok(TreeBuilder::new(parent, prev, first))
 }
 
+/// The parent and previous sibling (0 for none) that a wire place names in `dom`.
+fn resolve(dom: &Dom, at: Place, field: &'static str) -> Result<(NodeId, NodeId), EngineError> {
+    match at {
+        Place::First(parent) => Ok((parent, DOCUMENT_ID)),
+        Place::After(prev) => match dom.parent(prev) {
+            Some(parent) if prev != DOCUMENT_ID => Ok((parent, prev)),
+            _ => Err(EngineError::NoSuchNode { field, id: prev }),
+        },
+    }
+}
+
 fn edit(dom: &mut Dom, node: NodeId, edits: &[TextEdit]) -> Result<(), EngineError> {
     let t = dom.text_mut(node, "patch.edit_text.node")?;
     let edited = edit_text(t, edits).ok_or(EngineError::BadEdit {
@@ -182,12 +191,8 @@ fn edit(dom: &mut Dom, node: NodeId, edits: &[TextEdit]) -> Result<(), EngineErr
 /// Applies one wire operation to `dom`, resolving strings with `dec` (spec §6.5).
 pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), EngineError> {
     match op {
-        PatchOp::Insert {
-            parent,
-            prev,
-            first,
-            nodes,
-        } => {
+        PatchOp::Insert { at, first, nodes } => {
+            let (parent, prev) = resolve(dom, at, "patch.insert.at")?;
             let mut b = insert_builder(dom, parent, prev, first)?;
             for rec in nodes {
                 if matches!(rec, NodeRecord::Doctype { .. }) && parent != DOCUMENT_ID {
@@ -201,7 +206,10 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
             b.finish("patch.insert.nodes")
         }
         PatchOp::Remove { node } => dom.remove(node),
-        PatchOp::Move { node, parent, prev } => dom.move_node(node, parent, prev),
+        PatchOp::Move { node, at } => {
+            let (parent, prev) = resolve(dom, at, "patch.move.at")?;
+            dom.move_node(node, parent, prev)
+        }
         PatchOp::SetAttr { node, name, value } => {
             let name = dec.resolve(name, "patch.set_attr.name")?;
             let value = dec.resolve(value, "patch.set_attr.value")?;

@@ -3,7 +3,7 @@
 
 use tandem_engine::consumer::{Added, ChangeRecord};
 use tandem_engine::{Agent, Consumer, Dom, Element, LivePage, NodeKind, parse_html};
-use tandem_protocol::{Limits, Message, Ns, PatchOp};
+use tandem_protocol::{Limits, Message, Ns, PatchOp, Place};
 
 const PAGE: &str = "<!DOCTYPE html><html><head><title>t</title></head><body>\
     <ul id=list><li id=a>alpha</li><li id=b>beta</li><li id=c>gamma</li></ul>\
@@ -129,8 +129,7 @@ fn moves_travel_as_moves() {
         ops,
         vec![PatchOp::Move {
             node: c_,
-            parent: list,
-            prev: 0
+            at: Place::First(list),
         }]
     );
     c.move_node(a, bx, 0).unwrap();
@@ -139,8 +138,7 @@ fn moves_travel_as_moves() {
         ops,
         vec![PatchOp::Move {
             node: a,
-            parent: bx,
-            prev: 0
+            at: Place::First(bx),
         }]
     );
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tandem_engine::{Agent, Consumer, parse_html};
 use tandem_protocol::compress::{self, DomCompressor};
-use tandem_protocol::{Limits, Message, PatchOp, Sym, frame};
+use tandem_protocol::{Limits, Message, PatchOp, Place, Sym, frame};
 
 use crate::session::{self, SessionError};
 
@@ -102,22 +102,25 @@ fn shorten(t: &str) -> String {
     format!("{cut}...")
 }
 
+fn place(at: &Place) -> String {
+    match at {
+        Place::After(prev) => format!("after {prev}"),
+        Place::First(parent) => format!("first under {parent}"),
+    }
+}
+
 /// A one-line description of a patch operation.
 pub fn describe(op: &PatchOp) -> String {
     match op {
-        PatchOp::Insert {
-            parent,
-            prev,
-            first,
-            nodes,
-        } => {
+        PatchOp::Insert { at, first, nodes } => {
             format!(
-                "insert under {parent} after {prev}: {} node(s) from id {first}",
+                "insert {}: {} node(s) from id {first}",
+                place(at),
                 nodes.len()
             )
         }
         PatchOp::Remove { node } => format!("remove {node}"),
-        PatchOp::Move { node, parent, prev } => format!("move {node} under {parent} after {prev}"),
+        PatchOp::Move { node, at } => format!("move {node} {}", place(at)),
         PatchOp::SetAttr { node, name, value } => {
             format!("set {node} {}={}", sym(name), sym(value))
         }

@@ -323,12 +323,12 @@ fn order_stream() -> Vec<(Message, String)> {
         epoch: 3,
         seq: 1,
         ops: ops1,
-        hash: t.tree_hash(),
+        hash: t.patch_check(),
     });
     let p1_desc = format!(
         "PATCH epoch 3 seq 1 (hash {}): p 10 gets class `status shipped` (New: entry 4), text \
          11 becomes `Shipped`.",
-        hex(&t.tree_hash())
+        hex(&t.patch_check())
     );
 
     let ops2 = vec![
@@ -352,12 +352,12 @@ fn order_stream() -> Vec<(Message, String)> {
         epoch: 3,
         seq: 2,
         ops: ops2,
-        hash: t.tree_hash(),
+        hash: t.patch_check(),
     });
     let p2_desc = format!(
         "PATCH epoch 3 seq 2 (hash {}): text 13 edited to `Ships today` (keep 6, delete 8, \
          insert `today`), p 12 loses its class.",
-        hex(&t.tree_hash())
+        hex(&t.patch_check())
     );
     vec![(snapshot, snap_desc), (patch1, p1_desc), (patch2, p2_desc)]
 }

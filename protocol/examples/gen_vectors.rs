@@ -26,7 +26,7 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::strings::static_index;
 use tandem_protocol::{
-    Attr, DecodeError, ErrorCode, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Sym,
+    Attr, DecodeError, ErrorCode, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Place, Sym,
     TextEdit, frame, message, varint,
 };
 
@@ -626,8 +626,7 @@ fn dom_stream_vectors() -> Vec<Positive> {
 
     let ops1 = vec![
         PatchOp::Insert {
-            parent: 8,
-            prev: 9,
+            at: Place::After(9),
             first: t.next_id(),
             nodes: vec![
                 html("ul", vec![attr(st("class"), new("items"))], 2),
@@ -640,8 +639,7 @@ fn dom_stream_vectors() -> Vec<Positive> {
         PatchOp::Remove { node: 10 },
         PatchOp::Move {
             node: 11,
-            parent: 7,
-            prev: 0,
+            at: Place::First(7),
         },
         PatchOp::SetAttr {
             node: 8,
@@ -695,15 +693,15 @@ fn dom_stream_vectors() -> Vec<Positive> {
     for op in &ops1 {
         t.apply(op).expect("patch 1 applies");
     }
-    let hash1 = t.tree_hash();
+    let hash1 = t.patch_check();
     let outline1 = t.outline();
     out.push(Positive {
         name: "patch_every_op",
         description: format!(
-            "PATCH epoch 7 seq 1, every operation in order: Insert (0) under div 8 after text 9, \
-             first id 15, of ul > li > text, li > text (new ids 15..19; class New `items` = entry 4, New \
+            "PATCH epoch 7 seq 1, every operation in order: Insert (0) after text 9 (place \
+             After(9) = varint 18, so under div 8), first id 15, of ul > li > text, li > text (new ids 15..19; class New `items` = entry 4, New \
              `item` = entry 5, then Ref 5); Remove (1) comment 10; Move (2) button 11 to the \
-             front of body 7 (prev 0); SetAttr (3) class of div 8 (replaced in place); SetAttr \
+             front of body 7 (place First(7) = varint 15); SetAttr (3) class of div 8 (replaced in place); SetAttr \
              disabled on 11 (appended); RemoveAttr (4) Ref 3 = `data-step` from 11; SetText (5) \
              of title text 5 to `Checkout · Step 2`; EditText (6) of text 9, `2 items` -> `3 \
              articles`; EditText of text 19, `Scarf – wool` -> `Scarf — merino wool` (byte \
@@ -721,8 +719,7 @@ fn dom_stream_vectors() -> Vec<Positive> {
 
     let ops2 = vec![
         PatchOp::Insert {
-            parent: 7,
-            prev: 8,
+            at: Place::After(8),
             first: t.next_id(),
             nodes: vec![
                 html("p", vec![attr(st("role"), lit("status"))], 1),
@@ -734,12 +731,13 @@ fn dom_stream_vectors() -> Vec<Positive> {
     for op in &ops2 {
         t.apply(op).expect("patch 2 applies");
     }
-    let hash2 = t.tree_hash();
+    let hash2 = t.patch_check();
+    let ack_hash = t.tree_hash();
     out.push(Positive {
         name: "patch_second",
         description: format!(
             "PATCH epoch 7 seq 2: Insert (first id 20) p role=status (id 20) with text `Card declined` (id \
-             21) under body 7 after div 8, then Remove li 16 with its text 17. Hash {}.",
+             21) after div 8 (place After(8), under body 7), then Remove li 16 with its text 17. Check {}.",
             hex16(&hash2)
         ),
         stream: Some("checkout"),
@@ -752,14 +750,14 @@ fn dom_stream_vectors() -> Vec<Positive> {
     });
     out.push(Positive {
         name: "ack",
-        description: "ACK: the agent applied epoch 7 up to seq 2 and holds the hash of \
-                      patch_second."
+        description: "ACK: the agent applied epoch 7 up to seq 2 and holds the 16-byte tree hash \
+                      whose first 8 bytes patch_second carries."
             .into(),
         stream: None,
         msg: Message::Ack(Ack {
             epoch: 7,
             seq: 2,
-            hash: hash2,
+            hash: ack_hash,
         }),
     });
     out.push(Positive {

@@ -95,20 +95,75 @@ pub struct TextEdit {
     pub insert: String,
 }
 
+/// Where an inserted or moved node goes (spec §6.5): right after a sibling, or first under a
+/// parent. The parent of [`Place::After`] is the sibling's parent when the operation applies.
+///
+/// Layout: one varint `v` — `2 × id` for `After(id)`, `2 × id + 1` for `First(id)`. `After(0)`
+/// (`v = 0`) names no sibling: the document node has no parent, so applying it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Place {
+    /// Right after this sibling, under the sibling's parent.
+    After(NodeId),
+    /// First child of this node.
+    First(NodeId),
+}
+
+impl Place {
+    /// The place for "under `parent` after `prev`, or first when `prev` is 0", the form the
+    /// engines work with.
+    pub fn new(parent: NodeId, prev: NodeId) -> Self {
+        if prev == DOCUMENT_ID {
+            Place::First(parent)
+        } else {
+            Place::After(prev)
+        }
+    }
+
+    /// The varint value that carries the place; `None` for an id of 2^63 or more, which no
+    /// place can name (ids are far below that, spec §6.1).
+    pub fn to_wire(self) -> Option<u64> {
+        match self {
+            Place::After(id) => id.checked_mul(2),
+            Place::First(id) => id.checked_mul(2).map(|v| v | 1),
+        }
+    }
+
+    /// The place a varint value carries.
+    pub fn from_wire(v: u64) -> Self {
+        if v & 1 == 0 {
+            Place::After(v >> 1)
+        } else {
+            Place::First(v >> 1)
+        }
+    }
+}
+
+impl Serialize for Place {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.to_wire() {
+            Some(v) => s.serialize_u64(v),
+            None => Err(serde::ser::Error::custom("place: node id at or above 2^63")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Place {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(Place::from_wire)
+    }
+}
+
 /// One operation of a patch (spec §6.5). Operations apply in order; each refers to nodes as
 /// the tree is after the operations before it.
-///
-/// `prev` positions a node after the sibling `prev` under `parent`, or first when `prev` is 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum PatchOp {
-    /// `0`: insert new subtrees (a preorder listing of one or more siblings) under `parent`
-    /// after `prev`; the new nodes take the ids `first`, `first + 1`, … in preorder.
+    /// `0`: insert new subtrees (a preorder listing of one or more siblings) at `at`; the new
+    /// nodes take the ids `first`, `first + 1`, … in preorder.
     Insert {
-        /// The parent node.
-        parent: NodeId,
-        /// The preceding sibling, or 0 to insert first.
-        prev: NodeId,
+        /// Where the first new sibling goes; the others follow it.
+        at: Place,
         /// The id of the first new node; ids MUST NOT be in use.
         first: NodeId,
         /// The new nodes in preorder.
@@ -119,14 +174,12 @@ pub enum PatchOp {
         /// The node to remove.
         node: NodeId,
     },
-    /// `2`: move a node (with its subtree) under `parent` after `prev`.
+    /// `2`: move a node (with its subtree) to `at`.
     Move {
         /// The node to move.
         node: NodeId,
-        /// The new parent.
-        parent: NodeId,
-        /// The preceding sibling at the new place, or 0 to move it first.
-        prev: NodeId,
+        /// Its new place.
+        at: Place,
     },
     /// `3`: set an attribute, appending it if the element lacks it.
     SetAttr {

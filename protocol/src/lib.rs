@@ -45,9 +45,9 @@ pub mod message;
 pub mod strings;
 pub mod varint;
 
-pub use dom::{Attr, DOCUMENT_ID, NodeId, NodeRecord, Ns, PatchOp, TextEdit};
+pub use dom::{Attr, DOCUMENT_ID, NodeId, NodeRecord, Ns, PatchOp, Place, TextEdit};
 pub use error::{DecodeError, ErrorCode, MalformedReason};
 pub use frame::{FrameReader, FrameType, RawFrame};
 pub use limits::Limits;
-pub use message::{EncodeError, Message, PROTOCOL_VERSION, REGISTRY, TreeHash};
+pub use message::{EncodeError, Message, PROTOCOL_VERSION, PatchCheck, REGISTRY, TreeHash};
 pub use strings::{STATIC_TABLE, StrClass, Sym, SymDecoder, SymEncoder};

@@ -13,8 +13,14 @@ use crate::{DecodeError, ErrorCode, Limits, Sym, wire_enum};
 /// The protocol version this crate speaks (spec §7.1).
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// The 16-byte prefix of a blake3 tree hash carried by snapshots and patches (spec §6.3).
+/// The 16-byte prefix of a blake3 tree hash carried by snapshots and acknowledgements
+/// (spec §6.3).
 pub type TreeHash = [u8; 16];
+
+/// The 8-byte prefix of a blake3 tree hash carried by every patch (spec §6.3): enough to catch
+/// a divergence (a wrong tree passes one patch's check with probability 2^-64), half the bytes
+/// of a [`TreeHash`] on the message sent most often.
+pub type PatchCheck = [u8; 8];
 
 /// A blake3 content address (spec §7.18).
 pub type Address = [u8; 32];
@@ -322,8 +328,8 @@ pub struct Patch {
     pub seq: u64,
     /// The operations.
     pub ops: Vec<PatchOp>,
-    /// The tree hash after the operations.
-    pub hash: TreeHash,
+    /// The first 8 bytes of the tree hash after the operations.
+    pub hash: PatchCheck,
 }
 
 /// `COMPRESSED` (0x38, spec §7.35): a piece of a compressed DOM stream (spec §4.6).

@@ -17,8 +17,8 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::strings::MAX_SYM_INDEX;
 use tandem_protocol::{
-    Attr, ErrorCode, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, REGISTRY, Sym, TextEdit,
-    frame, fuzzing,
+    Attr, ErrorCode, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Place, REGISTRY, Sym,
+    TextEdit, frame, fuzzing,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -70,22 +70,23 @@ fn node() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..300, any::<u64>()]
 }
 
+fn place() -> impl Strategy<Value = Place> {
+    prop_oneof![
+        (0u64..1 << 63).prop_map(Place::After),
+        (0u64..1 << 63).prop_map(Place::First),
+        any::<u64>().prop_map(Place::from_wire),
+    ]
+}
+
 fn patch_op() -> impl Strategy<Value = PatchOp> {
     prop_oneof![
-        (node(), node(), node(), vec(record(), 0..5)).prop_map(|(parent, prev, first, nodes)| {
-            PatchOp::Insert {
-                parent,
-                prev,
-                first,
-                nodes,
-            }
+        (place(), node(), vec(record(), 0..5)).prop_map(|(at, first, nodes)| PatchOp::Insert {
+            at,
+            first,
+            nodes
         }),
         node().prop_map(|node| PatchOp::Remove { node }),
-        (node(), node(), node()).prop_map(|(node, parent, prev)| PatchOp::Move {
-            node,
-            parent,
-            prev
-        }),
+        (node(), place()).prop_map(|(node, at)| PatchOp::Move { node, at }),
         (node(), sym(), sym()).prop_map(|(node, name, value)| PatchOp::SetAttr {
             node,
             name,
@@ -276,7 +277,12 @@ fn message() -> impl Strategy<Value = Message> {
                 })
             })
             .boxed(),
-        (any::<u32>(), any::<u64>(), vec(patch_op(), 0..6), hash16())
+        (
+            any::<u32>(),
+            any::<u64>(),
+            vec(patch_op(), 0..6),
+            any::<[u8; 8]>(),
+        )
             .prop_map(|(epoch, seq, ops, hash)| {
                 Message::Patch(Patch {
                     epoch,

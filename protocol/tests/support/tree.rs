@@ -8,7 +8,9 @@
 
 #![allow(dead_code)]
 
-use tandem_protocol::{Limits, NodeId, NodeRecord, PatchOp, Sym, SymDecoder, TreeHash};
+use tandem_protocol::{
+    Limits, NodeId, NodeRecord, PatchCheck, PatchOp, Place, Sym, SymDecoder, TreeHash,
+};
 
 /// What a node is, with its strings resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,12 +233,10 @@ impl Tree {
     /// Applies one patch operation (spec §6.5).
     pub fn apply(&mut self, op: &PatchOp) -> Result<(), String> {
         match op {
-            PatchOp::Insert {
-                parent,
-                prev,
-                first,
-                nodes,
-            } => self.insert(*parent, *prev, *first, nodes),
+            PatchOp::Insert { at, first, nodes } => {
+                let (parent, prev) = self.place(*at)?;
+                self.insert(parent, prev, *first, nodes)
+            }
             PatchOp::Remove { node } => {
                 self.detach(*node)?;
                 let mut stack = vec![*node];
@@ -246,8 +246,9 @@ impl Tree {
                 }
                 Ok(())
             }
-            PatchOp::Move { node, parent, prev } => {
-                let mut up = Some(*parent);
+            PatchOp::Move { node, at } => {
+                let (parent, prev) = self.place(*at)?;
+                let mut up = Some(parent);
                 while let Some(a) = up {
                     if a == *node {
                         return Err("move into its own subtree".into());
@@ -255,7 +256,7 @@ impl Tree {
                     up = self.node(a)?.parent;
                 }
                 self.detach(*node)?;
-                self.attach(*node, *parent, *prev)
+                self.attach(*node, parent, prev)
             }
             PatchOp::SetAttr { node, name, value } => {
                 let name = self.sym(name)?;
@@ -350,11 +351,29 @@ impl Tree {
         *blake3::hash(&input).as_bytes()
     }
 
-    /// The 16-byte tree hash that `SNAPSHOT` and `PATCH` carry (spec §6.3).
+    /// The 16-byte tree hash that `SNAPSHOT` and `ACK` carry (spec §6.3).
     pub fn tree_hash(&self) -> TreeHash {
         let mut out = [0; 16];
         out.copy_from_slice(&self.node_hash(0)[..16]);
         out
+    }
+
+    /// The 8-byte check that `PATCH` carries (spec §6.3).
+    pub fn patch_check(&self) -> PatchCheck {
+        let mut out = [0; 8];
+        out.copy_from_slice(&self.node_hash(0)[..8]);
+        out
+    }
+
+    /// The parent and previous sibling (0 for none) that a place names (spec §6.5).
+    fn place(&self, at: Place) -> Result<(NodeId, NodeId), String> {
+        match at {
+            Place::First(parent) => Ok((parent, 0)),
+            Place::After(prev) => match self.node(prev)?.parent {
+                Some(parent) if prev != 0 => Ok((parent, prev)),
+                _ => Err(format!("place after {prev}, which has no parent")),
+            },
+        }
     }
 
     /// The tree as indented text, for failure messages and descriptions.
