@@ -55,10 +55,12 @@ pub mod consumer;
 pub mod diff;
 pub mod dom;
 pub mod error;
+pub mod hands;
 pub mod hash;
 pub mod html;
 pub mod live;
 pub mod patch;
+pub mod session;
 pub mod snapshot;
 
 pub use agent::{Agent, AgentEvent};
