@@ -412,8 +412,7 @@ fn navigation_follows_the_configured_rule() {
     };
     let dom = page();
     let now = Instant::now();
-    let go =
-        |a: &mut Authority, url: &str| a.handle(&nav(url), &dom, &Unprotected, now).refusal();
+    let go = |a: &mut Authority, url: &str| a.handle(&nav(url), &dom, &Unprotected, now).refusal();
     assert_eq!(go(&mut same, "https://shop.example/help"), None);
     assert_eq!(go(&mut same, "https://SHOP.example:443/x"), None);
     assert_eq!(
@@ -570,4 +569,42 @@ fn messages_that_are_not_actions_are_ignored() {
     let mut a = authority(Mode::Full);
     let v = a.handle(&Message::Pause(()), &dom, &Unprotected, Instant::now());
     assert_eq!(v, Verdict::Ignore(None));
+}
+
+/// The rows of the first table after `heading` in the spec, as cells.
+fn spec_table(heading: &str) -> Vec<Vec<String>> {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/tandem.md"))
+        .expect("spec/tandem.md");
+    let start = spec.find(heading).unwrap_or_else(|| panic!("no {heading}"));
+    spec[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_spec_permission_table_is_the_code() {
+    let rows = spec_table("### 13.2 Modes and permissions");
+    assert_eq!(rows.len(), Action::ALL.len());
+    for (row, action) in rows.iter().zip(Action::ALL) {
+        assert_eq!(row[0], action.name());
+        for (cell, mode) in row[2..]
+            .iter()
+            .zip([Mode::Follow, Mode::View, Mode::Guide, Mode::Full])
+        {
+            assert_eq!(
+                cell == "yes",
+                permits(mode, action),
+                "{action:?} in {mode:?}"
+            );
+        }
+    }
 }

@@ -170,3 +170,43 @@ fn lifecycle_events_serialize_as_json_lines() {
 fn serde_json_line<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap()
 }
+
+#[test]
+fn the_spec_transition_table_is_the_code() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/tandem.md"))
+        .expect("spec/tandem.md");
+    let start = spec.find("### 13.1 Session lifecycle").expect("§13.1");
+    let rows: Vec<Vec<&str>> = spec[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let described: Vec<String> = TRANSITIONS
+        .iter()
+        .map(|(phase, trigger, next)| {
+            let (name, by) = match trigger {
+                Trigger::Accept => ("`ACCEPT`", "consumer"),
+                Trigger::Decline => ("`DECLINE`", "consumer"),
+                Trigger::Cancel => ("`CANCEL`", "agent"),
+                Trigger::Join => ("`JOIN`", "agent"),
+                Trigger::Pause => ("`PAUSE`", "consumer"),
+                Trigger::Resume => ("`RESUME`", "consumer"),
+                Trigger::End(Party::Consumer) => ("`END`", "consumer"),
+                Trigger::End(Party::Agent) => ("`END`", "agent"),
+                Trigger::End(Party::Relay) => ("`END`", "relay"),
+                Trigger::ConnectionLost => ("connection lost", "relay"),
+                Trigger::Expire => ("expiry", "relay"),
+            };
+            assert_eq!(format!("{:?}", trigger.party()).to_lowercase(), by);
+            let next = match next {
+                Next::Phase(p) => format!("{p:?}"),
+                Next::Closed(r) => format!("Closed: `{r:?}`"),
+            };
+            format!("{phase:?} | {name} | {by} | {next}")
+        })
+        .collect();
+    let in_spec: Vec<String> = rows.iter().map(|r| r.join(" | ")).collect();
+    assert_eq!(in_spec, described);
+}
