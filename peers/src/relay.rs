@@ -37,8 +37,8 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout};
 
 use self::state::{
-    ControlAction, JoinRefusal, Outcome, PeerInfo, RandomFailed, SessionId, SessionTable, Side,
-    TableConfig,
+    ControlAction, JoinRefusal, Observed, Outcome, PeerInfo, RandomFailed, SessionId, SessionTable,
+    Side, TableConfig,
 };
 use crate::framed::{FrameRecv, FramedError, forward_stream, write_message, write_raw};
 use crate::transport::{self, Fingerprint, Identity, TransportError};
@@ -121,14 +121,14 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
 }
 
-/// A session lifecycle event, written as one JSON line with an `event` tag and a `ts_ms`
-/// timestamp (milliseconds since the Unix epoch).
+/// A session lifecycle event (spec §13.5), written as one JSON line with an `event` tag and a
+/// `ts_ms` timestamp (milliseconds since the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RelayEvent {
-    /// A consumer opened a session.
-    Created {
+    /// A consumer opened a session (`opened`).
+    Opened {
         /// The session's id inside the relay.
         session: SessionId,
         /// The consumer's label.
@@ -136,8 +136,8 @@ pub enum RelayEvent {
         /// The consumer's address.
         remote: SocketAddr,
     },
-    /// An agent joined; both sides were told.
-    Joined {
+    /// An agent joined; both sides were told (`connected`).
+    Connected {
         /// The session.
         session: SessionId,
         /// The consumer's label.
@@ -154,11 +154,29 @@ pub enum RelayEvent {
         /// The agent's address.
         remote: SocketAddr,
     },
+    /// The customer paused sharing.
+    Paused {
+        /// The session.
+        session: SessionId,
+    },
+    /// The customer resumed sharing.
+    Resumed {
+        /// The session.
+        session: SessionId,
+    },
+    /// The customer granted or set a mode.
+    ModeChanged {
+        /// The session.
+        session: SessionId,
+        /// `follow`, `view`, `guide` or `full`.
+        mode: String,
+    },
     /// A session ended.
     Ended {
         /// The session.
         session: SessionId,
-        /// The `END` reason (`EndedByConsumer`, `EndedByAgent`, `ConnectionLost`, `Expired`).
+        /// The reason, as spec §13.5 names it (`ended_by_consumer`, `ended_by_agent`,
+        /// `connection_lost`, `expired`, …).
         reason: String,
         /// The side that ended it or whose fault or loss it was, if any.
         by: Option<String>,
@@ -549,7 +567,7 @@ async fn serve_consumer(
         shared.table().remove(id);
         return Err((peer, e.into()));
     }
-    shared.emit(RelayEvent::Created {
+    shared.emit(RelayEvent::Opened {
         session: id,
         label: peer.info.label.clone(),
         remote,
@@ -798,11 +816,11 @@ async fn finish_owned(shared: Arc<Shared>, peer: Peer, stop: Stop) {
     finish(&shared, peer, stop).await;
 }
 
-/// The name of an `END` reason for events: the spec's name, or `Unknown(n)`.
+/// The name of an `END` reason for events (spec §13.5), or `unknown(n)`.
 fn reason_name(reason: EndReason) -> String {
-    match reason.name() {
-        Some(name) => name.to_owned(),
-        None => format!("{reason:?}"),
+    match tandem_engine::session::reason_name(reason) {
+        "unknown" => format!("unknown({})", u32::from(reason)),
+        name => name.to_owned(),
     }
 }
 
@@ -829,7 +847,7 @@ async fn run_session(
     agent: Peer,
     pending: Vec<RawFrame>,
 ) {
-    shared.emit(RelayEvent::Joined {
+    shared.emit(RelayEvent::Connected {
         session: id,
         consumer_label: consumer.info.label.clone(),
         agent_label: agent.info.label.clone(),
@@ -853,6 +871,7 @@ async fn run_session(
 
     let mut tasks = JoinSet::new();
     tasks.spawn(forward_control(
+        (shared.clone(), id),
         Side::Consumer,
         consumer.recv,
         to_consumer.clone(),
@@ -860,6 +879,7 @@ async fn run_session(
         outcome_tx.clone(),
     ));
     tasks.spawn(forward_control(
+        (shared.clone(), id),
         Side::Agent,
         agent.recv,
         to_agent.clone(),
@@ -985,6 +1005,7 @@ async fn close_after(
 /// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
 /// never decoded, except those of `END` and `CLOSE`, which the relay acts on.
 async fn forward_control(
+    (shared, session): (Arc<Shared>, SessionId),
     side: Side,
     mut recv: FrameRecv,
     to_self: mpsc::Sender<Bytes>,
@@ -998,7 +1019,19 @@ async fn forward_control(
             Err(e) => break outcome_of(side, e),
         };
         let (to, bytes) = match state::classify_control(side, frame.ty) {
-            ControlAction::Forward => (&to_other, frame.to_bytes()),
+            ControlAction::Forward => {
+                if let Some(seen) = state::observe(side, &frame, recv.limits()) {
+                    shared.emit(match seen {
+                        Observed::Paused => RelayEvent::Paused { session },
+                        Observed::Resumed => RelayEvent::Resumed { session },
+                        Observed::ModeChanged(mode) => RelayEvent::ModeChanged {
+                            session,
+                            mode: tandem_engine::session::mode_name(mode).to_owned(),
+                        },
+                    });
+                }
+                (&to_other, frame.to_bytes())
+            }
             ControlAction::Ping => {
                 let pong = RawFrame {
                     ty: FrameType::PONG,

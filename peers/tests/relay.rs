@@ -13,7 +13,8 @@ use tandem_peers::framed::{FrameRecv, write_message, write_raw};
 use tandem_peers::relay::{self, RelayConfig, RelayEvent, RelayHandle};
 use tandem_peers::transport::{self, Fingerprint, Identity, TransportError};
 use tandem_protocol::message::{
-    Ack, Capabilities, Click, Credential, End, EndReason, Hello, Ping, Pointer, Role, Status,
+    Ack, Capabilities, Click, Credential, End, EndReason, Hello, Mode, ModeChange, ModeOp, Ping,
+    Pointer, Role, Status,
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
@@ -253,7 +254,7 @@ async fn wrong_code_is_session_not_found_and_the_agent_may_retry() {
     expect_refused(result, ErrorCode::SessionNotFound);
     let event = loop {
         match guard("event", events.recv()).await.unwrap() {
-            RelayEvent::Created { .. } => continue,
+            RelayEvent::Opened { .. } => continue,
             event => break event,
         }
     };
@@ -383,7 +384,7 @@ async fn consumer_end_reaches_agent() {
     let event = next_ended(&mut events).await;
     assert!(
         matches!(&event, RelayEvent::Ended { reason, by: Some(by), .. }
-            if reason == "EndedByConsumer" && by == "consumer"),
+            if reason == "ended_by_consumer" && by == "consumer"),
         "{event:?}"
     );
     guard("shutdown", relay.shutdown()).await;
@@ -520,7 +521,26 @@ async fn events_are_written_as_json_lines() {
     config.close_grace = Duration::from_millis(300);
     let relay = relay::spawn(config).unwrap();
     let mut events = relay.subscribe();
-    let (consumer, _agent) = paired(&relay).await;
+    let (mut consumer, mut agent) = paired(&relay).await;
+    let set_guide = Message::Mode(ModeChange {
+        op: ModeOp::Set,
+        mode: Mode::Guide,
+    });
+    for msg in [Message::Pause(()), Message::Resume(()), set_guide] {
+        consumer.send(&msg).await.unwrap();
+        // Forwarded end to end, and reported on the way.
+        assert_eq!(guard("forwarded", agent.recv()).await.unwrap(), Some(msg));
+    }
+    // The agent cannot change the mode: its MODE is forwarded but not reported.
+    let grant = Message::Mode(ModeChange {
+        op: ModeOp::Grant,
+        mode: Mode::Full,
+    });
+    agent.send(&grant).await.unwrap();
+    assert_eq!(
+        guard("forwarded", consumer.recv()).await.unwrap(),
+        Some(grant)
+    );
     consumer.end().await.unwrap();
     next_ended(&mut events).await;
     guard("shutdown", relay.shutdown()).await;
@@ -535,8 +555,19 @@ async fn events_are_written_as_json_lines() {
             v["event"].as_str().unwrap().to_owned()
         })
         .collect();
-    assert_eq!(kinds, ["created", "joined", "ended"]);
-    assert!(text.contains("\"reason\":\"EndedByConsumer\""), "{text}");
+    assert_eq!(
+        kinds,
+        [
+            "opened",
+            "connected",
+            "paused",
+            "resumed",
+            "mode_changed",
+            "ended"
+        ]
+    );
+    assert!(text.contains("\"mode\":\"guide\""), "{text}");
+    assert!(text.contains("\"reason\":\"ended_by_consumer\""), "{text}");
 }
 
 #[tokio::test]

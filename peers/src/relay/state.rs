@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tandem_protocol::message::{
-    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Joined, Platform, Role, Welcome,
+    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Joined, Mode, ModeChange, ModeOp,
+    Platform, Role, Welcome,
 };
-use tandem_protocol::{ErrorCode, FrameType, Message, PROTOCOL_VERSION};
+use tandem_protocol::{ErrorCode, FrameType, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
 /// Lowest protocol version this relay speaks.
 pub const MIN_VERSION: u32 = PROTOCOL_VERSION;
@@ -131,6 +132,39 @@ pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
             ControlAction::Refuse(ErrorCode::UnexpectedMessage)
         }
         _ => ControlAction::Forward,
+    }
+}
+
+/// A change of a live session that the relay reports as a lifecycle event (spec §13.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The customer paused sharing.
+    Paused,
+    /// The customer resumed sharing.
+    Resumed,
+    /// The customer granted or set a mode.
+    ModeChanged(Mode),
+}
+
+/// What a forwarded control frame from `side` says about the session's lifecycle. Only the
+/// consumer pauses, resumes and decides modes (spec §13.1, §13.2); of all forwarded bodies only
+/// a consumer's `MODE` is decoded, and a `MODE` that does not decode is forwarded unreported
+/// (the agent judges it).
+pub fn observe(side: Side, frame: &RawFrame, limits: &Limits) -> Option<Observed> {
+    if side != Side::Consumer {
+        return None;
+    }
+    match frame.ty {
+        FrameType::PAUSE => Some(Observed::Paused),
+        FrameType::RESUME => Some(Observed::Resumed),
+        FrameType::MODE => match frame.decode(limits) {
+            Ok(Message::Mode(ModeChange {
+                op: ModeOp::Grant | ModeOp::Set,
+                mode,
+            })) => Some(Observed::ModeChanged(mode)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
