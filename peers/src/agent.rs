@@ -9,8 +9,9 @@ use tandem_protocol::Limits;
 use tandem_protocol::message::{Credential, Role};
 
 use crate::client::{self, ControlChannel};
+use crate::link::{Link, LinkSpec};
 use crate::session::{self, AgentOptions, SessionError};
-use crate::transport::Fingerprint;
+use crate::transport::{Fingerprint, TransportError};
 
 /// Command-line arguments of `tandem agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +34,20 @@ pub struct AgentArgs {
     /// Write the current page as HTML to FILE whenever it changes.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Emulate a slow, lossy link to the relay, e.g. `300ms,750kbit,1%`.
+    ///
+    /// A forwarder on 127.0.0.1 sits between this process and the relay, and the QUIC
+    /// connection goes through it. Each direction (to the relay, from the relay) is shaped on its
+    /// own: a datagram is lost at random with probability LOSS; otherwise it waits in a drop-tail
+    /// queue to be sent at RATE (28 bytes of IP and UDP headers counted), then arrives DELAY
+    /// later. DELAY is one-way, so `300ms` makes a 600 ms round trip to the relay.
+    ///
+    /// SPEC is comma-separated items in any order: DELAY (us, ms, s), RATE (bit, kbit, mbit,
+    /// gbit; steps of 1000), LOSS (%, up to four decimals), queue=SIZE (b, kb, mb in steps of
+    /// 1024, or pkt; unbounded when absent), seed=N (the same seed loses the same datagrams;
+    /// default 1). `none` shapes nothing.
+    #[arg(long, value_name = "SPEC", default_value = "none")]
+    pub link: LinkSpec,
 }
 
 /// Runs `tandem agent`.
@@ -43,7 +58,19 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         // clap requires one of them.
         (None, None) => Credential::Code(String::new()),
     };
-    let conn = client::connect(args.relay, args.pin).await?;
+    let link = Link::spawn_unless_none(args.relay, &args.link)
+        .await
+        .map_err(|e| client::ClientError::from(TransportError::from(e)))?;
+    if let Some(link) = &link {
+        eprintln!(
+            "agent: emulating link {} to the relay {} (each direction) through {}",
+            args.link,
+            args.relay,
+            link.addr()
+        );
+    }
+    let relay = link.as_ref().map_or(args.relay, Link::addr);
+    let conn = client::connect(relay, args.pin).await?;
     let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
     let joined = ctl.join(credential, &args.label).await?;
     eprintln!("agent: joined {}'s session", joined.peer_label);
@@ -68,5 +95,12 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
             .map(|h| session::hex(&h))
             .unwrap_or_else(|| "none".into())
     );
+    if let Some(link) = link {
+        println!(
+            "agent: link {}: {}",
+            args.link,
+            crate::consumer::counters_line(&link.shutdown())
+        );
+    }
     Ok(())
 }

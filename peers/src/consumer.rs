@@ -11,8 +11,9 @@ use tandem_protocol::Limits;
 use tandem_protocol::message::Role;
 
 use crate::client::{self, ControlChannel};
+use crate::link::{Link, LinkSpec};
 use crate::session::{self, ChangeSource, ConsumerOptions, SessionError};
-use crate::transport::Fingerprint;
+use crate::transport::{Fingerprint, TransportError};
 
 /// Command-line arguments of `tandem consumer`.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,6 +44,20 @@ pub struct ConsumerArgs {
     /// Seed of the live-page generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Emulate a slow, lossy link to the relay, e.g. `300ms,750kbit,1%`.
+    ///
+    /// A forwarder on 127.0.0.1 sits between this process and the relay, and the QUIC
+    /// connection goes through it. Each direction (to the relay, from the relay) is shaped on its
+    /// own: a datagram is lost at random with probability LOSS; otherwise it waits in a drop-tail
+    /// queue to be sent at RATE (28 bytes of IP and UDP headers counted), then arrives DELAY
+    /// later. DELAY is one-way, so `300ms` makes a 600 ms round trip to the relay.
+    ///
+    /// SPEC is comma-separated items in any order: DELAY (us, ms, s), RATE (bit, kbit, mbit,
+    /// gbit; steps of 1000), LOSS (%, up to four decimals), queue=SIZE (b, kb, mb in steps of
+    /// 1024, or pkt; unbounded when absent), seed=N (the same seed loses the same datagrams;
+    /// default 1). `none` shapes nothing.
+    #[arg(long, value_name = "SPEC", default_value = "none")]
+    pub link: LinkSpec,
 }
 
 /// Builds the page HTML and change source from a file or a states directory.
@@ -76,7 +91,19 @@ pub fn page_and_changes(
 pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
     let batches = (args.batches > 0).then_some(args.batches);
     let (html, changes) = page_and_changes(&args.page, batches, args.batch_size, args.seed)?;
-    let conn = client::connect(args.relay, args.pin).await?;
+    let link = Link::spawn_unless_none(args.relay, &args.link)
+        .await
+        .map_err(|e| client::ClientError::from(TransportError::from(e)))?;
+    if let Some(link) = &link {
+        eprintln!(
+            "consumer: emulating link {} to the relay {} (each direction) through {}",
+            args.link,
+            args.relay,
+            link.addr()
+        );
+    }
+    let relay = link.as_ref().map_or(args.relay, Link::addr);
+    let conn = client::connect(relay, args.pin).await?;
     let ctl = ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
     let opts = ConsumerOptions {
         html,
@@ -100,5 +127,25 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         report.udp_bytes,
         session::hex(&report.hash)
     );
+    if let Some(link) = link {
+        println!(
+            "consumer: link {}: {}",
+            args.link,
+            counters_line(&link.shutdown())
+        );
+    }
     Ok(())
+}
+
+/// One line of link counters for the consumer's and agent's final report.
+pub(crate) fn counters_line(c: &crate::link::LinkCounters) -> String {
+    format!(
+        "to the relay {} datagrams ({} lost, {} queue-dropped), from the relay {} datagrams ({} lost, {} queue-dropped)",
+        c.up.packets,
+        c.up.lost,
+        c.up.queue_dropped,
+        c.down.packets,
+        c.down.lost,
+        c.down.queue_dropped
+    )
 }

@@ -2,7 +2,8 @@
 //! The consumer shares the built-in sample page (or `--page`) and a stream of generated
 //! changes; the demo prints the bytes sent (the DOM frames, and what they took on the wire once
 //! compressed, spec §4.6), the time to first render and the final hashes of both sides, and
-//! succeeds only when they match.
+//! succeeds only when they match. With `--link SPEC` the consumer's and the agent's
+//! connections to the relay each cross an emulated link ([`crate::link`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,11 +12,12 @@ use tandem_protocol::Limits;
 use tandem_protocol::message::{Capabilities, Credential, Role};
 
 use crate::client::{self, ControlChannel};
+use crate::link::{Link, LinkCounters, LinkSpec};
 use crate::relay::{self, RelayConfig};
 use crate::session::{
     self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
 };
-use crate::transport::Identity;
+use crate::transport::{Identity, TransportError};
 
 /// The built-in sample page: an order page with a form.
 pub const SAMPLE_PAGE: &str = include_str!("../assets/sample.html");
@@ -47,6 +49,29 @@ pub struct DemoArgs {
     /// Do not offer compressed DOM streams (spec §4.6): send the frames as they are.
     #[arg(long)]
     pub no_compression: bool,
+}
+
+/// The command line of `tandem demo`: [`DemoArgs`] and the emulated link.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoCommand {
+    /// What to share and how.
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// Emulate a slow, lossy link between each client and the relay, e.g. `300ms,750kbit,1%`.
+    ///
+    /// Two forwarders on 127.0.0.1 shape the traffic: one between the consumer and the relay,
+    /// one between the agent and the relay, and each direction of each is shaped on its own. A
+    /// datagram is lost at random with probability LOSS; otherwise it waits in a drop-tail queue
+    /// to be sent at RATE (28 bytes of IP and UDP headers counted), then arrives DELAY later.
+    /// DELAY is one-way: `300ms` makes a 600 ms round trip between each client and the relay, and
+    /// a DOM frame crosses two links (at least 600 ms) from the consumer to the agent.
+    ///
+    /// SPEC is comma-separated items in any order: DELAY (us, ms, s), RATE (bit, kbit, mbit,
+    /// gbit; steps of 1000), LOSS (%, up to four decimals), queue=SIZE (b, kb, mb in steps of
+    /// 1024, or pkt; unbounded when absent), seed=N (the same seed loses the same datagrams;
+    /// default 1; the agent's link uses N+1). `none` shapes nothing.
+    #[arg(long, value_name = "SPEC", default_value = "none")]
+    pub link: LinkSpec,
 }
 
 /// The demo's result.
@@ -82,10 +107,23 @@ pub struct DemoReport {
     pub divergences: u64,
     /// Whether both hashes are equal.
     pub hashes_match: bool,
+    /// The emulated link on each client's connection to the relay (canonical spec), or `none`.
+    pub link: String,
+    /// What the consumer ↔ relay link did (`up` is consumer → relay); absent without a link.
+    pub consumer_link: Option<LinkCounters>,
+    /// What the agent ↔ relay link did (`up` is agent → relay); absent without a link.
+    pub agent_link: Option<LinkCounters>,
 }
 
-/// Runs the demo and returns its report.
+/// Runs the demo over loopback with no link emulation and returns its report.
 pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
+    demo_over(args, &LinkSpec::none()).await
+}
+
+/// Runs the demo with each client's connection to the relay crossing a link shaped by `link`
+/// (the agent's link draws its losses from seed + 1, so the two links lose different
+/// datagrams), and returns its report.
+pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, SessionError> {
     let (html, changes) = match &args.page {
         Some(p) => {
             crate::consumer::page_and_changes(p, Some(args.batches), args.batch_size, args.seed)?
@@ -102,7 +140,20 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
     let identity = Identity::generate().map_err(client::ClientError::from)?;
     let relay = relay::spawn(RelayConfig::new(([127, 0, 0, 1], 0).into(), identity))
         .map_err(|e| SessionError::EndedEarly(format!("relay: {e}")))?;
-    let (addr, pin) = (relay.addr, relay.fingerprint);
+    let (relay_addr, pin) = (relay.addr, relay.fingerprint);
+    let agent_spec = LinkSpec {
+        seed: link.seed.wrapping_add(1),
+        ..*link
+    };
+    let spawn_err = |e: std::io::Error| client::ClientError::from(TransportError::from(e));
+    let consumer_link = Link::spawn_unless_none(relay_addr, link)
+        .await
+        .map_err(spawn_err)?;
+    let agent_link = Link::spawn_unless_none(relay_addr, &agent_spec)
+        .await
+        .map_err(spawn_err)?;
+    let consumer_addr = consumer_link.as_ref().map_or(relay_addr, Link::addr);
+    let agent_addr = agent_link.as_ref().map_or(relay_addr, Link::addr);
     let started = Instant::now();
     let interval = Duration::from_millis(args.interval_ms);
     let (code_tx, code_rx) = tokio::sync::oneshot::channel::<String>();
@@ -116,7 +167,7 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
     };
 
     let consumer = tokio::spawn(async move {
-        let conn = client::connect(addr, pin).await?;
+        let conn = client::connect(consumer_addr, pin).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer)).await?;
         let opts = ConsumerOptions {
             html,
@@ -136,7 +187,7 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
         let code = code_rx
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
-        let conn = client::connect(addr, pin).await?;
+        let conn = client::connect(agent_addr, pin).await?;
         let mut ctl = ControlChannel::open(conn, hello(Role::Agent)).await?;
         ctl.join(Credential::Code(code), "Alex").await?;
         let joined_at = Instant::now();
@@ -157,7 +208,12 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
     let agent: Result<AgentReport, SessionError> = agent
         .await
         .map_err(|e| SessionError::EndedEarly(format!("agent task: {e}")))?;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // The links stay up while the relay shuts down, so the clients' CONNECTION_CLOSE frames
+    // still in flight reach it and it need not wait for them.
     relay.shutdown().await;
+    let consumer_link = consumer_link.map(Link::shutdown);
+    let agent_link = agent_link.map(Link::shutdown);
     let (c, a) = (consumer?, agent?);
     let consumer_hash = session::hex(&c.hash);
     let agent_hash = a.hash.map(|h| session::hex(&h));
@@ -172,22 +228,46 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
         patches: c.patches,
         udp_bytes: c.udp_bytes,
         first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
-        total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        total_ms,
         hashes_match: agent_hash.as_deref() == Some(consumer_hash.as_str()),
         consumer_hash,
         agent_hash,
         divergences: a.divergences,
+        link: link.to_string(),
+        consumer_link,
+        agent_link,
     })
 }
 
 /// Runs `tandem demo`: prints the report; `Ok(false)` when the hashes differ.
-pub async fn run(args: DemoArgs) -> Result<bool, SessionError> {
-    let r = demo(&args).await?;
+pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
+    let args = cmd.demo;
+    let r = demo_over(&args, &cmd.link).await?;
     if args.json {
         // Serializing a struct of numbers and strings cannot fail.
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         println!("tandem demo: relay, consumer and agent over QUIC on loopback");
+        if let (Some(c), Some(a)) = (&r.consumer_link, &r.agent_link) {
+            println!(
+                "link:              {} each way on consumer-relay and on agent-relay (round trip to the relay at least {} ms)",
+                r.link,
+                2 * cmd.link.delay.as_millis()
+            );
+            let side = |name: &str, l: &LinkCounters| {
+                println!(
+                    "{name:<19}{} up / {} down datagrams, {} lost, {} queue-dropped",
+                    l.up.packets,
+                    l.down.packets,
+                    l.up.lost + l.down.lost,
+                    l.up.queue_dropped + l.down.queue_dropped
+                )
+            };
+            side("  consumer-relay:", c);
+            side("  agent-relay:", a);
+        } else {
+            println!("link:              none (plain loopback)");
+        }
         println!("page nodes:        {}", r.nodes);
         println!("snapshot bytes:    {}", r.snapshot_bytes);
         println!("patches:           {} ({} bytes)", r.patches, r.patch_bytes);

@@ -8,6 +8,8 @@
 //!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events;
 //!             relay::state is its sans-IO core (session table, negotiation, teardown plan)
 //!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED
+//!  link       link emulation without netem: a loopback UDP forwarder with delay, rate, queue
+//!             and seeded loss per direction (`--link 300ms,750kbit,1%`); link::Shaper is sans-IO
 //! ```
 //!
 //! Dependencies point one way: peers → engine → protocol. Every protocol decision of the relay
@@ -42,6 +44,7 @@ pub mod client;
 pub mod consumer;
 pub mod demo;
 pub mod framed;
+pub mod link;
 pub mod relay;
 pub mod session;
 pub mod snapshot;

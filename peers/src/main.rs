@@ -21,8 +21,9 @@ enum Command {
     Consumer(consumer::ConsumerArgs),
     /// Join a session by code and rebuild the customer's page.
     Agent(agent::AgentArgs),
-    /// Relay, consumer and agent in one process over QUIC on loopback, with a sample page.
-    Demo(demo::DemoArgs),
+    /// Relay, consumer and agent in one process over QUIC on loopback (or over an emulated link
+    /// with --link), with a sample page.
+    Demo(demo::DemoCommand),
     /// Import a page and report node count, snapshot bytes and tree hash.
     Snapshot(snapshot::SnapshotArgs),
     /// Diff two pages: print the patch operations and bytes, and verify the result.
