@@ -20,13 +20,30 @@
 //! vanish. The patch is applied to the shadow at once and the shadow's hash must equal the
 //! page's; if it ever did not, the consumer would start a new epoch with a snapshot rather than
 //! let the agent diverge.
+//!
+//! ## Masking (spec §12)
+//!
+//! The page's tree is masked by the consumer's [`MaskPolicy`] as content enters it: the page
+//! given to [`Consumer::with_policy`], each target of [`Consumer::update_to`] (masked in place
+//! before the diff), and every mutation call and change record. So the shadow, the snapshot,
+//! the patches and the string table only ever see masked values. A change that makes a node
+//! masked (a class added, a move under a masked parent) re-masks that node's subtree, which
+//! leaves as ordinary `SetAttr`/`SetText` operations carrying stars. Masking is lossy: a node
+//! that stops being masked keeps its stars until the page reports its content again.
+//!
+//! Nodes inside a blocked element are not in the tree. The mutation calls still accept their
+//! ids (the page's capture layer knows them) and ignore changes to them; moving such a node
+//! out of its blocked element is not possible (`NoSuchNode`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use tandem_protocol::message::{Patch, Resync};
-use tandem_protocol::{Limits, Message, NodeId, SymEncoder};
+use tandem_protocol::message::{Patch, RefusalCode, Refused, Resync};
+use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, SymEncoder};
+
+use crate::hands::Protection;
 
 use crate::dom::{Dom, NodeKind};
+use crate::mask::{self, Fix, Listing, MaskPolicy};
 use crate::patch::{self, Op};
 use crate::snapshot;
 use crate::{EngineError, diff, hash};
@@ -116,11 +133,24 @@ pub struct Consumer {
     limits: Limits,
     part_bytes: usize,
     fallbacks: u64,
+    policy: MaskPolicy,
+    /// Set while [`Consumer::update_to`] runs: its target is masked already.
+    raw: bool,
+    /// Ids the page's capture layer knows that stand inside blocked elements: not in the tree.
+    swallowed: HashSet<NodeId>,
 }
 
 impl Consumer {
-    /// A consumer for the page `dom` at `url`; queues the first snapshot (epoch 0).
+    /// A consumer for the page `dom` at `url` with the default masking policy (automatic rules
+    /// and marker attributes, spec §12); queues the first snapshot (epoch 0).
     pub fn new(dom: Dom, url: &str, limits: Limits) -> Self {
+        Self::with_policy(dom, url, limits, MaskPolicy::default())
+    }
+
+    /// A consumer for the page `dom` at `url` that masks with `policy`; queues the first
+    /// snapshot (epoch 0) of the masked page.
+    pub fn with_policy(mut dom: Dom, url: &str, limits: Limits, policy: MaskPolicy) -> Self {
+        policy.apply(&mut dom);
         let mut c = Consumer {
             shadow: Dom::new(limits),
             dom,
@@ -138,9 +168,24 @@ impl Consumer {
             limits,
             part_bytes: snapshot::DEFAULT_PART_BYTES,
             fallbacks: 0,
+            policy,
+            raw: false,
+            swallowed: HashSet::new(),
         };
         c.queue_snapshot();
         c
+    }
+
+    /// The masking policy in force.
+    pub fn policy(&self) -> &MaskPolicy {
+        &self.policy
+    }
+
+    /// Replaces the masking policy and re-masks the whole tree; the changes leave with the
+    /// next patch. Content masked before stays masked (masking is lossy).
+    pub fn set_policy(&mut self, policy: MaskPolicy) {
+        self.policy = policy;
+        self.remask(DOCUMENT_ID);
     }
 
     /// Sets the target size of snapshot parts for later snapshots.
@@ -158,6 +203,7 @@ impl Consumer {
         self.started = true;
         if !self.dom.is_in_document_order() {
             self.dom = self.dom.renumbered();
+            self.swallowed.clear();
         }
         self.clear_changes();
         self.seq = 0;
@@ -224,22 +270,85 @@ impl Consumer {
         !self.touched.is_empty() || !self.parents.is_empty() || !self.removed.is_empty()
     }
 
-    /// Sets an attribute.
+    /// Sets an attribute, masked as the policy says (spec §12). An attribute that decides
+    /// masking (a marker, `class` or `id` with selectors, `type`, `autocomplete`) re-masks the
+    /// element's subtree. Changes to a block placeholder are ignored: it stays blocked.
     pub fn set_attr(&mut self, node: NodeId, name: &str, value: &str) -> Result<(), EngineError> {
-        self.dom.set_attr(node, name, value)?;
+        if self.swallowed.contains(&node) {
+            return Ok(());
+        }
+        if self.raw {
+            self.dom.set_attr(node, name, value)?;
+            self.touched.insert(node);
+            return Ok(());
+        }
+        let Some(el) = self.dom.node(node).and_then(|n| n.element()) else {
+            // Not an element (or no node): the tree reports the error.
+            return self.dom.set_attr(node, name, value);
+        };
+        if el.attr(mask::BLOCKED).is_some() {
+            return Ok(());
+        }
+        if self.policy.affects(name) {
+            self.dom.set_attr(node, name, value)?;
+            self.touched.insert(node);
+            self.remask(node);
+            return Ok(());
+        }
+        let parent = self.dom.parent(node).unwrap_or(DOCUMENT_ID);
+        let (chain, ctx) = self.policy.context(&self.dom, parent);
+        let m = self.policy.marks(el, &chain);
+        let c = self.policy.inner(ctx, el, &m);
+        let auto_input = m.auto && el.ns == Ns::Html && el.name == "input";
+        match self.policy.attr_fix(el, c, auto_input, name, value) {
+            mask::AttrFix::Keep => self.dom.set_attr(node, name, value)?,
+            mask::AttrFix::Set(v) => self.dom.set_attr(node, name, &v)?,
+            mask::AttrFix::Remove => self.dom.remove_attr(node, name)?,
+        }
         self.touched.insert(node);
         Ok(())
     }
 
-    /// Removes an attribute.
+    /// Removes an attribute (ignored on a block placeholder; an attribute that decides masking
+    /// re-masks the subtree, though what was masked stays masked).
     pub fn remove_attr(&mut self, node: NodeId, name: &str) -> Result<(), EngineError> {
+        if self.swallowed.contains(&node) {
+            return Ok(());
+        }
+        if !self.raw
+            && self
+                .dom
+                .node(node)
+                .and_then(|n| n.element())
+                .is_some_and(|e| e.attr(mask::BLOCKED).is_some())
+        {
+            return Ok(());
+        }
         self.dom.remove_attr(node, name)?;
         self.touched.insert(node);
+        if !self.raw && self.policy.affects(name) {
+            self.remask(node);
+        }
         Ok(())
     }
 
-    /// Replaces the text of a text or comment node.
+    /// Replaces the text of a text or comment node, masked as its place in the tree says.
     pub fn set_text(&mut self, node: NodeId, text: &str) -> Result<(), EngineError> {
+        if self.swallowed.contains(&node) {
+            return Ok(());
+        }
+        let masked = if self.raw {
+            None
+        } else {
+            let comment = matches!(
+                self.dom.node(node).map(|n| &n.kind),
+                Some(NodeKind::Comment(_))
+            );
+            let parent = self.dom.parent(node).unwrap_or(DOCUMENT_ID);
+            let (_, ctx) = self.policy.context(&self.dom, parent);
+            self.policy.text_fix(ctx, text, comment)
+        };
+        let text = masked.as_deref().unwrap_or(text);
         if self.dom.text(node) == Some(text) {
             return Ok(());
         }
@@ -250,6 +359,9 @@ impl Consumer {
 
     /// Removes a node and its subtree.
     pub fn remove(&mut self, node: NodeId) -> Result<(), EngineError> {
+        if self.swallowed.remove(&node) {
+            return Ok(());
+        }
         if !self.dom.contains(node) {
             return Err(EngineError::NoSuchNode {
                 field: "remove",
@@ -268,16 +380,90 @@ impl Consumer {
         Ok(())
     }
 
-    /// Moves a node under `parent` after `prev` (0: first).
+    /// Moves a node under `parent` after `prev` (0: first); re-masks it in its new place. A
+    /// node moved into a blocked element leaves the tree (its id is still accepted).
     pub fn move_node(
         &mut self,
         node: NodeId,
         parent: NodeId,
         prev: NodeId,
     ) -> Result<(), EngineError> {
+        if !self.raw && self.swallows(parent) {
+            return self.swallow(node);
+        }
         self.dom.move_node(node, parent, prev)?;
         self.parents.insert(parent);
+        self.remask(node);
         Ok(())
+    }
+
+    /// Whether nodes put under `parent` stand inside a blocked element.
+    fn swallows(&self, parent: NodeId) -> bool {
+        self.swallowed.contains(&parent)
+            || self
+                .dom
+                .node(parent)
+                .and_then(|n| n.element())
+                .is_some_and(|e| e.attr(mask::BLOCKED).is_some())
+    }
+
+    /// Takes `node`'s subtree out of the tree because it now stands inside a blocked element;
+    /// its ids stay known so that later changes to them are ignored.
+    fn swallow(&mut self, node: NodeId) -> Result<(), EngineError> {
+        if self.swallowed.contains(&node) {
+            return Ok(());
+        }
+        if !self.dom.contains(node) {
+            return Err(EngineError::NoSuchNode {
+                field: "move",
+                id: node,
+            });
+        }
+        let ids: Vec<NodeId> = self.dom.preorder(node).collect();
+        self.remove(node)?;
+        self.swallowed.extend(ids);
+        Ok(())
+    }
+
+    /// Re-masks the subtree at `root` where it stands (after a change that may mask it).
+    fn remask(&mut self, root: NodeId) {
+        if self.raw || !self.dom.contains(root) {
+            return;
+        }
+        let mut fixes = Vec::new();
+        {
+            let parent = self.dom.parent(root).unwrap_or(DOCUMENT_ID);
+            let roots = if root == DOCUMENT_ID {
+                self.dom.children(DOCUMENT_ID).to_vec()
+            } else {
+                vec![root]
+            };
+            let (chain, ctx) = if root == DOCUMENT_ID {
+                (Vec::new(), self.policy.root_ctx())
+            } else {
+                self.policy.context(&self.dom, parent)
+            };
+            self.policy.plan(&self.dom, &roots, &chain, ctx, &mut fixes);
+        }
+        for f in fixes {
+            let (n, ok) = match f {
+                Fix::SetAttr(n, k, v) => (n, self.dom.set_attr(n, &k, &v).is_ok()),
+                Fix::RemoveAttr(n, k) => (n, self.dom.remove_attr(n, &k).is_ok()),
+                Fix::SetText(n, t) => (n, self.dom.set_text(n, &t).is_ok()),
+                Fix::Clear(n) => {
+                    for c in self.dom.children(n).to_vec() {
+                        let _ = self.swallow(c);
+                    }
+                    (n, true)
+                }
+            };
+            if ok {
+                self.touched.insert(n);
+            } else {
+                // Fail closed: a node that cannot be masked leaves (never expected).
+                let _ = self.swallow(n);
+            }
+        }
     }
 
     /// Inserts a copy of the subtree `src_root` of `src` under `parent` after `prev`; returns
@@ -306,6 +492,15 @@ impl Consumer {
                 detail: "nothing to insert",
             });
         }
+        if !self.raw && self.swallows(parent) {
+            return self.insert_swallowed(nodes.len());
+        }
+        let mut nodes = nodes;
+        let clear = if self.raw {
+            Vec::new()
+        } else {
+            self.mask_listing(parent, &mut nodes)
+        };
         let first = self.dom.next_id();
         let op = Op::Insert {
             parent,
@@ -325,6 +520,81 @@ impl Consumer {
             return Err(e);
         }
         self.parents.insert(parent);
+        for i in clear {
+            let id = first + i as NodeId;
+            for c in self.dom.children(id).to_vec() {
+                self.swallow(c)?;
+            }
+        }
+        Ok(first)
+    }
+
+    /// Masks a listing about to be inserted under `parent`; returns the indexes of block
+    /// placeholders, whose (scrubbed) children are to be taken out after the insert.
+    fn mask_listing(&self, parent: NodeId, nodes: &mut [(NodeKind, u32)]) -> Vec<usize> {
+        let mut fixes = Vec::new();
+        {
+            let listing = Listing::new(nodes);
+            let (chain, ctx) = self.policy.context(&self.dom, parent);
+            self.policy
+                .plan(&listing, &listing.roots, &chain, ctx, &mut fixes);
+        }
+        let mut clear = Vec::new();
+        for f in fixes {
+            match f {
+                Fix::SetAttr(i, k, v) => {
+                    if let NodeKind::Element(e) = &mut nodes[i].0 {
+                        match e.attrs.iter_mut().find(|(n, _)| *n == k) {
+                            Some((_, old)) => *old = v,
+                            None => e.attrs.push((k, v)),
+                        }
+                    }
+                }
+                Fix::RemoveAttr(i, k) => {
+                    if let NodeKind::Element(e) = &mut nodes[i].0 {
+                        e.attrs.retain(|(n, _)| *n != k);
+                    }
+                }
+                Fix::SetText(i, t) => {
+                    if let NodeKind::Text(old) | NodeKind::Comment(old) = &mut nodes[i].0 {
+                        *old = t;
+                    }
+                }
+                Fix::Clear(i) => clear.push(i),
+            }
+        }
+        // The content under a placeholder never enters the tree: its entries are inserted
+        // empty (so that ids stay as the caller expects) and taken out right after.
+        for &i in &clear {
+            let mut left = nodes[i].1 as usize;
+            let mut k = i + 1;
+            while left > 0 && k < nodes.len() {
+                left += nodes[k].1 as usize;
+                left -= 1;
+                nodes[k].0 = match &nodes[k].0 {
+                    NodeKind::Element(e) => NodeKind::Element(crate::dom::Element {
+                        ns: e.ns,
+                        name: e.name.clone(),
+                        attrs: Vec::new(),
+                    }),
+                    NodeKind::Comment(_) => NodeKind::Comment(String::new()),
+                    _ => NodeKind::Text(String::new()),
+                };
+                k += 1;
+            }
+        }
+        clear
+    }
+
+    /// Gives out `count` ids for nodes inserted into a blocked element, which do not enter
+    /// the tree; returns the first.
+    fn insert_swallowed(&mut self, count: usize) -> Result<NodeId, EngineError> {
+        let first = self.dom.next_id();
+        for _ in 0..count {
+            let id = self.dom.create(NodeKind::Text(String::new()))?;
+            self.dom.remove(id)?;
+            self.swallowed.insert(id);
+        }
         Ok(first)
     }
 
@@ -388,7 +658,12 @@ impl Consumer {
         limbo: &mut Vec<NodeId>,
         new_roots: &mut Vec<NodeId>,
     ) -> Result<(), EngineError> {
+        let blocked = !self.raw && self.swallows(target);
         for id in removed {
+            if blocked && self.swallowed.contains(&id) {
+                // Inside a blocked element: the tree never had it.
+                continue;
+            }
             if self.dom.parent(id) != Some(target) {
                 return Err(EngineError::NotAChild {
                     field: "records.removed",
@@ -406,6 +681,10 @@ impl Consumer {
                     new_roots.push(id);
                     id
                 }
+                Added::Existing(id) if blocked => {
+                    self.swallow(id)?;
+                    id
+                }
                 Added::Existing(id) => {
                     if self.dom.parent(id).is_some() {
                         self.dom.move_node(id, target, prev)?;
@@ -413,6 +692,7 @@ impl Consumer {
                         self.dom.attach(id, target, prev)?;
                     }
                     self.parents.insert(target);
+                    self.remask(id);
                     id
                 }
             };
@@ -422,8 +702,17 @@ impl Consumer {
 
     /// Brings the tree to the content of `target`, a tree that shares no ids with it (spec
     /// §6.5; see [`diff`]), recording the changes.
+    ///
+    /// `target` is masked in place first (spec §12), so the diff only ever sees masked
+    /// content and the tree ends equal to the masked target.
     pub fn update_to(&mut self, target: &mut Dom) -> Result<(), EngineError> {
         diff::update(self, target)
+    }
+
+    /// While on, mutations are recorded as they are, not masked: the diff brings the tree to
+    /// a target that is masked already.
+    pub(crate) fn set_syncing(&mut self, on: bool) {
+        self.raw = on;
     }
 
     /// Turns the changes since the last flush into one `PATCH` (spec §7.15) on the outgoing
@@ -666,6 +955,42 @@ impl Consumer {
         }
     }
 
+    /// Checks an agent's `CLICK` or `INPUT` against masking (spec §12.6, in the order of
+    /// §13.3): a target that is not in the page — including a node inside a blocked element,
+    /// which the tree never holds — is refused with `NoSuchNode`; a target that is masked,
+    /// blocked or ignored, or lies inside such an element, with `Masked`, before anything
+    /// looks at the value. Other messages pass. The mode, pause and the value's fit are
+    /// [`hands::Authority`](crate::hands::Authority)'s to judge; it takes the consumer as its
+    /// [`Protection`](crate::hands::Protection).
+    pub fn check_action(&self, msg: &Message) -> Result<(), Refused> {
+        let (id, node) = match msg {
+            Message::Click(c) => (c.id, c.node),
+            Message::Input(i) => (i.id, i.node),
+            _ => return Ok(()),
+        };
+        let refuse = |code, detail: &str| {
+            Err(Refused {
+                id,
+                code,
+                detail: detail.to_owned(),
+            })
+        };
+        if !self.dom.contains(node) {
+            return refuse(RefusalCode::NoSuchNode, "no such element");
+        }
+        if self.protects_node(node) {
+            return refuse(RefusalCode::Masked, "the field is masked");
+        }
+        Ok(())
+    }
+
+    /// Whether the policy keeps `node` from the agent: masked, blocked, ignored, inside such
+    /// an element, or inside a blocked element (not in the tree at all).
+    pub fn protects_node(&self, node: NodeId) -> bool {
+        self.swallowed.contains(&node)
+            || self.policy.level_of(&self.dom, node) != mask::Level::Visible
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -673,6 +998,14 @@ impl Consumer {
 
     pub(crate) fn dom_mut(&mut self) -> &mut Dom {
         &mut self.dom
+    }
+}
+
+/// The consumer protects what its policy masks (spec §12.6), and the ids inside blocked
+/// elements; `dom` is expected to be the consumer's own tree.
+impl Protection for Consumer {
+    fn protects(&self, dom: &Dom, node: NodeId) -> bool {
+        self.swallowed.contains(&node) || self.policy.level_of(dom, node) != mask::Level::Visible
     }
 }
 

@@ -114,7 +114,23 @@ pub fn update_counting(c: &mut Consumer, target: &mut Dom) -> Result<DiffStats, 
 
 /// [`update_counting`] with another threshold for the Myers alignment (the fuzz target lowers
 /// it to exercise the keyed pairing on small trees).
+///
+/// Masking (spec §12): `target` is masked in place by the consumer's policy, like any content
+/// entering the consumer; the changes that bring the tree to it are then recorded as they are.
 fn update_with(
+    c: &mut Consumer,
+    target: &mut Dom,
+    max_work: usize,
+) -> Result<DiffStats, EngineError> {
+    c.policy().apply(target);
+    c.set_syncing(true);
+    let r = update_masked(c, target, max_work);
+    c.set_syncing(false);
+    r
+}
+
+/// [`update_with`] for a target masked already.
+fn update_masked(
     c: &mut Consumer,
     target: &mut Dom,
     max_work: usize,

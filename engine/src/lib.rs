@@ -23,6 +23,10 @@
 //! * [`Consumer`] records changes and emits a snapshot, then patches that carry the hash of the
 //!   tree they produce; [`Agent`] applies them and checks every hash. Divergence is never
 //!   silent: it becomes [`AgentEvent::Diverged`] and a `RESYNC`, answered by a new snapshot.
+//! * [`MaskPolicy`] (module [`mask`], spec §12) masks sensitive content as it enters the
+//!   consumer — automatic rules for passwords, card and one-time-code fields and hidden
+//!   inputs, marker attributes, configured selectors, private-by-default mode — so no encoder
+//!   ever sees it; [`Consumer::check_action`] refuses agent input into masked fields.
 //! * [`LivePage`] makes seeded random page changes for demos and tests.
 //!
 //! ## Example
@@ -59,6 +63,7 @@ pub mod hands;
 pub mod hash;
 pub mod html;
 pub mod live;
+pub mod mask;
 pub mod patch;
 pub mod session;
 pub mod snapshot;
@@ -69,3 +74,4 @@ pub use dom::{Dom, Element, Node, NodeKind};
 pub use error::EngineError;
 pub use html::{parse_html, to_html};
 pub use live::LivePage;
+pub use mask::{MaskLength, MaskPolicy};
