@@ -547,8 +547,8 @@ impl crate::hands::Protection for MaskPolicy {
     }
 }
 
-/// Attributes whose whole value is text a masked element must not show.
-const TEXT_ATTRS: &[&str] = &[
+/// Attributes whose whole value is text a masked element must not show (spec §12.4).
+pub const TEXT_ATTRS: &[&str] = &[
     "value",
     "placeholder",
     "title",
@@ -563,8 +563,9 @@ const TEXT_ATTRS: &[&str] = &[
     "aria-roledescription",
 ];
 
-/// Attributes holding a URL whose query (and fragment) a masked element must not show.
-const URL_ATTRS: &[&str] = &[
+/// Attributes holding a URL whose query (and fragment) a masked element must not show
+/// (spec §12.4).
+pub const URL_ATTRS: &[&str] = &[
     "href",
     "xlink:href",
     "src",
@@ -616,7 +617,18 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// The attributes a block placeholder keeps, in their order: `width`, `height`, the `width`
 /// and `height` declarations of `style`, then [`BLOCKED`] (spec §12.4).
 fn placeholder_fixes<I: Copy>(n: I, el: &Element, out: &mut Vec<Fix<I>>) {
-    let mut has_marker = false;
+    // The marker stays where it is only if it is already last, with the empty value.
+    let marker_last = el
+        .attrs
+        .iter()
+        .rev()
+        .find(|(name, value)| {
+            let lower = name.to_ascii_lowercase();
+            name == BLOCKED
+                || ((lower == "width" || lower == "height") && name == &lower)
+                || (lower == "style" && name == &lower && !layout_style(value).is_empty())
+        })
+        .is_some_and(|(name, value)| name == BLOCKED && value.is_empty());
     for (name, value) in &el.attrs {
         let lower = name.to_ascii_lowercase();
         match lower.as_str() {
@@ -629,16 +641,11 @@ fn placeholder_fixes<I: Copy>(n: I, el: &Element, out: &mut Vec<Fix<I>>) {
                     out.push(Fix::SetAttr(n, name.clone(), kept));
                 }
             }
-            BLOCKED if name == BLOCKED => {
-                has_marker = true;
-                if !value.is_empty() {
-                    out.push(Fix::SetAttr(n, name.clone(), String::new()));
-                }
-            }
+            BLOCKED if name == BLOCKED && marker_last => {}
             _ => out.push(Fix::RemoveAttr(n, name.clone())),
         }
     }
-    if !has_marker {
+    if !marker_last {
         out.push(Fix::SetAttr(n, BLOCKED.to_owned(), String::new()));
     }
 }

@@ -9,7 +9,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use tandem_engine::consumer::{Added, ChangeRecord};
 use tandem_engine::mask::fuzzing::{self, CANARY, assert_no_canary};
-use tandem_engine::mask::{BLOCKED, Level, MaskLength, MaskPolicy, Rule, Selector};
+use tandem_engine::mask::{
+    BLOCKED, Level, MaskLength, MaskPolicy, Rule, Selector, TEXT_ATTRS, URL_ATTRS,
+};
 use tandem_engine::{Agent, Consumer, Dom, Element, NodeKind, parse_html, to_html};
 use tandem_protocol::compress::DomCompressor;
 use tandem_protocol::message::{Click, Input, InputValue, RefusalCode};
@@ -203,6 +205,14 @@ fn block_replaces_the_element_by_an_empty_placeholder() {
             r#"<div width="300" style="width:300px;height:2em" {BLOCKED}=""></div><p>after</p>"#
         )
     );
+    // A marker the page set itself ends last too.
+    assert_eq!(
+        masked(
+            &MaskPolicy::default(),
+            "<span data-tandem-blocked=x height=2 title=t>x</span>"
+        ),
+        format!(r#"<span height="2" {BLOCKED}=""></span>"#)
+    );
     // The placeholder is stable: masking it again changes nothing.
     let mut dom = parse_html(&format!("<body>{html}</body>"), L);
     MaskPolicy::default().apply(&mut dom);
@@ -340,6 +350,48 @@ fn every_text_like_attribute_is_masked() {
             r#"<div contenteditable="">******</div><!--****--></div>"#
         )
     );
+}
+
+/// The attribute lists of spec §12.4 are the code's, name for name.
+#[test]
+fn spec_attribute_lists_match_the_code() {
+    let spec = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/tandem.md"),
+    )
+    .expect("spec");
+    let section =
+        &spec[spec.find("### 12.4").expect("§12.4")..spec.find("### 12.5").expect("§12.5")];
+    let names_after = |lead: &str, stop: &str| -> Vec<String> {
+        let at = section.find(lead).expect(lead);
+        let text = &section[at..];
+        let text = &text[..text.find(stop).expect(stop)];
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut text = names_after("these attributes", "- in URL");
+    let mut urls = names_after("in URL attributes (", ")");
+    text.sort();
+    urls.sort();
+    let mut want_text: Vec<String> = TEXT_ATTRS.iter().map(|s| s.to_string()).collect();
+    let mut want_urls: Vec<String> = URL_ATTRS.iter().map(|s| s.to_string()).collect();
+    want_text.sort();
+    want_urls.sort();
+    assert_eq!(text, want_text);
+    assert_eq!(urls, want_urls);
+    // And every one of them is masked.
+    let mut p = keep();
+    p.set_private(true);
+    for a in TEXT_ATTRS {
+        let out = masked(&p, &format!("<input {a}=secret>"));
+        assert!(out.contains(&format!(r#"{a}="******""#)), "{a}: {out}");
+    }
+    for a in URL_ATTRS {
+        let out = masked(&p, &format!("<a {a}='/p?secret'>x</a>"));
+        assert!(out.contains(&format!(r#"{a}="/p?******""#)), "{a}: {out}");
+    }
 }
 
 #[test]

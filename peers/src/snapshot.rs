@@ -1,8 +1,12 @@
 //! `tandem snapshot PAGE.html`: imports a page and reports its node count, snapshot size and
 //! tree hash; `--out` writes the encoded snapshot frames, so scripts can inspect the bytes.
+//! The page is masked by the policy the [`MaskArgs`] flags describe (spec §12), exactly as a
+//! consumer would mask it, so a script can check from outside that no secret of a page reaches
+//! the bytes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use tandem_engine::mask::{MaskLength, MaskPolicy, Rule, Selector};
 use tandem_engine::{Consumer, parse_html};
 use tandem_protocol::{Limits, Message, frame};
 
@@ -19,6 +23,84 @@ pub struct SnapshotArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The masking policy.
+    #[command(flatten)]
+    pub mask: MaskArgs,
+}
+
+/// The masking policy as command-line flags (spec §12): a configuration file, then selectors
+/// and switches added to it. The automatic rules and marker attributes always apply.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MaskArgs {
+    /// Read a masking configuration (lines `private`, `length keep|N`, `mask SEL`,
+    /// `block SEL`, `ignore SEL`, `unmask SEL`; `#` starts a comment line).
+    #[arg(long, value_name = "FILE", value_parser = read_config)]
+    pub mask_config: Option<MaskPolicy>,
+    /// Mask the text and values of elements matching SEL (repeatable).
+    #[arg(long, value_name = "SEL", value_parser = selector)]
+    pub mask_selector: Vec<String>,
+    /// Replace elements matching SEL by empty placeholders (repeatable).
+    #[arg(long, value_name = "SEL", value_parser = selector)]
+    pub block_selector: Vec<String>,
+    /// Never send the input state of elements matching SEL (repeatable).
+    #[arg(long, value_name = "SEL", value_parser = selector)]
+    pub ignore_selector: Vec<String>,
+    /// Lift an inherited mask for elements matching SEL (repeatable).
+    #[arg(long, value_name = "SEL", value_parser = selector)]
+    pub unmask_selector: Vec<String>,
+    /// Private by default: mask all text and inputs except what is unmasked.
+    #[arg(long)]
+    pub private: bool,
+    /// Length of masked values: `keep` (one `*` per character) or a fixed count of stars
+    /// (default 8).
+    #[arg(long, value_name = "keep|N", value_parser = length)]
+    pub mask_length: Option<MaskLength>,
+}
+
+impl MaskArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> MaskPolicy {
+        let mut p = self.mask_config.clone().unwrap_or_default();
+        for (rule, list) in [
+            (Rule::Mask, &self.mask_selector),
+            (Rule::Block, &self.block_selector),
+            (Rule::Ignore, &self.ignore_selector),
+            (Rule::Unmask, &self.unmask_selector),
+        ] {
+            for sel in list {
+                // Checked by the `selector` value parser when the flags were read.
+                let _ = p.add_selector(rule, sel);
+            }
+        }
+        if self.private {
+            p.set_private(true);
+        }
+        if let Some(l) = self.mask_length {
+            p.set_length(l);
+        }
+        p
+    }
+}
+
+fn selector(s: &str) -> Result<String, String> {
+    s.parse::<Selector>()
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn length(s: &str) -> Result<MaskLength, String> {
+    match s {
+        "keep" => Ok(MaskLength::Keep),
+        n => match n.parse::<u8>() {
+            Ok(k) if k > 0 => Ok(MaskLength::Fixed(k)),
+            _ => Err(format!("{n:?}: `keep` or a number of stars from 1 to 255")),
+        },
+    }
+}
+
+fn read_config(path: &str) -> Result<MaskPolicy, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    MaskPolicy::from_config(&text).map_err(|e| format!("{path}: {e}"))
 }
 
 /// What `tandem snapshot` measured.
@@ -28,7 +110,7 @@ pub struct SnapshotReport {
     pub page: String,
     /// Bytes of HTML.
     pub html_bytes: usize,
-    /// Nodes in the script-free tree, the document node included.
+    /// Nodes in the script-free, masked tree, the document node included.
     pub nodes: usize,
     /// Bytes of the encoded snapshot frames.
     pub snapshot_bytes: usize,
@@ -38,13 +120,16 @@ pub struct SnapshotReport {
     pub hash: String,
 }
 
-/// Encodes the page's snapshot frames and measures them.
-pub fn snapshot(page: &std::path::Path) -> Result<(SnapshotReport, Vec<u8>), SessionError> {
+/// Encodes the page's snapshot frames, masked by `policy`, and measures them.
+pub fn snapshot(
+    page: &Path,
+    policy: MaskPolicy,
+) -> Result<(SnapshotReport, Vec<u8>), SessionError> {
     let html = session::read_page(page)?;
     let limits = Limits::DEFAULT;
     let dom = parse_html(&html, limits);
-    let nodes = dom.len();
-    let mut consumer = Consumer::new(dom, "", limits);
+    let mut consumer = Consumer::with_policy(dom, "", limits, policy);
+    let nodes = consumer.dom().len();
     let mut bytes = Vec::new();
     let mut parts = 0;
     while let Some(msg) = consumer.poll_message() {
@@ -66,7 +151,7 @@ pub fn snapshot(page: &std::path::Path) -> Result<(SnapshotReport, Vec<u8>), Ses
 
 /// Runs `tandem snapshot`.
 pub fn run(args: SnapshotArgs) -> Result<(), SessionError> {
-    let (report, bytes) = snapshot(&args.page)?;
+    let (report, bytes) = snapshot(&args.page, args.mask.policy())?;
     if let Some(out) = &args.out {
         std::fs::write(out, &bytes).map_err(|source| SessionError::Io {
             path: out.clone(),
