@@ -283,11 +283,10 @@ impl MaskPolicy {
 
     /// Whether changing attribute `name` can change how an element's subtree is masked.
     pub(crate) fn affects(&self, name: &str) -> bool {
-        let lower = name.to_ascii_lowercase();
-        lower.starts_with("data-tandem-")
-            || lower == "type"
-            || lower == "autocomplete"
-            || self.watched.contains(&lower)
+        strip_prefix_ci(name, "data-tandem-").is_some()
+            || name.eq_ignore_ascii_case("type")
+            || name.eq_ignore_ascii_case("autocomplete")
+            || (!self.watched.is_empty() && self.watched.contains(lower(name).as_ref()))
     }
 
     fn has_selectors(&self) -> bool {
@@ -352,6 +351,16 @@ impl MaskPolicy {
     /// The ancestor elements of `id` and `id` itself (if an element), top first, and the state
     /// inside `id`. A detached subtree is judged as if its root stood under the document.
     pub(crate) fn context<'a>(&self, dom: &'a Dom, id: NodeId) -> (Vec<&'a Element>, Ctx) {
+        if !self.has_selectors() {
+            // Marks depend on the element alone: one walk up, no allocation (the chain is
+            // only needed by selectors).
+            return (Vec::new(), self.context_up(dom, id));
+        }
+        self.context_down(dom, id)
+    }
+
+    /// [`MaskPolicy::context`] the general way: from the document down.
+    fn context_down<'a>(&self, dom: &'a Dom, id: NodeId) -> (Vec<&'a Element>, Ctx) {
         let mut ids = Vec::new();
         let mut cur = Some(id);
         while let Some(n) = cur {
@@ -368,6 +377,41 @@ impl MaskPolicy {
             }
         }
         (chain, ctx)
+    }
+
+    /// [`MaskPolicy::context`]'s state for a policy without selectors, walking up from `id`:
+    /// the nearest `mask` or `unmask` decides (`mask` first on one element), an automatic
+    /// `textarea`/`select` rule anywhere above forces the mask, `ignore` and `block` anywhere
+    /// hold, as [`MaskPolicy::inner`] composes them top down.
+    fn context_up(&self, dom: &Dom, id: NodeId) -> Ctx {
+        let mut ctx = Ctx::default();
+        let mut decided: Option<bool> = None;
+        let mut first = true;
+        let mut cur = Some(id);
+        while let Some(n) = cur {
+            if let Some(el) = dom.node(n).and_then(|x| x.element()) {
+                let m = self.marks(el, &[]);
+                let html = el.ns == Ns::Html;
+                if first {
+                    ctx.value_text = html && el.name == "textarea";
+                    first = false;
+                }
+                ctx.raw |= html && el.name == "style";
+                ctx.forced |= m.auto && !(html && el.name == "input");
+                ctx.ignored |= m.ignore;
+                ctx.blocked |= m.block;
+                if decided.is_none() {
+                    if m.mask {
+                        decided = Some(true);
+                    } else if m.unmask {
+                        decided = Some(false);
+                    }
+                }
+            }
+            cur = dom.parent(n);
+        }
+        ctx.masked = ctx.forced || decided.unwrap_or(self.private);
+        ctx
     }
 
     /// Appends to `out` the fixes that mask the subtrees at `roots`, whose parent has the
@@ -452,10 +496,14 @@ impl MaskPolicy {
         name: &str,
         value: &str,
     ) -> AttrFix {
-        let lower = name.to_ascii_lowercase();
+        if !c.masked && !c.ignored && !auto_input {
+            return AttrFix::Keep;
+        }
+        let lower = lower(name);
+        let lower = lower.as_ref();
         let html = el.ns == Ns::Html;
         let state = html
-            && match lower.as_str() {
+            && match lower {
                 "value" => matches!(el.name.as_str(), "input" | "option" | "textarea"),
                 "checked" => el.name == "input",
                 "selected" => el.name == "option",
@@ -470,9 +518,9 @@ impl MaskPolicy {
         }
         let v = if lower == "checked" || lower == "selected" {
             return AttrFix::Remove;
-        } else if TEXT_ATTRS.contains(&lower.as_str()) {
+        } else if TEXT_ATTRS.contains(&lower) {
             self.stars(value, true)
-        } else if URL_ATTRS.contains(&lower.as_str()) {
+        } else if URL_ATTRS.contains(&lower) {
             self.mask_url(value)
         } else if lower == "srcset" || lower == "imagesrcset" {
             value
@@ -606,6 +654,15 @@ pub fn auto_rule(el: &Element) -> bool {
         return true;
     }
     attr("autocomplete").is_some_and(|a| a.split_ascii_whitespace().any(sensitive_token))
+}
+
+/// `name` in ASCII lower case, borrowed when it is already.
+fn lower(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -1141,6 +1198,68 @@ fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'\\' || !b.is_ascii()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_html;
+    use tandem_protocol::Limits;
+
+    /// Without selectors the consumer judges a node walking up; that must agree with the
+    /// general walk down, for every node, in every combination of marks.
+    #[test]
+    fn walking_up_agrees_with_walking_down() {
+        let marks = [
+            "",
+            "data-tandem-mask",
+            "data-tandem-unmask",
+            "data-tandem-mask data-tandem-unmask",
+            "data-tandem-ignore",
+            "data-tandem-block",
+        ];
+        let mut html = String::new();
+        for (k, a) in marks.iter().enumerate() {
+            for b in &marks {
+                html.push_str(&format!(
+                    "<div {a}><section {b}><p>t{k}</p><input value=v><style>x</style>\
+                     <textarea autocomplete=cc-csc><b {a}>x</b></textarea>\
+                     <select {b}><option {a}>o</option></select></section></div>"
+                ));
+            }
+        }
+        let dom = parse_html(&html, Limits::DEFAULT);
+        for private in [false, true] {
+            let mut p = MaskPolicy::default();
+            p.set_private(private);
+            for id in dom.preorder(DOCUMENT_ID) {
+                assert_eq!(
+                    p.context_up(&dom, id),
+                    p.context_down(&dom, id).1,
+                    "node {id}, private {private}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn masked_urls() {
+        let mut p = MaskPolicy::default();
+        p.set_length(MaskLength::Keep);
+        for (url, want) in [
+            ("/a/b", "/a/b"),
+            ("/a?x=1", "/a?***"),
+            ("https://h/p#frag", "https://h/p#****"),
+            ("HTTPS://h/p?q", "HTTPS://h/p?*"),
+            ("mailto:a@b", "mailto:***"),
+            ("tel:+1 555", "tel:** ***"),
+            ("data:text/html,hi", "data:************"),
+            ("a:b?c", "a:***"),
+            ("1a:b?c", "1a:b?*"),
+        ] {
+            assert_eq!(p.mask_url(url), want, "{url}");
+        }
+    }
+}
+
 /// The oracle of the `mask_canary` fuzz target and the canary property test (STYLE.md 10):
 /// random pages with a canary string in maskable places, random change sequences through
 /// every entry point of the consumer, and the check that the canary never appears in any
@@ -1164,8 +1283,8 @@ pub mod fuzzing {
     pub const CANARY: &str = "c4n4ry";
 
     /// The policy for mode byte `mode`: bit 0 private, bit 1 keep length (else fixed, bits
-    /// 4–6 + 1 stars); selectors `.m, section > .s` mask, `.b` block, `.i` ignore, `.u`
-    /// unmask.
+    /// 4–6 + 1 stars); unless bit 2 is set (markers only), selectors `.m, section > .s` mask,
+    /// `.b` block, `.i` ignore, `.u` unmask.
     pub fn policy(mode: u8) -> MaskPolicy {
         let mut p = MaskPolicy::default();
         p.set_private(mode & 1 != 0);
@@ -1174,6 +1293,9 @@ pub mod fuzzing {
         } else {
             MaskLength::Fixed(1 + ((mode >> 4) & 7))
         });
+        if mode & 4 != 0 {
+            return p;
+        }
         for (rule, sel) in [
             (Rule::Mask, ".m, section > .s"),
             (Rule::Block, ".b"),
@@ -1214,13 +1336,14 @@ pub mod fuzzing {
     }
 
     /// The state inside `id` (an element, or the document) of `dom` under `policy(mode)`.
-    fn inside(dom: &Dom, id: NodeId, private: bool) -> Inside {
+    fn inside(dom: &Dom, id: NodeId, mode: u8) -> Inside {
         let mut path = vec![id];
         while let Some(p) = dom.parent(*path.last().unwrap_or(&DOCUMENT_ID)) {
             path.push(p);
         }
+        let sel = mode & 4 == 0;
         let mut s = Inside {
-            masked: private,
+            masked: mode & 1 != 0,
             ..Inside::default()
         };
         let mut parent: Option<&Element> = None;
@@ -1228,10 +1351,10 @@ pub mod fuzzing {
             let Some(e) = dom.node(n).and_then(|x| x.element()) else {
                 continue;
             };
-            let mark = |c: &str, a: &str| has_class(e, c) || e.attr(a).is_some();
+            let mark = |c: &str, a: &str| (sel && has_class(e, c)) || e.attr(a).is_some();
             let block = mark("b", "data-tandem-block") || e.attr("data-tandem-blocked").is_some();
             let mask = mark("m", "data-tandem-mask")
-                || (has_class(e, "s") && parent.is_some_and(|p| p.name == "section"));
+                || (sel && has_class(e, "s") && parent.is_some_and(|p| p.name == "section"));
             let unmask = mark("u", "data-tandem-unmask");
             s.blocked |= block;
             s.forced |= auto(e) && e.name != "input";
@@ -1243,8 +1366,8 @@ pub mod fuzzing {
     }
 
     /// Whether a canary may be the text of a child of `parent`.
-    fn text_may_hide(dom: &Dom, parent: NodeId, private: bool) -> bool {
-        let s = inside(dom, parent, private);
+    fn text_may_hide(dom: &Dom, parent: NodeId, mode: u8) -> bool {
+        let s = inside(dom, parent, mode);
         let el = dom.node(parent).and_then(|n| n.element());
         s.blocked
             || (s.masked && el.is_none_or(|e| e.name != "style"))
@@ -1252,11 +1375,11 @@ pub mod fuzzing {
     }
 
     /// Whether a canary may be the value of attribute `name` of element `id`.
-    fn attr_may_hide(dom: &Dom, id: NodeId, name: &str, private: bool) -> bool {
+    fn attr_may_hide(dom: &Dom, id: NodeId, name: &str, mode: u8) -> bool {
         let Some(e) = dom.node(id).and_then(|n| n.element()) else {
             return false;
         };
-        let s = inside(dom, id, private);
+        let s = inside(dom, id, mode);
         let input = e.ns == Ns::Html && e.name == "input";
         s.blocked
             || (s.masked && ATTRS.contains(&name))
@@ -1301,8 +1424,19 @@ pub mod fuzzing {
     ];
 
     /// A template's nodes, parsed into a listing for `Consumer::insert`.
-    fn template(k: u8) -> Vec<(NodeKind, u32)> {
-        let html = TEMPLATES[usize::from(k) % TEMPLATES.len()].replace('C', CANARY);
+    fn template(k: u8, mode: u8) -> Vec<(NodeKind, u32)> {
+        let mut html = TEMPLATES[usize::from(k) % TEMPLATES.len()].replace('C', CANARY);
+        if mode & 4 != 0 {
+            // No selectors: the marker attributes carry the levels.
+            for (class, marker) in [
+                ("class=m ", "data-tandem-mask "),
+                ("class=b ", "data-tandem-block "),
+                ("class=i>", "data-tandem-ignore>"),
+                ("class=s ", "data-tandem-mask "),
+            ] {
+                html = html.replace(class, marker);
+            }
+        }
         let dom = parse_html(&format!("<body>{html}</body>"), Limits::DEFAULT);
         let body = dom
             .preorder(DOCUMENT_ID)
@@ -1390,7 +1524,7 @@ pub mod fuzzing {
     }
 
     /// One step of the sequence, read from `r`, applied to the consumer `c`.
-    fn step(r: &mut Reader<'_>, c: &mut Consumer, private: bool) {
+    fn step(r: &mut Reader<'_>, c: &mut Consumer, mode: u8) {
         let (kind, a) = (r.byte() % 10, r.u16());
         let node = pick(c.dom(), a);
         let dom = c.dom();
@@ -1400,7 +1534,7 @@ pub mod fuzzing {
                 if dom.text(node).is_some() {
                     let hide = dom
                         .parent(node)
-                        .is_some_and(|p| text_may_hide(dom, p, private));
+                        .is_some_and(|p| text_may_hide(dom, p, mode));
                     let t = if hide {
                         format!("t {CANARY}")
                     } else {
@@ -1412,7 +1546,7 @@ pub mod fuzzing {
             1 => {
                 let name = ATTRS[usize::from(r.byte()) % ATTRS.len()];
                 if is_element(dom, node) {
-                    let v = attr_value(name, attr_may_hide(dom, node, name, private));
+                    let v = attr_value(name, attr_may_hide(dom, node, name, mode));
                     let _ = c.set_attr(node, name, &v);
                 }
             }
@@ -1433,7 +1567,7 @@ pub mod fuzzing {
                 let t = r.byte();
                 if is_element(dom, node) {
                     let prev = slot(dom, node, at, 0);
-                    let _ = c.insert(node, prev, template(t));
+                    let _ = c.insert(node, prev, template(t, mode));
                 }
             }
             5 => {
@@ -1480,18 +1614,18 @@ pub mod fuzzing {
                     if copy.text(n).is_some() {
                         let hide = copy
                             .parent(n)
-                            .is_some_and(|p| text_may_hide(&copy, p, private));
+                            .is_some_and(|p| text_may_hide(&copy, p, mode));
                         if hide {
                             let _ = copy.set_text(n, &format!("d {CANARY}"));
                         }
-                    } else if is_element(&copy, n) && attr_may_hide(&copy, n, "title", private) {
+                    } else if is_element(&copy, n) && attr_may_hide(&copy, n, "title", mode) {
                         let _ = copy.set_attr(n, "title", CANARY);
                     }
                 }
                 let t = r.byte();
                 if let Some(&last) = ids.iter().rev().find(|&&n| is_element(&copy, n)) {
                     let mut prev = 0;
-                    for (kind, _) in template(t).into_iter().take(1) {
+                    for (kind, _) in template(t, mode).into_iter().take(1) {
                         // Top node only (its subtree would need the listing's ids).
                         if let Ok(id) = copy.create(kind) {
                             let _ = copy.attach(id, last, prev);
@@ -1513,7 +1647,6 @@ pub mod fuzzing {
     pub fn mask_canary(data: &[u8]) {
         let mut r = Reader::new(data);
         let mode = r.byte();
-        let private = mode & 1 != 0;
         let limits = Limits::DEFAULT;
         let mut page = parse_html(
             "<!DOCTYPE html><html><head></head><body></body></html>",
@@ -1527,7 +1660,7 @@ pub mod fuzzing {
             } else {
                 body
             };
-            let listing = template(r.byte());
+            let listing = template(r.byte(), mode);
             let prev = page.children(parent).last().copied().unwrap_or(0);
             let first = page.next_id();
             let _ = crate::patch::Op::Insert {
@@ -1546,7 +1679,7 @@ pub mod fuzzing {
             if r.is_empty() {
                 break;
             }
-            step(&mut r, &mut c, private);
+            step(&mut r, &mut c, mode);
             // The agent can never type into what it cannot see.
             let target = pick(c.dom(), r.u16());
             if c.policy().level_of(c.dom(), target) != super::Level::Visible {
