@@ -17,31 +17,6 @@ use std::time::{Duration, Instant};
 use tandem_engine::{Consumer, LivePage, parse_html};
 use tandem_protocol::{Limits, frame};
 
-/// rrweb full snapshot JSON compressed with zstd -19 (corpus README).
-const RRWEB_ZSTD19: &[(&str, u64)] = &[
-    ("001", 5_119),
-    ("mozilla-2", 7_908),
-    ("ars-1", 12_274),
-    ("heise", 16_583),
-    ("lwn-1", 20_200),
-    ("medium-1", 15_863),
-    ("wapo-2", 22_799),
-    ("bbc-1", 44_578),
-    ("wikipedia", 52_400),
-    ("archive-of-our-own", 97_468),
-    ("guardian-1", 86_887),
-    ("nytimes-3", 33_092),
-    ("svg-parsing", 845),
-    ("data-url-image", 48_677),
-];
-
-/// rrweb's 50 batches as one zstd -19 stream, and the summed zstd -19 deltas of the HTML states.
-const RRWEB_STATES: &[(&str, u64, u64)] = &[
-    ("mozilla-2", 11_538, 7_105),
-    ("ars-1", 12_356, 7_461),
-    ("lwn-1", 12_696, 7_883),
-];
-
 /// One direction of a streaming codec: takes bytes, returns everything it can emit after a
 /// flush (compressor) or everything the bytes so far decode to (decompressor).
 trait Stage {
@@ -461,10 +436,7 @@ fn main() {
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cands.len()];
     let mut raw_ratio = Vec::new();
     for (name, wire) in &snaps {
-        let rr = RRWEB_ZSTD19
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| *b);
+        let rr = tandem_benches::rrweb_snapshot(name);
         print!("| {name} | {} | {} |", rr.unwrap_or(0), wire.len());
         if let Some(rr) = rr {
             raw_ratio.push(wire.len() as f64 / rr as f64);
@@ -503,7 +475,7 @@ fn main() {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         let batches = state_batches(dir);
         let raw: usize = batches[1..].iter().map(Vec::len).sum();
-        let (rr_stream, rr_delta) = RRWEB_STATES
+        let (rr_stream, rr_delta) = tandem_benches::RRWEB_STATES_ZSTD19
             .iter()
             .find(|(n, _, _)| *n == name)
             .map(|(_, a, b)| (*a, *b))

@@ -26,23 +26,6 @@ use tandem_engine::{Consumer, parse_html};
 use tandem_protocol::message::Snapshot;
 use tandem_protocol::{Limits, Message, NodeRecord, Sym, frame, varint};
 
-const RRWEB_ZSTD19: &[(&str, u64)] = &[
-    ("001", 5_119),
-    ("mozilla-2", 7_908),
-    ("ars-1", 12_274),
-    ("heise", 16_583),
-    ("lwn-1", 20_200),
-    ("medium-1", 15_863),
-    ("wapo-2", 22_799),
-    ("bbc-1", 44_578),
-    ("wikipedia", 52_400),
-    ("archive-of-our-own", 97_468),
-    ("guardian-1", 86_887),
-    ("nytimes-3", 33_092),
-    ("svg-parsing", 845),
-    ("data-url-image", 48_677),
-];
-
 #[derive(Default)]
 struct Sections {
     structure: Vec<u8>,
@@ -284,10 +267,7 @@ fn main() {
             zstd(&columns, level),
             zstd(&columnar, level),
         ];
-        let rr = RRWEB_ZSTD19
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, b)| *b);
+        let rr = tandem_benches::rrweb_snapshot(&name).unwrap_or(0);
         for (label, size) in ["frames", "split", "split4", "columns", "columnar"]
             .iter()
             .zip(sizes)

@@ -1353,6 +1353,21 @@ pub mod fuzzing {
         },
     }
 
+    /// The child of `parent` that a fuzz input's `at` names as the previous sibling of a new
+    /// place (0: first), `skip` (the node being moved) left out. Shared with the masking oracle.
+    pub(crate) fn slot(dom: &Dom, parent: NodeId, at: u16, skip: NodeId) -> NodeId {
+        let kids: Vec<NodeId> = dom
+            .children(parent)
+            .iter()
+            .copied()
+            .filter(|&k| k != skip)
+            .collect();
+        match usize::from(at) % (kids.len() + 1) {
+            0 => 0,
+            n => kids[n - 1],
+        }
+    }
+
     impl Operation {
         /// Decodes one operation.
         pub fn read(r: &mut Reader<'_>) -> Operation {
@@ -1403,18 +1418,6 @@ pub mod fuzzing {
         pub fn apply(self, dom: &mut Dom) -> bool {
             let nodes: Vec<NodeId> = dom.preorder(DOCUMENT_ID).collect();
             let pick = |k: u16| nodes[usize::from(k) % nodes.len()];
-            let slot = |dom: &Dom, parent: NodeId, at: u16, skip: NodeId| -> NodeId {
-                let kids: Vec<NodeId> = dom
-                    .children(parent)
-                    .iter()
-                    .copied()
-                    .filter(|&k| k != skip)
-                    .collect();
-                match usize::from(at) % (kids.len() + 1) {
-                    0 => 0,
-                    n => kids[n - 1],
-                }
-            };
             match self {
                 Operation::SetAttr { node, name, value } => dom
                     .set_attr(pick(node), pick_str(NAMES, name), pick_str(VALUES, value))

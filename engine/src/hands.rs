@@ -434,14 +434,11 @@ impl Authority {
         protection: &dyn Protection,
         now: Instant,
     ) -> Verdict {
-        let Some(action) = Action::of(msg) else {
-            return Verdict::Ignore(None);
-        };
         match msg {
             Message::Pointer(p) => self.pointer(p, dom),
             Message::Scroll(s) => self.scroll(s, dom),
             Message::Highlight(h) => self.highlight(h, dom, now),
-            Message::Click(c) => self.click(action, c, dom, protection),
+            Message::Click(c) => self.click(c, dom, protection),
             Message::Navigate(n) => self.navigate(n),
             Message::Input(i) => self.input(i, dom, protection),
             _ => Verdict::Ignore(None),
@@ -508,13 +505,12 @@ impl Authority {
         })
     }
 
-    fn click(
-        &mut self,
-        action: Action,
-        c: &Click,
-        dom: &Dom,
-        protection: &dyn Protection,
-    ) -> Verdict {
+    fn click(&mut self, c: &Click, dom: &Dom, protection: &dyn Protection) -> Verdict {
+        let action = if c.modifiers & CTRL != 0 {
+            Action::Wiggle
+        } else {
+            Action::Click
+        };
         if self.paused {
             return refuse(c.id, RefusalCode::Paused, "sharing is paused");
         }

@@ -1275,7 +1275,7 @@ pub mod fuzzing {
 
     use super::{MaskLength, MaskPolicy, Rule};
     use crate::consumer::{Added, ChangeRecord};
-    use crate::diff::fuzzing::Reader;
+    use crate::diff::fuzzing::{Reader, slot};
     use crate::dom::{Dom, Element, NodeKind};
     use crate::{Agent, Consumer, parse_html, to_html};
 
@@ -1504,19 +1504,6 @@ pub mod fuzzing {
     fn pick(dom: &Dom, k: u16) -> NodeId {
         let nodes: Vec<NodeId> = dom.preorder(DOCUMENT_ID).collect();
         nodes[usize::from(k) % nodes.len()]
-    }
-
-    fn slot(dom: &Dom, parent: NodeId, at: u16, skip: NodeId) -> NodeId {
-        let kids: Vec<NodeId> = dom
-            .children(parent)
-            .iter()
-            .copied()
-            .filter(|&k| k != skip)
-            .collect();
-        match usize::from(at) % (kids.len() + 1) {
-            0 => 0,
-            n => kids[n - 1],
-        }
     }
 
     fn is_element(dom: &Dom, id: NodeId) -> bool {

@@ -400,20 +400,7 @@ fn deep_chains_and_long_attribute_lists() {
 
 #[test]
 fn diff_apply_regressions() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/diff_apply");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        panic!("{} is missing", dir.display());
-    };
-    let mut files: Vec<_> = entries
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            p.is_file() && !name.starts_with('.') && name != "README.md"
-        })
-        .collect();
-    files.sort();
-    for path in files {
+    for path in common::regression_inputs("diff_apply") {
         eprintln!("replaying {}", path.display());
         fuzzing::diff_apply(&std::fs::read(&path).expect("read crasher"));
     }

@@ -1,6 +1,8 @@
 //! The consumer's authority over the agent's actions (issue 5): every mode × every action, mode
 //! negotiation with and without consent, pause, masking, page checks, highlights, navigation.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use tandem_engine::hands::{
@@ -571,28 +573,9 @@ fn messages_that_are_not_actions_are_ignored() {
     assert_eq!(v, Verdict::Ignore(None));
 }
 
-/// The rows of the first table after `heading` in the spec, as cells.
-fn spec_table(heading: &str) -> Vec<Vec<String>> {
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/tandem.md"))
-        .expect("spec/tandem.md");
-    let start = spec.find(heading).unwrap_or_else(|| panic!("no {heading}"));
-    spec[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .skip(2)
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn the_spec_permission_table_is_the_code() {
-    let rows = spec_table("### 13.2 Modes and permissions");
+    let rows = common::spec_table("### 13.2 Modes and permissions");
     assert_eq!(rows.len(), Action::ALL.len());
     for (row, action) in rows.iter().zip(Action::ALL) {
         assert_eq!(row[0], action.name());

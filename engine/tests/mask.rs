@@ -806,20 +806,7 @@ proptest! {
 
 #[test]
 fn mask_canary_regressions() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/mask_canary");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        panic!("{} is missing", dir.display());
-    };
-    let mut files: Vec<_> = entries
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            p.is_file() && !name.starts_with('.') && name != "README.md"
-        })
-        .collect();
-    files.sort();
-    for path in files {
+    for path in common::regression_inputs("mask_canary") {
         eprintln!("replaying {}", path.display());
         fuzzing::mask_canary(&std::fs::read(&path).expect("read input"));
     }

@@ -1,6 +1,8 @@
 //! The session lifecycle (issue 5): every transition of the table, every refused one, expiry
 //! at exactly 120 s, pause and resume.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use tandem_engine::session::{
@@ -173,16 +175,7 @@ fn serde_json_line<T: serde::Serialize>(v: &T) -> String {
 
 #[test]
 fn the_spec_transition_table_is_the_code() {
-    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/tandem.md"))
-        .expect("spec/tandem.md");
-    let start = spec.find("### 13.1 Session lifecycle").expect("§13.1");
-    let rows: Vec<Vec<&str>> = spec[start..]
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .skip(2)
-        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
-        .collect();
+    let rows = common::spec_table("### 13.1 Session lifecycle");
     let described: Vec<String> = TRANSITIONS
         .iter()
         .map(|(phase, trigger, next)| {

@@ -84,3 +84,45 @@ pub fn morph_pairs() -> Vec<(String, String, String)> {
     out.sort();
     out
 }
+
+/// The pinned inputs of fuzz target `target` (`fuzz/regressions/<target>/`), sorted, without the
+/// folder's README and hidden files (STYLE.md 10).
+pub fn regression_inputs(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        panic!("{} is missing", dir.display());
+    };
+    let mut files: Vec<_> = entries
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            p.is_file() && !name.starts_with('.') && name != "README.md"
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The rows (cells trimmed, header and rule skipped) of the first table after `heading` in
+/// `spec/tandem.md`, for tests that hold the spec's tables to the code.
+pub fn spec_table(heading: &str) -> Vec<Vec<String>> {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/tandem.md"))
+        .expect("spec/tandem.md");
+    let start = spec
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading} in the spec"));
+    spec[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
