@@ -13,6 +13,7 @@ use tandem_protocol::message::Role;
 use crate::client::{self, ControlChannel};
 use crate::link::{Link, LinkSpec};
 use crate::session::{self, ChangeSource, ConsumerOptions, SessionError};
+use crate::snapshot::MaskArgs;
 use crate::transport::{Fingerprint, TransportError};
 
 /// Command-line arguments of `tandem consumer`.
@@ -58,6 +59,9 @@ pub struct ConsumerArgs {
     /// default 1). `none` shapes nothing.
     #[arg(long, value_name = "SPEC", default_value = "none")]
     pub link: LinkSpec,
+    /// What to mask before anything leaves this process.
+    #[command(flatten)]
+    pub mask: MaskArgs,
 }
 
 /// Builds the page HTML and change source from a file or a states directory.
@@ -112,6 +116,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         changes,
         interval: Duration::from_millis(args.interval_ms),
         limits: Limits::DEFAULT,
+        policy: args.mask.policy(),
     };
     let report = session::run_consumer(ctl, opts, |created| {
         println!("code: {}", created.code);

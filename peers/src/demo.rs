@@ -17,6 +17,7 @@ use crate::relay::{self, RelayConfig};
 use crate::session::{
     self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
 };
+use crate::snapshot::MaskArgs;
 use crate::transport::{Identity, TransportError};
 
 /// The built-in sample page: an order page with a form.
@@ -49,6 +50,9 @@ pub struct DemoArgs {
     /// Do not offer compressed DOM streams (spec §4.6): send the frames as they are.
     #[arg(long)]
     pub no_compression: bool,
+    /// What the consumer masks before anything leaves it (spec §12).
+    #[command(flatten)]
+    pub mask: MaskArgs,
 }
 
 /// The command line of `tandem demo`: [`DemoArgs`] and the emulated link.
@@ -166,6 +170,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         h
     };
 
+    let policy = args.mask.policy();
     let consumer = tokio::spawn(async move {
         let conn = client::connect(consumer_addr, pin).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer)).await?;
@@ -176,6 +181,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
             changes,
             interval,
             limits: Limits::DEFAULT,
+            policy,
         };
         session::run_consumer(ctl, opts, |created| {
             let _ = code_tx.send(created.code.clone());

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, SendStream, VarInt};
-use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, parse_html};
+use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, MaskPolicy, parse_html};
 use tandem_protocol::compress::{CompressError, DecompressError, DomCompressor, DomDecompressor};
 use tandem_protocol::message::{Capabilities, End, EndReason, SessionCreated};
 use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
@@ -181,6 +181,9 @@ pub struct ConsumerOptions {
     pub interval: Duration,
     /// Limits.
     pub limits: Limits,
+    /// What the consumer masks before anything is encoded (spec §12); the automatic rules and
+    /// marker attributes apply with the default policy too.
+    pub policy: MaskPolicy,
 }
 
 struct DomStream {
@@ -287,7 +290,7 @@ pub async fn run_consumer(
     on_code(&created);
     let joined = ctl.wait_joined().await?;
     let compressed = joined.capabilities.contains(Capabilities::COMPRESSION);
-    let mut consumer = Consumer::new(page, &opts.url, limits);
+    let mut consumer = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut report = ConsumerReport {
         code: created.code,

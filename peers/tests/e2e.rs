@@ -16,6 +16,7 @@ fn args(page: Option<&Path>, batches: u64) -> DemoArgs {
         out: None,
         json: true,
         no_compression: false,
+        mask: Default::default(),
     }
 }
 
@@ -158,4 +159,29 @@ fn replay_command_verifies_every_state() {
     assert!(ok, "{r}");
     assert_eq!(r["verified"], true);
     assert_eq!(r["steps"].as_array().expect("steps").len(), 5);
+}
+
+/// `tandem demo --mask-selector '#items'`: the consumer masks before anything is sent, so the
+/// agent's page has stars where the order lines were, and the hashes still agree (the agent
+/// holds exactly the masked tree).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_honours_the_masking_flags() {
+    let out = std::env::temp_dir().join(format!("tandem-e2e-mask-{}.html", std::process::id()));
+    let mut a = args(None, 3);
+    a.out = Some(out.clone());
+    a.mask.mask_selector = vec!["#order-number".into(), ".total".into()];
+    let report = tokio::time::timeout(Duration::from_secs(60), demo(&a))
+        .await
+        .expect("demo finishes")
+        .expect("demo runs");
+    assert!(report.hashes_match, "{report:?}");
+    let html = std::fs::read_to_string(&out).expect("the agent wrote its page");
+    let _ = std::fs::remove_file(&out);
+    assert!(html.contains("Order <span"), "the page arrived: {html}");
+    assert!(
+        !html.contains("NW-48213</span>"),
+        "the order number is masked"
+    );
+    assert!(!html.contains("394.00"), "the total is masked");
+    assert!(html.contains("********"), "masked text shows as stars");
 }

@@ -397,6 +397,7 @@ async fn demo_over_a_bad_link_converges() {
         out: None,
         json: true,
         no_compression: false,
+        mask: Default::default(),
     };
     let link = spec("300ms,750kbit,1%");
     let report = tokio::time::timeout(
