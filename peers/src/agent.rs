@@ -79,6 +79,7 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         limits: Limits::DEFAULT,
         out: args.out,
         verbose: true,
+        script: Vec::new(),
     };
     let report = session::run_agent(ctl, opts, started).await?;
     println!(

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tandem_engine::LivePage;
 use tandem_protocol::Limits;
-use tandem_protocol::message::Role;
+use tandem_protocol::message::{Mode, Role};
 
 use crate::client::{self, ControlChannel};
+use crate::hands::{Consent, HandsOptions};
 use crate::link::{Link, LinkSpec};
 use crate::session::{self, ChangeSource, ConsumerOptions, SessionError};
 use crate::snapshot::MaskArgs;
@@ -62,6 +63,46 @@ pub struct ConsumerArgs {
     /// What to mask before anything leaves this process.
     #[command(flatten)]
     pub mask: MaskArgs,
+    /// The mode the customer grants the agent (follow, view, guide, full; spec §13.2). The
+    /// agent may ask for more; see --consent.
+    #[arg(long, value_name = "MODE", value_parser = crate::hands::parse_mode, default_value = "follow")]
+    pub mode: Mode,
+    /// The customer's answer when the agent asks for a higher mode.
+    #[arg(long, value_enum, default_value = "deny")]
+    pub consent: ConsentArg,
+}
+
+/// The customer's answer to mode requests, on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsentArg {
+    /// Grant every request.
+    Grant,
+    /// Deny every request.
+    Deny,
+}
+
+impl From<ConsentArg> for Consent {
+    fn from(c: ConsentArg) -> Consent {
+        match c {
+            ConsentArg::Grant => Consent::Grant,
+            ConsentArg::Deny => Consent::Deny,
+        }
+    }
+}
+
+/// The consumer's hands settings for sharing `page`: `mode` granted at the start, requests
+/// answered by `consent`, and same-site navigations served from the page's directory when
+/// the page is a file.
+pub fn hands_for(page: &std::path::Path, mode: Mode, consent: Consent) -> HandsOptions {
+    HandsOptions {
+        mode,
+        consent,
+        site: page
+            .is_file()
+            .then(|| page.parent().map(std::path::Path::to_path_buf))
+            .flatten(),
+        ..HandsOptions::default()
+    }
 }
 
 /// Builds the page HTML and change source from a file or a states directory.
@@ -117,6 +158,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         interval: Duration::from_millis(args.interval_ms),
         limits: Limits::DEFAULT,
         policy: args.mask.policy(),
+        hands: Some(hands_for(&args.page, args.mode, args.consent.into())),
     };
     let report = session::run_consumer(ctl, opts, |created| {
         println!("code: {}", created.code);

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tandem_protocol::Limits;
-use tandem_protocol::message::{Capabilities, Credential, Role};
+use tandem_protocol::message::{Capabilities, Credential, Mode, Role};
 
 use crate::client::{self, ControlChannel};
+use crate::hands::{ActionRecord, Consent, HandsOptions, Outcome, demo_script, mode_name};
 use crate::link::{Link, LinkCounters, LinkSpec};
 use crate::relay::{self, RelayConfig};
 use crate::session::{
@@ -53,6 +54,12 @@ pub struct DemoArgs {
     /// What the consumer masks before anything leaves it (spec §12).
     #[command(flatten)]
     pub mask: MaskArgs,
+    /// Let the agent act: the customer grants MODE (follow, view, guide, full) and the agent
+    /// runs a script that tries every kind of action (point, highlight, wiggle, scroll, click,
+    /// type, choose, navigate, ask for more); the demo prints which landed and which the
+    /// consumer refused, and why.
+    #[arg(long, value_name = "MODE", value_parser = crate::hands::parse_mode)]
+    pub mode: Option<Mode>,
 }
 
 /// The command line of `tandem demo`: [`DemoArgs`] and the emulated link.
@@ -101,6 +108,9 @@ pub struct DemoReport {
     pub udp_bytes: u64,
     /// Milliseconds from the agent joining to its first verified render.
     pub first_render_ms: Option<f64>,
+    /// Milliseconds from the agent starting to connect to the relay until it had joined (QUIC
+    /// handshake, HELLO/WELCOME, JOIN/JOINED): add `first_render_ms` for the time from connect.
+    pub agent_join_ms: f64,
     /// Milliseconds the whole session took.
     pub total_ms: f64,
     /// The consumer's final tree hash.
@@ -117,6 +127,12 @@ pub struct DemoReport {
     pub consumer_link: Option<LinkCounters>,
     /// What the agent ↔ relay link did (`up` is agent → relay); absent without a link.
     pub agent_link: Option<LinkCounters>,
+    /// The mode the customer granted (`--mode`), when the agent acted.
+    pub mode: Option<String>,
+    /// What became of each agent message at the consumer, in order.
+    pub actions: Vec<ActionRecord>,
+    /// What the agent was told about its script: (step, answer), in order.
+    pub agent_answers: Vec<(String, String)>,
 }
 
 /// Runs the demo over loopback with no link emulation and returns its report.
@@ -171,6 +187,18 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
     };
 
     let policy = args.mask.policy();
+    let hands = args.mode.map(|mode| match &args.page {
+        Some(p) => crate::consumer::hands_for(p, mode, Consent::Deny),
+        None => HandsOptions {
+            mode,
+            ..HandsOptions::default()
+        },
+    });
+    let script = if args.mode.is_some() {
+        demo_script()
+    } else {
+        Vec::new()
+    };
     let consumer = tokio::spawn(async move {
         let conn = client::connect(consumer_addr, pin).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer)).await?;
@@ -182,6 +210,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
             interval,
             limits: Limits::DEFAULT,
             policy,
+            hands,
         };
         session::run_consumer(ctl, opts, |created| {
             let _ = code_tx.send(created.code.clone());
@@ -193,25 +222,28 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         let code = code_rx
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
+        let connecting = Instant::now();
         let conn = client::connect(agent_addr, pin).await?;
         let mut ctl = ControlChannel::open(conn, hello(Role::Agent)).await?;
         ctl.join(Credential::Code(code), "Alex").await?;
         let joined_at = Instant::now();
-        session::run_agent(
+        let report = session::run_agent(
             ctl,
             AgentOptions {
                 limits: Limits::DEFAULT,
                 out,
                 verbose: false,
+                script,
             },
             joined_at,
         )
-        .await
+        .await?;
+        Ok::<_, SessionError>((report, joined_at - connecting))
     });
     let consumer: Result<ConsumerReport, SessionError> = consumer
         .await
         .map_err(|e| SessionError::EndedEarly(format!("consumer task: {e}")))?;
-    let agent: Result<AgentReport, SessionError> = agent
+    let agent: Result<(AgentReport, Duration), SessionError> = agent
         .await
         .map_err(|e| SessionError::EndedEarly(format!("agent task: {e}")))?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -220,7 +252,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
     relay.shutdown().await;
     let consumer_link = consumer_link.map(Link::shutdown);
     let agent_link = agent_link.map(Link::shutdown);
-    let (c, a) = (consumer?, agent?);
+    let (c, (a, join)) = (consumer?, agent?);
     let consumer_hash = session::hex(&c.hash);
     let agent_hash = a.hash.map(|h| session::hex(&h));
     Ok(DemoReport {
@@ -234,6 +266,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         patches: c.patches,
         udp_bytes: c.udp_bytes,
         first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
+        agent_join_ms: join.as_secs_f64() * 1000.0,
         total_ms,
         hashes_match: agent_hash.as_deref() == Some(consumer_hash.as_str()),
         consumer_hash,
@@ -242,6 +275,9 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         link: link.to_string(),
         consumer_link,
         agent_link,
+        mode: args.mode.map(|m| mode_name(m).to_owned()),
+        actions: c.actions,
+        agent_answers: a.answers,
     })
 }
 
@@ -304,6 +340,9 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             r.agent_hash.as_deref().unwrap_or("none")
         );
         println!("divergences:       {}", r.divergences);
+        if let Some(mode) = &r.mode {
+            print_actions(mode, &r.actions, &r.agent_answers);
+        }
         println!(
             "{}",
             if r.hashes_match {
@@ -314,4 +353,26 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
         );
     }
     Ok(r.hashes_match)
+}
+
+/// Prints the agent's actions as the consumer judged them, and what the agent was told.
+fn print_actions(mode: &str, actions: &[ActionRecord], answers: &[(String, String)]) {
+    println!("agent's hands:     the customer granted mode {mode}; requests are declined");
+    for a in actions {
+        let outcome = match &a.outcome {
+            Outcome::Landed { effect } => format!("landed: {effect}"),
+            Outcome::Refused { code } => format!("REFUSED {code} (the agent is told)"),
+            Outcome::Ignored { code: Some(code) } => {
+                format!("dropped: {code} (a datagram; not answered)")
+            }
+            Outcome::Ignored { code: None } => "dropped: stale".to_owned(),
+            Outcome::Answered { answer, mode } => format!("answered {answer}; mode {mode}"),
+        };
+        let what = format!("{} {}", a.action, a.target);
+        println!("  {what:<34} in {:<7} {outcome}", a.mode);
+    }
+    println!("agent was told:");
+    for (what, answer) in answers {
+        println!("  {what:<40} {answer}");
+    }
 }

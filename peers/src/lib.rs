@@ -8,6 +8,9 @@
 //!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events;
 //!             relay::state is its sans-IO core (session table, negotiation, teardown plan)
 //!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED
+//!  session    the consumer's and the agent's session pumps over QUIC
+//!  hands      the agent's actions: the consumer's authority carried out on its page, and
+//!             the agent's scripted actions (`tandem demo --mode`)
 //!  link       link emulation without netem: a loopback UDP forwarder with delay, rate, queue
 //!             and seeded loss per direction (`--link 300ms,750kbit,1%`); link::Shaper is sans-IO
 //! ```
@@ -44,6 +47,7 @@ pub mod client;
 pub mod consumer;
 pub mod demo;
 pub mod framed;
+pub mod hands;
 pub mod link;
 pub mod relay;
 pub mod session;

@@ -21,12 +21,15 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, SendStream, VarInt};
 use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, MaskPolicy, parse_html};
 use tandem_protocol::compress::{CompressError, DecompressError, DomCompressor, DomDecompressor};
-use tandem_protocol::message::{Capabilities, End, EndReason, SessionCreated};
+use tandem_protocol::message::{Capabilities, End, EndReason, RefusalCode, SessionCreated};
 use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
 use tokio::sync::mpsc;
 
 use crate::client::{ClientError, ControlChannel};
 use crate::framed::{FrameRecv, FramedError, write_message};
+use crate::hands::{
+    ActionRecord, AgentScript, ConsumerHands, HandsError, HandsOptions, Lane, Step,
+};
 
 /// Priority of the DOM stream; resources (lower) and control share the connection.
 const DOM_PRIORITY: i32 = 10;
@@ -62,6 +65,10 @@ pub enum SessionError {
     /// The session ended before the work was done.
     #[error("session ended early: {0}")]
     EndedEarly(String),
+    /// The agent broke the rules of the hands (spec §7.27), or carrying out an allowed action
+    /// failed.
+    #[error(transparent)]
+    Hands(#[from] HandsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SessionError + '_ {
@@ -164,6 +171,8 @@ pub struct ConsumerReport {
     pub hash: [u8; 32],
     /// Whether the agent acknowledged the final state.
     pub acked: bool,
+    /// What became of each of the agent's actions (with [`ConsumerOptions::hands`]).
+    pub actions: Vec<ActionRecord>,
 }
 
 /// Settings of a consumer session.
@@ -184,6 +193,65 @@ pub struct ConsumerOptions {
     /// What the consumer masks before anything is encoded (spec §12); the automatic rules and
     /// marker attributes apply with the default policy too.
     pub policy: MaskPolicy,
+    /// Accept the agent's actions (spec §13): the mode the customer grants and how requests
+    /// are answered. With it, the consumer also waits (up to [`ACTIONS_LINGER`] after its own
+    /// changes are done) for the agent to finish its actions stream before ending the session.
+    /// Without it, the agent's actions are not read.
+    pub hands: Option<HandsOptions>,
+}
+
+/// How long a consumer with [`ConsumerOptions::hands`] waits, once its changes are sent and
+/// acknowledged, for the agent's actions stream to finish.
+pub const ACTIONS_LINGER: Duration = Duration::from_secs(10);
+
+/// One message from the agent's actions stream or datagrams, or the end of the actions
+/// stream (`None`).
+type AgentItem = Option<Message>;
+
+/// Reads what the agent sends the consumer besides the control stream: every unidirectional
+/// stream the relay opens (the actions stream, spec §3.2) and the datagrams. A malformed frame
+/// ends the reading with the error.
+async fn read_agent_messages(
+    conn: Connection,
+    tx: mpsc::Sender<Result<AgentItem, FramedError>>,
+    limits: Limits,
+) {
+    let datagrams = {
+        let (conn, tx) = (conn.clone(), tx.clone());
+        async move {
+            while let Ok(d) = conn.read_datagram().await {
+                let item = frame::decode_exact(&d, &limits)
+                    .map(Some)
+                    .map_err(FramedError::from);
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let streams = async move {
+        while let Ok(stream) = conn.accept_uni().await {
+            let mut recv = FrameRecv::new(stream, limits);
+            loop {
+                match recv.next_message().await {
+                    Ok(Some(m)) => {
+                        if tx.send(Ok(Some(m))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Ok(None)).await;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(datagrams, streams);
 }
 
 struct DomStream {
@@ -305,15 +373,34 @@ pub async fn run_consumer(
         udp_bytes: 0,
         hash: consumer.tree_hash(),
         acked: false,
+        actions: Vec::new(),
     };
     let mut dom = None;
     send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+    let mut hands = opts
+        .hands
+        .as_ref()
+        .map(|h| ConsumerHands::new(h, &opts.url));
+    let (agent_tx, mut agent_rx) = mpsc::channel(64);
+    let reader = hands
+        .is_some()
+        .then(|| tokio::spawn(read_agent_messages(conn.clone(), agent_tx, limits)));
+    if let Some(announce) = hands.as_ref().and_then(ConsumerHands::announce) {
+        write_message(&mut ctl_send, &announce, &limits).await?;
+    }
+    let mut actions_done = hands.is_none();
+    let mut linger: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batches = 0;
     let mut exhausted = false;
     loop {
-        if exhausted && consumer.is_synced() {
+        if exhausted && consumer.is_synced() && !actions_done {
+            let deadline =
+                *linger.get_or_insert_with(|| tokio::time::Instant::now() + ACTIONS_LINGER);
+            actions_done = tokio::time::Instant::now() >= deadline;
+        }
+        if exhausted && consumer.is_synced() && actions_done {
             report.acked = true;
             write_message(
                 &mut ctl_send,
@@ -332,11 +419,36 @@ pub async fn run_consumer(
                     Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
                     None => return Err(SessionError::EndedEarly("control stream finished".into())),
                     Some(m) => {
-                        consumer.handle_message(&m)?;
+                        let reply = match hands.as_mut() {
+                            Some(h) if is_hands_message(&m) => h.on_message(&m, &mut consumer, Instant::now())?,
+                            _ => {
+                                consumer.handle_message(&m)?;
+                                None
+                            }
+                        };
+                        if let Some(reply) = reply {
+                            write_message(&mut ctl_send, &reply, &limits).await?;
+                        }
                         send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
                     }
                 }
             }
+            item = agent_rx.recv(), if !actions_done => {
+                match item {
+                    Some(Ok(Some(m))) => {
+                        if let Some(h) = hands.as_mut().filter(|_| is_hands_message(&m)) {
+                            if let Some(reply) = h.on_message(&m, &mut consumer, Instant::now())? {
+                                write_message(&mut ctl_send, &reply, &limits).await?;
+                            }
+                            send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+                        }
+                    }
+                    Some(Ok(None)) | None => actions_done = true,
+                    Some(Err(e)) if e.is_protocol() => return Err(e.into()),
+                    Some(Err(_)) => actions_done = true,
+                }
+            }
+            _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now)), if linger.is_some() && !actions_done => {}
             _ = ticker.tick(), if !exhausted => {
                 if opts.changes.next_batch(&mut consumer, &mut batches)? {
                     consumer.flush();
@@ -359,10 +471,20 @@ pub async fn run_consumer(
         }
     })
     .await;
+    if let Some(r) = reader {
+        r.abort();
+    }
+    report.actions = hands.map(|h| h.log().to_vec()).unwrap_or_default();
     report.hash = consumer.tree_hash();
     report.udp_bytes = conn.stats().udp_tx.bytes;
     conn.close(VarInt::from_u32(0), b"done");
     Ok(report)
+}
+
+/// Whether `m` is for the consumer's hands (an action or a mode change) rather than for the
+/// engine's DOM sync.
+fn is_hands_message(m: &Message) -> bool {
+    matches!(m, Message::Mode(_)) || tandem_engine::hands::Action::of(m).is_some()
 }
 
 /// What the agent side saw.
@@ -387,6 +509,10 @@ pub struct AgentReport {
     pub hash: Option<[u8; 32]>,
     /// The page URL.
     pub url: String,
+    /// What the consumer answered the agent's script: (step, answer), in order.
+    pub answers: Vec<(String, String)>,
+    /// The refusal codes among them.
+    pub refusals: Vec<RefusalCode>,
 }
 
 /// Settings of an agent session.
@@ -399,7 +525,12 @@ pub struct AgentOptions {
     pub out: Option<PathBuf>,
     /// Print progress lines to stderr.
     pub verbose: bool,
+    /// Actions to carry out once the page has rendered, one every [`SCRIPT_STEP`].
+    pub script: Vec<Step>,
 }
+
+/// Time between two steps of an agent's script.
+pub const SCRIPT_STEP: Duration = Duration::from_millis(30);
 
 impl Default for AgentOptions {
     fn default() -> Self {
@@ -407,6 +538,7 @@ impl Default for AgentOptions {
             limits: Limits::DEFAULT,
             out: None,
             verbose: false,
+            script: Vec::new(),
         }
     }
 }
@@ -440,6 +572,10 @@ pub async fn run_agent(
     ));
     let mut last_write: Option<Instant> = None;
     let mut dirty = false;
+    let mut script = AgentScript::new(opts.script.clone());
+    let mut actions: Option<SendStream> = None;
+    let mut step = tokio::time::interval(SCRIPT_STEP);
+    let datagrams = datagrams_ok(&conn);
     let result = loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -497,10 +633,48 @@ pub async fn run_agent(
                     dirty = false;
                 }
             }
+            _ = step.tick(), if report.first_render.is_some() && script.has_next() => {
+                let Some((lane, msg)) = script.next(agent.dom()) else {
+                    continue;
+                };
+                match lane {
+                    Lane::Datagram if datagrams => {
+                        let bytes = frame::to_frame(&msg, &limits).map_err(FramedError::from)?;
+                        // A datagram that does not fit or finds no room is dropped, like a
+                        // lost one; the next position wins anyway (spec §7.21).
+                        let _ = conn.send_datagram(bytes.into());
+                    }
+                    Lane::Datagram | Lane::Control => write_message(&mut ctl_send, &msg, &limits).await?,
+                    Lane::Actions => {
+                        if actions.is_none() {
+                            let s = conn.open_uni().await.map_err(ClientError::from_connection)?;
+                            actions = Some(s);
+                        }
+                        if let Some(s) = actions.as_mut() {
+                            write_message(s, &msg, &limits).await?;
+                        }
+                    }
+                }
+                if !script.has_next() {
+                    // The script is done: finishing the actions stream tells the consumer.
+                    match actions.as_mut() {
+                        Some(s) => {
+                            let _ = s.finish();
+                        }
+                        None => {
+                            let mut s = conn.open_uni().await.map_err(ClientError::from_connection)?;
+                            let _ = s.finish();
+                            actions = Some(s);
+                        }
+                    }
+                }
+            }
             msg = ctl_recv.next_message() => {
                 match msg {
                     Ok(Some(Message::End(_))) | Ok(Some(Message::Close(_))) | Ok(None) => break Ok(()),
-                    Ok(Some(_)) => {}
+                    Ok(Some(m)) => {
+                        script.on_message(&m);
+                    }
                     Err(e) if e.is_protocol() => break Err(e.into()),
                     Err(_) => break Ok(()),
                 }
@@ -515,8 +689,15 @@ pub async fn run_agent(
     report.nodes = agent.dom().len();
     report.hash = agent.tree_hash();
     report.url = agent.url().to_owned();
+    report.answers = script.answers().to_vec();
+    report.refusals = script.refusals().to_vec();
     conn.close(VarInt::from_u32(0), b"done");
     result.map(|()| report)
+}
+
+/// Whether the connection can carry `POINTER` and `SCROLL` as QUIC datagrams.
+fn datagrams_ok(conn: &Connection) -> bool {
+    conn.max_datagram_size().is_some()
 }
 
 /// Why a DOM stream stopped delivering frames.

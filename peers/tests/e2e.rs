@@ -17,6 +17,7 @@ fn args(page: Option<&Path>, batches: u64) -> DemoArgs {
         json: true,
         no_compression: false,
         mask: Default::default(),
+        mode: None,
     }
 }
 

@@ -398,6 +398,7 @@ async fn demo_over_a_bad_link_converges() {
         json: true,
         no_compression: false,
         mask: Default::default(),
+        mode: None,
     };
     let link = spec("300ms,750kbit,1%");
     let report = tokio::time::timeout(
