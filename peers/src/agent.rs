@@ -73,7 +73,11 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
     let conn = client::connect(relay, args.pin).await?;
     let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
     let joined = ctl.join(credential, &args.label).await?;
-    eprintln!("agent: joined {}'s session", joined.peer_label);
+    eprintln!(
+        "agent: joined {}'s session; they use {}",
+        joined.peer_label,
+        crate::presence::describe_platform(&joined.peer_platform)
+    );
     let started = Instant::now();
     let opts = AgentOptions {
         limits: Limits::DEFAULT,
@@ -96,6 +100,15 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
             .map(|h| session::hex(&h))
             .unwrap_or_else(|| "none".into())
     );
+    if let Some(s) = report.presence.peer_status {
+        println!(
+            "agent: the customer's link: {}",
+            crate::presence::describe_status(&s)
+        );
+    }
+    if let Some(s) = report.presence.own_status {
+        println!("agent: own link: {}", crate::presence::describe_status(&s));
+    }
     if let Some(link) = link {
         println!(
             "agent: link {}: {}",

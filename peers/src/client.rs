@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tandem_protocol::message::{
-    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Join, Joined, Platform, Role,
+    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Join, Joined, Role,
     SessionCreated, SessionOpen, Welcome,
 };
 use tandem_protocol::{ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
@@ -108,15 +108,16 @@ pub const CAPABILITIES: Capabilities =
     Capabilities(Capabilities::COMPRESSION.0 | Capabilities::DATAGRAMS.0);
 
 /// A `HELLO` for `role` speaking exactly this crate's protocol version, offering
-/// [`CAPABILITIES`], with an empty platform. Set the fields of the result to say more (clear
-/// `COMPRESSION` from `capabilities` to keep the DOM stream uncompressed).
+/// [`CAPABILITIES`], with the reference peers' platform ([`crate::presence::platform`] with
+/// the default viewport). Set the fields of the result to say more (clear `COMPRESSION` from
+/// `capabilities` to keep the DOM stream uncompressed).
 pub fn hello(role: Role) -> Hello {
     Hello {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
         role,
         capabilities: CAPABILITIES,
-        platform: Platform::default(),
+        platform: crate::presence::platform(crate::presence::DEFAULT_VIEWPORT),
         software: SOFTWARE.to_owned(),
     }
 }

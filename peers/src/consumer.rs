@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tandem_engine::LivePage;
 use tandem_protocol::Limits;
-use tandem_protocol::message::{Mode, Role};
+use tandem_protocol::message::{Mode, Role, Viewport};
 
 use crate::client::{self, ControlChannel};
 use crate::hands::{Consent, HandsOptions};
@@ -70,6 +70,9 @@ pub struct ConsumerArgs {
     /// The customer's answer when the agent asks for a higher mode.
     #[arg(long, value_enum, default_value = "deny")]
     pub consent: ConsentArg,
+    /// The viewport announced to the agent, WIDTHxHEIGHT[@DPR] (e.g. 390x844@3).
+    #[arg(long, value_parser = crate::presence::parse_viewport, default_value = "1280x800@1")]
+    pub viewport: Viewport,
 }
 
 /// The customer's answer to mode requests, on the command line.
@@ -149,7 +152,9 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
     }
     let relay = link.as_ref().map_or(args.relay, Link::addr);
     let conn = client::connect(relay, args.pin).await?;
-    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
+    let mut hello = client::hello(Role::Consumer);
+    hello.platform.viewport = args.viewport;
+    let ctl = ControlChannel::open(conn, hello).await?;
     let opts = ConsumerOptions {
         html,
         url: args.url,
@@ -174,6 +179,24 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         report.udp_bytes,
         session::hex(&report.hash)
     );
+    if let Some(p) = &report.presence.peer_platform {
+        println!(
+            "consumer: the agent used {}",
+            crate::presence::describe_platform(p)
+        );
+    }
+    if let Some(s) = report.presence.peer_status {
+        println!(
+            "consumer: the agent's link: {}",
+            crate::presence::describe_status(&s)
+        );
+    }
+    for a in &report.actions {
+        println!(
+            "consumer: agent action {} {}: {:?}",
+            a.action, a.target, a.outcome
+        );
+    }
     if let Some(link) = link {
         println!(
             "consumer: link {}: {}",

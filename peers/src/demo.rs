@@ -14,6 +14,7 @@ use tandem_protocol::message::{Capabilities, Credential, Mode, Role};
 use crate::client::{self, ControlChannel};
 use crate::hands::{ActionRecord, Consent, HandsOptions, Outcome, demo_script, mode_name};
 use crate::link::{Link, LinkCounters, LinkSpec};
+use crate::presence::{Presence, describe_platform, describe_status};
 use crate::relay::{self, RelayConfig};
 use crate::session::{
     self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
@@ -133,6 +134,10 @@ pub struct DemoReport {
     pub actions: Vec<ActionRecord>,
     /// What the agent was told about its script: (step, answer), in order.
     pub agent_answers: Vec<(String, String)>,
+    /// What the consumer knew of the agent at the end: platform and link (spec §7.29).
+    pub consumer_presence: Presence,
+    /// What the agent knew of the customer at the end: platform, viewport and link.
+    pub agent_presence: Presence,
 }
 
 /// Runs the demo over loopback with no link emulation and returns its report.
@@ -278,6 +283,8 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         mode: args.mode.map(|m| mode_name(m).to_owned()),
         actions: c.actions,
         agent_answers: a.answers,
+        consumer_presence: c.presence,
+        agent_presence: a.presence,
     })
 }
 
@@ -340,6 +347,8 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             r.agent_hash.as_deref().unwrap_or("none")
         );
         println!("divergences:       {}", r.divergences);
+        print_presence("customer (agent's view):", &r.agent_presence);
+        print_presence("agent (customer's view):", &r.consumer_presence);
         if let Some(mode) = &r.mode {
             print_actions(mode, &r.actions, &r.agent_answers);
         }
@@ -374,5 +383,32 @@ fn print_actions(mode: &str, actions: &[ActionRecord], answers: &[(String, Strin
     println!("agent was told:");
     for (what, answer) in answers {
         println!("  {what:<40} {answer}");
+    }
+}
+
+/// Prints what one side knew of the other: platform, and both ends' link figures.
+fn print_presence(title: &str, p: &Presence) {
+    println!("{title}");
+    if let Some(platform) = &p.peer_platform {
+        println!("  platform:        {}", describe_platform(platform));
+    }
+    if let Some(v) = &p.peer_viewport {
+        println!(
+            "  viewport:        {}×{} @{:.2}",
+            v.width,
+            v.height,
+            f64::from(v.dpr_percent) / 100.0
+        );
+    }
+    match &p.peer_status {
+        Some(s) => println!(
+            "  their link:      {} ({} STATUS received)",
+            describe_status(s),
+            p.statuses_received
+        ),
+        None => println!("  their link:      no STATUS yet (one is sent every second)"),
+    }
+    if let Some(s) = &p.own_status {
+        println!("  own link:        {}", describe_status(s));
     }
 }

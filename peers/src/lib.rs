@@ -11,6 +11,7 @@
 //!  session    the consumer's and the agent's session pumps over QUIC
 //!  hands      the agent's actions: the consumer's authority carried out on its page, and
 //!             the agent's scripted actions (`tandem demo --mode`)
+//!  presence   platform in HELLO, STATUS from quinn statistics, the other side's viewport
 //!  link       link emulation without netem: a loopback UDP forwarder with delay, rate, queue
 //!             and seeded loss per direction (`--link 300ms,750kbit,1%`); link::Shaper is sans-IO
 //! ```
@@ -49,6 +50,7 @@ pub mod demo;
 pub mod framed;
 pub mod hands;
 pub mod link;
+pub mod presence;
 pub mod relay;
 pub mod session;
 pub mod snapshot;

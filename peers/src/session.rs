@@ -30,6 +30,7 @@ use crate::framed::{FrameRecv, FramedError, write_message};
 use crate::hands::{
     ActionRecord, AgentScript, ConsumerHands, HandsError, HandsOptions, Lane, Step,
 };
+use crate::presence::{Presence, STATUS_INTERVAL, StatusMeter};
 
 /// Priority of the DOM stream; resources (lower) and control share the connection.
 const DOM_PRIORITY: i32 = 10;
@@ -173,6 +174,8 @@ pub struct ConsumerReport {
     pub acked: bool,
     /// What became of each of the agent's actions (with [`ConsumerOptions::hands`]).
     pub actions: Vec<ActionRecord>,
+    /// The agent's platform and link, and this side's link (spec §7.29).
+    pub presence: Presence,
 }
 
 /// Settings of a consumer session.
@@ -273,10 +276,11 @@ async fn send_queued(
         let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
         queued.push((msg, bytes));
     }
+    let current = consumer.epoch();
     let epoch_of = |msg: &Message| match msg {
         Message::Snapshot(s) => s.epoch,
         Message::Patch(p) => p.epoch,
-        _ => consumer.epoch(),
+        _ => current,
     };
     let mut wire = Vec::new();
     for (msg, bytes) in &queued {
@@ -358,6 +362,9 @@ pub async fn run_consumer(
     on_code(&created);
     let joined = ctl.wait_joined().await?;
     let compressed = joined.capabilities.contains(Capabilities::COMPRESSION);
+    let mut presence = Presence::with_peer(Some(&joined.peer_platform));
+    let mut meter = StatusMeter::new();
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let mut consumer = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut report = ConsumerReport {
@@ -374,6 +381,7 @@ pub async fn run_consumer(
         hash: consumer.tree_hash(),
         acked: false,
         actions: Vec::new(),
+        presence: Presence::default(),
     };
     let mut dom = None;
     send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
@@ -418,6 +426,7 @@ pub async fn run_consumer(
                     Some(Message::End(e)) => return Err(SessionError::EndedEarly(format!("{:?}", e.reason))),
                     Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
                     None => return Err(SessionError::EndedEarly("control stream finished".into())),
+                    Some(m) if presence.on_message(&m) => {}
                     Some(m) => {
                         let reply = match hands.as_mut() {
                             Some(h) if is_hands_message(&m) => h.on_message(&m, &mut consumer, Instant::now())?,
@@ -432,6 +441,11 @@ pub async fn run_consumer(
                         send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
                     }
                 }
+            }
+            _ = status_tick.tick() => {
+                let status = meter.sample(&conn.stats(), Instant::now());
+                presence.own_status = Some(status);
+                write_message(&mut ctl_send, &Message::Status(status), &limits).await?;
             }
             item = agent_rx.recv(), if !actions_done => {
                 match item {
@@ -475,6 +489,8 @@ pub async fn run_consumer(
         r.abort();
     }
     report.actions = hands.map(|h| h.log().to_vec()).unwrap_or_default();
+    presence.own_status = Some(meter.sample(&conn.stats(), Instant::now()));
+    report.presence = presence;
     report.hash = consumer.tree_hash();
     report.udp_bytes = conn.stats().udp_tx.bytes;
     conn.close(VarInt::from_u32(0), b"done");
@@ -513,6 +529,8 @@ pub struct AgentReport {
     pub answers: Vec<(String, String)>,
     /// The refusal codes among them.
     pub refusals: Vec<RefusalCode>,
+    /// The customer's platform, viewport and link, and this side's link (spec §7.29).
+    pub presence: Presence,
 }
 
 /// Settings of an agent session.
@@ -555,6 +573,9 @@ pub async fn run_agent(
     let compressed = ctl
         .session_capabilities()
         .contains(Capabilities::COMPRESSION);
+    let mut presence = Presence::with_peer(ctl.joined().map(|j| &j.peer_platform));
+    let mut meter = StatusMeter::new();
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut agent = Agent::new(limits);
     let mut report = AgentReport {
@@ -633,6 +654,11 @@ pub async fn run_agent(
                     dirty = false;
                 }
             }
+            _ = status_tick.tick() => {
+                let status = meter.sample(&conn.stats(), Instant::now());
+                presence.own_status = Some(status);
+                write_message(&mut ctl_send, &Message::Status(status), &limits).await?;
+            }
             _ = step.tick(), if report.first_render.is_some() && script.has_next() => {
                 let Some((lane, msg)) = script.next(agent.dom()) else {
                     continue;
@@ -673,7 +699,9 @@ pub async fn run_agent(
                 match msg {
                     Ok(Some(Message::End(_))) | Ok(Some(Message::Close(_))) | Ok(None) => break Ok(()),
                     Ok(Some(m)) => {
-                        script.on_message(&m);
+                        if !presence.on_message(&m) {
+                            script.on_message(&m);
+                        }
                     }
                     Err(e) if e.is_protocol() => break Err(e.into()),
                     Err(_) => break Ok(()),
@@ -691,6 +719,8 @@ pub async fn run_agent(
     report.url = agent.url().to_owned();
     report.answers = script.answers().to_vec();
     report.refusals = script.refusals().to_vec();
+    presence.own_status = Some(meter.sample(&conn.stats(), Instant::now()));
+    report.presence = presence;
     conn.close(VarInt::from_u32(0), b"done");
     result.map(|()| report)
 }

@@ -331,3 +331,26 @@ fn a_same_site_navigation_loads_the_page_file_it_names() {
         "and the change is queued to be sent"
     );
 }
+
+/// Presence (spec §7.1, §7.29): each side knows the other's platform from `JOINED` and its
+/// link from the `STATUS` messages the other sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_see_each_others_platform_and_link() {
+    let report = tokio::time::timeout(Duration::from_secs(60), demo(&args(Mode::Follow, None)))
+        .await
+        .expect("demo finishes")
+        .expect("demo runs");
+    for (side, p) in [
+        ("agent", &report.agent_presence),
+        ("consumer", &report.consumer_presence),
+    ] {
+        let platform = p.peer_platform.as_ref().expect("a platform from JOINED");
+        assert!(
+            platform.os.contains(std::env::consts::OS),
+            "{side}: {platform:?}"
+        );
+        assert!(p.peer_viewport.is_some_and(|v| v.width > 0), "{side}");
+        assert!(p.statuses_received >= 1, "{side}: {p:?}");
+        assert!(p.own_status.is_some(), "{side}");
+    }
+}
