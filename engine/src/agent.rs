@@ -121,6 +121,16 @@ impl Agent {
         crate::html::to_html(&self.dom)
     }
 
+    /// The current page as HTML with its resources taken from `blobs`, inline or as files
+    /// named by address (spec §14.9); see [`resolve_page`](crate::resource::resolve_page).
+    pub fn to_html_resolved(
+        &self,
+        blobs: &crate::resource::BlobStore,
+        mode: &crate::resource::ResolveMode,
+    ) -> crate::resource::ResolvedPage {
+        crate::resource::resolve_page(&self.dom, blobs, mode)
+    }
+
     /// Handles one message of the DOM stream. An error is also reported as
     /// [`AgentEvent::Diverged`] with a `RESYNC` queued; the caller only logs it.
     pub fn handle_message(&mut self, msg: Message) -> Result<(), EngineError> {

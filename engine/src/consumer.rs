@@ -45,6 +45,7 @@ use crate::hands::Protection;
 use crate::dom::{Dom, NodeKind};
 use crate::mask::{self, Fix, Listing, MaskPolicy};
 use crate::patch::{self, Op};
+use crate::resource::Resources;
 use crate::snapshot;
 use crate::{EngineError, diff, hash};
 
@@ -138,6 +139,8 @@ pub struct Consumer {
     raw: bool,
     /// Ids the page's capture layer knows that stand inside blocked elements: not in the tree.
     swallowed: HashSet<NodeId>,
+    /// Content-addressed resources (spec §14), when enabled.
+    resources: Option<Box<Resources>>,
 }
 
 impl Consumer {
@@ -149,8 +152,36 @@ impl Consumer {
 
     /// A consumer for the page `dom` at `url` that masks with `policy`; queues the first
     /// snapshot (epoch 0) of the masked page.
-    pub fn with_policy(mut dom: Dom, url: &str, limits: Limits, policy: MaskPolicy) -> Self {
+    pub fn with_policy(dom: Dom, url: &str, limits: Limits, policy: MaskPolicy) -> Self {
+        Self::build(dom, url, limits, policy, None)
+    }
+
+    /// A consumer that masks with `policy` and then sends resources by content address
+    /// (spec §14): `resources` rewrites the masked page's references before the first
+    /// snapshot, and every changed or inserted node before each patch is built, so the tree,
+    /// its hash and every frame carry `tandem:blake3:` URIs. The blobs are served from
+    /// [`Consumer::resources_mut`].
+    pub fn with_resources(
+        dom: Dom,
+        url: &str,
+        limits: Limits,
+        policy: MaskPolicy,
+        resources: Resources,
+    ) -> Self {
+        Self::build(dom, url, limits, policy, Some(Box::new(resources)))
+    }
+
+    fn build(
+        mut dom: Dom,
+        url: &str,
+        limits: Limits,
+        policy: MaskPolicy,
+        mut resources: Option<Box<Resources>>,
+    ) -> Self {
         policy.apply(&mut dom);
+        if let Some(r) = resources.as_deref_mut() {
+            r.rewrite_tree(&mut dom, &policy, url);
+        }
         let mut c = Consumer {
             shadow: Dom::new(limits),
             dom,
@@ -171,9 +202,22 @@ impl Consumer {
             policy,
             raw: false,
             swallowed: HashSet::new(),
+            resources,
         };
         c.queue_snapshot();
         c
+    }
+
+    /// The consumer's resources, when enabled ([`Consumer::with_resources`]).
+    pub fn resources(&self) -> Option<&Resources> {
+        self.resources.as_deref()
+    }
+
+    /// The consumer's resources, mutably: the [`BlobSource`](crate::resource::BlobSource)
+    /// a [`ResourceSender`](crate::resource::ResourceSender) serves from, and the new
+    /// references to offer after each flush.
+    pub fn resources_mut(&mut self) -> Option<&mut Resources> {
+        self.resources.as_deref_mut()
     }
 
     /// The masking policy in force.
@@ -726,6 +770,17 @@ impl Consumer {
             // Ids are running out: a new epoch renumbers from 1 (spec §6.1).
             self.queue_snapshot();
             return true;
+        }
+        if let Some(r) = self.resources.as_deref_mut() {
+            // References of what changed become addresses before anything is encoded.
+            r.rewrite_changes(
+                &mut self.dom,
+                &self.shadow,
+                &self.policy,
+                &self.url,
+                &self.touched,
+                &self.parents,
+            );
         }
         let mut ops = Vec::new();
         let built = self.build_ops(&mut ops);

@@ -28,6 +28,14 @@
 //!   inputs, marker attributes, configured selectors, private-by-default mode — so no encoder
 //!   ever sees it; [`Consumer::check_action`] refuses agent input into masked fields.
 //! * [`LivePage`] makes seeded random page changes for demos and tests.
+//! * Module [`resource`] (spec §14) moves stylesheets, images, fonts and large texts by
+//!   blake3 content address: [`Resources`] rewrites the consumer's masked tree so that it
+//!   refers to `tandem:blake3:` URIs (given to [`Consumer::with_resources`]),
+//!   [`ResourceSender`](resource::ResourceSender) and
+//!   [`ResourceReceiver`](resource::ResourceReceiver) move the blobs as `RESOURCE` pieces
+//!   after `HAVE`/`WANT`, checking each against its address, a
+//!   [`RelayCache`](resource::RelayCache) shares public ones across sessions, and
+//!   [`resolve_page`](resource::resolve_page) writes the agent's page with them.
 //!
 //! ## Example
 //!
@@ -65,6 +73,7 @@ pub mod html;
 pub mod live;
 pub mod mask;
 pub mod patch;
+pub mod resource;
 pub mod session;
 pub mod snapshot;
 
@@ -75,3 +84,4 @@ pub use error::EngineError;
 pub use html::{parse_html, to_html};
 pub use live::LivePage;
 pub use mask::{MaskLength, MaskPolicy};
+pub use resource::{Address, BlobStore, Resources};
