@@ -17,12 +17,46 @@
 //!   socket, asks its shaper, and sends on the other socket when the shaper says so. Its
 //!   counters ([`Link::stats`]) can be read while it runs.
 //!
+//! The same model shapes TCP for a baseline over TCP + TLS ([`TcpLink`], [`TcpShaper`]); see
+//! [the TCP model](#the-tcp-model) below.
+//!
 //! The model of one direction, in order: a datagram is lost at random (probability
 //! [`LinkSpec::loss_ppm`]); otherwise it joins a FIFO queue in front of the link and is dropped
 //! instead when the queue is full ([`LinkSpec::queue`], drop-tail); it is serialized at
 //! [`LinkSpec::rate_bps`] once the datagram before it has finished (counting
 //! [`UDP_OVERHEAD`] header bytes); then it propagates for [`LinkSpec::delay`]. A datagram stays
 //! in the queue until it has been serialized, so the one on the wire counts too.
+//!
+//! ## The TCP model
+//!
+//! A TCP link cannot drop bytes: the kernel on either side retransmits them. Since both
+//! kernels talk over loopback, [`TcpLink`] models in its [`TcpShaper`]s what TCP would do over
+//! the emulated link, and delivers the byte stream at the instants the model says:
+//!
+//! - The stream is cut into segments of at most [`MSS`] payload bytes (each read from the
+//!   sender is cut on its own, as writes with `TCP_NODELAY` are) and each segment crosses a
+//!   [`Shaper`] as a datagram of payload + [`TCP_OVERHEAD`] bytes: the same loss draws, rate
+//!   and delay as UDP.
+//! - Congestion control: at most `cwnd` segments are unacknowledged; `cwnd` starts at
+//!   [`INITIAL_WINDOW`] (RFC 6928), grows by one per ACK in slow start and by one per window
+//!   above `ssthresh`, and halves once per window on a loss, staying there for a round trip
+//!   (Reno). A segment's ACK reaches the sender the opposite direction's delay after the
+//!   segment arrived (SACK: a segment behind a hole is acknowledged on arrival). Slow start
+//!   after idle is not modelled.
+//! - A lost segment takes its place in the link anyway and arrives one round trip (both
+//!   directions' delays) later than it would have: fast retransmit, the duplicate ACKs of the
+//!   segments behind it taking the round trip back. A retransmission lost again costs a
+//!   retransmission timeout of a round trip + [`MIN_RTO`], doubling each time. This is what
+//!   TCP pays at best: a tail loss costs it a probe timeout of about two round trips, and the
+//!   retransmission also waits behind the queue at the bottleneck; neither is charged.
+//! - In-order delivery: the receiving application gets a segment only once every segment
+//!   before it has arrived (head-of-line blocking), so a loss holds back everything behind it.
+//! - The handshake: the SYN and the SYN-ACK each cross the link (a lost one is sent again
+//!   after [`SYN_RTO`], doubling), so the client's first byte leaves one round trip after it
+//!   connected; its kernel's `connect` returns at once on loopback, the model holds the bytes.
+//! - Counters ([`TcpLink::stats`]) count payload and 40 header bytes per segment delivered,
+//!   the handshake's three segments, and a pure ACK for every two data segments received
+//!   (delayed ACK, RFC 1122), counted in the direction it travels.
 //!
 //! ## Example: shape a client's path to a server
 //!
@@ -38,17 +72,20 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::transport::bind_address_for;
 
@@ -794,5 +831,663 @@ async fn receive(p: &Pump, buf: &mut [u8]) -> Option<usize> {
             (from == client).then_some(len)
         }
         Direction::Down => p.far.recv(buf).await.ok(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP: the same link, for a byte stream (module docs, "The TCP model").
+
+/// Bytes of IPv4 and TCP headers counted with every TCP segment (20 + 20).
+pub const TCP_OVERHEAD: usize = 40;
+
+/// Payload bytes of a full TCP segment: a 1500-byte MTU less the 40 header bytes and the 12
+/// bytes of the timestamp option Linux sends.
+pub const MSS: usize = 1448;
+
+/// Segments a TCP sender may send before its first ACK (RFC 6928).
+pub const INITIAL_WINDOW: u32 = 10;
+
+/// The retransmission timeout of a lost SYN or SYN-ACK (RFC 6298 §2.1); it doubles on each
+/// retry.
+pub const SYN_RTO: Duration = Duration::from_secs(1);
+
+/// What a retransmission timeout adds to the round trip (Linux's `TCP_RTO_MIN`): a lost
+/// retransmission is sent again a round trip + this later, doubling each time.
+pub const MIN_RTO: Duration = Duration::from_millis(200);
+
+/// What a [`TcpShaper`] decided for one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Payload bytes.
+    pub len: usize,
+    /// When the sender first put it on the link (the window and the handshake may hold it).
+    pub sent: Instant,
+    /// When it (its last transmission) arrived at the receiver.
+    pub arrived: Instant,
+    /// When the receiving application gets it: `arrived`, or later when a segment before it
+    /// is still missing (head-of-line blocking). Never earlier than the previous segment's.
+    pub delivered: Instant,
+    /// How many times it was sent (1 when it was not lost).
+    pub transmissions: u32,
+}
+
+/// Counters of one direction of a [`TcpShaper`] or [`TcpLink`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpCounters {
+    /// Data segments delivered (each once, however many times it was sent).
+    pub segments: u64,
+    /// Payload bytes delivered.
+    pub bytes: u64,
+    /// Transmissions lost (data segments, SYN and SYN-ACK), each sent again.
+    pub lost: u64,
+    /// Handshake segments this direction carried (SYN and the client's ACK, or the SYN-ACK).
+    pub control: u64,
+    /// Pure ACKs the receiver of this direction sends back, one for every two data segments
+    /// (delayed ACK, RFC 1122); they travel the opposite direction.
+    pub acks: u64,
+}
+
+impl TcpCounters {
+    /// Bytes of the segments this direction carried: payloads and [`TCP_OVERHEAD`] for each
+    /// data and handshake segment (the pure ACKs it carries are the other direction's `acks`).
+    pub fn wire_bytes(&self) -> u64 {
+        self.bytes + (self.segments + self.control) * TCP_OVERHEAD as u64
+    }
+
+    fn add(&mut self, other: &TcpCounters) {
+        self.segments += other.segments;
+        self.bytes += other.bytes;
+        self.lost += other.lost;
+        self.control += other.control;
+        self.acks += other.acks;
+    }
+}
+
+/// Counters of both directions of a [`TcpLink`], as read by [`TcpLink::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpLinkCounters {
+    /// Client → upstream.
+    pub up: TcpCounters,
+    /// Upstream → client.
+    pub down: TcpCounters,
+}
+
+impl TcpLinkCounters {
+    /// Bytes on the wire from the client to upstream: its segments and the pure ACKs of the
+    /// data coming down.
+    pub fn wire_up(&self) -> u64 {
+        self.up.wire_bytes() + self.down.acks * TCP_OVERHEAD as u64
+    }
+
+    /// Bytes on the wire from upstream to the client: its segments and the pure ACKs of the
+    /// data going up.
+    pub fn wire_down(&self) -> u64 {
+        self.down.wire_bytes() + self.up.acks * TCP_OVERHEAD as u64
+    }
+}
+
+/// The sans-IO model of one direction of a TCP connection over an emulated link (module docs,
+/// "The TCP model"): the caller passes each chunk of the byte stream to [`TcpShaper::send`]
+/// with the instant the sender wrote it, and gets the instants its segments reach the
+/// receiving application, which never decrease.
+///
+/// Call [`tcp_handshake`] first with both directions' shapers: no segment leaves before the
+/// handshake allows it. Like [`Shaper`], it reads no clock and draws its losses from the
+/// seeded generator, one draw per transmission in sending order.
+#[derive(Debug, Clone)]
+pub struct TcpShaper {
+    shaper: Shaper,
+    /// This direction's delay: what the handshake's last ACK takes.
+    delay: Duration,
+    /// The opposite direction's delay, which the ACKs take back to the sender.
+    ack_delay: Duration,
+    /// Congestion window, in segments.
+    cwnd: u32,
+    /// Slow-start threshold, in segments.
+    ssthresh: u32,
+    /// ACKs counted towards the next increase above `ssthresh`.
+    acked: u32,
+    /// When the ACK of each segment in flight reaches the sender (earliest first).
+    in_flight: BinaryHeap<Reverse<Instant>>,
+    /// When the sender learns of each loss it has not reacted to yet (in order).
+    detections: VecDeque<Instant>,
+    /// Losses the sender learns of before this instant belong to a window already halved.
+    recovery_until: Option<Instant>,
+    /// The sender's clock: when the last segment left (it never goes backwards).
+    clock: Option<Instant>,
+    /// No data leaves before this (set by the handshake).
+    not_before: Option<Instant>,
+    /// When the receiving application got the last segment.
+    delivered: Option<Instant>,
+    counters: TcpCounters,
+}
+
+impl TcpShaper {
+    /// The model of `direction` of a connection whose segments cross a link shaped by `spec`
+    /// and whose ACKs come back over a link shaped by `reverse` (their delay only: ACKs are
+    /// small and their losses are covered by the next ACK).
+    pub fn new(spec: &LinkSpec, reverse: &LinkSpec, direction: Direction) -> Self {
+        Self {
+            shaper: Shaper::new(spec, direction),
+            delay: spec.delay,
+            ack_delay: reverse.delay,
+            cwnd: INITIAL_WINDOW,
+            ssthresh: u32::MAX,
+            acked: 0,
+            in_flight: BinaryHeap::new(),
+            detections: VecDeque::new(),
+            recovery_until: None,
+            clock: None,
+            not_before: None,
+            delivered: None,
+            counters: TcpCounters::default(),
+        }
+    }
+
+    /// The round trip the sender sees: both directions' delays.
+    pub fn rtt(&self) -> Duration {
+        self.delay + self.ack_delay
+    }
+
+    /// The congestion window now, in segments.
+    pub fn cwnd(&self) -> u32 {
+        self.cwnd
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> TcpCounters {
+        self.counters
+    }
+
+    /// The sender writes `len` bytes at `now` (never earlier than the previous call's `now`):
+    /// cuts them into segments of at most [`MSS`] bytes, in order, and says what becomes of
+    /// each.
+    pub fn send(&mut self, now: Instant, len: usize) -> Vec<Segment> {
+        let mut out = Vec::with_capacity(len.div_ceil(MSS));
+        let mut left = len;
+        while left > 0 {
+            let payload = left.min(MSS);
+            left -= payload;
+            out.push(self.segment(now, payload));
+        }
+        out
+    }
+
+    fn segment(&mut self, now: Instant, payload: usize) -> Segment {
+        let mut at = now.max(self.clock.unwrap_or(now));
+        if let Some(t) = self.not_before {
+            at = at.max(t);
+        }
+        // Wait until the window has room; an ACK arriving frees a slot.
+        loop {
+            self.advance(at);
+            if (self.in_flight.len() as u64) < u64::from(self.cwnd) {
+                break;
+            }
+            match self.in_flight.peek() {
+                Some(&Reverse(next)) => at = at.max(next),
+                None => break,
+            }
+        }
+        self.clock = Some(at);
+        let (arrived, transmissions) = self.transmit(at, payload);
+        let delivered = arrived.max(self.delivered.unwrap_or(arrived));
+        self.delivered = Some(delivered);
+        self.in_flight.push(Reverse(arrived + self.ack_delay));
+        self.counters.segments += 1;
+        self.counters.bytes += payload as u64;
+        self.counters.acks = self.counters.segments.div_ceil(2);
+        Segment {
+            len: payload,
+            sent: at,
+            arrived,
+            delivered,
+            transmissions,
+        }
+    }
+
+    /// Sends one segment at `at` until a transmission gets through: when its last
+    /// transmission arrives, and how many it took.
+    fn transmit(&mut self, at: Instant, payload: usize) -> (Instant, u32) {
+        // The shaper counts UDP_OVERHEAD on top of what it is given.
+        let len = payload + TCP_OVERHEAD - UDP_OVERHEAD;
+        let mut penalty = Duration::ZERO;
+        let mut rto = self.rtt() + MIN_RTO;
+        let mut transmissions = 0;
+        loop {
+            transmissions += 1;
+            match self.shaper.offer(at, len) {
+                Verdict::Deliver(arrival) => return (arrival + penalty, transmissions),
+                Verdict::Lost | Verdict::QueueFull => {
+                    self.counters.lost += 1;
+                    if transmissions == 1 {
+                        // Fast retransmit: the duplicate ACKs take a round trip back.
+                        penalty += self.rtt();
+                        self.detections.push_back(at + self.rtt());
+                    } else {
+                        penalty += rto;
+                        rto *= 2;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles the losses the sender learns of and the ACKs that reach it up to `at`, in time
+    /// order.
+    fn advance(&mut self, at: Instant) {
+        loop {
+            let loss = self.detections.front().copied().filter(|&t| t <= at);
+            let ack = self.in_flight.peek().map(|r| r.0).filter(|&t| t <= at);
+            match (loss, ack) {
+                (Some(l), a) if a.is_none_or(|a| l <= a) => {
+                    self.detections.pop_front();
+                    if self.recovery_until.is_none_or(|r| l >= r) {
+                        self.ssthresh = (self.cwnd / 2).max(2);
+                        self.cwnd = self.ssthresh;
+                        self.acked = 0;
+                        self.recovery_until = Some(l + self.rtt());
+                    }
+                }
+                (_, Some(a)) => {
+                    self.in_flight.pop();
+                    if self.recovery_until.is_some_and(|r| a < r) {
+                        // In recovery the window stays halved.
+                    } else if self.cwnd < self.ssthresh {
+                        self.cwnd += 1;
+                    } else {
+                        self.acked += 1;
+                        if self.acked >= self.cwnd {
+                            self.acked = 0;
+                            self.cwnd += 1;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Sends a handshake segment at `at` until it gets through (a lost one is sent again
+    /// after [`SYN_RTO`], doubling): when it arrives.
+    fn control_segment(&mut self, mut at: Instant) -> Instant {
+        at = at.max(self.clock.unwrap_or(at));
+        let mut rto = SYN_RTO;
+        loop {
+            match self.shaper.offer(at, TCP_OVERHEAD - UDP_OVERHEAD) {
+                Verdict::Deliver(arrival) => {
+                    self.clock = Some(at);
+                    self.counters.control += 1;
+                    return arrival;
+                }
+                Verdict::Lost | Verdict::QueueFull => {
+                    self.counters.lost += 1;
+                    at += rto;
+                    rto *= 2;
+                }
+            }
+        }
+    }
+}
+
+/// Models the three-way handshake of a client connecting at `now`: the SYN crosses `up`, the
+/// SYN-ACK crosses `down`, and the client's ACK goes up with its first data. Returns when the
+/// client's `connect` would return (the SYN-ACK arrived); from then on `up` may send, and
+/// `down` once the client's ACK has arrived.
+pub fn tcp_handshake(up: &mut TcpShaper, down: &mut TcpShaper, now: Instant) -> Instant {
+    let syn = up.control_segment(now);
+    let syn_ack = down.control_segment(syn);
+    up.counters.control += 1; // The client's ACK.
+    up.not_before = Some(syn_ack);
+    down.not_before = Some(syn_ack + up.delay);
+    syn_ack
+}
+
+/// A running TCP link emulator: a TCP forwarder on `127.0.0.1` that connects each client to
+/// the upstream address and delivers each direction's bytes when a [`TcpShaper`] says (module
+/// docs, "The TCP model"). Connection `n` (from 0) draws its losses from the spec's seed + `n`.
+///
+/// The forwarder and its connections stop when the `TcpLink` is dropped.
+#[derive(Debug)]
+pub struct TcpLink {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    up: LinkSpec,
+    down: LinkSpec,
+    counters: Arc<Mutex<Vec<[TcpCounters; 2]>>>,
+    task: JoinHandle<()>,
+}
+
+impl TcpLink {
+    /// Starts a forwarder to `upstream` that shapes both directions as `spec` says. Must be
+    /// called inside a tokio runtime.
+    pub async fn spawn(upstream: SocketAddr, spec: &LinkSpec) -> io::Result<TcpLink> {
+        Self::spawn_asymmetric(upstream, spec, spec).await
+    }
+
+    /// Like [`TcpLink::spawn`] with a different spec for each direction: `up` for client →
+    /// upstream, `down` for upstream → client.
+    pub async fn spawn_asymmetric(
+        upstream: SocketAddr,
+        up: &LinkSpec,
+        down: &LinkSpec,
+    ) -> io::Result<TcpLink> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(tcp_accept(listener, upstream, *up, *down, counters.clone()));
+        Ok(TcpLink {
+            addr,
+            upstream,
+            up: *up,
+            down: *down,
+            counters,
+            task,
+        })
+    }
+
+    /// The address the client connects to instead of the upstream address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The upstream address connections are forwarded to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// The specs of the two directions: (client → upstream, upstream → client).
+    pub fn specs(&self) -> (LinkSpec, LinkSpec) {
+        (self.up, self.down)
+    }
+
+    /// The counters of all connections so far, as the model scheduled the segments (a segment
+    /// is counted when it is sent, before it is delivered).
+    pub fn stats(&self) -> TcpLinkCounters {
+        let all = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut total = TcpLinkCounters::default();
+        for [up, down] in all.iter() {
+            total.up.add(up);
+            total.down.add(down);
+        }
+        total
+    }
+}
+
+impl Drop for TcpLink {
+    fn drop(&mut self) {
+        // The accept task owns the connections' tasks: aborting it drops (and aborts) them.
+        self.task.abort();
+    }
+}
+
+async fn tcp_accept(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    up: LinkSpec,
+    down: LinkSpec,
+    counters: Arc<Mutex<Vec<[TcpCounters; 2]>>>,
+) {
+    let mut tasks = JoinSet::new();
+    let mut n: u64 = 0;
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(_) => {
+                // Out of descriptors or an aborted connection: try again shortly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let accepted = Instant::now();
+        // A refused upstream closes the client's connection (dropped here).
+        let Ok(server) = TcpStream::connect(upstream).await else {
+            continue;
+        };
+        // Segments leave when the model says, not when Nagle's algorithm would.
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let seeded = |s: &LinkSpec| LinkSpec {
+            seed: s.seed.wrapping_add(n),
+            ..*s
+        };
+        let mut up_model = TcpShaper::new(&seeded(&up), &down, Direction::Up);
+        let mut down_model = TcpShaper::new(&seeded(&down), &up, Direction::Down);
+        tcp_handshake(&mut up_model, &mut down_model, accepted);
+        let slot = {
+            let mut all = counters.lock().unwrap_or_else(PoisonError::into_inner);
+            all.push([up_model.counters(), down_model.counters()]);
+            all.len() - 1
+        };
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        let counter = |index| TcpSlot {
+            counters: counters.clone(),
+            slot,
+            index,
+        };
+        tasks.spawn(tcp_pump(up_model, client_read, server_write, counter(0)));
+        tasks.spawn(tcp_pump(down_model, server_read, client_write, counter(1)));
+        n += 1;
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+/// Where a TCP pump publishes its counters: `counters[slot][index]`.
+struct TcpSlot {
+    counters: Arc<Mutex<Vec<[TcpCounters; 2]>>>,
+    slot: usize,
+    index: usize,
+}
+
+/// One direction of one TCP connection: read what the sender wrote, ask the model when each
+/// segment reaches the receiver, write it then; shut the write side once the sender has
+/// finished and everything is delivered.
+async fn tcp_pump(
+    mut model: TcpShaper,
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    publish: TcpSlot,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut open = true;
+    loop {
+        if !open && pending.is_empty() {
+            let _ = to.shutdown().await;
+            return;
+        }
+        let due = pending.front().map(|&(at, _)| at);
+        let timer = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = timer => {
+                let now = Instant::now();
+                let mut chunk = Vec::new();
+                while pending.front().is_some_and(|&(at, _)| at <= now) {
+                    if let Some((_, bytes)) = pending.pop_front() {
+                        chunk.extend_from_slice(&bytes);
+                    }
+                }
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            read = from.read(&mut buf), if open => match read {
+                Ok(0) | Err(_) => open = false,
+                Ok(n) => {
+                    let mut offset = 0;
+                    for segment in model.send(Instant::now(), n) {
+                        let end = offset + segment.len;
+                        pending.push_back((segment.delivered, buf[offset..end].to_vec()));
+                        offset = end;
+                    }
+                    let mut all = publish.counters.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(slot) = all.get_mut(publish.slot) {
+                        slot[publish.index] = model.counters();
+                    }
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tcp_tests {
+    //! The TCP model in virtual time: no sockets, no clock.
+
+    use super::*;
+
+    fn spec(s: &str) -> LinkSpec {
+        s.parse().expect("a valid spec")
+    }
+
+    fn shapers(s: &LinkSpec) -> (TcpShaper, TcpShaper) {
+        (
+            TcpShaper::new(s, s, Direction::Up),
+            TcpShaper::new(s, s, Direction::Down),
+        )
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn handshake_costs_a_round_trip_before_the_first_byte() {
+        let s = spec("100ms");
+        let (mut up, mut down) = shapers(&s);
+        let t0 = Instant::now();
+        assert_eq!(tcp_handshake(&mut up, &mut down, t0), t0 + ms(200));
+        // The client writes at once; its bytes leave when the SYN-ACK has arrived.
+        let first = up.send(t0, 100);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].sent, t0 + ms(200));
+        assert_eq!(first[0].delivered, t0 + ms(300));
+        assert_eq!((up.counters().control, down.counters().control), (2, 1));
+    }
+
+    #[test]
+    fn a_lost_syn_costs_the_initial_timeout() {
+        // Find the seed whose first draw loses the SYN at 50 % loss; draws are deterministic.
+        let s = (0..64)
+            .map(|seed| LinkSpec {
+                seed,
+                ..spec("100ms,50%")
+            })
+            .find(|s| {
+                matches!(
+                    Shaper::new(s, Direction::Up).offer(Instant::now(), 1),
+                    Verdict::Lost
+                )
+            })
+            .expect("some seed loses the first draw");
+        let mut up = TcpShaper::new(&s, &LinkSpec::none(), Direction::Up);
+        let mut down = TcpShaper::new(&LinkSpec::none(), &s, Direction::Down);
+        let t0 = Instant::now();
+        let connected = tcp_handshake(&mut up, &mut down, t0);
+        assert!(connected >= t0 + SYN_RTO + ms(100), "{:?}", connected - t0);
+        assert!(up.counters().lost >= 1);
+    }
+
+    /// Segments come out whole, in order, MSS-sized, and never delivered out of order.
+    #[test]
+    fn stream_is_cut_into_segments_delivered_in_order() {
+        let s = spec("20ms,2mbit,5%,seed=3");
+        let (mut up, mut down) = shapers(&s);
+        let t0 = Instant::now();
+        tcp_handshake(&mut up, &mut down, t0);
+        let mut all = Vec::new();
+        for i in 0..50u32 {
+            let segments = down.send(t0 + ms(u64::from(i)), 3000 + i as usize);
+            assert_eq!(
+                segments.iter().map(|s| s.len).sum::<usize>(),
+                3000 + i as usize
+            );
+            assert!(segments.iter().all(|s| s.len <= MSS));
+            all.extend(segments);
+        }
+        for pair in all.windows(2) {
+            assert!(pair[1].delivered >= pair[0].delivered);
+            assert!(pair[1].sent >= pair[0].sent);
+        }
+        for seg in &all {
+            assert!(seg.arrived <= seg.delivered);
+            assert!(seg.arrived >= seg.sent + s.delay);
+        }
+        let c = down.counters();
+        assert_eq!(c.segments, all.len() as u64);
+        assert_eq!(c.bytes, all.iter().map(|s| s.len as u64).sum::<u64>());
+        assert_eq!(c.wire_bytes(), c.bytes + (c.segments + 1) * 40);
+        assert_eq!(c.acks, c.segments.div_ceil(2));
+        assert!(c.lost > 0, "5 % of {} segments: {c:?}", c.segments);
+    }
+
+    /// A bulk transfer through a link that is the bottleneck leaves at the rate, headers
+    /// counted: 100 full segments of 1,488 wire bytes at 800 kbit/s take 1.488 s.
+    #[test]
+    fn bulk_transfer_is_paced_at_the_rate() {
+        let s = spec("50ms,800kbit");
+        let mut down = TcpShaper::new(&s, &s, Direction::Down);
+        let t0 = Instant::now();
+        let segments = down.send(t0, 100 * MSS);
+        assert_eq!(segments.len(), 100);
+        let per = s.serialization(MSS + TCP_OVERHEAD);
+        assert_eq!(per, Duration::from_micros(14_880));
+        assert_eq!(segments[0].delivered, t0 + per + ms(50));
+        assert_eq!(segments[99].delivered, t0 + per * 100 + ms(50));
+    }
+
+    /// Slow start: 10 segments in the first round trip, 20 in the second.
+    #[test]
+    fn slow_start_opens_the_window_per_round_trip() {
+        let s = spec("100ms");
+        let mut down = TcpShaper::new(&s, &s, Direction::Down);
+        let t0 = Instant::now();
+        let segments = down.send(t0, 40 * MSS);
+        assert!(segments[..10].iter().all(|s| s.delivered == t0 + ms(100)));
+        assert!(segments[10..30].iter().all(|s| s.delivered == t0 + ms(300)));
+        assert!(segments[30..].iter().all(|s| s.delivered == t0 + ms(500)));
+        assert_eq!(down.cwnd(), 40);
+    }
+
+    /// A lost segment arrives a round trip late and holds back the segments behind it, which
+    /// themselves arrived on time.
+    #[test]
+    fn a_loss_blocks_the_line_for_a_round_trip() {
+        let base = spec("100ms,10%");
+        // The first seed whose draws deliver segments 0 to 2, lose 3 once, deliver 4 to 9.
+        let wanted = |seed: u64| {
+            let mut sh = Shaper::new(&LinkSpec { seed, ..base }, Direction::Down);
+            let t = Instant::now();
+            let lost: Vec<bool> = (0..11)
+                .map(|_| matches!(sh.offer(t, 1), Verdict::Lost))
+                .collect();
+            lost == [
+                false, false, false, true, false, false, false, false, false, false, false,
+            ]
+        };
+        let seed = (0..10_000).find(|&s| wanted(s)).expect("some seed");
+        let s = LinkSpec { seed, ..base };
+        let mut down = TcpShaper::new(&s, &s, Direction::Down);
+        let t0 = Instant::now();
+        let segments = down.send(t0, 10 * MSS);
+        let on_time = t0 + ms(100);
+        let late = on_time + ms(200);
+        assert!(segments[..3].iter().all(|s| s.delivered == on_time));
+        assert_eq!(segments[3].transmissions, 2);
+        assert_eq!(segments[3].arrived, late);
+        for seg in &segments[4..] {
+            assert_eq!(seg.arrived, on_time);
+            assert_eq!(seg.delivered, late, "held behind the hole");
+        }
+        assert_eq!(down.counters().lost, 1);
+        // The window halves when the sender learns of the loss (200 ms after sending).
+        down.send(t0 + ms(250), MSS);
+        assert_eq!(down.cwnd(), 5);
     }
 }
