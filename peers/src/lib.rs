@@ -14,6 +14,7 @@
 //!  presence   platform in HELLO, STATUS from quinn statistics, the other side's viewport
 //!  link       link emulation without netem: a loopback UDP forwarder with delay, rate, queue
 //!             and seeded loss per direction (`--link 300ms,750kbit,1%`); link::Shaper is sans-IO
+//!  bench      the end-to-end benchmark: Tandem vs. the page gzip-compressed over TCP + TLS
 //! ```
 //!
 //! Dependencies point one way: peers → engine → protocol. Every protocol decision of the relay
@@ -44,6 +45,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod bench;
 pub mod client;
 pub mod consumer;
 pub mod demo;

@@ -1,0 +1,1071 @@
+//! The end-to-end benchmark (issue 7 item 6): a corpus page shared by Tandem over an emulated
+//! link, next to the baseline of what websocket products do, the page's HTML gzip-compressed
+//! over TCP + TLS through the same link.
+//!
+//! ```text
+//!  Tandem:    consumer ─QUIC─[Link]─ relay ─[Link]─QUIC─ agent        (demo::demo_over)
+//!  baseline:  BaselineServer ────TLS over TCP────[TcpLink]──── fetch   (a websocket viewer)
+//! ```
+//!
+//! What one [`Measurement`] holds, for either system, on the viewer's side of the link:
+//!
+//! - Time to first visible render and time to complete, both from the moment the viewer
+//!   starts to connect, so both pay their handshakes. Tandem's agent connects (QUIC, HELLO,
+//!   JOIN), then the consumer sends the snapshot; Tandem's agent shows a snapshot once all of
+//!   its parts have arrived and its hash is verified, so its first render is its complete
+//!   render (the session does not time an earlier, partial render). The baseline renders when
+//!   the whole HTML has arrived, so its first render is its time to complete too.
+//! - Bytes on the wire of the viewer's link, headers included: for Tandem the agent ↔ relay
+//!   link (UDP payload + [`UDP_OVERHEAD`] per datagram), for the baseline the client ↔ server
+//!   TCP link (payload + 40 bytes per segment, handshake and pure ACKs included,
+//!   [`TcpLinkCounters`]). The consumer's upload is not counted for either: a websocket
+//!   product's consumer uploads the page to its server too.
+//! - The bound of the issue's target: bytes on the wire down ÷ link rate + 2 round trips.
+//!
+//! The baseline favours TCP where the emulation must guess: its certificate is one small
+//! self-signed ECDSA certificate, not a web server's chain, and the TCP model charges a lost
+//! segment only its fast retransmit ([`crate::link`], "The TCP model").
+//!
+//! ## Example: one page over one link
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tandem_peers::bench::BenchError> {
+//! use tandem_peers::bench::{self, System};
+//!
+//! let page = std::path::Path::new("../shared/corpus/pages/heise.html");
+//! let link = bench::link_for("300ms,750kbit,1%", "heise")?;
+//! let tandem = bench::measure(System::Tandem, page, "300ms,750kbit,1%", &link).await?;
+//! let baseline = bench::measure(System::Baseline, page, "300ms,750kbit,1%", &link).await?;
+//! println!("{:.0} ms vs {:.0} ms", tandem.complete_ms, baseline.complete_ms);
+//! # Ok(()) }
+//! ```
+
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::demo::{self, DemoArgs};
+use crate::link::{LinkCounters, LinkSpec, LinkSpecError, TcpLink, TcpLinkCounters, UDP_OVERHEAD};
+use crate::session::SessionError;
+
+/// The four links of the issue, by name: plain loopback, a good link, a poor mobile link and a
+/// very poor one (each direction; a round trip is twice the delay).
+pub const LINKS: [&str; 4] = [
+    "loopback",
+    "50ms,10mbit",
+    "300ms,750kbit,1%",
+    "600ms,256kbit,3%",
+];
+
+/// The link of the issue's targets.
+pub const TARGET_LINK: &str = "300ms,750kbit,1%";
+
+/// The issue's target: time to complete within this many times [`bound_ms`].
+pub const BOUND_FACTOR: f64 = 1.3;
+
+/// Pages above this many bytes must render first within a third of the baseline's time to
+/// complete.
+pub const LARGE_PAGE: u64 = 100 * 1024;
+
+/// The gzip level of the baseline, as web servers compress (nginx and Apache default to 1 and
+/// 6; 6 is zlib's default and the usual production setting).
+pub const GZIP_LEVEL: u32 = 6;
+
+/// The websocket upgrade request the baseline's viewer sends (RFC 6455 §1.3's key).
+pub const UPGRADE_REQUEST: &[u8] = b"GET /session HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// The baseline server's answer to [`UPGRADE_REQUEST`], before the page's message.
+pub const UPGRADE_RESPONSE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+/// A failure of a measurement.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    /// A socket or file failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// TLS configuration or the TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Generating the baseline's certificate failed.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// A link name is not a link spec.
+    #[error(transparent)]
+    Link(#[from] LinkSpecError),
+    /// The Tandem session failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The baseline server's answer is not an upgrade followed by one binary message.
+    #[error("baseline answer: {0}")]
+    Malformed(String),
+    /// The Tandem session ended without the agent rendering the page.
+    #[error("the agent never rendered the page")]
+    NoRender,
+}
+
+/// Which system a [`Measurement`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum System {
+    /// Tandem: relay, consumer and agent over QUIC, each client behind its own emulated link.
+    Tandem,
+    /// The websocket baseline: the page's HTML gzip-compressed over one TLS connection.
+    Baseline,
+}
+
+impl System {
+    /// The name in the CSV: `tandem` or `baseline`.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Tandem => "tandem",
+            System::Baseline => "baseline",
+        }
+    }
+}
+
+/// One page over one link by one system (see the module docs for what each figure counts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// The page's name (its file stem).
+    pub page: String,
+    /// The page's HTML bytes.
+    pub page_bytes: u64,
+    /// The link's name (one of [`LINKS`], or a spec).
+    pub link: String,
+    /// The link, with the seed it ran with.
+    pub spec: LinkSpec,
+    /// Tandem or the baseline.
+    pub system: System,
+    /// Milliseconds from connecting to the first render the viewer can show.
+    pub first_render_ms: f64,
+    /// Milliseconds from connecting to the whole page being there.
+    pub complete_ms: f64,
+    /// Bytes on the wire from the viewer, headers included.
+    pub wire_bytes_up: u64,
+    /// Bytes on the wire to the viewer, headers included.
+    pub wire_bytes_down: u64,
+}
+
+impl Measurement {
+    /// The issue's bound for this measurement (see [`bound_ms`]); `None` on a link without a
+    /// rate limit.
+    pub fn bound_ms(&self) -> Option<f64> {
+        bound_ms(&self.spec, self.wire_bytes_down)
+    }
+
+    /// Time to complete ÷ [`Measurement::bound_ms`].
+    pub fn ratio_to_bound(&self) -> Option<f64> {
+        self.bound_ms().map(|b| self.complete_ms / b)
+    }
+
+    /// Bytes on the wire in both directions.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes_up + self.wire_bytes_down
+    }
+}
+
+/// The issue's bound on the time to complete: `wire_bytes` ÷ the link rate + 2 round trips
+/// (a round trip is twice the one-way delay), in milliseconds; `None` when the link has no
+/// rate limit.
+pub fn bound_ms(spec: &LinkSpec, wire_bytes: u64) -> Option<f64> {
+    let rate = spec.rate_bps?;
+    let serialization = wire_bytes as f64 * 8.0 * 1000.0 / rate as f64;
+    Some(serialization + 4.0 * spec.delay.as_secs_f64() * 1000.0)
+}
+
+/// The link named `name` (one of [`LINKS`], or any link spec) with a seed fixed by the page and
+/// the link, so that a rerun loses the same packets.
+pub fn link_for(name: &str, page: &str) -> Result<LinkSpec, LinkSpecError> {
+    let spec: LinkSpec = name.parse()?;
+    // FNV-1a of "page|link".
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in page.bytes().chain(*b"|").chain(name.bytes()) {
+        seed = (seed ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Ok(LinkSpec { seed, ..spec })
+}
+
+/// Measures `system` sharing the page at `path` over `spec` (named `link` in the result).
+pub async fn measure(
+    system: System,
+    path: &Path,
+    link: &str,
+    spec: &LinkSpec,
+) -> Result<Measurement, BenchError> {
+    let html = std::fs::read(path)?;
+    let page = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (first_render_ms, complete_ms, wire_bytes_up, wire_bytes_down) = match system {
+        System::Tandem => {
+            let t = tandem(path, spec).await?;
+            (t.complete_ms, t.complete_ms, t.wire_up, t.wire_down)
+        }
+        System::Baseline => {
+            let b = baseline(&html, spec).await?;
+            let ms = b.complete.as_secs_f64() * 1000.0;
+            (ms, ms, b.link.wire_up(), b.link.wire_down())
+        }
+    };
+    Ok(Measurement {
+        page,
+        page_bytes: html.len() as u64,
+        link: link.to_owned(),
+        spec: *spec,
+        system,
+        first_render_ms,
+        complete_ms,
+        wire_bytes_up,
+        wire_bytes_down,
+    })
+}
+
+/// Measures every page of `pages` over every link of `links` (names as in [`LINKS`]), Tandem
+/// then the baseline, one at a time on a tokio runtime of its own, with the seed of
+/// [`link_for`]. Prints a line per measurement to stderr; a measurement that fails is reported
+/// there and left out. Returns the measurements in the order they ran.
+pub fn run_all(pages: &[std::path::PathBuf], links: &[String]) -> io::Result<Vec<Measurement>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for path in pages {
+        let page = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for link in links {
+            let spec = match link_for(link, &page) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    eprintln!("e2e: link {link:?}: {e}");
+                    continue;
+                }
+            };
+            for system in [System::Tandem, System::Baseline] {
+                let started = Instant::now();
+                match runtime.block_on(measure(system, path, link, &spec)) {
+                    Ok(m) => {
+                        eprintln!(
+                            "e2e: {page:<20} {link:<18} {:<8} first {:>8.0} ms, complete {:>8.0} ms, {:>8} B down ({:.1} s)",
+                            system.name(),
+                            m.first_render_ms,
+                            m.complete_ms,
+                            m.wire_bytes_down,
+                            started.elapsed().as_secs_f64()
+                        );
+                        rows.push(m);
+                    }
+                    Err(e) => eprintln!("e2e: {page} over {link}, {}: FAILED: {e}", system.name()),
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tandem
+
+/// What [`tandem`] measured.
+#[derive(Debug, Clone)]
+pub struct TandemRun {
+    /// Milliseconds from the agent starting to connect to its first verified render of the
+    /// whole page.
+    pub complete_ms: f64,
+    /// Bytes on the wire from the agent to the relay (UDP payload and headers).
+    pub wire_up: u64,
+    /// Bytes on the wire from the relay to the agent (UDP payload and headers).
+    pub wire_down: u64,
+    /// The demo's full report.
+    pub report: demo::DemoReport,
+}
+
+/// Shares the page at `path` once with no changes (`tandem demo --page PATH --batches 0`), each
+/// client behind a link shaped by `spec`. On loopback (`spec` shapes nothing) the forwarders
+/// still run, with a delay of 1 µs, so that the bytes are counted.
+pub async fn tandem(path: &Path, spec: &LinkSpec) -> Result<TandemRun, BenchError> {
+    let args = demo_args(path);
+    let spec = if spec.is_none() {
+        LinkSpec {
+            delay: Duration::from_micros(1),
+            ..*spec
+        }
+    } else {
+        *spec
+    };
+    let report = demo::demo_over(&args, &spec).await?;
+    let first = report.first_render_ms.ok_or(BenchError::NoRender)?;
+    let wire = |l: Option<LinkCounters>| {
+        l.map_or((0, 0), |l| {
+            (
+                l.up.bytes + l.up.packets * UDP_OVERHEAD as u64,
+                l.down.bytes + l.down.packets * UDP_OVERHEAD as u64,
+            )
+        })
+    };
+    let (wire_up, wire_down) = wire(report.agent_link);
+    Ok(TandemRun {
+        complete_ms: report.agent_join_ms + first,
+        wire_up,
+        wire_down,
+        report,
+    })
+}
+
+/// The demo's arguments for one page shared once: parsed as a command line, so that options
+/// added later keep their defaults.
+fn demo_args(path: &Path) -> DemoArgs {
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+    let page = path.as_os_str().to_owned();
+    let argv = [
+        "demo".into(),
+        "--page".into(),
+        page,
+        "--batches".into(),
+        "0".into(),
+        "--json".into(),
+    ];
+    // Every argument above is one the demo defines, with a valid value.
+    Command::parse_from::<_, std::ffi::OsString>(argv).demo
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline
+
+/// `html` gzip-compressed at [`GZIP_LEVEL`], as a web server sends it.
+pub fn gzip(html: &[u8]) -> Vec<u8> {
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(GZIP_LEVEL));
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(html);
+    encoder.finish().unwrap_or_default()
+}
+
+/// The header of an unmasked binary websocket message of `len` bytes (RFC 6455 §5.2).
+pub fn websocket_header(len: usize) -> Vec<u8> {
+    let mut h = vec![0x82];
+    if len < 126 {
+        h.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        h.push(126);
+        h.extend_from_slice(&short.to_be_bytes());
+    } else {
+        h.push(127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    h
+}
+
+/// The baseline's server: a websocket product's server that answers every viewer's upgrade
+/// request with the upgrade and one binary message holding `body` (the page's HTML, gzip
+/// compressed), over TLS on `127.0.0.1`. It stops when dropped.
+#[derive(Debug)]
+pub struct BaselineServer {
+    addr: SocketAddr,
+    client_config: Arc<rustls::ClientConfig>,
+    task: JoinHandle<()>,
+}
+
+impl BaselineServer {
+    /// Starts a server for `body` with a fresh self-signed certificate for `localhost`. Must
+    /// be called inside a tokio runtime.
+    pub async fn spawn(body: Vec<u8>) -> Result<Self, BenchError> {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        let cert: CertificateDer<'static> = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert)?;
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let mut answer = UPGRADE_RESPONSE.to_vec();
+        answer.extend_from_slice(&websocket_header(body.len()));
+        answer.extend_from_slice(&body);
+        let task = tokio::spawn(serve(
+            listener,
+            TlsAcceptor::from(Arc::new(server)),
+            Arc::new(answer),
+        ));
+        Ok(Self {
+            addr,
+            client_config: Arc::new(client),
+            task,
+        })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A TLS client configuration that trusts this server's certificate.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client_config.clone()
+    }
+}
+
+impl Drop for BaselineServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, acceptor: TlsAcceptor, answer: Arc<Vec<u8>>) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (acceptor, answer) = (acceptor.clone(), answer.clone());
+        connections.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut tls = acceptor.accept(tcp).await?;
+            read_head(&mut tls, &mut Vec::new()).await?;
+            tls.write_all(&answer).await?;
+            tls.shutdown().await?;
+            Ok::<_, io::Error>(())
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// Reads from `r` into `buf` until it holds an HTTP head (up to the blank line); returns the
+/// head's length. Bytes after the head stay in `buf`.
+async fn read_head<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Ok(end + 4);
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "HTTP head over 64 KiB",
+            ));
+        }
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// What a baseline viewer received.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The websocket message's payload.
+    pub body: Vec<u8>,
+    /// From starting to connect to the payload's last byte.
+    pub complete: Duration,
+}
+
+/// The baseline's viewer: connects to `addr` over TCP, then TLS (server name `localhost`),
+/// sends [`UPGRADE_REQUEST`] and reads the upgrade and one binary message; then reads on to the
+/// end of the connection, so that the server's close is counted too.
+pub async fn fetch(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Fetched, BenchError> {
+    let started = Instant::now();
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("localhost")
+        .map_err(|e| BenchError::Malformed(format!("server name: {e}")))?;
+    let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
+    tls.write_all(UPGRADE_REQUEST).await?;
+    tls.flush().await?;
+    let mut buf = Vec::new();
+    let head = read_head(&mut tls, &mut buf).await?;
+    if !buf.starts_with(b"HTTP/1.1 101 ") {
+        return Err(BenchError::Malformed(
+            String::from_utf8_lossy(&buf[..head]).into_owned(),
+        ));
+    }
+    buf.drain(..head);
+    read_at_least(&mut tls, &mut buf, 2).await?;
+    if buf[0] != 0x82 {
+        return Err(BenchError::Malformed(format!("frame byte {:#04x}", buf[0])));
+    }
+    let (header, len) = match buf[1] {
+        126 => {
+            read_at_least(&mut tls, &mut buf, 4).await?;
+            (4, usize::from(u16::from_be_bytes([buf[2], buf[3]])))
+        }
+        127 => {
+            read_at_least(&mut tls, &mut buf, 10).await?;
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&buf[2..10]);
+            let n = usize::try_from(u64::from_be_bytes(n))
+                .map_err(|_| BenchError::Malformed("message length".into()))?;
+            (10, n)
+        }
+        n => (2, usize::from(n)),
+    };
+    read_at_least(&mut tls, &mut buf, header + len).await?;
+    let complete = started.elapsed();
+    let body = buf[header..header + len].to_vec();
+    // The server's close_notify and FIN; the page is already there.
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    Ok(Fetched { body, complete })
+}
+
+/// Reads from `r` until `buf` holds at least `n` bytes.
+async fn read_at_least<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Result<(), BenchError> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    while buf.len() < n {
+        let got = r.read(&mut chunk).await?;
+        if got == 0 {
+            return Err(BenchError::Malformed(format!(
+                "connection ended after {} of {n} bytes",
+                buf.len()
+            )));
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    Ok(())
+}
+
+/// What [`baseline`] measured.
+#[derive(Debug, Clone)]
+pub struct BaselineRun {
+    /// The gzip bytes the viewer received.
+    pub body: Vec<u8>,
+    /// From starting to connect to the last byte of the page (TCP and TLS handshakes, the
+    /// upgrade request and the message).
+    pub complete: Duration,
+    /// What the link carried, once the connection was closed.
+    pub link: TcpLinkCounters,
+}
+
+/// Serves `html` gzip-compressed ([`gzip`]) to one viewer whose TCP connection crosses a
+/// [`TcpLink`] shaped by `spec`.
+pub async fn baseline(html: &[u8], spec: &LinkSpec) -> Result<BaselineRun, BenchError> {
+    let server = BaselineServer::spawn(gzip(html)).await?;
+    let link = TcpLink::spawn(server.addr(), spec).await?;
+    let fetched = fetch(link.addr(), server.client_config()).await?;
+    Ok(BaselineRun {
+        body: fetched.body,
+        complete: fetched.complete,
+        link: link.stats(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output: CSV, table, target checks, SVG
+
+/// The CSV of `rows`, with a header line: page, page_bytes, link, system, first_render_ms,
+/// complete_ms, wire_bytes_up, wire_bytes_down, bound_ms, ratio_to_bound (the last two empty
+/// on a link without a rate limit).
+pub fn csv(rows: &[Measurement]) -> String {
+    let mut out = String::from(
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound\n",
+    );
+    for r in rows {
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
+        // Link names hold commas: quote them.
+        let _ = writeln!(
+            out,
+            "{},{},\"{}\",{},{:.1},{:.1},{},{},{},{}",
+            r.page,
+            r.page_bytes,
+            r.link,
+            r.system.name(),
+            r.first_render_ms,
+            r.complete_ms,
+            r.wire_bytes_up,
+            r.wire_bytes_down,
+            opt(r.bound_ms(), 1),
+            opt(r.ratio_to_bound(), 3),
+        );
+    }
+    out
+}
+
+/// A fixed-width table of `rows` for a terminal.
+pub fn table(rows: &[Measurement]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:>8} {:<18} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6}",
+        "page",
+        "KB",
+        "link",
+        "system",
+        "first ms",
+        "done ms",
+        "up B",
+        "down B",
+        "bound ms",
+        "ratio"
+    );
+    for r in rows {
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+        let _ = writeln!(
+            out,
+            "{:<20} {:>8.1} {:<18} {:<8} {:>9.0} {:>9.0} {:>8} {:>9} {:>9} {:>6}",
+            r.page,
+            r.page_bytes as f64 / 1024.0,
+            r.link,
+            r.system.name(),
+            r.first_render_ms,
+            r.complete_ms,
+            r.wire_bytes_up,
+            r.wire_bytes_down,
+            opt(r.bound_ms(), 0),
+            opt(r.ratio_to_bound(), 2),
+        );
+    }
+    out
+}
+
+/// One target check of one page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// The page.
+    pub page: String,
+    /// Which target: `bound`, `bytes` or `first render`.
+    pub target: &'static str,
+    /// Whether the page meets it.
+    pub pass: bool,
+    /// The figures, for a person.
+    pub detail: String,
+}
+
+/// The issue's targets on `link` for every page measured there by both systems: Tandem's time
+/// to complete within [`BOUND_FACTOR`] × its bound; fewer bytes on the wire (both directions)
+/// than the baseline; and, on pages over [`LARGE_PAGE`] bytes, a first render within a third
+/// of the baseline's time to complete.
+pub fn checks(rows: &[Measurement], link: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let on_link = |system| {
+        rows.iter()
+            .filter(move |r| r.link == link && r.system == system)
+    };
+    for t in on_link(System::Tandem) {
+        let Some(b) = on_link(System::Baseline).find(|b| b.page == t.page) else {
+            continue;
+        };
+        if let Some(bound) = t.bound_ms() {
+            out.push(Check {
+                page: t.page.clone(),
+                target: "bound",
+                pass: t.complete_ms <= BOUND_FACTOR * bound,
+                detail: format!(
+                    "complete {:.0} ms vs {BOUND_FACTOR} x {:.0} ms = {:.0} ms (ratio {:.2})",
+                    t.complete_ms,
+                    bound,
+                    BOUND_FACTOR * bound,
+                    t.complete_ms / bound
+                ),
+            });
+        }
+        out.push(Check {
+            page: t.page.clone(),
+            target: "bytes",
+            pass: t.wire_bytes() < b.wire_bytes(),
+            detail: format!(
+                "{} B vs baseline {} B ({:.0} %)",
+                t.wire_bytes(),
+                b.wire_bytes(),
+                100.0 * t.wire_bytes() as f64 / b.wire_bytes().max(1) as f64
+            ),
+        });
+        if t.page_bytes > LARGE_PAGE {
+            out.push(Check {
+                page: t.page.clone(),
+                target: "first render",
+                pass: t.first_render_ms * 3.0 <= b.complete_ms,
+                detail: format!(
+                    "{:.0} ms vs baseline complete {:.0} ms / 3 = {:.0} ms",
+                    t.first_render_ms,
+                    b.complete_ms,
+                    b.complete_ms / 3.0
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The checks as lines `PASS|FAIL  page  target  detail`, and a summary line.
+pub fn checks_report(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let _ = writeln!(
+            out,
+            "{}  {:<20} {:<13} {}",
+            if c.pass { "PASS" } else { "FAIL" },
+            c.page,
+            c.target,
+            c.detail
+        );
+    }
+    for target in ["bound", "bytes", "first render"] {
+        let of: Vec<&Check> = checks.iter().filter(|c| c.target == target).collect();
+        if !of.is_empty() {
+            let passed = of.iter().filter(|c| c.pass).count();
+            let _ = writeln!(out, "{target}: {passed} of {} pages pass", of.len());
+        }
+    }
+    out
+}
+
+const SERIES: [(&str, &str); 3] = [
+    ("Tandem first render", "#8ab6e8"),
+    ("Tandem complete", "#1f5fa8"),
+    ("Baseline complete (= its first render)", "#e07b39"),
+];
+
+/// Escapes `s` for SVG text.
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `x` with at most three decimals, trailing zeros dropped.
+fn trim(x: f64) -> String {
+    let s = format!("{x:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A readable duration: `850 ms`, `2.41 s`.
+fn ms_label(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{} s", trim((ms / 10.0).round() / 100.0))
+    } else {
+        format!("{} ms", trim(ms.round().max(ms.min(1.0))))
+    }
+}
+
+/// A readable byte count: `950 B`, `16.4 kB`, `1.2 MB`.
+fn bytes_label(b: f64) -> String {
+    if b >= 1_000_000.0 {
+        format!("{} MB", trim((b / 100_000.0).round() / 10.0))
+    } else if b >= 1000.0 {
+        format!("{} kB", trim((b / 100.0).round() / 10.0))
+    } else {
+        format!("{} B", b.round())
+    }
+}
+
+/// One panel of grouped bars on a log scale.
+struct Panel<'a> {
+    title: String,
+    /// Category labels (two lines each).
+    labels: Vec<(String, String)>,
+    /// Per category, one value per series (`None` leaves a gap).
+    values: Vec<Vec<Option<f64>>>,
+    /// Per category, an optional marker drawn across the group (the bound).
+    markers: Vec<Option<f64>>,
+    series: &'a [(&'a str, &'a str)],
+    unit: fn(f64) -> String,
+}
+
+const WIDTH: f64 = 1200.0;
+const PANEL_HEIGHT: f64 = 330.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 20.0;
+const PLOT_HEIGHT: f64 = 220.0;
+
+impl Panel<'_> {
+    fn draw(&self, out: &mut String, top: f64) {
+        let all = self
+            .values
+            .iter()
+            .flatten()
+            .flatten()
+            .chain(self.markers.iter().flatten())
+            .copied()
+            .filter(|v| *v > 0.0);
+        let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if lo > hi {
+            return;
+        }
+        let (lo, hi) = (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        );
+        let y0 = top + 30.0;
+        let y = |v: f64| y0 + PLOT_HEIGHT * (1.0 - (v.max(1e-9).log10() - lo) / (hi - lo));
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{}" class="panel">{}</text>"#,
+            top + 18.0,
+            xml(&self.title)
+        );
+        // Grid: decades labelled, 2 and 5 faint.
+        let mut decade = lo;
+        while decade <= hi {
+            let v = 10f64.powf(decade);
+            let _ = writeln!(
+                out,
+                r#"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" class="grid"/><text x="{}" y="{:.1}" class="tick">{}</text>"#,
+                WIDTH - RIGHT,
+                LEFT - 6.0,
+                y(v) + 4.0,
+                xml(&(self.unit)(v)),
+                y = y(v)
+            );
+            if decade < hi {
+                for m in [2.0, 5.0] {
+                    let _ = writeln!(
+                        out,
+                        r#"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" class="minor"/>"#,
+                        WIDTH - RIGHT,
+                        y = y(m * v)
+                    );
+                    // Few decades: label the minor lines too.
+                    if hi - lo <= 2.0 {
+                        let _ = writeln!(
+                            out,
+                            r#"<text x="{}" y="{:.1}" class="tick minor-tick">{}</text>"#,
+                            LEFT - 6.0,
+                            y(m * v) + 4.0,
+                            xml(&(self.unit)(m * v))
+                        );
+                    }
+                }
+            }
+            decade += 1.0;
+        }
+        let groups = self.labels.len().max(1) as f64;
+        let slot = (WIDTH - LEFT - RIGHT) / groups;
+        let bar = (slot * 0.8 / self.series.len() as f64).min(24.0);
+        let bottom = y0 + PLOT_HEIGHT;
+        for (i, (values, (line1, line2))) in self.values.iter().zip(&self.labels).enumerate() {
+            let x0 = LEFT + slot * i as f64 + (slot - bar * self.series.len() as f64) / 2.0;
+            for (k, v) in values.iter().enumerate() {
+                let Some(v) = v else { continue };
+                let top_y = y(*v).min(bottom);
+                let _ = writeln!(
+                    out,
+                    r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+                    x0 + bar * k as f64,
+                    bar - 1.0,
+                    bottom - top_y,
+                    self.series[k].1,
+                    xml(self.series[k].0),
+                    xml(&(self.unit)(*v))
+                );
+            }
+            if let Some(Some(m)) = self.markers.get(i) {
+                let _ = writeln!(
+                    out,
+                    r#"<line x1="{:.1}" x2="{:.1}" y1="{my:.1}" y2="{my:.1}" class="bound"><title>bound: {}</title></line>"#,
+                    x0 - 3.0,
+                    x0 + bar * self.series.len() as f64 + 2.0,
+                    xml(&(self.unit)(*m)),
+                    my = y(*m)
+                );
+            }
+            let cx = LEFT + slot * (i as f64 + 0.5);
+            let _ = writeln!(
+                out,
+                r#"<text x="{cx:.1}" y="{:.1}" class="label">{}</text><text x="{cx:.1}" y="{:.1}" class="sub">{}</text>"#,
+                bottom + 16.0,
+                xml(line1),
+                bottom + 30.0,
+                xml(line2)
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<line x1="{LEFT}" x2="{}" y1="{bottom:.1}" y2="{bottom:.1}" class="axis"/>"#,
+            WIDTH - RIGHT
+        );
+    }
+}
+
+/// A legend row of coloured squares at `y`.
+fn legend(out: &mut String, y: f64, entries: &[(&str, &str)], bound: bool) {
+    let mut x = LEFT;
+    for (name, colour) in entries {
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x}" y="{}" width="14" height="14" fill="{colour}"/><text x="{}" y="{y}" class="legend">{}</text>"#,
+            y - 11.0,
+            x + 20.0,
+            xml(name)
+        );
+        x += 30.0 + 7.5 * name.len() as f64;
+    }
+    if bound {
+        let _ = writeln!(
+            out,
+            r#"<line x1="{x}" x2="{}" y1="{y0}" y2="{y0}" class="bound"/><text x="{}" y="{y}" class="legend">bound: bytes down / rate + 2 round trips (Tandem)</text>"#,
+            x + 20.0,
+            x + 26.0,
+            y0 = y - 4.0
+        );
+    }
+}
+
+/// The benchmark as an SVG picture: one panel per link in `links` (pages on the x axis,
+/// smallest first; log-scale time), with Tandem's first render and time to complete, the
+/// baseline's time to complete and Tandem's bound; then the bytes on the wire of both systems
+/// on [`TARGET_LINK`] (or the last link measured).
+pub fn svg(rows: &[Measurement], links: &[String]) -> String {
+    let mut pages: Vec<(String, u64)> = Vec::new();
+    for r in rows {
+        if !pages.iter().any(|(p, _)| *p == r.page) {
+            pages.push((r.page.clone(), r.page_bytes));
+        }
+    }
+    pages.sort_by_key(|&(_, bytes)| bytes);
+    let find = |page: &str, link: &str, system| {
+        rows.iter()
+            .find(|r| r.page == page && r.link == link && r.system == system)
+    };
+    let labels: Vec<(String, String)> = pages
+        .iter()
+        .map(|(p, b)| (p.clone(), format!("{:.0} KB", *b as f64 / 1024.0)))
+        .collect();
+    let mut panels = Vec::new();
+    for link in links {
+        let values = pages
+            .iter()
+            .map(|(p, _)| {
+                let t = find(p, link, System::Tandem);
+                let b = find(p, link, System::Baseline);
+                vec![
+                    t.map(|t| t.first_render_ms),
+                    t.map(|t| t.complete_ms),
+                    b.map(|b| b.complete_ms),
+                ]
+            })
+            .collect();
+        let markers = pages
+            .iter()
+            .map(|(p, _)| find(p, link, System::Tandem).and_then(Measurement::bound_ms))
+            .collect();
+        panels.push(Panel {
+            title: format!("Link {link} (each way): time from connecting, log scale"),
+            labels: labels.clone(),
+            values,
+            markers,
+            series: &SERIES,
+            unit: ms_label,
+        });
+    }
+    const BYTE_SERIES: [(&str, &str); 2] = [
+        ("Tandem bytes on the wire", "#1f5fa8"),
+        ("Baseline bytes on the wire", "#e07b39"),
+    ];
+    let bytes_link = links
+        .iter()
+        .find(|l| *l == TARGET_LINK)
+        .or(links.last())
+        .cloned();
+    if let Some(link) = &bytes_link {
+        let values = pages
+            .iter()
+            .map(|(p, _)| {
+                vec![
+                    find(p, link, System::Tandem).map(|t| t.wire_bytes() as f64),
+                    find(p, link, System::Baseline).map(|b| b.wire_bytes() as f64),
+                ]
+            })
+            .collect();
+        panels.push(Panel {
+            title: format!(
+                "Bytes on the viewer's link, both directions, headers included ({link}), log scale"
+            ),
+            labels: labels.clone(),
+            values,
+            markers: Vec::new(),
+            series: &BYTE_SERIES,
+            unit: bytes_label,
+        });
+    }
+    let height = 125.0 + PANEL_HEIGHT * panels.len() as f64 + 40.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="Helvetica, Arial, sans-serif">"#
+    );
+    out.push_str(
+        r#"<style>
+.title { font-size: 20px; font-weight: bold; }
+.note { font-size: 12px; fill: #444; }
+.panel { font-size: 15px; font-weight: bold; }
+.tick { font-size: 11px; text-anchor: end; fill: #333; }
+.minor-tick { fill: #888; }
+.label { font-size: 11px; text-anchor: middle; }
+.sub { font-size: 10px; text-anchor: middle; fill: #666; }
+.legend { font-size: 13px; }
+.grid { stroke: #bbb; stroke-width: 1; }
+.minor { stroke: #e4e4e4; stroke-width: 1; }
+.axis { stroke: #333; stroke-width: 1; }
+.bound { stroke: #000; stroke-width: 2; stroke-dasharray: 4 2; }
+</style>
+<rect width="100%" height="100%" fill="white"/>
+"#,
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="30" class="title">Tandem vs. a websocket baseline: one corpus page to a viewer over an emulated link</text>"#
+    );
+    for (i, note) in [
+        "Tandem: relay, consumer and agent over QUIC, each client behind its own emulated link. Its agent renders once the whole",
+        "snapshot is verified, so its first render is its complete render. Baseline: the page's HTML gzip-compressed (level 6) as one",
+        "websocket message over TCP + TLS 1.3 through the same link (modelled TCP); it renders when the whole HTML has arrived.",
+        "Times run from the viewer starting to connect, handshakes included. Lower is better.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{}" class="note">{}</text>"#,
+            50.0 + 14.0 * i as f64,
+            xml(note)
+        );
+    }
+    legend(&mut out, 114.0, &SERIES, true);
+    for (i, panel) in panels.iter().enumerate() {
+        panel.draw(&mut out, 125.0 + PANEL_HEIGHT * i as f64);
+    }
+    if bytes_link.is_some() {
+        legend(
+            &mut out,
+            125.0 + PANEL_HEIGHT * panels.len() as f64 + 20.0,
+            &BYTE_SERIES,
+            false,
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}

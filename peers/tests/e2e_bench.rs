@@ -1,0 +1,216 @@
+//! Issue 7 item 6: the end-to-end benchmark's parts. The TCP link forwarder on real sockets,
+//! the websocket baseline over it, one Tandem measurement, and the CSV, checks and SVG.
+//! (Tandem over 300ms,750kbit,1% is `link.rs`'s `demo_over_a_bad_link_converges`.)
+//!
+//! Timings are only bounded from below, by what the emulated delay and rate make certain.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tandem_peers::bench::{self, Measurement, System};
+use tandem_peers::link::{LinkSpec, MSS, TCP_OVERHEAD, TcpLink};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn spec(s: &str) -> LinkSpec {
+    s.parse()
+        .unwrap_or_else(|e| panic!("{s:?} should parse: {e}"))
+}
+
+fn small_page() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pages/001.html")
+}
+
+/// 200 kB each way through a lossy, rate-limited TCP link arrive whole and in order, no
+/// sooner than the handshake and the rate allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_link_delivers_the_stream_intact() {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let echo = tokio::spawn(async move {
+        let (mut s, _) = server.accept().await.unwrap();
+        let mut got = vec![0u8; 200_000];
+        s.read_exact(&mut got).await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let link = TcpLink::spawn(server_addr, &spec("20ms,10mbit,5%,seed=9"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut client = tokio::net::TcpStream::connect(link.addr()).await.unwrap();
+    let (mut rd, mut wr) = client.split();
+    let send = async {
+        wr.write_all(&payload).await.unwrap();
+    };
+    let mut back = Vec::new();
+    let receive = async {
+        rd.read_to_end(&mut back).await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(send, receive)
+    })
+    .await
+    .expect("the echo finishes");
+    let elapsed = started.elapsed();
+    echo.await.unwrap();
+    assert!(back == payload, "bytes differ ({} of 200000)", back.len());
+    // Handshake (40 ms), 200 kB up and back at 10 Mbit/s (2 × 160 ms) and the delays.
+    assert!(
+        elapsed >= Duration::from_millis(40 + 320 + 40),
+        "{elapsed:?}"
+    );
+    let stats = link.stats();
+    assert_eq!(stats.up.bytes, 200_000);
+    assert_eq!(stats.down.bytes, 200_000);
+    assert!(stats.up.segments >= 200_000 / MSS as u64);
+    assert!(stats.up.lost + stats.down.lost > 0, "5 % loss: {stats:?}");
+    assert_eq!(
+        stats.wire_down(),
+        200_000 + (stats.down.segments + 1 + stats.up.acks) * TCP_OVERHEAD as u64
+    );
+}
+
+/// The baseline delivers exactly the page's gzip bytes, which inflate to the page, and pays
+/// the TCP handshake, the TLS handshake and the upgrade request: three round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_delivers_the_gzip_bytes_after_three_round_trips() {
+    let html = std::fs::read(small_page()).unwrap();
+    let run = tokio::time::timeout(
+        Duration::from_secs(30),
+        bench::baseline(&html, &spec("50ms,1%,seed=3")),
+    )
+    .await
+    .expect("the baseline finishes")
+    .expect("the baseline runs");
+    assert_eq!(run.body, bench::gzip(&html));
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(run.body.as_slice())
+        .read_to_end(&mut inflated)
+        .unwrap();
+    assert_eq!(inflated, html);
+    assert!(
+        run.complete >= Duration::from_millis(300),
+        "{:?}",
+        run.complete
+    );
+    // Everything the server sent, with TLS records and headers, crossed the link down.
+    assert!(
+        run.link.wire_down() > run.body.len() as u64,
+        "{:?}",
+        run.link
+    );
+    assert!(run.link.down.bytes > run.body.len() as u64);
+    assert!(run.link.wire_up() > bench::UPGRADE_REQUEST.len() as u64);
+}
+
+/// `bench::measure` of both systems on one small page: the figures are there and each time
+/// is at least its round trips (Tandem: QUIC handshake, HELLO, JOIN, then the snapshot over
+/// the consumer's and the agent's links).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure_reports_both_systems() {
+    let name = "50ms,4mbit,1%";
+    let link = bench::link_for(name, "001").unwrap();
+    assert_eq!(
+        link,
+        bench::link_for(name, "001").unwrap(),
+        "seeds are fixed"
+    );
+    assert_ne!(link.seed, bench::link_for(name, "002").unwrap().seed);
+    let page = small_page();
+    let run = |system| bench::measure(system, &page, name, &link);
+    let (tandem, baseline) = tokio::time::timeout(Duration::from_secs(60), async {
+        (run(System::Tandem).await, run(System::Baseline).await)
+    })
+    .await
+    .expect("both finish");
+    let (tandem, baseline) = (
+        tandem.expect("tandem runs"),
+        baseline.expect("baseline runs"),
+    );
+    assert_eq!(tandem.page, "001");
+    assert_eq!(tandem.page_bytes, std::fs::metadata(&page).unwrap().len());
+    assert!(tandem.complete_ms >= 400.0, "{tandem:?}");
+    assert!(tandem.first_render_ms <= tandem.complete_ms);
+    assert!(baseline.complete_ms >= 300.0, "{baseline:?}");
+    for m in [&tandem, &baseline] {
+        assert!(m.wire_bytes_up > 0 && m.wire_bytes_down > 1000, "{m:?}");
+        assert_eq!(m.link, name);
+        let bound = m.bound_ms().unwrap();
+        // bytes × 8 / 4 Mbit/s + 2 × 100 ms.
+        let expected = m.wire_bytes_down as f64 * 8.0 / 4000.0 + 200.0;
+        assert!((bound - expected).abs() < 1e-6, "{bound} vs {expected}");
+    }
+}
+
+fn row(page: &str, bytes: u64, link: &str, system: System, first: f64, done: f64) -> Measurement {
+    Measurement {
+        page: page.into(),
+        page_bytes: bytes,
+        link: link.into(),
+        spec: spec(link),
+        system,
+        first_render_ms: first,
+        complete_ms: done,
+        wire_bytes_up: 1_000,
+        wire_bytes_down: match system {
+            System::Tandem => 30_000,
+            System::Baseline => 60_000,
+        },
+    }
+}
+
+#[test]
+fn csv_checks_and_svg() {
+    let l = bench::TARGET_LINK;
+    let rows = vec![
+        row("big", 200_000, l, System::Tandem, 500.0, 1_900.0),
+        row("big", 200_000, l, System::Baseline, 2_400.0, 2_400.0),
+        row("small", 3_000, l, System::Tandem, 1_000.0, 1_000.0),
+        row("small", 3_000, l, System::Baseline, 900.0, 900.0),
+        row("small", 3_000, "loopback", System::Tandem, 5.0, 5.0),
+        row("small", 3_000, "loopback", System::Baseline, 3.0, 3.0),
+    ];
+    let csv = bench::csv(&rows);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound"
+    );
+    // 30 000 B at 750 kbit/s = 320 ms, + 2 × 600 ms.
+    assert_eq!(
+        lines[1],
+        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250"
+    );
+    assert_eq!(
+        lines[5],
+        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,"
+    );
+    assert_eq!(lines.len(), 7);
+
+    let checks = bench::checks(&rows, l);
+    let get = |page: &str, target: &str| {
+        checks
+            .iter()
+            .find(|c| c.page == page && c.target == target)
+            .map(|c| c.pass)
+    };
+    assert_eq!(get("big", "bound"), Some(true)); // 1900 <= 1.3 × 1520
+    assert_eq!(get("big", "bytes"), Some(true));
+    assert_eq!(get("big", "first render"), Some(true)); // 500 <= 2400 / 3
+    assert_eq!(get("small", "bound"), Some(true));
+    assert_eq!(get("small", "first render"), None, "under 100 KB");
+    let report = bench::checks_report(&checks);
+    assert!(report.contains("bound: 2 of 2 pages pass"), "{report}");
+
+    let svg = bench::svg(&rows, &[l.to_owned(), "loopback".to_owned()]);
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<svg").count(), 1);
+    // Three bars per page on the target link, three for the one page on loopback, two per
+    // page in the bytes panel, and the legends' squares.
+    assert_eq!(svg.matches("<rect x=").count(), 2 * 3 + 3 + 2 * 2 + 3 + 2);
+    assert!(svg.contains("Link 300ms,750kbit,1%"));
+    assert!(!svg.contains("NaN") && !svg.contains("inf"));
+}
