@@ -982,6 +982,9 @@ pub struct ResourceConfig {
     pub store_bytes: u64,
     /// Whether blobs decoded from `data:` URLs may be cached by a relay.
     pub data_urls_cacheable: bool,
+    /// Whether large `<style>` texts (style sheets written into the page, spec §14.3) may be
+    /// cached by a relay; other large texts never are.
+    pub style_texts_cacheable: bool,
 }
 
 impl Default for ResourceConfig {
@@ -991,6 +994,7 @@ impl Default for ResourceConfig {
             max_blob: ResourceLimits::DEFAULT.max_blob,
             store_bytes: DEFAULT_STORE_BYTES,
             data_urls_cacheable: true,
+            style_texts_cacheable: true,
         }
     }
 }
@@ -1226,8 +1230,10 @@ impl Resources {
             } else {
                 "text/plain;charset=utf-8"
             };
-            // A page's own text is never cacheable (spec §14.7).
-            let blob = Blob::new(text.into_bytes(), ty, false);
+            // A page's own text is never cacheable; a style sheet written into the page is a
+            // public asset unless configured otherwise (spec §14.7).
+            let cacheable = style && self.config.style_texts_cacheable;
+            let blob = Blob::new(text.into_bytes(), ty, cacheable);
             let a = self.keep(blob)?;
             return Some(a.to_uri());
         }
@@ -1286,7 +1292,7 @@ impl Resources {
         stack: &mut Vec<String>,
         r: &str,
     ) -> String {
-        if stack.iter().any(|s| s == url) || depth > MAX_IMPORT_DEPTH {
+        if stack.iter().any(|s| s == url) || depth >= MAX_IMPORT_DEPTH {
             // A cycle of imports, or too deep: leave it.
             return r.to_owned();
         }

@@ -369,7 +369,10 @@ fn large_texts_become_private_blobs_and_come_back_exactly() {
     let style = find(dom, |e| e.name == "style");
     let sheet_blob = blob_of(&c, dom.text(dom.children(style)[0]).expect("style text"));
     assert_eq!(sheet_blob.content_type(), "text/css");
-    assert!(!sheet_blob.cacheable());
+    assert!(
+        sheet_blob.cacheable(),
+        "a style sheet, even written into the page"
+    );
     let dot = Address::of(&file("img/dot.gif")).to_uri();
     assert!(text_of(&sheet_blob).starts_with(&format!(".a{{background:url({dot})}}")));
 
@@ -1086,4 +1089,46 @@ fn addresses_parse_and_format() {
         Address::of(b"").to_hex(),
         "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
     );
+}
+
+#[test]
+fn spec_resource_limits_match_code() {
+    let spec =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/tandem.md"))
+            .expect("spec");
+    let s8 = &spec[spec.find("\n## 8 ").expect("§8")..spec.find("\n## 9 ").expect("§9")];
+    let start = s8
+        .find("| Resource limit |")
+        .expect("§8 resource limit table");
+    let rows: Vec<(String, u64)> = s8[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let value = cells[2].split_whitespace().next().expect("value");
+            (
+                cells[1].trim_matches('`').to_owned(),
+                value.parse().expect("a number"),
+            )
+        })
+        .collect();
+    // Destructured without `..`: a new limit does not compile until it is listed here.
+    let ResourceLimits {
+        max_blob,
+        max_in_flight,
+        max_streams,
+        max_content_type,
+    } = ResourceLimits::DEFAULT;
+    let want: Vec<(String, u64)> = [
+        ("max_blob", max_blob),
+        ("max_in_flight", max_in_flight),
+        ("max_streams", max_streams as u64),
+        ("max_content_type", max_content_type as u64),
+    ]
+    .iter()
+    .map(|(n, v)| ((*n).to_owned(), *v))
+    .collect();
+    assert_eq!(rows, want);
+    assert_eq!(ResourceConfig::default().max_blob, max_blob);
 }
