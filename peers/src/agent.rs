@@ -17,11 +17,15 @@ use crate::transport::{Fingerprint, TransportError};
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// The session code the customer read out.
-    #[arg(long, required_unless_present = "token")]
+    #[arg(long, required_unless_present_any = ["token", "invite"])]
     pub code: Option<String>,
     /// The session token from a link (instead of --code).
-    #[arg(long, conflicts_with = "code")]
+    #[arg(long, conflicts_with_all = ["code", "invite"])]
     pub token: Option<String>,
+    /// Invite the customer waiting under this label (their --label) instead of joining with
+    /// a code; they have two minutes to accept.
+    #[arg(long, value_name = "LABEL", conflicts_with = "code")]
+    pub invite: Option<String>,
     /// The relay's UDP address.
     #[arg(long, default_value = "127.0.0.1:4433")]
     pub relay: SocketAddr,
@@ -53,10 +57,10 @@ pub struct AgentArgs {
 /// Runs `tandem agent`.
 pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
     let credential = match (args.code, args.token) {
-        (Some(code), _) => Credential::Code(code),
-        (None, Some(token)) => Credential::Token(token),
-        // clap requires one of them.
-        (None, None) => Credential::Code(String::new()),
+        (Some(code), _) => Some(Credential::Code(code)),
+        (None, Some(token)) => Some(Credential::Token(token)),
+        // clap requires --invite then.
+        (None, None) => None,
     };
     let link = Link::spawn_unless_none(args.relay, &args.link)
         .await
@@ -72,7 +76,15 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
     let relay = link.as_ref().map_or(args.relay, Link::addr);
     let conn = client::connect(relay, args.pin).await?;
     let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
-    let joined = ctl.join(credential, &args.label).await?;
+    let joined = match (credential, &args.invite) {
+        (Some(credential), _) => ctl.join(credential, &args.label).await?,
+        (None, target) => {
+            let target = target.as_deref().unwrap_or_default();
+            eprintln!("agent: inviting {target}; waiting for their answer");
+            ctl.invite(1, target, &args.label, tandem_engine::session::DEFAULT_TTL)
+                .await?
+        }
+    };
     eprintln!(
         "agent: joined {}'s session; they use {}",
         joined.peer_label,

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tandem_protocol::message::{
-    Capabilities, Credential, End, EndReason, ErrorReport, Hello, Join, Joined, Role,
-    SessionCreated, SessionOpen, Welcome,
+    Capabilities, Credential, End, EndReason, ErrorReport, Hello, InvitationRef, Invite, Join,
+    Joined, Role, SessionCreated, SessionOpen, Welcome,
 };
 use tandem_protocol::{ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
@@ -85,6 +85,9 @@ pub enum ClientError {
     /// The relay finished the control stream without a `CLOSE`.
     #[error("the relay finished the control stream")]
     StreamEnded,
+    /// The customer declined the invitation (spec §7.9); the channel stays usable.
+    #[error("the customer declined the invitation")]
+    Declined,
 }
 
 impl ClientError {
@@ -251,6 +254,81 @@ impl ControlChannel {
         self.wait_joined().await
     }
 
+    /// Agent: invites the customer known to the relay as `target` (spec §7.7) and waits for
+    /// the answer. Accepted, it returns what the relay says about the customer (`JOINED`).
+    /// Declined: [`ClientError::Declined`], and the channel stays usable. Unknown target or a
+    /// customer being asked already: [`ClientError::Refused`] (`SessionNotFound`,
+    /// `SessionBusy`; the channel stays usable). Unanswered within `expires` (at most the
+    /// relay's limit, 120 s by default): [`ClientError::Ended`] with `Expired`.
+    pub async fn invite(
+        &mut self,
+        invitation: u64,
+        target: &str,
+        label: &str,
+        expires: Duration,
+    ) -> Result<Joined, ClientError> {
+        self.send(&Message::Invite(Invite {
+            invitation,
+            target: target.to_owned(),
+            agent_label: label.to_owned(),
+            expires_ms: u32::try_from(expires.as_millis()).unwrap_or(u32::MAX),
+        }))
+        .await?;
+        loop {
+            match self.expect_any(&["ACCEPT", "DECLINE", "JOINED"]).await? {
+                Message::Accept(r) if r.invitation == invitation => continue,
+                Message::Decline(r) if r.invitation == invitation => {
+                    return Err(ClientError::Declined);
+                }
+                Message::Joined(joined) => {
+                    self.joined = Some(joined.clone());
+                    return Ok(joined);
+                }
+                other => return Err(self.unexpected("ACCEPT or DECLINE", &other)),
+            }
+        }
+    }
+
+    /// Agent: withdraws a pending invitation (spec §7.10). The answer that may cross it is
+    /// the caller's to read.
+    pub async fn cancel(&mut self, invitation: u64) -> Result<(), ClientError> {
+        self.send(&Message::Cancel(InvitationRef { invitation }))
+            .await
+    }
+
+    /// Consumer: waits until an agent joins, answering invitations on the way (spec §7.7–
+    /// §7.10): `answer` sees each `INVITE` and says whether the customer accepts (`ACCEPT`)
+    /// or declines (`DECLINE`). A `CANCEL` or an invitation's expiry (`CANCEL` from the
+    /// relay) withdraws an invitation before it is answered; `on_cancel` is told.
+    pub async fn wait_joined_answering<F: Future<Output = bool>>(
+        &mut self,
+        mut answer: impl FnMut(Invite) -> F,
+        mut on_cancel: impl FnMut(u64),
+    ) -> Result<Joined, ClientError> {
+        loop {
+            match self.expect_any(&["JOINED", "INVITE", "CANCEL"]).await? {
+                Message::Joined(joined) => {
+                    self.joined = Some(joined.clone());
+                    return Ok(joined);
+                }
+                Message::Invite(invite) => {
+                    let r = InvitationRef {
+                        invitation: invite.invitation,
+                    };
+                    let yes = answer(invite).await;
+                    let reply = if yes {
+                        Message::Accept(r)
+                    } else {
+                        Message::Decline(r)
+                    };
+                    self.send(&reply).await?;
+                }
+                Message::Cancel(r) => on_cancel(r.invitation),
+                other => return Err(self.unexpected("JOINED", &other)),
+            }
+        }
+    }
+
     /// Sends one message on the control stream.
     pub async fn send(&mut self, msg: &Message) -> Result<(), ClientError> {
         Ok(write_message(&mut self.send, msg, &self.limits).await?)
@@ -316,6 +394,11 @@ impl ControlChannel {
     /// `CLOSE` and `END` end the connection with an error, `PING` is answered, `PONG` and
     /// optional frames of unknown type are skipped (spec §3.2, §4.3).
     async fn expect(&mut self, expected: &'static str) -> Result<Message, ClientError> {
+        self.expect_any(&[expected]).await
+    }
+
+    /// Like [`ControlChannel::expect`], for any of several messages.
+    async fn expect_any(&mut self, expected: &[&'static str]) -> Result<Message, ClientError> {
         loop {
             match self.recv.next_message().await? {
                 None => return Err(ClientError::StreamEnded),
@@ -343,8 +426,10 @@ impl ControlChannel {
                 Some(Message::Ping(ping)) => self.send(&Message::Pong(ping)).await?,
                 Some(Message::Pong(_)) => {}
                 Some(Message::Unknown(u)) if !u.must_understand() => {}
-                Some(other) if other.name() == expected => return Ok(other),
-                Some(other) => return Err(self.unexpected(expected, &other)),
+                Some(other) if expected.contains(&other.name()) => return Ok(other),
+                Some(other) => {
+                    return Err(self.unexpected(expected.first().copied().unwrap_or(""), &other));
+                }
             }
         }
     }

@@ -13,7 +13,7 @@ use tandem_protocol::message::{Mode, Role, Viewport};
 use crate::client::{self, ControlChannel};
 use crate::hands::{Consent, HandsOptions};
 use crate::link::{Link, LinkSpec};
-use crate::session::{self, ChangeSource, ConsumerOptions, SessionError};
+use crate::session::{self, ChangeSource, ConsumerOptions, Invitations, SessionError};
 use crate::snapshot::MaskArgs;
 use crate::transport::{Fingerprint, TransportError};
 
@@ -70,6 +70,10 @@ pub struct ConsumerArgs {
     /// The customer's answer when the agent asks for a higher mode.
     #[arg(long, value_enum, default_value = "deny")]
     pub consent: ConsentArg,
+    /// How to answer an agent's invitation while waiting: ask on the terminal, accept or
+    /// decline. Agents invite by this consumer's --label.
+    #[arg(long, value_enum, default_value = "ask")]
+    pub invitations: Invitations,
     /// The viewport announced to the agent, WIDTHxHEIGHT[@DPR] (e.g. 390x844@3).
     #[arg(long, value_parser = crate::presence::parse_viewport, default_value = "1280x800@1")]
     pub viewport: Viewport,
@@ -164,6 +168,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         limits: Limits::DEFAULT,
         policy: args.mask.policy(),
         hands: Some(hands_for(&args.page, args.mode, args.consent.into())),
+        invitations: args.invitations,
     };
     let report = session::run_consumer(ctl, opts, |created| {
         println!("code: {}", created.code);

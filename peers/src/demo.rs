@@ -16,6 +16,7 @@ use crate::hands::{ActionRecord, Consent, HandsOptions, Outcome, demo_script, mo
 use crate::link::{Link, LinkCounters, LinkSpec};
 use crate::presence::{Presence, describe_platform, describe_status};
 use crate::relay::{self, RelayConfig};
+use crate::session::Invitations;
 use crate::session::{
     self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
 };
@@ -216,6 +217,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
             limits: Limits::DEFAULT,
             policy,
             hands,
+            invitations: Invitations::Decline,
         };
         session::run_consumer(ctl, opts, |created| {
             let _ = code_tx.send(created.code.clone());

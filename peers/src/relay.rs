@@ -1,24 +1,29 @@
-//! `tandem relay`: pairs a consumer and an agent by session code or token and forwards their
-//! traffic without decoding it.
+//! `tandem relay`: pairs a consumer and an agent by session code or token, or by an agent's
+//! invitation the customer accepts, and forwards their traffic without decoding it.
 //!
 //! ```text
 //!  consumer ──HELLO──► relay ◄──HELLO── agent
 //!           ◄WELCOME─        ─WELCOME─►
 //!  ──SESSION_OPEN──►
 //!  ◄SESSION_CREATED─ (code, token)        ◄──JOIN(code)──
+//!        or, to a customer waiting under its label:  ◄──INVITE(label)──
+//!  ◄──INVITE──  ──ACCEPT──►               ───ACCEPT─────►   (or DECLINE, CANCEL, expiry)
 //!  ◄────JOINED──────                      ───JOINED─────►
 //!  uni streams, control frames, datagrams ◄────────────► forwarded frame by frame
 //!  ──END──►                               ──END(EndedByConsumer), CLOSE──►
 //! ```
 //!
 //! Every decision (negotiation, pairing, expiry, rate limiting, what to tell whom at the end)
-//! lives in the sans-IO [`state`]; this module is the tokio pump around it: one task per
+//! lives in the sans-IO [`state`] and, for invitations, in the engine's session machine
+//! (`invite.rs`); lifecycle events go to a JSON-lines log and a [`webhook`]. This module is the tokio pump around it: one task per
 //! connection until pairing, then one task per session that owns both connections. Bodies are
 //! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
 //! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
 //! by type alone, datagrams pass as they are.
 
+mod invite;
 pub mod state;
+pub mod webhook;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -32,7 +37,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use tandem_protocol::message::{End, EndReason, ErrorReport, Role, SessionCreated};
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout};
 
@@ -40,6 +45,7 @@ use self::state::{
     ControlAction, JoinRefusal, Observed, Outcome, PeerInfo, RandomFailed, SessionId, SessionTable,
     Side, TableConfig,
 };
+use self::webhook::{Webhook, WebhookUrl};
 use crate::framed::{FrameRecv, FramedError, forward_stream, write_message, write_raw};
 use crate::transport::{self, Fingerprint, Identity, TransportError};
 
@@ -59,6 +65,9 @@ pub struct RelayArgs {
     /// Write session lifecycle events as JSON lines to FILE (appended), or to stdout with `-`.
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<String>,
+    /// Also POST each lifecycle event as a JSON object to this http:// URL.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<WebhookUrl>,
 }
 
 /// Settings of a relay run in-process by [`spawn`].
@@ -78,6 +87,8 @@ pub struct RelayConfig {
     pub close_grace: Duration,
     /// Where to write lifecycle events as JSON lines, if anywhere.
     pub event_log: Option<Box<dyn Write + Send>>,
+    /// Where to POST lifecycle events, if anywhere.
+    pub webhook: Option<WebhookUrl>,
 }
 
 impl RelayConfig {
@@ -91,6 +102,7 @@ impl RelayConfig {
             handshake_timeout: Duration::from_secs(30),
             close_grace: Duration::from_secs(3),
             event_log: None,
+            webhook: None,
         }
     }
 }
@@ -105,6 +117,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("close_grace", &self.close_grace)
             .field("event_log", &self.event_log.is_some())
+            .field("webhook", &self.webhook)
             .finish()
     }
 }
@@ -147,7 +160,18 @@ pub enum RelayEvent {
         /// The agent's address.
         remote: SocketAddr,
     },
-    /// A `JOIN` was refused.
+    /// An agent invited a customer; the customer is being asked (`invited`).
+    Invited {
+        /// The invitation's id, which the session keeps if the customer accepts.
+        session: SessionId,
+        /// The customer's label, which the agent named as the target.
+        consumer_label: String,
+        /// The agent's label.
+        agent_label: String,
+        /// The agent's address.
+        remote: SocketAddr,
+    },
+    /// A `JOIN` or an `INVITE` was refused.
     JoinRefused {
         /// `SessionNotFound`, `SessionBusy` or `RateLimited`.
         reason: String,
@@ -232,6 +256,7 @@ pub fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         close_grace: config.close_grace,
         events: events.clone(),
         log: config.event_log.map(Mutex::new),
+        webhook: config.webhook.map(Webhook::spawn),
         rng: SystemRandom::new(),
         shutdown: shutdown_rx,
     });
@@ -253,6 +278,7 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
         _ => Identity::generate()?,
     };
     let mut config = RelayConfig::new(args.listen, identity);
+    config.webhook = args.webhook;
     config.event_log = match args.events.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout())),
@@ -279,25 +305,26 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
 
 /// What every task of the relay shares.
 struct Shared {
-    table: Mutex<SessionTable<oneshot::Sender<Peer>>>,
+    table: Mutex<SessionTable<mpsc::Sender<Arrival>>>,
     limits: Limits,
     handshake_timeout: Duration,
     close_grace: Duration,
     events: broadcast::Sender<RelayEvent>,
     log: Option<Mutex<Box<dyn Write + Send>>>,
+    webhook: Option<Webhook>,
     rng: SystemRandom,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
-    fn table(&self) -> MutexGuard<'_, SessionTable<oneshot::Sender<Peer>>> {
+    fn table(&self) -> MutexGuard<'_, SessionTable<mpsc::Sender<Arrival>>> {
         // A panic while holding the lock would be a bug in the table; its data stays usable.
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn emit(&self, event: RelayEvent) {
         tracing::info!(?event, "session event");
-        if let Some(log) = &self.log {
+        if self.log.is_some() || self.webhook.is_some() {
             let ts_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis())
@@ -306,11 +333,19 @@ impl Shared {
                 ts_ms,
                 event: &event,
             };
-            if let Ok(mut json) = serde_json::to_vec(&line) {
-                json.push(b'\n');
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = log.write_all(&json).and_then(|()| log.flush()) {
-                    tracing::warn!(error = %e, "cannot write event");
+            if let Ok(json) = serde_json::to_vec(&line) {
+                if let Some(log) = &self.log {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(e) = log
+                        .write_all(&json)
+                        .and_then(|()| log.write_all(b"\n"))
+                        .and_then(|()| log.flush())
+                    {
+                        tracing::warn!(error = %e, "cannot write event");
+                    }
+                }
+                if let Some(hook) = &self.webhook {
+                    hook.post(json);
                 }
             }
         }
@@ -333,6 +368,16 @@ struct Peer {
     send: SendStream,
     recv: FrameRecv,
     info: PeerInfo,
+}
+
+/// What reaches a waiting consumer's task from an agent's: the agent itself, to pair with
+/// (`JOIN`), or to ask the customer first (`INVITE`).
+enum Arrival {
+    /// The agent joined with the session's code or token.
+    Joined(Box<Peer>),
+    /// The agent invites the customer; the consumer's task shows the `INVITE` and owns the
+    /// agent's connection until the invitation is answered, withdrawn or expires.
+    Invited(Box<invite::Pending>),
 }
 
 /// Why a connection's handling stopped before pairing.
@@ -426,11 +471,20 @@ async fn handle_connection(shared: Arc<Shared>, incoming: Incoming) {
         Ok(role) => role,
         Err(stop) => return finish(&shared, peer, stop).await,
     };
-    let result = match role {
-        Role::Consumer => serve_consumer(&shared, peer, remote).await,
-        _ => serve_agent(&shared, peer, remote).await,
-    };
-    if let Err((peer, stop)) = result {
+    match role {
+        Role::Consumer => {
+            if let Err((peer, stop)) = serve_consumer(&shared, peer, remote).await {
+                finish(&shared, peer, stop).await;
+            }
+        }
+        _ => agent_task(shared, peer, remote).await,
+    }
+}
+
+/// Serves an agent that has no session: until it joins or its invitation is taken up by a
+/// customer's task, or until it is let go.
+async fn agent_task(shared: Arc<Shared>, peer: Peer, remote: SocketAddr) {
+    if let Err((peer, stop)) = serve_agent(&shared, peer, remote).await {
         finish(&shared, peer, stop).await;
     }
 }
@@ -541,7 +595,7 @@ async fn serve_consumer(
             Err(stop) => return Err((peer, stop)),
         };
         peer.info.label = open.label;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(1);
         let opened = {
             let mut random = shared.random();
             shared
@@ -573,19 +627,32 @@ async fn serve_consumer(
         remote,
     });
     match wait_for_agent(shared, &mut peer, id, opened.expires_at, &mut rx).await {
-        Waited::Paired { agent, pending } => {
-            run_session(shared.clone(), id, peer, *agent, pending).await;
+        Waited::Paired {
+            agent,
+            pending,
+            event_id,
+        } => {
+            run_session(shared.clone(), (id, event_id), peer, *agent, pending).await;
             Ok(())
         }
         Waited::Ended { reason, by, stop } => {
             shared.table().remove(id);
-            // An agent may have joined in the same instant: it is told the session ended.
+            // An agent may have joined or invited in the same instant: it is told the session
+            // ended (a joined agent) or its invitation was declined (an inviting one).
             rx.close();
-            if let Ok(mut agent) = rx.try_recv() {
-                let end = Message::End(End { reason });
-                let _ = write_message(&mut agent.send, &end, &shared.limits).await;
-                let notice = refusal(ErrorCode::SessionEnded, "the consumer left");
-                tokio::spawn(finish_owned(shared.clone(), agent, notice));
+            while let Ok(arrival) = rx.try_recv() {
+                match arrival {
+                    Arrival::Joined(agent) => {
+                        let mut agent = *agent;
+                        let end = Message::End(End { reason });
+                        let _ = write_message(&mut agent.send, &end, &shared.limits).await;
+                        let notice = refusal(ErrorCode::SessionEnded, "the consumer left");
+                        tokio::spawn(finish_owned(shared.clone(), agent, notice));
+                    }
+                    Arrival::Invited(pending) => {
+                        invite::unanswered(shared, *pending, None, EndReason::Declined).await;
+                    }
+                }
             }
             shared.emit(ended(id, &reason_name(reason), by, None));
             Err((peer, stop))
@@ -597,6 +664,9 @@ enum Waited {
     Paired {
         agent: Box<Peer>,
         pending: Vec<RawFrame>,
+        /// The id the session's events carry: the waiting session's, or the accepted
+        /// invitation's.
+        event_id: SessionId,
     },
     Ended {
         reason: EndReason,
@@ -609,20 +679,22 @@ enum Waited {
 /// `JOINED`.
 const PENDING_BUDGET: usize = 256 * 1024;
 
-/// Waits for an agent to join the consumer's session, answering the consumer's hop messages
-/// and queueing its end-to-end ones for the agent.
+/// Waits for an agent to join the consumer's session, or for the customer to answer an agent's
+/// invitation (spec §7.7–§7.10), answering the consumer's hop messages and queueing its
+/// end-to-end ones for the agent.
 async fn wait_for_agent(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: &mut Peer,
     id: SessionId,
     expires_at: Instant,
-    rx: &mut oneshot::Receiver<Peer>,
+    rx: &mut mpsc::Receiver<Arrival>,
 ) -> Waited {
     let expiry = sleep_until(expires_at.into());
     tokio::pin!(expiry);
     let mut expiry_armed = true;
     let mut pending = Vec::new();
     let mut pending_bytes = 0usize;
+    let mut invited: Option<Box<invite::Pending>> = None;
     let lost = |stop| Waited::Ended {
         reason: EndReason::ConnectionLost,
         by: Some(Side::Consumer),
@@ -630,12 +702,22 @@ async fn wait_for_agent(
     };
     loop {
         let frame = tokio::select! {
-            agent = &mut *rx => return match agent {
-                Ok(agent) => Waited::Paired { agent: Box::new(agent), pending },
+            arrival = rx.recv() => match arrival {
+                Some(Arrival::Joined(agent)) => {
+                    return Waited::Paired { agent, pending, event_id: id };
+                }
+                Some(Arrival::Invited(inv)) => {
+                    match invite::deliver(shared, peer, inv, invited.is_some()).await {
+                        Ok(Some(inv)) => invited = Some(inv),
+                        Ok(None) => {}
+                        Err(stop) => return lost(stop),
+                    }
+                    continue;
+                }
                 // The table dropped the waiter: the code expired in a sweep.
-                Err(_) => expired(peer, shared).await,
+                None => return expired(peer, shared).await,
             },
-            _ = &mut expiry, if expiry_armed => {
+            _ = &mut expiry, if expiry_armed && invited.is_none() => {
                 if shared.table().expire(id, Instant::now()) {
                     return expired(peer, shared).await;
                 }
@@ -643,21 +725,55 @@ async fn wait_for_agent(
                 expiry_armed = false;
                 continue;
             }
+            event = invite::next_event(&mut invited) => {
+                // `next_event` only returns while an invitation is pending.
+                let Some(inv) = invited.take() else { continue };
+                match invite::on_agent_event(shared, peer, id, inv, event).await {
+                    Ok(invite::Still::Pending(inv)) => invited = Some(inv),
+                    Ok(invite::Still::Closed) => {}
+                    Err(stop) => return lost(stop),
+                }
+                continue;
+            }
             frame = peer.recv.next_raw() => match frame {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return lost(Stop::Gone),
-                Err(e) => return lost(e.into()),
+                Ok(None) => {
+                    invite::consumer_gone(shared, invited.take()).await;
+                    return lost(Stop::Gone);
+                }
+                Err(e) => {
+                    invite::consumer_gone(shared, invited.take()).await;
+                    return lost(e.into());
+                }
             },
-            _ = shared.shutting_down() => return Waited::Ended {
-                reason: EndReason::ConnectionLost,
-                by: None,
-                stop: refusal(ErrorCode::SessionEnded, "relay shutting down"),
-            },
+            _ = shared.shutting_down() => {
+                invite::consumer_gone(shared, invited.take()).await;
+                return Waited::Ended {
+                    reason: EndReason::ConnectionLost,
+                    by: None,
+                    stop: refusal(ErrorCode::SessionEnded, "relay shutting down"),
+                };
+            }
         };
+        if matches!(frame.ty, FrameType::ACCEPT | FrameType::DECLINE) {
+            match invite::on_answer(shared, peer, id, invited.take(), frame).await {
+                Ok(invite::Answered::Accepted { agent, event_id }) => {
+                    return Waited::Paired {
+                        agent,
+                        pending,
+                        event_id,
+                    };
+                }
+                Ok(invite::Answered::Still(inv)) => invited = inv,
+                Err(stop) => return lost(stop),
+            }
+            continue;
+        }
         let reply = match state::classify_control(Side::Consumer, frame.ty) {
             ControlAction::Forward => {
                 pending_bytes += frame.body.len();
                 if pending_bytes > PENDING_BUDGET {
+                    invite::consumer_gone(shared, invited.take()).await;
                     return lost(refusal(
                         ErrorCode::LimitExceeded,
                         "too much control traffic before an agent joined",
@@ -666,18 +782,21 @@ async fn wait_for_agent(
                 pending.push(frame);
                 None
             }
-            ControlAction::End => {
-                return Waited::Ended {
-                    reason: EndReason::EndedByConsumer,
-                    by: Some(Side::Consumer),
-                    stop: refusal(ErrorCode::NoError, "session ended"),
+            ControlAction::End | ControlAction::Close => {
+                // spec §13.1: an END while an invitation is pending declines it.
+                if let Some(inv) = invited.take() {
+                    invite::unanswered(shared, *inv, Some(Side::Consumer), EndReason::Declined)
+                        .await;
+                }
+                let stop = if frame.ty == FrameType::END {
+                    refusal(ErrorCode::NoError, "session ended")
+                } else {
+                    Stop::Gone
                 };
-            }
-            ControlAction::Close => {
                 return Waited::Ended {
                     reason: EndReason::EndedByConsumer,
                     by: Some(Side::Consumer),
-                    stop: Stop::Gone,
+                    stop,
                 };
             }
             ControlAction::Ping => Some(RawFrame {
@@ -690,6 +809,7 @@ async fn wait_for_agent(
                 &format!("{} is not allowed now", frame.ty),
             )),
             ControlAction::Violation => {
+                invite::consumer_gone(shared, invited.take()).await;
                 return lost(refusal(
                     ErrorCode::UnexpectedMessage,
                     format!("{} is not allowed after SESSION_OPEN", frame.ty),
@@ -698,8 +818,12 @@ async fn wait_for_agent(
         };
         if let Some(reply) = reply {
             if let Err(e) = write_raw(&mut peer.send, &reply).await {
+                invite::consumer_gone(shared, invited.take()).await;
                 return lost(e.into());
             }
+        }
+        if !expiry_armed && invited.is_none() && shared.table().expire(id, Instant::now()) {
+            return expired(peer, shared).await;
         }
     }
 }
@@ -746,8 +870,16 @@ async fn serve_agent(
         let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
         let join = match handshake_step(shared, deadline, next_request(shared, &mut peer)).await {
             Ok(Message::Join(join)) => join,
+            Ok(Message::Invite(inv)) => match invite::place(shared, peer, remote, inv).await {
+                Ok(()) => return Ok(()),
+                Err(invite::NotPlaced::Refused(back)) => {
+                    peer = back;
+                    continue;
+                }
+                Err(invite::NotPlaced::Stop(back, stop)) => return Err((back, stop)),
+            },
             Ok(other) => {
-                let message = format!("expected JOIN, got {}", other.name());
+                let message = format!("expected JOIN or INVITE, got {}", other.name());
                 if let Err(stop) =
                     send_error(shared, &mut peer, ErrorCode::UnexpectedMessage, message).await
                 {
@@ -765,11 +897,18 @@ async fn serve_agent(
             Ok(pairing) => {
                 let id = pairing.id;
                 // The consumer's task runs the session from here on.
-                match pairing.waiter.send(peer) {
+                match pairing.waiter.try_send(Arrival::Joined(Box::new(peer))) {
                     Ok(()) => return Ok(()),
-                    Err(back) => {
+                    Err(
+                        mpsc::error::TrySendError::Closed(back)
+                        | mpsc::error::TrySendError::Full(back),
+                    ) => {
                         // The consumer went away between its last check and this join.
-                        peer = back;
+                        // The arrival that comes back is the one sent.
+                        let Arrival::Joined(back) = back else {
+                            return Ok(());
+                        };
+                        peer = *back;
                         shared.table().remove(id);
                         JoinRefusal::NotFound
                     }
@@ -842,7 +981,7 @@ fn ended(session: SessionId, reason: &str, by: Option<Side>, detail: Option<Stri
 /// breaks the protocol or goes away, then tells each side what the [`state::teardown`] plan says.
 async fn run_session(
     shared: Arc<Shared>,
-    id: SessionId,
+    (table_id, id): (SessionId, SessionId),
     consumer: Peer,
     agent: Peer,
     pending: Vec<RawFrame>,
@@ -923,7 +1062,7 @@ async fn run_session(
     };
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    shared.table().remove(id);
+    shared.table().remove(table_id);
 
     let plan = state::teardown(&outcome);
     let (by, detail) = match &outcome {

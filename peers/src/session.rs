@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, SendStream, VarInt};
 use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, MaskPolicy, parse_html};
 use tandem_protocol::compress::{CompressError, DecompressError, DomCompressor, DomDecompressor};
-use tandem_protocol::message::{Capabilities, End, EndReason, RefusalCode, SessionCreated};
+use tandem_protocol::message::{Capabilities, End, EndReason, Invite, RefusalCode, SessionCreated};
 use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
 use tokio::sync::mpsc;
 
@@ -201,6 +201,44 @@ pub struct ConsumerOptions {
     /// changes are done) for the agent to finish its actions stream before ending the session.
     /// Without it, the agent's actions are not read.
     pub hands: Option<HandsOptions>,
+    /// How the customer answers agents' invitations while waiting (spec §7.7).
+    pub invitations: Invitations,
+}
+
+/// How a waiting customer answers an agent's `INVITE` (spec §7.7–§7.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Invitations {
+    /// Ask on the terminal: the invitation is shown on stderr and answered with `y` on stdin.
+    Ask,
+    /// Accept every invitation.
+    Accept,
+    /// Decline every invitation.
+    #[default]
+    Decline,
+}
+
+impl Invitations {
+    /// The customer's answer to `invite`.
+    pub async fn answer(self, invite: Invite) -> bool {
+        match self {
+            Invitations::Accept => true,
+            Invitations::Decline => false,
+            Invitations::Ask => {
+                eprintln!(
+                    "consumer: {} invites you to share this page (for {} s). Accept? [y/N]",
+                    invite.agent_label,
+                    invite.expires_ms / 1000
+                );
+                tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).is_ok()
+                        && matches!(line.trim(), "y" | "Y" | "yes")
+                })
+                .await
+                .unwrap_or(false)
+            }
+        }
+    }
 }
 
 /// How long a consumer with [`ConsumerOptions::hands`] waits, once its changes are sent and
@@ -360,7 +398,13 @@ pub async fn run_consumer(
     let nodes = page.len();
     let created = ctl.open_session(&opts.label).await?;
     on_code(&created);
-    let joined = ctl.wait_joined().await?;
+    let invitations = opts.invitations;
+    let joined = ctl
+        .wait_joined_answering(
+            |invite| invitations.answer(invite),
+            |id| eprintln!("consumer: invitation {id} withdrawn"),
+        )
+        .await?;
     let compressed = joined.capabilities.contains(Capabilities::COMPRESSION);
     let mut presence = Presence::with_peer(Some(&joined.peer_platform));
     let mut meter = StatusMeter::new();

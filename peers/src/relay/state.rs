@@ -126,8 +126,8 @@ pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
         FrameType::JOIN | FrameType::INVITE if side == Side::Agent => {
             ControlAction::Refuse(ErrorCode::SessionBusy)
         }
-        // spec §7.3: one session per connection. Resume (JOIN from a consumer) and invitations
-        // are not offered by this relay.
+        // spec §7.3: one session per connection. Resume (JOIN from a consumer) is not offered
+        // by this relay, and only agents invite (before they have a session: relay/invite.rs).
         FrameType::SESSION_OPEN | FrameType::JOIN | FrameType::INVITE => {
             ControlAction::Refuse(ErrorCode::UnexpectedMessage)
         }
@@ -327,6 +327,9 @@ pub struct TableConfig {
     pub failure_window: Duration,
     /// Most sessions (waiting or paired) at once.
     pub max_sessions: usize,
+    /// The longest an invitation may wait for an answer (spec §7.7: 120 s by default; an
+    /// `INVITE` asking for longer gets this).
+    pub invitation_ttl: Duration,
 }
 
 impl Default for TableConfig {
@@ -336,6 +339,7 @@ impl Default for TableConfig {
             max_failures: 5,
             failure_window: Duration::from_secs(60),
             max_sessions: 10_000,
+            invitation_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -430,8 +434,32 @@ pub struct RandomFailed;
 
 #[derive(Debug)]
 enum State<P> {
-    Waiting { expires_at: Instant, waiter: P },
+    /// No agent yet. `invited` holds the id of the invitation the customer is being shown;
+    /// while it is pending the session cannot be joined and its code does not expire.
+    Waiting {
+        expires_at: Instant,
+        waiter: P,
+        invited: Option<SessionId>,
+    },
     Paired,
+}
+
+/// An agent's invitation of a waiting customer (spec §7.7), delivered to the customer's side.
+#[derive(Debug)]
+pub struct Invitation<P> {
+    /// The invitation's own session id: its lifecycle events (`invited`, then `connected` or
+    /// `ended` with `declined`, `cancelled` or `expired`) carry it, and so does the live
+    /// session it may become.
+    pub id: SessionId,
+    /// The customer's waiting session it was delivered to.
+    pub consumer_session: SessionId,
+    /// The customer.
+    pub consumer: PeerInfo,
+    /// When the invitation expires unanswered: the agent's `expires_ms`, at most the table's
+    /// `invitation_ttl`.
+    pub expires_at: Instant,
+    /// How to reach the customer's side (a clone of what its pump stored).
+    pub waiter: P,
 }
 
 #[derive(Debug)]
@@ -458,6 +486,79 @@ pub struct SessionTable<P> {
     by_token: HashMap<String, SessionId>,
     failures: HashMap<SourceKey, VecDeque<Instant>>,
     next_id: SessionId,
+}
+
+impl<P: Clone> SessionTable<P> {
+    /// An agent from `from` invites the customer known as `target` (spec §7.7): the label of
+    /// a waiting session. The first waiting session with that label that has no pending
+    /// invitation gets it. An unknown target counts as a failure of `from` (like a wrong code,
+    /// so targets cannot be enumerated quickly); a customer who is being asked already is
+    /// [`JoinRefusal::Busy`]. The invitation lives `ttl`, at most the table's
+    /// `invitation_ttl`.
+    pub fn invite(
+        &mut self,
+        now: Instant,
+        from: IpAddr,
+        target: &str,
+        ttl: Duration,
+    ) -> Result<Invitation<P>, JoinRefusal> {
+        let key = SourceKey::of(from);
+        if self.recent_failures(key, now) >= self.config.max_failures {
+            return Err(JoinRefusal::RateLimited);
+        }
+        let mut busy = false;
+        let mut found = None;
+        let mut ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.consumer.label == target)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            match &self.sessions[&id].state {
+                State::Waiting {
+                    expires_at,
+                    invited: None,
+                    ..
+                } if *expires_at > now => {
+                    found = Some(id);
+                    break;
+                }
+                State::Waiting {
+                    invited: Some(_), ..
+                }
+                | State::Paired => busy = true,
+                State::Waiting { .. } => {}
+            }
+        }
+        let Some(consumer_session) = found else {
+            if busy {
+                return Err(JoinRefusal::Busy);
+            }
+            self.record_failure(key, now);
+            return Err(JoinRefusal::NotFound);
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let Some(entry) = self.sessions.get_mut(&consumer_session) else {
+            return Err(JoinRefusal::NotFound);
+        };
+        let State::Waiting {
+            waiter, invited, ..
+        } = &mut entry.state
+        else {
+            return Err(JoinRefusal::Busy);
+        };
+        *invited = Some(id);
+        Ok(Invitation {
+            id,
+            consumer_session,
+            consumer: entry.consumer.clone(),
+            expires_at: now + ttl.min(self.config.invitation_ttl),
+            waiter: waiter.clone(),
+        })
+    }
 }
 
 /// Failed joins are counted per IPv4 address and per IPv6 /64 (one host's usual allocation).
@@ -535,7 +636,11 @@ impl<P> SessionTable<P> {
                 code: code.clone(),
                 token: token.clone(),
                 consumer,
-                state: State::Waiting { expires_at, waiter },
+                state: State::Waiting {
+                    expires_at,
+                    waiter,
+                    invited: None,
+                },
             },
         );
         Ok(Opened {
@@ -593,8 +698,26 @@ impl<P> SessionTable<P> {
         };
         match std::mem::replace(&mut entry.state, State::Paired) {
             State::Paired => Err(JoinRefusal::Busy),
-            State::Waiting { expires_at, waiter } if expires_at <= now => {
-                entry.state = State::Waiting { expires_at, waiter };
+            State::Waiting {
+                expires_at,
+                waiter,
+                invited: Some(inv),
+            } => {
+                entry.state = State::Waiting {
+                    expires_at,
+                    waiter,
+                    invited: Some(inv),
+                };
+                Err(JoinRefusal::Busy)
+            }
+            State::Waiting {
+                expires_at, waiter, ..
+            } if expires_at <= now => {
+                entry.state = State::Waiting {
+                    expires_at,
+                    waiter,
+                    invited: None,
+                };
                 self.record_failure(key, now);
                 Err(JoinRefusal::NotFound)
             }
@@ -635,7 +758,8 @@ impl<P> SessionTable<P> {
     pub fn expire(&mut self, id: SessionId, now: Instant) -> bool {
         let expired = matches!(
             self.sessions.get(&id),
-            Some(Entry { state: State::Waiting { expires_at, .. }, .. }) if *expires_at <= now
+            Some(Entry { state: State::Waiting { expires_at, invited: None, .. }, .. })
+                if *expires_at <= now
         );
         if expired {
             self.remove(id);
@@ -661,9 +785,9 @@ impl<P> SessionTable<P> {
         let expired: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(
-                |(_, e)| matches!(e.state, State::Waiting { expires_at, .. } if expires_at <= now),
-            )
+            .filter(|(_, e)| {
+                matches!(e.state, State::Waiting { expires_at, invited: None, .. } if expires_at <= now)
+            })
             .map(|(&id, _)| id)
             .collect();
         for &id in &expired {
@@ -681,14 +805,49 @@ impl<P> SessionTable<P> {
     /// The earliest instant at which [`SessionTable::sweep`] has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let codes = self.sessions.values().filter_map(|e| match e.state {
-            State::Waiting { expires_at, .. } => Some(expires_at),
-            State::Paired => None,
+            State::Waiting {
+                expires_at,
+                invited: None,
+                ..
+            } => Some(expires_at),
+            _ => None,
         });
         let failures = self
             .failures
             .values()
             .filter_map(|t| t.back().map(|&t| t + self.config.failure_window));
         codes.chain(failures).min()
+    }
+
+    /// Ends the pending invitation of `consumer_session` unanswered (declined, cancelled,
+    /// expired, or one side gone): the customer's session waits again, and its code can be
+    /// used (or expires) as before. Returns whether an invitation was pending.
+    pub fn close_invitation(&mut self, consumer_session: SessionId) -> bool {
+        match self.sessions.get_mut(&consumer_session) {
+            Some(Entry {
+                state: State::Waiting { invited, .. },
+                ..
+            }) => invited.take().is_some(),
+            _ => false,
+        }
+    }
+
+    /// The customer accepted invitation `invitation` of `consumer_session`: the session is
+    /// paired (its code and token can no longer be used). Returns false when that invitation
+    /// is not the one pending.
+    pub fn accept_invitation(
+        &mut self,
+        consumer_session: SessionId,
+        invitation: SessionId,
+    ) -> bool {
+        match self.sessions.get_mut(&consumer_session) {
+            Some(entry) if matches!(entry.state, State::Waiting { invited: Some(i), .. } if i == invitation) =>
+            {
+                entry.state = State::Paired;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Sessions held (waiting or paired).
