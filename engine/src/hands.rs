@@ -732,6 +732,321 @@ impl Origin {
     }
 }
 
+/// The oracle of the `session_actions` fuzz target (and of the regression inputs the tests
+/// replay): arbitrary sequences of session and action messages from both sides, judged against
+/// rules restated here apart from the code above.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::{Duration, Instant};
+
+    use tandem_protocol::message::{
+        Click, Highlight, Input, InputValue, Mode, ModeChange, ModeOp, Navigate, Pointer, Scroll,
+    };
+    use tandem_protocol::{Limits, Message, NodeId, frame};
+
+    use super::{Authority, Effect, HandsConfig, ModeOutcome, NavigationRule, Verdict};
+    use crate::mask::{MaskPolicy, Rule};
+    use crate::session::{self, Next, Phase, Session, Trigger};
+    use crate::{Consumer, parse_html};
+
+    /// The page the agent acts on: every kind of field, a masked region, an editable block.
+    pub const PAGE: &str = "<main><h1 id=t>Order</h1><p class=m>Secret <b>note</b></p>\
+        <form><input name=city value=Amsterdam><input type=password value=hunter2>\
+        <input type=checkbox name=gift><select name=slot><option>a<option selected>b</select>\
+        <textarea name=note>Ring twice</textarea><input autocomplete=cc-number value=4111>\
+        <button>Save</button></form><div contenteditable>Edit me</div>\
+        <a href=/help>Help</a></main>";
+
+    /// What each mode lets through, restated from spec §13.2 (not read from [`super::permits`]):
+    /// pointer, highlight and wiggle are always allowed; a mode this version does not know
+    /// allows no more than `Follow`.
+    fn allowed(mode: Mode, what: &Effect) -> bool {
+        let level = match mode {
+            Mode::View => 1,
+            Mode::Guide => 2,
+            Mode::Full => 3,
+            _ => 0,
+        };
+        let needs = match what {
+            Effect::Pointer(_)
+            | Effect::Highlight { .. }
+            | Effect::ClearHighlight { .. }
+            | Effect::Wiggle(_) => 0,
+            Effect::Scroll(_) => 1,
+            Effect::Click(_) | Effect::Navigate(_) => 2,
+            Effect::Input(_) => 3,
+        };
+        level >= needs
+    }
+
+    /// A byte reader that yields zeros once the input is used up.
+    struct Bytes<'a>(&'a [u8]);
+
+    impl Bytes<'_> {
+        fn u8(&mut self) -> u8 {
+            match self.0.split_first() {
+                Some((&b, rest)) => {
+                    self.0 = rest;
+                    b
+                }
+                None => 0,
+            }
+        }
+        fn u16(&mut self) -> u16 {
+            u16::from(self.u8()) << 8 | u16::from(self.u8())
+        }
+        fn take(&mut self, n: usize) -> &[u8] {
+            let n = n.min(self.0.len());
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            a
+        }
+        fn text(&mut self) -> String {
+            let n = usize::from(self.u8() % 24);
+            String::from_utf8_lossy(self.take(n)).into_owned()
+        }
+    }
+
+    fn mode(b: u8) -> Mode {
+        match b % 5 {
+            0 => Mode::Follow,
+            1 => Mode::View,
+            2 => Mode::Guide,
+            3 => Mode::Full,
+            // A mode this version does not name.
+            _ => Mode::from(7),
+        }
+    }
+
+    const URLS: [&str; 6] = [
+        "https://shop.example/help",
+        "https://shop.example:8443/",
+        "http://shop.example/",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "https://sub.shop.example/x",
+    ];
+
+    /// Runs one input. Panics (the fuzzer's finding) when an action the mode, pause or masking
+    /// forbids comes through, or when the session machine leaves its table.
+    pub fn session_actions(data: &[u8]) {
+        let mut b = Bytes(data);
+        let limits = Limits::DEFAULT;
+        let mut policy = MaskPolicy::default();
+        let _ = policy.add_selector(Rule::Mask, ".m");
+        let config = HandsConfig {
+            consent_required: b.u8() & 1 == 0,
+            navigation: match b.u8() % 3 {
+                0 => NavigationRule::SameOrigin,
+                1 => NavigationRule::Hosts(vec!["shop.example".into()]),
+                _ => NavigationRule::AnyWeb,
+            },
+            ..HandsConfig::default()
+        };
+        let url = "https://shop.example/orders";
+        let mut consumer = Consumer::with_policy(parse_html(PAGE, limits), url, limits, policy);
+        let mut hands = Authority::new(config, url);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let (mut life, _) = if b.u8() & 1 == 0 {
+            Session::waiting(now, session::DEFAULT_TTL)
+        } else {
+            Session::invited(now, session::DEFAULT_TTL)
+        };
+        let max_id = consumer.dom().next_id() + 2;
+        let mut steps = 0;
+        while !b.0.is_empty() && steps < 512 {
+            steps += 1;
+            let node = NodeId::from(b.u8()) % max_id;
+            let msg = match b.u8() % 15 {
+                0 => {
+                    hands.set_mode(mode(b.u8()));
+                    continue;
+                }
+                1 => Message::Mode(ModeChange {
+                    op: ModeOp::from(u32::from(b.u8() % 5)),
+                    mode: mode(b.u8()),
+                }),
+                2 => {
+                    let before = hands.mode();
+                    let pending = hands.pending_request();
+                    let yes = b.u8() & 1 == 1;
+                    match hands.consent(yes) {
+                        Some(reply) => {
+                            assert_eq!(Some(reply.mode), pending);
+                            let expect = if yes { reply.mode } else { before };
+                            assert_eq!(hands.mode(), expect, "consent {yes}");
+                        }
+                        None => assert_eq!(pending, None),
+                    }
+                    continue;
+                }
+                3 => {
+                    hands.pause();
+                    continue;
+                }
+                4 => {
+                    hands.resume();
+                    continue;
+                }
+                5 => {
+                    now += Duration::from_millis(u64::from(b.u16()) * 10);
+                    hands.handle_timeout(now);
+                    assert!(hands.highlights().all(|(_, until)| until > now));
+                    continue;
+                }
+                6 => {
+                    hands.navigated(URLS[usize::from(b.u8()) % URLS.len()]);
+                    assert_eq!(
+                        hands.highlights().count(),
+                        0,
+                        "navigation clears highlights"
+                    );
+                    continue;
+                }
+                7 => {
+                    let trigger = session::Trigger::ALL[usize::from(b.u8()) % Trigger::ALL.len()];
+                    check_life(&mut life, trigger, now);
+                    continue;
+                }
+                8 => Message::Pointer(Pointer {
+                    seq: u32::from(b.u16()),
+                    node,
+                    x: u32::from(b.u16()),
+                    y: u32::from(b.u16()),
+                    visible: b.u8() & 1 == 1,
+                }),
+                9 => Message::Scroll(Scroll {
+                    seq: u32::from(b.u16()),
+                    node,
+                    x: i32::from(b.u16() as i16),
+                    y: i32::from(b.u16() as i16),
+                }),
+                10 => Message::Highlight(Highlight {
+                    id: u32::from(b.u8()),
+                    node,
+                    duration_ms: u32::from(b.u16()) * 10,
+                }),
+                11 => Message::Click(Click {
+                    id: u32::from(b.u8()),
+                    node,
+                    x: u32::from(b.u16()),
+                    y: u32::from(b.u16()),
+                    button: b.u8() % 3,
+                    modifiers: b.u8(),
+                }),
+                12 => Message::Input(Input {
+                    id: u32::from(b.u8()),
+                    node,
+                    value: match b.u8() % 3 {
+                        0 => InputValue::Text(b.text()),
+                        1 => InputValue::Checked(b.u8() & 1 == 1),
+                        _ => InputValue::Selected(
+                            (0..b.u8() % 4).map(|_| u32::from(b.u8() % 4)).collect(),
+                        ),
+                    },
+                }),
+                13 => Message::Navigate(Navigate {
+                    id: u32::from(b.u8()),
+                    url: URLS[usize::from(b.u8()) % URLS.len()].to_owned(),
+                }),
+                _ => {
+                    // Raw bytes on the wire: whatever decodes is judged too.
+                    let n = usize::from(b.u8());
+                    match frame::decode_frame(b.take(n), &limits) {
+                        Ok((m, _)) => m,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            judge(&mut hands, &mut consumer, &msg, now);
+        }
+        // Whatever happened, every masked field's value is stars: no agent input reached one.
+        let dom = consumer.dom();
+        for id in dom.preorder(0) {
+            let value = dom
+                .node(id)
+                .and_then(|n| n.element())
+                .and_then(|e| e.attr("value"));
+            if let Some(v) = value.filter(|_| consumer.protects_node(id)) {
+                assert!(v.chars().all(|c| c == '*'), "masked value {v:?}");
+            }
+        }
+    }
+
+    fn judge(hands: &mut Authority, consumer: &mut Consumer, msg: &Message, now: Instant) {
+        if let Message::Mode(m) = msg {
+            let before = hands.mode();
+            match hands.on_mode(*m) {
+                ModeOutcome::Unexpected => assert_ne!(m.op, ModeOp::Request),
+                ModeOutcome::Reply(r) if r.op == ModeOp::Grant => {
+                    assert_eq!(m.op, ModeOp::Request);
+                    assert!(!hands.is_paused(), "no grant while paused");
+                    assert_eq!(hands.mode(), r.mode);
+                }
+                ModeOutcome::Reply(_) => {
+                    assert_eq!(hands.mode(), before, "a denial changes nothing")
+                }
+                ModeOutcome::AwaitingConsent(asked) => {
+                    assert!(hands.config().consent_required);
+                    assert_eq!(hands.mode(), before, "asking changes nothing yet");
+                    assert_eq!(hands.pending_request(), Some(asked));
+                }
+            }
+            return;
+        }
+        let mode = hands.mode();
+        let paused = hands.is_paused();
+        let verdict = hands.handle(msg, consumer.dom(), &*consumer, now);
+        if let Verdict::Apply(effect) = verdict {
+            assert!(!paused, "nothing acts while paused: {effect:?}");
+            assert!(allowed(mode, &effect), "{mode:?} let {effect:?} through");
+            match &effect {
+                Effect::Input(i) => {
+                    assert!(!consumer.protects_node(i.node), "input into a masked field");
+                    if let InputValue::Text(t) = &i.value {
+                        // Carry it out as a page would: the consumer masks what it records.
+                        let _ = consumer.set_attr(i.node, "value", t);
+                        consumer.flush();
+                    }
+                }
+                Effect::Click(c) => {
+                    assert!(!consumer.protects_node(c.node), "click on a masked element")
+                }
+                Effect::Navigate(n) => {
+                    assert!(n.url.starts_with("http://") || n.url.starts_with("https://"));
+                    hands.navigated(n.url.clone());
+                }
+                _ => {}
+            }
+        }
+        while consumer.poll_message().is_some() {}
+    }
+
+    /// Applies `trigger` and checks the machine against its table (spec §13.1), restated as:
+    /// a closed session never changes; an allowed trigger leads where the table says; a
+    /// refused one changes nothing.
+    fn check_life(life: &mut Session, trigger: Trigger, now: Instant) {
+        let before = life.phase();
+        let closed = life.end_reason();
+        let result = life.handle(trigger, now);
+        if closed.is_some() {
+            assert!(result.is_err(), "a closed session changed");
+            assert_eq!(life.end_reason(), closed);
+            return;
+        }
+        match (result, session::next(before, trigger)) {
+            (Ok(_), Some(Next::Phase(p))) => assert_eq!(life.phase(), p),
+            (Ok(_), Some(Next::Closed(r))) => {
+                assert_eq!(life.phase(), Phase::Closed);
+                assert_eq!(life.end_reason(), Some(r));
+            }
+            (Ok(_), None) => panic!("{before:?} {trigger:?} is not in the table"),
+            (Err(_), _) => assert_eq!(life.phase(), before, "a refusal changed the phase"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,14 @@ pub enum SessionError {
         /// How long before the expiry time.
         early: Duration,
     },
+    /// The invitation or code reached its expiry time before this trigger (an answer that
+    /// arrives at the expiry time or later finds it closed, spec §13.1): nothing changed;
+    /// [`Session::handle_timeout`] closes it.
+    #[error("the session expired {late:?} before this trigger")]
+    Expired {
+        /// How long after the expiry time the trigger came.
+        late: Duration,
+    },
 }
 
 /// A lifecycle event for integrations (spec §13.5): what the relay writes as a JSON line and
@@ -367,11 +375,13 @@ impl Session {
         if let Some(reason) = self.end {
             return Err(SessionError::Closed(reason));
         }
-        if trigger == Trigger::Expire
-            && let Some(at) = self.poll_timeout()
-            && now < at
-        {
-            return Err(SessionError::NotYetExpired { early: at - now });
+        if let Some(at) = self.poll_timeout() {
+            if trigger == Trigger::Expire && now < at {
+                return Err(SessionError::NotYetExpired { early: at - now });
+            }
+            if trigger != Trigger::Expire && now >= at {
+                return Err(SessionError::Expired { late: now - at });
+            }
         }
         let next = next(self.phase, trigger).ok_or(SessionError::NotAllowed {
             phase: self.phase,

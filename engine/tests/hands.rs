@@ -591,3 +591,28 @@ fn the_spec_permission_table_is_the_code() {
         }
     }
 }
+
+mod session_actions {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use tandem_engine::hands::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Arbitrary sequences of session and action messages from both sides: nothing the
+        /// mode, a pause or masking forbids gets through, and the lifecycle keeps to its table.
+        #[test]
+        fn nothing_forbidden_gets_through(data in vec(any::<u8>(), 0..600)) {
+            fuzzing::session_actions(&data);
+        }
+    }
+
+    #[test]
+    fn session_actions_regressions() {
+        for path in super::common::regression_inputs("session_actions") {
+            eprintln!("replaying {}", path.display());
+            fuzzing::session_actions(&std::fs::read(&path).expect("read input"));
+        }
+    }
+}

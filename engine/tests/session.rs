@@ -27,6 +27,43 @@ fn session_in(phase: Phase, t0: Instant) -> Session {
     s
 }
 
+/// An answer or a join that arrives at the expiry time or later finds the session expired
+/// (spec §13.1): refused, unchanged, and closed by the timeout.
+#[test]
+fn a_trigger_at_or_after_expiry_finds_it_expired() {
+    let t0 = Instant::now();
+    for (phase, trigger) in [
+        (Phase::Invited, Trigger::Accept),
+        (Phase::Waiting, Trigger::Join),
+    ] {
+        let mut s = session_in(phase, t0);
+        assert_eq!(
+            s.clone().handle(trigger, t0 + DEFAULT_TTL),
+            Err(SessionError::Expired {
+                late: Duration::ZERO
+            })
+        );
+        assert_eq!(
+            s.clone()
+                .handle(trigger, t0 + DEFAULT_TTL + Duration::from_secs(3)),
+            Err(SessionError::Expired {
+                late: Duration::from_secs(3)
+            })
+        );
+        assert!(
+            s.clone()
+                .handle(trigger, t0 + DEFAULT_TTL - Duration::from_nanos(1))
+                .is_ok()
+        );
+        assert_eq!(
+            s.handle_timeout(t0 + DEFAULT_TTL),
+            Some(Lifecycle::Ended {
+                reason: "expired".into()
+            })
+        );
+    }
+}
+
 #[test]
 fn every_listed_transition_happens_and_every_other_is_refused() {
     let t0 = Instant::now();
@@ -35,7 +72,13 @@ fn every_listed_transition_happens_and_every_other_is_refused() {
         for trigger in Trigger::ALL {
             let mut s = session_in(phase, t0);
             let before = s.clone();
-            let got = s.handle(trigger, later);
+            // Expiry is reported at its time; everything else comes while the session is open.
+            let at = if trigger == Trigger::Expire {
+                later
+            } else {
+                t0 + Duration::from_secs(1)
+            };
+            let got = s.handle(trigger, at);
             match next(phase, trigger) {
                 Some(Next::Phase(p)) => {
                     assert!(got.is_ok(), "{phase:?} {trigger:?}");
