@@ -383,12 +383,14 @@ async fn close_by(
     trigger: Trigger,
     by: Option<Side>,
 ) -> Result<Still, Stop> {
-    let life = inv
-        .life
-        .handle(trigger, Instant::now())
-        .unwrap_or(Lifecycle::Ended {
+    let now = Instant::now();
+    // A trigger at or after the expiry time finds the invitation expired (spec §13.1).
+    let life = match inv.life.handle(trigger, now) {
+        Ok(life) => life,
+        Err(_) => inv.life.handle_timeout(now).unwrap_or(Lifecycle::Ended {
             reason: "connection_lost".to_owned(),
-        });
+        }),
+    };
     close(shared, consumer, inv, life, by, Fate::of(by, trigger)).await
 }
 
