@@ -286,6 +286,7 @@ impl MaskPolicy {
         strip_prefix_ci(name, "data-tandem-").is_some()
             || name.eq_ignore_ascii_case("type")
             || name.eq_ignore_ascii_case("autocomplete")
+            || name.eq_ignore_ascii_case("contenteditable")
             || (!self.watched.is_empty() && self.watched.contains(lower(name).as_ref()))
     }
 
@@ -344,6 +345,10 @@ impl MaskPolicy {
             ignored: parent.ignored || m.ignore,
             raw: parent.raw || (html && el.name == "style"),
             value_text: html && el.name == "textarea",
+            editable: match el.attr("contenteditable").filter(|_| html) {
+                Some(v) => !v.eq_ignore_ascii_case("false"),
+                None => parent.editable,
+            },
             blocked: parent.blocked || m.block,
         }
     }
@@ -386,6 +391,7 @@ impl MaskPolicy {
     fn context_up(&self, dom: &Dom, id: NodeId) -> Ctx {
         let mut ctx = Ctx::default();
         let mut decided: Option<bool> = None;
+        let mut editable: Option<bool> = None;
         let mut first = true;
         let mut cur = Some(id);
         while let Some(n) = cur {
@@ -395,6 +401,11 @@ impl MaskPolicy {
                 if first {
                     ctx.value_text = html && el.name == "textarea";
                     first = false;
+                }
+                if editable.is_none() && html {
+                    editable = el
+                        .attr("contenteditable")
+                        .map(|v| !v.eq_ignore_ascii_case("false"));
                 }
                 ctx.raw |= html && el.name == "style";
                 ctx.forced |= m.auto && !(html && el.name == "input");
@@ -411,6 +422,7 @@ impl MaskPolicy {
             cur = dom.parent(n);
         }
         ctx.masked = ctx.forced || decided.unwrap_or(self.private);
+        ctx.editable = editable.unwrap_or(false);
         ctx
     }
 
@@ -479,7 +491,7 @@ impl MaskPolicy {
         let s = if ctx.value_text && ctx.ignored && !comment {
             String::new()
         } else if ctx.masked && (comment || !ctx.raw) {
-            self.stars(t, ctx.value_text || comment)
+            self.stars(t, ctx.value_text || ctx.editable || comment)
         } else {
             return None;
         };
@@ -544,8 +556,9 @@ impl MaskPolicy {
         }
     }
 
-    /// The masked form of a value. `value` texts (attribute values, a textarea's text) are
-    /// always replaced; other texts that are only whitespace stay, as layout.
+    /// The masked form of a value. `value` texts (attribute values, a textarea's text, the
+    /// text of an editable element) are always replaced; other texts that are only whitespace
+    /// stay, as layout.
     pub fn stars(&self, t: &str, value: bool) -> String {
         match self.length {
             MaskLength::Keep => t
@@ -744,6 +757,9 @@ pub(crate) struct Ctx {
     pub raw: bool,
     /// Inside `textarea`: texts are the control's value.
     pub value_text: bool,
+    /// Inside an editable element (`contenteditable` other than `false`): texts are what the
+    /// customer types, so masked ones never keep whitespace-only content either.
+    pub editable: bool,
     /// Inside a blocked element.
     pub blocked: bool,
 }

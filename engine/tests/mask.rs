@@ -540,6 +540,47 @@ fn masked_field_edits_send_nothing_with_fixed_length() {
     }
 }
 
+/// Typing into a masked editable element (contenteditable) with fixed length: whitespace-only
+/// text is what the customer typed, not layout, so it is stars like any other text and no edit
+/// sends anything; `contenteditable="false"` inside ends the editable region.
+#[test]
+fn masked_editable_text_never_depends_on_its_content() {
+    let mut p = MaskPolicy::default();
+    p.set_length(MaskLength::Fixed(3));
+    assert_eq!(
+        masked(
+            &p,
+            "<div data-tandem-mask contenteditable> <b>x</b>   <i contenteditable=false> </i></div>"
+        ),
+        "<div data-tandem-mask=\"\" contenteditable=\"\">***<b>***</b>***<i contenteditable=\"false\"> </i></div>"
+    );
+    let (mut c, mut agent) = consumer(p, "<div id=ed data-tandem-mask contenteditable>draft</div>");
+    let ed = by_id(c.dom(), "ed");
+    let t = c.dom().children(ed)[0];
+    for v in ["   ", "draft 2", "", " ", "a much longer draft"] {
+        c.set_text(t, v).unwrap();
+        assert!(send(&mut c, &mut agent).is_empty(), "{v:?}");
+    }
+    // Making the element editable later re-masks its whitespace-only text too.
+    let (mut c, mut agent) = consumer(
+        {
+            let mut p = MaskPolicy::default();
+            p.set_length(MaskLength::Fixed(3));
+            p
+        },
+        "<div id=ed data-tandem-mask>  </div>",
+    );
+    let ed = by_id(c.dom(), "ed");
+    assert_eq!(
+        c.dom().text(c.dom().children(ed)[0]),
+        Some("  "),
+        "layout whitespace"
+    );
+    c.set_attr(ed, "contenteditable", "true").unwrap();
+    let _ = send(&mut c, &mut agent);
+    assert_eq!(c.dom().text(c.dom().children(ed)[0]), Some("***"));
+}
+
 #[test]
 fn keep_length_edits_depend_only_on_the_length() {
     let mut p = pol();
