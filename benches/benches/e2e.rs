@@ -34,7 +34,7 @@ fn main() {
         pages.len(),
         links.len()
     );
-    let mut rows = bench::run_all(&pages, &links).expect("a tokio runtime");
+    let (mut rows, failures) = bench::run_all(&pages, &links).expect("a tokio runtime");
     // Grouped by link (in the order given), smallest page first, Tandem before the baseline.
     let link_index = |l: &str| links.iter().position(|x| x == l);
     rows.sort_by(|a, b| {
@@ -73,6 +73,12 @@ fn main() {
         .unwrap_or_else(|| TARGET_LINK.to_owned());
     println!("Targets on {target} (reported, not asserted):");
     print!("{}", bench::checks_report(&bench::checks(&rows, &target)));
+    if !failures.is_empty() {
+        println!("\nFailed attempts (each measurement is tried twice at most):");
+        for f in &failures {
+            println!("  {f}");
+        }
+    }
     println!("\nwrote {} and {}", csv.display(), svg.display());
 }
 

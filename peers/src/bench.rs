@@ -233,14 +233,19 @@ pub async fn measure(
 
 /// Measures every page of `pages` over every link of `links` (names as in [`LINKS`]), Tandem
 /// then the baseline, one at a time on a tokio runtime of its own, with the seed of
-/// [`link_for`]. Prints a line per measurement to stderr; a measurement that fails is reported
-/// there and left out. Returns the measurements in the order they ran.
-pub fn run_all(pages: &[std::path::PathBuf], links: &[String]) -> io::Result<Vec<Measurement>> {
+/// [`link_for`]. Prints a line per measurement to stderr. A measurement that fails is tried
+/// once more, and left out if it fails again. Returns the measurements in the order they ran,
+/// and one line per failed attempt.
+pub fn run_all(
+    pages: &[std::path::PathBuf],
+    links: &[String],
+) -> io::Result<(Vec<Measurement>, Vec<String>)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
+    let mut failures = Vec::new();
     for path in pages {
         let page = path
             .file_stem()
@@ -250,30 +255,40 @@ pub fn run_all(pages: &[std::path::PathBuf], links: &[String]) -> io::Result<Vec
             let spec = match link_for(link, &page) {
                 Ok(spec) => spec,
                 Err(e) => {
-                    eprintln!("e2e: link {link:?}: {e}");
+                    failures.push(format!("link {link:?}: {e}"));
                     continue;
                 }
             };
             for system in [System::Tandem, System::Baseline] {
-                let started = Instant::now();
-                match runtime.block_on(measure(system, path, link, &spec)) {
-                    Ok(m) => {
-                        eprintln!(
-                            "e2e: {page:<20} {link:<18} {:<8} first {:>8.0} ms, complete {:>8.0} ms, {:>8} B down ({:.1} s)",
-                            system.name(),
-                            m.first_render_ms,
-                            m.complete_ms,
-                            m.wire_bytes_down,
-                            started.elapsed().as_secs_f64()
-                        );
-                        rows.push(m);
+                for attempt in 1..=2 {
+                    let started = Instant::now();
+                    match runtime.block_on(measure(system, path, link, &spec)) {
+                        Ok(m) => {
+                            eprintln!(
+                                "e2e: {page:<20} {link:<18} {:<8} first {:>8.0} ms, complete {:>8.0} ms, {:>8} B down ({:.1} s)",
+                                system.name(),
+                                m.first_render_ms,
+                                m.complete_ms,
+                                m.wire_bytes_down,
+                                started.elapsed().as_secs_f64()
+                            );
+                            rows.push(m);
+                            break;
+                        }
+                        Err(e) => {
+                            let line = format!(
+                                "{page} over {link}, {}, attempt {attempt} of 2: {e}",
+                                system.name()
+                            );
+                            eprintln!("e2e: FAILED: {line}");
+                            failures.push(line);
+                        }
                     }
-                    Err(e) => eprintln!("e2e: {page} over {link}, {}: FAILED: {e}", system.name()),
                 }
             }
         }
     }
-    Ok(rows)
+    Ok((rows, failures))
 }
 
 // ---------------------------------------------------------------------------------------------
