@@ -35,9 +35,15 @@ pub struct AgentArgs {
     /// The agent's display name.
     #[arg(long, default_value = "Agent")]
     pub label: String,
-    /// Write the current page as HTML to FILE whenever it changes.
+    /// Write the current page as HTML to FILE whenever it changes. When the customer sends
+    /// resources (spec §14), its stylesheets, images and fonts go as files into
+    /// `<FILE stem>_files/` beside it, so a browser shows the page complete.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Do not offer to take resources by content address (spec §14): the customer then sends
+    /// references as the page has them.
+    #[arg(long)]
+    pub no_resources: bool,
     /// Emulate a slow, lossy link to the relay, e.g. `300ms,750kbit,1%`.
     ///
     /// A forwarder on 127.0.0.1 sits between this process and the relay, and the QUIC
@@ -75,7 +81,11 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
     }
     let relay = link.as_ref().map_or(args.relay, Link::addr);
     let conn = client::connect(relay, args.pin).await?;
-    let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
+    let mut hello = client::hello(Role::Agent);
+    if !args.no_resources {
+        hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+    }
+    let mut ctl = ControlChannel::open(conn, hello).await?;
     let joined = match (credential, &args.invite) {
         (Some(credential), _) => ctl.join(credential, &args.label).await?,
         (None, target) => {
@@ -96,6 +106,7 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         out: args.out,
         verbose: true,
         script: Vec::new(),
+        blobs: None,
     };
     let report = session::run_agent(ctl, opts, started).await?;
     println!(
@@ -112,6 +123,12 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
             .map(|h| session::hex(&h))
             .unwrap_or_else(|| "none".into())
     );
+    if let Some(r) = &report.resources {
+        println!(
+            "agent: resources: {} blobs ({} bytes) received, {} corrupt and discarded, {} missing",
+            r.blobs, r.bytes, r.corrupt, r.missing
+        );
+    }
     if let Some(s) = report.presence.peer_status {
         println!(
             "agent: the customer's link: {}",

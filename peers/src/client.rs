@@ -110,6 +110,11 @@ impl ClientError {
 pub const CAPABILITIES: Capabilities =
     Capabilities(Capabilities::COMPRESSION.0 | Capabilities::DATAGRAMS.0);
 
+/// [`CAPABILITIES`] and `RESOURCES` (spec §10.3, §14): what the reference peers offer when
+/// resources travel by content address (`--resources`).
+pub const CAPABILITIES_WITH_RESOURCES: Capabilities =
+    Capabilities(CAPABILITIES.0 | Capabilities::RESOURCES.0);
+
 /// A `HELLO` for `role` speaking exactly this crate's protocol version, offering
 /// [`CAPABILITIES`], with the reference peers' platform ([`crate::presence::platform`] with
 /// the default viewport). Set the fields of the result to say more (clear `COMPRESSION` from

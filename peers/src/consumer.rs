@@ -77,6 +77,12 @@ pub struct ConsumerArgs {
     /// The viewport announced to the agent, WIDTHxHEIGHT[@DPR] (e.g. 390x844@3).
     #[arg(long, value_parser = crate::presence::parse_viewport, default_value = "1280x800@1")]
     pub viewport: Viewport,
+    /// Send the page's resources by content address (spec §14): stylesheets, images and fonts
+    /// read from files under the page's directory (the states directory itself for a
+    /// directory), `data:` URLs and large texts travel once each, as the agent asks for them,
+    /// and a relay may serve the public ones from its cache. Used when the agent takes them.
+    #[arg(long)]
+    pub resources: bool,
 }
 
 /// The customer's answer to mode requests, on the command line.
@@ -158,6 +164,9 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
     let conn = client::connect(relay, args.pin).await?;
     let mut hello = client::hello(Role::Consumer);
     hello.platform.viewport = args.viewport;
+    if args.resources {
+        hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+    }
     let ctl = ControlChannel::open(conn, hello).await?;
     let opts = ConsumerOptions {
         html,
@@ -170,7 +179,10 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         hands: Some(hands_for(&args.page, args.mode, args.consent.into())),
         invitations: args.invitations,
     };
-    let report = session::run_consumer(ctl, opts, |created| {
+    let resources = args
+        .resources
+        .then(|| crate::resources::ResourceOptions::for_page(&args.page));
+    let report = session::run_consumer_with(ctl, opts, resources, |created| {
         println!("code: {}", created.code);
         println!("token: {}", created.token);
         eprintln!("consumer: read the code out to the agent; waiting for them to join");
@@ -184,6 +196,12 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         report.udp_bytes,
         session::hex(&report.hash)
     );
+    if let Some(r) = &report.resources {
+        println!(
+            "consumer: resources: {} referenced, {} uploaded ({} RESOURCE bytes), {} not loadable; agent holds all: {}",
+            r.referenced, r.uplink.blobs, r.uplink.frame_bytes, r.load_errors, r.settled
+        );
+    }
     if let Some(p) = &report.presence.peer_platform {
         println!(
             "consumer: the agent used {}",

@@ -16,6 +16,7 @@ use crate::hands::{ActionRecord, Consent, HandsOptions, Outcome, demo_script, mo
 use crate::link::{Link, LinkCounters, LinkSpec};
 use crate::presence::{Presence, describe_platform, describe_status};
 use crate::relay::{self, RelayConfig};
+use crate::resources::{DownlinkReport, ResourceOptions};
 use crate::session::Invitations;
 use crate::session::{
     self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
@@ -85,6 +86,30 @@ pub struct DemoCommand {
     /// default 1; the agent's link uses N+1). `none` shapes nothing.
     #[arg(long, value_name = "SPEC", default_value = "none")]
     pub link: LinkSpec,
+    /// Send the page's resources by content address (spec §14): with --page, stylesheets,
+    /// images and fonts read from files beside it, `data:` URLs and large texts travel once
+    /// each as the agent asks for them; --out then writes them as files beside the page.
+    #[arg(long)]
+    pub resources: bool,
+}
+
+/// What resources did in a demo session (spec §14).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DemoResourceReport {
+    /// Addresses the consumer's page referred to.
+    pub referenced: usize,
+    /// References the consumer could not load (left as the page has them).
+    pub load_errors: u64,
+    /// Blobs the consumer uploaded.
+    pub uploaded_blobs: u64,
+    /// Bytes of `RESOURCE` frames the consumer uploaded.
+    pub uploaded_bytes: u64,
+    /// Blobs the relay served from its cache.
+    pub relay_served_blobs: u64,
+    /// Blob bytes the relay served from its cache.
+    pub relay_served_bytes: u64,
+    /// What the agent received.
+    pub agent: DownlinkReport,
 }
 
 /// The demo's result.
@@ -139,6 +164,9 @@ pub struct DemoReport {
     pub consumer_presence: Presence,
     /// What the agent knew of the customer at the end: platform, viewport and link.
     pub agent_presence: Presence,
+    /// What resources did, when the demo sent them (`--resources`) and the session
+    /// negotiated `RESOURCES`.
+    pub resources: Option<DemoResourceReport>,
 }
 
 /// Runs the demo over loopback with no link emulation and returns its report.
@@ -150,6 +178,17 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
 /// (the agent's link draws its losses from seed + 1, so the two links lose different
 /// datagrams), and returns its report.
 pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, SessionError> {
+    demo_with(args, link, false).await
+}
+
+/// [`demo_over`], with resources sent by content address when `resources` (spec §14): both
+/// sides offer `RESOURCES`, the consumer loads files beside `--page` (only `data:` URLs and
+/// large texts for the built-in page), and the report says what moved.
+pub async fn demo_with(
+    args: &DemoArgs,
+    link: &LinkSpec,
+    resources: bool,
+) -> Result<DemoReport, SessionError> {
     let (html, changes) = match &args.page {
         Some(p) => {
             crate::consumer::page_and_changes(p, Some(args.batches), args.batch_size, args.seed)?
@@ -186,6 +225,9 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
     let no_compression = args.no_compression;
     let hello = move |role| {
         let mut h = client::hello(role);
+        if resources {
+            h.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+        }
         if no_compression {
             h.capabilities = Capabilities(h.capabilities.0 & !Capabilities::COMPRESSION.0);
         }
@@ -205,6 +247,10 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
     } else {
         Vec::new()
     };
+    let resource_opts = resources.then(|| match &args.page {
+        Some(p) => ResourceOptions::for_page(p),
+        None => ResourceOptions::without_files(),
+    });
     let consumer = tokio::spawn(async move {
         let conn = client::connect(consumer_addr, pin).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer)).await?;
@@ -219,7 +265,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
             hands,
             invitations: Invitations::Decline,
         };
-        session::run_consumer(ctl, opts, |created| {
+        session::run_consumer_with(ctl, opts, resource_opts, |created| {
             let _ = code_tx.send(created.code.clone());
         })
         .await
@@ -241,6 +287,7 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
                 out,
                 verbose: false,
                 script,
+                blobs: None,
             },
             joined_at,
         )
@@ -254,12 +301,22 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         .await
         .map_err(|e| SessionError::EndedEarly(format!("agent task: {e}")))?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let cache = relay.cache_stats();
     // The links stay up while the relay shuts down, so the clients' CONNECTION_CLOSE frames
     // still in flight reach it and it need not wait for them.
     relay.shutdown().await;
     let consumer_link = consumer_link.map(Link::shutdown);
     let agent_link = agent_link.map(Link::shutdown);
     let (c, (a, join)) = (consumer?, agent?);
+    let resources = c.resources.as_ref().map(|r| DemoResourceReport {
+        referenced: r.referenced,
+        load_errors: r.load_errors,
+        uploaded_blobs: r.uplink.blobs,
+        uploaded_bytes: r.uplink.frame_bytes,
+        relay_served_blobs: cache.served_blobs,
+        relay_served_bytes: cache.served_bytes,
+        agent: a.resources.clone().unwrap_or_default(),
+    });
     let consumer_hash = session::hex(&c.hash);
     let agent_hash = a.hash.map(|h| session::hex(&h));
     Ok(DemoReport {
@@ -287,13 +344,14 @@ pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, S
         agent_answers: a.answers,
         consumer_presence: c.presence,
         agent_presence: a.presence,
+        resources,
     })
 }
 
 /// Runs `tandem demo`: prints the report; `Ok(false)` when the hashes differ.
 pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
     let args = cmd.demo;
-    let r = demo_over(&args, &cmd.link).await?;
+    let r = demo_with(&args, &cmd.link, cmd.resources).await?;
     if args.json {
         // Serializing a struct of numbers and strings cannot fail.
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -349,6 +407,22 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             r.agent_hash.as_deref().unwrap_or("none")
         );
         println!("divergences:       {}", r.divergences);
+        match &r.resources {
+            Some(res) => {
+                println!(
+                    "resources:         {} referenced ({} not loadable); consumer uploaded {} blobs, {} bytes",
+                    res.referenced, res.load_errors, res.uploaded_blobs, res.uploaded_bytes
+                );
+                println!(
+                    "  agent:           {} blobs ({} bytes) verified, {} corrupt, {} missing",
+                    res.agent.blobs, res.agent.bytes, res.agent.corrupt, res.agent.missing
+                );
+            }
+            None if cmd.resources => {
+                println!("resources:         not negotiated");
+            }
+            None => {}
+        }
         print_presence("customer (agent's view):", &r.agent_presence);
         print_presence("agent (customer's view):", &r.consumer_presence);
         if let Some(mode) = &r.mode {

@@ -9,6 +9,8 @@
 //!             relay::state is its sans-IO core (session table, negotiation, teardown plan)
 //!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED
 //!  session    the consumer's and the agent's session pumps over QUIC
+//!  resources  content-addressed resources over QUIC (spec §14): resource streams, have/want,
+//!             the relay's shared cache
 //!  hands      the agent's actions: the consumer's authority carried out on its page, and
 //!             the agent's scripted actions (`tandem demo --mode`)
 //!  presence   platform in HELLO, STATUS from quinn statistics, the other side's viewport
@@ -54,6 +56,7 @@ pub mod hands;
 pub mod link;
 pub mod presence;
 pub mod relay;
+pub mod resources;
 pub mod session;
 pub mod snapshot;
 pub mod tools;

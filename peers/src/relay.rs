@@ -19,7 +19,11 @@
 //! connection until pairing, then one task per session that owns both connections. Bodies are
 //! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
 //! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
-//! by type alone, datagrams pass as they are.
+//! by type alone, datagrams pass as they are. The one exception is resources (spec §14.7), in a
+//! session that negotiated `RESOURCES`: the consumer's resource streams are still forwarded
+//! byte for byte but their `RESOURCE` pieces also feed a cache shared by all sessions
+//! ([`crate::resources::forward_observed`]), and the agent's `WANT` is decoded so that the
+//! cache answers what it holds on streams of its own to the agent and only the rest goes on.
 
 mod invite;
 pub mod state;
@@ -35,7 +39,7 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
-use tandem_protocol::message::{End, EndReason, ErrorReport, Role, SessionCreated};
+use tandem_protocol::message::{Capabilities, End, EndReason, ErrorReport, Role, SessionCreated};
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -47,6 +51,8 @@ use self::state::{
 };
 use self::webhook::{Webhook, WebhookUrl};
 use crate::framed::{FrameRecv, FramedError, forward_stream, write_message, write_raw};
+use crate::resources::{CacheStats, SharedCache, Uplink, forward_observed};
+use crate::session::DOM_PRIORITY;
 use crate::transport::{self, Fingerprint, Identity, TransportError};
 
 /// Command-line arguments of `tandem relay`.
@@ -68,7 +74,15 @@ pub struct RelayArgs {
     /// Also POST each lifecycle event as a JSON object to this http:// URL.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<WebhookUrl>,
+    /// Bytes of public resources (stylesheets, images, fonts the consumer marks cacheable)
+    /// kept across sessions and served to agents without asking the consumer again (spec
+    /// §14.7); the least recently used leave first. 0 turns the cache off.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
 }
+
+/// Default byte budget of the relay's resource cache (`--cache-bytes`).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Settings of a relay run in-process by [`spawn`].
 pub struct RelayConfig {
@@ -89,10 +103,13 @@ pub struct RelayConfig {
     pub event_log: Option<Box<dyn Write + Send>>,
     /// Where to POST lifecycle events, if anywhere.
     pub webhook: Option<WebhookUrl>,
+    /// Byte budget of the resource cache shared by all sessions (spec §14.7); 0: no cache.
+    pub cache_bytes: u64,
 }
 
 impl RelayConfig {
-    /// Defaults: spec limits, 120 s codes, 5 failed joins per minute, 30 s handshake.
+    /// Defaults: spec limits, 120 s codes, 5 failed joins per minute, 30 s handshake, a
+    /// resource cache of [`DEFAULT_CACHE_BYTES`].
     pub fn new(listen: SocketAddr, identity: Identity) -> Self {
         Self {
             listen,
@@ -103,6 +120,7 @@ impl RelayConfig {
             close_grace: Duration::from_secs(3),
             event_log: None,
             webhook: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -118,6 +136,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("close_grace", &self.close_grace)
             .field("event_log", &self.event_log.is_some())
             .field("webhook", &self.webhook)
+            .field("cache_bytes", &self.cache_bytes)
             .finish()
     }
 }
@@ -226,9 +245,20 @@ pub struct RelayHandle {
     events: broadcast::Sender<RelayEvent>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    cache: Arc<SharedCache>,
 }
 
 impl RelayHandle {
+    /// What the resource cache holds and has served to agents (spec §14.7).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Whether the resource cache holds the blob at `address`.
+    pub fn cache_holds(&self, address: &tandem_engine::resource::Address) -> bool {
+        self.cache.contains(address)
+    }
+
     /// Lifecycle events from now on. A receiver that falls more than 1024 events behind loses
     /// the oldest.
     pub fn subscribe(&self) -> broadcast::Receiver<RelayEvent> {
@@ -249,7 +279,9 @@ pub fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let addr = endpoint.local_addr()?;
     let (events, _) = broadcast::channel(1024);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let cache = Arc::new(SharedCache::new(config.cache_bytes, config.limits));
     let shared = Arc::new(Shared {
+        cache: cache.clone(),
         table: Mutex::new(SessionTable::new(config.table)),
         limits: config.limits,
         handshake_timeout: config.handshake_timeout,
@@ -267,6 +299,7 @@ pub fn spawn(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         events,
         shutdown,
         task,
+        cache,
     })
 }
 
@@ -279,6 +312,7 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
     };
     let mut config = RelayConfig::new(args.listen, identity);
     config.webhook = args.webhook;
+    config.cache_bytes = args.cache_bytes;
     config.event_log = match args.events.as_deref() {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout())),
@@ -305,6 +339,8 @@ pub async fn run(args: RelayArgs) -> Result<(), RelayError> {
 
 /// What every task of the relay shares.
 struct Shared {
+    /// The resource cache (spec §14.7): blobs by address only, never who referred to them.
+    cache: Arc<SharedCache>,
     table: Mutex<SessionTable<mpsc::Sender<Arrival>>>,
     limits: Limits,
     handshake_timeout: Duration,
@@ -998,6 +1034,7 @@ async fn run_session(
     let (to_agent, agent_writer) = spawn_writer(agent.send);
 
     let (joined_consumer, joined_agent) = state::joined_messages(&consumer.info, &agent.info);
+    let joined_consumer_caps = joined_consumer.capabilities;
     let _ = to_consumer
         .send(frame_bytes(&Message::Joined(joined_consumer), &limits))
         .await;
@@ -1007,33 +1044,45 @@ async fn run_session(
     for frame in pending {
         let _ = to_agent.send(Bytes::from(frame.to_bytes())).await;
     }
+    // With RESOURCES, the consumer's resource streams feed the shared cache, and the agent's
+    // WANTs are answered from it first (spec §14.7).
+    let resources = joined_consumer_caps
+        .contains(Capabilities::RESOURCES)
+        .then(|| SessionResources {
+            cache: shared.cache.clone(),
+            uplink: Arc::new(shared.cache.uplink(agent.conn.clone())),
+        });
 
     let mut tasks = JoinSet::new();
     tasks.spawn(forward_control(
         (shared.clone(), id),
         Side::Consumer,
         consumer.recv,
-        to_consumer.clone(),
-        to_agent.clone(),
+        (to_consumer.clone(), to_agent.clone()),
+        None,
         outcome_tx.clone(),
     ));
     tasks.spawn(forward_control(
         (shared.clone(), id),
         Side::Agent,
         agent.recv,
-        to_agent.clone(),
-        to_consumer.clone(),
+        (to_agent.clone(), to_consumer.clone()),
+        resources.clone(),
         outcome_tx.clone(),
     ));
     for (side, from, to) in [
         (Side::Consumer, &consumer.conn, &agent.conn),
         (Side::Agent, &agent.conn, &consumer.conn),
     ] {
+        let cache = match side {
+            Side::Consumer => resources.as_ref().map(|r| r.cache.clone()),
+            Side::Agent => None,
+        };
         tasks.spawn(forward_uni_streams(
             side,
             from.clone(),
             to.clone(),
-            limits,
+            (limits, cache),
             outcome_tx.clone(),
         ));
         let to_control = match side {
@@ -1062,6 +1111,8 @@ async fn run_session(
     };
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    // The last handle to the session's uplink: its streams to the agent stop here.
+    drop(resources);
     shared.table().remove(table_id);
 
     let plan = state::teardown(&outcome);
@@ -1139,16 +1190,27 @@ async fn close_after(
     conn.close(close_code(code), b"session ended");
 }
 
+/// A session's part of the resource cache (spec §14.7): the shared cache and the uplink that
+/// serves it to this session's agent.
+#[derive(Clone)]
+struct SessionResources {
+    cache: Arc<SharedCache>,
+    uplink: Arc<Uplink>,
+}
+
 /// Forwards `side`'s end-to-end control frames to the other side's writer (`to_other`) and
 /// handles its hop messages (spec §3.2): answers `PING`, refuses requests with `ERROR` on
 /// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
-/// never decoded, except those of `END` and `CLOSE`, which the relay acts on.
+/// never decoded, except those of `END` and `CLOSE`, which the relay acts on, and, with
+/// `resources`, the agent's `WANT`: the cache answers what it holds on resource streams to the
+/// agent and only the rest goes on to the consumer (a `WANT` left empty is not forwarded,
+/// spec §7.19).
 async fn forward_control(
     (shared, session): (Arc<Shared>, SessionId),
     side: Side,
     mut recv: FrameRecv,
-    to_self: mpsc::Sender<Bytes>,
-    to_other: mpsc::Sender<Bytes>,
+    (to_self, to_other): (mpsc::Sender<Bytes>, mpsc::Sender<Bytes>),
+    resources: Option<SessionResources>,
     outcome: mpsc::Sender<Outcome>,
 ) {
     let result = loop {
@@ -1158,6 +1220,27 @@ async fn forward_control(
             Err(e) => break outcome_of(side, e),
         };
         let (to, bytes) = match state::classify_control(side, frame.ty) {
+            ControlAction::Forward if frame.ty == FrameType::WANT && resources.is_some() => {
+                let want = match frame.decode(recv.limits()) {
+                    Ok(Message::Want(want)) => want,
+                    // A frame of type WANT always decodes to `Message::Want`.
+                    Ok(_) => continue,
+                    Err(e) => break outcome_of(side, e.into()),
+                };
+                let Some(r) = &resources else { continue };
+                let (blobs, rest) = r.cache.answer(&want);
+                if !blobs.is_empty() {
+                    tracing::debug!(session, blobs = blobs.len(), "WANT answered from the cache");
+                    r.uplink.queue(blobs).await;
+                }
+                match rest {
+                    Some(rest) => (
+                        &to_other,
+                        frame_bytes(&Message::Want(rest), recv.limits()).to_vec(),
+                    ),
+                    None => continue,
+                }
+            }
             ControlAction::Forward => {
                 if let Some(seen) = state::observe(side, &frame, recv.limits()) {
                     shared.emit(match seen {
@@ -1240,13 +1323,16 @@ fn outcome_of(side: Side, e: FramedError) -> Outcome {
 }
 
 /// Every unidirectional stream `side` opens becomes a new one to the other side, forwarded
-/// frame by frame. The per-stream tasks live in a set owned by this task, so aborting it stops
-/// them all.
+/// frame by frame. With `cache` (the consumer's streams of a session with `RESOURCES`), each
+/// stream is told apart by its first frame: resource streams go on at
+/// [`RESOURCE_PRIORITY`](crate::resources::RESOURCE_PRIORITY) and feed the cache, DOM streams
+/// at [`DOM_PRIORITY`] (spec §3.2, §14.5, §14.7). The per-stream tasks live in a set owned by
+/// this task, so aborting it stops them all.
 async fn forward_uni_streams(
     side: Side,
     from: Connection,
     to: Connection,
-    limits: Limits,
+    (limits, cache): (Limits, Option<Arc<SharedCache>>),
     outcome: mpsc::Sender<Outcome>,
 ) {
     let mut streams = JoinSet::new();
@@ -1263,8 +1349,13 @@ async fn forward_uni_streams(
             Err(_) => return,
         };
         let outcome = outcome.clone();
+        let cache = cache.clone();
         streams.spawn(async move {
-            match forward_stream(recv, send, limits).await {
+            let forwarded = match cache {
+                Some(cache) => forward_observed(recv, send, limits, cache, DOM_PRIORITY).await,
+                None => forward_stream(recv, send, limits).await,
+            };
+            match forwarded {
                 Ok(end) => tracing::debug!(side = side.name(), ?end, "stream forwarded"),
                 Err(e) if e.is_protocol() => {
                     let _ = outcome.try_send(outcome_of(side, e));

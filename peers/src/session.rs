@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, SendStream, VarInt};
-use tandem_engine::{Agent, AgentEvent, Consumer, EngineError, LivePage, MaskPolicy, parse_html};
+use tandem_engine::resource::{DEFAULT_STORE_BYTES, ResolveMode, ResourceLimits};
+use tandem_engine::{
+    Agent, AgentEvent, BlobStore, Consumer, EngineError, LivePage, MaskPolicy, parse_html,
+};
 use tandem_protocol::compress::{CompressError, DecompressError, DomCompressor, DomDecompressor};
 use tandem_protocol::message::{Capabilities, End, EndReason, Invite, RefusalCode, SessionCreated};
 use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
@@ -31,9 +34,15 @@ use crate::hands::{
     ActionRecord, AgentScript, ConsumerHands, HandsError, HandsOptions, Lane, Step,
 };
 use crate::presence::{Presence, STATUS_INTERVAL, StatusMeter};
+use crate::resources::{
+    ConsumerResources, Downlink, DownlinkReport, Inbound, RESOURCE_LINGER, ResourceOptions,
+    UplinkReport, is_resource_stream, read_resource_stream,
+};
 
-/// Priority of the DOM stream; resources (lower) and control share the connection.
-const DOM_PRIORITY: i32 = 10;
+/// Priority of the DOM stream (quinn `SendStream::set_priority`): above the control stream (0)
+/// and the resource streams ([`crate::resources::RESOURCE_PRIORITY`]), which share the
+/// connection (spec §3.2).
+pub const DOM_PRIORITY: i32 = 10;
 
 /// A failure of a consumer or agent session.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +185,21 @@ pub struct ConsumerReport {
     pub actions: Vec<ActionRecord>,
     /// The agent's platform and link, and this side's link (spec §7.29).
     pub presence: Presence,
+    /// What the resources did, when the session sent them by content address (spec §14).
+    pub resources: Option<ConsumerResourceReport>,
+}
+
+/// What a consumer's resources did in a session.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerResourceReport {
+    /// Addresses the page referred to (each once).
+    pub referenced: usize,
+    /// References that could not be loaded and stayed as the page has them.
+    pub load_errors: u64,
+    /// Whether the agent said it holds every referenced blob before the session ended.
+    pub settled: bool,
+    /// The `RESOURCE` bytes and blobs this consumer uploaded.
+    pub uplink: UplinkReport,
 }
 
 /// Settings of a consumer session.
@@ -308,7 +332,12 @@ async fn send_queued(
     consumer: &mut Consumer,
     report: &mut ConsumerReport,
     limits: &Limits,
+    resources: &mut Option<ConsumerResources>,
 ) -> Result<(), SessionError> {
+    if let Some(r) = resources.as_mut() {
+        // What the queued frames refer to (rewritten when they were built).
+        r.note_references(consumer).await;
+    }
     let mut queued = Vec::new();
     while let Some(msg) = consumer.poll_message() {
         let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
@@ -389,8 +418,23 @@ async fn send_queued(
 /// `on_code` with the code to read out), waits for the agent, sends the snapshot and then the
 /// changes, and ends the session once the agent has acknowledged the final state.
 pub async fn run_consumer(
+    ctl: ControlChannel,
+    opts: ConsumerOptions,
+    on_code: impl FnOnce(&SessionCreated),
+) -> Result<ConsumerReport, SessionError> {
+    run_consumer_with(ctl, opts, None, on_code).await
+}
+
+/// [`run_consumer`], sending the page's resources by content address (spec §14) when
+/// `resources` is given and the session's capabilities (`JOINED`) hold `RESOURCES` (offer it
+/// in `HELLO`: [`crate::client::CAPABILITIES_WITH_RESOURCES`]). The references of the page
+/// then become `tandem:blake3:` URIs, `HAVE` and `WANT` are answered on resource streams, and
+/// the session ends only once the agent has said (`HAVE`) that it holds every blob the page
+/// referred to, or [`RESOURCE_LINGER`] after everything else was done.
+pub async fn run_consumer_with(
     mut ctl: ControlChannel,
     mut opts: ConsumerOptions,
+    resources: Option<ResourceOptions>,
     on_code: impl FnOnce(&SessionCreated),
 ) -> Result<ConsumerReport, SessionError> {
     let limits = opts.limits;
@@ -409,8 +453,26 @@ pub async fn run_consumer(
     let mut presence = Presence::with_peer(Some(&joined.peer_platform));
     let mut meter = StatusMeter::new();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    let mut consumer = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
+    let resources = match resources {
+        Some(r) if joined.capabilities.contains(Capabilities::RESOURCES) => Some(r),
+        Some(_) => {
+            tracing::info!("the agent does not take resources; references stay as they are");
+            None
+        }
+        None => None,
+    };
+    let mut consumer = match &resources {
+        Some(r) => Consumer::with_resources(
+            page,
+            &opts.url,
+            limits,
+            opts.policy.clone(),
+            r.resources(&opts.url),
+        ),
+        None => Consumer::with_policy(page, &opts.url, limits, opts.policy.clone()),
+    };
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
+    let mut res = resources.map(|r| ConsumerResources::spawn(conn.clone(), r.mode, limits));
     let mut report = ConsumerReport {
         code: created.code,
         nodes,
@@ -426,9 +488,18 @@ pub async fn run_consumer(
         acked: false,
         actions: Vec::new(),
         presence: Presence::default(),
+        resources: None,
     };
     let mut dom = None;
-    send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+    send_queued(
+        &conn,
+        &mut dom,
+        &mut consumer,
+        &mut report,
+        &limits,
+        &mut res,
+    )
+    .await?;
     let mut hands = opts
         .hands
         .as_ref()
@@ -446,13 +517,23 @@ pub async fn run_consumer(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batches = 0;
     let mut exhausted = false;
+    let mut res_linger: Option<tokio::time::Instant> = None;
     loop {
         if exhausted && consumer.is_synced() && !actions_done {
             let deadline =
                 *linger.get_or_insert_with(|| tokio::time::Instant::now() + ACTIONS_LINGER);
             actions_done = tokio::time::Instant::now() >= deadline;
         }
-        if exhausted && consumer.is_synced() && actions_done {
+        let done = exhausted && consumer.is_synced() && actions_done;
+        let mut settled = res.as_ref().is_none_or(ConsumerResources::settled);
+        if done && !settled {
+            // The agent may still be fetching blobs: wait for its HAVE, within a bound.
+            let deadline =
+                *res_linger.get_or_insert_with(|| tokio::time::Instant::now() + RESOURCE_LINGER);
+            settled = tokio::time::Instant::now() >= deadline;
+        }
+        let res_waiting = done && !settled;
+        if done && settled {
             report.acked = true;
             write_message(
                 &mut ctl_send,
@@ -471,6 +552,11 @@ pub async fn run_consumer(
                     Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
                     None => return Err(SessionError::EndedEarly("control stream finished".into())),
                     Some(m) if presence.on_message(&m) => {}
+                    Some(m @ (Message::Have(_) | Message::Want(_))) => {
+                        if let Some(r) = res.as_mut() {
+                            r.on_message(&m, &mut consumer).await;
+                        }
+                    }
                     Some(m) => {
                         let reply = match hands.as_mut() {
                             Some(h) if is_hands_message(&m) => h.on_message(&m, &mut consumer, Instant::now())?,
@@ -482,7 +568,7 @@ pub async fn run_consumer(
                         if let Some(reply) = reply {
                             write_message(&mut ctl_send, &reply, &limits).await?;
                         }
-                        send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+                        send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits, &mut res).await?;
                     }
                 }
             }
@@ -498,7 +584,7 @@ pub async fn run_consumer(
                             if let Some(reply) = h.on_message(&m, &mut consumer, Instant::now())? {
                                 write_message(&mut ctl_send, &reply, &limits).await?;
                             }
-                            send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+                            send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits, &mut res).await?;
                         }
                     }
                     Some(Ok(None)) | None => actions_done = true,
@@ -507,10 +593,11 @@ pub async fn run_consumer(
                 }
             }
             _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now)), if linger.is_some() && !actions_done => {}
+            _ = tokio::time::sleep_until(res_linger.unwrap_or_else(tokio::time::Instant::now)), if res_waiting => {}
             _ = ticker.tick(), if !exhausted => {
                 if opts.changes.next_batch(&mut consumer, &mut batches)? {
                     consumer.flush();
-                    send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits).await?;
+                    send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits, &mut res).await?;
                 } else {
                     exhausted = true;
                 }
@@ -533,6 +620,12 @@ pub async fn run_consumer(
         r.abort();
     }
     report.actions = hands.map(|h| h.log().to_vec()).unwrap_or_default();
+    report.resources = res.map(|r| ConsumerResourceReport {
+        referenced: r.referenced(),
+        load_errors: r.load_errors(),
+        settled: r.settled(),
+        uplink: r.stats(),
+    });
     presence.own_status = Some(meter.sample(&conn.stats(), Instant::now()));
     report.presence = presence;
     report.hash = consumer.tree_hash();
@@ -575,6 +668,10 @@ pub struct AgentReport {
     pub refusals: Vec<RefusalCode>,
     /// The customer's platform, viewport and link, and this side's link (spec §7.29).
     pub presence: Presence,
+    /// What the resources did, when the session negotiated `RESOURCES` (spec §14).
+    pub resources: Option<DownlinkReport>,
+    /// The blobs held at the end, for the agent's next session ([`AgentOptions::blobs`]).
+    pub blobs: Option<BlobStore>,
 }
 
 /// Settings of an agent session.
@@ -589,6 +686,10 @@ pub struct AgentOptions {
     pub verbose: bool,
     /// Actions to carry out once the page has rendered, one every [`SCRIPT_STEP`].
     pub script: Vec<Step>,
+    /// Blobs held from earlier sessions, announced in `HAVE` when the session negotiated
+    /// `RESOURCES` (offer it in `HELLO`: [`crate::client::CAPABILITIES_WITH_RESOURCES`]);
+    /// `None` starts with an empty store of [`DEFAULT_STORE_BYTES`].
+    pub blobs: Option<BlobStore>,
 }
 
 /// Time between two steps of an agent's script.
@@ -601,6 +702,7 @@ impl Default for AgentOptions {
             out: None,
             verbose: false,
             script: Vec::new(),
+            blobs: None,
         }
     }
 }
@@ -608,6 +710,11 @@ impl Default for AgentOptions {
 /// Runs the agent side of a joined session: rebuilds the page from the DOM streams the relay
 /// forwards (decompressing them when the session's capabilities hold `COMPRESSION`), answers
 /// with ACK/RESYNC, and returns when the session ends.
+///
+/// When the session's capabilities hold `RESOURCES` (spec §14), it also announces the blobs
+/// it holds (`HAVE`), asks for those the page refers to (`WANT`), receives them on resource
+/// streams (told from DOM streams by their first frame), and with [`AgentOptions::out`]
+/// writes the page with its blobs as files beside it (`<name>_files/`).
 pub async fn run_agent(
     ctl: ControlChannel,
     opts: AgentOptions,
@@ -620,17 +727,31 @@ pub async fn run_agent(
     let mut presence = Presence::with_peer(ctl.joined().map(|j| &j.peer_platform));
     let mut meter = StatusMeter::new();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    let with_resources = ctl.session_capabilities().contains(Capabilities::RESOURCES);
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut agent = Agent::new(limits);
     let mut report = AgentReport {
         compressed,
         ..AgentReport::default()
     };
+    let mut downlink = with_resources.then(|| {
+        let store = opts
+            .blobs
+            .clone()
+            .unwrap_or_else(|| BlobStore::new(DEFAULT_STORE_BYTES));
+        Downlink::new(store, ResourceLimits::DEFAULT, &limits)
+    });
+    if let Some(d) = &downlink {
+        write_message(&mut ctl_send, &d.have(), &limits).await?;
+    }
     let wire_bytes = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = mpsc::channel::<Result<RawFrame, DomStreamError>>(64);
-    let accept = tokio::spawn(accept_dom_streams(
+    let (res_tx, mut res_rx) = mpsc::channel::<Result<Inbound, FramedError>>(64);
+    let mut res_open = with_resources;
+    let accept = tokio::spawn(accept_streams(
         conn.clone(),
         tx,
+        with_resources.then_some(res_tx),
         limits,
         compressed,
         wire_bytes.clone(),
@@ -667,6 +788,7 @@ pub async fn run_agent(
                 while let Some(reply) = agent.poll_message() {
                     write_message(&mut ctl_send, &reply, &limits).await?;
                 }
+                let mut scan = false;
                 while let Some(ev) = agent.poll_event() {
                     match &ev {
                         AgentEvent::Rendered { nodes, hash, .. } => {
@@ -677,10 +799,12 @@ pub async fn run_agent(
                                 eprintln!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));
                             }
                             dirty = true;
+                            scan = true;
                         }
                         AgentEvent::Patched { .. } => {
                             report.patches += 1;
                             dirty = true;
+                            scan = true;
                         }
                         AgentEvent::Diverged { error } => {
                             report.divergences += 1;
@@ -692,8 +816,38 @@ pub async fn run_agent(
                         _ => {}
                     }
                 }
+                if scan && let Some(d) = downlink.as_mut() {
+                    d.scan(agent.dom());
+                    while let Some(m) = d.poll_message() {
+                        write_message(&mut ctl_send, &m, &limits).await?;
+                    }
+                }
                 if dirty && last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) {
-                    write_out(&opts, &agent)?;
+                    write_out(&opts, &agent, downlink.as_ref())?;
+                    last_write = Some(Instant::now());
+                    dirty = false;
+                }
+            }
+            inbound = res_rx.recv(), if res_open => {
+                let Some(d) = downlink.as_mut() else { continue };
+                match inbound {
+                    Some(Ok(inbound)) => d.on_inbound(inbound),
+                    Some(Err(e)) if e.is_protocol() => break Err(e.into()),
+                    Some(Err(_)) => continue,
+                    None => {
+                        res_open = false;
+                        continue;
+                    }
+                }
+                while let Some(m) = d.poll_message() {
+                    write_message(&mut ctl_send, &m, &limits).await?;
+                }
+                if d.take_changed() && report.first_render.is_some() {
+                    // A blob arrived: the written page can show it now.
+                    dirty = true;
+                }
+                if dirty && last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) {
+                    write_out(&opts, &agent, downlink.as_ref())?;
                     last_write = Some(Instant::now());
                     dirty = false;
                 }
@@ -755,7 +909,15 @@ pub async fn run_agent(
     };
     accept.abort();
     if dirty {
-        write_out(&opts, &agent)?;
+        write_out(&opts, &agent, downlink.as_ref())?;
+    }
+    if let Some(d) = downlink {
+        let missing = agent
+            .to_html_resolved(d.store(), &ResolveMode::Inline)
+            .missing
+            .len();
+        report.resources = Some(d.report(missing));
+        report.blobs = Some(d.into_store());
     }
     report.dom_wire_bytes = wire_bytes.load(Ordering::Relaxed);
     report.nodes = agent.dom().len();
@@ -784,30 +946,56 @@ enum DomStreamError {
     Decompress(DecompressError),
 }
 
-async fn accept_dom_streams(
+/// Accepts the unidirectional streams the relay opens and tells them apart by their first
+/// frame (spec §3.2): a resource stream (first frame `RESOURCE`) goes to `resources` when the
+/// session takes resources, and is stopped otherwise; any other is a DOM stream.
+async fn accept_streams(
     conn: Connection,
     tx: mpsc::Sender<Result<RawFrame, DomStreamError>>,
+    resources: Option<mpsc::Sender<Result<Inbound, FramedError>>>,
     limits: Limits,
     compressed: bool,
     wire_bytes: Arc<AtomicU64>,
 ) {
     while let Ok(stream) = conn.accept_uni().await {
         let tx = tx.clone();
+        let resources = resources.clone();
         let wire_bytes = wire_bytes.clone();
         tokio::spawn(async move {
-            let recv = FrameRecv::new(stream, limits);
-            if let Err(e) = read_dom_stream(recv, &tx, limits, compressed, &wire_bytes).await {
+            let mut recv = FrameRecv::new(stream, limits);
+            let first = match recv.next_raw().await {
+                Ok(Some(first)) => first,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(DomStreamError::Framed(e))).await;
+                    return;
+                }
+            };
+            if is_resource_stream(first.ty) {
+                match resources {
+                    Some(res) => read_resource_stream(recv, first, res).await,
+                    None => {
+                        // RESOURCES was not negotiated: nobody wants the blob.
+                        let _ = recv.stream_mut().stop(VarInt::from_u32(0));
+                    }
+                }
+                return;
+            }
+            if let Err(e) = read_dom_stream(recv, first, &tx, limits, compressed, &wire_bytes).await
+            {
                 let _ = tx.send(Err(e)).await;
             }
         });
     }
 }
 
-/// Reads one DOM stream to its end, sending the frames it carries to `tx`: as they are, or
-/// decompressed (spec §4.6.4) when `compressed`. Memory stays within one frame (and the
-/// compression window): each `COMPRESSED` frame is drained before the next is read.
+/// Reads one DOM stream to its end, its first frame `first` read already, sending the frames
+/// it carries to `tx`: as they are, or decompressed (spec §4.6.4) when `compressed`. Memory
+/// stays within one frame (and the compression window): each `COMPRESSED` frame is drained
+/// before the next is read.
 async fn read_dom_stream(
     mut recv: FrameRecv,
+    first: RawFrame,
     tx: &mpsc::Sender<Result<RawFrame, DomStreamError>>,
     limits: Limits,
     compressed: bool,
@@ -818,8 +1006,13 @@ async fn read_dom_stream(
     } else {
         None
     };
+    let mut first = Some(first);
     loop {
-        let Some(frame) = recv.next_raw().await.map_err(DomStreamError::Framed)? else {
+        let next = match first.take() {
+            Some(f) => Some(f),
+            None => recv.next_raw().await.map_err(DomStreamError::Framed)?,
+        };
+        let Some(frame) = next else {
             if let Some(d) = decompressor.as_mut() {
                 d.finish().map_err(DomStreamError::Decompress)?;
             }
@@ -856,10 +1049,46 @@ async fn read_dom_stream(
     }
 }
 
-fn write_out(opts: &AgentOptions, agent: &Agent) -> Result<(), SessionError> {
+/// Writes the agent's page to [`AgentOptions::out`]. With resources, the blobs the page refers
+/// to go as files named by address into `<stem>_files/` beside it, and the page refers to them
+/// there (spec §14.9), so a browser shows it complete; URIs of blobs not held stay as they are.
+fn write_out(
+    opts: &AgentOptions,
+    agent: &Agent,
+    resources: Option<&Downlink>,
+) -> Result<(), SessionError> {
     let Some(path) = &opts.out else { return Ok(()) };
+    let html = match resources {
+        None => agent.to_html(),
+        Some(d) => {
+            let stem = path
+                .file_stem()
+                .map_or_else(|| "page".into(), |s| s.to_string_lossy().into_owned());
+            let dir_name = format!("{stem}_files");
+            let page = agent.to_html_resolved(
+                d.store(),
+                &ResolveMode::Files {
+                    prefix: format!("{dir_name}/"),
+                },
+            );
+            if !page.files.is_empty() {
+                let dir = path.with_file_name(&dir_name);
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                for (name, bytes) in &page.files {
+                    // Named by address: a file that exists holds these bytes already.
+                    let file = dir.join(name);
+                    if !file.exists() {
+                        let tmp = file.with_extension("tmp");
+                        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+                        std::fs::rename(&tmp, &file).map_err(io_err(&file))?;
+                    }
+                }
+            }
+            page.html
+        }
+    };
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, agent.to_html()).map_err(io_err(&tmp))?;
+    std::fs::write(&tmp, html).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(())
 }

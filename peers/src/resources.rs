@@ -1,0 +1,1193 @@
+//! Resources over QUIC (spec §3.2, §14): the pump around the engine's sans-I/O
+//! [`tandem_engine::resource`] parts. Nothing here decides what to send or what to want; the
+//! engine does. This module opens and reads the streams.
+//!
+//! ```text
+//!  consumer                           relay                                   agent
+//!  ────────                           ─────                                   ─────
+//!  ConsumerResources                                                          Downlink
+//!   Uplink ── resource stream ──► forward_observed ──► resource stream ──► ResourceReceiver
+//!   (ResourceSender, one uni          │ SharedCache::observe                 │ poll_want
+//!    stream per blob, priority        │ (cacheable, verified)                ▼
+//!    below the DOM stream)            ▼                                    WANT (control)
+//!        ▲                        SharedCache::answer ◄──────────────────────┘
+//!        └──── WANT (the rest) ◄──────┤
+//!                                     └─ Uplink (relay → agent, from the cache)
+//! ```
+//!
+//! * [`Uplink`] owns a [`ResourceSender`] and writes its pieces, one unidirectional stream per
+//!   blob at [`RESOURCE_PRIORITY`] (below the DOM stream's and the control stream's), resets
+//!   the streams the sender cancels and hands the receiver's `STOP_SENDING` back to it. It keeps
+//!   at most [`RESOURCE_WINDOW`] bytes of finished streams unacknowledged, so resources never
+//!   fill the connection's send window ahead of a patch.
+//! * [`ConsumerResources`] is the consumer's side: it answers `HAVE` and `WANT` from the
+//!   consumer's blobs and knows when the agent holds everything the page referred to.
+//! * [`Downlink`] is the agent's side: a [`ResourceReceiver`] fed from the resource streams
+//!   (told from DOM streams by their first frame, [`is_resource_stream`]), the `WANT`s and
+//!   `HAVE`s it asks for, and `STOP_SENDING` on the streams it refuses.
+//! * [`SharedCache`] is the relay's [`RelayCache`], shared by all sessions: it observes the
+//!   pieces the relay forwards ([`forward_observed`]) and answers agents' `WANT`s.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tandem_engine::resource::{
+    Address, Blob, BlobSource, BlobStore, FileLoader, NoLoader, RelayCache, ResourceConfig,
+    ResourceEvent, ResourceLimits, ResourceReceiver, ResourceSender, Resources, SendMode, Transmit,
+};
+use tandem_engine::{Consumer, Dom};
+use tandem_protocol::frame::read_header;
+use tandem_protocol::message::{Addresses, Resource};
+use tandem_protocol::{DecodeError, ErrorCode, FrameReader, FrameType, Limits, Message, RawFrame};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::framed::{ForwardEnd, FrameRecv, FramedError, HeaderCheck};
+
+/// Priority of resource streams (quinn `SendStream::set_priority`): below the DOM stream
+/// ([`crate::session::DOM_PRIORITY`]) and below the control stream (0), so a large image never
+/// delays a patch, an `ACK` or a `WANT` (spec §3.2, §14.5).
+pub const RESOURCE_PRIORITY: i32 = -10;
+
+/// Bytes of finished resource streams an [`Uplink`] leaves unacknowledged before it writes
+/// more. With the blob being written (bounded by the peer's stream flow control) this keeps
+/// resources well inside the connection's send window, so a DOM write never waits for them.
+pub const RESOURCE_WINDOW: u64 = 256 * 1024;
+
+/// How long a consumer whose changes are all sent and acknowledged waits for the agent to say
+/// (`HAVE`) that it holds every blob the page referred to, before it ends the session anyway.
+pub const RESOURCE_LINGER: Duration = Duration::from_secs(10);
+
+/// Application code of the `RESET_STREAM` and `STOP_SENDING` of a resource stream nobody needs
+/// any more: not an error.
+const NOT_NEEDED: VarInt = VarInt::from_u32(0);
+
+/// Bytes read from a forwarded stream at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+// ───────────────────────────── statistics ─────────────────────────────
+
+/// What an [`Uplink`] wrote, updated as it goes (shared, so a relay can sum all its sessions).
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    frame_bytes: AtomicU64,
+    data_bytes: AtomicU64,
+    blobs: AtomicU64,
+    resets: AtomicU64,
+    stops: AtomicU64,
+    /// Blobs started per address, when tracked.
+    sends: Option<Mutex<HashMap<Address, u32>>>,
+}
+
+impl UplinkStats {
+    /// Counters only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counters and how often each blob was sent (for one session: the map grows with the
+    /// blobs sent).
+    pub fn per_blob() -> Self {
+        UplinkStats {
+            sends: Some(Mutex::new(HashMap::new())),
+            ..Self::default()
+        }
+    }
+
+    /// The counters now.
+    pub fn report(&self) -> UplinkReport {
+        let sends = self
+            .sends
+            .as_ref()
+            .map(|m| lock(m).iter().map(|(a, n)| (*a, *n)).collect())
+            .unwrap_or_default();
+        UplinkReport {
+            frame_bytes: self.frame_bytes.load(Ordering::Relaxed),
+            data_bytes: self.data_bytes.load(Ordering::Relaxed),
+            blobs: self.blobs.load(Ordering::Relaxed),
+            resets: self.resets.load(Ordering::Relaxed),
+            stops: self.stops.load(Ordering::Relaxed),
+            sends,
+        }
+    }
+}
+
+/// What an [`Uplink`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UplinkReport {
+    /// Bytes of `RESOURCE` frames written, headers included.
+    pub frame_bytes: u64,
+    /// Blob bytes written (the `data` of the pieces).
+    pub data_bytes: u64,
+    /// Blobs whose sending started (one resource stream each).
+    pub blobs: u64,
+    /// Streams reset because the sender cancelled their blob.
+    pub resets: u64,
+    /// Streams the receiver stopped.
+    pub stops: u64,
+    /// How often each blob was started, when tracked ([`UplinkStats::per_blob`]).
+    pub sends: BTreeMap<Address, u32>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here panics while holding a lock; should it, the data stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ───────────────────────────── uplink ─────────────────────────────
+
+/// What the owner of an [`Uplink`] tells its task.
+#[derive(Debug)]
+enum Command {
+    Have(Addresses),
+    Want(Addresses, Vec<Blob>),
+    Offer(Vec<Address>, Vec<Blob>),
+    Queue(Vec<Blob>),
+}
+
+/// A [`BlobSource`] of blobs looked up beforehand (the task does not own the store).
+struct Found(HashMap<Address, Blob>);
+
+impl Found {
+    fn new(blobs: Vec<Blob>) -> Self {
+        Found(blobs.into_iter().map(|b| (b.address(), b)).collect())
+    }
+}
+
+impl BlobSource for Found {
+    fn blob(&mut self, address: &Address) -> Option<Blob> {
+        self.0.get(address).cloned()
+    }
+}
+
+/// Sends blobs on resource streams of one connection (spec §14.5): a task that owns a
+/// [`ResourceSender`], opens a unidirectional stream at [`RESOURCE_PRIORITY`] for each blob,
+/// writes its pieces in the sender's order, finishes it after the last, resets the streams of
+/// cancelled blobs and hands each `STOP_SENDING` back to the sender. Dropping the uplink stops
+/// it and resets the streams not yet finished.
+#[derive(Debug)]
+pub struct Uplink {
+    tx: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
+    stats: Arc<UplinkStats>,
+}
+
+impl Uplink {
+    /// Starts sending on `conn` with `sender`, counting into `stats`.
+    pub fn spawn(
+        conn: Connection,
+        sender: ResourceSender,
+        limits: Limits,
+        stats: Arc<UplinkStats>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(run_uplink(conn, sender, limits, stats.clone(), rx));
+        Uplink { tx, task, stats }
+    }
+
+    /// The receiver holds these (`HAVE`).
+    pub async fn have(&self, have: Addresses) {
+        let _ = self.tx.send(Command::Have(have)).await;
+    }
+
+    /// The receiver asks for these (`WANT`); `blobs` are those of them this side holds.
+    pub async fn want(&self, want: Addresses, blobs: Vec<Blob>) {
+        let _ = self.tx.send(Command::Want(want, blobs)).await;
+    }
+
+    /// Addresses the page came to refer to, with the blobs held (pushed in
+    /// [`SendMode::Push`], ignored in [`SendMode::Pull`]).
+    pub async fn offer(&self, addresses: Vec<Address>, blobs: Vec<Blob>) {
+        let _ = self.tx.send(Command::Offer(addresses, blobs)).await;
+    }
+
+    /// Sends these blobs (a relay answering from its cache).
+    pub async fn queue(&self, blobs: Vec<Blob>) {
+        let _ = self.tx.send(Command::Queue(blobs)).await;
+    }
+
+    /// What it wrote so far.
+    pub fn stats(&self) -> UplinkReport {
+        self.stats.report()
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One resource stream the uplink opened.
+struct Open {
+    stream: SendStream,
+    written: u64,
+    finished: bool,
+    watcher: tokio::task::AbortHandle,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        if !self.finished {
+            // Never let a cut blob look finished (quinn finishes a dropped stream).
+            let _ = self.stream.reset(NOT_NEEDED);
+        }
+    }
+}
+
+/// How a watched stream ended: acknowledged (`None`) or stopped by the receiver (`Some`).
+type StreamEnd = (u64, Option<VarInt>);
+
+async fn run_uplink(
+    conn: Connection,
+    mut sender: ResourceSender,
+    limits: Limits,
+    stats: Arc<UplinkStats>,
+    mut rx: mpsc::Receiver<Command>,
+) {
+    let (end_tx, mut end_rx) = mpsc::channel::<StreamEnd>(64);
+    let mut open: HashMap<u64, Open> = HashMap::new();
+    // Bytes of finished streams not yet acknowledged.
+    let mut unacked = 0u64;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(c) => apply(&mut sender, c),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        while let Ok(end) = end_rx.try_recv() {
+            stream_ended(&mut sender, &mut open, &mut unacked, &stats, end);
+        }
+        while let Some(s) = sender.poll_reset() {
+            if let Some(mut o) = open.remove(&s) {
+                if o.finished {
+                    unacked = unacked.saturating_sub(o.written);
+                } else {
+                    let _ = o.stream.reset(NOT_NEEDED);
+                    o.finished = true;
+                }
+                stats.resets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if unacked < RESOURCE_WINDOW
+            && let Some(t) = sender.poll_transmit()
+        {
+            let written = write_piece(&conn, &mut open, &end_tx, &stats, &limits, t).await;
+            match written {
+                Written::Piece { finished } => unacked += finished,
+                Written::Stopped(stream) => sender.handle_stop(stream),
+                Written::ConnectionGone => return,
+            }
+            continue;
+        }
+        tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => apply(&mut sender, c),
+                None => return,
+            },
+            Some(end) = end_rx.recv() => {
+                stream_ended(&mut sender, &mut open, &mut unacked, &stats, end);
+            }
+        }
+    }
+}
+
+fn apply(sender: &mut ResourceSender, c: Command) {
+    match c {
+        Command::Have(have) => sender.handle_have(&have),
+        Command::Want(want, blobs) => sender.handle_want(&want, &mut Found::new(blobs)),
+        Command::Offer(addresses, blobs) => sender.offer(&addresses, &mut Found::new(blobs)),
+        Command::Queue(blobs) => {
+            for b in blobs {
+                sender.queue_blob(b);
+            }
+        }
+    }
+}
+
+fn stream_ended(
+    sender: &mut ResourceSender,
+    open: &mut HashMap<u64, Open>,
+    unacked: &mut u64,
+    stats: &UplinkStats,
+    (stream, stopped): StreamEnd,
+) {
+    let Some(mut o) = open.remove(&stream) else {
+        return;
+    };
+    if o.finished {
+        *unacked = unacked.saturating_sub(o.written);
+    }
+    if stopped.is_some() {
+        stats.stops.fetch_add(1, Ordering::Relaxed);
+        sender.handle_stop(stream);
+    }
+    // Acknowledged or stopped: nothing left to reset.
+    o.finished = true;
+}
+
+enum Written {
+    /// The piece went out; `finished` bytes of a now finished stream await acknowledgement.
+    Piece { finished: u64 },
+    /// The receiver stopped the stream.
+    Stopped(u64),
+    /// The connection is gone.
+    ConnectionGone,
+}
+
+async fn write_piece(
+    conn: &Connection,
+    open: &mut HashMap<u64, Open>,
+    end_tx: &mpsc::Sender<StreamEnd>,
+    stats: &UplinkStats,
+    limits: &Limits,
+    Transmit { stream, piece, fin }: Transmit,
+) -> Written {
+    let o = match open.entry(stream) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => {
+            let s = match conn.open_uni().await {
+                Ok(s) => s,
+                Err(_) => return Written::ConnectionGone,
+            };
+            // Only fails on a stream already closed, which a new one is not.
+            let _ = s.set_priority(RESOURCE_PRIORITY);
+            let stopped = s.stopped();
+            let end_tx = end_tx.clone();
+            let watcher = tokio::spawn(async move {
+                // A lost connection ends the uplink by itself; only stops and acks matter here.
+                if let Ok(code) = stopped.await {
+                    let _ = end_tx.send((stream, code)).await;
+                }
+            })
+            .abort_handle();
+            stats.blobs.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &stats.sends {
+                *lock(m).entry(Address(piece.address)).or_insert(0) += 1;
+            }
+            v.insert(Open {
+                stream: s,
+                written: 0,
+                finished: false,
+                watcher,
+            })
+        }
+    };
+    let data = piece.data.len() as u64;
+    let frame = match tandem_protocol::frame::to_frame(&Message::Resource(piece), limits) {
+        Ok(b) => b,
+        Err(e) => {
+            // A piece the limits cannot carry (a content type too long): drop the blob.
+            tracing::warn!(error = %e, "resource piece cannot be encoded; blob dropped");
+            open.remove(&stream);
+            return Written::Stopped(stream);
+        }
+    };
+    let frame_len = frame.len() as u64;
+    match o.stream.write_chunk(Bytes::from(frame)).await {
+        Ok(()) => {}
+        Err(quinn::WriteError::Stopped(_)) | Err(quinn::WriteError::ClosedStream) => {
+            open.remove(&stream);
+            stats.stops.fetch_add(1, Ordering::Relaxed);
+            return Written::Stopped(stream);
+        }
+        Err(_) => return Written::ConnectionGone,
+    }
+    o.written += frame_len;
+    stats.data_bytes.fetch_add(data, Ordering::Relaxed);
+    stats.frame_bytes.fetch_add(frame_len, Ordering::Relaxed);
+    if fin {
+        let _ = o.stream.finish();
+        o.finished = true;
+        return Written::Piece {
+            finished: o.written,
+        };
+    }
+    Written::Piece { finished: 0 }
+}
+
+// ───────────────────────────── consumer ─────────────────────────────
+
+/// Where a consumer loads its resources from (spec §14.2): files under `root` for URLs under
+/// `root_url`, plus `data:` URLs.
+#[derive(Debug, Clone)]
+pub struct ResourceOptions {
+    /// The directory the consumer serves files from; nothing outside it is read. `None`: no
+    /// files, only `data:` URLs and large texts become blobs.
+    pub root: Option<PathBuf>,
+    /// The URL of `root`; `None`: the directory of the page's URL.
+    pub root_url: Option<String>,
+    /// How references become blobs.
+    pub config: ResourceConfig,
+    /// Pull (answer `WANT` only, the default, so a relay's cache can answer) or push.
+    pub mode: SendMode,
+}
+
+impl ResourceOptions {
+    /// Resources of the page `page`: an HTML file (its directory is the root) or a directory
+    /// of states (the root itself).
+    pub fn for_page(page: &Path) -> Self {
+        let root = if page.is_dir() {
+            page.to_owned()
+        } else {
+            page.parent().unwrap_or(Path::new(".")).to_owned()
+        };
+        ResourceOptions {
+            root: Some(root),
+            ..Self::without_files()
+        }
+    }
+
+    /// No files: only `data:` URLs and large texts become blobs (the built-in demo page).
+    pub fn without_files() -> Self {
+        ResourceOptions {
+            root: None,
+            root_url: None,
+            config: ResourceConfig::default(),
+            mode: SendMode::Pull,
+        }
+    }
+
+    /// The engine's [`Resources`] for a page at `page_url`.
+    pub fn resources(&self, page_url: &str) -> Resources {
+        let Some(root) = &self.root else {
+            return Resources::new(NoLoader, self.config);
+        };
+        let root_url = match &self.root_url {
+            Some(u) => u.clone(),
+            None => {
+                let url = page_url.split(['?', '#']).next().unwrap_or(page_url);
+                url[..url.rfind('/').map_or(url.len(), |i| i + 1)].to_owned()
+            }
+        };
+        Resources::new(FileLoader::new(root, &root_url), self.config)
+    }
+}
+
+/// The consumer's side of resources in a session: an [`Uplink`] on the consumer's
+/// connection, the addresses its page referred to, and those the agent said it holds.
+///
+/// Call [`ConsumerResources::note_references`] after every flush, feed `HAVE` and `WANT` to
+/// [`ConsumerResources::on_message`]; [`ConsumerResources::settled`] says when the agent holds
+/// everything.
+#[derive(Debug)]
+pub struct ConsumerResources {
+    uplink: Uplink,
+    mode: SendMode,
+    referenced: HashSet<Address>,
+    agent_has: HashSet<Address>,
+    load_errors: u64,
+}
+
+impl ConsumerResources {
+    /// Starts the uplink on `conn`.
+    pub fn spawn(conn: Connection, mode: SendMode, limits: Limits) -> Self {
+        ConsumerResources {
+            uplink: Uplink::spawn(
+                conn,
+                ResourceSender::new(mode),
+                limits,
+                Arc::new(UplinkStats::per_blob()),
+            ),
+            mode,
+            referenced: HashSet::new(),
+            agent_has: HashSet::new(),
+            load_errors: 0,
+        }
+    }
+
+    /// Takes the addresses the page came to refer to since the last call (offering them to
+    /// the uplink in push mode) and logs the references that could not be loaded.
+    pub async fn note_references(&mut self, consumer: &mut Consumer) {
+        let Some(r) = consumer.resources_mut() else {
+            return;
+        };
+        while let Some((url, e)) = r.poll_load_error() {
+            self.load_errors += 1;
+            tracing::debug!(%url, error = %e, "reference left as the page has it");
+        }
+        let fresh = r.take_new_references();
+        if fresh.is_empty() {
+            return;
+        }
+        self.referenced.extend(fresh.iter().copied());
+        if self.mode == SendMode::Push {
+            let blobs = fresh
+                .iter()
+                .filter_map(|a| r.store().peek(a).cloned())
+                .collect();
+            self.uplink.offer(fresh, blobs).await;
+        }
+    }
+
+    /// Handles `HAVE` and `WANT` from the agent; `false` for any other message.
+    pub async fn on_message(&mut self, m: &Message, consumer: &mut Consumer) -> bool {
+        match m {
+            Message::Have(have) => {
+                self.agent_has
+                    .extend(have.addresses.iter().map(|a| Address(*a)));
+                self.uplink.have(have.clone()).await;
+                true
+            }
+            Message::Want(want) => {
+                let blobs = match consumer.resources_mut() {
+                    Some(r) => want
+                        .addresses
+                        .iter()
+                        .filter_map(|a| r.store_mut().get(&Address(*a)))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                self.uplink.want(want.clone(), blobs).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the agent said it holds every blob the page referred to.
+    pub fn settled(&self) -> bool {
+        self.referenced.is_subset(&self.agent_has)
+    }
+
+    /// Addresses the page referred to.
+    pub fn referenced(&self) -> usize {
+        self.referenced.len()
+    }
+
+    /// References that could not be loaded (left as the page has them).
+    pub fn load_errors(&self) -> u64 {
+        self.load_errors
+    }
+
+    /// What the uplink wrote.
+    pub fn stats(&self) -> UplinkReport {
+        self.uplink.stats()
+    }
+}
+
+// ───────────────────────────── agent ─────────────────────────────
+
+/// Whether a unidirectional stream whose first frame has type `ty` is a resource stream
+/// (spec §3.2): its first frame is `RESOURCE`. A DOM stream starts with `SNAPSHOT`, or with
+/// `COMPRESSED` in a session with compression; resource streams are never compressed (§4.6
+/// compresses DOM streams only, and most blobs are compressed already).
+pub fn is_resource_stream(ty: FrameType) -> bool {
+    ty == FrameType::RESOURCE
+}
+
+/// What a resource stream delivers to the agent's session loop.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A resource stream opened; sending on `stop` stops it (`STOP_SENDING`).
+    Opened {
+        /// The stream's number (its QUIC stream index).
+        stream: u64,
+        /// Stops the stream.
+        stop: oneshot::Sender<()>,
+    },
+    /// A piece arrived.
+    Piece {
+        /// The stream.
+        stream: u64,
+        /// The piece.
+        piece: Resource,
+    },
+    /// The stream finished, was reset, or was stopped.
+    Ended {
+        /// The stream.
+        stream: u64,
+    },
+}
+
+/// Reads one resource stream whose first frame, `first`, was read already, sending what it
+/// carries to `tx` until the stream ends or the loop asks to stop it. A frame that does not
+/// decode is the peer's protocol error; a frame of another known type ends the blob (spec
+/// §14.8: not a connection error); unknown optional frames are skipped.
+pub async fn read_resource_stream(
+    mut recv: FrameRecv,
+    first: RawFrame,
+    tx: mpsc::Sender<Result<Inbound, FramedError>>,
+) {
+    let stream = recv.stream_mut().id().index();
+    let (stop_tx, mut stop_rx) = oneshot::channel();
+    if tx
+        .send(Ok(Inbound::Opened {
+            stream,
+            stop: stop_tx,
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let limits = *recv.limits();
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                _ = &mut stop_rx => {
+                    let _ = recv.stream_mut().stop(NOT_NEEDED);
+                    break;
+                }
+                f = recv.next_raw() => match f {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) if e.is_protocol() => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    // Reset by the sender, or the connection went away.
+                    Err(_) => break,
+                },
+            },
+        };
+        match frame.decode(&limits) {
+            Ok(Message::Resource(piece)) => {
+                if tx.send(Ok(Inbound::Piece { stream, piece })).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Unknown(u)) if !u.must_understand() => {}
+            Ok(other) => {
+                tracing::debug!(ty = %other.frame_type(), "unexpected frame on a resource stream");
+                let _ = recv
+                    .stream_mut()
+                    .stop(VarInt::from_u32(u32::from(ErrorCode::UnexpectedMessage)));
+                break;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(FramedError::Protocol(e))).await;
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Ok(Inbound::Ended { stream })).await;
+}
+
+/// What the agent's resources did in a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DownlinkReport {
+    /// Blobs received whole and verified.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Blobs discarded because their bytes did not hash to their address.
+    pub corrupt: u64,
+    /// Blobs whose stream ended before they were whole.
+    pub incomplete: u64,
+    /// Pieces refused (limits, order; spec §14.8).
+    pub refused: u64,
+    /// Streams stopped (`STOP_SENDING`).
+    pub stopped: u64,
+    /// Addresses asked for with `WANT`.
+    pub wanted: u64,
+    /// Addresses the page refers to that are not held at the end.
+    pub missing: u64,
+}
+
+/// The agent's side of resources in a session: a [`ResourceReceiver`] fed from the resource
+/// streams, the control messages it asks to send, and the stop handles of the open streams.
+///
+/// Order of calls: send [`Downlink::have`] at the start; feed every [`Inbound`] to
+/// [`Downlink::on_inbound`] and call [`Downlink::scan`] after each rendered or patched page;
+/// after each, send everything [`Downlink::poll_message`] gives (`WANT`, and a `HAVE` of the
+/// blobs received each time nothing is outstanding, which tells the consumer the page is
+/// complete).
+#[derive(Debug)]
+pub struct Downlink {
+    rx: ResourceReceiver,
+    stops: HashMap<u64, oneshot::Sender<()>>,
+    unannounced: Vec<Address>,
+    out: VecDeque<Message>,
+    report: DownlinkReport,
+    changed: bool,
+    max_list: usize,
+}
+
+impl Downlink {
+    /// A downlink keeping blobs in `store` (an agent's cache may outlive a session).
+    pub fn new(store: BlobStore, limits: ResourceLimits, protocol: &Limits) -> Self {
+        Downlink {
+            rx: ResourceReceiver::new(store, limits),
+            stops: HashMap::new(),
+            unannounced: Vec::new(),
+            out: VecDeque::new(),
+            report: DownlinkReport::default(),
+            changed: false,
+            max_list: (protocol.max_list as usize).max(1),
+        }
+    }
+
+    /// The `HAVE` for the start of the session.
+    pub fn have(&self) -> Message {
+        Message::Have(self.rx.have())
+    }
+
+    /// The blobs held.
+    pub fn store(&self) -> &BlobStore {
+        self.rx.store()
+    }
+
+    /// The store, for the next session.
+    pub fn into_store(self) -> BlobStore {
+        self.rx.into_store()
+    }
+
+    /// Handles what a resource stream delivered.
+    pub fn on_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Opened { stream, stop } => {
+                self.stops.insert(stream, stop);
+            }
+            Inbound::Piece { stream, piece } => {
+                if let Err(e) = self.rx.handle_piece(stream, &piece) {
+                    self.report.refused += 1;
+                    tracing::debug!(stream, error = %e, "resource piece refused");
+                }
+            }
+            Inbound::Ended { stream } => {
+                self.stops.remove(&stream);
+                self.rx.handle_stream_end(stream);
+            }
+        }
+        self.drain();
+    }
+
+    /// Notes what the page refers to (after a snapshot or patch was applied).
+    pub fn scan(&mut self, dom: &Dom) {
+        self.rx.scan_dom(dom);
+        self.drain();
+    }
+
+    /// The next control message to send (`WANT` or `HAVE`).
+    pub fn poll_message(&mut self) -> Option<Message> {
+        self.out.pop_front()
+    }
+
+    /// Whether a blob arrived since the last call (the written page is out of date).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// What happened so far; `missing` counts the URIs of `dom` not held.
+    pub fn report(&self, missing: usize) -> DownlinkReport {
+        DownlinkReport {
+            missing: missing as u64,
+            ..self.report.clone()
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(s) = self.rx.poll_stop() {
+            self.report.stopped += 1;
+            if let Some(stop) = self.stops.remove(&s) {
+                let _ = stop.send(());
+            }
+        }
+        while let Some(ev) = self.rx.poll_event() {
+            match ev {
+                ResourceEvent::Complete { address, len } => {
+                    self.report.blobs += 1;
+                    self.report.bytes += len;
+                    self.unannounced.push(address);
+                    self.changed = true;
+                }
+                ResourceEvent::Corrupt {
+                    address,
+                    asked_again,
+                } => {
+                    self.report.corrupt += 1;
+                    tracing::warn!(%address, asked_again, "blob does not match its address; discarded");
+                }
+                ResourceEvent::Incomplete { .. } => self.report.incomplete += 1,
+                _ => {}
+            }
+        }
+        while let Some(w) = self.rx.poll_want() {
+            self.report.wanted += w.addresses.len() as u64;
+            self.out.push_back(Message::Want(w));
+        }
+        if !self.unannounced.is_empty()
+            && self.rx.in_flight() == 0
+            && self.rx.wanted().next().is_none()
+        {
+            let all = std::mem::take(&mut self.unannounced);
+            for chunk in all.chunks(self.max_list) {
+                self.out.push_back(Message::Have(Addresses {
+                    addresses: chunk.iter().map(|a| a.0).collect(),
+                }));
+            }
+        }
+    }
+}
+
+// ───────────────────────────── relay ─────────────────────────────
+
+/// The relay's cache (spec §14.7), shared by every session of the relay: a [`RelayCache`]
+/// bounded in bytes that keeps only cacheable blobs verified against their address, the
+/// statistics of what the relay served from it, and the stream keys that keep observations of
+/// different connections apart.
+#[derive(Debug)]
+pub struct SharedCache {
+    cache: Mutex<RelayCache>,
+    served: Arc<UplinkStats>,
+    next_key: AtomicU64,
+    limits: Limits,
+}
+
+/// What a relay's cache holds and served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Blobs held.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The byte budget.
+    pub max_bytes: u64,
+    /// Blobs served to agents from the cache.
+    pub served_blobs: u64,
+    /// Blob bytes served to agents from the cache.
+    pub served_bytes: u64,
+}
+
+impl SharedCache {
+    /// An empty cache of at most `max_bytes` (0 disables caching).
+    pub fn new(max_bytes: u64, limits: Limits) -> Self {
+        SharedCache {
+            cache: Mutex::new(RelayCache::new(max_bytes, ResourceLimits::DEFAULT)),
+            served: Arc::new(UplinkStats::new()),
+            next_key: AtomicU64::new(0),
+            limits,
+        }
+    }
+
+    /// What it holds and served.
+    pub fn stats(&self) -> CacheStats {
+        let c = lock(&self.cache);
+        let served = self.served.report();
+        CacheStats {
+            blobs: c.store().len(),
+            bytes: c.store().bytes(),
+            max_bytes: c.store().max_bytes(),
+            served_blobs: served.blobs,
+            served_bytes: served.data_bytes,
+        }
+    }
+
+    /// Whether the cache holds `a`.
+    pub fn contains(&self, a: &Address) -> bool {
+        lock(&self.cache).contains(a)
+    }
+
+    /// An uplink to an agent's connection that serves from this cache.
+    pub fn uplink(&self, agent: Connection) -> Uplink {
+        Uplink::spawn(
+            agent,
+            ResourceSender::new(SendMode::Pull),
+            self.limits,
+            self.served.clone(),
+        )
+    }
+
+    /// Splits an agent's `WANT` into the blobs the cache holds and the `WANT` to forward.
+    pub fn answer(&self, want: &Addresses) -> (Vec<Blob>, Option<Addresses>) {
+        let mut c = lock(&self.cache);
+        if c.store().max_bytes() == 0 {
+            return (Vec::new(), Some(want.clone()));
+        }
+        c.answer_want(want)
+    }
+
+    fn key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn observe(&self, key: u64, piece: &Resource) {
+        let mut c = lock(&self.cache);
+        if c.store().max_bytes() == 0 {
+            return;
+        }
+        if let Err(e) = c.observe(key, piece) {
+            tracing::debug!(error = %e, "relay cache does not keep a blob");
+        }
+    }
+
+    fn observe_end(&self, key: u64) {
+        lock(&self.cache).observe_end(key);
+    }
+}
+
+/// What a forwarded stream turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Its first header has not been read yet.
+    Unknown,
+    /// A resource stream: its pieces are observed for the cache.
+    Resource,
+    /// Anything else (DOM streams): forwarded only.
+    Other,
+}
+
+/// Forwards a consumer's unidirectional stream to the agent like
+/// [`crate::framed::forward_stream`] (chunk by chunk, every frame header checked, bytes
+/// unchanged, resets and stops propagated), and tells a resource stream from a DOM stream by
+/// its first frame's type: a resource stream gets [`RESOURCE_PRIORITY`] on the agent's side
+/// and its pieces go to `cache` ([`SharedCache`] keeps the cacheable ones that verify); a DOM
+/// stream gets `dom_priority` and its bodies are never decoded.
+pub async fn forward_observed(
+    mut from: RecvStream,
+    to: SendStream,
+    limits: Limits,
+    cache: Arc<SharedCache>,
+    dom_priority: i32,
+) -> Result<ForwardEnd, FramedError> {
+    let key = cache.key();
+    let mut to = Dest(Some(to));
+    let mut check = HeaderCheck::new(limits);
+    let mut kind = Kind::Unknown;
+    // Bytes held back until the first header says what the stream is (at most a header).
+    let mut held: Vec<u8> = Vec::new();
+    let mut reader: Option<FrameReader> = None;
+    let result = loop {
+        let chunk = match from.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => break Ok(()),
+            Err(quinn::ReadError::Reset(code)) => {
+                to.reset(code);
+                cache.observe_end(key);
+                return Ok(ForwardEnd::SourceReset(code));
+            }
+            Err(e) => break Err(FramedError::from(e)),
+        };
+        if let Err(e) = check.feed(&chunk) {
+            let _ = from.stop(VarInt::from_u32(u32::from(e.code())));
+            break Err(e.into());
+        }
+        let out = if kind == Kind::Unknown {
+            held.extend_from_slice(&chunk);
+            match read_header(&held, &limits) {
+                Ok(Some(h)) => {
+                    kind = if is_resource_stream(h.ty) {
+                        reader = Some(FrameReader::new(limits));
+                        Kind::Resource
+                    } else {
+                        Kind::Other
+                    };
+                    let priority = match kind {
+                        Kind::Resource => RESOURCE_PRIORITY,
+                        _ => dom_priority,
+                    };
+                    let _ = to.stream().map(|s| s.set_priority(priority));
+                    Bytes::from(std::mem::take(&mut held))
+                }
+                Ok(None) => continue,
+                // HeaderCheck has refused a bad header already.
+                Err(e) => break Err(e.into()),
+            }
+        } else {
+            chunk
+        };
+        if let Some(r) = reader.as_mut() {
+            r.push(&out);
+            if let Err(e) = observe_frames(r, &cache, key, &limits) {
+                let _ = from.stop(VarInt::from_u32(u32::from(e.code())));
+                break Err(e.into());
+            }
+        }
+        let Some(s) = to.stream() else {
+            break Ok(());
+        };
+        match s.write_chunk(out).await {
+            Ok(()) => {}
+            Err(quinn::WriteError::Stopped(code)) => {
+                let _ = from.stop(code);
+                to.0 = None;
+                cache.observe_end(key);
+                return Ok(ForwardEnd::DestinationStopped(code));
+            }
+            Err(e) => break Err(e.into()),
+        }
+    };
+    cache.observe_end(key);
+    if let Err(e) = result {
+        to.reset(match &e {
+            FramedError::Protocol(d) => VarInt::from_u32(u32::from(d.code())),
+            _ => VarInt::from_u32(u32::from(ErrorCode::SessionEnded)),
+        });
+        return Err(e);
+    }
+    if let Err(e) = check.finish() {
+        to.reset(VarInt::from_u32(u32::from(e.code())));
+        return Err(e.into());
+    }
+    // A stream that ended inside its first header was refused by check.finish() above, so
+    // nothing is held back here.
+    to.finish()?;
+    Ok(ForwardEnd::Finished {
+        frames: check.frames(),
+    })
+}
+
+/// Hands the complete `RESOURCE` frames of `reader` to the cache. A frame of the stream that
+/// does not decode is the consumer's protocol error, as it would be at the agent.
+fn observe_frames(
+    reader: &mut FrameReader,
+    cache: &SharedCache,
+    key: u64,
+    limits: &Limits,
+) -> Result<(), DecodeError> {
+    while let Some(frame) = reader.next_frame()? {
+        if frame.ty != FrameType::RESOURCE {
+            continue;
+        }
+        if let Message::Resource(piece) = frame.decode(limits)? {
+            cache.observe(key, &piece);
+        }
+    }
+    Ok(())
+}
+
+/// The destination of a forwarded stream: reset, not finished, if dropped before
+/// [`Dest::finish`].
+struct Dest(Option<SendStream>);
+
+impl Dest {
+    fn stream(&mut self) -> Option<&mut SendStream> {
+        self.0.as_mut()
+    }
+
+    fn reset(&mut self, code: VarInt) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.reset(code);
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
+        match self.0.take() {
+            Some(mut s) => s.finish(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Dest {
+    fn drop(&mut self) {
+        self.reset(VarInt::from_u32(u32::from(ErrorCode::SessionEnded)));
+    }
+}
+
+// ───────────────────────────── a session in one process ─────────────────────────────
+
+/// One consumer and one agent sharing a page through a running relay, in this process: what
+/// the resource tests and the resource benchmark run, twice or more on one relay.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    /// An HTML file (shared as it is) or a directory of states `0.html, 1.html, …` (one
+    /// patch each, every `interval`).
+    pub page: PathBuf,
+    /// The page's URL as the agent is told.
+    pub url: String,
+    /// Resources by content address; `None`: the consumer does not offer `RESOURCES`.
+    pub resources: Option<ResourceOptions>,
+    /// The agent's blobs from earlier sessions.
+    pub agent_blobs: Option<BlobStore>,
+    /// Where the agent writes its page.
+    pub out: Option<PathBuf>,
+    /// Time between states.
+    pub interval: Duration,
+}
+
+impl Pair {
+    /// The page at `page`, shared with resources from its directory, a fresh agent, no output.
+    pub fn new(page: &Path, url: &str) -> Self {
+        Pair {
+            page: page.to_owned(),
+            url: url.to_owned(),
+            resources: Some(ResourceOptions::for_page(page)),
+            agent_blobs: None,
+            out: None,
+            interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Runs `pair` through the relay at `relay` (pinned by `pin`): the agent joins with the code
+/// the consumer gets, and both run to the end of the session.
+pub async fn run_pair(
+    relay: std::net::SocketAddr,
+    pin: crate::transport::Fingerprint,
+    pair: Pair,
+) -> Result<
+    (crate::session::ConsumerReport, crate::session::AgentReport),
+    crate::session::SessionError,
+> {
+    use crate::client::{self, ControlChannel};
+    use crate::session::{self, AgentOptions, ChangeSource, ConsumerOptions, SessionError};
+    use tandem_protocol::message::{Credential, Role};
+
+    let (html, changes) = if pair.page.is_dir() {
+        let html = session::read_page(&pair.page.join("0.html"))?;
+        let changes = ChangeSource::States {
+            dir: pair.page.clone(),
+            next: 1,
+        };
+        (html, changes)
+    } else {
+        (session::read_page(&pair.page)?, ChangeSource::None)
+    };
+    let (code_tx, code_rx) = oneshot::channel::<String>();
+    let offer = pair.resources.is_some();
+    let consumer = tokio::spawn(async move {
+        let conn = client::connect(relay, pin).await?;
+        let mut hello = client::hello(Role::Consumer);
+        if offer {
+            hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+        }
+        let ctl = ControlChannel::open(conn, hello).await?;
+        let opts = ConsumerOptions {
+            html,
+            url: pair.url,
+            label: "Sam".into(),
+            changes,
+            interval: pair.interval,
+            limits: Limits::DEFAULT,
+            policy: Default::default(),
+            hands: None,
+            invitations: session::Invitations::Decline,
+        };
+        session::run_consumer_with(ctl, opts, pair.resources, |created| {
+            let _ = code_tx.send(created.code.clone());
+        })
+        .await
+    });
+    let agent = tokio::spawn(async move {
+        let code = code_rx
+            .await
+            .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
+        let conn = client::connect(relay, pin).await?;
+        let mut hello = client::hello(Role::Agent);
+        hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+        let mut ctl = ControlChannel::open(conn, hello).await?;
+        ctl.join(Credential::Code(code), "Alex").await?;
+        let opts = AgentOptions {
+            out: pair.out,
+            blobs: pair.agent_blobs,
+            ..AgentOptions::default()
+        };
+        session::run_agent(ctl, opts, std::time::Instant::now()).await
+    });
+    let task_err = |e: tokio::task::JoinError| SessionError::EndedEarly(format!("task: {e}"));
+    let c = consumer.await.map_err(task_err)?;
+    let a = agent.await.map_err(task_err)?;
+    Ok((c?, a?))
+}
