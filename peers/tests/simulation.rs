@@ -665,25 +665,23 @@ fn wrong_codes_are_rate_limited_per_source() {
         })
         .expect("opens");
     let right = Credential::Code(opened.code.clone());
-    let wrong = Credential::Code(
-        if opened.code == "000000" {
-            "000001"
-        } else {
-            "000000"
-        }
-        .into(),
-    );
     let attacker: IpAddr = [192, 0, 2, 1].into();
     let neighbour: IpAddr = "2001:db8::1".parse().unwrap();
     let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
     for i in 0..5 {
         let t = t0 + Duration::from_secs(i * 10);
+        // Each source tries codes of its own (a code is also limited on its own, see below).
+        let wrong = |base: u64| {
+            let c = format!("{:06}", base + i);
+            assert_ne!(c, opened.code);
+            Credential::Code(c)
+        };
         assert!(matches!(
-            table.join(t, attacker, &wrong),
+            table.join(t, attacker, &wrong(900_000)),
             Err(JoinRefusal::NotFound)
         ));
         assert!(matches!(
-            table.join(t, neighbour, &wrong),
+            table.join(t, neighbour, &wrong(800_000)),
             Err(JoinRefusal::NotFound)
         ));
     }
@@ -702,6 +700,50 @@ fn wrong_codes_are_rate_limited_per_source() {
     // The oldest failure ages out at 60 s: one more attempt is allowed from then.
     let t = t0 + Duration::from_secs(60);
     assert!(table.join(t, attacker, &right).is_ok());
+}
+
+/// Wrong codes are limited per code too: one code tried wrongly five times, from five sources,
+/// is refused to everyone for the window, and no new session is given it meanwhile.
+#[test]
+fn a_code_hammered_from_many_sources_is_locked() {
+    let mut table: SessionTable<()> = SessionTable::new(TableConfig::default());
+    let t0 = Instant::now();
+    let target = Credential::Code("424242".into());
+    for i in 0..5u8 {
+        let from: IpAddr = [198, 51, 100, i].into();
+        let t = t0 + Duration::from_secs(u64::from(i));
+        assert!(matches!(
+            table.join(t, from, &target),
+            Err(JoinRefusal::NotFound)
+        ));
+    }
+    let fresh: IpAddr = [203, 0, 113, 9].into();
+    let t = t0 + Duration::from_secs(10);
+    assert!(matches!(
+        table.join(t, fresh, &target),
+        Err(JoinRefusal::RateLimited)
+    ));
+    // A random source that would draw 424242 first: the table skips the locked code.
+    let mut draws = [424_242u32, 7].into_iter().cycle();
+    let opened = table
+        .open(t, PeerInfo::default(), (), &mut |b: &mut [u8]| {
+            if b.len() == 4 {
+                b.copy_from_slice(&draws.next().unwrap_or(0).to_le_bytes());
+            } else {
+                b.fill(1);
+            }
+            Ok(())
+        })
+        .expect("opens");
+    assert_eq!(opened.code, "000007");
+    // Other codes from the fresh source are unaffected; after the window the code is free.
+    let right = Credential::Code(opened.code.clone());
+    assert!(table.join(t, fresh, &right).is_ok());
+    let later = t0 + Duration::from_secs(65);
+    assert!(matches!(
+        table.join(later, fresh, &target),
+        Err(JoinRefusal::NotFound)
+    ));
 }
 
 /// Every row of the transition table (spec §13.1), driven through the simulated peers and

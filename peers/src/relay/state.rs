@@ -484,7 +484,7 @@ pub struct SessionTable<P> {
     sessions: HashMap<SessionId, Entry<P>>,
     by_code: HashMap<String, SessionId>,
     by_token: HashMap<String, SessionId>,
-    failures: HashMap<SourceKey, VecDeque<Instant>>,
+    failures: HashMap<FailKey, VecDeque<Instant>>,
     next_id: SessionId,
 }
 
@@ -502,7 +502,7 @@ impl<P: Clone> SessionTable<P> {
         target: &str,
         ttl: Duration,
     ) -> Result<Invitation<P>, JoinRefusal> {
-        let key = SourceKey::of(from);
+        let key = FailKey::Source(SourceKey::of(from));
         if self.recent_failures(key, now) >= self.config.max_failures {
             return Err(JoinRefusal::RateLimited);
         }
@@ -584,6 +584,33 @@ impl SourceKey {
     }
 }
 
+/// What failed joins are counted against (spec §7.5): the source, and the code tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum FailKey {
+    /// A source address (see [`SourceKey`]).
+    Source(SourceKey),
+    /// A six-digit code, from any source: a code tried wrongly `max_failures` times within the
+    /// window is refused to everyone until the oldest attempt ages out, and is not handed out to
+    /// a new session meanwhile, so many sources together cannot hammer one code.
+    Code(u32),
+}
+
+impl FailKey {
+    /// The per-code key of `credential`, when it is a six-digit code.
+    fn code(credential: &Credential) -> Option<FailKey> {
+        match credential {
+            Credential::Code(c) if c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()) => {
+                c.parse().ok().map(FailKey::Code)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Most failure counters held at once (sources and codes); beyond it new codes are not
+/// counted (sources still are), so a flood of distinct wrong codes cannot grow the table.
+pub const MAX_FAILURE_KEYS: usize = 100_000;
+
 /// Attempts at drawing an unused code before the table counts as full.
 const CODE_ATTEMPTS: usize = 64;
 
@@ -617,7 +644,7 @@ impl<P> SessionTable<P> {
         if self.sessions.len() >= self.config.max_sessions {
             return Err(OpenError::Full);
         }
-        let code = self.draw_code(random)?;
+        let code = self.draw_code(now, random)?;
         let mut token_bytes = [0u8; 32];
         random(&mut token_bytes).map_err(|_| OpenError::Random)?;
         let token: String = token_bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -653,6 +680,7 @@ impl<P> SessionTable<P> {
 
     fn draw_code(
         &self,
+        now: Instant,
         random: &mut dyn FnMut(&mut [u8]) -> Result<(), RandomFailed>,
     ) -> Result<String, OpenError> {
         // The largest multiple of 10^6 that fits in a u32: values at or above it are redrawn so
@@ -666,7 +694,9 @@ impl<P> SessionTable<P> {
                 continue;
             }
             let code = format!("{:06}", v % 1_000_000);
-            if !self.by_code.contains_key(&code) {
+            if !self.by_code.contains_key(&code)
+                && !self.is_locked(FailKey::Code(v % 1_000_000), now)
+            {
                 return Ok(code);
             }
         }
@@ -674,18 +704,24 @@ impl<P> SessionTable<P> {
     }
 
     /// An agent from `from` asks to join with `credential`. A wrong or expired credential counts
-    /// as a failure of `from`; once `max_failures` failures fall within `failure_window`, every
-    /// join from there is refused as [`JoinRefusal::RateLimited`] until the oldest ages out.
+    /// as a failure of `from`, and a wrong code also as a failure of that code; once
+    /// `max_failures` failures of the source, or of the code, fall within `failure_window`,
+    /// every join from there (or with that code) is refused as [`JoinRefusal::RateLimited`]
+    /// until the oldest ages out.
     pub fn join(
         &mut self,
         now: Instant,
         from: IpAddr,
         credential: &Credential,
     ) -> Result<Pairing<P>, JoinRefusal> {
-        let key = SourceKey::of(from);
-        if self.recent_failures(key, now) >= self.config.max_failures {
+        let source = FailKey::Source(SourceKey::of(from));
+        let code = FailKey::code(credential);
+        let limited = self.recent_failures(source, now) >= self.config.max_failures
+            || code.is_some_and(|c| self.recent_failures(c, now) >= self.config.max_failures);
+        if limited {
             return Err(JoinRefusal::RateLimited);
         }
+        let key = source;
         let id = match credential {
             Credential::Code(c) => self.by_code.get(c),
             Credential::Token(t) => self.by_token.get(t),
@@ -694,6 +730,9 @@ impl<P> SessionTable<P> {
         let Some((id, entry)) = id.and_then(|id| self.sessions.get_mut(&id).map(|e| (id, e)))
         else {
             self.record_failure(key, now);
+            if let Some(c) = code {
+                self.record_failure(c, now);
+            }
             return Err(JoinRefusal::NotFound);
         };
         match std::mem::replace(&mut entry.state, State::Paired) {
@@ -729,7 +768,19 @@ impl<P> SessionTable<P> {
         }
     }
 
-    fn recent_failures(&mut self, key: SourceKey, now: Instant) -> usize {
+    /// Whether `key` has `max_failures` failures within the window at `now` (without pruning).
+    fn is_locked(&self, key: FailKey, now: Instant) -> bool {
+        let window = self.config.failure_window;
+        self.failures.get(&key).is_some_and(|times| {
+            times
+                .iter()
+                .filter(|&&t| now.duration_since(t) < window)
+                .count()
+                >= self.config.max_failures
+        })
+    }
+
+    fn recent_failures(&mut self, key: FailKey, now: Instant) -> usize {
         let window = self.config.failure_window;
         match self.failures.get_mut(&key) {
             Some(times) => {
@@ -745,7 +796,13 @@ impl<P> SessionTable<P> {
         }
     }
 
-    fn record_failure(&mut self, key: SourceKey, now: Instant) {
+    fn record_failure(&mut self, key: FailKey, now: Instant) {
+        if matches!(key, FailKey::Code(_))
+            && !self.failures.contains_key(&key)
+            && self.failures.len() >= MAX_FAILURE_KEYS
+        {
+            return;
+        }
         let times = self.failures.entry(key).or_default();
         times.push_back(now);
         while times.len() > self.config.max_failures {
