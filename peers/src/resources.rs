@@ -120,9 +120,9 @@ impl UplinkStats {
 /// What an [`Uplink`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UplinkReport {
-    /// Bytes of `RESOURCE` frames written, headers included.
+    /// Bytes of `RESOURCE` frames handed to QUIC, headers included.
     pub frame_bytes: u64,
-    /// Blob bytes written (the `data` of the pieces).
+    /// Blob bytes handed to QUIC (the `data` of the pieces).
     pub data_bytes: u64,
     /// Blobs whose sending started (one resource stream each).
     pub blobs: u64,
@@ -392,6 +392,10 @@ async fn write_piece(
         }
     };
     let frame_len = frame.len() as u64;
+    // Counted before the write: once QUIC holds the bytes the receiver may have them, and the
+    // owner may read the figures, before this task runs again.
+    stats.data_bytes.fetch_add(data, Ordering::Relaxed);
+    stats.frame_bytes.fetch_add(frame_len, Ordering::Relaxed);
     match o.stream.write_chunk(Bytes::from(frame)).await {
         Ok(()) => {}
         Err(quinn::WriteError::Stopped(_)) | Err(quinn::WriteError::ClosedStream) => {
@@ -402,8 +406,6 @@ async fn write_piece(
         Err(_) => return Written::ConnectionGone,
     }
     o.written += frame_len;
-    stats.data_bytes.fetch_add(data, Ordering::Relaxed);
-    stats.frame_bytes.fetch_add(frame_len, Ordering::Relaxed);
     if fin {
         let _ = o.stream.finish();
         o.finished = true;
@@ -1190,4 +1192,93 @@ pub async fn run_pair(
     let c = consumer.await.map_err(task_err)?;
     let a = agent.await.map_err(task_err)?;
     Ok((c?, a?))
+}
+
+// ───────────────────────────── measuring ─────────────────────────────
+
+/// Resource bytes of one page's sessions over QUIC on loopback (the `resource_sessions`
+/// benchmark): what the consumer uploaded in a first session, in a repeat session with no
+/// cache anywhere (a new agent, a relay without cache), in a repeat through the relay's cache
+/// (a new agent) and in a repeat where the agent kept its blobs (`HAVE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SessionBytes {
+    /// The page's name.
+    pub page: String,
+    /// Blobs the page refers to.
+    pub blobs: usize,
+    /// `RESOURCE` bytes the consumer uploaded in the first session.
+    pub first: u64,
+    /// … in a repeat session with no relay cache and a new agent.
+    pub repeat_no_cache: u64,
+    /// … in a repeat session through the relay's cache, with a new agent.
+    pub repeat_relay_cache: u64,
+    /// Blob bytes the relay served from its cache in that session.
+    pub relay_served: u64,
+    /// … in a repeat session whose agent kept its blobs from the first.
+    pub repeat_agent_cache: u64,
+    /// Resource URIs left unresolved in the agent's page, over all four sessions (0 when
+    /// every page arrived complete).
+    pub missing: u64,
+}
+
+/// Measures [`SessionBytes`] for each `(name, page file, URL)`, one page at a time, on a
+/// runtime of its own.
+pub fn measure_sessions(pages: &[(String, PathBuf, String)]) -> std::io::Result<Vec<SessionBytes>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for (name, path, url) in pages {
+        let row = rt
+            .block_on(measure_page(name, path, url))
+            .map_err(|e| std::io::Error::other(format!("{name}: {e}")))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+async fn measure_page(
+    name: &str,
+    path: &Path,
+    url: &str,
+) -> Result<SessionBytes, crate::session::SessionError> {
+    use crate::relay::{self, RelayConfig};
+    use crate::session::SessionError;
+
+    let spawn = |cache_bytes| {
+        let identity = crate::transport::Identity::generate()
+            .map_err(|e| SessionError::EndedEarly(format!("identity: {e}")))?;
+        let mut config = RelayConfig::new(([127, 0, 0, 1], 0).into(), identity);
+        config.cache_bytes = cache_bytes;
+        relay::spawn(config).map_err(|e| SessionError::EndedEarly(format!("relay: {e}")))
+    };
+    let cached = spawn(crate::relay::DEFAULT_CACHE_BYTES)?;
+    let plain = spawn(0)?;
+    let uploaded = |c: &crate::session::ConsumerReport| {
+        c.resources.as_ref().map_or(0, |r| r.uplink.frame_bytes)
+    };
+    let missing = |a: &crate::session::AgentReport| a.resources.as_ref().map_or(0, |r| r.missing);
+    let pair = || Pair::new(path, url);
+
+    let (c1, a1) = run_pair(cached.addr, cached.fingerprint, pair()).await?;
+    let (c2, a2) = run_pair(plain.addr, plain.fingerprint, pair()).await?;
+    let before = cached.cache_stats().served_bytes;
+    let (c3, a3) = run_pair(cached.addr, cached.fingerprint, pair()).await?;
+    let relay_served = cached.cache_stats().served_bytes - before;
+    let mut again = pair();
+    again.agent_blobs = a1.blobs.clone();
+    let (c4, a4) = run_pair(plain.addr, plain.fingerprint, again).await?;
+    cached.shutdown().await;
+    plain.shutdown().await;
+    Ok(SessionBytes {
+        page: name.to_owned(),
+        blobs: c1.resources.as_ref().map_or(0, |r| r.referenced),
+        first: uploaded(&c1),
+        repeat_no_cache: uploaded(&c2),
+        repeat_relay_cache: uploaded(&c3),
+        relay_served,
+        repeat_agent_cache: uploaded(&c4),
+        missing: missing(&a1) + missing(&a2) + missing(&a3) + missing(&a4),
+    })
 }

@@ -762,7 +762,9 @@ pub async fn run_agent(
     let mut actions: Option<SendStream> = None;
     let mut step = tokio::time::interval(SCRIPT_STEP);
     let datagrams = datagrams_ok(&conn);
-    let result = loop {
+    // `?` on a write leaves this block, not the function, so the cleanup below always runs.
+    let result: Result<(), SessionError> = async {
+        loop {
         tokio::select! {
             frame = rx.recv() => {
                 let Some(frame) = frame else { break Ok(()) };
@@ -906,6 +908,14 @@ pub async fn run_agent(
                 }
             }
         }
+        }
+    }
+    .await;
+    // The relay stops reading the control stream when it tears the session down (its END is
+    // on the way): a write that finds it stopped ends the session like END does.
+    let result = match result {
+        Err(SessionError::Framed(FramedError::Write(quinn::WriteError::Stopped(_)))) => Ok(()),
+        r => r,
     };
     accept.abort();
     if dirty {
