@@ -883,7 +883,16 @@ impl Panel<'_> {
         for (i, (values, (line1, line2))) in self.values.iter().zip(&self.labels).enumerate() {
             let x0 = LEFT + slot * i as f64 + (slot - bar * self.series.len() as f64) / 2.0;
             for (k, v) in values.iter().enumerate() {
-                let Some(v) = v else { continue };
+                let Some(v) = v else {
+                    // A measurement that failed: say so where its bar would be.
+                    let _ = writeln!(
+                        out,
+                        r#"<text x="{:.1}" y="{:.1}" class="missing">n/a</text>"#,
+                        x0 + bar * (k as f64 + 0.5),
+                        bottom - 4.0
+                    );
+                    continue;
+                };
                 let top_y = y(*v).min(bottom);
                 let _ = writeln!(
                     out,
@@ -907,11 +916,19 @@ impl Panel<'_> {
                 );
             }
             let cx = LEFT + slot * (i as f64 + 0.5);
+            // Labels longer than the slot is wide are cut (about 6.5 px a character).
+            let fit = ((slot / 6.5) as usize).max(4);
+            let line1 = if line1.chars().count() > fit {
+                let cut: String = line1.chars().take(fit - 1).collect();
+                format!("{cut}\u{2026}")
+            } else {
+                line1.clone()
+            };
             let _ = writeln!(
                 out,
                 r#"<text x="{cx:.1}" y="{:.1}" class="label">{}</text><text x="{cx:.1}" y="{:.1}" class="sub">{}</text>"#,
                 bottom + 16.0,
-                xml(line1),
+                xml(&line1),
                 bottom + 30.0,
                 xml(line2)
             );
@@ -1038,6 +1055,7 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
 .panel { font-size: 15px; font-weight: bold; }
 .tick { font-size: 11px; text-anchor: end; fill: #333; }
 .minor-tick { fill: #888; }
+.missing { font-size: 10px; text-anchor: middle; fill: #999; }
 .label { font-size: 11px; text-anchor: middle; }
 .sub { font-size: 10px; text-anchor: middle; fill: #666; }
 .legend { font-size: 13px; }
