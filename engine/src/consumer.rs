@@ -309,6 +309,14 @@ impl Consumer {
         self.synced && self.acked == self.seq && !self.has_pending() && self.out.is_empty()
     }
 
+    /// Whether the agent has acknowledged everything sent so far: the current epoch's snapshot
+    /// and every patch, with nothing queued to send. Changes may be pending; a session that
+    /// flushes only when this holds keeps at most one patch in flight, so the agent is never
+    /// more than one round trip and one send behind the page (spec §7.16).
+    pub fn is_acked(&self) -> bool {
+        self.synced && self.acked == self.seq && self.out.is_empty()
+    }
+
     /// Whether changes are waiting for [`Consumer::flush`].
     pub fn has_pending(&self) -> bool {
         !self.touched.is_empty() || !self.parents.is_empty() || !self.removed.is_empty()

@@ -13,7 +13,9 @@ use tandem_protocol::message::{Mode, Role, Viewport};
 use crate::client::{self, ControlChannel};
 use crate::hands::{Consent, HandsOptions};
 use crate::link::{Link, LinkSpec};
-use crate::session::{self, ChangeSource, ConsumerOptions, Invitations, SessionError};
+use crate::session::{
+    self, ChangeSource, ConsumerOptions, CustomerCommand, Invitations, SessionError,
+};
 use crate::snapshot::MaskArgs;
 use crate::transport::{Fingerprint, TransportError};
 
@@ -103,6 +105,31 @@ impl From<ConsentArg> for Consent {
     }
 }
 
+/// The customer's commands typed on the terminal, one per line (`pause`, `resume`,
+/// `mode guide`, `end`, `y`/`n` to an invitation); a line that is not one is explained on
+/// stderr. The channel closes when stdin does.
+pub fn terminal_commands() -> tokio::sync::mpsc::Receiver<CustomerCommand> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // A plain thread: reading a terminal blocks, and the runtime must not wait for it to end.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match line.parse::<CustomerCommand>() {
+                Ok(cmd) => {
+                    if tx.blocking_send(cmd).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => eprintln!("consumer: {e}"),
+            }
+        }
+    });
+    rx
+}
+
 /// The consumer's hands settings for sharing `page`: `mode` granted at the start, requests
 /// answered by `consent`, and same-site navigations served from the page's directory when
 /// the page is a file.
@@ -178,6 +205,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         policy: args.mask.policy(),
         hands: Some(hands_for(&args.page, args.mode, args.consent.into())),
         invitations: args.invitations,
+        commands: Some(terminal_commands()),
     };
     let resources = args
         .resources

@@ -154,6 +154,12 @@ pub struct DemoReport {
     pub consumer_link: Option<LinkCounters>,
     /// What the agent ↔ relay link did (`up` is agent → relay); absent without a link.
     pub agent_link: Option<LinkCounters>,
+    /// The largest batch the consumer's DOM writer held (a snapshot or one patch), in frame
+    /// bytes (backpressure, [`crate::pump`]).
+    pub max_batch_bytes: u64,
+    /// Milliseconds from each flush to the agent's acknowledgement of it, in order: how far
+    /// behind the page the agent was.
+    pub ack_delays_ms: Vec<f64>,
     /// The mode the customer granted (`--mode`), when the agent acted.
     pub mode: Option<String>,
     /// What became of each agent message at the consumer, in order.
@@ -264,6 +270,7 @@ pub async fn demo_with(
             policy,
             hands,
             invitations: Invitations::Decline,
+            commands: None,
         };
         session::run_consumer_with(ctl, opts, resource_opts, |created| {
             let _ = code_tx.send(created.code.clone());
@@ -339,6 +346,12 @@ pub async fn demo_with(
         link: link.to_string(),
         consumer_link,
         agent_link,
+        max_batch_bytes: c.max_batch_bytes,
+        ack_delays_ms: c
+            .ack_delays
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect(),
         mode: args.mode.map(|m| mode_name(m).to_owned()),
         actions: c.actions,
         agent_answers: a.answers,

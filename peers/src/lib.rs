@@ -9,6 +9,7 @@
 //!             relay::state is its sans-IO core (session table, negotiation, teardown plan)
 //!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED
 //!  session    the consumer's and the agent's session pumps over QUIC
+//!  pump       the consumer's DOM writer with backpressure: one patch in flight, changes fold
 //!  resources  content-addressed resources over QUIC (spec §14): resource streams, have/want,
 //!             the relay's shared cache
 //!  hands      the agent's actions: the consumer's authority carried out on its page, and
@@ -55,6 +56,7 @@ pub mod framed;
 pub mod hands;
 pub mod link;
 pub mod presence;
+pub mod pump;
 pub mod relay;
 pub mod resources;
 pub mod session;

@@ -1166,6 +1166,7 @@ pub async fn run_pair(
             policy: Default::default(),
             hands: None,
             invitations: session::Invitations::Decline,
+            commands: None,
         };
         session::run_consumer_with(ctl, opts, pair.resources, |created| {
             let _ = code_tx.send(created.code.clone());

@@ -23,8 +23,10 @@ use tandem_engine::resource::{DEFAULT_STORE_BYTES, ResolveMode, ResourceLimits};
 use tandem_engine::{
     Agent, AgentEvent, BlobStore, Consumer, EngineError, LivePage, MaskPolicy, parse_html,
 };
-use tandem_protocol::compress::{CompressError, DecompressError, DomCompressor, DomDecompressor};
-use tandem_protocol::message::{Capabilities, End, EndReason, Invite, RefusalCode, SessionCreated};
+use tandem_protocol::compress::{CompressError, DecompressError, DomDecompressor};
+use tandem_protocol::message::{
+    Capabilities, End, EndReason, Invite, Mode, RefusalCode, SessionCreated,
+};
 use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
 use tokio::sync::mpsc;
 
@@ -34,6 +36,7 @@ use crate::hands::{
     ActionRecord, AgentScript, ConsumerHands, HandsError, HandsOptions, Lane, Step,
 };
 use crate::presence::{Presence, STATUS_INTERVAL, StatusMeter};
+use crate::pump::DomPump;
 use crate::resources::{
     ConsumerResources, Downlink, DownlinkReport, Inbound, RESOURCE_LINGER, ResourceOptions,
     UplinkReport, is_resource_stream, read_resource_stream,
@@ -187,6 +190,12 @@ pub struct ConsumerReport {
     pub presence: Presence,
     /// What the resources did, when the session sent them by content address (spec §14).
     pub resources: Option<ConsumerResourceReport>,
+    /// The largest batch (a snapshot, or one patch) the DOM writer held, in frame bytes:
+    /// with backpressure, what the consumer buffers whatever the page's rate of change.
+    pub max_batch_bytes: u64,
+    /// For each acknowledged snapshot or patch, the time from its flush to the agent's
+    /// `ACK`: how far behind the page the agent was.
+    pub ack_delays: Vec<Duration>,
 }
 
 /// What a consumer's resources did in a session.
@@ -227,6 +236,19 @@ pub struct ConsumerOptions {
     pub hands: Option<HandsOptions>,
     /// How the customer answers agents' invitations while waiting (spec §7.7).
     pub invitations: Invitations,
+    /// What the customer does during the session (pause, resume, set the mode, end), if
+    /// anything; the session ends by itself as before when this is `None` or closes.
+    pub commands: Option<mpsc::Receiver<CustomerCommand>>,
+}
+
+/// The next customer command; pends forever without a command channel.
+async fn next_command(
+    commands: &mut Option<mpsc::Receiver<CustomerCommand>>,
+) -> Option<CustomerCommand> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a waiting customer answers an agent's `INVITE` (spec §7.7–§7.9).
@@ -319,98 +341,62 @@ async fn read_agent_messages(
     tokio::join!(datagrams, streams);
 }
 
-struct DomStream {
-    stream: SendStream,
-    epoch: u32,
-    /// The stream's compression context, when the session negotiated it (spec §4.6).
-    compressor: Option<DomCompressor>,
+/// Something the customer does during a session, besides the page changing: what the
+/// reference consumer's terminal commands (`pause`, `resume`, `mode MODE`, `end`) send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustomerCommand {
+    /// Pause sharing (spec §7.11): nothing more is sent and the agent's actions are refused
+    /// until [`CustomerCommand::Resume`]; the session and its code stay.
+    Pause,
+    /// Resume sharing (spec §7.12): the agent receives one patch of everything that changed.
+    Resume,
+    /// Set the agent's mode (spec §13.2), to lower it or raise it unasked.
+    SetMode(Mode),
+    /// End the session (spec §7.13).
+    End,
+    /// The answer to an invitation being shown (`y` or `n`).
+    Answer(bool),
 }
 
-async fn send_queued(
-    conn: &Connection,
-    dom: &mut Option<DomStream>,
+impl std::str::FromStr for CustomerCommand {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut words = s.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("pause" | "p"), None) => Ok(CustomerCommand::Pause),
+            (Some("resume" | "r"), None) => Ok(CustomerCommand::Resume),
+            (Some("end" | "quit" | "q"), None) => Ok(CustomerCommand::End),
+            (Some("y" | "yes"), None) => Ok(CustomerCommand::Answer(true)),
+            (Some("n" | "no"), None) => Ok(CustomerCommand::Answer(false)),
+            (Some("mode"), Some(m)) => crate::hands::parse_mode(m).map(CustomerCommand::SetMode),
+            _ => Err(format!(
+                "{s:?}: commands are pause, resume, mode follow|view|guide|full, end (y or n to an invitation)"
+            )),
+        }
+    }
+}
+
+/// Brings the agent up to date as far as backpressure allows ([`crate::pump`]): when the DOM
+/// writer is idle and sharing is not paused, flushes the page's folded changes if the agent has
+/// acknowledged everything sent, and starts writing whatever the consumer has queued.
+async fn advance(
+    pump: &mut DomPump,
     consumer: &mut Consumer,
-    report: &mut ConsumerReport,
-    limits: &Limits,
     resources: &mut Option<ConsumerResources>,
+    paused: bool,
 ) -> Result<(), SessionError> {
+    if paused || !pump.is_idle() {
+        return Ok(());
+    }
+    if consumer.is_acked() {
+        consumer.flush();
+    }
     if let Some(r) = resources.as_mut() {
         // What the queued frames refer to (rewritten when they were built).
         r.note_references(consumer).await;
     }
-    let mut queued = Vec::new();
-    while let Some(msg) = consumer.poll_message() {
-        let bytes = frame::to_frame(&msg, limits).map_err(FramedError::from)?;
-        queued.push((msg, bytes));
-    }
-    let current = consumer.epoch();
-    let epoch_of = |msg: &Message| match msg {
-        Message::Snapshot(s) => s.epoch,
-        Message::Patch(p) => p.epoch,
-        _ => current,
-    };
-    let mut wire = Vec::new();
-    for (msg, bytes) in &queued {
-        let epoch = epoch_of(msg);
-        // A new epoch gets a new stream; the superseded one is reset so stale bytes leave the
-        // send buffer (spec §3).
-        if dom.as_ref().is_none_or(|d| d.epoch != epoch) {
-            if let Some(mut old) = dom.take() {
-                let _ = old.stream.reset(VarInt::from_u32(0));
-            }
-            let stream = conn
-                .open_uni()
-                .await
-                .map_err(ClientError::from_connection)?;
-            let _ = stream.set_priority(DOM_PRIORITY);
-            // A new stream starts a new compression context (spec §4.6.1), at a level that
-            // suits the size of the snapshot it starts with.
-            let compressor = if report.compressed {
-                let snapshot: usize = queued
-                    .iter()
-                    .filter(|(m, _)| matches!(m, Message::Snapshot(s) if s.epoch == epoch))
-                    .map(|(_, b)| b.len())
-                    .sum();
-                Some(DomCompressor::with_level(
-                    tandem_protocol::compress::level_for_snapshot(snapshot),
-                )?)
-            } else {
-                None
-            };
-            *dom = Some(DomStream {
-                stream,
-                epoch,
-                compressor,
-            });
-        }
-        let Some(d) = dom.as_mut() else { continue };
-        // Each message is flushed on its own, so the agent can use it as soon as it arrives
-        // (spec §4.6.1): a snapshot part renders progressively, a patch applies at once.
-        let out: &[u8] = match d.compressor.as_mut() {
-            Some(c) => {
-                wire.clear();
-                c.write_frames(bytes, &mut wire, limits)?;
-                &wire
-            }
-            None => bytes,
-        };
-        match msg {
-            Message::Snapshot(s) => {
-                report.snapshot_bytes += bytes.len() as u64;
-                report.snapshot_wire_bytes += out.len() as u64;
-                if s.part == 0 {
-                    report.snapshots += 1;
-                }
-            }
-            Message::Patch(_) => {
-                report.patch_bytes += bytes.len() as u64;
-                report.patch_wire_bytes += out.len() as u64;
-                report.patches += 1;
-            }
-            _ => {}
-        }
-        d.stream.write_all(out).await.map_err(FramedError::from)?;
-    }
+    pump.send_queued(consumer)?;
     Ok(())
 }
 
@@ -443,12 +429,38 @@ pub async fn run_consumer_with(
     let created = ctl.open_session(&opts.label).await?;
     on_code(&created);
     let invitations = opts.invitations;
+    // With a command channel, an invitation asked about is answered by a command (`y`/`n`),
+    // so one reader of the terminal serves both.
+    let cell = Arc::new(tokio::sync::Mutex::new(opts.commands.take()));
     let joined = ctl
         .wait_joined_answering(
-            |invite| invitations.answer(invite),
+            |invite| {
+                let cell = cell.clone();
+                async move {
+                    let mut guard = cell.lock().await;
+                    match guard.as_mut() {
+                        Some(rx) if invitations == Invitations::Ask => {
+                            eprintln!(
+                                "consumer: {} invites you to share this page (for {} s). Accept? [y/n]",
+                                invite.agent_label,
+                                invite.expires_ms / 1000
+                            );
+                            loop {
+                                match rx.recv().await {
+                                    Some(CustomerCommand::Answer(yes)) => break yes,
+                                    Some(_) => eprintln!("consumer: answer the invitation first (y or n)"),
+                                    None => break false,
+                                }
+                            }
+                        }
+                        _ => invitations.answer(invite).await,
+                    }
+                }
+            },
             |id| eprintln!("consumer: invitation {id} withdrawn"),
         )
         .await?;
+    let mut commands = cell.lock().await.take();
     let compressed = joined.capabilities.contains(Capabilities::COMPRESSION);
     let mut presence = Presence::with_peer(Some(&joined.peer_platform));
     let mut meter = StatusMeter::new();
@@ -489,17 +501,13 @@ pub async fn run_consumer_with(
         actions: Vec::new(),
         presence: Presence::default(),
         resources: None,
+        max_batch_bytes: 0,
+        ack_delays: Vec::new(),
     };
-    let mut dom = None;
-    send_queued(
-        &conn,
-        &mut dom,
-        &mut consumer,
-        &mut report,
-        &limits,
-        &mut res,
-    )
-    .await?;
+    let mut pump = DomPump::new(conn.clone(), limits, compressed);
+    let mut paused = false;
+    let mut end_now = false;
+    advance(&mut pump, &mut consumer, &mut res, paused).await?;
     let mut hands = opts
         .hands
         .as_ref()
@@ -524,7 +532,7 @@ pub async fn run_consumer_with(
                 *linger.get_or_insert_with(|| tokio::time::Instant::now() + ACTIONS_LINGER);
             actions_done = tokio::time::Instant::now() >= deadline;
         }
-        let done = exhausted && consumer.is_synced() && actions_done;
+        let done = end_now || (exhausted && consumer.is_synced() && actions_done);
         let mut settled = res.as_ref().is_none_or(ConsumerResources::settled);
         if done && !settled {
             // The agent may still be fetching blobs: wait for its HAVE, within a bound.
@@ -533,7 +541,7 @@ pub async fn run_consumer_with(
             settled = tokio::time::Instant::now() >= deadline;
         }
         let res_waiting = done && !settled;
-        if done && settled {
+        if done && (settled || end_now) {
             report.acked = true;
             write_message(
                 &mut ctl_send,
@@ -562,13 +570,18 @@ pub async fn run_consumer_with(
                             Some(h) if is_hands_message(&m) => h.on_message(&m, &mut consumer, Instant::now())?,
                             _ => {
                                 consumer.handle_message(&m)?;
+                                if let Message::Ack(a) = &m {
+                                    pump.acked(a.epoch, a.seq);
+                                }
+                                // A RESYNC starts a new epoch: the batch in flight is stale.
+                                pump.supersede(consumer.epoch());
                                 None
                             }
                         };
                         if let Some(reply) = reply {
                             write_message(&mut ctl_send, &reply, &limits).await?;
                         }
-                        send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits, &mut res).await?;
+                        advance(&mut pump, &mut consumer, &mut res, paused).await?;
                     }
                 }
             }
@@ -584,7 +597,8 @@ pub async fn run_consumer_with(
                             if let Some(reply) = h.on_message(&m, &mut consumer, Instant::now())? {
                                 write_message(&mut ctl_send, &reply, &limits).await?;
                             }
-                            send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits, &mut res).await?;
+                            pump.supersede(consumer.epoch());
+                            advance(&mut pump, &mut consumer, &mut res, paused).await?;
                         }
                     }
                     Some(Ok(None)) | None => actions_done = true,
@@ -596,17 +610,54 @@ pub async fn run_consumer_with(
             _ = tokio::time::sleep_until(res_linger.unwrap_or_else(tokio::time::Instant::now)), if res_waiting => {}
             _ = ticker.tick(), if !exhausted => {
                 if opts.changes.next_batch(&mut consumer, &mut batches)? {
-                    consumer.flush();
-                    send_queued(&conn, &mut dom, &mut consumer, &mut report, &limits, &mut res).await?;
+                    // The changes fold into what is pending until the agent has caught up.
+                    advance(&mut pump, &mut consumer, &mut res, paused).await?;
                 } else {
                     exhausted = true;
                 }
             }
+            written = pump.written() => {
+                written?;
+                advance(&mut pump, &mut consumer, &mut res, paused).await?;
+            }
+            cmd = next_command(&mut commands) => match cmd {
+                Some(CustomerCommand::Pause) if !paused => {
+                    paused = true;
+                    if let Some(h) = hands.as_mut() {
+                        h.authority_mut().pause();
+                    }
+                    write_message(&mut ctl_send, &Message::Pause(()), &limits).await?;
+                }
+                Some(CustomerCommand::Resume) if paused => {
+                    paused = false;
+                    if let Some(h) = hands.as_mut() {
+                        h.authority_mut().resume();
+                    }
+                    write_message(&mut ctl_send, &Message::Resume(()), &limits).await?;
+                    advance(&mut pump, &mut consumer, &mut res, paused).await?;
+                }
+                Some(CustomerCommand::SetMode(mode)) => {
+                    if let Some(h) = hands.as_mut() {
+                        let set = h.authority_mut().set_mode(mode);
+                        write_message(&mut ctl_send, &Message::Mode(set), &limits).await?;
+                    }
+                }
+                Some(CustomerCommand::End) => end_now = true,
+                Some(_) => {}
+                None => commands = None,
+            },
         }
     }
-    if let Some(mut d) = dom.take() {
-        let _ = d.stream.finish();
-    }
+    pump.finish().await;
+    let st = pump.stats();
+    report.snapshot_bytes = st.snapshot_bytes;
+    report.snapshot_wire_bytes = st.snapshot_wire_bytes;
+    report.patch_bytes = st.patch_bytes;
+    report.patch_wire_bytes = st.patch_wire_bytes;
+    report.patches = st.patches;
+    report.snapshots = st.snapshots;
+    report.max_batch_bytes = st.max_batch_bytes;
+    report.ack_delays = pump.ack_delays().to_vec();
     // Wait briefly for the relay's CLOSE so the END is delivered before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         while let Ok(Some(m)) = ctl_recv.next_message().await {

@@ -32,7 +32,13 @@ async fn live_changes_over_quic_converge() {
         .expect("demo finishes")
         .expect("demo runs");
     assert!(report.hashes_match, "{report:?}");
-    assert_eq!(report.patches, 30, "one patch per batch");
+    // Changes fold while a patch is unacknowledged (backpressure, crate::pump): at most one
+    // patch per batch, and the agent ends on the page's last state.
+    assert!(
+        (1..=30).contains(&report.patches),
+        "{} patches for 30 batches",
+        report.patches
+    );
     assert!(report.first_render_ms.is_some());
     assert_eq!(report.divergences, 0);
     // Both sides offer COMPRESSION, so the DOM stream was compressed (spec §4.6) and the agent
@@ -78,7 +84,11 @@ async fn recorded_states_over_quic_converge() {
         .expect("demo finishes")
         .expect("demo runs");
     assert!(report.hashes_match, "{report:?}");
-    assert_eq!(report.patches, 5, "states 1..=5 each make a patch");
+    assert!(
+        (1..=5).contains(&report.patches),
+        "states 1..=5 make at most one patch each: {}",
+        report.patches
+    );
     // The agent wrote the final page; it parses back to the consumer's tree.
     let html = std::fs::read_to_string(&out).expect("agent wrote --out");
     let _ = std::fs::remove_file(&out);

@@ -327,6 +327,7 @@ async fn a_page_is_shared_over_an_accepted_invitation() {
             policy: Default::default(),
             hands: None,
             invitations: Invitations::Accept,
+            commands: None,
         };
         session::run_consumer(consumer_ctl, opts, |_| {
             let _ = label_tx.send(());
@@ -353,7 +354,8 @@ async fn a_page_is_shared_over_an_accepted_invitation() {
         Some(consumer.hash),
         "the agent holds the customer's page"
     );
-    assert_eq!(report.patches, 3);
+    // Three batches of changes, folded while a patch is unacknowledged.
+    assert!((1..=3).contains(&report.patches), "{}", report.patches);
     relay.shutdown().await;
 }
 

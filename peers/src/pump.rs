@@ -1,0 +1,341 @@
+//! The consumer's DOM stream writer, with backpressure (issue 7.2, spec §3.2 and §7.15): the
+//! agent sees the present, not a queue of the past.
+//!
+//! ```text
+//!  page changes ──► Consumer (records, folds) ──flush only when──► DomPump ──► DOM stream
+//!                        ▲                      the agent has        │ one batch at a time,
+//!                        └──── ACK ◄─────────── acknowledged what    │ in its own task
+//!                                               was sent             ▼
+//! ```
+//!
+//! A batch is whatever the consumer has queued: a snapshot (all its parts) or one patch. The
+//! pump writes one batch at a time in its own task, so the session loop keeps taking the
+//! page's changes while a batch crosses a slow link; the engine folds them together (its
+//! patch is always the difference between what the agent holds and the page now). The session
+//! flushes a new patch only when the pump is idle *and* the agent has acknowledged everything
+//! sent ([`Consumer::is_acked`]): at most one patch is ever in flight, so whatever the page's
+//! rate of change the consumer holds one batch and one folded set of changes, and the agent is
+//! at most one round trip plus one send behind the page. A new epoch (a snapshot after a
+//! `RESYNC`) cancels the batch in flight: its stream is reset, so stale bytes leave the send
+//! buffer (spec §3.2).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, SendStream, VarInt};
+use tandem_engine::Consumer;
+use tandem_protocol::compress::{DomCompressor, level_for_snapshot};
+use tandem_protocol::{Limits, Message, frame};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::client::ClientError;
+use crate::framed::FramedError;
+use crate::session::{DOM_PRIORITY, SessionError};
+
+/// One epoch's DOM stream and its compression context (spec §4.6).
+struct DomStream {
+    stream: SendStream,
+    epoch: u32,
+    compressor: Option<DomCompressor>,
+}
+
+/// What the DOM streams carried so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomStats {
+    /// Bytes of `SNAPSHOT` frames written, uncompressed.
+    pub snapshot_bytes: u64,
+    /// Bytes the `SNAPSHOT` frames took on the stream (compressed when negotiated).
+    pub snapshot_wire_bytes: u64,
+    /// Bytes of `PATCH` frames written, uncompressed.
+    pub patch_bytes: u64,
+    /// Bytes the `PATCH` frames took on the stream.
+    pub patch_wire_bytes: u64,
+    /// Patches written.
+    pub patches: u64,
+    /// Snapshots started (part 0 written).
+    pub snapshots: u64,
+    /// Batches cancelled because a newer epoch superseded them.
+    pub cancelled: u64,
+    /// The largest batch handed to the pump, in frame bytes: with backpressure the consumer
+    /// never holds more than this in its writer.
+    pub max_batch_bytes: u64,
+}
+
+/// A batch's frames: each message and its encoded frame.
+type Frames = Vec<(Message, Vec<u8>)>;
+
+/// What a finished write hands back.
+struct Done {
+    dom: Option<DomStream>,
+    stats: DomStats,
+    result: Result<(), SessionError>,
+}
+
+/// The consumer's DOM writer (see the module docs).
+pub struct DomPump {
+    conn: Connection,
+    limits: Limits,
+    compressed: bool,
+    /// The current stream while idle (`None` in it: no stream yet).
+    idle: Option<Option<DomStream>>,
+    /// The batch being written: its task, the way to cancel it, and its epoch.
+    busy: Option<(JoinHandle<Done>, oneshot::Sender<()>, u32)>,
+    stats: DomStats,
+    /// Patches and snapshots sent and not yet acknowledged: (epoch, seq, when flushed).
+    unacked: VecDeque<(u32, u64, Instant)>,
+    /// The longest time from a flush to the agent's acknowledgement of it.
+    max_ack_delay: Duration,
+    /// Acknowledgement delays seen (flush to ACK), for reports.
+    ack_delays: Vec<Duration>,
+}
+
+impl std::fmt::Debug for DomPump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomPump")
+            .field("busy", &self.busy.is_some())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl DomPump {
+    /// A pump for `conn`'s DOM streams; `compressed` when the session negotiated
+    /// `COMPRESSION`.
+    pub fn new(conn: Connection, limits: Limits, compressed: bool) -> Self {
+        DomPump {
+            conn,
+            limits,
+            compressed,
+            idle: Some(None),
+            busy: None,
+            stats: DomStats::default(),
+            unacked: VecDeque::new(),
+            max_ack_delay: Duration::ZERO,
+            ack_delays: Vec::new(),
+        }
+    }
+
+    /// Whether no batch is being written.
+    pub fn is_idle(&self) -> bool {
+        self.busy.is_none()
+    }
+
+    /// What the streams carried so far.
+    pub fn stats(&self) -> DomStats {
+        self.stats
+    }
+
+    /// Flush-to-acknowledgement delays seen so far.
+    pub fn ack_delays(&self) -> &[Duration] {
+        &self.ack_delays
+    }
+
+    /// Takes what `consumer` has queued and starts writing it, if the pump is idle and
+    /// anything is queued. Returns whether a batch started. The caller decides when to
+    /// `flush` the consumer (see the module docs).
+    pub fn send_queued(&mut self, consumer: &mut Consumer) -> Result<bool, SessionError> {
+        if !self.is_idle() {
+            return Ok(false);
+        }
+        let mut frames: Frames = Vec::new();
+        while let Some(msg) = consumer.poll_message() {
+            let bytes = frame::to_frame(&msg, &self.limits).map_err(FramedError::from)?;
+            frames.push((msg, bytes));
+        }
+        if frames.is_empty() {
+            return Ok(false);
+        }
+        let now = Instant::now();
+        for (msg, _) in &frames {
+            match msg {
+                Message::Snapshot(s) if s.hash.is_some() => {
+                    // A new epoch: what was in flight of the old one is moot.
+                    self.unacked.clear();
+                    self.unacked.push_back((s.epoch, 0, now));
+                }
+                Message::Patch(p) => self.unacked.push_back((p.epoch, p.seq, now)),
+                _ => {}
+            }
+        }
+        let size: usize = frames.iter().map(|(_, b)| b.len()).sum();
+        self.stats.max_batch_bytes = self.stats.max_batch_bytes.max(size as u64);
+        let epoch = frames
+            .iter()
+            .rev()
+            .find_map(|(m, _)| match m {
+                Message::Snapshot(s) => Some(s.epoch),
+                Message::Patch(p) => Some(p.epoch),
+                _ => None,
+            })
+            .unwrap_or_else(|| consumer.epoch());
+        let dom = self.idle.take().flatten();
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let (conn, limits, compressed, stats) =
+            (self.conn.clone(), self.limits, self.compressed, self.stats);
+        let task = tokio::spawn(async move {
+            let mut done = Done {
+                dom,
+                stats,
+                result: Ok(()),
+            };
+            done.result =
+                write_batch(&conn, &mut done, frames, compressed, &limits, cancel_rx).await;
+            done
+        });
+        self.busy = Some((task, cancel_tx, epoch));
+        Ok(true)
+    }
+
+    /// Cancels the batch in flight if it belongs to an epoch older than `epoch` (a new
+    /// snapshot supersedes it): its stream is reset.
+    pub fn supersede(&mut self, epoch: u32) {
+        if let Some((_, _, e)) = &self.busy
+            && *e < epoch
+            && let Some((task, cancel, e)) = self.busy.take()
+        {
+            let _ = cancel.send(());
+            self.busy = Some((task, oneshot::channel().0, e));
+        }
+    }
+
+    /// Waits until the batch in flight is written (pends forever when idle; cancel-safe).
+    pub async fn written(&mut self) -> Result<(), SessionError> {
+        let Some((task, _, _)) = self.busy.as_mut() else {
+            return std::future::pending().await;
+        };
+        let done = task.await;
+        self.busy = None;
+        match done {
+            Ok(done) => {
+                if done.stats.cancelled > self.stats.cancelled {
+                    tracing::debug!("a superseded DOM batch was cancelled");
+                }
+                self.stats = done.stats;
+                self.idle = Some(done.dom);
+                done.result
+            }
+            Err(e) => {
+                self.idle = Some(None);
+                Err(SessionError::EndedEarly(format!("DOM writer: {e}")))
+            }
+        }
+    }
+
+    /// The agent acknowledged `seq` of `epoch` (spec §7.16): records how long it took.
+    pub fn acked(&mut self, epoch: u32, seq: u64) {
+        let now = Instant::now();
+        while let Some(&(e, s, at)) = self.unacked.front() {
+            if e > epoch || (e == epoch && s > seq) {
+                break;
+            }
+            self.unacked.pop_front();
+            if e == epoch && s == seq {
+                let d = now.saturating_duration_since(at);
+                self.max_ack_delay = self.max_ack_delay.max(d);
+                self.ack_delays.push(d);
+            }
+        }
+    }
+
+    /// Finishes the current stream (the session is over). A batch still in flight is given a
+    /// moment to complete (its frames are usually acknowledged already, so its task is done)
+    /// so that its figures count; then it is cancelled.
+    pub async fn finish(&mut self) {
+        if !self.is_idle() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.written()).await;
+        }
+        if let Some(Some(mut d)) = self.idle.take() {
+            let _ = d.stream.finish();
+        }
+        if let Some((task, cancel, _)) = self.busy.take() {
+            let _ = cancel.send(());
+            task.abort();
+        }
+    }
+}
+
+/// Writes `frames`, opening a new stream for a new epoch (and resetting the old one), and
+/// compressing each frame on its own when the session negotiated it, so the agent can use
+/// each as soon as it arrives (spec §4.6.1). Stops, resetting the stream, when `cancel` fires.
+async fn write_batch(
+    conn: &Connection,
+    done: &mut Done,
+    frames: Frames,
+    compressed: bool,
+    limits: &Limits,
+    mut cancel: oneshot::Receiver<()>,
+) -> Result<(), SessionError> {
+    let mut wire = Vec::new();
+    for (i, (msg, bytes)) in frames.iter().enumerate() {
+        let epoch = match msg {
+            Message::Snapshot(s) => s.epoch,
+            Message::Patch(p) => p.epoch,
+            _ => done.dom.as_ref().map_or(0, |d| d.epoch),
+        };
+        if done.dom.as_ref().is_none_or(|d| d.epoch != epoch) {
+            if let Some(mut old) = done.dom.take() {
+                let _ = old.stream.reset(VarInt::from_u32(0));
+            }
+            let stream = conn
+                .open_uni()
+                .await
+                .map_err(ClientError::from_connection)?;
+            let _ = stream.set_priority(DOM_PRIORITY);
+            // A new stream starts a new compression context, at a level that suits the size
+            // of the snapshot it starts with.
+            let compressor = if compressed {
+                let snapshot: usize = frames[i..]
+                    .iter()
+                    .filter(|(m, _)| matches!(m, Message::Snapshot(s) if s.epoch == epoch))
+                    .map(|(_, b)| b.len())
+                    .sum();
+                Some(DomCompressor::with_level(level_for_snapshot(snapshot))?)
+            } else {
+                None
+            };
+            done.dom = Some(DomStream {
+                stream,
+                epoch,
+                compressor,
+            });
+        }
+        let Some(d) = done.dom.as_mut() else {
+            continue;
+        };
+        let out: &[u8] = match d.compressor.as_mut() {
+            Some(c) => {
+                wire.clear();
+                c.write_frames(bytes, &mut wire, limits)?;
+                &wire
+            }
+            None => bytes,
+        };
+        let s = &mut done.stats;
+        match msg {
+            Message::Snapshot(snap) => {
+                s.snapshot_bytes += bytes.len() as u64;
+                s.snapshot_wire_bytes += out.len() as u64;
+                if snap.part == 0 {
+                    s.snapshots += 1;
+                }
+            }
+            Message::Patch(_) => {
+                s.patch_bytes += bytes.len() as u64;
+                s.patch_wire_bytes += out.len() as u64;
+                s.patches += 1;
+            }
+            _ => {}
+        }
+        tokio::select! {
+            r = d.stream.write_all(out) => r.map_err(FramedError::from)?,
+            _ = &mut cancel => {
+                let _ = d.stream.reset(VarInt::from_u32(0));
+                done.dom = None;
+                done.stats.cancelled += 1;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
