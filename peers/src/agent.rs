@@ -85,14 +85,19 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
     if !args.no_resources {
         hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
     }
-    let mut ctl = ControlChannel::open(conn, hello).await?;
-    let joined = match (credential, &args.invite) {
-        (Some(credential), _) => ctl.join(credential, &args.label).await?,
+    let (ctl, joined) = match (credential, &args.invite) {
+        // HELLO and JOIN in one round trip (spec §7.1).
+        (Some(credential), _) => {
+            ControlChannel::open_and_join(conn, hello, credential, &args.label).await?
+        }
         (None, target) => {
+            let mut ctl = ControlChannel::open(conn, hello).await?;
             let target = target.as_deref().unwrap_or_default();
             eprintln!("agent: inviting {target}; waiting for their answer");
-            ctl.invite(1, target, &args.label, tandem_engine::session::DEFAULT_TTL)
-                .await?
+            let joined = ctl
+                .invite(1, target, &args.label, tandem_engine::session::DEFAULT_TTL)
+                .await?;
+            (ctl, joined)
         }
     };
     eprintln!(

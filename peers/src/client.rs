@@ -169,9 +169,45 @@ impl ControlChannel {
         hello: Hello,
         limits: Limits,
     ) -> Result<Self, ClientError> {
+        Self::open_pipelined(conn, hello, None, limits).await
+    }
+
+    /// Agent: opens the control stream and joins with `credential` in one round trip (spec
+    /// §7.1): `HELLO` and `JOIN` leave together, then `WELCOME` and `JOINED` come back.
+    /// Returns the channel and what the relay says about the consumer; refusals are as for
+    /// [`ControlChannel::join`], and the channel stays usable after one.
+    pub async fn open_and_join(
+        conn: Connection,
+        hello: Hello,
+        credential: Credential,
+        label: &str,
+    ) -> Result<(Self, Joined), ClientError> {
+        let join = Message::Join(Join {
+            credential,
+            label: label.to_owned(),
+        });
+        let mut channel = Self::open_pipelined(conn, hello, Some(&join), Limits::DEFAULT).await?;
+        let joined = channel.wait_joined().await?;
+        Ok((channel, joined))
+    }
+
+    /// Sends `hello` and, right behind it without waiting for `WELCOME`, the first request
+    /// (spec §7.1 allows it), then waits for `WELCOME`.
+    async fn open_pipelined(
+        conn: Connection,
+        hello: Hello,
+        first: Option<&Message>,
+        limits: Limits,
+    ) -> Result<Self, ClientError> {
         let (mut send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
         let role = hello.role;
-        write_message(&mut send, &Message::Hello(hello), &limits).await?;
+        let mut bytes = tandem_protocol::frame::to_frame(&Message::Hello(hello), &limits)
+            .map_err(FramedError::from)?;
+        if let Some(first) = first {
+            tandem_protocol::frame::encode_frame(first, &mut bytes, &limits)
+                .map_err(FramedError::from)?;
+        }
+        send.write_all(&bytes).await.map_err(FramedError::from)?;
         let mut channel = Self {
             conn,
             send,

@@ -284,8 +284,10 @@ pub async fn demo_with(
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
         let connecting = Instant::now();
         let conn = client::connect(agent_addr, pin).await?;
-        let mut ctl = ControlChannel::open(conn, hello(Role::Agent)).await?;
-        ctl.join(Credential::Code(code), "Alex").await?;
+        // HELLO and JOIN in one round trip (spec §7.1).
+        let (ctl, _) =
+            ControlChannel::open_and_join(conn, hello(Role::Agent), Credential::Code(code), "Alex")
+                .await?;
         let joined_at = Instant::now();
         let report = session::run_agent(
             ctl,

@@ -440,3 +440,56 @@ async fn lifecycle_events_are_posted_to_the_webhook() {
     assert_eq!(names, ["opened", "invited", "connected", "ended"]);
     relay.shutdown().await;
 }
+
+/// HELLO and JOIN in one round trip (spec §7.1): the relay answers WELCOME then JOINED; a
+/// wrong code pipelined the same way is refused and the channel stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_and_join_travel_together() {
+    let relay = start_relay(TTL);
+    let (consumer, code) = waiting(&relay, "visitor-24").await;
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    let r = guard(
+        "pipelined wrong code",
+        ControlChannel::open_and_join(
+            conn,
+            client::hello(Role::Agent),
+            Credential::Code("not-a-code".into()),
+            "Alex",
+        ),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Refused {
+                code: ErrorCode::SessionNotFound,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    let (agent, joined) = guard(
+        "pipelined join",
+        ControlChannel::open_and_join(
+            conn,
+            client::hello(Role::Agent),
+            Credential::Code(code),
+            "Alex",
+        ),
+    )
+    .await
+    .expect("joined");
+    assert_eq!(joined.peer_label, "visitor-24");
+    assert_eq!(agent.welcome().role, Role::Relay, "WELCOME came first");
+    let mut consumer = consumer;
+    let told = guard("consumer told", consumer.wait_joined())
+        .await
+        .expect("joined");
+    assert_eq!(told.peer_label, "Alex");
+    relay.shutdown().await;
+}
