@@ -101,6 +101,17 @@ impl Agent {
         &self.dom
     }
 
+    /// The part of a snapshot received so far, while one is arriving (spec §7.14): a prefix of
+    /// the page in document order, the `head` and the top of the `body` first, which an agent
+    /// may show before the rest arrives (viewport first). Not verified yet: its hash is checked
+    /// when the last part comes.
+    pub fn partial(&self) -> Option<&Dom> {
+        match &self.state {
+            State::Building { dom, .. } => Some(dom),
+            _ => None,
+        }
+    }
+
     /// The page URL of the current snapshot.
     pub fn url(&self) -> &str {
         &self.url
@@ -203,6 +214,7 @@ impl Agent {
             });
         }
         *next_part += 1;
+        dom.reserve(s.nodes.len());
         for rec in s.nodes {
             builder.add(dom, rec, &mut self.dec, "snapshot.nodes")?;
         }

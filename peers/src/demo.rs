@@ -135,6 +135,9 @@ pub struct DemoReport {
     pub udp_bytes: u64,
     /// Milliseconds from the agent joining to its first verified render.
     pub first_render_ms: Option<f64>,
+    /// Milliseconds from the agent joining to the first thing it could show: the first part of
+    /// the snapshot (the top of the page), or the whole page when it came in one part.
+    pub first_visible_ms: Option<f64>,
     /// Milliseconds from the agent starting to connect to the relay until it had joined (QUIC
     /// handshake, HELLO/WELCOME, JOIN/JOINED): add `first_render_ms` for the time from connect.
     pub agent_join_ms: f64,
@@ -339,6 +342,7 @@ pub async fn demo_with(
         patches: c.patches,
         udp_bytes: c.udp_bytes,
         first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
+        first_visible_ms: a.first_visible.map(|d| d.as_secs_f64() * 1000.0),
         agent_join_ms: join.as_secs_f64() * 1000.0,
         total_ms,
         hashes_match: agent_hash.as_deref() == Some(consumer_hash.as_str()),
@@ -411,6 +415,11 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             "UDP bytes sent:    {} (consumer, QUIC and TLS included)",
             r.udp_bytes
         );
+        if let (Some(v), Some(r)) = (r.first_visible_ms, r.first_render_ms)
+            && v < r
+        {
+            println!("first visible:     {v:.1} ms after the agent joined (the top of the page)");
+        }
         match r.first_render_ms {
             Some(ms) => println!("first render:      {ms:.1} ms after the agent joined"),
             None => println!("first render:      never"),

@@ -696,6 +696,10 @@ fn is_hands_message(m: &Message) -> bool {
 pub struct AgentReport {
     /// Time from the start of the session (the agent joined) to the first verified render.
     pub first_render: Option<Duration>,
+    /// Time from the start of the session to the first thing the agent could show: the first
+    /// part of the first snapshot (the top of the page, viewport first; spec §7.14), or the
+    /// whole verified page when it came in one part.
+    pub first_visible: Option<Duration>,
     /// Nodes in the page at the end (the document node included).
     pub nodes: usize,
     /// Patches applied.
@@ -847,6 +851,7 @@ pub async fn run_agent(
                         AgentEvent::Rendered { nodes, hash, .. } => {
                             if report.first_render.is_none() {
                                 report.first_render = Some(started.elapsed());
+                                report.first_visible = report.first_visible.or(report.first_render);
                             }
                             if opts.verbose {
                                 eprintln!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));
@@ -863,8 +868,18 @@ pub async fn run_agent(
                             report.divergences += 1;
                             eprintln!("agent: diverged ({error}); asked for a new snapshot");
                         }
-                        AgentEvent::Progress { nodes, .. } if opts.verbose => {
-                            eprintln!("agent: {nodes} nodes received");
+                        AgentEvent::Progress { nodes, .. } => {
+                            if report.first_visible.is_none() && report.first_render.is_none() {
+                                // The top of the page is here: show it while the rest comes.
+                                report.first_visible = Some(started.elapsed());
+                                if let (Some(path), Some(partial)) = (&opts.out, agent.partial()) {
+                                    let html = tandem_engine::to_html(partial);
+                                    std::fs::write(path, html).map_err(io_err(path))?;
+                                }
+                            }
+                            if opts.verbose {
+                                eprintln!("agent: {nodes} nodes received");
+                            }
                         }
                         _ => {}
                     }
