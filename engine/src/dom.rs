@@ -59,12 +59,21 @@ pub struct Node {
     dirty: bool,
 }
 
+/// Most child slots reserved ahead for a node from a count a peer announced: enough for most
+/// elements at once, and no more memory than a few records would take anyway.
+const MAX_CHILDREN_AHEAD: u32 = 64;
+
 impl Node {
     fn new(kind: NodeKind) -> Self {
+        Self::with_children(kind, 0)
+    }
+
+    /// A node with room for `children` children (at most [`MAX_CHILDREN_AHEAD`]).
+    fn with_children(kind: NodeKind, children: u32) -> Self {
         Node {
             kind,
             parent: None,
-            children: Vec::new(),
+            children: Vec::with_capacity(children.min(MAX_CHILDREN_AHEAD) as usize),
             hash: [0; 32],
             dirty: true,
         }
@@ -126,6 +135,17 @@ impl Dom {
             live: 1,
             limits,
         }
+    }
+
+    /// Makes room for `additional` more nodes with the next ids, so that a builder adding them
+    /// one by one does not grow the arena step by step. Never beyond the tree's node limit.
+    pub fn reserve(&mut self, additional: usize) {
+        let room = (self.limits.max_nodes as usize).saturating_sub(self.live);
+        let n = additional.min(room);
+        self.slots.reserve(n.saturating_sub(self.free.len()));
+        let ids = (self.next_id as usize).saturating_add(n);
+        let ids = ids.min(self.limits.max_node_id as usize);
+        self.index.reserve(ids.saturating_sub(self.index.len()));
     }
 
     /// The limits this tree enforces.
@@ -671,13 +691,25 @@ impl Dom {
         kind: NodeKind,
         parent: NodeId,
     ) -> Result<(), EngineError> {
+        self.push_raw_sized(id, kind, parent, 0)
+    }
+
+    /// [`Dom::push_raw_with_id`] for a node that will have `children` children, which a
+    /// builder knows from the record: their slots are reserved at once.
+    pub(crate) fn push_raw_sized(
+        &mut self,
+        id: NodeId,
+        kind: NodeKind,
+        parent: NodeId,
+        children: u32,
+    ) -> Result<(), EngineError> {
         if matches!(kind, NodeKind::Document) {
             return Err(EngineError::BadShape {
                 field: "node.kind",
                 detail: "a second document node",
             });
         }
-        let mut node = Node::new(kind);
+        let mut node = Node::with_children(kind, children);
         node.parent = Some(parent);
         self.alloc(id, node)?;
         self.mark_dirty(parent);

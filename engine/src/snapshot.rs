@@ -197,7 +197,7 @@ impl TreeBuilder {
                 }
                 *remaining -= 1;
                 let (parent, depth) = (*parent, *pdepth + 1);
-                dom.push_raw_with_id(id, kind, parent)?;
+                dom.push_raw_sized(id, kind, parent, children)?;
                 depth
             }
             None => {

@@ -80,19 +80,26 @@ pub fn read_header(buf: &[u8], limits: &Limits) -> Result<Option<FrameHeader>, D
 }
 
 /// Appends `msg` as one frame to `out` (spec §4.1).
+///
+/// The body is encoded in place at the end of `out`, then the header is put before it: no
+/// buffer of its own, and a body copied once at most.
 pub fn encode_frame(msg: &Message, out: &mut Vec<u8>, limits: &Limits) -> Result<(), EncodeError> {
-    let mut body = Vec::new();
-    msg.encode_body(&mut body)?;
-    if body.len() > limits.max_frame_body as usize {
+    let start = out.len();
+    msg.encode_body(out)?;
+    let len = out.len() - start;
+    if len > limits.max_frame_body as usize {
+        out.truncate(start);
         return Err(EncodeError::TooLarge {
             message: msg.name(),
-            len: body.len(),
+            len,
             max: limits.max_frame_body,
         });
     }
     varint::write_u32(out, msg.frame_type().0);
-    varint::write_u32(out, body.len() as u32);
-    out.extend_from_slice(&body);
+    // At most max_frame_body, a u32.
+    varint::write_u32(out, len as u32);
+    let header = out.len() - start - len;
+    out[start..].rotate_right(header);
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! grow it in the same order, so an index means the same string on both.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use serde::de::{self, SeqAccess, Visitor};
@@ -166,21 +167,98 @@ pub const STATIC_TABLE: &[&str] = &[
     "image/jpeg", "image/webp", "application/ld+json",
 ];
 
-fn static_index_map() -> &'static HashMap<&'static str, u32> {
-    static MAP: OnceLock<HashMap<&'static str, u32>> = OnceLock::new();
+/// A fast 64-bit hash of short strings for the encoder's tables: eight bytes at a time, each
+/// folded in with a 128-bit multiply. SipHash, the standard map's hash, cost a quarter of a
+/// snapshot's encoding time. The seed is drawn once per process from the standard library's
+/// random keys, so a page cannot choose strings that collide in every process.
+fn str_hash(s: &str) -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x7461_6e64_656d_u64)
+    });
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let fold = |a: u64, b: u64| {
+        let m = u128::from(a) * u128::from(b);
+        (m as u64) ^ ((m >> 64) as u64)
+    };
+    let b = s.as_bytes();
+    let n = b.len();
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let half = |i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&b[i..i + 4]);
+        u64::from(u32::from_le_bytes(w))
+    };
+    let mut h = seed ^ (n as u64).wrapping_mul(K);
+    // Whole words, then the last word, which may overlap the one before (the length went in
+    // first). Short tails are read in place: a copy through the stack stalled the load.
+    let tail = if n >= 8 {
+        let mut i = 0;
+        while i + 8 < n {
+            h = fold(h ^ word(i), K);
+            i += 8;
+        }
+        word(n - 8)
+    } else if n >= 4 {
+        (half(0) << 32) | half(n - 4)
+    } else if n > 0 {
+        (u64::from(b[0]) << 16) | (u64::from(b[n / 2]) << 8) | u64::from(b[n - 1])
+    } else {
+        0
+    };
+    h = fold(h ^ tail, K);
+    fold(h, K ^ seed)
+}
+
+/// A map keyed by a [`str_hash`] value, which is already well mixed: the map uses it as is.
+type HashIndex = HashMap<u64, u32, BuildHasherDefault<PassHasher>>;
+
+/// The hasher of [`HashIndex`]: passes a `u64` key through.
+#[derive(Default)]
+struct PassHasher(u64);
+
+impl Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; fold anything else in for completeness.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// The static table indexed by [`str_hash`]. Two entries with the same hash would keep the
+/// first; the lookup compares the text, so a collision can only miss, never mismatch.
+fn static_index_map() -> &'static HashIndex {
+    static MAP: OnceLock<HashIndex> = OnceLock::new();
     MAP.get_or_init(|| {
-        let mut map = HashMap::with_capacity(STATIC_TABLE.len());
+        let mut map = HashIndex::with_capacity_and_hasher(STATIC_TABLE.len(), Default::default());
         for (i, s) in STATIC_TABLE.iter().enumerate() {
             // The first occurrence wins; the table test checks there are no duplicates.
-            map.entry(*s).or_insert(i as u32);
+            map.entry(str_hash(s)).or_insert(i as u32);
         }
         map
     })
 }
 
+fn static_lookup(s: &str, h: u64) -> Option<u32> {
+    let &i = static_index_map().get(&h)?;
+    (STATIC_TABLE.get(i as usize) == Some(&s)).then_some(i)
+}
+
 /// The static table index of `s`, if it has one.
 pub fn static_index(s: &str) -> Option<u32> {
-    static_index_map().get(s).copied()
+    static_lookup(s, str_hash(s))
 }
 
 /// Which kind of string is being encoded; the encoder's remembering policy depends on it.
@@ -208,10 +286,18 @@ const REMEMBER_VALUE_MAX: usize = 1024;
 const REMEMBER_TEXT_MAX: usize = 256;
 
 /// The sender's side of the string tables: turns strings into [`Sym`]s, remembering repeated ones.
+///
+/// The dynamic table's texts live end to end in one buffer, found through a map from each
+/// text's hash to its index: remembering a string allocates nothing of its own. When two texts
+/// share a hash, only the first is remembered and the second travels as `Lit`, which any
+/// decoder accepts (spec §5.3: what to remember is the encoder's policy).
 #[derive(Debug, Clone)]
 pub struct SymEncoder {
-    dynamic: HashMap<String, u32>,
-    bytes: u64,
+    index: HashIndex,
+    /// The remembered texts, end to end.
+    texts: String,
+    /// Where each entry ends in `texts`; entry `i` starts where entry `i - 1` ends.
+    ends: Vec<u32>,
     limits: Limits,
 }
 
@@ -219,43 +305,55 @@ impl SymEncoder {
     /// A fresh encoder with an empty dynamic table.
     pub fn new(limits: Limits) -> Self {
         Self {
-            dynamic: HashMap::new(),
-            bytes: 0,
+            index: HashIndex::default(),
+            texts: String::new(),
+            ends: Vec::new(),
             limits,
         }
     }
 
     /// Forgets the dynamic table (a new epoch, spec §5.3).
     pub fn reset(&mut self) {
-        self.dynamic.clear();
-        self.bytes = 0;
+        self.index.clear();
+        self.texts.clear();
+        self.ends.clear();
     }
 
     /// Number of entries in the dynamic table.
     pub fn dynamic_len(&self) -> usize {
-        self.dynamic.len()
+        self.ends.len()
+    }
+
+    fn entry(&self, i: u32) -> &str {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.texts[start..self.ends[i] as usize]
     }
 
     /// Encodes `s`: a static entry if there is one, a dynamic reference if it was sent before,
     /// otherwise a literal that is remembered when the policy and the table's limits allow.
     pub fn encode(&mut self, s: &str, class: StrClass) -> Sym {
-        if let Some(i) = static_index(s) {
+        let h = str_hash(s);
+        if let Some(i) = static_lookup(s, h) {
             return Sym::Static(i);
         }
-        if let Some(&i) = self.dynamic.get(s) {
-            return Sym::Ref(i);
-        }
+        let taken = match self.index.get(&h) {
+            Some(&i) if self.entry(i) == s => return Sym::Ref(i),
+            Some(_) => true,
+            None => false,
+        };
         let remember = match class {
             StrClass::Name => true,
             StrClass::Value => s.len() <= REMEMBER_VALUE_MAX,
             StrClass::Text => s.len() <= REMEMBER_TEXT_MAX,
         };
-        let fits = (self.dynamic.len() as u64) < u64::from(self.limits.max_dynamic_entries)
-            && self.bytes + s.len() as u64 <= u64::from(self.limits.max_dynamic_bytes);
-        if remember && fits {
-            let index = self.dynamic.len() as u32;
-            self.dynamic.insert(s.to_owned(), index);
-            self.bytes += s.len() as u64;
+        let fits = (self.ends.len() as u64) < u64::from(self.limits.max_dynamic_entries)
+            && (self.texts.len() + s.len()) as u64 <= u64::from(self.limits.max_dynamic_bytes);
+        if remember && fits && !taken {
+            let index = self.ends.len() as u32;
+            self.index.insert(h, index);
+            self.texts.push_str(s);
+            self.ends.push(self.texts.len() as u32);
             Sym::New(s.to_owned())
         } else {
             Sym::Lit(s.to_owned())
@@ -265,10 +363,15 @@ impl SymEncoder {
 
 /// The receiver's side of the string tables: resolves [`Sym`]s, growing the dynamic table as
 /// `New` entries arrive.
+///
+/// The entries live end to end in one buffer, so remembering a `New` string costs no
+/// allocation of its own; the string itself moves on to the caller.
 #[derive(Debug, Clone)]
 pub struct SymDecoder {
-    entries: Vec<String>,
-    bytes: u64,
+    /// The entries' texts, end to end.
+    texts: String,
+    /// Where each entry ends in `texts`; entry `i` starts where entry `i - 1` ends.
+    ends: Vec<u32>,
     limits: Limits,
 }
 
@@ -276,66 +379,81 @@ impl SymDecoder {
     /// A fresh decoder with an empty dynamic table.
     pub fn new(limits: Limits) -> Self {
         Self {
-            entries: Vec::new(),
-            bytes: 0,
+            texts: String::new(),
+            ends: Vec::new(),
             limits,
         }
     }
 
     /// Forgets the dynamic table (a new epoch, spec §5.3).
     pub fn reset(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
+        self.texts.clear();
+        self.ends.clear();
     }
 
     /// Number of entries in the dynamic table.
     pub fn dynamic_len(&self) -> usize {
-        self.entries.len()
+        self.ends.len()
+    }
+
+    /// Entry `i` of the dynamic table, if there is one.
+    fn entry(&self, i: u32) -> Option<&str> {
+        let i = i as usize;
+        let end = *self.ends.get(i)? as usize;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        self.texts.get(start..end)
     }
 
     /// Resolves `sym` to its string; `field` names where it came from, for errors. A `New`
     /// string is appended to the dynamic table.
     pub fn resolve(&mut self, sym: Sym, field: &'static str) -> Result<String, DecodeError> {
         match sym {
-            Sym::Static(i) => STATIC_TABLE.get(i as usize).map(|s| (*s).to_owned()).ok_or(
-                DecodeError::BadStringRef {
-                    field,
-                    table: "static",
-                    index: i,
-                },
-            ),
-            Sym::Ref(i) => self
-                .entries
-                .get(i as usize)
-                .cloned()
-                .ok_or(DecodeError::BadStringRef {
-                    field,
-                    table: "dynamic",
-                    index: i,
-                }),
             Sym::Lit(s) => Ok(s),
             Sym::New(s) => {
-                let entries = self.entries.len() as u64 + 1;
-                if entries > u64::from(self.limits.max_dynamic_entries) {
-                    return Err(DecodeError::Limit {
-                        field: "strings.dynamic_entries",
-                        limit: self.limits.max_dynamic_entries.into(),
-                        actual: entries,
-                    });
-                }
-                let bytes = self.bytes + s.len() as u64;
-                if bytes > u64::from(self.limits.max_dynamic_bytes) {
-                    return Err(DecodeError::Limit {
-                        field: "strings.dynamic_bytes",
-                        limit: self.limits.max_dynamic_bytes.into(),
-                        actual: bytes,
-                    });
-                }
-                self.bytes = bytes;
-                self.entries.push(s.clone());
+                self.remember(&s)?;
                 Ok(s)
             }
+            Sym::Static(i) | Sym::Ref(i) => self.resolve_index(&sym, i, field).map(str::to_owned),
         }
+    }
+
+    fn resolve_index(&self, sym: &Sym, i: u32, field: &'static str) -> Result<&str, DecodeError> {
+        let (found, table) = match sym {
+            Sym::Static(_) => (STATIC_TABLE.get(i as usize).copied(), "static"),
+            _ => (self.entry(i), "dynamic"),
+        };
+        found.ok_or(DecodeError::BadStringRef {
+            field,
+            table,
+            index: i,
+        })
+    }
+
+    /// Appends `s` to the dynamic table, within its limits (spec §5.3).
+    fn remember(&mut self, s: &str) -> Result<(), DecodeError> {
+        let entries = self.ends.len() as u64 + 1;
+        if entries > u64::from(self.limits.max_dynamic_entries) {
+            return Err(DecodeError::Limit {
+                field: "strings.dynamic_entries",
+                limit: self.limits.max_dynamic_entries.into(),
+                actual: entries,
+            });
+        }
+        let bytes = self.texts.len() as u64 + s.len() as u64;
+        if bytes > u64::from(self.limits.max_dynamic_bytes) {
+            return Err(DecodeError::Limit {
+                field: "strings.dynamic_bytes",
+                limit: self.limits.max_dynamic_bytes.into(),
+                actual: bytes,
+            });
+        }
+        self.texts.push_str(s);
+        // Within max_dynamic_bytes, a u32, as checked above.
+        self.ends.push(self.texts.len() as u32);
+        Ok(())
     }
 }
 
