@@ -206,6 +206,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         hands: Some(hands_for(&args.page, args.mode, args.consent.into())),
         invitations: args.invitations,
         commands: Some(terminal_commands()),
+        preupload: true,
     };
     let resources = args
         .resources

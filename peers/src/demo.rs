@@ -274,6 +274,7 @@ pub async fn demo_with(
             hands,
             invitations: Invitations::Decline,
             commands: None,
+            preupload: true,
         };
         session::run_consumer_with(ctl, opts, resource_opts, |created| {
             let _ = code_tx.send(created.code.clone());

@@ -116,6 +116,36 @@ impl DomPump {
         }
     }
 
+    /// This pump counting on from `stats` (a pump that replaced another).
+    pub fn with_stats(mut self, stats: DomStats) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Whether the streams are compressed (spec §4.6).
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
+    }
+
+    /// Gives up the streams: the batch in flight is cancelled and the current stream reset,
+    /// so nothing more of them is sent (a snapshot sent ahead that the agent cannot take).
+    pub async fn abandon(&mut self) {
+        if let Some((task, cancel, _)) = self.busy.take() {
+            let _ = cancel.send(());
+            if let Ok(Ok(mut done)) = tokio::time::timeout(Duration::from_secs(1), task).await {
+                self.stats = done.stats;
+                if let Some(d) = done.dom.as_mut() {
+                    let _ = d.stream.reset(VarInt::from_u32(0));
+                }
+            }
+        }
+        if let Some(Some(mut d)) = self.idle.take() {
+            let _ = d.stream.reset(VarInt::from_u32(0));
+        }
+        self.idle = Some(None);
+        self.unacked.clear();
+    }
+
     /// Whether no batch is being written.
     pub fn is_idle(&self) -> bool {
         self.busy.is_none()

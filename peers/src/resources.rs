@@ -1167,6 +1167,7 @@ pub async fn run_pair(
             hands: None,
             invitations: session::Invitations::Decline,
             commands: None,
+            preupload: false,
         };
         session::run_consumer_with(ctl, opts, pair.resources, |created| {
             let _ = code_tx.send(created.code.clone());

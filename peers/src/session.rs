@@ -239,6 +239,19 @@ pub struct ConsumerOptions {
     /// What the customer does during the session (pause, resume, set the mode, end), if
     /// anything; the session ends by itself as before when this is `None` or closes.
     pub commands: Option<mpsc::Receiver<CustomerCommand>>,
+    /// Send the snapshot as soon as the session is open, before the agent joins (spec §3.2),
+    /// so that the agent's first render does not wait for the customer's upload. Not with
+    /// resources, whose use the agent decides when it joins.
+    pub preupload: bool,
+}
+
+/// How a consumer session starts: with the page still to hand to a consumer, or with the
+/// consumer already sending its snapshot ahead of the agent.
+enum Start {
+    /// The parsed page.
+    Page(tandem_engine::Dom),
+    /// The consumer and the pump writing its snapshot.
+    Early(Box<Consumer>, DomPump),
 }
 
 /// The next customer command; pends forever without a command channel.
@@ -428,6 +441,22 @@ pub async fn run_consumer_with(
     let nodes = page.len();
     let created = ctl.open_session(&opts.label).await?;
     on_code(&created);
+    // Send the snapshot while waiting for the agent (spec §3.2): the relay holds the stream in
+    // its flow-control window and hands it over when the agent joins, so the agent does not
+    // wait for a round trip to the customer and the upload. Compressed when the relay agreed;
+    // should the agent not take compression, a new epoch follows uncompressed.
+    let start = if resources.is_none() && opts.preupload {
+        let offered = ctl
+            .welcome()
+            .capabilities
+            .contains(Capabilities::COMPRESSION);
+        let mut pump = DomPump::new(ctl.connection().clone(), limits, offered);
+        let mut c = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
+        pump.send_queued(&mut c)?;
+        Start::Early(Box::new(c), pump)
+    } else {
+        Start::Page(page)
+    };
     let invitations = opts.invitations;
     // With a command channel, an invitation asked about is answered by a command (`y`/`n`),
     // so one reader of the terminal serves both.
@@ -473,15 +502,21 @@ pub async fn run_consumer_with(
         }
         None => None,
     };
-    let mut consumer = match &resources {
-        Some(r) => Consumer::with_resources(
-            page,
-            &opts.url,
-            limits,
-            opts.policy.clone(),
-            r.resources(&opts.url),
-        ),
-        None => Consumer::with_policy(page, &opts.url, limits, opts.policy.clone()),
+    let (mut consumer, early_pump) = match start {
+        Start::Early(c, pump) => (*c, Some(pump)),
+        Start::Page(page) => {
+            let c = match &resources {
+                Some(r) => Consumer::with_resources(
+                    page,
+                    &opts.url,
+                    limits,
+                    opts.policy.clone(),
+                    r.resources(&opts.url),
+                ),
+                None => Consumer::with_policy(page, &opts.url, limits, opts.policy.clone()),
+            };
+            (c, None)
+        }
     };
     let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut res = resources.map(|r| ConsumerResources::spawn(conn.clone(), r.mode, limits));
@@ -504,7 +539,17 @@ pub async fn run_consumer_with(
         max_batch_bytes: 0,
         ack_delays: Vec::new(),
     };
-    let mut pump = DomPump::new(conn.clone(), limits, compressed);
+    let mut pump = match early_pump {
+        Some(p) if p.is_compressed() == compressed => p,
+        Some(mut p) => {
+            // The agent does not take the compressed stream sent ahead: start over in a new
+            // epoch, uncompressed; the agent stops the old stream unread.
+            p.abandon().await;
+            consumer.queue_snapshot();
+            DomPump::new(conn.clone(), limits, compressed).with_stats(p.stats())
+        }
+        None => DomPump::new(conn.clone(), limits, compressed),
+    };
     let mut paused = false;
     let mut end_now = false;
     advance(&mut pump, &mut consumer, &mut res, paused).await?;
@@ -1083,7 +1128,9 @@ async fn read_dom_stream(
         None
     };
     let mut first = Some(first);
+    let mut at_start = true;
     loop {
+        let opening = std::mem::replace(&mut at_start, false);
         let next = match first.take() {
             Some(f) => Some(f),
             None => recv.next_raw().await.map_err(DomStreamError::Framed)?,
@@ -1099,6 +1146,12 @@ async fn read_dom_stream(
             + frame.body.len();
         wire_bytes.fetch_add(size as u64, Ordering::Relaxed);
         match decompressor.as_mut() {
+            None if frame.ty == FrameType::COMPRESSED && opening => {
+                // A compressed snapshot the consumer sent ahead before it knew this agent does
+                // not take compression (spec §3.2): it follows with a new epoch uncompressed.
+                let _ = recv.stream_mut().stop(quinn::VarInt::from_u32(0));
+                return Ok(());
+            }
             None if frame.ty == FrameType::COMPRESSED => {
                 // Compression was not negotiated: the frame has no place here (spec §7.35).
                 return Err(DomStreamError::Decompress(

@@ -64,3 +64,80 @@ async fn a_fast_changing_page_keeps_the_agent_near_the_present_on_a_slow_link() 
         "delays grow: {delays:?}"
     );
 }
+
+/// The consumer sends its snapshot before the agent joins, compressed because the relay agreed
+/// (spec §3.2); an agent that does not take compression stops that stream unread, and the
+/// consumer starts a new epoch uncompressed: the agent still ends with the customer's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compression() {
+    use tandem_peers::client::{self, ControlChannel};
+    use tandem_peers::relay::{self, RelayConfig};
+    use tandem_peers::session::{self, AgentOptions, ChangeSource, ConsumerOptions, Invitations};
+    use tandem_peers::transport::Identity;
+    use tandem_protocol::message::{Capabilities, Credential, Role};
+
+    let identity = Identity::generate().expect("a certificate");
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("an address"), identity);
+    config.close_grace = Duration::from_millis(300);
+    let relay = relay::spawn(config).expect("relay starts");
+    let conn = client::connect(relay.addr, relay.fingerprint)
+        .await
+        .expect("connect");
+    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
+        .await
+        .expect("welcome");
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(async move {
+        let opts = ConsumerOptions {
+            html: tandem_peers::demo::SAMPLE_PAGE.to_owned(),
+            url: "https://shop.example/".into(),
+            label: "visitor".into(),
+            changes: ChangeSource::Live {
+                generator: tandem_engine::LivePage::new(2),
+                per_batch: 3,
+                batches: Some(3),
+            },
+            interval: Duration::from_millis(5),
+            limits: tandem_protocol::Limits::DEFAULT,
+            policy: Default::default(),
+            hands: None,
+            invitations: Invitations::Decline,
+            commands: None,
+            preupload: true,
+        };
+        session::run_consumer(ctl, opts, |c| {
+            let _ = code_tx.send(c.code.clone());
+        })
+        .await
+    });
+    let code = code_rx.await.expect("a code");
+    let conn = client::connect(relay.addr, relay.fingerprint)
+        .await
+        .expect("connect");
+    let mut hello = client::hello(Role::Agent);
+    hello.capabilities = Capabilities(hello.capabilities.0 & !Capabilities::COMPRESSION.0);
+    let (agent, joined) =
+        ControlChannel::open_and_join(conn, hello, Credential::Code(code), "Alex")
+            .await
+            .expect("joined");
+    assert!(!joined.capabilities.contains(Capabilities::COMPRESSION));
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        session::run_agent(agent, AgentOptions::default(), std::time::Instant::now()),
+    )
+    .await
+    .expect("the agent finishes")
+    .expect("the agent runs");
+    let consumer = tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer finishes")
+        .expect("task")
+        .expect("the consumer runs");
+    assert_eq!(report.hash, Some(consumer.hash));
+    assert!(!consumer.compressed);
+    assert!(
+        consumer.snapshots >= 2,
+        "a new epoch replaced the compressed one"
+    );
+    relay.shutdown().await;
+}

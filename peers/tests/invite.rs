@@ -328,6 +328,7 @@ async fn a_page_is_shared_over_an_accepted_invitation() {
             hands: None,
             invitations: Invitations::Accept,
             commands: None,
+            preupload: true,
         };
         session::run_consumer(consumer_ctl, opts, |_| {
             let _ = label_tx.send(());
