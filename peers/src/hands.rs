@@ -443,15 +443,7 @@ pub fn describe(dom: &Dom, node: NodeId) -> String {
 }
 
 /// The name of a mode as the spec and the command line write it.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Follow => "follow",
-        Mode::View => "view",
-        Mode::Guide => "guide",
-        Mode::Full => "full",
-        _ => "unknown",
-    }
-}
+pub use tandem_engine::session::mode_name;
 
 /// Parses a mode name (`follow`, `view`, `guide`, `full`), as `--mode` takes it.
 pub fn parse_mode(s: &str) -> Result<Mode, String> {

@@ -35,6 +35,9 @@ use super::{
 };
 use crate::framed::{FramedError, write_message, write_raw};
 
+/// The inviting agent's side, as the cause of a close.
+const AGENT: Option<Side> = Some(Side::Agent);
+
 /// An invitation on its way to, or shown to, a customer. Owns the inviting agent's connection.
 pub(super) struct Pending {
     /// The invitation's id inside the relay (its events, and the session's if accepted).
@@ -223,46 +226,28 @@ pub(super) async fn on_agent_event(
         }
         Event::Frame(Ok(Some(frame))) => frame,
         Event::Frame(Ok(None) | Err(_)) => {
-            return close_by(
-                shared,
-                consumer,
-                *inv,
-                Trigger::ConnectionLost,
-                Some(Side::Agent),
-            )
-            .await;
+            return close_by(shared, consumer, *inv, Trigger::ConnectionLost, AGENT).await;
         }
     };
+    let number = inv.number;
+    let closing = match frame.ty {
+        FrameType::CANCEL => matches!(
+            frame.decode(&shared.limits),
+            Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number
+        )
+        .then_some(Trigger::Cancel),
+        FrameType::END => Some(Trigger::End(Party::Agent)),
+        FrameType::CLOSE => Some(Trigger::ConnectionLost),
+        _ => None,
+    };
+    if let Some(trigger) = closing {
+        return close_by(shared, consumer, *inv, trigger, AGENT).await;
+    }
     let reply = match frame.ty {
-        FrameType::CANCEL => match frame.decode(&shared.limits) {
-            Ok(Message::Cancel(InvitationRef { invitation })) if invitation == inv.number => {
-                return close_by(shared, consumer, *inv, Trigger::Cancel, Some(Side::Agent)).await;
-            }
-            _ => Some(error_frame(
-                ErrorCode::UnexpectedMessage,
-                "CANCEL names no pending invitation of yours",
-            )),
-        },
-        FrameType::END => {
-            return close_by(
-                shared,
-                consumer,
-                *inv,
-                Trigger::End(Party::Agent),
-                Some(Side::Agent),
-            )
-            .await;
-        }
-        FrameType::CLOSE => {
-            return close_by(
-                shared,
-                consumer,
-                *inv,
-                Trigger::ConnectionLost,
-                Some(Side::Agent),
-            )
-            .await;
-        }
+        FrameType::CANCEL => Some(error_frame(
+            ErrorCode::UnexpectedMessage,
+            "CANCEL names no pending invitation of yours",
+        )),
         FrameType::PING => Some(RawFrame {
             ty: FrameType::PONG,
             body: frame.body,
@@ -277,17 +262,10 @@ pub(super) async fn on_agent_event(
             &format!("{other} is not allowed before the customer accepts"),
         )),
     };
-    if let Some(reply) = reply {
-        if write_raw(&mut inv.agent.send, &reply).await.is_err() {
-            return close_by(
-                shared,
-                consumer,
-                *inv,
-                Trigger::ConnectionLost,
-                Some(Side::Agent),
-            )
-            .await;
-        }
+    if let Some(reply) = reply
+        && write_raw(&mut inv.agent.send, &reply).await.is_err()
+    {
+        return close_by(shared, consumer, *inv, Trigger::ConnectionLost, AGENT).await;
     }
     Ok(Still::Pending(inv))
 }
