@@ -356,7 +356,7 @@ async fn read_agent_messages(
 
 /// Something the customer does during a session, besides the page changing: what the
 /// reference consumer's terminal commands (`pause`, `resume`, `mode MODE`, `end`) send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomerCommand {
     /// Pause sharing (spec §7.11): nothing more is sent and the agent's actions are refused
     /// until [`CustomerCommand::Resume`]; the session and its code stay.
@@ -369,6 +369,11 @@ pub enum CustomerCommand {
     End,
     /// The answer to an invitation being shown (`y` or `n`).
     Answer(bool),
+    /// Point at the first element a selector finds (spec §7.21): the customer's cursor, shown
+    /// to the agent.
+    Point(String),
+    /// Scroll the window to a vertical offset (spec §7.22), shown to the agent.
+    ScrollTo(i32),
 }
 
 impl std::str::FromStr for CustomerCommand {
@@ -381,12 +386,40 @@ impl std::str::FromStr for CustomerCommand {
             (Some("resume" | "r"), None) => Ok(CustomerCommand::Resume),
             (Some("end" | "quit" | "q"), None) => Ok(CustomerCommand::End),
             (Some("y" | "yes"), None) => Ok(CustomerCommand::Answer(true)),
+            (Some("scroll"), Some(y)) => y
+                .parse()
+                .map(CustomerCommand::ScrollTo)
+                .map_err(|_| format!("{y:?}: scroll takes a vertical offset in pixels")),
+            (Some("point"), Some(_)) => {
+                let sel = s.trim_start().trim_start_matches("point").trim();
+                sel.parse::<tandem_engine::mask::Selector>()
+                    .map(|_| CustomerCommand::Point(sel.to_owned()))
+                    .map_err(|e| e.to_string())
+            }
             (Some("n" | "no"), None) => Ok(CustomerCommand::Answer(false)),
             (Some("mode"), Some(m)) => crate::hands::parse_mode(m).map(CustomerCommand::SetMode),
             _ => Err(format!(
-                "{s:?}: commands are pause, resume, mode follow|view|guide|full, end (y or n to an invitation)"
+                "{s:?}: commands are pause, resume, mode follow|view|guide|full, point SELECTOR, scroll Y, end (y or n to an invitation)"
             )),
         }
+    }
+}
+
+/// Sends a latest-wins message (`POINTER`, `SCROLL`) as a QUIC datagram when the connection
+/// takes them, otherwise on the control stream (spec §3.2). A datagram that finds no room is
+/// dropped like a lost one: the next position wins anyway.
+async fn send_latest(
+    conn: &Connection,
+    ctl: &mut SendStream,
+    msg: &Message,
+    limits: &Limits,
+) -> Result<(), SessionError> {
+    if datagrams_ok(conn) {
+        let bytes = frame::to_frame(msg, limits).map_err(FramedError::from)?;
+        let _ = conn.send_datagram(bytes.into());
+        Ok(())
+    } else {
+        Ok(write_message(ctl, msg, limits).await?)
     }
 }
 
@@ -552,6 +585,7 @@ pub async fn run_consumer_with(
     };
     let mut paused = false;
     let mut end_now = false;
+    let mut moves: u32 = 0;
     advance(&mut pump, &mut consumer, &mut res, paused).await?;
     let mut hands = opts
         .hands
@@ -688,6 +722,35 @@ pub async fn run_consumer_with(
                     }
                 }
                 Some(CustomerCommand::End) => end_now = true,
+                Some(CustomerCommand::Point(sel)) if !paused => {
+                    let node = sel
+                        .parse::<tandem_engine::mask::Selector>()
+                        .ok()
+                        .and_then(|sel| crate::hands::find(consumer.dom(), &sel));
+                    if let Some(node) = node {
+                        moves += 1;
+                        let msg = Message::Pointer(tandem_protocol::message::Pointer {
+                            seq: moves,
+                            node,
+                            x: 5000,
+                            y: 5000,
+                            visible: true,
+                        });
+                        send_latest(&conn, &mut ctl_send, &msg, &limits).await?;
+                    } else {
+                        eprintln!("consumer: nothing on the page matches {sel:?}");
+                    }
+                }
+                Some(CustomerCommand::ScrollTo(y)) if !paused => {
+                    moves += 1;
+                    let msg = Message::Scroll(tandem_protocol::message::Scroll {
+                        seq: moves,
+                        node: 0,
+                        x: 0,
+                        y,
+                    });
+                    send_latest(&conn, &mut ctl_send, &msg, &limits).await?;
+                }
                 Some(_) => {}
                 None => commands = None,
             },
@@ -730,6 +793,34 @@ pub async fn run_consumer_with(
     Ok(report)
 }
 
+/// Keeps the customer's latest pointer or scroll position (`m` from the consumer, by datagram
+/// or on the control stream; latest wins, spec §7.21); returns whether `m` was one.
+fn customer_moves(report: &mut AgentReport, m: &Message) -> bool {
+    use tandem_engine::hands::is_newer;
+    match m {
+        Message::Pointer(p) => {
+            if report
+                .customer_pointer
+                .as_ref()
+                .is_none_or(|old| is_newer(p.seq, old.seq))
+            {
+                report.customer_pointer = Some(p.clone());
+            }
+            true
+        }
+        Message::Scroll(sc) => {
+            if report
+                .customer_scroll
+                .is_none_or(|old| is_newer(sc.seq, old.seq))
+            {
+                report.customer_scroll = Some(*sc);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Whether `m` is for the consumer's hands (an action or a mode change) rather than for the
 /// engine's DOM sync.
 fn is_hands_message(m: &Message) -> bool {
@@ -766,6 +857,10 @@ pub struct AgentReport {
     pub answers: Vec<(String, String)>,
     /// The refusal codes among them.
     pub refusals: Vec<RefusalCode>,
+    /// The customer's latest pointer (spec §7.21), latest by sequence number.
+    pub customer_pointer: Option<tandem_protocol::message::Pointer>,
+    /// The customer's latest scroll position (spec §7.22), latest by sequence number.
+    pub customer_scroll: Option<tandem_protocol::message::Scroll>,
     /// The customer's platform, viewport and link, and this side's link (spec §7.29).
     pub presence: Presence,
     /// What the resources did, when the session negotiated `RESOURCES` (spec §14).
@@ -862,6 +957,21 @@ pub async fn run_agent(
     let mut actions: Option<SendStream> = None;
     let mut step = tokio::time::interval(SCRIPT_STEP);
     let datagrams = datagrams_ok(&conn);
+    // The customer's pointer and scroll come as datagrams (spec §3.2); a malformed one is
+    // dropped: datagrams are latest-wins hints, and the relay checked its framing already.
+    let (dg_tx, mut dg_rx) = mpsc::channel::<Message>(16);
+    let dg_reader = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            while let Ok(d) = conn.read_datagram().await {
+                if let Ok(m) = frame::decode_exact(&d, &limits)
+                    && dg_tx.send(m).await.is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
     // `?` on a write leaves this block, not the function, so the cleanup below always runs.
     let result: Result<(), SessionError> = async {
         loop {
@@ -965,6 +1075,9 @@ pub async fn run_agent(
                     dirty = false;
                 }
             }
+            Some(m) = dg_rx.recv() => {
+                customer_moves(&mut report, &m);
+            }
             _ = status_tick.tick() => {
                 let status = meter.sample(&conn.stats(), Instant::now());
                 presence.own_status = Some(status);
@@ -1010,7 +1123,7 @@ pub async fn run_agent(
                 match msg {
                     Ok(Some(Message::End(_))) | Ok(Some(Message::Close(_))) | Ok(None) => break Ok(()),
                     Ok(Some(m)) => {
-                        if !presence.on_message(&m) {
+                        if !presence.on_message(&m) && !customer_moves(&mut report, &m) {
                             script.on_message(&m);
                         }
                     }
@@ -1029,6 +1142,7 @@ pub async fn run_agent(
         r => r,
     };
     accept.abort();
+    dg_reader.abort();
     if dirty {
         write_out(&opts, &agent, downlink.as_ref())?;
     }

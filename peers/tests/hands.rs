@@ -354,3 +354,113 @@ async fn both_sides_see_each_others_platform_and_link() {
         assert!(p.own_status.is_some(), "{side}");
     }
 }
+
+/// The pointer both ways (spec §7.21–§7.22): the customer points at an element and scrolls
+/// (`point SELECTOR`, `scroll Y` on `tandem consumer`'s terminal), and the agent holds the
+/// latest of each, addressed to the same node of its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customers_pointer_and_scroll_reach_the_agent() {
+    use tandem_peers::client::{self, ControlChannel};
+    use tandem_peers::relay::{self, RelayConfig};
+    use tandem_peers::session::{
+        self, AgentOptions, ChangeSource, ConsumerOptions, CustomerCommand, Invitations,
+    };
+    use tandem_peers::transport::Identity;
+    use tandem_protocol::message::{Credential, Role};
+
+    let identity = Identity::generate().expect("a certificate");
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("an address"), identity);
+    config.close_grace = Duration::from_millis(300);
+    let relay = relay::spawn(config).expect("relay starts");
+    let conn = client::connect(relay.addr, relay.fingerprint)
+        .await
+        .expect("connect");
+    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
+        .await
+        .expect("welcome");
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(8);
+    let consumer = tokio::spawn(async move {
+        let opts = ConsumerOptions {
+            html: tandem_peers::demo::SAMPLE_PAGE.to_owned(),
+            url: "https://shop.example/".into(),
+            label: "visitor".into(),
+            // Runs until the customer ends it.
+            changes: ChangeSource::Live {
+                generator: tandem_engine::LivePage::new(9),
+                per_batch: 2,
+                batches: None,
+            },
+            interval: Duration::from_millis(20),
+            limits: Limits::DEFAULT,
+            policy: Default::default(),
+            hands: None,
+            invitations: Invitations::Decline,
+            commands: Some(cmd_rx),
+            preupload: true,
+        };
+        session::run_consumer(ctl, opts, |c| {
+            let _ = code_tx.send(c.code.clone());
+        })
+        .await
+    });
+    let code = code_rx.await.expect("a code");
+    let conn = client::connect(relay.addr, relay.fingerprint)
+        .await
+        .expect("connect");
+    let (agent, _) = ControlChannel::open_and_join(
+        conn,
+        client::hello(Role::Agent),
+        Credential::Code(code),
+        "Alex",
+    )
+    .await
+    .expect("joined");
+    let agent = tokio::spawn(session::run_agent(
+        agent,
+        AgentOptions::default(),
+        Instant::now(),
+    ));
+    for cmd in [
+        CustomerCommand::Point("#order-number".into()),
+        CustomerCommand::Point("#order-status".into()),
+        CustomerCommand::ScrollTo(250),
+        CustomerCommand::End,
+    ] {
+        cmd_tx.send(cmd).await.expect("the consumer takes commands");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("the agent finishes")
+        .expect("task")
+        .expect("the agent runs");
+    let consumer = tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer finishes")
+        .expect("task")
+        .expect("the consumer runs");
+    let status = {
+        let mut c = tandem_engine::Consumer::new(
+            parse_html(tandem_peers::demo::SAMPLE_PAGE, Limits::DEFAULT),
+            "",
+            Limits::DEFAULT,
+        );
+        let dom = c.dom().clone();
+        let _ = c.tree_hash();
+        dom.preorder(0)
+            .find(|&id| {
+                dom.node(id)
+                    .and_then(|n| n.element())
+                    .is_some_and(|e| e.attr("id") == Some("order-status"))
+            })
+            .expect("the element")
+    };
+    let pointer = report
+        .customer_pointer
+        .expect("the customer's pointer arrived");
+    assert_eq!(pointer.node, status, "the latest position wins");
+    assert_eq!(report.customer_scroll.map(|s| s.y), Some(250));
+    assert_eq!(report.hash, Some(consumer.hash));
+    relay.shutdown().await;
+}
