@@ -2,6 +2,8 @@
 //! times a second keeps the consumer's buffer bounded and the agent near the present, because
 //! the consumer folds changes while a patch is unacknowledged and then sends the difference.
 
+mod common;
+
 use std::time::Duration;
 
 use tandem_peers::demo::{DemoArgs, demo_over};
@@ -71,46 +73,19 @@ async fn a_fast_changing_page_keeps_the_agent_near_the_present_on_a_slow_link() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compression() {
     use tandem_peers::client::{self, ControlChannel};
-    use tandem_peers::relay::{self, RelayConfig};
-    use tandem_peers::session::{self, AgentOptions, ChangeSource, ConsumerOptions, Invitations};
-    use tandem_peers::transport::Identity;
+    use tandem_peers::session::{self, AgentOptions, ChangeSource};
     use tandem_protocol::message::{Capabilities, Credential, Role};
 
-    let identity = Identity::generate().expect("a certificate");
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("an address"), identity);
-    config.close_grace = Duration::from_millis(300);
-    let relay = relay::spawn(config).expect("relay starts");
-    let conn = client::connect(relay.addr, relay.fingerprint)
-        .await
-        .expect("connect");
-    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
-        .await
-        .expect("welcome");
-    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
-    let consumer = tokio::spawn(async move {
-        let opts = ConsumerOptions {
-            html: tandem_peers::demo::SAMPLE_PAGE.to_owned(),
-            url: "https://shop.example/".into(),
-            label: "visitor".into(),
-            changes: ChangeSource::Live {
-                generator: tandem_engine::LivePage::new(2),
-                per_batch: 3,
-                batches: Some(3),
-            },
-            interval: Duration::from_millis(5),
-            limits: tandem_protocol::Limits::DEFAULT,
-            policy: Default::default(),
-            hands: None,
-            invitations: Invitations::Decline,
-            commands: None,
-            preupload: true,
-        };
-        session::run_consumer(ctl, opts, |c| {
-            let _ = code_tx.send(c.code.clone());
-        })
-        .await
-    });
-    let code = code_rx.await.expect("a code");
+    let relay = common::start_relay(|_| {});
+    let (code, consumer) = common::consumer_session(
+        &relay,
+        common::sample_options(ChangeSource::Live {
+            generator: tandem_engine::LivePage::new(2),
+            per_batch: 3,
+            batches: Some(3),
+        }),
+    )
+    .await;
     let conn = client::connect(relay.addr, relay.fingerprint)
         .await
         .expect("connect");

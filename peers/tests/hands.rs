@@ -3,6 +3,8 @@
 //! §13.2) and the masking policy say; and the consumer's effects on its page, checked without a
 //! network.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -361,50 +363,20 @@ async fn both_sides_see_each_others_platform_and_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_customers_pointer_and_scroll_reach_the_agent() {
     use tandem_peers::client::{self, ControlChannel};
-    use tandem_peers::relay::{self, RelayConfig};
-    use tandem_peers::session::{
-        self, AgentOptions, ChangeSource, ConsumerOptions, CustomerCommand, Invitations,
-    };
-    use tandem_peers::transport::Identity;
+    use tandem_peers::session::{self, AgentOptions, ChangeSource, CustomerCommand};
     use tandem_protocol::message::{Credential, Role};
 
-    let identity = Identity::generate().expect("a certificate");
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("an address"), identity);
-    config.close_grace = Duration::from_millis(300);
-    let relay = relay::spawn(config).expect("relay starts");
-    let conn = client::connect(relay.addr, relay.fingerprint)
-        .await
-        .expect("connect");
-    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
-        .await
-        .expect("welcome");
-    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let relay = common::start_relay(|_| {});
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(8);
-    let consumer = tokio::spawn(async move {
-        let opts = ConsumerOptions {
-            html: tandem_peers::demo::SAMPLE_PAGE.to_owned(),
-            url: "https://shop.example/".into(),
-            label: "visitor".into(),
-            // Runs until the customer ends it.
-            changes: ChangeSource::Live {
-                generator: tandem_engine::LivePage::new(9),
-                per_batch: 2,
-                batches: None,
-            },
-            interval: Duration::from_millis(20),
-            limits: Limits::DEFAULT,
-            policy: Default::default(),
-            hands: None,
-            invitations: Invitations::Decline,
-            commands: Some(cmd_rx),
-            preupload: true,
-        };
-        session::run_consumer(ctl, opts, |c| {
-            let _ = code_tx.send(c.code.clone());
-        })
-        .await
+    let mut opts = common::sample_options(ChangeSource::Live {
+        // Runs until the customer ends it.
+        generator: tandem_engine::LivePage::new(9),
+        per_batch: 2,
+        batches: None,
     });
-    let code = code_rx.await.expect("a code");
+    opts.interval = Duration::from_millis(20);
+    opts.commands = Some(cmd_rx);
+    let (code, consumer) = common::consumer_session(&relay, opts).await;
     let conn = client::connect(relay.addr, relay.fingerprint)
         .await
         .expect("connect");

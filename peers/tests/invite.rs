@@ -5,42 +5,22 @@
 //!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
-use std::future::Future;
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{channel, guard};
 use tandem_peers::client::{self, ClientError, ControlChannel};
-use tandem_peers::relay::{self, RelayConfig, RelayEvent, RelayHandle};
-use tandem_peers::transport::Identity;
+use tandem_peers::relay::{RelayEvent, RelayHandle};
 use tandem_protocol::message::{Credential, EndReason, Role};
 use tandem_protocol::{ErrorCode, Message};
 use tokio::sync::broadcast::Receiver;
 
-const GUARD: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(120);
 
-async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
 fn start_relay(invitation_ttl: Duration) -> RelayHandle {
-    let identity = Identity::generate().expect("generate certificate");
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), identity);
-    config.close_grace = Duration::from_millis(300);
-    config.table.invitation_ttl = invitation_ttl;
-    relay::spawn(config).expect("relay starts")
-}
-
-async fn channel(relay: &RelayHandle, role: Role) -> ControlChannel {
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
-    guard("welcome", ControlChannel::open(conn, client::hello(role)))
-        .await
-        .expect("welcome")
+    common::start_relay(|c| c.table.invitation_ttl = invitation_ttl)
 }
 
 /// A customer waiting under `label`, and the code of its session.
@@ -414,11 +394,8 @@ async fn webhook_server() -> (String, tokio::sync::mpsc::Receiver<serde_json::Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_are_posted_to_the_webhook() {
     let (url, mut posted) = webhook_server().await;
-    let identity = Identity::generate().expect("generate certificate");
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), identity);
-    config.close_grace = Duration::from_millis(300);
-    config.webhook = Some(url.parse().expect("an http URL"));
-    let relay = relay::spawn(config).expect("relay starts");
+    let hook = url.parse().expect("an http URL");
+    let relay = common::start_relay(|c| c.webhook = Some(hook));
     let (consumer, _code) = waiting(&relay, "visitor-23").await;
     let (_seen, customer) = customer(consumer, true);
     let mut agent = channel(&relay, Role::Agent).await;

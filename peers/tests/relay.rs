@@ -3,14 +3,15 @@
 //!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
-use std::future::Future;
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{channel, guard};
 use tandem_peers::client::{self, ClientError, ControlChannel};
 use tandem_peers::framed::{FrameRecv, write_message, write_raw};
-use tandem_peers::relay::{self, RelayConfig, RelayEvent, RelayHandle};
+use tandem_peers::relay::{RelayEvent, RelayHandle};
 use tandem_peers::transport::{self, Fingerprint, Identity, TransportError};
 use tandem_protocol::message::{
     Ack, Capabilities, Click, Credential, End, EndReason, Hello, Mode, ModeChange, ModeOp, Ping,
@@ -18,31 +19,8 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
-const GUARD: Duration = Duration::from_secs(10);
-
-/// Fails the test instead of hanging when `fut` does not finish in time.
-async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
-
 fn start_relay() -> RelayHandle {
-    let identity = Identity::generate().expect("generate certificate");
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), identity);
-    // Peers that stop reading when a test is over are let go quickly.
-    config.close_grace = Duration::from_millis(300);
-    relay::spawn(config).expect("relay starts")
-}
-
-async fn channel(relay: &RelayHandle, role: Role) -> ControlChannel {
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
-    guard("welcome", ControlChannel::open(conn, client::hello(role)))
-        .await
-        .expect("welcome")
+    common::start_relay(|_| {})
 }
 
 /// A consumer with an open session and an agent joined to it by code.
@@ -513,13 +491,7 @@ async fn shutdown_ends_live_sessions() {
 async fn events_are_written_as_json_lines() {
     let path = std::env::temp_dir().join(format!("tandem-events-{}.jsonl", std::process::id()));
     let file = std::fs::File::create(&path).unwrap();
-    let mut config = RelayConfig::new(
-        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
-        Identity::generate().unwrap(),
-    );
-    config.event_log = Some(Box::new(file));
-    config.close_grace = Duration::from_millis(300);
-    let relay = relay::spawn(config).unwrap();
+    let relay = common::start_relay(|c| c.event_log = Some(Box::new(file)));
     let mut events = relay.subscribe();
     let (mut consumer, mut agent) = paired(&relay).await;
     let set_guide = Message::Mode(ModeChange {
@@ -645,13 +617,7 @@ async fn a_datagram_that_is_not_one_frame_is_malformed() {
 
 #[tokio::test]
 async fn unused_code_expires() {
-    let mut config = RelayConfig::new(
-        "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
-        Identity::generate().unwrap(),
-    );
-    config.close_grace = Duration::from_millis(300);
-    config.table.code_ttl = Duration::from_millis(200);
-    let relay = relay::spawn(config).unwrap();
+    let relay = common::start_relay(|c| c.table.code_ttl = Duration::from_millis(200));
     let mut consumer = channel(&relay, Role::Consumer).await;
     let created = consumer.open_session("Customer").await.unwrap();
     assert_eq!(created.expires_ms, 200);

@@ -1,0 +1,82 @@
+//! What the QUIC tests share: a relay on 127.0.0.1, client channels, a consumer session run in
+//! a task, and a guard that fails a test instead of letting it hang.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use tandem_peers::client::{self, ControlChannel};
+use tandem_peers::relay::{self, RelayConfig, RelayHandle};
+use tandem_peers::session::{
+    self, ChangeSource, ConsumerOptions, ConsumerReport, Invitations, SessionError,
+};
+use tandem_peers::transport::Identity;
+use tandem_protocol::message::Role;
+
+/// How long any one wait may take before the test fails.
+pub const GUARD: Duration = Duration::from_secs(10);
+
+/// Fails the test instead of hanging when `fut` does not finish in time.
+pub async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A relay on a free port of 127.0.0.1 that lets peers go quickly (300 ms of grace), with
+/// `tune` applied to its configuration first.
+pub fn start_relay(tune: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
+    let identity = Identity::generate().expect("generate certificate");
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("an address"), identity);
+    config.close_grace = Duration::from_millis(300);
+    tune(&mut config);
+    relay::spawn(config).expect("relay starts")
+}
+
+/// A client connected to `relay` and greeted as `role`.
+pub async fn channel(relay: &RelayHandle, role: Role) -> ControlChannel {
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    guard("welcome", ControlChannel::open(conn, client::hello(role)))
+        .await
+        .expect("welcome")
+}
+
+/// A consumer session of the built-in sample page with `changes`, labelled `visitor`, that
+/// declines invitations, sends its snapshot ahead and takes no commands; tests change fields.
+pub fn sample_options(changes: ChangeSource) -> ConsumerOptions {
+    ConsumerOptions {
+        html: tandem_peers::demo::SAMPLE_PAGE.to_owned(),
+        url: "https://shop.example/".into(),
+        label: "visitor".into(),
+        changes,
+        interval: Duration::from_millis(5),
+        limits: tandem_protocol::Limits::DEFAULT,
+        policy: Default::default(),
+        hands: None,
+        invitations: Invitations::Decline,
+        commands: None,
+        preupload: true,
+    }
+}
+
+/// The session's consumer task.
+pub type ConsumerTask = tokio::task::JoinHandle<Result<ConsumerReport, SessionError>>;
+
+/// Runs a consumer with `opts` through `relay` in a task; returns its session code once the
+/// session is open, and the task.
+pub async fn consumer_session(
+    relay: &RelayHandle,
+    opts: ConsumerOptions,
+) -> (String, ConsumerTask) {
+    let ctl = channel(relay, Role::Consumer).await;
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(session::run_consumer(ctl, opts, |created| {
+        let _ = code_tx.send(created.code.clone());
+    }));
+    let code = guard("the session code", code_rx).await.expect("a code");
+    (code, task)
+}
