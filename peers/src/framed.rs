@@ -275,7 +275,11 @@ pub async fn forward_stream(
             let _ = from.stop(code);
             return Err(e.into());
         }
-        match to.stream().write_chunk(chunk.bytes).await {
+        let Some(dest) = to.stream() else {
+            // Only `finish` and `reset` take the stream, and both end the forwarding.
+            return Ok(ForwardEnd::DestinationStopped(VarInt::from_u32(0)));
+        };
+        match dest.write_chunk(chunk.bytes).await {
             Ok(()) => {}
             Err(quinn::WriteError::Stopped(code)) => {
                 let _ = from.stop(code);
@@ -295,22 +299,25 @@ pub async fn forward_stream(
     })
 }
 
-/// A send stream that is reset, not finished, if dropped before [`ResetOnDrop::finish`].
-struct ResetOnDrop(Option<SendStream>);
+/// A send stream that is reset, not finished, if dropped before [`ResetOnDrop::finish`]: a
+/// forwarder that stops half way never makes a truncated stream look complete.
+pub(crate) struct ResetOnDrop(pub(crate) Option<SendStream>);
 
 impl ResetOnDrop {
-    fn stream(&mut self) -> &mut SendStream {
-        // Only `finish` and `reset` take the stream out, and both end the forwarding.
-        self.0.as_mut().expect("stream used after finish or reset")
+    /// The stream, until `finish` or `reset` took it.
+    pub(crate) fn stream(&mut self) -> Option<&mut SendStream> {
+        self.0.as_mut()
     }
 
-    fn reset(&mut self, code: VarInt) {
+    /// Resets the stream with `code` (once).
+    pub(crate) fn reset(&mut self, code: VarInt) {
         if let Some(mut s) = self.0.take() {
             let _ = s.reset(code);
         }
     }
 
-    fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
+    /// Finishes the stream (once).
+    pub(crate) fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
         match self.0.take() {
             Some(mut s) => s.finish(),
             None => Ok(()),

@@ -47,7 +47,7 @@ use tandem_protocol::message::{Addresses, Resource};
 use tandem_protocol::{DecodeError, ErrorCode, FrameReader, FrameType, Limits, Message, RawFrame};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::framed::{ForwardEnd, FrameRecv, FramedError, HeaderCheck};
+use crate::framed::{ForwardEnd, FrameRecv, FramedError, HeaderCheck, ResetOnDrop};
 
 /// Priority of resource streams (quinn `SendStream::set_priority`): below the DOM stream
 /// ([`crate::session::DOM_PRIORITY`]) and below the control stream (0), so a large image never
@@ -954,7 +954,7 @@ pub async fn forward_observed(
     dom_priority: i32,
 ) -> Result<ForwardEnd, FramedError> {
     let key = cache.key();
-    let mut to = Dest(Some(to));
+    let mut to = ResetOnDrop(Some(to));
     let mut check = HeaderCheck::new(limits);
     let mut kind = Kind::Unknown;
     // Bytes held back until the first header says what the stream is (at most a header).
@@ -1057,35 +1057,6 @@ fn observe_frames(
         }
     }
     Ok(())
-}
-
-/// The destination of a forwarded stream: reset, not finished, if dropped before
-/// [`Dest::finish`].
-struct Dest(Option<SendStream>);
-
-impl Dest {
-    fn stream(&mut self) -> Option<&mut SendStream> {
-        self.0.as_mut()
-    }
-
-    fn reset(&mut self, code: VarInt) {
-        if let Some(mut s) = self.0.take() {
-            let _ = s.reset(code);
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
-        match self.0.take() {
-            Some(mut s) => s.finish(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Dest {
-    fn drop(&mut self) {
-        self.reset(VarInt::from_u32(u32::from(ErrorCode::SessionEnded)));
-    }
 }
 
 // ───────────────────────────── a session in one process ─────────────────────────────
