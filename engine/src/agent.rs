@@ -264,6 +264,28 @@ impl Agent {
             // A patch of another epoch: stale bytes of a superseded stream.
             return Ok(());
         }
+        if p.seq <= *seq {
+            // A continuation re-sends what may have been lost (spec §3.5, §7.15): a patch
+            // applied already is skipped, its string table entries with it. The latest one is
+            // checked against the tree and acknowledged again.
+            if p.seq == *seq {
+                let (epoch, seq) = (*epoch, *seq);
+                let full = self.dom.root_hash();
+                if hash::check(&full) != p.hash {
+                    return Err(EngineError::HashMismatch {
+                        what: format!("patch {seq} (sent again)"),
+                        expected: hex(&p.hash),
+                        actual: hex(&hash::check(&full)),
+                    });
+                }
+                self.out.push_back(Message::Ack(Ack {
+                    epoch,
+                    seq,
+                    hash: hash::short(&full),
+                }));
+            }
+            return Ok(());
+        }
         if p.seq != *seq + 1 {
             return Err(EngineError::Unexpected {
                 message: "PATCH",

@@ -141,6 +141,33 @@ pub struct Consumer {
     swallowed: HashSet<NodeId>,
     /// Content-addressed resources (spec §14), when enabled.
     resources: Option<Box<Resources>>,
+    /// Patches handed out by [`Consumer::poll_message`] and not yet acknowledged, oldest first:
+    /// what a continuation re-sends after a resumption (spec §3.5).
+    resend: VecDeque<Patch>,
+    /// Whether more patches went unacknowledged than [`MAX_RESEND`]: the log stopped, and a
+    /// resumption starts a new epoch instead.
+    resend_overflow: bool,
+    /// How many messages at the front of `out` are re-sent copies already in `resend`.
+    replaying: usize,
+}
+
+/// Most unacknowledged patches the consumer keeps for a resumption (spec §3.5). A session that
+/// keeps one patch in flight (`peers::pump`) never holds more than one; past this bound a
+/// resumption sends a snapshot instead.
+pub const MAX_RESEND: usize = 256;
+
+/// How a DOM stream continues after a resumption (spec §3.5), from [`Consumer::resume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// The new stream re-sends the patches the agent has not acknowledged (this many) and then
+    /// carries on with the epoch.
+    Continue {
+        /// Patches queued again.
+        resent: usize,
+    },
+    /// The new stream starts a new epoch with a snapshot: the agent had not acknowledged the
+    /// snapshot, or re-sending would cost more.
+    Snapshot,
 }
 
 impl Consumer {
@@ -203,6 +230,9 @@ impl Consumer {
             raw: false,
             swallowed: HashSet::new(),
             resources,
+            resend: VecDeque::new(),
+            resend_overflow: false,
+            replaying: 0,
         };
         c.queue_snapshot();
         c
@@ -254,6 +284,9 @@ impl Consumer {
         self.acked = 0;
         self.synced = false;
         self.out.clear();
+        self.resend.clear();
+        self.resend_overflow = false;
+        self.replaying = 0;
         for part in snapshot::encode(
             &mut self.dom,
             self.epoch,
@@ -990,9 +1023,53 @@ impl Consumer {
         }
     }
 
-    /// The next message to send on the DOM stream.
+    /// The next message to send on the DOM stream. Patches stay in a log until the agent
+    /// acknowledges them, for [`Consumer::resume`].
     pub fn poll_message(&mut self) -> Option<Message> {
-        self.out.pop_front()
+        let msg = self.out.pop_front()?;
+        if self.replaying > 0 {
+            self.replaying -= 1;
+        } else if let Message::Patch(p) = &msg
+            && !self.resend_overflow
+        {
+            if self.resend.len() < MAX_RESEND {
+                self.resend.push_back(p.clone());
+            } else {
+                self.resend.clear();
+                self.resend_overflow = true;
+            }
+        }
+        Some(msg)
+    }
+
+    /// The connection under the DOM stream was replaced (spec §3.5): whatever was sent and not
+    /// acknowledged may be lost. Queues, ahead of anything not yet sent, the patches the agent
+    /// has not acknowledged — the same messages, so the string table stays in step — for a new
+    /// DOM stream that continues the epoch; or, when the agent has not acknowledged the epoch's
+    /// snapshot, the log overflowed, or the patches to re-send hold more operations than the
+    /// page has nodes (a snapshot is then likely smaller), a new epoch's snapshot.
+    ///
+    /// The caller then writes [`Consumer::poll_message`]'s messages on a *new* DOM stream.
+    pub fn resume(&mut self) -> Resumption {
+        let ops: usize = self.resend.iter().map(|p| p.ops.len()).sum();
+        if !self.synced || self.resend_overflow || ops > self.dom.len() {
+            self.queue_snapshot();
+            return Resumption::Snapshot;
+        }
+        // Messages not yet polled stay behind the copies; copies still waiting from an
+        // earlier resumption are replaced by the full log.
+        let fresh = self.out.split_off(self.replaying);
+        self.out = self
+            .resend
+            .iter()
+            .cloned()
+            .map(Message::Patch)
+            .chain(fresh)
+            .collect();
+        self.replaying = self.resend.len();
+        Resumption::Continue {
+            resent: self.resend.len(),
+        }
     }
 
     /// Handles a message from the agent: `ACK` records progress; `RESYNC` for the current epoch
@@ -1008,6 +1085,9 @@ impl Consumer {
                 }
                 self.acked = self.acked.max(a.seq);
                 self.synced = true;
+                while self.resend.front().is_some_and(|p| p.seq <= self.acked) {
+                    self.resend.pop_front();
+                }
                 Ok(())
             }
             Message::Resync(Resync { epoch, .. }) if *epoch == self.epoch => {

@@ -78,7 +78,7 @@ pub mod session;
 pub mod snapshot;
 
 pub use agent::{Agent, AgentEvent};
-pub use consumer::Consumer;
+pub use consumer::{Consumer, Resumption};
 pub use dom::{Dom, Element, Node, NodeKind};
 pub use error::EngineError;
 pub use html::{parse_html, to_html};

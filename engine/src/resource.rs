@@ -2011,6 +2011,19 @@ impl ResourceReceiver {
         self.partial.values().any(|p| p.address == *a)
     }
 
+    /// The connection under the resource streams was replaced (spec §3.5): blobs being
+    /// assembled are dropped with their streams (stream numbers start again on the new
+    /// connection), and every blob asked for and not received is asked for again.
+    pub fn reconnected(&mut self) {
+        self.partial.clear();
+        self.in_flight = 0;
+        self.dead.clear();
+        self.stops.clear();
+        let mut again: Vec<Address> = self.wanted.iter().copied().collect();
+        again.sort_unstable_by_key(|a| a.0);
+        self.want_queue = again;
+    }
+
     /// Addresses asked for and not yet received.
     pub fn wanted(&self) -> impl Iterator<Item = &Address> {
         self.wanted.iter()

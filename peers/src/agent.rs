@@ -88,10 +88,12 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
     let (ctl, joined) = match (credential, &args.invite) {
         // HELLO and JOIN in one round trip (spec §7.1).
         (Some(credential), _) => {
-            ControlChannel::open_and_join(conn, hello, credential, &args.label).await?
+            let (ctl, joined) =
+                ControlChannel::open_and_join(conn, hello, credential, &args.label).await?;
+            (ctl.resumable(args.pin), joined)
         }
         (None, target) => {
-            let mut ctl = ControlChannel::open(conn, hello).await?;
+            let mut ctl = ControlChannel::open(conn, hello).await?.resumable(args.pin);
             let target = target.as_deref().unwrap_or_default();
             eprintln!("agent: inviting {target}; waiting for their answer");
             let joined = ctl
@@ -112,6 +114,7 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         verbose: true,
         script: Vec::new(),
         blobs: None,
+        drop_after: None,
     };
     let report = session::run_agent(ctl, opts, started).await?;
     println!(

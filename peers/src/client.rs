@@ -106,9 +106,10 @@ impl ClientError {
 }
 
 /// The capabilities this crate's peers implement and offer in `HELLO` (spec §10.3): compressed
-/// DOM streams (spec §4.6) and datagrams.
+/// DOM streams (spec §4.6), datagrams, and resuming a session on a new connection (spec §3.5;
+/// a channel resumes only when made [`ControlChannel::resumable`]).
 pub const CAPABILITIES: Capabilities =
-    Capabilities(Capabilities::COMPRESSION.0 | Capabilities::DATAGRAMS.0);
+    Capabilities(Capabilities::COMPRESSION.0 | Capabilities::DATAGRAMS.0 | Capabilities::RESUME.0);
 
 /// [`CAPABILITIES`] and `RESOURCES` (spec §10.3, §14): what the reference peers offer when
 /// resources travel by content address (`--resources`).
@@ -154,6 +155,111 @@ pub struct ControlChannel {
     role: Role,
     welcome: Welcome,
     joined: Option<Joined>,
+    hello: Hello,
+    reconnect: Option<Reconnect>,
+    /// The label of the last `SESSION_OPEN` or `JOIN`, for a resuming `JOIN`.
+    label: String,
+    /// Whether the relay took this connection's `HELLO` as 0-RTT data (spec §3.5).
+    zero_rtt: bool,
+}
+
+/// How to reach the relay again when the connection is lost (spec §3.5): its address, the
+/// certificate pin and the `HELLO` to send. Made by [`ControlChannel::resumable`].
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    relay: SocketAddr,
+    pin: Fingerprint,
+    hello: Hello,
+}
+
+/// How long a peer keeps trying to resume before it gives up (the reference relay keeps a
+/// session this long, spec §3.5).
+pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
+
+impl Reconnect {
+    /// Reconnection to `relay` (pinned to `pin`) saying `hello`.
+    pub fn new(relay: SocketAddr, pin: Fingerprint, hello: Hello) -> Self {
+        Reconnect { relay, pin, hello }
+    }
+
+    /// The relay's address.
+    pub fn relay(&self) -> SocketAddr {
+        self.relay
+    }
+
+    /// One attempt: a new connection that says `HELLO` — in 0-RTT data when a session ticket
+    /// from an earlier connection allows it — and, once the handshake is complete, `JOIN` with
+    /// the resume token `token` (spec §3.5: nothing but `HELLO` travels in early data). Returns
+    /// the channel (itself resumable) and the relay's `JOINED`, whose `resume_token` is the one
+    /// to use next time. A spent or unknown token is [`ClientError::Refused`]
+    /// `SessionNotFound`.
+    pub async fn resume(
+        &self,
+        token: &str,
+        label: &str,
+    ) -> Result<(ControlChannel, Joined), ClientError> {
+        let endpoint =
+            transport::client_endpoint_on(transport::bind_address_for(self.relay), self.pin)?;
+        let connecting = endpoint
+            .connect(self.relay, transport::SERVER_NAME)
+            .map_err(TransportError::from)?;
+        let join = Message::Join(Join {
+            credential: Credential::Resume(token.to_owned()),
+            label: label.to_owned(),
+        });
+        let mut channel = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let (mut send, recv) =
+                    conn.open_bi().await.map_err(ClientError::from_connection)?;
+                let hello = tandem_protocol::frame::to_frame(
+                    &Message::Hello(self.hello.clone()),
+                    &Limits::DEFAULT,
+                )
+                .map_err(FramedError::from)?;
+                send.write_all(&hello).await.map_err(FramedError::from)?;
+                if accepted.await {
+                    // The handshake is complete: the JOIN may go.
+                    let mut channel = ControlChannel::new_channel(
+                        conn,
+                        send,
+                        recv,
+                        self.hello.clone(),
+                        Limits::DEFAULT,
+                    );
+                    channel.zero_rtt = true;
+                    channel.send(&join).await?;
+                    channel.read_welcome().await?;
+                    channel
+                } else {
+                    // The relay refused the early data: start over on the established
+                    // connection.
+                    ControlChannel::open_pipelined(
+                        conn,
+                        self.hello.clone(),
+                        Some(&join),
+                        Limits::DEFAULT,
+                    )
+                    .await?
+                }
+            }
+            Err(connecting) => {
+                let conn = connecting
+                    .await
+                    .map_err(|e| ClientError::Transport(TransportError::Connection(e)))?;
+                ControlChannel::open_pipelined(
+                    conn,
+                    self.hello.clone(),
+                    Some(&join),
+                    Limits::DEFAULT,
+                )
+                .await?
+            }
+        };
+        let joined = channel.wait_joined().await?;
+        channel.reconnect = Some(self.clone());
+        channel.label = label.to_owned();
+        Ok((channel, joined))
+    }
 }
 
 impl ControlChannel {
@@ -187,6 +293,7 @@ impl ControlChannel {
             label: label.to_owned(),
         });
         let mut channel = Self::open_pipelined(conn, hello, Some(&join), Limits::DEFAULT).await?;
+        channel.label = label.to_owned();
         let joined = channel.wait_joined().await?;
         Ok((channel, joined))
     }
@@ -200,7 +307,7 @@ impl ControlChannel {
         limits: Limits,
     ) -> Result<Self, ClientError> {
         let (mut send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
-        let role = hello.role;
+        let hello_copy = hello.clone();
         let mut bytes = tandem_protocol::frame::to_frame(&Message::Hello(hello), &limits)
             .map_err(FramedError::from)?;
         if let Some(first) = first {
@@ -208,13 +315,26 @@ impl ControlChannel {
                 .map_err(FramedError::from)?;
         }
         send.write_all(&bytes).await.map_err(FramedError::from)?;
-        let mut channel = Self {
+        let mut channel = Self::new_channel(conn, send, recv, hello_copy, limits);
+        channel.read_welcome().await?;
+        Ok(channel)
+    }
+
+    /// A channel on streams whose `HELLO` is sent; `WELCOME` still to read.
+    fn new_channel(
+        conn: Connection,
+        send: SendStream,
+        recv: quinn::RecvStream,
+        hello: Hello,
+        limits: Limits,
+    ) -> Self {
+        Self {
             conn,
             send,
             recv: FrameRecv::new(recv, limits),
             limits,
-            role,
-            // Replaced by the relay's answer below.
+            role: hello.role,
+            // Replaced by the relay's answer.
             welcome: Welcome {
                 version: 0,
                 role: Role::Relay,
@@ -222,12 +342,47 @@ impl ControlChannel {
                 software: String::new(),
             },
             joined: None,
-        };
-        match channel.expect("WELCOME").await? {
-            Message::Welcome(w) => channel.welcome = w,
-            other => return Err(channel.unexpected("WELCOME", &other)),
+            hello,
+            reconnect: None,
+            label: String::new(),
+            zero_rtt: false,
         }
-        Ok(channel)
+    }
+
+    /// Whether this connection's `HELLO` travelled as 0-RTT data and the relay took it (only
+    /// a resumed connection tries, spec §3.5).
+    pub fn used_0rtt(&self) -> bool {
+        self.zero_rtt
+    }
+
+    /// The label this side gave in its last `SESSION_OPEN` or `JOIN`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    async fn read_welcome(&mut self) -> Result<(), ClientError> {
+        match self.expect("WELCOME").await? {
+            Message::Welcome(w) => self.welcome = w,
+            other => return Err(self.unexpected("WELCOME", &other)),
+        }
+        Ok(())
+    }
+
+    /// Makes the session on this channel resumable (spec §3.5): when the connection is lost,
+    /// the session runners reconnect to the same relay with `pin` and this channel's `HELLO`
+    /// and continue where they were. Without it, a lost connection ends the session.
+    pub fn resumable(mut self, pin: Fingerprint) -> Self {
+        self.reconnect = Some(Reconnect::new(
+            self.conn.remote_address(),
+            pin,
+            self.hello.clone(),
+        ));
+        self
+    }
+
+    /// How to resume the session, when the channel is [`ControlChannel::resumable`].
+    pub fn reconnect(&self) -> Option<&Reconnect> {
+        self.reconnect.as_ref()
     }
 
     /// The relay's `WELCOME`: negotiated version and capabilities.
@@ -242,6 +397,7 @@ impl ControlChannel {
 
     /// Consumer: asks for a new session (`SESSION_OPEN`) and returns its code and token.
     pub async fn open_session(&mut self, label: &str) -> Result<SessionCreated, ClientError> {
+        self.label = label.to_owned();
         self.send(&Message::SessionOpen(SessionOpen {
             label: label.to_owned(),
         }))
@@ -287,6 +443,7 @@ impl ControlChannel {
         credential: Credential,
         label: &str,
     ) -> Result<Joined, ClientError> {
+        self.label = label.to_owned();
         self.send(&Message::Join(Join {
             credential,
             label: label.to_owned(),
@@ -308,6 +465,7 @@ impl ControlChannel {
         label: &str,
         expires: Duration,
     ) -> Result<Joined, ClientError> {
+        self.label = label.to_owned();
         self.send(&Message::Invite(Invite {
             invitation,
             target: target.to_owned(),

@@ -194,7 +194,8 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
     if args.resources {
         hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
     }
-    let ctl = ControlChannel::open(conn, hello).await?;
+    // A lost connection is resumed (spec §3.5): `drop` on the terminal tries it.
+    let ctl = ControlChannel::open(conn, hello).await?.resumable(args.pin);
     let opts = ConsumerOptions {
         html,
         url: args.url,

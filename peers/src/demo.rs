@@ -262,7 +262,9 @@ pub async fn demo_with(
     });
     let consumer = tokio::spawn(async move {
         let conn = client::connect(consumer_addr, pin).await?;
-        let ctl = ControlChannel::open(conn, hello(Role::Consumer)).await?;
+        let ctl = ControlChannel::open(conn, hello(Role::Consumer))
+            .await?
+            .resumable(pin);
         let opts = ConsumerOptions {
             html,
             url: "https://shop.example/orders/NW-48213".into(),
@@ -292,6 +294,7 @@ pub async fn demo_with(
         let (ctl, _) =
             ControlChannel::open_and_join(conn, hello(Role::Agent), Credential::Code(code), "Alex")
                 .await?;
+        let ctl = ctl.resumable(pin);
         let joined_at = Instant::now();
         let report = session::run_agent(
             ctl,
@@ -301,6 +304,7 @@ pub async fn demo_with(
                 verbose: false,
                 script,
                 blobs: None,
+                drop_after: None,
             },
             joined_at,
         )

@@ -52,6 +52,19 @@ impl FramedError {
         matches!(self, Self::Protocol(_))
     }
 
+    /// Whether the connection under the stream went away (a lost link, a reset, an idle
+    /// timeout, a close): what a resumable session comes back from (spec §3.5). A stream reset
+    /// or stopped on its own is not.
+    pub fn is_connection_lost(&self) -> bool {
+        let conn = match self {
+            Self::Read(quinn::ReadError::ConnectionLost(e))
+            | Self::Write(quinn::WriteError::ConnectionLost(e))
+            | Self::Connection(e) => e,
+            _ => return false,
+        };
+        !matches!(conn, quinn::ConnectionError::VersionMismatch)
+    }
+
     /// The code to put in a `CLOSE` to the peer, when the peer broke the protocol.
     pub fn close_code(&self) -> Option<ErrorCode> {
         match self {

@@ -79,7 +79,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -626,7 +626,9 @@ impl AtomicCounters {
 
 /// A running link emulator: a UDP forwarder on `127.0.0.1` between one client and an upstream
 /// address, shaping each direction with its own [`Shaper`]. The first datagram that reaches
-/// [`Link::addr`] fixes the client; datagrams from other addresses are ignored.
+/// [`Link::addr`] becomes the client; a datagram from another address makes that address the
+/// client from then on, as a NAT follows a client that comes back from a new port (a peer that
+/// resumes on a new connection, spec §3.5).
 ///
 /// The forwarder stops when the `Link` is dropped (or [`Link::shutdown`]).
 #[derive(Debug)]
@@ -636,7 +638,7 @@ pub struct Link {
     up: LinkSpec,
     down: LinkSpec,
     counters: Arc<[AtomicCounters; 2]>,
-    client: Arc<OnceLock<SocketAddr>>,
+    client: Arc<Mutex<Option<SocketAddr>>>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -660,7 +662,7 @@ impl Link {
         let far = Arc::new(far);
         let addr = near.local_addr()?;
         let counters: Arc<[AtomicCounters; 2]> = Arc::default();
-        let client = Arc::new(OnceLock::new());
+        let client = Arc::new(Mutex::new(None));
         let up_task = tokio::spawn(pump(Pump {
             direction: Direction::Up,
             shaper: Shaper::new(up, Direction::Up),
@@ -711,9 +713,9 @@ impl Link {
         self.upstream
     }
 
-    /// The client, once its first datagram has arrived.
+    /// The client, once its first datagram has arrived: the address that sent last.
     pub fn client(&self) -> Option<SocketAddr> {
-        self.client.get().copied()
+        *self.client.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The specs of the two directions: (client → upstream, upstream → client).
@@ -763,7 +765,7 @@ struct Pump {
     shaper: Shaper,
     near: Arc<UdpSocket>,
     far: Arc<UdpSocket>,
-    client: Arc<OnceLock<SocketAddr>>,
+    client: Arc<Mutex<Option<SocketAddr>>>,
     counters: Arc<[AtomicCounters; 2]>,
 }
 
@@ -792,10 +794,13 @@ async fn pump(mut p: Pump) {
                     let Some((_, datagram)) = pending.pop_front() else { break };
                     let sent = match p.direction {
                         Direction::Up => p.far.send(&datagram).await,
-                        Direction::Down => match p.client.get() {
-                            Some(&client) => p.near.send_to(&datagram, client).await,
-                            None => continue,
-                        },
+                        Direction::Down => {
+                            let client = *p.client.lock().unwrap_or_else(|e| e.into_inner());
+                            match client {
+                                Some(client) => p.near.send_to(&datagram, client).await,
+                                None => continue,
+                            }
+                        }
                     };
                     // A failed send is a datagram the network lost; UDP carries on.
                     if sent.is_ok() {
@@ -821,14 +826,14 @@ async fn pump(mut p: Pump) {
     }
 }
 
-/// Receives the next datagram of `p`'s direction into `buf`: its length, or `None` for an error
-/// or a datagram from someone other than the client.
+/// Receives the next datagram of `p`'s direction into `buf`: its length, or `None` for an
+/// error. Upstream, the sender becomes the client (see [`Link`]).
 async fn receive(p: &Pump, buf: &mut [u8]) -> Option<usize> {
     match p.direction {
         Direction::Up => {
             let (len, from) = p.near.recv_from(buf).await.ok()?;
-            let client = *p.client.get_or_init(|| from);
-            (from == client).then_some(len)
+            *p.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+            Some(len)
         }
         Direction::Down => p.far.recv(buf).await.ok(),
     }

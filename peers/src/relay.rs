@@ -26,6 +26,7 @@
 //! cache answers what it holds on streams of its own to the agent and only the rest goes on.
 
 mod invite;
+mod live;
 pub mod state;
 pub mod webhook;
 
@@ -39,7 +40,9 @@ use bytes::Bytes;
 use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
-use tandem_protocol::message::{Capabilities, End, EndReason, ErrorReport, Role, SessionCreated};
+use tandem_protocol::message::{
+    Credential, End, EndReason, ErrorReport, Join, Role, SessionCreated,
+};
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -206,6 +209,21 @@ pub enum RelayEvent {
     Resumed {
         /// The session.
         session: SessionId,
+    },
+    /// A side's connection was lost in a session that can be resumed; the session waits for
+    /// it (`disconnected`, spec §3.5).
+    Disconnected {
+        /// The session.
+        session: SessionId,
+        /// `consumer` or `agent`.
+        side: String,
+    },
+    /// A side came back on a new connection (`reconnected`, spec §3.5).
+    Reconnected {
+        /// The session.
+        session: SessionId,
+        /// `consumer` or `agent`.
+        side: String,
     },
     /// The customer granted or set a mode.
     ModeChanged {
@@ -414,6 +432,9 @@ enum Arrival {
     /// The agent invites the customer; the consumer's task shows the `INVITE` and owns the
     /// agent's connection until the invitation is answered, withdrawn or expires.
     Invited(Box<invite::Pending>),
+    /// A side of a live session came back on a new connection with its resume token
+    /// (spec §3.5); the session's task seats it.
+    Resumed(Side, Box<Peer>),
 }
 
 /// Why a connection's handling stopped before pairing.
@@ -619,6 +640,20 @@ async fn serve_consumer(
     let (opened, mut rx) = loop {
         let open = match handshake_step(shared, deadline, next_request(shared, &mut peer)).await {
             Ok(Message::SessionOpen(open)) => open,
+            Ok(Message::Join(Join {
+                credential: Credential::Resume(token),
+                label,
+            })) => {
+                peer.info.label = label;
+                match resume(shared, peer, remote, Side::Consumer, &token).await {
+                    Ok(()) => return Ok(()),
+                    Err(Resumed::Refused(back)) => {
+                        peer = back;
+                        continue;
+                    }
+                    Err(Resumed::Stop(back, stop)) => return Err((back, stop)),
+                }
+            }
             Ok(other) => {
                 let message = format!("expected SESSION_OPEN, got {}", other.name());
                 if let Err(stop) =
@@ -668,7 +703,7 @@ async fn serve_consumer(
             pending,
             event_id,
         } => {
-            run_session(shared.clone(), (id, event_id), peer, *agent, pending).await;
+            live::run_session(shared.clone(), (id, event_id), peer, *agent, pending).await;
             Ok(())
         }
         Waited::Ended { reason, by, stop } => {
@@ -687,6 +722,10 @@ async fn serve_consumer(
                     }
                     Arrival::Invited(pending) => {
                         invite::unanswered(shared, *pending, None, EndReason::Declined).await;
+                    }
+                    Arrival::Resumed(_, peer) => {
+                        let gone = refusal(ErrorCode::SessionEnded, "the session ended");
+                        tokio::spawn(finish_owned(shared.clone(), *peer, gone));
                     }
                 }
             }
@@ -748,6 +787,12 @@ async fn wait_for_agent(
                         Ok(None) => {}
                         Err(stop) => return lost(stop),
                     }
+                    continue;
+                }
+                // Resuming peers go to live sessions, never here.
+                Some(Arrival::Resumed(_, back)) => {
+                    let gone = refusal(ErrorCode::SessionNotFound, "no live session");
+                    tokio::spawn(finish_owned(shared.clone(), *back, gone));
                     continue;
                 }
                 // The table dropped the waiter: the code expired in a sweep.
@@ -905,6 +950,20 @@ async fn serve_agent(
     loop {
         let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
         let join = match handshake_step(shared, deadline, next_request(shared, &mut peer)).await {
+            Ok(Message::Join(Join {
+                credential: Credential::Resume(token),
+                label,
+            })) => {
+                peer.info.label = label;
+                match resume(shared, peer, remote, Side::Agent, &token).await {
+                    Ok(()) => return Ok(()),
+                    Err(Resumed::Refused(back)) => {
+                        peer = back;
+                        continue;
+                    }
+                    Err(Resumed::Stop(back, stop)) => return Err((back, stop)),
+                }
+            }
             Ok(Message::Join(join)) => join,
             Ok(Message::Invite(inv)) => match invite::place(shared, peer, remote, inv).await {
                 Ok(()) => return Ok(()),
@@ -966,6 +1025,59 @@ async fn serve_agent(
     }
 }
 
+/// Why a resuming peer was not handed to its session.
+enum Resumed {
+    /// Refused with an `ERROR`; the peer may try something else.
+    Refused(Peer),
+    /// The peer is let go.
+    Stop(Peer, Stop),
+}
+
+/// A peer connected as `side` presents its resume token (spec §3.5): on success it is handed
+/// to its live session, which answers `JOINED`; otherwise it is told `ERROR`
+/// (`SessionNotFound`, or `RateLimited` and closed) like an agent with a wrong code.
+async fn resume(
+    shared: &Arc<Shared>,
+    mut peer: Peer,
+    remote: SocketAddr,
+    side: Side,
+    token: &str,
+) -> Result<(), Resumed> {
+    let found = shared
+        .table()
+        .resume(Instant::now(), remote.ip(), side, token);
+    let refused = match found {
+        Ok((_, session)) => match session.try_send(Arrival::Resumed(side, Box::new(peer))) {
+            Ok(()) => return Ok(()),
+            Err(
+                mpsc::error::TrySendError::Closed(back) | mpsc::error::TrySendError::Full(back),
+            ) => {
+                // The session ended meanwhile, or another resumption is being seated.
+                let Arrival::Resumed(_, back) = back else {
+                    return Ok(());
+                };
+                peer = *back;
+                JoinRefusal::NotFound
+            }
+        },
+        Err(refused) => refused,
+    };
+    shared.emit(RelayEvent::JoinRefused {
+        reason: refused.name().to_owned(),
+        remote,
+    });
+    if let Err(stop) = send_error(shared, &mut peer, refused.code(), refused.to_string()).await {
+        return Err(Resumed::Stop(peer, stop));
+    }
+    if refused == JoinRefusal::RateLimited {
+        return Err(Resumed::Stop(
+            peer,
+            refusal(refused.code(), refused.to_string()),
+        ));
+    }
+    Err(Resumed::Refused(peer))
+}
+
 /// Tells a peer why it is being let go (if it can still hear) and closes its connection once
 /// it has closed its side or the grace period is over.
 async fn finish(shared: &Shared, mut peer: Peer, stop: Stop) {
@@ -1011,134 +1123,6 @@ fn ended(session: SessionId, reason: &str, by: Option<Side>, detail: Option<Stri
         by: by.map(|s| s.name().to_owned()),
         detail,
     }
-}
-
-/// One paired session: tells both sides `JOINED`, forwards everything until one side ends it,
-/// breaks the protocol or goes away, then tells each side what the [`state::teardown`] plan says.
-async fn run_session(
-    shared: Arc<Shared>,
-    (table_id, id): (SessionId, SessionId),
-    consumer: Peer,
-    agent: Peer,
-    pending: Vec<RawFrame>,
-) {
-    shared.emit(RelayEvent::Connected {
-        session: id,
-        consumer_label: consumer.info.label.clone(),
-        agent_label: agent.info.label.clone(),
-        remote: agent.conn.remote_address(),
-    });
-    let limits = shared.limits;
-    let (outcome_tx, mut outcome_rx) = mpsc::channel::<Outcome>(16);
-    let (to_consumer, consumer_writer) = spawn_writer(consumer.send);
-    let (to_agent, agent_writer) = spawn_writer(agent.send);
-
-    let (joined_consumer, joined_agent) = state::joined_messages(&consumer.info, &agent.info);
-    let joined_consumer_caps = joined_consumer.capabilities;
-    let _ = to_consumer
-        .send(frame_bytes(&Message::Joined(joined_consumer), &limits))
-        .await;
-    let _ = to_agent
-        .send(frame_bytes(&Message::Joined(joined_agent), &limits))
-        .await;
-    for frame in pending {
-        let _ = to_agent.send(Bytes::from(frame.to_bytes())).await;
-    }
-    // With RESOURCES, the consumer's resource streams feed the shared cache, and the agent's
-    // WANTs are answered from it first (spec §14.7).
-    let resources = joined_consumer_caps
-        .contains(Capabilities::RESOURCES)
-        .then(|| SessionResources {
-            cache: shared.cache.clone(),
-            uplink: Arc::new(shared.cache.uplink(agent.conn.clone())),
-        });
-
-    let mut tasks = JoinSet::new();
-    tasks.spawn(forward_control(
-        (shared.clone(), id),
-        Side::Consumer,
-        consumer.recv,
-        (to_consumer.clone(), to_agent.clone()),
-        None,
-        outcome_tx.clone(),
-    ));
-    tasks.spawn(forward_control(
-        (shared.clone(), id),
-        Side::Agent,
-        agent.recv,
-        (to_agent.clone(), to_consumer.clone()),
-        resources.clone(),
-        outcome_tx.clone(),
-    ));
-    for (side, from, to) in [
-        (Side::Consumer, &consumer.conn, &agent.conn),
-        (Side::Agent, &agent.conn, &consumer.conn),
-    ] {
-        let cache = match side {
-            Side::Consumer => resources.as_ref().map(|r| r.cache.clone()),
-            Side::Agent => None,
-        };
-        tasks.spawn(forward_uni_streams(
-            side,
-            from.clone(),
-            to.clone(),
-            (limits, cache),
-            outcome_tx.clone(),
-        ));
-        let to_control = match side {
-            Side::Consumer => to_agent.clone(),
-            Side::Agent => to_consumer.clone(),
-        };
-        tasks.spawn(forward_datagrams(
-            side,
-            from.clone(),
-            to.clone(),
-            to_control,
-            limits,
-            outcome_tx.clone(),
-        ));
-        let (from, outcome_tx) = (from.clone(), outcome_tx.clone());
-        tasks.spawn(async move {
-            from.closed().await;
-            let _ = outcome_tx.try_send(Outcome::Lost(side));
-        });
-    }
-    drop(outcome_tx);
-
-    let outcome = tokio::select! {
-        o = outcome_rx.recv() => o.unwrap_or(Outcome::Shutdown),
-        _ = shared.shutting_down() => Outcome::Shutdown,
-    };
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-    // The last handle to the session's uplink: its streams to the agent stop here.
-    drop(resources);
-    shared.table().remove(table_id);
-
-    let plan = state::teardown(&outcome);
-    let (by, detail) = match &outcome {
-        Outcome::Ended { side, .. } | Outcome::Lost(side) => (Some(*side), None),
-        Outcome::Violation { side, detail, .. } => (Some(*side), Some(detail.clone())),
-        Outcome::Shutdown => (None, Some("relay shutting down".to_owned())),
-    };
-    tracing::info!(session = id, ?outcome, "session ended");
-    shared.emit(ended(id, &reason_name(plan.reason), by, detail));
-
-    let close_consumer = close_after(
-        &shared,
-        consumer.conn,
-        to_consumer,
-        consumer_writer,
-        plan.to(Side::Consumer),
-    );
-    let close_agent = close_after(
-        &shared,
-        agent.conn,
-        to_agent,
-        agent_writer,
-        plan.to(Side::Agent),
-    );
-    tokio::join!(close_consumer, close_agent);
 }
 
 fn frame_bytes(msg: &Message, limits: &Limits) -> Bytes {
@@ -1208,11 +1192,14 @@ struct SessionResources {
 async fn forward_control(
     (shared, session): (Arc<Shared>, SessionId),
     side: Side,
-    mut recv: FrameRecv,
+    recv: Arc<tokio::sync::Mutex<FrameRecv>>,
     (to_self, to_other): (mpsc::Sender<Bytes>, mpsc::Sender<Bytes>),
     resources: Option<SessionResources>,
     outcome: mpsc::Sender<Outcome>,
 ) {
+    // Held for the task's life; the stream outlives the task (relay/live.rs), and reading it
+    // is cancel-safe, so stopping this task loses no frame.
+    let mut recv = recv.lock().await;
     let result = loop {
         let frame = match recv.next_raw().await {
             Ok(Some(frame)) => frame,
@@ -1285,13 +1272,14 @@ async fn forward_control(
                         ..
                     }))
                 );
-                break if clean {
-                    Outcome::Ended {
-                        side,
-                        reason: side.ended_by(),
-                    }
-                } else {
-                    Outcome::Lost(side)
+                // A side that says CLOSE leaves on purpose: not a loss to wait out (spec §3.5).
+                break Outcome::Ended {
+                    side,
+                    reason: if clean {
+                        side.ended_by()
+                    } else {
+                        EndReason::ConnectionLost
+                    },
                 };
             }
             ControlAction::Violation => {

@@ -555,6 +555,19 @@ impl ConsumerResources {
         }
     }
 
+    /// The connection under the resource streams was replaced, or the agent came back on a
+    /// new one (spec §3.5): what was in flight is lost, so a new uplink on `conn` starts with
+    /// a sender that has sent nothing yet and serves the agent's next `WANT` in full. What
+    /// the agent said it holds still counts.
+    pub fn reconnect(&mut self, conn: Connection, limits: Limits) {
+        let stats = self.uplink.stats.clone();
+        let mut sender = ResourceSender::new(self.mode);
+        let mut held: Vec<[u8; 32]> = self.agent_has.iter().map(|a| a.0).collect();
+        held.sort_unstable();
+        sender.handle_have(&Addresses { addresses: held });
+        self.uplink = Uplink::spawn(conn, sender, limits, stats);
+    }
+
     /// Whether the agent said it holds every blob the page referred to.
     pub fn settled(&self) -> bool {
         self.referenced.is_subset(&self.agent_has)
@@ -762,6 +775,16 @@ impl Downlink {
                 self.rx.handle_stream_end(stream);
             }
         }
+        self.drain();
+    }
+
+    /// The connection was replaced, or the consumer came back on a new one (spec §3.5): open
+    /// streams are forgotten (their stop handles dropped) and what is still missing is asked for
+    /// again ([`Downlink::poll_message`] gives the `WANT`). Feed it only [`Inbound`]s of streams
+    /// accepted after this call.
+    pub fn reconnected(&mut self) {
+        self.stops.clear();
+        self.rx.reconnected();
         self.drain();
     }
 

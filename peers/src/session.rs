@@ -21,16 +21,17 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, SendStream, VarInt};
 use tandem_engine::resource::{DEFAULT_STORE_BYTES, ResolveMode, ResourceLimits};
 use tandem_engine::{
-    Agent, AgentEvent, BlobStore, Consumer, EngineError, LivePage, MaskPolicy, parse_html,
+    Agent, AgentEvent, BlobStore, Consumer, EngineError, LivePage, MaskPolicy, Resumption,
+    parse_html,
 };
 use tandem_protocol::compress::{CompressError, DecompressError, DomDecompressor};
 use tandem_protocol::message::{
-    Capabilities, End, EndReason, Invite, Mode, RefusalCode, SessionCreated,
+    Capabilities, End, EndReason, Invite, Joined, Mode, RefusalCode, SessionCreated,
 };
 use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
 use tokio::sync::mpsc;
 
-use crate::client::{ClientError, ControlChannel};
+use crate::client::{ClientError, ControlChannel, RESUME_WINDOW, Reconnect};
 use crate::framed::{FrameRecv, FramedError, write_message};
 use crate::hands::{
     ActionRecord, AgentScript, ConsumerHands, HandsError, HandsOptions, Lane, Step,
@@ -82,6 +83,34 @@ pub enum SessionError {
     /// failed.
     #[error(transparent)]
     Hands(#[from] HandsError),
+}
+
+impl SessionError {
+    /// Whether the session failed because its connection went away (spec §3.5): a resumable
+    /// session reconnects instead of ending.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            SessionError::Framed(e) | SessionError::Client(ClientError::Framed(e)) => {
+                e.is_connection_lost()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One resumption of a session (spec §3.5), as a report lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeRecord {
+    /// Which side's connection was replaced: this side's own, or the other side's (`REJOINED`).
+    pub own: bool,
+    /// How the DOM stream went on (the consumer's records; an agent's say `Continue` with
+    /// nothing re-sent).
+    pub how: Resumption,
+    /// From noticing the loss to the relay's `JOINED` on the new connection (zero for the
+    /// other side's resumptions).
+    pub took: Duration,
+    /// Whether this side's new connection sent its `HELLO` as 0-RTT data.
+    pub zero_rtt: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SessionError + '_ {
@@ -196,6 +225,8 @@ pub struct ConsumerReport {
     /// For each acknowledged snapshot or patch, the time from its flush to the agent's
     /// `ACK`: how far behind the page the agent was.
     pub ack_delays: Vec<Duration>,
+    /// The session's resumptions (spec §3.5), in order.
+    pub resumptions: Vec<ResumeRecord>,
 }
 
 /// What a consumer's resources did in a session.
@@ -343,10 +374,13 @@ async fn read_agent_messages(
                         let _ = tx.send(Ok(None)).await;
                         break;
                     }
-                    Err(e) => {
+                    Err(e) if e.is_protocol() => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
+                    // A stream cut with the agent's connection (spec §3.5): a resumed agent
+                    // opens a new one.
+                    Err(_) => break,
                 }
             }
         }
@@ -374,6 +408,10 @@ pub enum CustomerCommand {
     Point(String),
     /// Scroll the window to a vertical offset (spec §7.22), shown to the agent.
     ScrollTo(i32),
+    /// Cut the connection as a lost link would, without `CLOSE` (`drop` on the terminal): a
+    /// drill for resumption (spec §3.5). A resumable session comes back on a new connection;
+    /// any other session ends.
+    DropConnection,
 }
 
 impl std::str::FromStr for CustomerCommand {
@@ -385,6 +423,7 @@ impl std::str::FromStr for CustomerCommand {
             (Some("pause" | "p"), None) => Ok(CustomerCommand::Pause),
             (Some("resume" | "r"), None) => Ok(CustomerCommand::Resume),
             (Some("end" | "quit" | "q"), None) => Ok(CustomerCommand::End),
+            (Some("drop"), None) => Ok(CustomerCommand::DropConnection),
             (Some("y" | "yes"), None) => Ok(CustomerCommand::Answer(true)),
             (Some("scroll"), Some(y)) => y
                 .parse()
@@ -399,7 +438,7 @@ impl std::str::FromStr for CustomerCommand {
             (Some("n" | "no"), None) => Ok(CustomerCommand::Answer(false)),
             (Some("mode"), Some(m)) => crate::hands::parse_mode(m).map(CustomerCommand::SetMode),
             _ => Err(format!(
-                "{s:?}: commands are pause, resume, mode follow|view|guide|full, point SELECTOR, scroll Y, end (y or n to an invitation)"
+                "{s:?}: commands are pause, resume, mode follow|view|guide|full, point SELECTOR, scroll Y, drop, end (y or n to an invitation)"
             )),
         }
     }
@@ -551,7 +590,14 @@ pub async fn run_consumer_with(
             (c, None)
         }
     };
-    let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
+    // Resumable when the channel knows how to reconnect and the session has RESUME (spec §3.5).
+    let reconnect = ctl.reconnect().cloned().filter(|_| {
+        joined.capabilities.contains(Capabilities::RESUME) && !joined.resume_token.is_empty()
+    });
+    let mut resume_token = joined.resume_token.clone();
+    let (mut conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
+    // UDP bytes of connections that were replaced.
+    let mut udp_before = 0u64;
     let mut res = resources.map(|r| ConsumerResources::spawn(conn.clone(), r.mode, limits));
     let mut report = ConsumerReport {
         code: created.code,
@@ -571,6 +617,7 @@ pub async fn run_consumer_with(
         resources: None,
         max_batch_bytes: 0,
         ack_delays: Vec::new(),
+        resumptions: Vec::new(),
     };
     let mut pump = match early_pump {
         Some(p) if p.is_compressed() == compressed => p,
@@ -592,9 +639,9 @@ pub async fn run_consumer_with(
         .as_ref()
         .map(|h| ConsumerHands::new(h, &opts.url));
     let (agent_tx, mut agent_rx) = mpsc::channel(64);
-    let reader = hands
+    let mut reader = hands
         .is_some()
-        .then(|| tokio::spawn(read_agent_messages(conn.clone(), agent_tx, limits)));
+        .then(|| tokio::spawn(read_agent_messages(conn.clone(), agent_tx.clone(), limits)));
     if let Some(announce) = hands.as_ref().and_then(ConsumerHands::announce) {
         write_message(&mut ctl_send, &announce, &limits).await?;
     }
@@ -632,10 +679,25 @@ pub async fn run_consumer_with(
             .await?;
             break;
         }
+        // `?` and `return` in this block leave the step, not the session: a lost connection
+        // is resumed below when the session allows it.
+        let step: Result<(), SessionError> = async {
         tokio::select! {
             msg = ctl_recv.next_message() => {
                 match msg? {
                     Some(Message::End(e)) => return Err(SessionError::EndedEarly(format!("{:?}", e.reason))),
+                    Some(Message::Rejoined(_)) => {
+                        // The agent came back on a new connection (spec §3.5): what was in
+                        // flight to it is lost; continue from what it acknowledged.
+                        pump.abandon().await;
+                        let how = consumer.resume();
+                        tracing::info!(?how, "the agent resumed");
+                        report.resumptions.push(ResumeRecord { own: false, how, took: Duration::ZERO, zero_rtt: false });
+                        if let Some(r) = res.as_mut() {
+                            r.reconnect(conn.clone(), limits);
+                        }
+                        advance(&mut pump, &mut consumer, &mut res, paused).await?;
+                    }
                     Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
                     None => return Err(SessionError::EndedEarly("control stream finished".into())),
                     Some(m) if presence.on_message(&m) => {}
@@ -722,6 +784,10 @@ pub async fn run_consumer_with(
                     }
                 }
                 Some(CustomerCommand::End) => end_now = true,
+                Some(CustomerCommand::DropConnection) => {
+                    // As a lost link would: no CLOSE; the next read finds the connection gone.
+                    conn.close(VarInt::from_u32(0), b"dropped");
+                }
                 Some(CustomerCommand::Point(sel)) if !paused => {
                     let node = sel
                         .parse::<tandem_engine::mask::Selector>()
@@ -755,6 +821,46 @@ pub async fn run_consumer_with(
                 None => commands = None,
             },
         }
+        Ok(())
+        }
+        .await;
+        let Err(e) = step else { continue };
+        let Some(r) = reconnect.as_ref().filter(|_| e.is_connection_lost()) else {
+            return Err(e);
+        };
+        // The connection is gone: come back on a new one and continue (spec §3.5).
+        let lost_at = Instant::now();
+        tracing::info!(error = %e, "connection lost; resuming");
+        let (channel, joined_again) = resume_session(r, &resume_token, &opts.label).await?;
+        let zero_rtt = channel.used_0rtt();
+        resume_token = joined_again.resume_token;
+        udp_before += conn.stats().udp_tx.bytes;
+        (conn, ctl_send, ctl_recv) = channel.into_parts();
+        pump.abandon().await;
+        pump = DomPump::new(conn.clone(), limits, compressed).with_stats(pump.stats());
+        let how = consumer.resume();
+        tracing::info!(?how, took = ?lost_at.elapsed(), "resumed");
+        report.resumptions.push(ResumeRecord {
+            own: true,
+            how,
+            took: lost_at.elapsed(),
+            zero_rtt,
+        });
+        if let Some(r) = res.as_mut() {
+            r.reconnect(conn.clone(), limits);
+        }
+        if let Some(old) = reader.take() {
+            old.abort();
+        }
+        if hands.is_some() {
+            reader = Some(tokio::spawn(read_agent_messages(
+                conn.clone(),
+                agent_tx.clone(),
+                limits,
+            )));
+        }
+        meter = StatusMeter::new();
+        advance(&mut pump, &mut consumer, &mut res, paused).await?;
     }
     pump.finish().await;
     let st = pump.stats();
@@ -788,9 +894,43 @@ pub async fn run_consumer_with(
     presence.own_status = Some(meter.sample(&conn.stats(), Instant::now()));
     report.presence = presence;
     report.hash = consumer.tree_hash();
-    report.udp_bytes = conn.stats().udp_tx.bytes;
+    report.udp_bytes = udp_before + conn.stats().udp_tx.bytes;
     conn.close(VarInt::from_u32(0), b"done");
     Ok(report)
+}
+
+/// Comes back to the session on a new connection (spec §3.5) with `token`, trying again with a
+/// growing pause while the link stays down, for up to [`RESUME_WINDOW`]. A relay that no longer
+/// knows the session (it ended, or the grace period passed) ends the attempt at once.
+pub async fn resume_session(
+    reconnect: &Reconnect,
+    token: &str,
+    label: &str,
+) -> Result<(ControlChannel, Joined), SessionError> {
+    let deadline = Instant::now() + RESUME_WINDOW;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match reconnect.resume(token, label).await {
+            Ok(back) => return Ok(back),
+            Err(
+                e @ (ClientError::Refused { .. }
+                | ClientError::Closed { .. }
+                | ClientError::Ended(_)),
+            ) => {
+                return Err(SessionError::EndedEarly(format!(
+                    "the session could not be resumed: {e}"
+                )));
+            }
+            Err(e) if Instant::now() + pause >= deadline => {
+                return Err(SessionError::EndedEarly(format!("gave up resuming: {e}")));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "resumption failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Keeps the customer's latest pointer or scroll position (`m` from the consumer, by datagram
@@ -867,6 +1007,8 @@ pub struct AgentReport {
     pub resources: Option<DownlinkReport>,
     /// The blobs held at the end, for the agent's next session ([`AgentOptions::blobs`]).
     pub blobs: Option<BlobStore>,
+    /// The session's resumptions (spec §3.5), this side's and the consumer's, in order.
+    pub resumptions: Vec<ResumeRecord>,
 }
 
 /// Settings of an agent session.
@@ -885,6 +1027,10 @@ pub struct AgentOptions {
     /// `RESOURCES` (offer it in `HELLO`: [`crate::client::CAPABILITIES_WITH_RESOURCES`]);
     /// `None` starts with an empty store of [`DEFAULT_STORE_BYTES`].
     pub blobs: Option<BlobStore>,
+    /// Cut the connection once, this long after the first render, as a lost link would
+    /// (without `CLOSE`): a drill for resumption (spec §3.5). A resumable session comes back
+    /// on a new connection; any other ends.
+    pub drop_after: Option<Duration>,
 }
 
 /// Time between two steps of an agent's script.
@@ -898,6 +1044,7 @@ impl Default for AgentOptions {
             verbose: false,
             script: Vec::new(),
             blobs: None,
+            drop_after: None,
         }
     }
 }
@@ -923,7 +1070,18 @@ pub async fn run_agent(
     let mut meter = StatusMeter::new();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     let with_resources = ctl.session_capabilities().contains(Capabilities::RESOURCES);
-    let (conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
+    // Resumable when the channel knows how to reconnect and the session has RESUME (spec §3.5).
+    let reconnect = ctl.reconnect().cloned().filter(|_| {
+        ctl.joined().is_some_and(|j| {
+            j.capabilities.contains(Capabilities::RESUME) && !j.resume_token.is_empty()
+        })
+    });
+    let mut resume_token = ctl
+        .joined()
+        .map(|j| j.resume_token.clone())
+        .unwrap_or_default();
+    let label = ctl.label().to_owned();
+    let (mut conn, mut ctl_send, mut ctl_recv) = ctl.into_parts();
     let mut agent = Agent::new(limits);
     let mut report = AgentReport {
         compressed,
@@ -943,9 +1101,9 @@ pub async fn run_agent(
     let (tx, mut rx) = mpsc::channel::<Result<RawFrame, DomStreamError>>(64);
     let (res_tx, mut res_rx) = mpsc::channel::<Result<Inbound, FramedError>>(64);
     let mut res_open = with_resources;
-    let accept = tokio::spawn(accept_streams(
+    let mut accept = tokio::spawn(accept_streams(
         conn.clone(),
-        tx,
+        tx.clone(),
         with_resources.then_some(res_tx),
         limits,
         compressed,
@@ -956,24 +1114,14 @@ pub async fn run_agent(
     let mut script = AgentScript::new(opts.script.clone());
     let mut actions: Option<SendStream> = None;
     let mut step = tokio::time::interval(SCRIPT_STEP);
-    let datagrams = datagrams_ok(&conn);
-    // The customer's pointer and scroll come as datagrams (spec §3.2); a malformed one is
-    // dropped: datagrams are latest-wins hints, and the relay checked its framing already.
+    let mut datagrams = datagrams_ok(&conn);
     let (dg_tx, mut dg_rx) = mpsc::channel::<Message>(16);
-    let dg_reader = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            while let Ok(d) = conn.read_datagram().await {
-                if let Ok(m) = frame::decode_exact(&d, &limits)
-                    && dg_tx.send(m).await.is_err()
-                {
-                    break;
-                }
-            }
-        })
-    };
-    // `?` on a write leaves this block, not the function, so the cleanup below always runs.
-    let result: Result<(), SessionError> = async {
+    let mut dg_reader = spawn_datagram_reader(conn.clone(), dg_tx.clone(), limits);
+    let mut drop_at: Option<tokio::time::Instant> = None;
+    let result: Result<(), SessionError> = loop {
+        // `?` on a write leaves this block, not the function, so the cleanup below always runs,
+        // and a lost connection is resumed below when the session allows it.
+        let step_result: Result<(), SessionError> = async {
         loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -1007,6 +1155,7 @@ pub async fn run_agent(
                             if report.first_render.is_none() {
                                 report.first_render = Some(started.elapsed());
                                 report.first_visible = report.first_visible.or(report.first_render);
+                                drop_at = opts.drop_after.map(|d| tokio::time::Instant::now() + d);
                             }
                             if opts.verbose {
                                 eprintln!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));
@@ -1101,7 +1250,13 @@ pub async fn run_agent(
                             actions = Some(s);
                         }
                         if let Some(s) = actions.as_mut() {
-                            write_message(s, &msg, &limits).await?;
+                            match write_message(s, &msg, &limits).await {
+                                Ok(()) => {}
+                                // Cut with the consumer's connection (spec §3.5): the action is
+                                // lost; the next one goes on a new stream.
+                                Err(FramedError::Write(quinn::WriteError::Stopped(_))) => actions = None,
+                                Err(e) => break Err(e.into()),
+                            }
                         }
                     }
                 }
@@ -1119,15 +1274,33 @@ pub async fn run_agent(
                     }
                 }
             }
+            _ = tokio::time::sleep_until(drop_at.unwrap_or_else(tokio::time::Instant::now)), if drop_at.is_some() => {
+                // The drill: cut the link as a lost one would, once.
+                drop_at = None;
+                conn.close(VarInt::from_u32(0), b"dropped");
+            }
             msg = ctl_recv.next_message() => {
                 match msg {
                     Ok(Some(Message::End(_))) | Ok(Some(Message::Close(_))) | Ok(None) => break Ok(()),
+                    Ok(Some(Message::Rejoined(_))) => {
+                        // The consumer came back on a new connection (spec §3.5): its DOM
+                        // stream continues on a new stream; the actions stream was cut.
+                        actions = None;
+                        report.resumptions.push(ResumeRecord { own: false, how: Resumption::Continue { resent: 0 }, took: Duration::ZERO, zero_rtt: false });
+                        if let Some(d) = downlink.as_mut() {
+                            d.reconnected();
+                            while let Some(m) = d.poll_message() {
+                                write_message(&mut ctl_send, &m, &limits).await?;
+                            }
+                        }
+                    }
                     Ok(Some(m)) => {
                         if !presence.on_message(&m) && !customer_moves(&mut report, &m) {
                             script.on_message(&m);
                         }
                     }
                     Err(e) if e.is_protocol() => break Err(e.into()),
+                    Err(e) if e.is_connection_lost() && reconnect.is_some() => break Err(e.into()),
                     Err(_) => break Ok(()),
                 }
             }
@@ -1135,6 +1308,59 @@ pub async fn run_agent(
         }
     }
     .await;
+        let e = match step_result {
+            Err(e) if e.is_connection_lost() && reconnect.is_some() => e,
+            other => break other,
+        };
+        let Some(r) = reconnect.as_ref() else {
+            break Err(e);
+        };
+        // The connection is gone: come back on a new one (spec §3.5). The consumer is told
+        // (REJOINED) and continues its DOM stream from what this side acknowledged.
+        let lost_at = Instant::now();
+        tracing::info!(error = %e, "connection lost; resuming");
+        let (channel, joined_again) = match resume_session(r, &resume_token, &label).await {
+            Ok(back) => back,
+            Err(e) => break Err(e),
+        };
+        let zero_rtt = channel.used_0rtt();
+        resume_token = joined_again.resume_token;
+        (conn, ctl_send, ctl_recv) = channel.into_parts();
+        accept.abort();
+        dg_reader.abort();
+        let (res_tx, fresh_res_rx) = mpsc::channel::<Result<Inbound, FramedError>>(64);
+        // Pieces of the old connection's streams are dropped with the old channel.
+        res_rx = fresh_res_rx;
+        res_open = with_resources;
+        accept = tokio::spawn(accept_streams(
+            conn.clone(),
+            tx.clone(),
+            with_resources.then_some(res_tx),
+            limits,
+            compressed,
+            wire_bytes.clone(),
+        ));
+        dg_reader = spawn_datagram_reader(conn.clone(), dg_tx.clone(), limits);
+        datagrams = datagrams_ok(&conn);
+        actions = None;
+        meter = StatusMeter::new();
+        report.resumptions.push(ResumeRecord {
+            own: true,
+            how: Resumption::Continue { resent: 0 },
+            took: lost_at.elapsed(),
+            zero_rtt,
+        });
+        if let Some(d) = downlink.as_mut() {
+            d.reconnected();
+            let mut again = vec![d.have()];
+            again.extend(std::iter::from_fn(|| d.poll_message()));
+            for m in again {
+                if let Err(e) = write_message(&mut ctl_send, &m, &limits).await {
+                    tracing::debug!(error = %e, "cannot ask for blobs again");
+                }
+            }
+        }
+    };
     // The relay stops reading the control stream when it tears the session down (its END is
     // on the way): a write that finds it stopped ends the session like END does.
     let result = match result {
@@ -1164,6 +1390,24 @@ pub async fn run_agent(
     report.presence = presence;
     conn.close(VarInt::from_u32(0), b"done");
     result.map(|()| report)
+}
+
+/// Reads the customer's pointer and scroll datagrams (spec §3.2) into `tx`; a malformed one is
+/// dropped: datagrams are latest-wins hints, and the relay checked their framing already.
+fn spawn_datagram_reader(
+    conn: Connection,
+    tx: mpsc::Sender<Message>,
+    limits: Limits,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok(d) = conn.read_datagram().await {
+            if let Ok(m) = frame::decode_exact(&d, &limits)
+                && tx.send(m).await.is_err()
+            {
+                break;
+            }
+        }
+    })
 }
 
 /// Whether the connection can carry `POINTER` and `SCROLL` as QUIC datagrams.

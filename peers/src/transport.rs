@@ -303,6 +303,10 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Transpo
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT for clients coming back (spec §3.5): quinn takes early data only with this value.
+    // The relay acts on nothing before the handshake completes (it reads the control stream
+    // once the connection is established), so a replayed flight does nothing.
+    tls.max_early_data_size = u32::MAX;
     let quic = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
@@ -310,8 +314,28 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Transpo
 }
 
 /// A quinn client configuration that accepts only the server certificate whose fingerprint is
-/// `pin`: TLS 1.3 only, ALPN `tandem/1`.
+/// `pin`: TLS 1.3 only, ALPN `tandem/1`. One configuration is built per pin and process and
+/// shared by every endpoint, so that its TLS session tickets let a later connection to the same
+/// relay resume with 0-RTT (spec §3.5).
 pub fn client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, TransportError> {
+    static CONFIGS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], quinn::ClientConfig>>,
+    > = std::sync::OnceLock::new();
+    let configs = CONFIGS.get_or_init(Default::default);
+    let mut configs = configs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(config) = configs.get(&pin.0) {
+        return Ok(config.clone());
+    }
+    // Bounded: one entry per relay pin this process talks to.
+    if configs.len() >= 64 {
+        configs.clear();
+    }
+    let config = build_client_config(pin)?;
+    configs.insert(pin.0, config.clone());
+    Ok(config)
+}
+
+fn build_client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, TransportError> {
     let provider = provider();
     let verifier = PinnedServerCert {
         pin,
@@ -323,6 +347,7 @@ pub fn client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, TransportE
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = true;
     let quic = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));

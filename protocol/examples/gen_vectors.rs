@@ -21,8 +21,9 @@ use serde::ser;
 use tandem_protocol::message::{
     Ack, Addresses, Capabilities, Click, Credential, End, EndReason, ErrorReport, Hello, Highlight,
     InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange, ModeOp, Navigate, Patch,
-    Ping, Platform, Pointer, RefusalCode, Refused, Resource, Resync, ResyncReason, Role, Scroll,
-    SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame, Viewport, ViewportChange, Welcome,
+    Ping, Platform, Pointer, RefusalCode, Refused, Rejoined, Resource, Resync, ResyncReason, Role,
+    Scroll, SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame, Viewport, ViewportChange,
+    Welcome,
 };
 use tandem_protocol::strings::static_index;
 use tandem_protocol::{
@@ -229,14 +230,32 @@ fn positive_vectors() -> Vec<Positive> {
         }),
     );
     add(
+        "join_resume",
+        "JOIN to resume (spec §3.5): credential Resume (variant 2) with the resume token of the \
+         last JOINED, label \"Priya\".",
+        Message::Join(Join {
+            credential: Credential::Resume("5f0c9a7e21d84b6f93e0a1c7d2b4e8f6".into()),
+            label: "Priya".into(),
+        }),
+    );
+    add(
         "joined",
         "JOINED as the agent receives it: peer role Consumer, label \"Order #48213\", the \
-         consumer's platform, session capabilities RESOURCES (0x2).",
+         consumer's platform, session capabilities RESOURCES and RESUME (0xa), and the agent's \
+         resume token.",
         Message::Joined(Joined {
             peer_role: Role::Consumer,
             peer_label: "Order #48213".into(),
             peer_platform: platform("Chromium 131", "Windows 11", 1366, 768, 125, "de-DE"),
-            capabilities: Capabilities::RESOURCES,
+            capabilities: Capabilities(Capabilities::RESOURCES.0 | Capabilities::RESUME.0),
+            resume_token: "5f0c9a7e21d84b6f93e0a1c7d2b4e8f6".into(),
+        }),
+    );
+    add(
+        "rejoined",
+        "REJOINED as the agent receives it: the consumer (role 1) came back on a new connection.",
+        Message::Rejoined(Rejoined {
+            peer_role: Role::Consumer,
         }),
     );
     add(
@@ -976,10 +995,10 @@ fn negative_vectors() -> Vec<Negative> {
         },
         Negative {
             name: "bad_enum_credential",
-            description: "JOIN whose credential has variant 2; only Code (0) and Token (1) \
-                          exist. Postcard reports an unknown variant of a Rust enum as a custom \
-                          (Other) error.",
-            bytes: frame_of(0x14, &[0x02, 0x01, b'1', 0x00]),
+            description: "JOIN whose credential has variant 3; only Code (0), Token (1) and \
+                          Resume (2) exist. Postcard reports an unknown variant of a Rust enum as \
+                          a custom (Other) error.",
+            bytes: frame_of(0x14, &[0x03, 0x01, b'1', 0x00]),
             error: "Malformed JOIN Other",
         },
         Negative {
@@ -1194,6 +1213,7 @@ fn annotate(msg: &Message) -> Vec<(Vec<u8>, String)> {
         Message::Snapshot(m) => m.serialize(&mut a),
         Message::Patch(m) => m.serialize(&mut a),
         Message::Ack(m) => m.serialize(&mut a),
+        Message::Rejoined(m) => m.serialize(&mut a),
         Message::Resync(m) => m.serialize(&mut a),
         Message::Have(m) | Message::Want(m) => m.serialize(&mut a),
         Message::Resource(m) => m.serialize(&mut a),

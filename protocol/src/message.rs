@@ -240,6 +240,9 @@ pub enum Credential {
     Code(String),
     /// `1`: the long token from a link.
     Token(String),
+    /// `2`: a resume token from `JOINED` (spec §3.5): the sender takes its place in a session
+    /// again on a new connection.
+    Resume(String),
 }
 
 /// `JOIN` (0x14, spec §7.5): an agent joins a session.
@@ -265,6 +268,18 @@ pub struct Joined {
     /// The session's capabilities: the bits both peers' `HELLO`s and the relay share. Parts
     /// that run end to end (compression, resources) are used only when set here.
     pub capabilities: Capabilities,
+    /// A single-use token with which this side may take its place in the session again on a
+    /// new connection (spec §3.5); empty when the session cannot be resumed (no `RESUME`).
+    pub resume_token: String,
+}
+
+/// `REJOINED` (0x26, spec §3.5): the relay tells a peer that the other side came back on a new
+/// connection; what was in flight towards or from its old connection is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Rejoined {
+    /// The role of the side that came back.
+    pub peer_role: Role,
 }
 
 /// `INVITE` (0x18, spec §7.7): an agent invites a customer known to the relay by `target`.
@@ -611,6 +626,7 @@ postcard_body!(
     InvitationRef,
     (),
     End,
+    Rejoined,
     Patch,
     Ack,
     Resync,
@@ -857,6 +873,8 @@ catalogue! {
     Resume(()) = 0x22, RESUME, "§7.12";
     /// `END`.
     End(End) = 0x24, END, "§7.13";
+    /// `REJOINED`.
+    Rejoined(Rejoined) = 0x26, REJOINED, "§7.36";
     /// `SNAPSHOT`.
     Snapshot(Snapshot) = 0x30, SNAPSHOT, "§7.14";
     /// `PATCH`.
@@ -1049,12 +1067,14 @@ impl Message {
                 string("session_created.token", &m.token, l)
             }
             Message::Join(m) => {
-                let (Credential::Code(c) | Credential::Token(c)) = &m.credential;
+                let (Credential::Code(c) | Credential::Token(c) | Credential::Resume(c)) =
+                    &m.credential;
                 string("join.credential", c, l)?;
                 string("join.label", &m.label, l)
             }
             Message::Joined(m) => {
                 string("joined.peer_label", &m.peer_label, l)?;
+                string("joined.resume_token", &m.resume_token, l)?;
                 platform("joined.peer_platform", &m.peer_platform, l)
             }
             Message::Invite(m) => {

@@ -11,9 +11,9 @@ use proptest::strategy::Union;
 use tandem_protocol::message::{
     Ack, Addresses, Capabilities, Click, Compressed, Credential, End, EndReason, ErrorReport,
     Hello, Highlight, Input, InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange,
-    ModeOp, Navigate, Patch, Ping, Platform, Pointer, RefusalCode, Refused, Resource, Resync,
-    ResyncReason, Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame,
-    Viewport, ViewportChange, Welcome,
+    ModeOp, Navigate, Patch, Ping, Platform, Pointer, RefusalCode, Refused, Rejoined, Resource,
+    Resync, ResyncReason, Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status,
+    UnknownFrame, Viewport, ViewportChange, Welcome,
 };
 use tandem_protocol::strings::MAX_SYM_INDEX;
 use tandem_protocol::{
@@ -226,21 +226,28 @@ fn message() -> impl Strategy<Value = Message> {
         (
             prop_oneof![
                 text().prop_map(Credential::Code),
-                text().prop_map(Credential::Token)
+                text().prop_map(Credential::Token),
+                text().prop_map(Credential::Resume)
             ],
             text(),
         )
             .prop_map(|(credential, label)| Message::Join(Join { credential, label }))
             .boxed(),
-        (wire::<Role>(), text(), platform(), caps())
-            .prop_map(|(peer_role, peer_label, peer_platform, capabilities)| {
-                Message::Joined(Joined {
-                    peer_role,
-                    peer_label,
-                    peer_platform,
-                    capabilities,
-                })
-            })
+        (wire::<Role>(), text(), platform(), caps(), text())
+            .prop_map(
+                |(peer_role, peer_label, peer_platform, capabilities, resume_token)| {
+                    Message::Joined(Joined {
+                        peer_role,
+                        peer_label,
+                        peer_platform,
+                        capabilities,
+                        resume_token,
+                    })
+                },
+            )
+            .boxed(),
+        wire::<Role>()
+            .prop_map(|peer_role| Message::Rejoined(Rejoined { peer_role }))
             .boxed(),
         (any::<u64>(), text(), text(), any::<u32>())
             .prop_map(|(invitation, target, agent_label, expires_ms)| {

@@ -542,6 +542,7 @@ fn message_fields(m: &Message) -> Vec<&'static str> {
         Message::Accept(x) | Message::Decline(x) | Message::Cancel(x) => field_names(x),
         Message::Pause(x) | Message::Resume(x) => field_names(x),
         Message::End(x) => field_names(x),
+        Message::Rejoined(x) => field_names(x),
         Message::Snapshot(x) => field_names(x),
         Message::Patch(x) => field_names(x),
         Message::Ack(x) => field_names(x),

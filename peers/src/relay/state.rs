@@ -19,9 +19,13 @@ pub const MIN_VERSION: u32 = PROTOCOL_VERSION;
 pub const MAX_VERSION: u32 = PROTOCOL_VERSION;
 
 /// Capabilities the relay supports. It forwards streams and datagrams without looking inside,
-/// so compression and resources work through it; it cannot resume sessions.
+/// so compression and resources work through it, and it keeps a session whose peer lost its
+/// connection for a grace period so that the peer can resume (spec §3.5).
 pub const RELAY_CAPABILITIES: Capabilities = Capabilities(
-    Capabilities::COMPRESSION.0 | Capabilities::RESOURCES.0 | Capabilities::DATAGRAMS.0,
+    Capabilities::COMPRESSION.0
+        | Capabilities::RESOURCES.0
+        | Capabilities::DATAGRAMS.0
+        | Capabilities::RESUME.0,
 );
 
 /// The software string the relay sends in `WELCOME`.
@@ -126,8 +130,9 @@ pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
         FrameType::JOIN | FrameType::INVITE if side == Side::Agent => {
             ControlAction::Refuse(ErrorCode::SessionBusy)
         }
-        // spec §7.3: one session per connection. Resume (JOIN from a consumer) is not offered
-        // by this relay, and only agents invite (before they have a session: relay/invite.rs).
+        // spec §7.3: one session per connection. A consumer resumes (JOIN) only as the first
+        // request of a new connection, and only agents invite (before they have a session:
+        // relay/invite.rs).
         FrameType::SESSION_OPEN | FrameType::JOIN | FrameType::INVITE => {
             ControlAction::Refuse(ErrorCode::UnexpectedMessage)
         }
@@ -298,22 +303,29 @@ pub struct PeerInfo {
 }
 
 /// The `JOINED` each side receives (spec §7.6): the other side's role, label and platform, and
-/// the session's capabilities, which both peers and the relay share.
+/// the session's capabilities, which both peers and the relay share. The resume tokens are
+/// left empty; [`SessionTable::issue_resume`] draws them when the session has `RESUME`.
 pub fn joined_messages(consumer: &PeerInfo, agent: &PeerInfo) -> (Joined, Joined) {
+    (
+        joined_for(Side::Consumer, consumer, agent),
+        joined_for(Side::Agent, consumer, agent),
+    )
+}
+
+/// The `JOINED` that `side` receives, with an empty resume token.
+pub fn joined_for(side: Side, consumer: &PeerInfo, agent: &PeerInfo) -> Joined {
     let capabilities = consumer.capabilities.intersect(agent.capabilities);
-    let to_consumer = Joined {
-        peer_role: Role::Agent,
-        peer_label: agent.label.clone(),
-        peer_platform: agent.platform.clone(),
-        capabilities,
+    let (peer_role, peer) = match side {
+        Side::Consumer => (Role::Agent, agent),
+        Side::Agent => (Role::Consumer, consumer),
     };
-    let to_agent = Joined {
-        peer_role: Role::Consumer,
-        peer_label: consumer.label.clone(),
-        peer_platform: consumer.platform.clone(),
+    Joined {
+        peer_role,
+        peer_label: peer.label.clone(),
+        peer_platform: peer.platform.clone(),
         capabilities,
-    };
-    (to_consumer, to_agent)
+        resume_token: String::new(),
+    }
 }
 
 /// Settings of the session table.
@@ -330,6 +342,8 @@ pub struct TableConfig {
     /// The longest an invitation may wait for an answer (spec §7.7: 120 s by default; an
     /// `INVITE` asking for longer gets this).
     pub invitation_ttl: Duration,
+    /// How long a session whose peer lost its connection waits for it to resume (spec §3.5).
+    pub resume_grace: Duration,
 }
 
 impl Default for TableConfig {
@@ -340,6 +354,7 @@ impl Default for TableConfig {
             failure_window: Duration::from_secs(60),
             max_sessions: 10_000,
             invitation_ttl: Duration::from_secs(120),
+            resume_grace: Duration::from_secs(60),
         }
     }
 }
@@ -468,6 +483,17 @@ struct Entry<P> {
     token: String,
     consumer: PeerInfo,
     state: State<P>,
+    /// Where resuming peers are handed (the live session's pump), once the session has one.
+    resumer: Option<P>,
+    /// The current resume token of each side (consumer, agent), if issued (spec §3.5).
+    resume_tokens: [Option<String>; 2],
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Consumer => 0,
+        Side::Agent => 1,
+    }
 }
 
 /// The relay's sessions, by code and by token, and the failed-join counters by source.
@@ -484,6 +510,7 @@ pub struct SessionTable<P> {
     sessions: HashMap<SessionId, Entry<P>>,
     by_code: HashMap<String, SessionId>,
     by_token: HashMap<String, SessionId>,
+    by_resume: HashMap<String, (SessionId, Side)>,
     failures: HashMap<FailKey, VecDeque<Instant>>,
     next_id: SessionId,
 }
@@ -622,6 +649,7 @@ impl<P> SessionTable<P> {
             sessions: HashMap::new(),
             by_code: HashMap::new(),
             by_token: HashMap::new(),
+            by_resume: HashMap::new(),
             failures: HashMap::new(),
             next_id: 1,
         }
@@ -668,6 +696,8 @@ impl<P> SessionTable<P> {
                     waiter,
                     invited: None,
                 },
+                resumer: None,
+                resume_tokens: [None, None],
             },
         );
         Ok(Opened {
@@ -725,6 +755,8 @@ impl<P> SessionTable<P> {
         let id = match credential {
             Credential::Code(c) => self.by_code.get(c),
             Credential::Token(t) => self.by_token.get(t),
+            // A resume token names a live session, which cannot be joined (see `resume`).
+            Credential::Resume(_) => None,
         }
         .copied();
         let Some((id, entry)) = id.and_then(|id| self.sessions.get_mut(&id).map(|e| (id, e)))
@@ -824,15 +856,88 @@ impl<P> SessionTable<P> {
         expired
     }
 
-    /// Forgets session `id` and its code and token. Returns whether it existed.
+    /// Forgets session `id` and its code, token and resume tokens. Returns whether it existed.
     pub fn remove(&mut self, id: SessionId) -> bool {
         match self.sessions.remove(&id) {
             Some(entry) => {
                 self.by_code.remove(&entry.code);
                 self.by_token.remove(&entry.token);
+                for token in entry.resume_tokens.into_iter().flatten() {
+                    self.by_resume.remove(&token);
+                }
                 true
             }
             None => false,
+        }
+    }
+
+    /// Draws a new single-use resume token for `side` of the paired session `id` (spec §3.5),
+    /// replacing that side's previous one, and keeps `resumer` as where a resuming peer is
+    /// handed. `None` when the session is gone or not paired.
+    pub fn issue_resume(
+        &mut self,
+        id: SessionId,
+        side: Side,
+        resumer: P,
+        random: &mut dyn FnMut(&mut [u8]) -> Result<(), RandomFailed>,
+    ) -> Result<Option<String>, RandomFailed> {
+        let Some(entry) = self.sessions.get_mut(&id) else {
+            return Ok(None);
+        };
+        if !matches!(entry.state, State::Paired) {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; 16];
+        random(&mut bytes)?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if self.by_resume.contains_key(&token) {
+            // 128 random bits never collide unless the random source is broken.
+            return Err(RandomFailed);
+        }
+        if let Some(old) = entry.resume_tokens[side_index(side)].replace(token.clone()) {
+            self.by_resume.remove(&old);
+        }
+        entry.resumer = Some(resumer);
+        self.by_resume.insert(token.clone(), (id, side));
+        Ok(Some(token))
+    }
+
+    /// A peer from `from`, connected as `side`, presents the resume token `token` (spec §3.5).
+    /// The token is spent either way it matches; an unknown or spent token, or one of the other
+    /// side, counts as a failed attempt of `from` like a wrong code, and is
+    /// [`JoinRefusal::NotFound`]. On success, returns the session and where to hand the peer.
+    pub fn resume(
+        &mut self,
+        now: Instant,
+        from: IpAddr,
+        side: Side,
+        token: &str,
+    ) -> Result<(SessionId, P), JoinRefusal>
+    where
+        P: Clone,
+    {
+        let source = FailKey::Source(SourceKey::of(from));
+        if self.recent_failures(source, now) >= self.config.max_failures {
+            return Err(JoinRefusal::RateLimited);
+        }
+        let found = match self.by_resume.get(token) {
+            Some(&(id, s)) if s == side => Some(id),
+            _ => None,
+        };
+        let resumer = found.and_then(|id| {
+            let entry = self.sessions.get_mut(&id)?;
+            entry.resume_tokens[side_index(side)].take();
+            entry.resumer.clone().map(|r| (id, r))
+        });
+        match resumer {
+            Some(found) => {
+                self.by_resume.remove(token);
+                Ok(found)
+            }
+            None => {
+                self.record_failure(source, now);
+                Err(JoinRefusal::NotFound)
+            }
         }
     }
 
@@ -964,7 +1069,11 @@ mod tests {
         let w = negotiate(&hello(1, 7, Role::Agent)).unwrap();
         assert_eq!(w.version, PROTOCOL_VERSION);
         assert_eq!(w.role, Role::Relay);
-        assert_eq!(w.capabilities, Capabilities::DATAGRAMS);
+        // RESUME is the relay's too (spec §3.5); bits the relay lacks are dropped.
+        assert_eq!(
+            w.capabilities,
+            Capabilities(Capabilities::DATAGRAMS.0 | Capabilities::RESUME.0)
+        );
         assert_eq!(
             negotiate(&hello(2, 3, Role::Consumer)).unwrap_err().code,
             ErrorCode::VersionMismatch
@@ -1060,6 +1169,70 @@ mod tests {
         assert_eq!(
             table.join(now, IP, &Credential::Code(o.code)).unwrap_err(),
             JoinRefusal::NotFound
+        );
+    }
+
+    #[test]
+    fn resume_tokens_are_single_use_rotated_and_per_side() {
+        let mut table = SessionTable::new(TableConfig::default());
+        let mut random = counter_random();
+        let now = Instant::now();
+        let o = table.open(now, info("c"), 7u32, &mut random).unwrap();
+        // Not paired yet: nothing to resume.
+        assert_eq!(
+            table.issue_resume(o.id, Side::Consumer, 9, &mut random),
+            Ok(None)
+        );
+        table
+            .join(now, IP, &Credential::Code(o.code.clone()))
+            .unwrap();
+        let first = table
+            .issue_resume(o.id, Side::Consumer, 9, &mut random)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.len(), 32, "128 bits in hex");
+        let agent = table
+            .issue_resume(o.id, Side::Agent, 9, &mut random)
+            .unwrap()
+            .unwrap();
+        // A new token replaces the old one.
+        let second = table
+            .issue_resume(o.id, Side::Consumer, 9, &mut random)
+            .unwrap()
+            .unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            table.resume(now, IP, Side::Consumer, &first),
+            Err(JoinRefusal::NotFound)
+        );
+        // The agent's token does not seat a consumer.
+        assert_eq!(
+            table.resume(now, IP, Side::Consumer, &agent),
+            Err(JoinRefusal::NotFound)
+        );
+        assert_eq!(
+            table.resume(now, IP, Side::Consumer, &second),
+            Ok((o.id, 9))
+        );
+        // Spent.
+        assert_eq!(
+            table.resume(now, IP, Side::Consumer, &second),
+            Err(JoinRefusal::NotFound)
+        );
+        // Failures count against the source like wrong codes.
+        let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        for _ in 0..5 {
+            let _ = table.resume(now, other, Side::Agent, "nope");
+        }
+        assert_eq!(
+            table.resume(now, other, Side::Agent, &agent),
+            Err(JoinRefusal::RateLimited)
+        );
+        // An ended session takes its tokens along.
+        assert!(table.remove(o.id));
+        assert_eq!(
+            table.resume(now, IP, Side::Agent, &agent),
+            Err(JoinRefusal::NotFound)
         );
     }
 

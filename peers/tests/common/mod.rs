@@ -25,12 +25,14 @@ pub async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// A relay on a free port of 127.0.0.1 that lets peers go quickly (300 ms of grace), with
-/// `tune` applied to its configuration first.
+/// A relay on a free port of 127.0.0.1 that lets peers go quickly (300 ms of grace) and keeps
+/// a session whose peer lost its connection for 1 s (spec §3.5), with `tune` applied to its
+/// configuration first.
 pub fn start_relay(tune: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
     let identity = Identity::generate().expect("generate certificate");
     let mut config = RelayConfig::new("127.0.0.1:0".parse().expect("an address"), identity);
     config.close_grace = Duration::from_millis(300);
+    config.table.resume_grace = Duration::from_secs(1);
     tune(&mut config);
     relay::spawn(config).expect("relay starts")
 }

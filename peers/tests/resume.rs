@@ -1,0 +1,304 @@
+//! Resumption (issue 7.5, spec §3.5) over real QUIC through the relay: a connection killed
+//! mid-snapshot or mid-stream comes back on a new connection, the DOM stream continues from
+//! what the agent acknowledged (or from a new snapshot when nothing was), nothing is lost and
+//! the final hashes match. The consumer's link is the project's emulated slow link.
+
+mod common;
+
+use std::time::Duration;
+
+use common::guard;
+use tandem_engine::{LivePage, Resumption};
+use tandem_peers::client::{self, ControlChannel};
+use tandem_peers::link::{Link, LinkSpec};
+use tandem_peers::relay::{RelayEvent, RelayHandle};
+use tandem_peers::session::{
+    self, AgentOptions, AgentReport, ChangeSource, ConsumerOptions, ConsumerReport,
+    CustomerCommand, SessionError,
+};
+use tandem_protocol::message::{Credential, Role};
+use tokio::sync::mpsc;
+
+/// How long a whole resumed session may take before the test fails.
+const SESSION_GUARD: Duration = Duration::from_secs(60);
+
+/// A page whose compressed snapshot takes seconds at 750 kbit/s: paragraphs of text that does
+/// not repeat (a seeded generator), so compression cannot shrink it much.
+fn large_page() -> String {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut html = String::from(
+        "<!DOCTYPE html><html><head><title>Order history</title></head><body><h1>Orders</h1>",
+    );
+    for i in 0..1_500 {
+        html.push_str(&format!("<p id=p{i}>"));
+        for _ in 0..12 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            html.push_str(&format!("{:x} ", state));
+        }
+        html.push_str("</p>");
+    }
+    html.push_str("</body></html>");
+    html
+}
+
+/// A resumable consumer on `link_spec` in front of `relay`, running `opts`; returns its code,
+/// the command sender and its task.
+async fn consumer(
+    relay: &RelayHandle,
+    link_spec: &str,
+    opts: ConsumerOptions,
+) -> (
+    String,
+    mpsc::Sender<CustomerCommand>,
+    tokio::task::JoinHandle<Result<ConsumerReport, SessionError>>,
+    Option<Link>,
+) {
+    let spec: LinkSpec = link_spec.parse().expect("a link");
+    let link = Link::spawn_unless_none(relay.addr, &spec)
+        .await
+        .expect("the link starts");
+    let addr = link.as_ref().map_or(relay.addr, Link::addr);
+    let conn = guard("connect", client::connect(addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    let ctl = guard(
+        "welcome",
+        ControlChannel::open(conn, client::hello(Role::Consumer)),
+    )
+    .await
+    .expect("welcome")
+    .resumable(relay.fingerprint);
+    let (tx, rx) = mpsc::channel(8);
+    let mut opts = opts;
+    opts.commands = Some(rx);
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(session::run_consumer(ctl, opts, move |created| {
+        let _ = code_tx.send(created.code.clone());
+    }));
+    let code = guard("the session code", code_rx).await.expect("a code");
+    (code, tx, task, link)
+}
+
+/// A resumable agent joined by `code`, running `opts` in a task.
+async fn agent(
+    relay: &RelayHandle,
+    code: String,
+    opts: AgentOptions,
+) -> tokio::task::JoinHandle<Result<AgentReport, SessionError>> {
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    let (ctl, _) = guard(
+        "join",
+        ControlChannel::open_and_join(
+            conn,
+            client::hello(Role::Agent),
+            Credential::Code(code),
+            "Alex",
+        ),
+    )
+    .await
+    .expect("joined");
+    let ctl = ctl.resumable(relay.fingerprint);
+    tokio::spawn(session::run_agent(ctl, opts, std::time::Instant::now()))
+}
+
+async fn finish(
+    consumer: tokio::task::JoinHandle<Result<ConsumerReport, SessionError>>,
+    agent: tokio::task::JoinHandle<Result<AgentReport, SessionError>>,
+) -> (ConsumerReport, AgentReport) {
+    let consumer = tokio::time::timeout(SESSION_GUARD, consumer)
+        .await
+        .expect("the consumer finishes")
+        .expect("the consumer task")
+        .expect("the consumer's session");
+    let agent = tokio::time::timeout(SESSION_GUARD, agent)
+        .await
+        .expect("the agent finishes")
+        .expect("the agent task")
+        .expect("the agent's session");
+    (consumer, agent)
+}
+
+/// Events the relay reported so far, by name.
+fn events(rx: &mut tokio::sync::broadcast::Receiver<RelayEvent>) -> Vec<String> {
+    let mut names = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        let name = match e {
+            RelayEvent::Disconnected { side, .. } => format!("disconnected:{side}"),
+            RelayEvent::Reconnected { side, .. } => format!("reconnected:{side}"),
+            RelayEvent::Ended { reason, .. } => format!("ended:{reason}"),
+            RelayEvent::Connected { .. } => "connected".into(),
+            _ => continue,
+        };
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_snapshot_comes_back_with_a_new_epoch() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(20));
+    let mut seen = relay.subscribe();
+    let mut opts = common::sample_options(ChangeSource::None);
+    opts.html = large_page();
+    opts.preupload = false;
+    let (code, commands, consumer, _link) = consumer(&relay, "300ms,750kbit,1%,seed=5", opts).await;
+    let agent = agent(&relay, code, AgentOptions::default()).await;
+    // The snapshot (hundreds of KB) takes seconds at 750 kbit/s: cut the link while it is on
+    // its way.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    commands
+        .send(CustomerCommand::DropConnection)
+        .await
+        .expect("the consumer listens");
+    let (c, a) = finish(consumer, agent).await;
+
+    assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
+    let r = c.resumptions[0];
+    assert!(r.own);
+    assert_eq!(
+        r.how,
+        Resumption::Snapshot,
+        "nothing was acknowledged: a new epoch"
+    );
+    assert!(
+        r.zero_rtt,
+        "the HELLO went as 0-RTT data on a ticket of the first connection"
+    );
+    assert_eq!(c.snapshots, 2, "the cut snapshot and the new epoch's");
+    assert!(c.acked, "the agent acknowledged the final state");
+    assert_eq!(a.hash, Some(c.hash), "the agent holds the customer's page");
+    assert_eq!(a.divergences, 0);
+    assert!(
+        a.resumptions.iter().any(|r| !r.own),
+        "the agent was told (REJOINED)"
+    );
+    let names = events(&mut seen);
+    assert!(
+        names.contains(&"disconnected:consumer".to_owned())
+            && names.contains(&"reconnected:consumer".to_owned()),
+        "{names:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_stream_continues_from_what_the_agent_acknowledged() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(20));
+    let mut opts = common::sample_options(ChangeSource::Live {
+        generator: LivePage::new(7),
+        per_batch: 3,
+        batches: Some(120),
+    });
+    opts.interval = Duration::from_millis(20);
+    opts.preupload = false;
+    let (code, commands, consumer, _link) = consumer(&relay, "20ms,10mbit", opts).await;
+    let agent = agent(&relay, code, AgentOptions::default()).await;
+    // The snapshot is acknowledged within a few round trips; the page keeps changing.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    commands
+        .send(CustomerCommand::DropConnection)
+        .await
+        .expect("the consumer listens");
+    let (c, a) = finish(consumer, agent).await;
+
+    assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
+    let r = c.resumptions[0];
+    assert!(r.own);
+    assert!(
+        matches!(r.how, Resumption::Continue { resent } if resent <= 1),
+        "one patch at most was in flight: {:?}",
+        r.how
+    );
+    assert_eq!(c.snapshots, 1, "no new snapshot: the epoch continued");
+    assert!(c.patches > 2, "{} patches", c.patches);
+    assert!(c.acked);
+    assert_eq!(a.hash, Some(c.hash), "nothing was lost");
+    assert_eq!(a.divergences, 0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_stream_comes_back_and_catches_up() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(20));
+    let mut seen = relay.subscribe();
+    let mut opts = common::sample_options(ChangeSource::Live {
+        generator: LivePage::new(9),
+        per_batch: 3,
+        batches: Some(120),
+    });
+    opts.interval = Duration::from_millis(20);
+    opts.preupload = false;
+    let (code, _commands, consumer, _link) = consumer(&relay, "20ms,10mbit", opts).await;
+    let agent = agent(
+        &relay,
+        code,
+        AgentOptions {
+            drop_after: Some(Duration::from_millis(500)),
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let (c, a) = finish(consumer, agent).await;
+
+    assert_eq!(
+        a.resumptions.iter().filter(|r| r.own).count(),
+        1,
+        "{:?}",
+        a.resumptions
+    );
+    assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
+    let r = c.resumptions[0];
+    assert!(!r.own, "the consumer was told the agent came back");
+    assert!(
+        matches!(r.how, Resumption::Continue { .. }),
+        "the agent kept its tree: {:?}",
+        r.how
+    );
+    assert_eq!(c.snapshots, 1);
+    assert!(c.acked);
+    assert_eq!(a.hash, Some(c.hash));
+    assert_eq!(a.divergences, 0);
+    let names = events(&mut seen);
+    assert!(names.contains(&"reconnected:agent".to_owned()), "{names:?}");
+    relay.shutdown().await;
+}
+
+/// A peer that does not come back within the grace period: the session ends for the other
+/// side with `ConnectionLost`, as without resumption (spec §3.3, §3.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_come_back_ends_the_session_after_the_grace_period() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_millis(500));
+    let mut seen = relay.subscribe();
+    // Not resumable: the consumer's runner gives up when its connection goes.
+    let mut opts = common::sample_options(ChangeSource::Live {
+        generator: LivePage::new(3),
+        per_batch: 1,
+        batches: None,
+    });
+    let (tx, rx) = mpsc::channel(1);
+    opts.commands = Some(rx);
+    let (code, consumer) = common::consumer_session(&relay, opts).await;
+    let agent = agent(&relay, code, AgentOptions::default()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(CustomerCommand::DropConnection)
+        .await
+        .expect("the consumer listens");
+    let c = guard("the consumer", consumer).await.expect("task");
+    assert!(c.is_err(), "a consumer that cannot resume ends");
+    let a = guard("the agent", agent).await.expect("task");
+    assert!(a.is_ok(), "the agent ends cleanly on END: {a:?}");
+    let names = events(&mut seen);
+    assert_eq!(
+        names,
+        [
+            "connected",
+            "disconnected:consumer",
+            "ended:connection_lost"
+        ]
+    );
+    relay.shutdown().await;
+}
