@@ -133,6 +133,7 @@ pub struct Consumer {
     out: VecDeque<Message>,
     limits: Limits,
     part_bytes: usize,
+    fold_bytes: usize,
     fallbacks: u64,
     policy: MaskPolicy,
     /// Set while [`Consumer::update_to`] runs: its target is masked already.
@@ -225,6 +226,7 @@ impl Consumer {
             out: VecDeque::new(),
             limits,
             part_bytes: snapshot::DEFAULT_PART_BYTES,
+            fold_bytes: snapshot::DEFAULT_PART_BYTES,
             fallbacks: 0,
             policy,
             raw: false,
@@ -265,6 +267,15 @@ impl Consumer {
     /// Sets the target size of snapshot parts for later snapshots.
     pub fn set_part_bytes(&mut self, bytes: usize) {
         self.part_bytes = bytes.max(1);
+        self.fold_bytes = self.part_bytes;
+    }
+
+    /// Sets the above-the-fold cut for the next snapshots (spec §7.14): part 0 ends after
+    /// about `bytes` of records, the top of the page in document order, which the agent can
+    /// show before the rest arrives; later parts keep the part size. Call after
+    /// [`Consumer::set_part_bytes`], which resets it to the part size.
+    pub fn set_fold_bytes(&mut self, bytes: usize) {
+        self.fold_bytes = bytes.max(1);
     }
 
     /// Starts a new epoch: renumbers the tree in document order, forgets pending changes and the
@@ -287,11 +298,12 @@ impl Consumer {
         self.resend.clear();
         self.resend_overflow = false;
         self.replaying = 0;
-        for part in snapshot::encode(
+        for part in snapshot::encode_folded(
             &mut self.dom,
             self.epoch,
             &self.url,
             &mut self.enc,
+            self.fold_bytes,
             self.part_bytes,
         ) {
             self.out.push_back(Message::Snapshot(part));

@@ -89,6 +89,20 @@ pub fn encode(
     enc: &mut SymEncoder,
     part_bytes: usize,
 ) -> Vec<Snapshot> {
+    encode_folded(dom, epoch, url, enc, part_bytes, part_bytes)
+}
+
+/// [`encode`] with an above-the-fold cut (spec §7.14, viewport first): part 0 ends after about
+/// `fold_bytes` of records — in document order, what the customer sees first — so that the
+/// agent can show it as soon as it arrives; later parts hold about `part_bytes` each.
+pub fn encode_folded(
+    dom: &mut Dom,
+    epoch: u32,
+    url: &str,
+    enc: &mut SymEncoder,
+    fold_bytes: usize,
+    part_bytes: usize,
+) -> Vec<Snapshot> {
     enc.reset();
     let hash = hash::short(&dom.root_hash());
     let mut parts = Vec::new();
@@ -110,7 +124,12 @@ pub fn encode(
         let Some(node) = dom.node(id) else { continue };
         size += estimate(&node.kind);
         nodes.push(record(&node.kind, node.children().len(), enc));
-        if size >= part_bytes {
+        let limit = if parts.is_empty() {
+            fold_bytes
+        } else {
+            part_bytes
+        };
+        if size >= limit {
             parts.push(part(&parts, std::mem::take(&mut nodes), None));
             size = 0;
         }

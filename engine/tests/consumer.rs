@@ -351,3 +351,31 @@ fn random_record_batches_converge() {
         }
     }
 }
+
+#[test]
+fn the_fold_cut_keeps_part_zero_small_and_the_rest_in_full_parts() {
+    let html: String = (0..600)
+        .map(|i| format!("<p class=row>paragraph {i} with a few words of text</p>"))
+        .collect();
+    let mut c = Consumer::new(parse_html(&html, Limits::DEFAULT), "u", Limits::DEFAULT);
+    c.set_part_bytes(8 * 1024);
+    c.set_fold_bytes(512);
+    c.queue_snapshot();
+    let mut agent = Agent::new(Limits::DEFAULT);
+    let mut sizes = Vec::new();
+    while let Some(m) = c.poll_message() {
+        if let Message::Snapshot(s) = &m {
+            sizes.push(s.nodes.len());
+        }
+        agent.handle_message(m).unwrap();
+    }
+    assert!(sizes.len() > 3, "{sizes:?}");
+    // Part 0 is the fold: a small fraction of a full part.
+    assert!(sizes[0] * 8 < sizes[1], "{sizes:?}");
+    assert!(
+        sizes[1..sizes.len() - 1]
+            .windows(2)
+            .all(|w| w[0].abs_diff(w[1]) * 4 < w[0])
+    );
+    assert_eq!(agent.tree_hash(), Some(c.tree_hash()));
+}

@@ -79,6 +79,11 @@ pub struct ConsumerArgs {
     /// The viewport announced to the agent, WIDTHxHEIGHT[@DPR] (e.g. 390x844@3).
     #[arg(long, value_parser = crate::presence::parse_viewport, default_value = "1280x800@1")]
     pub viewport: Viewport,
+    /// The above-the-fold cut, in KiB of records: part 0 of each snapshot holds the top of the
+    /// page in document order, which the agent shows before the rest arrives (spec §7.14).
+    /// Smaller shows something sooner; the default is the part size, 32.
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub fold: Option<u32>,
     /// Send the page's resources by content address (spec §14): stylesheets, images and fonts
     /// read from files under the page's directory (the states directory itself for a
     /// directory), `data:` URLs and large texts travel once each, as the agent asks for them,
@@ -208,6 +213,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         invitations: args.invitations,
         commands: Some(terminal_commands()),
         preupload: true,
+        fold_bytes: args.fold.map(|k| k as usize * 1024),
     };
     let resources = args
         .resources

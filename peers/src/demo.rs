@@ -277,6 +277,7 @@ pub async fn demo_with(
             invitations: Invitations::Decline,
             commands: None,
             preupload: true,
+            fold_bytes: None,
         };
         session::run_consumer_with(ctl, opts, resource_opts, |created| {
             let _ = code_tx.send(created.code.clone());

@@ -1162,6 +1162,7 @@ pub async fn run_pair(
             invitations: session::Invitations::Decline,
             commands: None,
             preupload: false,
+            fold_bytes: None,
         };
         session::run_consumer_with(ctl, opts, pair.resources, |created| {
             let _ = code_tx.send(created.code.clone());

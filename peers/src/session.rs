@@ -274,6 +274,9 @@ pub struct ConsumerOptions {
     /// so that the agent's first render does not wait for the customer's upload. Not with
     /// resources, whose use the agent decides when it joins.
     pub preupload: bool,
+    /// The above-the-fold cut (spec §7.14): bytes of records in a snapshot's part 0, the top
+    /// of the page the agent shows first; `None` keeps the engine's part size (32 KiB).
+    pub fold_bytes: Option<usize>,
 }
 
 /// How a consumer session starts: with the page still to hand to a consumer, or with the
@@ -462,6 +465,15 @@ async fn send_latest(
     }
 }
 
+/// Applies the above-the-fold cut to a consumer whose first snapshot is queued and not sent:
+/// the snapshot is cut again (a new epoch number; nothing of the old one left).
+fn fold(consumer: &mut Consumer, fold_bytes: Option<usize>) {
+    if let Some(bytes) = fold_bytes {
+        consumer.set_fold_bytes(bytes);
+        consumer.queue_snapshot();
+    }
+}
+
 /// Brings the agent up to date as far as backpressure allows ([`crate::pump`]): when the DOM
 /// writer is idle and sharing is not paused, flushes the page's folded changes if the agent has
 /// acknowledged everything sent, and starts writing whatever the consumer has queued.
@@ -524,6 +536,7 @@ pub async fn run_consumer_with(
             .contains(Capabilities::COMPRESSION);
         let mut pump = DomPump::new(ctl.connection().clone(), limits, offered);
         let mut c = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
+        fold(&mut c, opts.fold_bytes);
         pump.send_queued(&mut c)?;
         Start::Early(Box::new(c), pump)
     } else {
@@ -577,7 +590,7 @@ pub async fn run_consumer_with(
     let (mut consumer, early_pump) = match start {
         Start::Early(c, pump) => (*c, Some(pump)),
         Start::Page(page) => {
-            let c = match &resources {
+            let mut c = match &resources {
                 Some(r) => Consumer::with_resources(
                     page,
                     &opts.url,
@@ -587,6 +600,7 @@ pub async fn run_consumer_with(
                 ),
                 None => Consumer::with_policy(page, &opts.url, limits, opts.policy.clone()),
             };
+            fold(&mut c, opts.fold_bytes);
             (c, None)
         }
     };

@@ -309,6 +309,7 @@ async fn a_page_is_shared_over_an_accepted_invitation() {
             invitations: Invitations::Accept,
             commands: None,
             preupload: true,
+            fold_bytes: None,
         };
         session::run_consumer(consumer_ctl, opts, |_| {
             let _ = label_tx.send(());

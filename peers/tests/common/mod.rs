@@ -62,6 +62,7 @@ pub fn sample_options(changes: ChangeSource) -> ConsumerOptions {
         invitations: Invitations::Decline,
         commands: None,
         preupload: true,
+        fold_bytes: None,
     }
 }
 
