@@ -780,11 +780,14 @@ impl Downlink {
 
     /// The connection was replaced, or the consumer came back on a new one (spec §3.5): open
     /// streams are forgotten (their stop handles dropped) and what is still missing is asked for
-    /// again ([`Downlink::poll_message`] gives the `WANT`). Feed it only [`Inbound`]s of streams
+    /// again ([`Downlink::poll_message`] gives a `HAVE` of what is held, then the `WANT`). Feed
+    /// it only [`Inbound`]s of streams
     /// accepted after this call.
     pub fn reconnected(&mut self) {
         self.stops.clear();
         self.rx.reconnected();
+        // A HAVE may have been lost with the connection: say again what is held.
+        self.out.push_back(self.have());
         self.drain();
     }
 

@@ -1366,8 +1366,7 @@ pub async fn run_agent(
         });
         if let Some(d) = downlink.as_mut() {
             d.reconnected();
-            let mut again = vec![d.have()];
-            again.extend(std::iter::from_fn(|| d.poll_message()));
+            let again: Vec<Message> = std::iter::from_fn(|| d.poll_message()).collect();
             for m in again {
                 if let Err(e) = write_message(&mut ctl_send, &m, &limits).await {
                     tracing::debug!(error = %e, "cannot ask for blobs again");

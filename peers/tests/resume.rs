@@ -302,3 +302,88 @@ async fn a_peer_that_does_not_come_back_ends_the_session_after_the_grace_period(
     );
     relay.shutdown().await;
 }
+
+/// With resources (spec §14): blobs in flight when the consumer's connection is cut are asked
+/// for again and sent again on the new connection; the agent ends with every blob the page
+/// refers to, and the same page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
+    use tandem_peers::resources::ResourceOptions;
+
+    let relay = common::start_relay(|c| {
+        c.table.resume_grace = Duration::from_secs(20);
+        // No relay cache: every blob has to come from the consumer again.
+        c.cache_bytes = 0;
+    });
+    let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/resources/site/page1.html");
+    let spec: LinkSpec = "100ms,48kbit".parse().expect("a link");
+    let link = Link::spawn(relay.addr, &spec)
+        .await
+        .expect("the link starts");
+    let conn = guard("connect", client::connect(link.addr(), relay.fingerprint))
+        .await
+        .expect("connect");
+    let mut hello = client::hello(Role::Consumer);
+    hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+    let ctl = guard("welcome", ControlChannel::open(conn, hello))
+        .await
+        .expect("welcome")
+        .resumable(relay.fingerprint);
+    let mut opts = common::sample_options(ChangeSource::None);
+    opts.html = std::fs::read_to_string(&page).expect("the page");
+    opts.url = "https://site.example/page1.html".into();
+    opts.preupload = false;
+    let (tx, rx) = mpsc::channel(8);
+    opts.commands = Some(rx);
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let consumer = tokio::spawn(session::run_consumer_with(
+        ctl,
+        opts,
+        // Pushed right behind the snapshot, so that they are on the wire when the link goes.
+        Some(ResourceOptions {
+            mode: tandem_engine::resource::SendMode::Push,
+            ..ResourceOptions::for_page(&page)
+        }),
+        move |created| {
+            let _ = code_tx.send(created.code.clone());
+        },
+    ));
+    let code = guard("the code", code_rx).await.expect("a code");
+
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    let mut hello = client::hello(Role::Agent);
+    hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
+    let (ctl, _) = guard(
+        "join",
+        ControlChannel::open_and_join(conn, hello, Credential::Code(code), "Alex"),
+    )
+    .await
+    .expect("joined");
+    let agent = tokio::spawn(session::run_agent(
+        ctl.resumable(relay.fingerprint),
+        AgentOptions::default(),
+        std::time::Instant::now(),
+    ));
+    // The snapshot is small; the blobs (7 KB at 48 kbit/s, over a second) are on their way.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    tx.send(CustomerCommand::DropConnection)
+        .await
+        .expect("the consumer listens");
+    let (c, a) = finish(consumer, agent).await;
+
+    assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
+    assert_eq!(a.hash, Some(c.hash));
+    let res = a.resources.expect("the session took resources");
+    assert_eq!(res.missing, 0, "every blob arrived: {res:?}");
+    let up = c.resources.expect("resources");
+    assert!(up.settled, "the agent said it holds them all");
+    assert!(
+        up.uplink.sends.values().any(|&n| n > 1),
+        "some blob was cut off and sent again: {:?}",
+        up.uplink
+    );
+    relay.shutdown().await;
+}
