@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tandem_engine::Resumption;
 use tandem_protocol::Limits;
 use tandem_protocol::message::{Capabilities, Credential, Mode, Role};
 
@@ -17,10 +18,10 @@ use crate::link::{Link, LinkCounters, LinkSpec};
 use crate::presence::{Presence, describe_platform, describe_status};
 use crate::relay::{self, RelayConfig};
 use crate::resources::{DownlinkReport, ResourceOptions};
-use crate::session::Invitations;
 use crate::session::{
     self, AgentOptions, AgentReport, ConsumerOptions, ConsumerReport, SessionError,
 };
+use crate::session::{CustomerCommand, Invitations};
 use crate::snapshot::MaskArgs;
 use crate::transport::{Identity, TransportError};
 
@@ -63,6 +64,10 @@ pub struct DemoArgs {
     /// consumer refused, and why.
     #[arg(long, value_name = "MODE", value_parser = crate::hands::parse_mode)]
     pub mode: Option<Mode>,
+    /// Cut the consumer's connection this many milliseconds after the agent joined, as a lost
+    /// link would, and watch the session resume (spec §3.5); the report says how.
+    #[arg(long, value_name = "MS")]
+    pub drop_after: Option<u64>,
 }
 
 /// The command line of `tandem demo`: [`DemoArgs`] and the emulated link.
@@ -176,6 +181,21 @@ pub struct DemoReport {
     /// What resources did, when the demo sent them (`--resources`) and the session
     /// negotiated `RESOURCES`.
     pub resources: Option<DemoResourceReport>,
+    /// The consumer's resumptions (spec §3.5), with `--drop-after`.
+    pub resumptions: Vec<DemoResumption>,
+}
+
+/// One resumption of the consumer's connection, as the demo reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoResumption {
+    /// `continue` (the epoch went on from what the agent acknowledged) or `snapshot`.
+    pub how: String,
+    /// Patches sent again on the continuation.
+    pub resent: usize,
+    /// Milliseconds from noticing the loss to the relay's `JOINED` on the new connection.
+    pub took_ms: f64,
+    /// Whether the new connection's `HELLO` went as 0-RTT data.
+    pub zero_rtt: bool,
 }
 
 /// Runs the demo over loopback with no link emulation and returns its report.
@@ -260,6 +280,18 @@ pub async fn demo_with(
         Some(p) => ResourceOptions::for_page(p),
         None => ResourceOptions::without_files(),
     });
+    // With --drop-after, the consumer's connection is cut that long after the agent joined.
+    let (drop_tx, drop_rx) = tokio::sync::mpsc::channel(1);
+    let commands = args.drop_after.map(|_| drop_rx);
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(ms) = args.drop_after {
+        tokio::spawn(async move {
+            if joined_rx.await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let _ = drop_tx.send(CustomerCommand::DropConnection).await;
+            }
+        });
+    }
     let consumer = tokio::spawn(async move {
         let conn = client::connect(consumer_addr, pin).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer))
@@ -275,7 +307,7 @@ pub async fn demo_with(
             policy,
             hands,
             invitations: Invitations::Decline,
-            commands: None,
+            commands,
             preupload: true,
             fold_bytes: None,
         };
@@ -297,6 +329,7 @@ pub async fn demo_with(
                 .await?;
         let ctl = ctl.resumable(pin);
         let joined_at = Instant::now();
+        let _ = joined_tx.send(());
         let report = session::run_agent(
             ctl,
             AgentOptions {
@@ -370,6 +403,22 @@ pub async fn demo_with(
         consumer_presence: c.presence,
         agent_presence: a.presence,
         resources,
+        resumptions: c
+            .resumptions
+            .iter()
+            .map(|r| {
+                let (how, resent) = match r.how {
+                    Resumption::Continue { resent } => ("continue", resent),
+                    Resumption::Snapshot => ("snapshot", 0),
+                };
+                DemoResumption {
+                    how: how.to_owned(),
+                    resent,
+                    took_ms: r.took.as_secs_f64() * 1000.0,
+                    zero_rtt: r.zero_rtt,
+                }
+            })
+            .collect(),
     })
 }
 
@@ -437,6 +486,25 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             r.agent_hash.as_deref().unwrap_or("none")
         );
         println!("divergences:       {}", r.divergences);
+        for back in &r.resumptions {
+            println!(
+                "resumed:           after {:.0} ms ({}), {}",
+                back.took_ms,
+                if back.zero_rtt {
+                    "HELLO in 0-RTT"
+                } else {
+                    "full handshake"
+                },
+                match back.how.as_str() {
+                    "continue" =>
+                        format!("continued the epoch, {} patches sent again", back.resent),
+                    _ => "a new snapshot (the agent had not acknowledged one)".to_owned(),
+                }
+            );
+        }
+        if args.drop_after.is_some() && r.resumptions.is_empty() {
+            println!("resumed:           no (the session ended before the drop)");
+        }
         match &r.resources {
             Some(res) => {
                 println!(

@@ -18,6 +18,7 @@ fn args(page: Option<&Path>, batches: u64) -> DemoArgs {
         no_compression: false,
         mask: Default::default(),
         mode: None,
+        drop_after: None,
     }
 }
 

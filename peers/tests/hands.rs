@@ -27,6 +27,7 @@ fn args(mode: Mode, out: Option<PathBuf>) -> DemoArgs {
         no_compression: false,
         mask: Default::default(),
         mode: Some(mode),
+        drop_after: None,
     }
 }
 

@@ -399,6 +399,7 @@ async fn demo_over_a_bad_link_converges() {
         no_compression: false,
         mask: Default::default(),
         mode: None,
+        drop_after: None,
     };
     let link = spec("300ms,750kbit,1%");
     let report = tokio::time::timeout(

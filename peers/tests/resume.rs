@@ -387,3 +387,32 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
     );
     relay.shutdown().await;
 }
+
+/// `tandem demo --drop-after MS` cuts the consumer's connection mid-session and reports how it
+/// came back; the agent still ends on the customer's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_drops_and_resumes_on_request() {
+    use tandem_peers::demo::{DemoArgs, demo_over};
+
+    let args = DemoArgs {
+        page: None,
+        batches: 60,
+        batch_size: 5,
+        interval_ms: 20,
+        seed: 4,
+        out: None,
+        json: true,
+        no_compression: false,
+        mask: Default::default(),
+        mode: None,
+        drop_after: Some(400),
+    };
+    let link: LinkSpec = "10ms,10mbit".parse().expect("a link");
+    let report = tokio::time::timeout(SESSION_GUARD, demo_over(&args, &link))
+        .await
+        .expect("the demo finishes")
+        .expect("the demo runs");
+    assert!(report.hashes_match);
+    assert_eq!(report.resumptions.len(), 1, "{:?}", report.resumptions);
+    assert_eq!(report.resumptions[0].how, "continue");
+}
