@@ -279,8 +279,9 @@ impl ConsumerHands {
             }
             Effect::Input(input) => {
                 let what = describe(dom, input.node);
+                // The change waits for the session's next flush, which comes when the agent
+                // has acknowledged what was sent (one patch in flight, crate::pump).
                 set_value(consumer, &input)?;
-                consumer.flush();
                 format!("{what} filled in")
             }
             Effect::Navigate(Navigate { url, .. }) => self.navigate(&url, consumer)?,
@@ -301,7 +302,6 @@ impl ConsumerHands {
         })?;
         let mut target = parse_html(&html, *consumer.limits());
         consumer.update_to(&mut target)?;
-        consumer.flush();
         Ok(format!("navigated to {url} ({})", file.display()))
     }
 }

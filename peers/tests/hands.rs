@@ -326,13 +326,15 @@ fn a_same_site_navigation_loads_the_page_file_it_names() {
         got.same_tree(&mut want),
         "the consumer now shows the new page"
     );
+    // The change waits for the session's flush (backpressure: never a second patch in
+    // flight), then leaves as one patch.
     assert!(
-        matches!(
-            c.poll_message(),
-            Some(Message::Patch(_) | Message::Snapshot(_))
-        ),
-        "and the change is queued to be sent"
+        c.poll_message().is_none(),
+        "nothing sent behind the session's back"
     );
+    assert!(c.has_pending(), "the change is pending");
+    assert!(c.flush());
+    assert!(matches!(c.poll_message(), Some(Message::Patch(_))));
 }
 
 /// Presence (spec §7.1, §7.29): each side knows the other's platform from `JOINED` and its
