@@ -358,7 +358,18 @@ async fn write_batch(
             _ => {}
         }
         tokio::select! {
-            r = d.stream.write_all(out) => r.map_err(FramedError::from)?,
+            r = d.stream.write_all(out) => match r {
+                Ok(()) => {}
+                Err(quinn::WriteError::Stopped(code)) => {
+                    // The relay stopped the stream: the agent's connection was lost (spec
+                    // §3.5). The batch is dropped; REJOINED or RESYNC says how to go on.
+                    tracing::debug!(%code, "the DOM stream was stopped");
+                    done.dom = None;
+                    done.stats.cancelled += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(FramedError::from(e).into()),
+            },
             _ = &mut cancel => {
                 let _ = d.stream.reset(VarInt::from_u32(0));
                 done.dom = None;

@@ -1041,7 +1041,8 @@ pub struct AgentOptions {
     /// `RESOURCES` (offer it in `HELLO`: [`crate::client::CAPABILITIES_WITH_RESOURCES`]);
     /// `None` starts with an empty store of [`DEFAULT_STORE_BYTES`].
     pub blobs: Option<BlobStore>,
-    /// Cut the connection once, this long after the first render, as a lost link would
+    /// Cut the connection once, this long after `started` (run_agent's argument, when the
+    /// session began), as a lost link would
     /// (without `CLOSE`): a drill for resumption (spec §3.5). A resumable session comes back
     /// on a new connection; any other ends.
     pub drop_after: Option<Duration>,
@@ -1131,7 +1132,9 @@ pub async fn run_agent(
     let mut datagrams = datagrams_ok(&conn);
     let (dg_tx, mut dg_rx) = mpsc::channel::<Message>(16);
     let mut dg_reader = spawn_datagram_reader(conn.clone(), dg_tx.clone(), limits);
-    let mut drop_at: Option<tokio::time::Instant> = None;
+    let mut drop_at = opts
+        .drop_after
+        .map(|d| tokio::time::Instant::from_std(started) + d);
     let result: Result<(), SessionError> = loop {
         // `?` on a write leaves this block, not the function, so the cleanup below always runs,
         // and a lost connection is resumed below when the session allows it.
@@ -1169,7 +1172,6 @@ pub async fn run_agent(
                             if report.first_render.is_none() {
                                 report.first_render = Some(started.elapsed());
                                 report.first_visible = report.first_visible.or(report.first_render);
-                                drop_at = opts.drop_after.map(|d| tokio::time::Instant::now() + d);
                             }
                             if opts.verbose {
                                 eprintln!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));

@@ -416,3 +416,45 @@ async fn the_demo_drops_and_resumes_on_request() {
     assert_eq!(report.resumptions.len(), 1, "{:?}", report.resumptions);
     assert_eq!(report.resumptions[0].how, "continue");
 }
+
+/// The agent's connection goes while the consumer's snapshot is crossing a slow link: the relay
+/// stops the consumer's DOM stream, the consumer waits, and when the agent is back (REJOINED)
+/// it sends a new snapshot, since the agent never acknowledged the cut one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_snapshot_gets_a_new_epoch_when_it_is_back() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(20));
+    let mut opts = common::sample_options(ChangeSource::None);
+    opts.html = large_page();
+    opts.preupload = false;
+    let (code, _commands, consumer, _link) =
+        consumer(&relay, "300ms,750kbit,1%,seed=8", opts).await;
+    let agent = agent(
+        &relay,
+        code,
+        AgentOptions {
+            drop_after: Some(Duration::from_millis(900)),
+            ..AgentOptions::default()
+        },
+    )
+    .await;
+    let (c, a) = finish(consumer, agent).await;
+
+    assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
+    let r = c.resumptions[0];
+    assert!(!r.own);
+    assert_eq!(
+        r.how,
+        Resumption::Snapshot,
+        "the cut snapshot was never acknowledged"
+    );
+    assert_eq!(c.snapshots, 2);
+    assert!(c.acked);
+    assert_eq!(a.hash, Some(c.hash));
+    assert_eq!(a.divergences, 0);
+    assert!(
+        a.resumptions.iter().any(|r| r.own && r.zero_rtt),
+        "{:?}",
+        a.resumptions
+    );
+    relay.shutdown().await;
+}
