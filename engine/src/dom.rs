@@ -1,5 +1,5 @@
-//! The arena DOM (spec §6): nodes in a vector indexed by their consumer-assigned id, each with a
-//! cached Merkle hash (spec §6.3) that is recomputed only along dirty paths.
+//! The arena DOM (spec §6): nodes in a vector indexed by their consumer-assigned id; each element
+//! (and the document) caches its Merkle hash (spec §6.3), recomputed only along dirty paths.
 
 use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
 
@@ -25,6 +25,18 @@ pub enum NodeKind {
         /// System identifier.
         system_id: String,
     },
+}
+
+impl NodeKind {
+    /// Whether this is a text, comment or doctype: a node without children and without a hash
+    /// of its own, whose canonical bytes stand inline in its parent's hash input (spec §6.3).
+    #[inline]
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Text(_) | NodeKind::Comment(_) | NodeKind::Doctype { .. }
+        )
+    }
 }
 
 /// An element's name and attributes.
@@ -55,7 +67,9 @@ pub struct Node {
     pub kind: NodeKind,
     parent: Option<NodeId>,
     children: Vec<NodeId>,
+    /// The Merkle hash of a document or element; unused for leaves (spec §6.3).
     hash: [u8; 32],
+    /// Whether `hash` is stale. Leaves are never dirty: a change to one dirties its parent.
     dirty: bool,
 }
 
@@ -71,11 +85,11 @@ impl Node {
     /// A node with room for `children` children (at most [`MAX_CHILDREN_AHEAD`]).
     fn with_children(kind: NodeKind, children: u32) -> Self {
         Node {
+            dirty: !kind.is_leaf(),
             kind,
             parent: None,
             children: Vec::with_capacity(children.min(MAX_CHILDREN_AHEAD) as usize),
             hash: [0; 32],
-            dirty: true,
         }
     }
 
@@ -339,12 +353,17 @@ impl Dom {
         }
     }
 
-    /// Marks `id` and its ancestors dirty. Invariant: every ancestor of a dirty attached node
-    /// is dirty, so the walk stops at the first node that already is.
+    /// Marks `id` and its ancestors dirty; for a leaf, which has no hash of its own, its
+    /// ancestors only. Invariant: every ancestor of a dirty attached node is dirty, so the walk
+    /// stops at the first node that already is.
     fn mark_dirty(&mut self, id: NodeId) {
         let mut cur = Some(id);
         while let Some(n) = cur {
             let Some(node) = self.node_mut(n) else { return };
+            if node.kind.is_leaf() {
+                cur = node.parent;
+                continue;
+            }
             if node.dirty {
                 return;
             }
@@ -575,9 +594,13 @@ impl Dom {
         }
     }
 
-    /// The Merkle hash of node `id` (spec §6.3), rehashing dirty descendants first.
+    /// The Merkle hash of the document or element `id` (spec §6.3), rehashing dirty
+    /// descendants first; `None` for a leaf (text, comment, doctype), which has no hash of its
+    /// own, or a missing node.
     pub fn hash_of(&mut self, id: NodeId) -> Option<[u8; 32]> {
-        self.node(id)?;
+        if self.node(id)?.kind.is_leaf() {
+            return None;
+        }
         self.rehash(id);
         self.node(id).map(|n| n.hash)
     }
@@ -588,9 +611,10 @@ impl Dom {
         self.node(DOCUMENT_ID).map(|n| n.hash).unwrap_or_default()
     }
 
-    /// The cached hash of `id`; only current after [`Dom::root_hash`] or [`Dom::hash_of`].
+    /// The cached hash of the document or element `id` (`None` for a leaf or a missing
+    /// node); only current after [`Dom::root_hash`] or [`Dom::hash_of`].
     pub fn cached_hash(&self, id: NodeId) -> Option<[u8; 32]> {
-        self.node(id).map(|n| n.hash)
+        self.node(id).filter(|n| !n.kind.is_leaf()).map(|n| n.hash)
     }
 
     fn rehash(&mut self, id: NodeId) {
@@ -614,16 +638,10 @@ impl Dom {
             // One contiguous input: blake3 hashes large inputs with SIMD across chunks.
             buf.clear();
             crate::hash::encode_node(&node.kind, &mut buf);
-            if !matches!(
-                node.kind,
-                NodeKind::Text(_) | NodeKind::Comment(_) | NodeKind::Doctype { .. }
-            ) {
-                crate::hash::write_varint(&mut buf, node.children.len() as u64);
-                buf.reserve(node.children.len() * 32);
-                for &c in &node.children {
-                    if let Some(cn) = self.node(c) {
-                        buf.extend_from_slice(&cn.hash);
-                    }
+            crate::hash::write_varint(&mut buf, node.children.len() as u64);
+            for &c in &node.children {
+                if let Some(cn) = self.node(c) {
+                    crate::hash::encode_child(&cn.kind, &cn.hash, &mut buf);
                 }
             }
             let hash = *blake3::hash(&buf).as_bytes();
