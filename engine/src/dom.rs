@@ -618,23 +618,25 @@ impl Dom {
     }
 
     fn rehash(&mut self, id: NodeId) {
-        // Post-order over dirty nodes only; clean subtrees keep their cached hash.
-        let mut stack = vec![(id, false)];
+        // One bottom-up pass: the dirty nodes in preorder (a clean node's subtree keeps its
+        // cached hashes and is skipped), hashed in reverse, so every node after its children.
+        let mut order: Vec<usize> = Vec::new();
+        let mut stack = vec![id];
+        while let Some(n) = stack.pop() {
+            let Some(s) = self.slot(n) else { continue };
+            let Some(node) = self.slots[s].as_ref() else {
+                continue;
+            };
+            if node.dirty {
+                order.push(s);
+                stack.extend_from_slice(&node.children);
+            }
+        }
         let mut buf = Vec::new();
-        while let Some((n, expanded)) = stack.pop() {
-            let Some(node) = self.node(n) else { continue };
-            if !node.dirty {
+        for &s in order.iter().rev() {
+            let Some(node) = self.slots[s].as_ref() else {
                 continue;
-            }
-            if !expanded {
-                stack.push((n, true));
-                for &c in &node.children {
-                    if self.node(c).is_some_and(|cn| cn.dirty) {
-                        stack.push((c, false));
-                    }
-                }
-                continue;
-            }
+            };
             // One contiguous input: blake3 hashes large inputs with SIMD across chunks.
             buf.clear();
             crate::hash::encode_node(&node.kind, &mut buf);
@@ -645,7 +647,7 @@ impl Dom {
                 }
             }
             let hash = *blake3::hash(&buf).as_bytes();
-            if let Some(node) = self.node_mut(n) {
+            if let Some(node) = self.slots[s].as_mut() {
                 node.hash = hash;
                 node.dirty = false;
             }
