@@ -130,6 +130,16 @@ pub struct Dom {
     next_id: NodeId,
     live: usize,
     limits: Limits,
+    /// Buffers [`Dom::rehash`] reuses, so that rehashing a short dirty path allocates nothing.
+    scratch: Scratch,
+}
+
+/// Reusable buffers of [`Dom::rehash`]: dirty nodes' slots, the walk's stack, a hash input.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    order: Vec<usize>,
+    stack: Vec<NodeId>,
+    input: Vec<u8>,
 }
 
 impl Default for Dom {
@@ -148,6 +158,7 @@ impl Dom {
             next_id: 1,
             live: 1,
             limits,
+            scratch: Scratch::default(),
         }
     }
 
@@ -620,8 +631,17 @@ impl Dom {
     fn rehash(&mut self, id: NodeId) {
         // One bottom-up pass: the dirty nodes in preorder (a clean node's subtree keeps its
         // cached hashes and is skipped), hashed in reverse, so every node after its children.
-        let mut order: Vec<usize> = Vec::new();
-        let mut stack = vec![id];
+        if !self.node(id).is_some_and(|n| n.dirty) {
+            return;
+        }
+        let Scratch {
+            mut order,
+            mut stack,
+            input: mut buf,
+        } = std::mem::take(&mut self.scratch);
+        order.clear();
+        stack.clear();
+        stack.push(id);
         while let Some(n) = stack.pop() {
             let Some(s) = self.slot(n) else { continue };
             let Some(node) = self.slots[s].as_ref() else {
@@ -632,7 +652,6 @@ impl Dom {
                 stack.extend_from_slice(&node.children);
             }
         }
-        let mut buf = Vec::new();
         for &s in order.iter().rev() {
             let Some(node) = self.slots[s].as_ref() else {
                 continue;
@@ -641,6 +660,7 @@ impl Dom {
             buf.clear();
             crate::hash::encode_node(&node.kind, &mut buf);
             crate::hash::write_varint(&mut buf, node.children.len() as u64);
+            buf.reserve(node.children.len() * 33);
             for &c in &node.children {
                 if let Some(cn) = self.node(c) {
                     crate::hash::encode_child(&cn.kind, &cn.hash, &mut buf);
@@ -651,6 +671,14 @@ impl Dom {
                 node.hash = hash;
                 node.dirty = false;
             }
+        }
+        // A snapshot's whole tree would leave large buffers behind: keep only small ones.
+        if buf.capacity() <= 1 << 16 && order.capacity() <= 1 << 12 && stack.capacity() <= 1 << 12 {
+            self.scratch = Scratch {
+                order,
+                stack,
+                input: buf,
+            };
         }
     }
 
