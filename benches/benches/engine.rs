@@ -3,7 +3,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tandem_engine::{Agent, Consumer, parse_html, snapshot};
-use tandem_protocol::{FrameReader, Limits, Message, SymEncoder, frame};
+use tandem_protocol::{FrameReader, FrameType, Limits, Message, SnapshotView, SymEncoder, frame};
 
 fn import(c: &mut Criterion) {
     let mut g = c.benchmark_group("import");
@@ -47,7 +47,13 @@ fn snapshot_frames(c: &mut Criterion) {
                 let mut r = FrameReader::new(limits);
                 r.push(&wire);
                 while let Some(f) = r.next_frame().unwrap() {
-                    agent.handle_message(f.decode(&limits).unwrap()).unwrap();
+                    // SNAPSHOT bodies are read in place, as a receiver does (spec §7.14).
+                    if f.ty == FrameType::SNAPSHOT {
+                        let view = SnapshotView::parse(&f.body, &limits).unwrap();
+                        agent.handle_snapshot(view).unwrap();
+                    } else {
+                        agent.handle_message(f.decode(&limits).unwrap()).unwrap();
+                    }
                 }
                 agent
             })

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use tandem_protocol::message::{Ack, Patch, Resync, ResyncReason, Snapshot};
-use tandem_protocol::{DOCUMENT_ID, Limits, Message, SymDecoder, TreeHash};
+use tandem_protocol::{DOCUMENT_ID, Limits, Message, SnapshotView, SymDecoder, TreeHash};
 
 use crate::dom::Dom;
 use crate::error::hex;
@@ -156,6 +156,24 @@ impl Agent {
         result
     }
 
+    /// Handles a `SNAPSHOT` read in place ([`SnapshotView::parse`] of a frame body): the same
+    /// as [`Agent::handle_message`] with the decoded message, without an owned copy of each
+    /// record first.
+    pub fn handle_snapshot(&mut self, s: SnapshotView<'_>) -> Result<(), EngineError> {
+        let records = s.records();
+        let result =
+            self.on_snapshot_part(s.epoch, s.part, s.url, s.hash, s.len(), |b, dom, dec| {
+                for rec in records {
+                    b.add_ref(dom, rec, dec, "snapshot.nodes")?;
+                }
+                Ok(())
+            });
+        if let Err(e) = &result {
+            self.diverged(e.clone());
+        }
+        result
+    }
+
     fn diverged(&mut self, error: EngineError) {
         let epoch = match &self.state {
             State::Building { epoch, .. } | State::Live { epoch, .. } => Some(*epoch),
@@ -174,17 +192,43 @@ impl Agent {
     }
 
     fn on_snapshot(&mut self, s: Snapshot) -> Result<(), EngineError> {
+        let Snapshot {
+            epoch,
+            part,
+            url,
+            nodes,
+            hash,
+        } = s;
+        let n = nodes.len();
+        self.on_snapshot_part(epoch, part, &url, hash, n, |b, dom, dec| {
+            for rec in nodes {
+                b.add(dom, rec, dec, "snapshot.nodes")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One part of a snapshot whose `count` records `add` puts into the tree being built.
+    fn on_snapshot_part(
+        &mut self,
+        s_epoch: u32,
+        s_part: u32,
+        url: &str,
+        hash: Option<TreeHash>,
+        count: usize,
+        add: impl FnOnce(&mut TreeBuilder, &mut Dom, &mut SymDecoder) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         // Parts of an epoch older than the newest one seen are stale bytes of a superseded
         // stream (spec §3): they are dropped, not treated as errors.
-        if self.last_epoch.is_some_and(|last| s.epoch < last) {
+        if self.last_epoch.is_some_and(|last| s_epoch < last) {
             return Ok(());
         }
-        if s.part == 0 {
+        if s_part == 0 {
             self.dec.reset();
-            self.last_epoch = Some(s.epoch);
-            self.url = s.url;
+            self.last_epoch = Some(s_epoch);
+            url.clone_into(&mut self.url);
             self.state = State::Building {
-                epoch: s.epoch,
+                epoch: s_epoch,
                 next_part: 0,
                 builder: TreeBuilder::new(DOCUMENT_ID, 0, 1),
                 dom: Box::new(Dom::new(self.limits)),
@@ -200,26 +244,24 @@ impl Agent {
             // A later part without its part 0 (after a divergence): ignore until a new epoch.
             return Ok(());
         };
-        if s.epoch != *epoch && s.part != 0 {
+        if s_epoch != *epoch && s_part != 0 {
             // A later part of an epoch whose part 0 never came: ignore it.
             return Ok(());
         }
-        if s.part != *next_part {
+        if s_part != *next_part {
             return Err(EngineError::Unexpected {
                 message: "SNAPSHOT",
                 detail: format!(
                     "part {} of epoch {}, expected part {} of epoch {}",
-                    s.part, s.epoch, next_part, epoch
+                    s_part, s_epoch, next_part, epoch
                 ),
             });
         }
         *next_part += 1;
-        dom.reserve(s.nodes.len());
-        for rec in s.nodes {
-            builder.add(dom, rec, &mut self.dec, "snapshot.nodes")?;
-        }
+        dom.reserve(count);
+        add(builder, dom, &mut self.dec)?;
         let epoch = *epoch;
-        let Some(announced) = s.hash else {
+        let Some(announced) = hash else {
             self.events.push_back(AgentEvent::Progress {
                 epoch,
                 nodes: dom.len() - 1,

@@ -7,10 +7,10 @@
 //! The old tree `A` (the consumer's) and the new tree `B` (the target) are first copied into
 //! dense breadth-first arrays, so every node's children are a contiguous index range. The
 //! diff then builds a *matching*, a partial one-to-one map between nodes of `A` and `B`, in
-//! which each pair is either **exact** (equal Merkle hashes: the whole subtrees are equal and
-//! nothing inside them is touched) or **compatible** (same kind, same element name and
-//! namespace: the node is kept, its attributes or text are updated in place and its children
-//! are matched in turn). Nodes of `A` left unmatched are removed; nodes of `B` left unmatched
+//! which each pair is either **exact** (equal Merkle hashes, or equal content for leaves, which
+//! have no hash: the whole subtrees are equal and nothing inside them is touched) or
+//! **compatible** (same kind, same element name and namespace: the node is kept, its
+//! attributes or text are updated in place and its children are matched in turn). Nodes of `A` left unmatched are removed; nodes of `B` left unmatched
 //! are inserted; a matched node whose parent or rank among its siblings differs is moved.
 //!
 //! ```text
@@ -200,7 +200,8 @@ struct Side {
     parent: Vec<u32>,
     first: Vec<u32>,
     count: Vec<u32>,
-    /// The first 8 bytes of the node's Merkle hash (a full compare confirms every match).
+    /// The first 8 bytes of the node's Merkle hash, or for a leaf (which has none, spec §6.3)
+    /// a hash of its content; a full compare confirms every match.
     key: Vec<u64>,
     partner: Vec<u32>,
     flags: Vec<u8>,
@@ -231,10 +232,14 @@ impl Side {
                 s.ids.push(k);
                 s.parent.push(i as u32);
             }
-            let h = dom.cached_hash(id).unwrap_or_default();
-            s.key.push(u64::from_le_bytes([
-                h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
-            ]));
+            let key = match dom.node(id) {
+                Some(n) if n.kind.is_leaf() => level_key(Some(&n.kind), Level::Own),
+                _ => {
+                    let h = dom.cached_hash(id).unwrap_or_default();
+                    u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+                }
+            };
+            s.key.push(key);
             i += 1;
         }
         s.partner = vec![NONE; s.ids.len()];
@@ -379,10 +384,19 @@ impl<'a> Matcher<'a> {
         self.bd.node(self.b.ids[j as usize]).map(|n| &n.kind)
     }
 
+    /// Whether the subtrees of old node `i` and new node `j` are equal: same hash for elements,
+    /// same content for leaves.
     fn same_hash(&self, i: u32, j: u32) -> bool {
-        self.a.key[i as usize] == self.b.key[j as usize]
-            && self.ad.cached_hash(self.a.ids[i as usize])
-                == self.bd.cached_hash(self.b.ids[j as usize])
+        if self.a.key[i as usize] != self.b.key[j as usize] {
+            return false;
+        }
+        match (self.kind_a(i), self.kind_b(j)) {
+            (Some(x), Some(y)) if x.is_leaf() || y.is_leaf() => x == y,
+            _ => {
+                self.ad.cached_hash(self.a.ids[i as usize])
+                    == self.bd.cached_hash(self.b.ids[j as usize])
+            }
+        }
     }
 
     /// Whether old node `i` can be updated in place into new node `j`.

@@ -1,5 +1,5 @@
-//! The arena DOM (spec §6): nodes in a vector indexed by their consumer-assigned id, each with a
-//! cached Merkle hash (spec §6.3) that is recomputed only along dirty paths.
+//! The arena DOM (spec §6): nodes in a vector indexed by their consumer-assigned id; each element
+//! (and the document) caches its Merkle hash (spec §6.3), recomputed only along dirty paths.
 
 use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
 
@@ -25,6 +25,18 @@ pub enum NodeKind {
         /// System identifier.
         system_id: String,
     },
+}
+
+impl NodeKind {
+    /// Whether this is a text, comment or doctype: a node without children and without a hash
+    /// of its own, whose canonical bytes stand inline in its parent's hash input (spec §6.3).
+    #[inline]
+    pub fn is_leaf(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Text(_) | NodeKind::Comment(_) | NodeKind::Doctype { .. }
+        )
+    }
 }
 
 /// An element's name and attributes.
@@ -55,7 +67,9 @@ pub struct Node {
     pub kind: NodeKind,
     parent: Option<NodeId>,
     children: Vec<NodeId>,
+    /// The Merkle hash of a document or element; unused for leaves (spec §6.3).
     hash: [u8; 32],
+    /// Whether `hash` is stale. Leaves are never dirty: a change to one dirties its parent.
     dirty: bool,
 }
 
@@ -71,11 +85,11 @@ impl Node {
     /// A node with room for `children` children (at most [`MAX_CHILDREN_AHEAD`]).
     fn with_children(kind: NodeKind, children: u32) -> Self {
         Node {
+            dirty: !kind.is_leaf(),
             kind,
             parent: None,
             children: Vec::with_capacity(children.min(MAX_CHILDREN_AHEAD) as usize),
             hash: [0; 32],
-            dirty: true,
         }
     }
 
@@ -116,6 +130,16 @@ pub struct Dom {
     next_id: NodeId,
     live: usize,
     limits: Limits,
+    /// Buffers [`Dom::rehash`] reuses, so that rehashing a short dirty path allocates nothing.
+    scratch: Scratch,
+}
+
+/// Reusable buffers of [`Dom::rehash`]: dirty nodes' slots, the walk's stack, a hash input.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    order: Vec<usize>,
+    stack: Vec<NodeId>,
+    input: Vec<u8>,
 }
 
 impl Default for Dom {
@@ -134,6 +158,7 @@ impl Dom {
             next_id: 1,
             live: 1,
             limits,
+            scratch: Scratch::default(),
         }
     }
 
@@ -339,12 +364,17 @@ impl Dom {
         }
     }
 
-    /// Marks `id` and its ancestors dirty. Invariant: every ancestor of a dirty attached node
-    /// is dirty, so the walk stops at the first node that already is.
+    /// Marks `id` and its ancestors dirty; for a leaf, which has no hash of its own, its
+    /// ancestors only. Invariant: every ancestor of a dirty attached node is dirty, so the walk
+    /// stops at the first node that already is.
     fn mark_dirty(&mut self, id: NodeId) {
         let mut cur = Some(id);
         while let Some(n) = cur {
             let Some(node) = self.node_mut(n) else { return };
+            if node.kind.is_leaf() {
+                cur = node.parent;
+                continue;
+            }
             if node.dirty {
                 return;
             }
@@ -575,9 +605,13 @@ impl Dom {
         }
     }
 
-    /// The Merkle hash of node `id` (spec §6.3), rehashing dirty descendants first.
+    /// The Merkle hash of the document or element `id` (spec §6.3), rehashing dirty
+    /// descendants first; `None` for a leaf (text, comment, doctype), which has no hash of its
+    /// own, or a missing node.
     pub fn hash_of(&mut self, id: NodeId) -> Option<[u8; 32]> {
-        self.node(id)?;
+        if self.node(id)?.kind.is_leaf() {
+            return None;
+        }
         self.rehash(id);
         self.node(id).map(|n| n.hash)
     }
@@ -588,49 +622,63 @@ impl Dom {
         self.node(DOCUMENT_ID).map(|n| n.hash).unwrap_or_default()
     }
 
-    /// The cached hash of `id`; only current after [`Dom::root_hash`] or [`Dom::hash_of`].
+    /// The cached hash of the document or element `id` (`None` for a leaf or a missing
+    /// node); only current after [`Dom::root_hash`] or [`Dom::hash_of`].
     pub fn cached_hash(&self, id: NodeId) -> Option<[u8; 32]> {
-        self.node(id).map(|n| n.hash)
+        self.node(id).filter(|n| !n.kind.is_leaf()).map(|n| n.hash)
     }
 
     fn rehash(&mut self, id: NodeId) {
-        // Post-order over dirty nodes only; clean subtrees keep their cached hash.
-        let mut stack = vec![(id, false)];
-        let mut buf = Vec::new();
-        while let Some((n, expanded)) = stack.pop() {
-            let Some(node) = self.node(n) else { continue };
-            if !node.dirty {
+        // One bottom-up pass: the dirty nodes in preorder (a clean node's subtree keeps its
+        // cached hashes and is skipped), hashed in reverse, so every node after its children.
+        if !self.node(id).is_some_and(|n| n.dirty) {
+            return;
+        }
+        let Scratch {
+            mut order,
+            mut stack,
+            input: mut buf,
+        } = std::mem::take(&mut self.scratch);
+        order.clear();
+        stack.clear();
+        stack.push(id);
+        while let Some(n) = stack.pop() {
+            let Some(s) = self.slot(n) else { continue };
+            let Some(node) = self.slots[s].as_ref() else {
                 continue;
+            };
+            if node.dirty {
+                order.push(s);
+                stack.extend_from_slice(&node.children);
             }
-            if !expanded {
-                stack.push((n, true));
-                for &c in &node.children {
-                    if self.node(c).is_some_and(|cn| cn.dirty) {
-                        stack.push((c, false));
-                    }
-                }
+        }
+        for &s in order.iter().rev() {
+            let Some(node) = self.slots[s].as_ref() else {
                 continue;
-            }
+            };
             // One contiguous input: blake3 hashes large inputs with SIMD across chunks.
             buf.clear();
             crate::hash::encode_node(&node.kind, &mut buf);
-            if !matches!(
-                node.kind,
-                NodeKind::Text(_) | NodeKind::Comment(_) | NodeKind::Doctype { .. }
-            ) {
-                crate::hash::write_varint(&mut buf, node.children.len() as u64);
-                buf.reserve(node.children.len() * 32);
-                for &c in &node.children {
-                    if let Some(cn) = self.node(c) {
-                        buf.extend_from_slice(&cn.hash);
-                    }
+            crate::hash::write_varint(&mut buf, node.children.len() as u64);
+            buf.reserve(node.children.len() * 33);
+            for &c in &node.children {
+                if let Some(cn) = self.node(c) {
+                    crate::hash::encode_child(&cn.kind, &cn.hash, &mut buf);
                 }
             }
             let hash = *blake3::hash(&buf).as_bytes();
-            if let Some(node) = self.node_mut(n) {
+            if let Some(node) = self.slots[s].as_mut() {
                 node.hash = hash;
                 node.dirty = false;
             }
+        }
+        // A snapshot's whole tree would leave large buffers behind: keep only small ones.
+        if buf.capacity() <= 1 << 16 && order.capacity() <= 1 << 12 && stack.capacity() <= 1 << 12 {
+            self.scratch = Scratch {
+                order,
+                stack,
+                input: buf,
+            };
         }
     }
 

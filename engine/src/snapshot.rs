@@ -3,8 +3,8 @@
 
 use tandem_protocol::message::Snapshot;
 use tandem_protocol::{
-    Attr, DOCUMENT_ID, DecodeError, Limits, NodeId, NodeRecord, Ns, StrClass, SymDecoder,
-    SymEncoder,
+    Attr, DOCUMENT_ID, DecodeError, Limits, NodeId, NodeRecord, Ns, RecordRef, StrClass,
+    SymDecoder, SymEncoder,
 };
 
 use crate::dom::{Dom, Element, NodeKind};
@@ -187,6 +187,24 @@ impl TreeBuilder {
         self.add_kind(dom, kind, children)
     }
 
+    /// [`TreeBuilder::add`] for a record read in place from a
+    /// [`SnapshotView`](tandem_protocol::SnapshotView): each string is copied once, into the
+    /// node.
+    pub fn add_ref(
+        &mut self,
+        dom: &mut Dom,
+        rec: RecordRef<'_>,
+        dec: &mut SymDecoder,
+        field: &'static str,
+    ) -> Result<NodeId, EngineError> {
+        let children = match &rec {
+            RecordRef::Element { children, .. } => *children,
+            _ => 0,
+        };
+        let kind = resolve_ref(rec, dec, field)?;
+        self.add_kind(dom, kind, children)
+    }
+
     /// Adds one node that will have `children` children (the records that follow).
     pub fn add_kind(
         &mut self,
@@ -299,6 +317,49 @@ pub fn resolve(
             name: dec.resolve(name, field)?,
             public_id: dec.resolve(public_id, field)?,
             system_id: dec.resolve(system_id, field)?,
+        },
+    })
+}
+
+/// [`resolve`] for a record read in place; the same checks in the same order.
+pub fn resolve_ref(
+    rec: RecordRef<'_>,
+    dec: &mut SymDecoder,
+    field: &'static str,
+) -> Result<NodeKind, EngineError> {
+    Ok(match rec {
+        RecordRef::Element {
+            ns, name, attrs, ..
+        } => {
+            if matches!(ns, Ns::Unknown(_)) {
+                return Err(DecodeError::InvalidValue {
+                    field,
+                    detail: "unknown namespace",
+                }
+                .into());
+            }
+            let name = dec.resolve_ref(name, field)?.to_owned();
+            let mut list = Vec::with_capacity(attrs.len());
+            for (n, v) in attrs {
+                let n = dec.resolve_ref(n, field)?.to_owned();
+                list.push((n, dec.resolve_ref(v, field)?.to_owned()));
+            }
+            NodeKind::Element(Element {
+                ns,
+                name,
+                attrs: list,
+            })
+        }
+        RecordRef::Text { text } => NodeKind::Text(dec.resolve_ref(text, field)?.to_owned()),
+        RecordRef::Comment { text } => NodeKind::Comment(dec.resolve_ref(text, field)?.to_owned()),
+        RecordRef::Doctype {
+            name,
+            public_id,
+            system_id,
+        } => NodeKind::Doctype {
+            name: dec.resolve_ref(name, field)?.to_owned(),
+            public_id: dec.resolve_ref(public_id, field)?.to_owned(),
+            system_id: dec.resolve_ref(system_id, field)?.to_owned(),
         },
     })
 }

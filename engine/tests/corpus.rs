@@ -26,8 +26,14 @@ fn pump(consumer: &mut Consumer, agent: &mut Agent) -> usize {
     let mut reader = FrameReader::new(limits);
     reader.push(&wire);
     while let Some(raw) = reader.next_frame().expect("frame") {
-        let msg = raw.decode(&limits).expect("decode");
-        agent.handle_message(msg).expect("agent applies");
+        // SNAPSHOT bodies are read in place, as the tandem agent does.
+        if raw.ty == tandem_protocol::FrameType::SNAPSHOT {
+            let view = tandem_protocol::SnapshotView::parse(&raw.body, &limits).expect("decode");
+            agent.handle_snapshot(view).expect("agent applies");
+        } else {
+            let msg = raw.decode(&limits).expect("decode");
+            agent.handle_message(msg).expect("agent applies");
+        }
     }
     while let Some(reply) = agent.poll_message() {
         consumer
@@ -229,4 +235,55 @@ fn deep_pages_are_flattened_within_the_depth_limit() {
     let mut agent = Agent::new(limits);
     pump(&mut consumer, &mut agent);
     assert_same(&mut consumer, &mut agent, "deep page");
+}
+
+/// An agent fed SNAPSHOT bodies read in place (`SnapshotView`) builds the same tree, with the
+/// same events and replies, as one fed the decoded messages — and fails the same way on
+/// snapshots it cannot apply.
+#[test]
+fn snapshot_views_build_what_messages_build() {
+    use tandem_protocol::message::Snapshot;
+    use tandem_protocol::{NodeRecord, SnapshotView, Sym};
+    let limits = Limits::DEFAULT;
+    let feed = |parts: &[Snapshot]| {
+        let mut owned = Agent::new(limits);
+        let mut viewed = Agent::new(limits);
+        let (mut r1, mut r2) = (Vec::new(), Vec::new());
+        for part in parts {
+            let msg = Message::Snapshot(part.clone());
+            let mut body = Vec::new();
+            msg.encode_body(&mut body).expect("encode");
+            r1.push(owned.handle_message(msg));
+            let view = SnapshotView::parse(&body, &limits).expect("parse");
+            r2.push(viewed.handle_snapshot(view));
+        }
+        assert_eq!(r1, r2, "results");
+        let events = |a: &mut Agent| std::iter::from_fn(|| a.poll_event()).collect::<Vec<_>>();
+        let replies = |a: &mut Agent| std::iter::from_fn(|| a.poll_message()).collect::<Vec<_>>();
+        assert_eq!(events(&mut owned), events(&mut viewed), "events");
+        assert_eq!(replies(&mut owned), replies(&mut viewed), "replies");
+        assert_eq!(owned.tree_hash(), viewed.tree_hash());
+        assert_eq!(to_html(owned.dom()), to_html(viewed.dom()));
+        r1.iter().all(Result::is_ok)
+    };
+    for (name, html) in common::pages() {
+        let mut dom = parse_html(&html, limits);
+        let mut enc = tandem_protocol::SymEncoder::new(limits);
+        let parts = snapshot::encode(&mut dom, 3, "u", &mut enc, 4096);
+        assert!(feed(&parts), "{name}");
+        // Broken copies: a wrong hash, a string reference past the table, a missing child.
+        let mut bad = parts.clone();
+        if let Some(h) = bad.last_mut().and_then(|p| p.hash.as_mut()) {
+            h[0] ^= 1;
+        }
+        assert!(!feed(&bad), "{name}");
+        let mut bad = parts.clone();
+        bad[0].nodes.push(NodeRecord::Text {
+            text: Sym::Ref(1 << 29),
+        });
+        assert!(!feed(&bad), "{name}");
+        let mut bad = parts.clone();
+        bad.last_mut().unwrap().nodes.pop();
+        assert!(!feed(&bad), "{name}");
+    }
 }

@@ -28,7 +28,7 @@ use tandem_protocol::compress::{CompressError, DecompressError, DomDecompressor}
 use tandem_protocol::message::{
     Capabilities, End, EndReason, Invite, Joined, Mode, RefusalCode, SessionCreated,
 };
-use tandem_protocol::{FrameType, Limits, Message, RawFrame, frame};
+use tandem_protocol::{FrameType, Limits, Message, RawFrame, SnapshotView, frame};
 use tokio::sync::mpsc;
 
 use crate::client::{ClientError, ControlChannel, RESUME_WINDOW, Reconnect};
@@ -1153,15 +1153,22 @@ pub async fn run_agent(
                 report.dom_wire_bytes = wire_bytes.load(Ordering::Relaxed);
                 let header = tandem_protocol::varint::len_u32(raw.ty.0) + tandem_protocol::varint::len_u32(raw.body.len() as u32);
                 report.dom_bytes += (header + raw.body.len()) as u64;
-                let msg = raw.decode(&limits).map_err(FramedError::from)?;
-                if let Message::Unknown(u) = &msg {
-                    if u.must_understand() {
-                        break Err(SessionError::Framed(FramedError::Protocol(tandem_protocol::DecodeError::UnknownCritical { ty: u.ty.0 })));
+                if raw.ty == FrameType::SNAPSHOT {
+                    // Read in place: no owned copy of each record (spec §7.14).
+                    let view = SnapshotView::parse(&raw.body, &limits).map_err(FramedError::from)?;
+                    // Divergence is reported as an event and answered by RESYNC; not fatal.
+                    let _ = agent.handle_snapshot(view);
+                } else {
+                    let msg = raw.decode(&limits).map_err(FramedError::from)?;
+                    if let Message::Unknown(u) = &msg {
+                        if u.must_understand() {
+                            break Err(SessionError::Framed(FramedError::Protocol(tandem_protocol::DecodeError::UnknownCritical { ty: u.ty.0 })));
+                        }
+                        continue;
                     }
-                    continue;
+                    // Divergence is reported as an event and answered by RESYNC; not fatal.
+                    let _ = agent.handle_message(msg);
                 }
-                // Divergence is reported as an event and answered by RESYNC; not fatal.
-                let _ = agent.handle_message(msg);
                 while let Some(reply) = agent.poll_message() {
                     write_message(&mut ctl_send, &reply, &limits).await?;
                 }

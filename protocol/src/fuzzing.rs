@@ -6,7 +6,7 @@
 //! that the protocol rejects is not a failure, a panic while rejecting it is.
 
 use crate::frame::{self, FrameReader};
-use crate::{DecodeError, Limits, Message};
+use crate::{DecodeError, FrameType, Limits, Message, SnapshotView};
 
 /// Limits small enough that fuzzed input reaches them (spec §8: a peer MAY be stricter).
 const TIGHT: Limits = Limits {
@@ -64,6 +64,9 @@ pub fn frame_decode(data: &[u8]) {
             match reader.next_frame() {
                 Ok(Some(raw)) => {
                     let res = raw.decode(&limits);
+                    if raw.ty == FrameType::SNAPSHOT {
+                        snapshot_view_agrees(&raw.body, &limits, &res);
+                    }
                     let failed = res.is_err();
                     got.push(res);
                     if failed {
@@ -94,6 +97,13 @@ pub fn frame_decode(data: &[u8]) {
         let bytes2 = frame::to_frame(&again, &limits).expect("encoded once already");
         assert_eq!(bytes2, bytes, "encoding is not canonical");
     }
+}
+
+/// A `SNAPSHOT` body read in place ([`SnapshotView`]) MUST give the records of its owned
+/// decoding, or fail with the same error.
+pub fn snapshot_view_agrees(body: &[u8], limits: &Limits, owned: &Result<Message, DecodeError>) {
+    let view = SnapshotView::parse(body, limits).map(|v| Message::Snapshot(v.to_snapshot()));
+    assert_eq!(&view, owned, "SnapshotView and decode_body disagree");
 }
 
 /// `decode_frame` sees only the bytes left, so running out of them is the end of the stream:

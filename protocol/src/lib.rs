@@ -18,7 +18,9 @@
 //! The DOM travels as preorder [`NodeRecord`] listings (snapshots) and [`PatchOp`]s; node ids
 //! are implicit (spec §6.1). Names and repeated strings are [`Sym`] references into the
 //! [`STATIC_TABLE`] or a per-epoch dynamic table kept in step by [`SymEncoder`] and
-//! [`SymDecoder`] (spec §5).
+//! [`SymDecoder`] (spec §5). A receiver may read a `SNAPSHOT` body in place with
+//! [`SnapshotView`] (same checks and errors as the owned decoding, strings borrowed from the
+//! frame) and resolve its [`SymRef`]s with [`SymDecoder::resolve_ref`].
 //!
 //! ## Example
 //!
@@ -44,6 +46,7 @@ pub mod limits;
 pub mod message;
 pub mod strings;
 pub mod varint;
+pub mod view;
 
 pub use dom::{Attr, DOCUMENT_ID, NodeId, NodeRecord, Ns, PatchOp, Place, TextEdit};
 pub use error::{DecodeError, ErrorCode, MalformedReason};
@@ -51,3 +54,4 @@ pub use frame::{FrameReader, FrameType, RawFrame};
 pub use limits::Limits;
 pub use message::{EncodeError, Message, PROTOCOL_VERSION, PatchCheck, REGISTRY, TreeHash};
 pub use strings::{STATIC_TABLE, StrClass, Sym, SymDecoder, SymEncoder};
+pub use view::{RecordRef, SnapshotView, SymRef};

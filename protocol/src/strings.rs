@@ -14,7 +14,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{DecodeError, Limits};
+use crate::{DecodeError, Limits, SymRef};
 
 /// A reference to a string on the wire (spec §5.1).
 ///
@@ -417,6 +417,25 @@ impl SymDecoder {
                 Ok(s)
             }
             Sym::Static(i) | Sym::Ref(i) => self.resolve_index(&sym, i, field).map(str::to_owned),
+        }
+    }
+
+    /// [`SymDecoder::resolve`] for a reference read in place (a [`SymRef`] of a
+    /// [`SnapshotView`](crate::SnapshotView)): the string is borrowed from the frame body or the
+    /// tables, so the caller copies it once, where it keeps it.
+    pub fn resolve_ref<'s>(
+        &'s mut self,
+        sym: SymRef<'s>,
+        field: &'static str,
+    ) -> Result<&'s str, DecodeError> {
+        match sym {
+            SymRef::Lit(s) => Ok(s),
+            SymRef::New(s) => {
+                self.remember(s)?;
+                Ok(s)
+            }
+            SymRef::Static(i) => self.resolve_index(&Sym::Static(i), i, field),
+            SymRef::Ref(i) => self.resolve_index(&Sym::Ref(i), i, field),
         }
     }
 

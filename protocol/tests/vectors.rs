@@ -940,3 +940,68 @@ impl ser::Serializer for FieldNames {
         Err(NotAStruct)
     }
 }
+
+/// The worked example of spec §6.3: a document holding a doctype and `<p class="note">hi</p>`,
+/// and the empty document. Every input and hash the spec prints is the reference tree's.
+#[test]
+fn tree_hash_example_of_the_spec() {
+    use tandem_protocol::{Attr, NodeRecord, Sym};
+    let lit = |s: &str| Sym::Lit(s.into());
+    let records = [
+        NodeRecord::Doctype {
+            name: lit("html"),
+            public_id: lit(""),
+            system_id: lit(""),
+        },
+        NodeRecord::Element {
+            ns: Ns::Html,
+            name: lit("p"),
+            attrs: vec![Attr {
+                name: lit("class"),
+                value: lit("note"),
+            }],
+            children: 1,
+        },
+        NodeRecord::Text { text: lit("hi") },
+    ];
+    let mut t = tree::Tree::new();
+    let empty = hex(&t.tree_hash());
+    t.insert(0, 0, 1, &records).unwrap();
+    let spaced = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let p_hash = t.node_hash(2);
+    let p_input = t.hash_input(2);
+    let doc_input = t.hash_input(0);
+    // The inputs end with the hashes they contain, which the spec shows by name.
+    let p_shown = spaced(&p_input);
+    let doc_shown = format!("{} <hash of p>", spaced(&doc_input[..doc_input.len() - 32]));
+    assert_eq!(&doc_input[doc_input.len() - 32..], &p_hash);
+    let lines = [
+        format!("element p       input  {p_shown}"),
+        format!("                hash   {}", hex(&p_hash)),
+        format!("document        input  {doc_shown}"),
+        format!("                hash   {}", hex(&t.node_hash(0))),
+        format!("tree hash       {}", hex(&t.tree_hash())),
+        format!("The tree hash of an empty document (no children) is `{empty}`"),
+    ];
+    let spec = std::fs::read_to_string(root().join("spec/tandem.md")).unwrap();
+    let mut missing = Vec::new();
+    for line in lines {
+        if !spec.contains(&line) {
+            missing.push(line);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "spec §6.3 lacks the lines\n{}",
+        missing.join("\n")
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -307,48 +307,62 @@ impl Tree {
         }
     }
 
-    /// The 32-byte hash of node `id` (spec §6.3).
-    pub fn node_hash(&self, id: NodeId) -> [u8; 32] {
+    /// The canonical bytes of a text, comment or doctype (spec §6.3), which stand inline in
+    /// their parent's hash input; `None` for the document and elements, which are hashed.
+    fn leaf_bytes(kind: &Kind, out: &mut Vec<u8>) -> bool {
+        match kind {
+            Kind::Text(t) => {
+                out.push(0x02);
+                string(out, t);
+            }
+            Kind::Comment(t) => {
+                out.push(0x03);
+                string(out, t);
+            }
+            Kind::Doctype(n, p, s) => {
+                out.push(0x04);
+                string(out, n);
+                string(out, p);
+                string(out, s);
+            }
+            Kind::Document | Kind::Element { .. } => return false,
+        }
+        true
+    }
+
+    /// The blake3 input of the document or element `id` (spec §6.3): its header, the child
+    /// count, then per child `01` and the element's hash, or the leaf's canonical bytes.
+    pub fn hash_input(&self, id: NodeId) -> Vec<u8> {
         let node = self.node(id).expect("hash of a live node");
         let mut input = Vec::new();
-        let str = |out: &mut Vec<u8>, s: &str| {
-            varint(out, s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
-        };
         match &node.kind {
             Kind::Document => input.push(0x00),
             Kind::Element { ns, name, attrs } => {
                 input.push(0x01);
                 input.push(*ns);
-                str(&mut input, name);
+                string(&mut input, name);
                 varint(&mut input, attrs.len() as u64);
                 for (n, v) in attrs {
-                    str(&mut input, n);
-                    str(&mut input, v);
+                    string(&mut input, n);
+                    string(&mut input, v);
                 }
             }
-            Kind::Text(t) => {
-                input.push(0x02);
-                str(&mut input, t);
-            }
-            Kind::Comment(t) => {
-                input.push(0x03);
-                str(&mut input, t);
-            }
-            Kind::Doctype(n, p, s) => {
-                input.push(0x04);
-                str(&mut input, n);
-                str(&mut input, p);
-                str(&mut input, s);
-            }
+            _ => panic!("only the document and elements have a hash (spec §6.3)"),
         }
-        if matches!(node.kind, Kind::Document | Kind::Element { .. }) {
-            varint(&mut input, node.children.len() as u64);
-            for &c in &node.children {
+        varint(&mut input, node.children.len() as u64);
+        for &c in &node.children {
+            let child = self.node(c).expect("children are live");
+            if !Self::leaf_bytes(&child.kind, &mut input) {
+                input.push(0x01);
                 input.extend_from_slice(&self.node_hash(c));
             }
         }
-        *blake3::hash(&input).as_bytes()
+        input
+    }
+
+    /// The 32-byte hash of the document or element `id` (spec §6.3).
+    pub fn node_hash(&self, id: NodeId) -> [u8; 32] {
+        *blake3::hash(&self.hash_input(id)).as_bytes()
     }
 
     /// The 16-byte tree hash that `SNAPSHOT` and `ACK` carry (spec §6.3).
@@ -401,6 +415,11 @@ impl Tree {
         }
         out
     }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
