@@ -1253,41 +1253,8 @@ async fn forward_control(
                 let message = format!("{} is not allowed in a live session", frame.ty);
                 (&to_self, error_frame(code, &message).to_bytes())
             }
-            ControlAction::End => match frame.decode(recv.limits()) {
-                Ok(Message::End(End { reason })) => break Outcome::Ended { side, reason },
-                // A frame of type END always decodes to `Message::End`.
-                Ok(_) => {
-                    break Outcome::Ended {
-                        side,
-                        reason: side.ended_by(),
-                    };
-                }
-                Err(e) => break outcome_of(side, e.into()),
-            },
-            ControlAction::Close => {
-                let clean = matches!(
-                    frame.decode(recv.limits()),
-                    Ok(Message::Close(ErrorReport {
-                        code: ErrorCode::NoError,
-                        ..
-                    }))
-                );
-                // A side that says CLOSE leaves on purpose: not a loss to wait out (spec §3.5).
-                break Outcome::Ended {
-                    side,
-                    reason: if clean {
-                        side.ended_by()
-                    } else {
-                        EndReason::ConnectionLost
-                    },
-                };
-            }
-            ControlAction::Violation => {
-                break Outcome::Violation {
-                    side,
-                    code: ErrorCode::UnexpectedMessage,
-                    detail: format!("{} is not allowed in a session", frame.ty),
-                };
+            ControlAction::End | ControlAction::Close | ControlAction::Violation => {
+                break leaving(side, &frame, recv.limits());
             }
         };
         if to.send(Bytes::from(bytes)).await.is_err() {
@@ -1297,6 +1264,46 @@ async fn forward_control(
         }
     };
     let _ = outcome.try_send(result);
+}
+
+/// The outcome when `side` sends `frame`, an `END`, a `CLOSE` or a frame that is a
+/// violation in a session ([`ControlAction::End`], [`ControlAction::Close`],
+/// [`ControlAction::Violation`]). A side that says `CLOSE` leaves on purpose, whatever the
+/// code: not a loss to wait out (spec §3.5).
+fn leaving(side: Side, frame: &RawFrame, limits: &Limits) -> Outcome {
+    match frame.ty {
+        FrameType::END => match frame.decode(limits) {
+            Ok(Message::End(End { reason })) => Outcome::Ended { side, reason },
+            // A frame of type END always decodes to `Message::End`.
+            Ok(_) => Outcome::Ended {
+                side,
+                reason: side.ended_by(),
+            },
+            Err(e) => outcome_of(side, e.into()),
+        },
+        FrameType::CLOSE => {
+            let clean = matches!(
+                frame.decode(limits),
+                Ok(Message::Close(ErrorReport {
+                    code: ErrorCode::NoError,
+                    ..
+                }))
+            );
+            Outcome::Ended {
+                side,
+                reason: if clean {
+                    side.ended_by()
+                } else {
+                    EndReason::ConnectionLost
+                },
+            }
+        }
+        _ => Outcome::Violation {
+            side,
+            code: ErrorCode::UnexpectedMessage,
+            detail: format!("{} is not allowed in a session", frame.ty),
+        },
+    }
 }
 
 fn outcome_of(side: Side, e: FramedError) -> Outcome {

@@ -1391,6 +1391,10 @@ pub async fn run_agent(
     };
     accept.abort();
     dg_reader.abort();
+    // Positions read before the end but not yet taken still count (latest wins).
+    while let Ok(m) = dg_rx.try_recv() {
+        customer_moves(&mut report, &m);
+    }
     if dirty {
         write_out(&opts, &agent, downlink.as_ref())?;
     }

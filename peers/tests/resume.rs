@@ -458,3 +458,114 @@ async fn an_agent_killed_mid_snapshot_gets_a_new_epoch_when_it_is_back() {
     );
     relay.shutdown().await;
 }
+
+/// While one side is away, the other is still heard: its `END` ends the session at once rather
+/// than when the grace period is over (spec §3.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_side_that_stayed_can_end_the_session_while_the_other_is_away() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
+    let mut seen = relay.subscribe();
+    let mut consumer = common::channel(&relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    let mut agent = common::channel(&relay, Role::Agent).await;
+    guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    guard("consumer joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    consumer.connection().close(0u32.into(), b"gone");
+    guard("the relay notices", async {
+        loop {
+            if let Ok(RelayEvent::Disconnected { .. }) = seen.recv().await {
+                break;
+            }
+        }
+    })
+    .await;
+    // Well inside the 30 s grace period: the relay answers the END with CLOSE at once.
+    guard("the agent ends the session", agent.end())
+        .await
+        .expect("ended");
+    let ended = guard("the ended event", async {
+        loop {
+            if let Ok(RelayEvent::Ended { reason, .. }) = seen.recv().await {
+                break reason;
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, "ended_by_agent");
+    relay.shutdown().await;
+}
+
+/// The relay's side of resumption, message by message: the consumer's `JOINED` carries a
+/// token; after its connection goes, what the agent sends meanwhile is held; the consumer comes
+/// back with the token (spent: a second use is refused), gets a new one, then the held
+/// message; the agent is told `REJOINED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_seats_a_returning_consumer_and_delivers_what_was_held() {
+    use tandem_peers::client::{ClientError, Reconnect};
+    use tandem_protocol::ErrorCode;
+    use tandem_protocol::Message;
+    use tandem_protocol::message::{Rejoined, Status};
+
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
+    let mut seen = relay.subscribe();
+    let mut consumer = common::channel(&relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    let mut agent = common::channel(&relay, Role::Agent).await;
+    guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    let joined = guard("consumer joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    assert_eq!(joined.resume_token.len(), 32, "a 128-bit token");
+    consumer.connection().close(0u32.into(), b"gone");
+    guard("the relay notices", async {
+        while !matches!(seen.recv().await, Ok(RelayEvent::Disconnected { .. })) {}
+    })
+    .await;
+    let status = Message::Status(Status {
+        rtt_ms: 42,
+        loss_ppm: 0,
+        throughput_bps: 1000,
+    });
+    agent.send(&status).await.expect("sent");
+
+    let back = Reconnect::new(relay.addr, relay.fingerprint, client::hello(Role::Consumer));
+    let (mut consumer, again) = guard("resume", back.resume(&joined.resume_token, "Customer"))
+        .await
+        .expect("seated again");
+    assert!(consumer.used_0rtt(), "the HELLO went as 0-RTT data");
+    assert_ne!(again.resume_token, joined.resume_token, "a fresh token");
+    assert_eq!(
+        guard("held", consumer.recv()).await.expect("read"),
+        Some(status),
+        "what the agent sent meanwhile"
+    );
+    assert_eq!(
+        guard("rejoined", agent.recv()).await.expect("read"),
+        Some(Message::Rejoined(Rejoined {
+            peer_role: Role::Consumer
+        }))
+    );
+    // The spent token opens nothing.
+    let spent = guard("spent token", back.resume(&joined.resume_token, "Customer")).await;
+    assert!(
+        matches!(
+            spent,
+            Err(ClientError::Refused {
+                code: ErrorCode::SessionNotFound,
+                ..
+            })
+        ),
+        "{spent:?}"
+    );
+    relay.shutdown().await;
+}

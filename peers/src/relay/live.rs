@@ -25,15 +25,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn::{Connection, VarInt};
 use tandem_protocol::message::{Capabilities, Joined, Rejoined, Role};
-use tandem_protocol::{ErrorCode, Message, RawFrame};
+use tandem_protocol::{ErrorCode, FrameType, Message, RawFrame};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::state::{self, Outcome, PeerInfo, SessionId, Side};
+use super::state::{self, ControlAction, Outcome, PeerInfo, SessionId, Side};
 use super::{
-    Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, ended, finish_owned,
-    forward_control, forward_datagrams, forward_uni_streams, frame_bytes, reason_name, refusal,
-    spawn_writer,
+    Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, ended, error_frame,
+    finish_owned, forward_control, forward_datagrams, forward_uni_streams, frame_bytes, leaving,
+    outcome_of, reason_name, refusal, spawn_writer,
 };
 
 /// One side's place in a live session.
@@ -140,6 +140,8 @@ pub(super) async fn run_session(
     let grace = shared.table().config().resume_grace;
 
     let outcome = loop {
+        // Control frames the surviving side sent while the other was away.
+        let mut held_for_back = Vec::new();
         let stopped = run_round(&shared, id, &seats, resources.clone(), &mut resume_rx).await;
         let (side, peer) = match stopped {
             Stopped::Outcome(Outcome::Lost(side)) if resumable => {
@@ -147,9 +149,12 @@ pub(super) async fn run_session(
                     session: id,
                     side: side.name().to_owned(),
                 });
-                let survivor = &seats[index(side.other())].conn;
+                let survivor = &seats[index(side.other())];
                 match wait_back(&shared, side, survivor, &mut resume_rx, grace).await {
-                    Ok(peer) => (side, peer),
+                    Ok((peer, held)) => {
+                        held_for_back = held;
+                        (side, peer)
+                    }
                     Err(outcome) => break outcome,
                 }
             }
@@ -180,6 +185,9 @@ pub(super) async fn run_session(
         );
         drop(old.out);
         old.writer.abort();
+        for frame in held_for_back {
+            let _ = seats[index(side)].out.send(frame).await;
+        }
         let rejoined = Message::Rejoined(Rejoined {
             peer_role: match side {
                 Side::Consumer => Role::Consumer,
@@ -320,20 +328,31 @@ async fn run_round(
     stopped
 }
 
-/// Waits up to `grace` for `side` to come back (spec §3.5). Ends the session when it does not,
-/// when the other side goes too, or when the relay shuts down.
+/// Most control bytes the surviving side may send while the other is away; past it, the rest
+/// waits in flow control.
+const HELD_BUDGET: usize = 256 * 1024;
+
+/// Waits up to `grace` for `side` to come back (spec §3.5). Meanwhile the surviving side's
+/// control stream is read: its end-to-end frames are held for the side that comes back (up to
+/// [`HELD_BUDGET`]), a `PING` is answered, and its `END` or `CLOSE` ends the session at once.
+/// Ends the session when `side` does not come back, when the other side goes too, or when the
+/// relay shuts down.
 async fn wait_back(
     shared: &Arc<Shared>,
     side: Side,
-    survivor: &Connection,
+    survivor: &Seat,
     resume_rx: &mut mpsc::Receiver<Arrival>,
     grace: std::time::Duration,
-) -> Result<Box<Peer>, Outcome> {
+) -> Result<(Box<Peer>, Vec<Bytes>), Outcome> {
     let deadline = tokio::time::Instant::from_std(Instant::now() + grace);
+    let other = side.other();
+    let mut recv = survivor.recv.lock().await;
+    let limits = *recv.limits();
+    let (mut held, mut held_bytes) = (Vec::new(), 0usize);
     loop {
         tokio::select! {
             arrival = resume_rx.recv() => match arrival {
-                Some(Arrival::Resumed(s, peer)) if s == side => return Ok(peer),
+                Some(Arrival::Resumed(s, peer)) if s == side => return Ok((peer, held)),
                 Some(Arrival::Resumed(_, peer)) => {
                     // The other side's token, while that side is still here: it cannot be
                     // in two places; the newcomer is turned away.
@@ -342,8 +361,35 @@ async fn wait_back(
                 }
                 Some(_) | None => {}
             },
+            frame = recv.next_raw(), if held_bytes < HELD_BUDGET => {
+                let frame = match frame {
+                    Ok(Some(frame)) => frame,
+                    // The surviving side is gone as well.
+                    Ok(None) => return Err(Outcome::Lost(side)),
+                    Err(e) => return Err(outcome_of(other, e)),
+                };
+                match state::classify_control(other, frame.ty) {
+                    ControlAction::Forward => {
+                        held_bytes += frame.body.len();
+                        held.push(Bytes::from(frame.to_bytes()));
+                    }
+                    ControlAction::Ping => {
+                        let pong = RawFrame { ty: FrameType::PONG, body: frame.body };
+                        let _ = survivor.out.send(Bytes::from(pong.to_bytes())).await;
+                    }
+                    ControlAction::Ignore => {}
+                    ControlAction::Refuse(code) => {
+                        let message = format!("{} is not allowed in a live session", frame.ty);
+                        let error = error_frame(code, &message);
+                        let _ = survivor.out.send(Bytes::from(error.to_bytes())).await;
+                    }
+                    ControlAction::End | ControlAction::Close | ControlAction::Violation => {
+                        return Err(leaving(other, &frame, &limits));
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => return Err(Outcome::Lost(side)),
-            _ = survivor.closed() => return Err(Outcome::Lost(side)),
+            _ = survivor.conn.closed() => return Err(Outcome::Lost(side)),
             _ = shared.shutting_down() => return Err(Outcome::Shutdown),
         }
     }
