@@ -5,10 +5,13 @@
 //!             transport parameters for slow lossy links
 //!  framed     frames over QUIC streams: write Message/RawFrame, read with bounded memory,
 //!             forward a stream frame by frame without decoding bodies
-//!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events;
-//!             relay::state is its sans-IO core (session table, negotiation, teardown plan)
-//!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED
-//!  session    the consumer's and the agent's session pumps over QUIC
+//!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events, a
+//!             session kept through a lost connection until its side resumes (relay/live.rs);
+//!             relay::state is its sans-IO core (session table, tokens, negotiation, teardown)
+//!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED; Reconnect comes
+//!             back with a resume token, HELLO in 0-RTT (spec §3.5)
+//!  session    the consumer's and the agent's session pumps over QUIC, which reconnect when a
+//!             resumable channel's connection goes and continue the DOM stream
 //!  pump       the consumer's DOM writer with backpressure: one patch in flight, changes fold
 //!  resources  content-addressed resources over QUIC (spec §14): resource streams, have/want,
 //!             the relay's shared cache
