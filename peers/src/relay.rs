@@ -647,11 +647,11 @@ async fn serve_consumer(
                 peer.info.label = label;
                 match resume(shared, peer, remote, Side::Consumer, &token).await {
                     Ok(()) => return Ok(()),
-                    Err(Resumed::Refused(back)) => {
+                    Err(Refused::Again(back)) => {
                         peer = back;
                         continue;
                     }
-                    Err(Resumed::Stop(back, stop)) => return Err((back, stop)),
+                    Err(Refused::Stop(back, stop)) => return Err((back, stop)),
                 }
             }
             Ok(other) => {
@@ -957,21 +957,21 @@ async fn serve_agent(
                 peer.info.label = label;
                 match resume(shared, peer, remote, Side::Agent, &token).await {
                     Ok(()) => return Ok(()),
-                    Err(Resumed::Refused(back)) => {
+                    Err(Refused::Again(back)) => {
                         peer = back;
                         continue;
                     }
-                    Err(Resumed::Stop(back, stop)) => return Err((back, stop)),
+                    Err(Refused::Stop(back, stop)) => return Err((back, stop)),
                 }
             }
             Ok(Message::Join(join)) => join,
             Ok(Message::Invite(inv)) => match invite::place(shared, peer, remote, inv).await {
                 Ok(()) => return Ok(()),
-                Err(invite::NotPlaced::Refused(back)) => {
+                Err(Refused::Again(back)) => {
                     peer = back;
                     continue;
                 }
-                Err(invite::NotPlaced::Stop(back, stop)) => return Err((back, stop)),
+                Err(Refused::Stop(back, stop)) => return Err((back, stop)),
             },
             Ok(other) => {
                 let message = format!("expected JOIN or INVITE, got {}", other.name());
@@ -1011,26 +1011,40 @@ async fn serve_agent(
             }
             Err(refused) => refused,
         };
-        shared.emit(RelayEvent::JoinRefused {
-            reason: refused.name().to_owned(),
-            remote,
-        });
-        if let Err(stop) = send_error(shared, &mut peer, refused.code(), refused.to_string()).await
-        {
-            return Err((peer, stop));
-        }
-        if refused == JoinRefusal::RateLimited {
-            return Err((peer, refusal(refused.code(), refused.to_string())));
+        match refuse(shared, peer, remote, refused).await {
+            Refused::Again(back) => peer = back,
+            Refused::Stop(back, stop) => return Err((back, stop)),
         }
     }
 }
 
-/// Why a resuming peer was not handed to its session.
-enum Resumed {
-    /// Refused with an `ERROR`; the peer may try something else.
-    Refused(Peer),
-    /// The peer is let go.
+/// A peer whose `JOIN`, `INVITE` or resumption was refused.
+enum Refused {
+    /// Told with an `ERROR`; the peer may try again on its connection.
+    Again(Peer),
+    /// The peer is let go for this reason.
     Stop(Peer, Stop),
+}
+
+/// Tells `peer` from `remote` that its `JOIN`, `INVITE` or resumption was refused (spec §7.5):
+/// the `join_refused` event, an `ERROR`, and after too many failures (`RateLimited`) the stop.
+async fn refuse(
+    shared: &Shared,
+    mut peer: Peer,
+    remote: SocketAddr,
+    refused: JoinRefusal,
+) -> Refused {
+    shared.emit(RelayEvent::JoinRefused {
+        reason: refused.name().to_owned(),
+        remote,
+    });
+    if let Err(stop) = send_error(shared, &mut peer, refused.code(), refused.to_string()).await {
+        return Refused::Stop(peer, stop);
+    }
+    if refused == JoinRefusal::RateLimited {
+        return Refused::Stop(peer, refusal(refused.code(), refused.to_string()));
+    }
+    Refused::Again(peer)
 }
 
 /// A peer connected as `side` presents its resume token (spec §3.5): on success it is handed
@@ -1042,7 +1056,7 @@ async fn resume(
     remote: SocketAddr,
     side: Side,
     token: &str,
-) -> Result<(), Resumed> {
+) -> Result<(), Refused> {
     let found = shared
         .table()
         .resume(Instant::now(), remote.ip(), side, token);
@@ -1062,20 +1076,7 @@ async fn resume(
         },
         Err(refused) => refused,
     };
-    shared.emit(RelayEvent::JoinRefused {
-        reason: refused.name().to_owned(),
-        remote,
-    });
-    if let Err(stop) = send_error(shared, &mut peer, refused.code(), refused.to_string()).await {
-        return Err(Resumed::Stop(peer, stop));
-    }
-    if refused == JoinRefusal::RateLimited {
-        return Err(Resumed::Stop(
-            peer,
-            refusal(refused.code(), refused.to_string()),
-        ));
-    }
-    Err(Resumed::Refused(peer))
+    Err(refuse(shared, peer, remote, refused).await)
 }
 
 /// Tells a peer why it is being let go (if it can still hear) and closes its connection once

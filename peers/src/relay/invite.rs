@@ -30,8 +30,8 @@ use tokio::time::sleep_until;
 
 use super::state::{JoinRefusal, SessionId, Side};
 use super::{
-    Arrival, Peer, RelayEvent, Shared, Stop, agent_task, ended, error_frame, finish_owned, refusal,
-    send_error,
+    Arrival, Peer, Refused, RelayEvent, Shared, Stop, agent_task, ended, error_frame, finish_owned,
+    refusal, refuse, send_error,
 };
 use crate::framed::{FramedError, write_message, write_raw};
 
@@ -58,14 +58,6 @@ pub(super) struct Pending {
     expires_at: Instant,
 }
 
-/// Why an agent's `INVITE` did not reach a customer.
-pub(super) enum NotPlaced {
-    /// Refused with an `ERROR`; the agent may try again on its connection.
-    Refused(Peer),
-    /// The agent is let go for this reason.
-    Stop(Peer, Stop),
-}
-
 /// The agent's side: registers the invitation with the session table and hands it, with the
 /// agent's connection, to the customer's task. Refusals (unknown customer, a customer being
 /// asked already, too many wrong targets) are answered with `ERROR` as for `JOIN`.
@@ -74,7 +66,7 @@ pub(super) async fn place(
     mut peer: Peer,
     remote: SocketAddr,
     mut invite: Invite,
-) -> Result<(), NotPlaced> {
+) -> Result<(), Refused> {
     peer.info.label = invite.agent_label.clone();
     let now = Instant::now();
     let ttl = Duration::from_millis(invite.expires_ms.into());
@@ -121,20 +113,7 @@ pub(super) async fn place(
         }
         Err(refused) => refused,
     };
-    shared.emit(RelayEvent::JoinRefused {
-        reason: refused.name().to_owned(),
-        remote,
-    });
-    if let Err(stop) = send_error(shared, &mut peer, refused.code(), refused.to_string()).await {
-        return Err(NotPlaced::Stop(peer, stop));
-    }
-    if refused == JoinRefusal::RateLimited {
-        return Err(NotPlaced::Stop(
-            peer,
-            refusal(refused.code(), refused.to_string()),
-        ));
-    }
-    Err(NotPlaced::Refused(peer))
+    Err(refuse(shared, peer, remote, refused).await)
 }
 
 /// The customer's side: shows the `INVITE` to the customer. Returns the pending invitation, or
