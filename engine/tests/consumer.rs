@@ -1,6 +1,8 @@
 //! The consumer's patches: change records, coalescing between sends, moves, text edits, and
 //! convergence under random change sequences, checked on the agent by hash.
 
+mod common;
+
 use tandem_engine::consumer::{Added, ChangeRecord};
 use tandem_engine::{Agent, Consumer, Dom, Element, LivePage, NodeKind, parse_html};
 use tandem_protocol::{Limits, Message, Ns, PatchOp, Place};
@@ -20,15 +22,7 @@ fn setup() -> (Consumer, Agent) {
 }
 
 fn by_id(c: &Consumer, id: &str) -> u64 {
-    let dom = c.dom();
-    dom.preorder(0)
-        .find(|&n| {
-            dom.node(n)
-                .and_then(|x| x.element())
-                .and_then(|e| e.attr("id"))
-                == Some(id)
-        })
-        .unwrap()
+    common::by_id(c.dom(), id)
 }
 
 /// Flushes, delivers the patch to the agent, checks both hashes, returns the patch's ops.

@@ -2,6 +2,8 @@
 //! what the agent has not acknowledged, or a new snapshot, and the agent skips what it applied
 //! already; both ends then hold the same tree, checked by hash.
 
+mod common;
+
 use tandem_engine::{Agent, Consumer, Resumption, parse_html};
 use tandem_protocol::{Limits, Message};
 
@@ -23,15 +25,7 @@ fn setup() -> (Consumer, Agent) {
 }
 
 fn by_id(c: &Consumer, id: &str) -> u64 {
-    let dom = c.dom();
-    dom.preorder(0)
-        .find(|&n| {
-            dom.node(n)
-                .and_then(|x| x.element())
-                .and_then(|e| e.attr("id"))
-                == Some(id)
-        })
-        .unwrap()
+    common::by_id(c.dom(), id)
 }
 
 /// Polls everything queued; the first `keep` messages reach the agent and its answers reach

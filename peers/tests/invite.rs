@@ -454,20 +454,7 @@ async fn hello_and_join_travel_together() {
         ),
         "{r:?}"
     );
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
-    let (agent, joined) = guard(
-        "pipelined join",
-        ControlChannel::open_and_join(
-            conn,
-            client::hello(Role::Agent),
-            Credential::Code(code),
-            "Alex",
-        ),
-    )
-    .await
-    .expect("joined");
+    let (agent, joined) = common::join_agent(&relay, code).await;
     assert_eq!(joined.peer_label, "visitor-24");
     assert_eq!(agent.welcome().role, Role::Relay, "WELCOME came first");
     let mut consumer = consumer;

@@ -87,20 +87,7 @@ async fn agent(
     code: String,
     opts: AgentOptions,
 ) -> tokio::task::JoinHandle<Result<AgentReport, SessionError>> {
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
-    let (ctl, _) = guard(
-        "join",
-        ControlChannel::open_and_join(
-            conn,
-            client::hello(Role::Agent),
-            Credential::Code(code),
-            "Alex",
-        ),
-    )
-    .await
-    .expect("joined");
+    let (ctl, _) = common::join_agent(relay, code).await;
     let ctl = ctl.resumable(relay.fingerprint);
     tokio::spawn(session::run_agent(ctl, opts, std::time::Instant::now()))
 }
@@ -459,32 +446,38 @@ async fn an_agent_killed_mid_snapshot_gets_a_new_epoch_when_it_is_back() {
     relay.shutdown().await;
 }
 
+/// A paired session whose consumer's connection was cut (without CLOSE) and noticed by the
+/// relay: the agent's channel and the consumer's `JOINED`.
+async fn consumer_gone(
+    relay: &RelayHandle,
+    seen: &mut tokio::sync::broadcast::Receiver<RelayEvent>,
+) -> (ControlChannel, tandem_protocol::message::Joined) {
+    let mut consumer = common::channel(relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    let mut agent = common::channel(relay, Role::Agent).await;
+    guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    let joined = guard("consumer joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    consumer.connection().close(0u32.into(), b"gone");
+    guard("the relay notices", async {
+        while !matches!(seen.recv().await, Ok(RelayEvent::Disconnected { .. })) {}
+    })
+    .await;
+    (agent, joined)
+}
+
 /// While one side is away, the other is still heard: its `END` ends the session at once rather
 /// than when the grace period is over (spec §3.5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_side_that_stayed_can_end_the_session_while_the_other_is_away() {
     let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
     let mut seen = relay.subscribe();
-    let mut consumer = common::channel(&relay, Role::Consumer).await;
-    let created = guard("session", consumer.open_session("Customer"))
-        .await
-        .expect("created");
-    let mut agent = common::channel(&relay, Role::Agent).await;
-    guard("join", agent.join(Credential::Code(created.code), "Alex"))
-        .await
-        .expect("joined");
-    guard("consumer joined", consumer.wait_joined())
-        .await
-        .expect("joined");
-    consumer.connection().close(0u32.into(), b"gone");
-    guard("the relay notices", async {
-        loop {
-            if let Ok(RelayEvent::Disconnected { .. }) = seen.recv().await {
-                break;
-            }
-        }
-    })
-    .await;
+    let (agent, _) = consumer_gone(&relay, &mut seen).await;
     // Well inside the 30 s grace period: the relay answers the END with CLOSE at once.
     guard("the agent ends the session", agent.end())
         .await
@@ -514,23 +507,8 @@ async fn the_relay_seats_a_returning_consumer_and_delivers_what_was_held() {
 
     let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
     let mut seen = relay.subscribe();
-    let mut consumer = common::channel(&relay, Role::Consumer).await;
-    let created = guard("session", consumer.open_session("Customer"))
-        .await
-        .expect("created");
-    let mut agent = common::channel(&relay, Role::Agent).await;
-    guard("join", agent.join(Credential::Code(created.code), "Alex"))
-        .await
-        .expect("joined");
-    let joined = guard("consumer joined", consumer.wait_joined())
-        .await
-        .expect("joined");
+    let (mut agent, joined) = consumer_gone(&relay, &mut seen).await;
     assert_eq!(joined.resume_token.len(), 32, "a 128-bit token");
-    consumer.connection().close(0u32.into(), b"gone");
-    guard("the relay notices", async {
-        while !matches!(seen.recv().await, Ok(RelayEvent::Disconnected { .. })) {}
-    })
-    .await;
     let status = Message::Status(Status {
         rtt_ms: 42,
         loss_ppm: 0,

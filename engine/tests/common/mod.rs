@@ -126,3 +126,15 @@ pub fn spec_table(heading: &str) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+/// The element of `dom` whose `id` attribute is `id` (the first in document order).
+pub fn by_id(dom: &tandem_engine::Dom, id: &str) -> tandem_protocol::NodeId {
+    dom.preorder(0)
+        .find(|&n| {
+            dom.node(n)
+                .and_then(|x| x.element())
+                .and_then(|e| e.attr("id"))
+                == Some(id)
+        })
+        .unwrap_or_else(|| panic!("no element with id {id}"))
+}

@@ -47,6 +47,28 @@ pub async fn channel(relay: &RelayHandle, role: Role) -> ControlChannel {
         .expect("welcome")
 }
 
+/// An agent connected to `relay` that joined by `code` as "Alex", HELLO and JOIN in one round
+/// trip (spec §7.1); with what the relay said about the consumer.
+pub async fn join_agent(
+    relay: &RelayHandle,
+    code: String,
+) -> (ControlChannel, tandem_protocol::message::Joined) {
+    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
+        .await
+        .expect("connect");
+    guard(
+        "pipelined join",
+        ControlChannel::open_and_join(
+            conn,
+            client::hello(Role::Agent),
+            tandem_protocol::message::Credential::Code(code),
+            "Alex",
+        ),
+    )
+    .await
+    .expect("joined")
+}
+
 /// A consumer session of the built-in sample page with `changes`, labelled `visitor`, that
 /// declines invitations, sends its snapshot ahead and takes no commands; tests change fields.
 pub fn sample_options(changes: ChangeSource) -> ConsumerOptions {
