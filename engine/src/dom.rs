@@ -692,9 +692,10 @@ impl Dom {
                 continue;
             };
             let mut cache = node.wide.take();
+            let current = node.hash;
             let mut hash = None;
             if let Some(w) = cache.as_mut().filter(|w| w.is_current()) {
-                hash = w.update(|c| self.node(c).map(|n| n.hash));
+                hash = w.update(current, |c| self.node(c).map(|n| n.hash));
             }
             let hash = match hash {
                 Some(h) => h,
@@ -717,7 +718,9 @@ impl Dom {
                             crate::hash::encode_child(&cn.kind, &cn.hash, &mut buf);
                         }
                     }
-                    if (wide::THRESHOLD..u32::MAX as usize).contains(&buf.len()) {
+                    // Only element children's hashes are ever patched in.
+                    let wide = (wide::THRESHOLD..u32::MAX as usize).contains(&buf.len());
+                    if wide && !entries.is_empty() {
                         let w = cache.get_or_insert_default();
                         w.rebuild(&mut buf, &mut entries)
                     } else {
@@ -1056,19 +1059,23 @@ mod tests {
         }
     }
 
-    /// A node keeps a cache only while its input is large, and a removed node's goes with it.
+    /// A node keeps a cache only while its input is large and holds an element child, and a
+    /// removed node's goes with it.
     #[test]
     fn only_wide_nodes_keep_a_cache() {
         let (mut dom, main, aside) = wide_tree(200, 0);
         dom.root_hash();
-        assert!(dom.node(main).unwrap().wide.is_some());
         assert!(
-            dom.node(aside).unwrap().wide.is_none(),
+            dom.node(main).unwrap().wide.is_some(),
+            "200 children: 6.6 KB"
+        );
+        assert!(
+            dom.node(aside).unwrap().wide.is_some(),
             "100 children: 3.3 KB"
         );
         assert!(dom.node(DOCUMENT_ID).unwrap().wide.is_none());
         let kids = dom.children(main).to_vec();
-        for &c in &kids[..150] {
+        for &c in &kids[..180] {
             dom.remove(c).unwrap();
         }
         assert_eq!(dom.root_hash(), reference(&dom, DOCUMENT_ID));
@@ -1076,5 +1083,15 @@ mod tests {
             dom.node(main).unwrap().wide.is_none(),
             "shrunk below the threshold"
         );
+        // A large text alone: nothing to patch, nothing kept.
+        let t = *dom.children(aside).last().unwrap();
+        dom.set_text(t, &"z".repeat(10_000)).unwrap();
+        for c in dom.children(aside).to_vec() {
+            if c != t {
+                dom.remove(c).unwrap();
+            }
+        }
+        assert_eq!(dom.root_hash(), reference(&dom, DOCUMENT_ID));
+        assert!(dom.node(aside).unwrap().wide.is_none(), "no element child");
     }
 }

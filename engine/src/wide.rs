@@ -28,9 +28,9 @@ use tandem_protocol::NodeId;
 /// changed child hash costs rehashing the leaf it falls in.
 pub(crate) const LEAF: usize = 1024;
 
-/// Hash inputs of at least this many bytes are cached (more than one leaf). Below it, hashing
-/// the whole input is as quick as patching it.
-pub(crate) const THRESHOLD: usize = 4 * LEAF;
+/// Hash inputs of at least this many bytes (more than one leaf) are cached when they hold an
+/// element child. Below it, hashing the whole input is about as quick as patching it.
+pub(crate) const THRESHOLD: usize = 2 * LEAF;
 
 /// The cached blake3 tree of one wide node's hash input.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +39,9 @@ pub(crate) struct WideHash {
     input: Vec<u8>,
     /// Each element child's id and the offset of its 32-byte hash in `input`, sorted by id.
     entries: Vec<(NodeId, u32)>,
-    /// The CV of every subtree of the tree, in preorder (the root's own entry is unused).
+    /// The CV of every subtree of the tree, in preorder (the root's own entry is unused); empty
+    /// until the first patch, so that a node whose layout keeps changing (its own attribute
+    /// holding a large data URL) is hashed at full SIMD speed and never builds a tree.
     cvs: Vec<ChainingValue>,
     /// Element children whose hash may have changed since the last rehash (duplicates allowed).
     pending: Vec<NodeId>,
@@ -78,9 +80,10 @@ impl WideHash {
         }
     }
 
-    /// Rebuilds the cache from a full input (at least [`THRESHOLD`] bytes) and the element
+    /// Rebuilds the cache from a full input (more than [`LEAF`] bytes) and the element
     /// children's `(id, hash offset)` in any order; returns the input's hash. `input` and
-    /// `entries` are swapped with the cache's old buffers, for the caller to reuse.
+    /// `entries` are swapped with the cache's old buffers, for the caller to reuse. The tree
+    /// itself is built by the first patch.
     pub(crate) fn rebuild(
         &mut self,
         input: &mut Vec<u8>,
@@ -94,16 +97,16 @@ impl WideHash {
         self.pending.clear();
         self.stale = false;
         self.cvs.clear();
-        self.cvs.resize(tree_nodes(self.input.len()), [0; 32]);
-        build(&mut self.cvs, &self.input, 0, self.input.len());
-        self.root()
+        *blake3::hash(&self.input).as_bytes()
     }
 
     /// Patches the pending children's hashes (`hash_of` gives a child's current hash) and
-    /// rehashes what they touched; returns the input's hash, or `None` when a pending child has
-    /// no entry, which the caller answers with a rebuild.
+    /// rehashes what they touched; returns the input's hash (`current`, the node's hash as of
+    /// the last rehash, when no byte changed), or `None` when a pending child has no entry,
+    /// which the caller answers with a rebuild.
     pub(crate) fn update(
         &mut self,
+        current: [u8; 32],
         mut hash_of: impl FnMut(NodeId) -> Option<[u8; 32]>,
     ) -> Option<[u8; 32]> {
         debug_assert!(!self.stale);
@@ -120,9 +123,15 @@ impl WideHash {
             }
         }
         self.pending.clear();
-        leaves.sort_unstable();
-        leaves.dedup();
-        if !leaves.is_empty() {
+        if leaves.is_empty() {
+            return Some(current);
+        }
+        if self.cvs.is_empty() {
+            self.cvs.resize(tree_nodes(self.input.len()), [0; 32]);
+            build(&mut self.cvs, &self.input, 0, self.input.len());
+        } else {
+            leaves.sort_unstable();
+            leaves.dedup();
             update(&mut self.cvs, &self.input, 0, self.input.len(), &leaves);
         }
         Some(self.root())
@@ -240,7 +249,8 @@ mod tests {
                 let (mut full, entries) = input(len, head);
                 let mut w = WideHash::default();
                 let (mut i, mut e) = (full.clone(), entries.clone());
-                assert_eq!(w.rebuild(&mut i, &mut e), *blake3::hash(&full).as_bytes());
+                let mut prev = w.rebuild(&mut i, &mut e);
+                assert_eq!(prev, *blake3::hash(&full).as_bytes());
                 let mut hashes: Vec<[u8; 32]> = entries
                     .iter()
                     .map(|&(_, at)| [full[at as usize]; 32])
@@ -254,12 +264,10 @@ mod tests {
                         full[at..at + 32].copy_from_slice(&hashes[j]);
                         w.note_child(entries[j].0);
                     }
-                    let got = w.update(|id| Some(hashes[id as usize - 1])).unwrap();
-                    assert_eq!(
-                        got,
-                        *blake3::hash(&full).as_bytes(),
-                        "len {len} head {head}"
-                    );
+                    let want = *blake3::hash(&full).as_bytes();
+                    let got = w.update(prev, |id| Some(hashes[id as usize - 1])).unwrap();
+                    assert_eq!(got, want, "len {len} head {head}");
+                    prev = got;
                 }
             }
         }
@@ -273,7 +281,7 @@ mod tests {
         let mut w = WideHash::default();
         w.rebuild(&mut i, &mut e);
         w.note_child(10_000);
-        assert_eq!(w.update(|_| Some([0; 32])), None);
+        assert_eq!(w.update([0; 32], |_| Some([0; 32])), None);
         for _ in 0..=n {
             w.note_child(1);
         }
