@@ -4,6 +4,7 @@
 use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
 
 use crate::EngineError;
+use crate::wide::{self, WideHash};
 
 /// What a node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub struct Node {
     hash: [u8; 32],
     /// Whether `hash` is stale. Leaves are never dirty: a change to one dirties its parent.
     dirty: bool,
+    /// The blake3 tree of the hash input, kept when that input is large (a wide node), so that
+    /// a change among a few children rehashes only the part of the input they stand in.
+    wide: Option<Box<WideHash>>,
 }
 
 /// Most child slots reserved ahead for a node from a count a peer announced: enough for most
@@ -90,6 +94,7 @@ impl Node {
             parent: None,
             children: Vec::with_capacity(children.min(MAX_CHILDREN_AHEAD) as usize),
             hash: [0; 32],
+            wide: None,
         }
     }
 
@@ -134,12 +139,14 @@ pub struct Dom {
     scratch: Scratch,
 }
 
-/// Reusable buffers of [`Dom::rehash`]: dirty nodes' slots, the walk's stack, a hash input.
+/// Reusable buffers of [`Dom::rehash`]: dirty nodes' slots, the walk's stack, a hash input and
+/// where its element children's hashes stand.
 #[derive(Debug, Clone, Default)]
 struct Scratch {
     order: Vec<usize>,
     stack: Vec<NodeId>,
     input: Vec<u8>,
+    entries: Vec<(NodeId, u32)>,
 }
 
 impl Default for Dom {
@@ -364,21 +371,44 @@ impl Dom {
         }
     }
 
-    /// Marks `id` and its ancestors dirty; for a leaf, which has no hash of its own, its
-    /// ancestors only. Invariant: every ancestor of a dirty attached node is dirty, so the walk
-    /// stops at the first node that already is.
+    /// Records that the hash input of `id` changed (its own data or its list of children; for a
+    /// leaf, which has no hash of its own, its parent's input) and marks it and its ancestors
+    /// dirty. Each ancestor with a wide cache notes which child's hash to patch in.
+    /// Invariant: every ancestor of a dirty attached node is dirty, and every dirty element
+    /// child of a node with a current wide cache is among that cache's pending children; so the
+    /// walk stops at the first node that already is dirty, once it has noted the child.
     fn mark_dirty(&mut self, id: NodeId) {
-        let mut cur = Some(id);
+        let Some(node) = self.node_mut(id) else {
+            return;
+        };
+        let id = match (node.kind.is_leaf(), node.parent) {
+            (false, _) => id,
+            (true, Some(p)) => p,
+            (true, None) => return,
+        };
+        let Some(node) = self.node_mut(id) else {
+            return;
+        };
+        if let Some(w) = node.wide.as_mut() {
+            w.mark_stale();
+        }
+        let mut child = id;
+        let mut cur = if node.dirty {
+            return;
+        } else {
+            node.dirty = true;
+            node.parent
+        };
         while let Some(n) = cur {
             let Some(node) = self.node_mut(n) else { return };
-            if node.kind.is_leaf() {
-                cur = node.parent;
-                continue;
+            if let Some(w) = node.wide.as_mut() {
+                w.note_child(child);
             }
             if node.dirty {
                 return;
             }
             node.dirty = true;
+            child = n;
             cur = node.parent;
         }
     }
@@ -638,6 +668,7 @@ impl Dom {
             mut order,
             mut stack,
             input: mut buf,
+            mut entries,
         } = std::mem::take(&mut self.scratch);
         order.clear();
         stack.clear();
@@ -649,35 +680,72 @@ impl Dom {
             };
             if node.dirty {
                 order.push(s);
-                stack.extend_from_slice(&node.children);
+                // Of a node with a current wide cache, only the noted children can be dirty.
+                match node.wide.as_deref().filter(|w| w.is_current()) {
+                    Some(w) => stack.extend_from_slice(w.pending()),
+                    None => stack.extend_from_slice(&node.children),
+                }
             }
         }
         for &s in order.iter().rev() {
-            let Some(node) = self.slots[s].as_ref() else {
+            let Some(node) = self.slots[s].as_mut() else {
                 continue;
             };
-            // One contiguous input: blake3 hashes large inputs with SIMD across chunks.
-            buf.clear();
-            crate::hash::encode_node(&node.kind, &mut buf);
-            crate::hash::write_varint(&mut buf, node.children.len() as u64);
-            buf.reserve(node.children.len() * 33);
-            for &c in &node.children {
-                if let Some(cn) = self.node(c) {
-                    crate::hash::encode_child(&cn.kind, &cn.hash, &mut buf);
-                }
+            let mut cache = node.wide.take();
+            let current = node.hash;
+            let mut hash = None;
+            if let Some(w) = cache.as_mut().filter(|w| w.is_current()) {
+                hash = w.update(current, |c| self.node(c).map(|n| n.hash));
             }
-            let hash = *blake3::hash(&buf).as_bytes();
+            let hash = match hash {
+                Some(h) => h,
+                None => {
+                    let Some(node) = self.slots[s].as_ref() else {
+                        continue;
+                    };
+                    // One contiguous input: blake3 hashes large inputs with SIMD across chunks.
+                    buf.clear();
+                    entries.clear();
+                    crate::hash::encode_node(&node.kind, &mut buf);
+                    crate::hash::write_varint(&mut buf, node.children.len() as u64);
+                    buf.reserve(node.children.len() * 33);
+                    for &c in &node.children {
+                        if let Some(cn) = self.node(c) {
+                            if !cn.kind.is_leaf() {
+                                // Past 4 GiB the offsets wrap, but no cache is kept.
+                                entries.push((c, (buf.len() + 1) as u32));
+                            }
+                            crate::hash::encode_child(&cn.kind, &cn.hash, &mut buf);
+                        }
+                    }
+                    // Only element children's hashes are ever patched in.
+                    let wide = (wide::THRESHOLD..u32::MAX as usize).contains(&buf.len());
+                    if wide && !entries.is_empty() {
+                        let w = cache.get_or_insert_default();
+                        w.rebuild(&mut buf, &mut entries)
+                    } else {
+                        cache = None;
+                        *blake3::hash(&buf).as_bytes()
+                    }
+                }
+            };
             if let Some(node) = self.slots[s].as_mut() {
                 node.hash = hash;
                 node.dirty = false;
+                node.wide = cache;
             }
         }
         // A snapshot's whole tree would leave large buffers behind: keep only small ones.
-        if buf.capacity() <= 1 << 16 && order.capacity() <= 1 << 12 && stack.capacity() <= 1 << 12 {
+        if buf.capacity() <= 1 << 16
+            && entries.capacity() <= 1 << 12
+            && order.capacity() <= 1 << 12
+            && stack.capacity() <= 1 << 12
+        {
             self.scratch = Scratch {
                 order,
                 stack,
                 input: buf,
+                entries,
             };
         }
     }
@@ -790,5 +858,240 @@ impl Iterator for Preorder<'_> {
         let id = self.stack.pop()?;
         self.stack.extend(self.dom.children(id).iter().rev());
         Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
+
+    use super::{Dom, Element, NodeKind};
+    use crate::hash::{encode_child, encode_node, write_varint};
+
+    /// The hash input of `id` from scratch: element children's hashes recomputed recursively.
+    fn input(dom: &Dom, id: NodeId) -> Vec<u8> {
+        let node = dom.node(id).unwrap();
+        let mut buf = Vec::new();
+        encode_node(&node.kind, &mut buf);
+        write_varint(&mut buf, node.children.len() as u64);
+        for &c in &node.children {
+            let kind = &dom.node(c).unwrap().kind;
+            let hash = if kind.is_leaf() {
+                [0; 32]
+            } else {
+                reference(dom, c)
+            };
+            encode_child(kind, &hash, &mut buf);
+        }
+        buf
+    }
+
+    /// The Merkle hash of `id` computed from scratch, ignoring every cache.
+    fn reference(dom: &Dom, id: NodeId) -> [u8; 32] {
+        *blake3::hash(&input(dom, id)).as_bytes()
+    }
+
+    fn element(name: &str) -> NodeKind {
+        NodeKind::Element(Element {
+            ns: Ns::Html,
+            name: name.into(),
+            attrs: vec![],
+        })
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// A document with two wide elements: `<main>` with `k` `<section><span/></section>`
+    /// children, `<aside>` with `k / 2` `<p>` children, then one text child each padded so that
+    /// `<main>`'s input is `target` bytes (or just above when a varint prevents it).
+    fn wide_tree(k: usize, target: usize) -> (Dom, NodeId, NodeId) {
+        let mut dom = Dom::new(Limits::DEFAULT);
+        let html = dom.create(element("html")).unwrap();
+        dom.append(DOCUMENT_ID, html).unwrap();
+        let main = dom.create(element("main")).unwrap();
+        dom.append(html, main).unwrap();
+        let aside = dom.create(element("aside")).unwrap();
+        dom.append(html, aside).unwrap();
+        for _ in 0..k {
+            let s = dom.create(element("section")).unwrap();
+            dom.append(main, s).unwrap();
+            let span = dom.create(element("span")).unwrap();
+            dom.append(s, span).unwrap();
+        }
+        for _ in 0..k / 2 {
+            let p = dom.create(element("p")).unwrap();
+            dom.append(aside, p).unwrap();
+        }
+        for parent in [main, aside] {
+            let t = dom.create(NodeKind::Text(String::new())).unwrap();
+            dom.append(parent, t).unwrap();
+        }
+        let t = *dom.children(main).last().unwrap();
+        let mut pad = 0;
+        while input(&dom, main).len() < target {
+            pad += 1;
+            dom.set_text(t, &"x".repeat(pad)).unwrap();
+        }
+        (dom, main, aside)
+    }
+
+    /// Elements below `id` (not `id` itself).
+    fn elements_under(dom: &Dom, id: NodeId) -> Vec<NodeId> {
+        dom.preorder(id)
+            .skip(1)
+            .filter(|&n| !dom.node(n).unwrap().kind.is_leaf())
+            .collect()
+    }
+
+    /// One random change that keeps `main` and `aside` in place.
+    fn change(dom: &mut Dom, rng: &mut Rng, main: NodeId, aside: NodeId, tick: usize) {
+        let wide = [main, aside][rng.below(2)];
+        let below = elements_under(dom, wide);
+        let v = format!("v{tick}");
+        match rng.below(12) {
+            // An attribute deep down or on a direct child: hashes propagate up.
+            0..=3 if !below.is_empty() => {
+                let n = below[rng.below(below.len())];
+                dom.set_attr(n, "a", &v[..1 + rng.below(v.len())]).unwrap();
+            }
+            4 if !below.is_empty() => {
+                let n = below[rng.below(below.len())];
+                dom.remove_attr(n, "a").unwrap();
+            }
+            // The wide node's own header.
+            5 => dom.set_attr(wide, "class", &v).unwrap(),
+            // A text child of the wide node grows or shrinks.
+            6 => {
+                let t = *dom.children(wide).last().unwrap();
+                if dom.text(t).is_some() {
+                    let len = dom.text(t).unwrap().len();
+                    let new = len.saturating_sub(2) + rng.below(5);
+                    dom.set_text(t, &"y".repeat(new)).unwrap();
+                }
+            }
+            // A child added, removed, moved between the wide nodes.
+            7 => {
+                let n = dom.create(element("i")).unwrap();
+                let kids = dom.children(wide).to_vec();
+                let prev = if kids.is_empty() {
+                    0
+                } else {
+                    kids[rng.below(kids.len())]
+                };
+                dom.attach(n, wide, prev).unwrap();
+            }
+            8 => {
+                let kids: Vec<NodeId> = dom
+                    .children(wide)
+                    .iter()
+                    .copied()
+                    .filter(|&c| dom.text(c).is_none())
+                    .collect();
+                if kids.len() > 1 {
+                    dom.remove(kids[rng.below(kids.len())]).unwrap();
+                }
+            }
+            9 => {
+                let kids = dom.children(wide).to_vec();
+                let other = if wide == main { aside } else { main };
+                if let Some(&c) = kids.first() {
+                    if dom.text(c).is_none() {
+                        dom.move_node(c, other, 0).unwrap();
+                    }
+                }
+            }
+            // A partial rehash of a subtree: its ancestors stay dirty.
+            10 if !below.is_empty() => {
+                let n = below[rng.below(below.len())];
+                dom.hash_of(n).unwrap();
+            }
+            _ => {
+                // A change and its undo: the hash comes back.
+                if let Some(&n) = below.first() {
+                    dom.set_attr(n, "undo", "1").unwrap();
+                    dom.remove_attr(n, "undo").unwrap();
+                }
+            }
+        }
+    }
+
+    /// Incremental hashes of wide nodes equal hashes from scratch over random changes, with
+    /// inputs around blake3 chunk boundaries and the caching threshold.
+    #[test]
+    fn wide_nodes_rehash_like_from_scratch() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let targets: [usize; 14] = [
+            1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096, 4097, 5000, 8191, 8192, 8193, 33_000,
+        ];
+        for (t, &target) in targets.iter().enumerate() {
+            let k = (target / 33).saturating_sub(3).max(1);
+            let (mut dom, main, aside) = wide_tree(k, target);
+            assert_eq!(
+                dom.root_hash(),
+                reference(&dom, DOCUMENT_ID),
+                "target {target}"
+            );
+            for step in 0..150 {
+                for _ in 0..1 + rng.below(4) {
+                    change(&mut dom, &mut rng, main, aside, t * 1000 + step);
+                }
+                if rng.below(4) == 0 {
+                    // A clone (the consumer's shadow) carries on from the same caches.
+                    let mut copy = dom.clone();
+                    assert_eq!(copy.root_hash(), reference(&dom, DOCUMENT_ID));
+                }
+                assert_eq!(
+                    dom.root_hash(),
+                    reference(&dom, DOCUMENT_ID),
+                    "target {target} step {step}"
+                );
+                assert_eq!(dom.cached_hash(main), Some(reference(&dom, main)));
+                assert_eq!(dom.cached_hash(aside), Some(reference(&dom, aside)));
+            }
+        }
+    }
+
+    /// A node keeps a cache only while its input is large and holds an element child, and a
+    /// removed node's goes with it.
+    #[test]
+    fn only_wide_nodes_keep_a_cache() {
+        let (mut dom, main, aside) = wide_tree(200, 0);
+        dom.root_hash();
+        assert!(
+            dom.node(main).unwrap().wide.is_some(),
+            "200 children: 6.6 KB"
+        );
+        assert!(
+            dom.node(aside).unwrap().wide.is_some(),
+            "100 children: 3.3 KB"
+        );
+        assert!(dom.node(DOCUMENT_ID).unwrap().wide.is_none());
+        let kids = dom.children(main).to_vec();
+        for &c in &kids[..180] {
+            dom.remove(c).unwrap();
+        }
+        assert_eq!(dom.root_hash(), reference(&dom, DOCUMENT_ID));
+        assert!(
+            dom.node(main).unwrap().wide.is_none(),
+            "shrunk below the threshold"
+        );
+        // A large text alone: nothing to patch, nothing kept.
+        let t = *dom.children(aside).last().unwrap();
+        dom.set_text(t, &"z".repeat(10_000)).unwrap();
+        for c in dom.children(aside).to_vec() {
+            if c != t {
+                dom.remove(c).unwrap();
+            }
+        }
+        assert_eq!(dom.root_hash(), reference(&dom, DOCUMENT_ID));
+        assert!(dom.node(aside).unwrap().wide.is_none(), "no element child");
     }
 }

@@ -77,6 +77,7 @@ pub mod patch;
 pub mod resource;
 pub mod session;
 pub mod snapshot;
+mod wide;
 
 pub use agent::{Agent, AgentEvent};
 pub use consumer::{Consumer, Resumption};
