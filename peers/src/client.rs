@@ -207,7 +207,7 @@ impl Reconnect {
             credential: Credential::Resume(token.to_owned()),
             label: label.to_owned(),
         });
-        let mut channel = match connecting.into_0rtt() {
+        let early = match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
                 let (mut send, recv) =
                     conn.open_bi().await.map_err(ClientError::from_connection)?;
@@ -217,35 +217,33 @@ impl Reconnect {
                 )
                 .map_err(FramedError::from)?;
                 send.write_all(&hello).await.map_err(FramedError::from)?;
+                // `true` once the handshake is complete and the relay took the early data:
+                // then the JOIN may go. Otherwise start over on the established connection.
                 if accepted.await {
-                    // The handshake is complete: the JOIN may go.
-                    let mut channel = ControlChannel::new_channel(
-                        conn,
-                        send,
-                        recv,
-                        self.hello.clone(),
-                        Limits::DEFAULT,
-                    );
-                    channel.zero_rtt = true;
-                    channel.send(&join).await?;
-                    channel.read_welcome().await?;
-                    channel
+                    Ok((conn, send, recv))
                 } else {
-                    // The relay refused the early data: start over on the established
-                    // connection.
-                    ControlChannel::open_pipelined(
-                        conn,
-                        self.hello.clone(),
-                        Some(&join),
-                        Limits::DEFAULT,
-                    )
-                    .await?
+                    Err(conn)
                 }
             }
-            Err(connecting) => {
-                let conn = connecting
-                    .await
-                    .map_err(|e| ClientError::Transport(TransportError::Connection(e)))?;
+            Err(connecting) => Err(connecting
+                .await
+                .map_err(|e| ClientError::Transport(TransportError::Connection(e)))?),
+        };
+        let mut channel = match early {
+            Ok((conn, send, recv)) => {
+                let mut channel = ControlChannel::new_channel(
+                    conn,
+                    send,
+                    recv,
+                    self.hello.clone(),
+                    Limits::DEFAULT,
+                );
+                channel.zero_rtt = true;
+                channel.send(&join).await?;
+                channel.read_welcome().await?;
+                channel
+            }
+            Err(conn) => {
                 ControlChannel::open_pipelined(
                     conn,
                     self.hello.clone(),

@@ -1116,14 +1116,18 @@ pub async fn run_agent(
     let (tx, mut rx) = mpsc::channel::<Result<RawFrame, DomStreamError>>(64);
     let (res_tx, mut res_rx) = mpsc::channel::<Result<Inbound, FramedError>>(64);
     let mut res_open = with_resources;
-    let mut accept = tokio::spawn(accept_streams(
-        conn.clone(),
-        tx.clone(),
-        with_resources.then_some(res_tx),
-        limits,
-        compressed,
-        wire_bytes.clone(),
-    ));
+    // Accepts the DOM and resource streams of a connection (again after a resumption).
+    let accept_on = |conn: &Connection, res_tx: mpsc::Sender<Result<Inbound, FramedError>>| {
+        tokio::spawn(accept_streams(
+            conn.clone(),
+            tx.clone(),
+            with_resources.then_some(res_tx),
+            limits,
+            compressed,
+            wire_bytes.clone(),
+        ))
+    };
+    let mut accept = accept_on(&conn, res_tx);
     let mut last_write: Option<Instant> = None;
     let mut dirty = false;
     let mut script = AgentScript::new(opts.script.clone());
@@ -1355,14 +1359,7 @@ pub async fn run_agent(
         // Pieces of the old connection's streams are dropped with the old channel.
         res_rx = fresh_res_rx;
         res_open = with_resources;
-        accept = tokio::spawn(accept_streams(
-            conn.clone(),
-            tx.clone(),
-            with_resources.then_some(res_tx),
-            limits,
-            compressed,
-            wire_bytes.clone(),
-        ));
+        accept = accept_on(&conn, res_tx);
         dg_reader = spawn_datagram_reader(conn.clone(), dg_tx.clone(), limits);
         datagrams = datagrams_ok(&conn);
         actions = None;
