@@ -109,6 +109,23 @@ async fn finish(
     (consumer, agent)
 }
 
+/// Cuts the consumer's connection `ms` milliseconds from now, as a lost link would.
+async fn drop_after(commands: &mpsc::Sender<CustomerCommand>, ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    commands
+        .send(CustomerCommand::DropConnection)
+        .await
+        .expect("the consumer listens");
+}
+
+/// Nothing was lost: the agent acknowledged the final state and holds the customer's page,
+/// without a divergence on the way.
+fn assert_same_page(c: &ConsumerReport, a: &AgentReport) {
+    assert!(c.acked, "the agent acknowledged the final state");
+    assert_eq!(a.hash, Some(c.hash), "the agent holds the customer's page");
+    assert_eq!(a.divergences, 0);
+}
+
 /// Events the relay reported so far, by name.
 fn events(rx: &mut tokio::sync::broadcast::Receiver<RelayEvent>) -> Vec<String> {
     let mut names = Vec::new();
@@ -136,11 +153,7 @@ async fn a_consumer_killed_mid_snapshot_comes_back_with_a_new_epoch() {
     let agent = agent(&relay, code, AgentOptions::default()).await;
     // The snapshot (hundreds of KB) takes seconds at 750 kbit/s: cut the link while it is on
     // its way.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    commands
-        .send(CustomerCommand::DropConnection)
-        .await
-        .expect("the consumer listens");
+    drop_after(&commands, 1200).await;
     let (c, a) = finish(consumer, agent).await;
 
     assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
@@ -156,9 +169,7 @@ async fn a_consumer_killed_mid_snapshot_comes_back_with_a_new_epoch() {
         "the HELLO went as 0-RTT data on a ticket of the first connection"
     );
     assert_eq!(c.snapshots, 2, "the cut snapshot and the new epoch's");
-    assert!(c.acked, "the agent acknowledged the final state");
-    assert_eq!(a.hash, Some(c.hash), "the agent holds the customer's page");
-    assert_eq!(a.divergences, 0);
+    assert_same_page(&c, &a);
     assert!(
         a.resumptions.iter().any(|r| !r.own),
         "the agent was told (REJOINED)"
@@ -185,11 +196,7 @@ async fn a_consumer_killed_mid_stream_continues_from_what_the_agent_acknowledged
     let (code, commands, consumer, _link) = consumer(&relay, "20ms,10mbit", opts).await;
     let agent = agent(&relay, code, AgentOptions::default()).await;
     // The snapshot is acknowledged within a few round trips; the page keeps changing.
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    commands
-        .send(CustomerCommand::DropConnection)
-        .await
-        .expect("the consumer listens");
+    drop_after(&commands, 900).await;
     let (c, a) = finish(consumer, agent).await;
 
     assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
@@ -202,9 +209,7 @@ async fn a_consumer_killed_mid_stream_continues_from_what_the_agent_acknowledged
     );
     assert_eq!(c.snapshots, 1, "no new snapshot: the epoch continued");
     assert!(c.patches > 2, "{} patches", c.patches);
-    assert!(c.acked);
-    assert_eq!(a.hash, Some(c.hash), "nothing was lost");
-    assert_eq!(a.divergences, 0);
+    assert_same_page(&c, &a);
     relay.shutdown().await;
 }
 
@@ -246,9 +251,7 @@ async fn an_agent_killed_mid_stream_comes_back_and_catches_up() {
         r.how
     );
     assert_eq!(c.snapshots, 1);
-    assert!(c.acked);
-    assert_eq!(a.hash, Some(c.hash));
-    assert_eq!(a.divergences, 0);
+    assert_same_page(&c, &a);
     let names = events(&mut seen);
     assert!(names.contains(&"reconnected:agent".to_owned()), "{names:?}");
     relay.shutdown().await;
@@ -270,10 +273,7 @@ async fn a_peer_that_does_not_come_back_ends_the_session_after_the_grace_period(
     opts.commands = Some(rx);
     let (code, consumer) = common::consumer_session(&relay, opts).await;
     let agent = agent(&relay, code, AgentOptions::default()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tx.send(CustomerCommand::DropConnection)
-        .await
-        .expect("the consumer listens");
+    drop_after(&tx, 300).await;
     let c = guard("the consumer", consumer).await.expect("task");
     assert!(c.is_err(), "a consumer that cannot resume ends");
     let a = guard("the agent", agent).await.expect("task");
@@ -355,10 +355,7 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
         std::time::Instant::now(),
     ));
     // The snapshot is small; the blobs (7 KB at 48 kbit/s, over a second) are on their way.
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    tx.send(CustomerCommand::DropConnection)
-        .await
-        .expect("the consumer listens");
+    drop_after(&tx, 900).await;
     let (c, a) = finish(consumer, agent).await;
 
     assert_eq!(c.resumptions.len(), 1, "{:?}", c.resumptions);
@@ -435,9 +432,7 @@ async fn an_agent_killed_mid_snapshot_gets_a_new_epoch_when_it_is_back() {
         "the cut snapshot was never acknowledged"
     );
     assert_eq!(c.snapshots, 2);
-    assert!(c.acked);
-    assert_eq!(a.hash, Some(c.hash));
-    assert_eq!(a.divergences, 0);
+    assert_same_page(&c, &a);
     assert!(
         a.resumptions.iter().any(|r| r.own && r.zero_rtt),
         "{:?}",
