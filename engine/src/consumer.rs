@@ -847,7 +847,7 @@ impl Consumer {
             self.queue_snapshot();
             return true;
         }
-        let ops = ops.iter().map(|op| op.encode(&mut self.enc)).collect();
+        let ops = patch::fold_moves(ops.iter().map(|op| op.encode(&mut self.enc)).collect());
         self.seq += 1;
         let hash = hash::check(&self.dom.root_hash());
         self.out.push_back(Message::Patch(Patch {

@@ -47,7 +47,9 @@
 //! top of `B`, so a moved node's new parent is never inside the moved subtree, every `prev` is
 //! already at its final place, and no node moves after its old parent was removed. What
 //! travels is decided by the matching: the consumer's `flush` turns the resulting tree (which
-//! old ids stay, where they sit, what is new) into the `PATCH`.
+//! old ids stay, where they sit, what is new) into the `PATCH`, where a chain of moves, each
+//! node right after the one moved before it (content that changed parent together), leaves as
+//! one `MoveRun`.
 //!
 //! The result is checked against `target`'s hash; should it ever differ (a bug, or a 64-bit
 //! key collision that the full-hash checks did not catch), the document's children are

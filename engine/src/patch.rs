@@ -2,7 +2,8 @@
 //! against the session's string tables, and application of both forms to a tree.
 
 use tandem_protocol::{
-    DOCUMENT_ID, NodeId, NodeRecord, PatchOp, Place, StrClass, SymDecoder, SymEncoder, TextEdit,
+    DOCUMENT_ID, NodeId, NodeRecord, NodeRun, PatchOp, Place, StrClass, SymDecoder, SymEncoder,
+    TextEdit,
 };
 
 use crate::dom::{Dom, NodeKind};
@@ -210,6 +211,15 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
             let (parent, prev) = resolve(dom, at, "patch.move.at")?;
             dom.move_node(node, parent, prev)
         }
+        PatchOp::MoveRun { at, nodes } => {
+            let mut at = at;
+            for node in nodes.0 {
+                let (parent, prev) = resolve(dom, at, "patch.move_run.at")?;
+                dom.move_node(node, parent, prev)?;
+                at = Place::After(node);
+            }
+            Ok(())
+        }
         PatchOp::SetAttr { node, name, value } => {
             let name = dec.resolve(name, "patch.set_attr.name")?;
             let value = dec.resolve(value, "patch.set_attr.value")?;
@@ -225,6 +235,39 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
         }
         PatchOp::EditText { node, edits } => edit(dom, node, &edits),
     }
+}
+
+/// Folds each chain of `Move`s in which a node goes right after the node moved just before it
+/// into one [`PatchOp::MoveRun`] (spec §6.5): the same moves, with the places implied and the
+/// ids as differences. A chain of one stays a `Move`, which is a byte shorter.
+pub fn fold_moves(ops: Vec<PatchOp>) -> Vec<PatchOp> {
+    let mut out: Vec<PatchOp> = Vec::with_capacity(ops.len());
+    for op in ops {
+        if let PatchOp::Move {
+            node,
+            at: Place::After(prev),
+        } = op
+        {
+            match out.last_mut() {
+                Some(PatchOp::Move { node: last, at }) if *last == prev => {
+                    let at = *at;
+                    let last = *last;
+                    *out.last_mut().expect("just matched") = PatchOp::MoveRun {
+                        at,
+                        nodes: NodeRun(vec![last, node]),
+                    };
+                    continue;
+                }
+                Some(PatchOp::MoveRun { nodes, .. }) if nodes.0.last() == Some(&prev) => {
+                    nodes.0.push(node);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(op);
+    }
+    out
 }
 
 /// Applies text edits (spec §6.5); `None` when an edit runs past the text or splits a character.
@@ -292,6 +335,96 @@ pub fn subtree(dom: &Dom, root: NodeId) -> Vec<(NodeKind, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `body`'s children of `<ul><li>a<li>b<li>c</ul><ol></ol>`: the ul, its three items, the ol.
+    fn list_page() -> (Dom, NodeId, [NodeId; 3], NodeId) {
+        let dom = crate::parse_html(
+            "<body><ul><li>a</li><li>b</li><li>c</li></ul><ol></ol></body>",
+            tandem_protocol::Limits::DEFAULT,
+        );
+        let html = dom.children(DOCUMENT_ID)[0];
+        let body = dom.children(html)[1];
+        let (ul, ol) = (dom.children(body)[0], dom.children(body)[1]);
+        let li = dom.children(ul);
+        (dom.clone(), ul, [li[0], li[1], li[2]], ol)
+    }
+
+    fn apply_all(dom: &mut Dom, ops: Vec<PatchOp>) -> Result<(), EngineError> {
+        let mut dec = SymDecoder::new(tandem_protocol::Limits::DEFAULT);
+        ops.into_iter().try_for_each(|op| apply(dom, op, &mut dec))
+    }
+
+    #[test]
+    fn chained_moves_fold_into_runs_that_apply_the_same() {
+        let (dom, ul, [a, b, c], ol) = list_page();
+        let moves = vec![
+            PatchOp::Move {
+                node: c,
+                at: Place::First(ol),
+            },
+            PatchOp::Move {
+                node: a,
+                at: Place::After(c),
+            },
+            PatchOp::Move {
+                node: b,
+                at: Place::After(a),
+            },
+            // Not a continuation: placed after c, not after b.
+            PatchOp::Move {
+                node: b,
+                at: Place::After(c),
+            },
+            PatchOp::Remove { node: ul },
+            PatchOp::Move {
+                node: a,
+                at: Place::First(ol),
+            },
+        ];
+        let folded = fold_moves(moves.clone());
+        assert_eq!(
+            folded,
+            vec![
+                PatchOp::MoveRun {
+                    at: Place::First(ol),
+                    nodes: NodeRun(vec![c, a, b])
+                },
+                PatchOp::Move {
+                    node: b,
+                    at: Place::After(c)
+                },
+                PatchOp::Remove { node: ul },
+                PatchOp::Move {
+                    node: a,
+                    at: Place::First(ol)
+                },
+            ]
+        );
+        let (mut one, mut other) = (dom.clone(), dom);
+        apply_all(&mut one, moves).unwrap();
+        apply_all(&mut other, folded).unwrap();
+        assert_eq!(one.children(ol), other.children(ol));
+        assert_eq!(one.children(ol), &[a, c, b]);
+        assert_eq!(one.root_hash(), other.root_hash());
+    }
+
+    #[test]
+    fn a_bad_move_inside_a_run_is_an_error() {
+        let (mut dom, ul, [a, _, _], ol) = list_page();
+        // The second move puts `a` right after itself.
+        let run = PatchOp::MoveRun {
+            at: Place::First(ol),
+            nodes: NodeRun(vec![a, a]),
+        };
+        assert!(apply_all(&mut dom, vec![run]).is_err());
+        // A run may not carry a node into its own subtree.
+        let (mut dom, _, [_, b, _], _) = list_page();
+        let into_itself = PatchOp::MoveRun {
+            at: Place::First(b),
+            nodes: NodeRun(vec![ul]),
+        };
+        assert!(apply_all(&mut dom, vec![into_itself]).is_err());
+    }
 
     #[test]
     fn text_edits() {

@@ -121,6 +121,10 @@ pub fn describe(op: &PatchOp) -> String {
         }
         PatchOp::Remove { node } => format!("remove {node}"),
         PatchOp::Move { node, at } => format!("move {node} {}", place(at)),
+        PatchOp::MoveRun { at, nodes } => {
+            let ids: Vec<String> = nodes.0.iter().map(|n| n.to_string()).collect();
+            format!("move {} {}, in this order", ids.join(" "), place(at))
+        }
         PatchOp::SetAttr { node, name, value } => {
             format!("set {node} {}={}", sym(name), sym(value))
         }

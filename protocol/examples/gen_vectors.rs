@@ -27,8 +27,8 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::strings::static_index;
 use tandem_protocol::{
-    Attr, DecodeError, ErrorCode, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Place, Sym,
-    TextEdit, frame, message, varint,
+    Attr, DecodeError, ErrorCode, FrameType, Limits, Message, NodeRecord, NodeRun, Ns, PatchOp,
+    Place, Sym, TextEdit, frame, message, varint,
 };
 
 #[path = "../tests/support/tree.rs"]
@@ -746,6 +746,10 @@ fn dom_stream_vectors() -> Vec<Positive> {
             ],
         },
         PatchOp::Remove { node: 16 },
+        PatchOp::MoveRun {
+            at: Place::After(20),
+            nodes: NodeRun(vec![15, 9]),
+        },
     ];
     for op in &ops2 {
         t.apply(op).expect("patch 2 applies");
@@ -756,7 +760,10 @@ fn dom_stream_vectors() -> Vec<Positive> {
         name: "patch_second",
         description: format!(
             "PATCH epoch 7 seq 2: Insert (first id 20) p role=status (id 20) with text `Card declined` (id \
-             21) after div 8 (place After(8), under body 7), then Remove li 16 with its text 17. Check {}.",
+             21) after div 8 (place After(8), under body 7), then Remove li 16 with its text 17, then \
+             MoveRun (7) of ul 15 and text 9, in that order, to right after p 20 (place After(20) \
+             = varint 40; nodes: count 2, first id 15, then 9 − 15 = −6 as zigzag 11), leaving \
+             div 8 empty. Check {}.",
             hex16(&hash2)
         ),
         stream: Some("checkout"),
@@ -1003,10 +1010,33 @@ fn negative_vectors() -> Vec<Negative> {
         },
         Negative {
             name: "bad_enum_patch_op",
-            description: "PATCH epoch 1 seq 1 with one operation of variant 7; operations are \
-                          0..6.",
-            bytes: frame_of(0x32, &[0x01, 0x01, 0x01, 0x07, 0x00]),
+            description: "PATCH epoch 1 seq 1 with one operation of variant 8; operations are \
+                          0..7.",
+            bytes: frame_of(0x32, &[0x01, 0x01, 0x01, 0x08, 0x00]),
             error: "Malformed PATCH Other",
+        },
+        Negative {
+            name: "move_run_below_zero",
+            description: "PATCH epoch 1 seq 1 with one MoveRun (7) to First(1) (varint 3) of 2 \
+                          nodes: first id 1, then a difference of −2 (zigzag 3), which names no \
+                          id. Reported as a custom (Other) postcard error.",
+            bytes: frame_of(
+                0x32,
+                &[
+                    0x01, 0x01, 0x01, 0x07, 0x03, 0x02, 0x01, 0x03, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+            ),
+            error: "Malformed PATCH Other",
+        },
+        Negative {
+            name: "move_run_empty",
+            description: "PATCH epoch 1 seq 1 with one MoveRun (7) to First(1) whose node run \
+                          is empty (count 0); a run holds at least one node.",
+            bytes: frame_of(
+                0x32,
+                &[0x01, 0x01, 0x01, 0x07, 0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            error: "InvalidValue patch.move_run.nodes",
         },
         Negative {
             name: "bad_bool",

@@ -211,4 +211,77 @@ pub enum PatchOp {
         /// Edits applied left to right; the rest of the old text is kept.
         edits: Vec<TextEdit>,
     },
+    /// `7`: move several nodes, in order, to one place: the first goes to `at`, each next one
+    /// right after the one before. Exactly the `Move`s `(nodes[0], at)`, `(nodes[1],
+    /// After(nodes[0]))`, …, in one operation (a run of siblings that moved together).
+    MoveRun {
+        /// Where the first node goes.
+        at: Place,
+        /// The nodes, in their new order; at least one.
+        nodes: NodeRun,
+    },
+}
+
+/// The node list of a [`PatchOp::MoveRun`] (spec §6.5): ids that usually lie close together,
+/// so each after the first travels as its difference from the one before.
+///
+/// Layout: a varint count, the first id as a `u64` varint, then each next id as the zigzag
+/// varint of `id − previous` (an `i64`). A difference that leaves the range of ids is
+/// `Malformed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct NodeRun(pub Vec<NodeId>);
+
+impl Serialize for NodeRun {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        let mut prev = None;
+        for &id in &self.0 {
+            match prev {
+                None => seq.serialize_element(&id)?,
+                Some(p) => {
+                    // Ids stay below 2^63 (spec §6.1), so the difference fits an i64.
+                    let delta = i64::try_from(i128::from(id) - i128::from(p))
+                        .map_err(|_| serde::ser::Error::custom("node run: id at or above 2^63"))?;
+                    seq.serialize_element(&delta)?
+                }
+            }
+            prev = Some(id);
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeRun {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = NodeRun;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node run")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NodeRun, A::Error> {
+                // Every element takes at least one byte of the (bounded) body, so the hint
+                // cannot ask for more than the frame holds; cap it anyway.
+                let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                let Some(first) = seq.next_element::<u64>()? else {
+                    return Ok(NodeRun(ids));
+                };
+                ids.push(first);
+                let mut prev = first;
+                while let Some(delta) = seq.next_element::<i64>()? {
+                    prev = prev
+                        .checked_add_signed(delta)
+                        .ok_or_else(|| serde::de::Error::custom("node run: id out of range"))?;
+                    ids.push(prev);
+                }
+                Ok(NodeRun(ids))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }

@@ -48,7 +48,7 @@ pub mod strings;
 pub mod varint;
 pub mod view;
 
-pub use dom::{Attr, DOCUMENT_ID, NodeId, NodeRecord, Ns, PatchOp, Place, TextEdit};
+pub use dom::{Attr, DOCUMENT_ID, NodeId, NodeRecord, NodeRun, Ns, PatchOp, Place, TextEdit};
 pub use error::{DecodeError, ErrorCode, MalformedReason};
 pub use frame::{FrameReader, FrameType, RawFrame};
 pub use limits::Limits;

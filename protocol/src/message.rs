@@ -1104,6 +1104,15 @@ impl Message {
                                 string("patch.edit_text.insert", &e.insert, l)?;
                             }
                         }
+                        PatchOp::MoveRun { nodes, .. } => {
+                            if nodes.0.is_empty() {
+                                return Err(DecodeError::InvalidValue {
+                                    field: "patch.move_run.nodes",
+                                    detail: "empty run",
+                                });
+                            }
+                            limit("patch.move_run.nodes", nodes.0.len(), l.max_list)?
+                        }
                         PatchOp::Remove { .. } | PatchOp::Move { .. } => {}
                     }
                 }
@@ -1140,6 +1149,31 @@ mod tests {
     use super::*;
     use crate::dom::Attr;
     use crate::dom::Ns;
+
+    /// A node run's ids survive the round trip at the edges of the id range, each difference
+    /// costs what its size says, and a difference that leaves the range is refused.
+    #[test]
+    fn node_run_round_trip_and_range() {
+        use crate::dom::NodeRun;
+        let top = (1u64 << 63) - 1;
+        for ids in [vec![7], vec![15, 9, 10, 200], vec![0, top, 0, top - 1, 1]] {
+            let run = NodeRun(ids);
+            let bytes = postcard::to_stdvec(&run).unwrap();
+            assert_eq!(postcard::from_bytes::<NodeRun>(&bytes).unwrap(), run);
+        }
+        // Count 4, first 15, then −6 (zigzag 11), +1 (2), +190 (380 = varint fc 02).
+        assert_eq!(
+            postcard::to_stdvec(&NodeRun(vec![15, 9, 10, 200])).unwrap(),
+            [0x04, 0x0f, 0x0b, 0x02, 0xfc, 0x02]
+        );
+        assert!(postcard::to_stdvec(&NodeRun(vec![0, u64::MAX])).is_err());
+        // First 1, then −2: below id 0. First 2^64 − 1, then +1: past the largest id.
+        assert!(postcard::from_bytes::<NodeRun>(&[0x02, 0x01, 0x03]).is_err());
+        let mut past = vec![0x02];
+        past.extend([0xff; 9]);
+        past.extend([0x01, 0x02]);
+        assert!(postcard::from_bytes::<NodeRun>(&past).is_err());
+    }
 
     /// The hand-written `SNAPSHOT` encoder writes what postcard writes, and refuses what
     /// postcard refuses.

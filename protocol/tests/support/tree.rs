@@ -230,6 +230,20 @@ impl Tree {
         }
     }
 
+    /// Detaches `node` and puts it at `at` (the `Move` of spec §6.5).
+    fn move_to(&mut self, node: NodeId, at: Place) -> Result<(), String> {
+        let (parent, prev) = self.place(at)?;
+        let mut up = Some(parent);
+        while let Some(a) = up {
+            if a == node {
+                return Err("move into its own subtree".into());
+            }
+            up = self.node(a)?.parent;
+        }
+        self.detach(node)?;
+        self.attach(node, parent, prev)
+    }
+
     /// Applies one patch operation (spec §6.5).
     pub fn apply(&mut self, op: &PatchOp) -> Result<(), String> {
         match op {
@@ -246,17 +260,14 @@ impl Tree {
                 }
                 Ok(())
             }
-            PatchOp::Move { node, at } => {
-                let (parent, prev) = self.place(*at)?;
-                let mut up = Some(parent);
-                while let Some(a) = up {
-                    if a == *node {
-                        return Err("move into its own subtree".into());
-                    }
-                    up = self.node(a)?.parent;
+            PatchOp::Move { node, at } => self.move_to(*node, *at),
+            PatchOp::MoveRun { at, nodes } => {
+                let mut at = *at;
+                for &node in &nodes.0 {
+                    self.move_to(node, at)?;
+                    at = Place::After(node);
                 }
-                self.detach(*node)?;
-                self.attach(*node, parent, prev)
+                Ok(())
             }
             PatchOp::SetAttr { node, name, value } => {
                 let name = self.sym(name)?;
