@@ -17,8 +17,8 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::strings::MAX_SYM_INDEX;
 use tandem_protocol::{
-    Attr, ErrorCode, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Place, REGISTRY, Sym,
-    TextEdit, frame, fuzzing,
+    Attr, ErrorCode, FrameType, Limits, Message, NodeRecord, NodeRun, Ns, PatchOp, Place, REGISTRY,
+    Sym, TextEdit, frame, fuzzing,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -87,6 +87,13 @@ fn patch_op() -> impl Strategy<Value = PatchOp> {
         }),
         node().prop_map(|node| PatchOp::Remove { node }),
         (node(), place()).prop_map(|(node, at)| PatchOp::Move { node, at }),
+        // Ids are below 2^63 (spec §6.1), which keeps every difference an i64.
+        (place(), vec(prop_oneof![0u64..300, 0u64..1 << 63], 1..6)).prop_map(|(at, nodes)| {
+            PatchOp::MoveRun {
+                at,
+                nodes: NodeRun(nodes),
+            }
+        }),
         (node(), sym(), sym()).prop_map(|(node, name, value)| PatchOp::SetAttr {
             node,
             name,
