@@ -5,7 +5,7 @@ mod common;
 
 use tandem_engine::consumer::{Added, ChangeRecord};
 use tandem_engine::{Agent, Consumer, Dom, Element, LivePage, NodeKind, parse_html};
-use tandem_protocol::{Limits, Message, Ns, PatchOp, Place};
+use tandem_protocol::{Limits, Message, NodeRun, Ns, PatchOp, Place};
 
 const PAGE: &str = "<!DOCTYPE html><html><head><title>t</title></head><body>\
     <ul id=list><li id=a>alpha</li><li id=b>beta</li><li id=c>gamma</li></ul>\
@@ -132,6 +132,40 @@ fn moves_travel_as_moves() {
         ops,
         vec![PatchOp::Move {
             node: a,
+            at: Place::First(bx),
+        }]
+    );
+}
+
+#[test]
+fn siblings_that_move_together_travel_as_one_run() {
+    let (mut c, mut agent) = setup();
+    let (a, b, c_, bx, p) = (
+        by_id(&c, "a"),
+        by_id(&c, "b"),
+        by_id(&c, "c"),
+        by_id(&c, "box"),
+        by_id(&c, "p"),
+    );
+    // The three items go into the box after the paragraph, reversed.
+    c.move_node(c_, bx, p).unwrap();
+    c.move_node(b, bx, c_).unwrap();
+    c.move_node(a, bx, b).unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(
+        ops,
+        vec![PatchOp::MoveRun {
+            at: Place::After(p),
+            nodes: NodeRun(vec![c_, b, a]),
+        }]
+    );
+    // One node on its own stays a Move.
+    c.move_node(b, bx, 0).unwrap();
+    let ops = send(&mut c, &mut agent);
+    assert_eq!(
+        ops,
+        vec![PatchOp::Move {
+            node: b,
             at: Place::First(bx),
         }]
     );
