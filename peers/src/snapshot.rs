@@ -158,18 +158,25 @@ pub fn run(args: SnapshotArgs) -> Result<(), SessionError> {
             source,
         })?;
     }
+    use std::fmt::Write;
+    let mut text = String::new();
+    // Writing to a String cannot fail, nor can serializing strings and integers.
     if args.json {
-        // Serializing a struct of strings and integers cannot fail.
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        let _ = writeln!(
+            text,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        );
     } else {
-        println!("page: {}", report.page);
-        println!("html bytes: {}", report.html_bytes);
-        println!("nodes: {}", report.nodes);
-        println!(
+        let _ = writeln!(text, "page: {}", report.page);
+        let _ = writeln!(text, "html bytes: {}", report.html_bytes);
+        let _ = writeln!(text, "nodes: {}", report.nodes);
+        let _ = writeln!(
+            text,
             "snapshot bytes: {} in {} part(s)",
             report.snapshot_bytes, report.parts
         );
-        println!("hash: {}", report.hash);
+        let _ = writeln!(text, "hash: {}", report.hash);
     }
-    Ok(())
+    crate::tools::print_report(&text)
 }

@@ -261,45 +261,68 @@ pub fn replay(dir: &Path) -> Result<ReplayReport, SessionError> {
     })
 }
 
+/// Writes a command's report to standard output. A reader that went away (`tandem replay DIR |
+/// head`) is not an error: the report was for it alone, and the command's exit status still
+/// says whether everything verified.
+pub(crate) fn print_report(text: &str) -> Result<(), SessionError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(SessionError::EndedEarly(
+            format!("cannot write the report: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `tandem diff`; `Ok(false)` when the patch does not reproduce the target.
 pub fn run_diff(args: DiffArgs) -> Result<bool, SessionError> {
+    use std::fmt::Write;
     let r = diff(&args.from, &args.to)?;
+    let mut text = String::new();
+    // Writing to a String cannot fail, nor can serializing strings, numbers and bools.
     if args.json {
-        // Serializing strings, numbers and bools cannot fail.
-        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        let _ = writeln!(text, "{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
         for op in &r.ops {
-            println!("{op}");
+            let _ = writeln!(text, "{op}");
         }
-        println!(
+        let _ = writeln!(
+            text,
             "{} operation(s), patch {} bytes, {} compressed after the snapshot",
             r.ops.len(),
             r.patch_bytes,
             r.patch_compressed
         );
-        println!(
+        let _ = writeln!(
+            text,
             "{}: hash {}",
             if r.verified { "verified" } else { "MISMATCH" },
             r.hash
         );
     }
+    print_report(&text)?;
     Ok(r.verified)
 }
 
 /// Runs `tandem replay`; `Ok(false)` when a step does not verify.
 pub fn run_replay(args: ReplayArgs) -> Result<bool, SessionError> {
+    use std::fmt::Write;
     let r = replay(&args.dir)?;
+    let mut text = String::new();
+    // Writing to a String cannot fail, nor can serializing strings, numbers and bools.
     if args.json {
-        // Serializing strings, numbers and bools cannot fail.
-        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        let _ = writeln!(text, "{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
-        println!(
+        let _ = writeln!(
+            text,
             "snapshot: {} bytes, {} compressed",
             r.snapshot_bytes, r.snapshot_compressed
         );
         for s in &r.steps {
             let mark = if s.verified { "ok" } else { "MISMATCH" };
-            println!(
+            let _ = writeln!(
+                text,
                 "state {:>3}: {:>4} op(s) {:>7} bytes {:>6} compressed {mark}",
                 s.state, s.ops, s.patch_bytes, s.compressed
             );
@@ -309,12 +332,14 @@ pub fn run_replay(args: ReplayArgs) -> Result<bool, SessionError> {
         } else {
             "MISMATCH"
         };
-        println!(
+        let _ = writeln!(
+            text,
             "patches: {} bytes, {} compressed, over {} steps; {mark}",
             r.patch_bytes_total,
             r.compressed_total,
             r.steps.len()
         );
     }
+    print_report(&text)?;
     Ok(r.verified)
 }

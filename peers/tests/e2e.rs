@@ -140,6 +140,26 @@ fn snapshot_command_reports_and_writes_frames() {
     assert!(report["nodes"].as_u64().unwrap_or(0) > 100);
 }
 
+/// `tandem replay DIR | head -0`: the reader is gone before the report is written. The
+/// command neither panics nor fails for that; its exit status still reports the verification.
+#[test]
+fn a_report_reader_that_left_is_not_an_error() {
+    let dir = repo().join("testdata/states/mozilla-2");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("replay")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tandem replay");
+    // Close the only read end of the pipe while the command is still replaying.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
 fn run_tandem(args: &[&str]) -> (bool, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
