@@ -2,8 +2,17 @@
 //!
 //! The benchmarks read `../shared/corpus/` beside the repository when it is there (the full
 //! corpus), otherwise the small credited copy in `testdata/`.
+//!
+//! Every benchmark links this crate, which sets the allocator: mimalloc, as the `tandem`
+//! binary uses, so that figures describe what operators run; `--features system-alloc`
+//! measures with the system allocator instead (a vendor that embeds the engine brings its own).
 
 use std::path::{Path, PathBuf};
+
+/// The allocator of every benchmark (module documentation).
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The corpus root: the shared corpus if present, else the repository's `testdata/`.
 pub fn corpus_root() -> PathBuf {
