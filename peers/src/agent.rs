@@ -117,7 +117,7 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         drop_after: None,
     };
     let report = session::run_agent(ctl, opts, started).await?;
-    println!(
+    say!(
         "agent: {} nodes, {} patches, {} DOM bytes, first render {}; final hash {}",
         report.nodes,
         report.patches,
@@ -132,22 +132,25 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
             .unwrap_or_else(|| "none".into())
     );
     if let Some(r) = &report.resources {
-        println!(
+        say!(
             "agent: resources: {} blobs ({} bytes) received, {} corrupt and discarded, {} missing",
-            r.blobs, r.bytes, r.corrupt, r.missing
+            r.blobs,
+            r.bytes,
+            r.corrupt,
+            r.missing
         );
     }
     if let Some(s) = report.presence.peer_status {
-        println!(
+        say!(
             "agent: the customer's link: {}",
             crate::presence::describe_status(&s)
         );
     }
     if let Some(s) = report.presence.own_status {
-        println!("agent: own link: {}", crate::presence::describe_status(&s));
+        say!("agent: own link: {}", crate::presence::describe_status(&s));
     }
     if let Some(link) = link {
-        println!(
+        say!(
             "agent: link {}: {}",
             args.link,
             crate::consumer::counters_line(&link.shutdown())

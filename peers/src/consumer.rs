@@ -219,12 +219,12 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         .resources
         .then(|| crate::resources::ResourceOptions::for_page(&args.page));
     let report = session::run_consumer_with(ctl, opts, resources, |created| {
-        println!("code: {}", created.code);
-        println!("token: {}", created.token);
+        say!("code: {}", created.code);
+        say!("token: {}", created.token);
         eprintln!("consumer: read the code out to the agent; waiting for them to join");
     })
     .await?;
-    println!(
+    say!(
         "consumer: sent snapshot {} bytes, {} patches {} bytes, {} UDP bytes; final hash {}",
         report.snapshot_bytes,
         report.patches,
@@ -233,31 +233,37 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         session::hex(&report.hash)
     );
     if let Some(r) = &report.resources {
-        println!(
+        say!(
             "consumer: resources: {} referenced, {} uploaded ({} RESOURCE bytes), {} not loadable; agent holds all: {}",
-            r.referenced, r.uplink.blobs, r.uplink.frame_bytes, r.load_errors, r.settled
+            r.referenced,
+            r.uplink.blobs,
+            r.uplink.frame_bytes,
+            r.load_errors,
+            r.settled
         );
     }
     if let Some(p) = &report.presence.peer_platform {
-        println!(
+        say!(
             "consumer: the agent used {}",
             crate::presence::describe_platform(p)
         );
     }
     if let Some(s) = report.presence.peer_status {
-        println!(
+        say!(
             "consumer: the agent's link: {}",
             crate::presence::describe_status(&s)
         );
     }
     for a in &report.actions {
-        println!(
+        say!(
             "consumer: agent action {} {}: {:?}",
-            a.action, a.target, a.outcome
+            a.action,
+            a.target,
+            a.outcome
         );
     }
     if let Some(link) = link {
-        println!(
+        say!(
             "consumer: link {}: {}",
             args.link,
             counters_line(&link.shutdown())

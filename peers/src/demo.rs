@@ -428,17 +428,17 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
     let r = demo_with(&args, &cmd.link, cmd.resources).await?;
     if args.json {
         // Serializing a struct of numbers and strings cannot fail.
-        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        say!("{}", serde_json::to_string(&r).unwrap_or_default());
     } else {
-        println!("tandem demo: relay, consumer and agent over QUIC on loopback");
+        say!("tandem demo: relay, consumer and agent over QUIC on loopback");
         if let (Some(c), Some(a)) = (&r.consumer_link, &r.agent_link) {
-            println!(
+            say!(
                 "link:              {} each way on consumer-relay and on agent-relay (round trip to the relay at least {} ms)",
                 r.link,
                 2 * cmd.link.delay.as_millis()
             );
             let side = |name: &str, l: &LinkCounters| {
-                println!(
+                say!(
                     "{name:<19}{} up / {} down datagrams, {} lost, {} queue-dropped",
                     l.up.packets,
                     l.down.packets,
@@ -449,14 +449,14 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             side("  consumer-relay:", c);
             side("  agent-relay:", a);
         } else {
-            println!("link:              none (plain loopback)");
+            say!("link:              none (plain loopback)");
         }
-        println!("page nodes:        {}", r.nodes);
-        println!("snapshot bytes:    {}", r.snapshot_bytes);
-        println!("patches:           {} ({} bytes)", r.patches, r.patch_bytes);
+        say!("page nodes:        {}", r.nodes);
+        say!("snapshot bytes:    {}", r.snapshot_bytes);
+        say!("patches:           {} ({} bytes)", r.patches, r.patch_bytes);
         if r.compressed {
             let pct = |wire: u64, raw: u64| 100.0 * wire as f64 / raw.max(1) as f64;
-            println!(
+            say!(
                 "on the wire:       snapshot {} bytes ({:.0} %), patches {} bytes ({:.0} %), zstd with dictionary dom-v1",
                 r.snapshot_wire_bytes,
                 pct(r.snapshot_wire_bytes, r.snapshot_bytes),
@@ -464,30 +464,30 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
                 pct(r.patch_wire_bytes, r.patch_bytes),
             );
         } else {
-            println!("on the wire:       uncompressed (compression not negotiated)");
+            say!("on the wire:       uncompressed (compression not negotiated)");
         }
-        println!(
+        say!(
             "UDP bytes sent:    {} (consumer, QUIC and TLS included)",
             r.udp_bytes
         );
         if let (Some(v), Some(r)) = (r.first_visible_ms, r.first_render_ms)
             && v < r
         {
-            println!("first visible:     {v:.1} ms after the agent joined (the top of the page)");
+            say!("first visible:     {v:.1} ms after the agent joined (the top of the page)");
         }
         match r.first_render_ms {
-            Some(ms) => println!("first render:      {ms:.1} ms after the agent joined"),
-            None => println!("first render:      never"),
+            Some(ms) => say!("first render:      {ms:.1} ms after the agent joined"),
+            None => say!("first render:      never"),
         }
-        println!("session:           {:.1} ms", r.total_ms);
-        println!("consumer hash:     {}", r.consumer_hash);
-        println!(
+        say!("session:           {:.1} ms", r.total_ms);
+        say!("consumer hash:     {}", r.consumer_hash);
+        say!(
             "agent hash:        {}",
             r.agent_hash.as_deref().unwrap_or("none")
         );
-        println!("divergences:       {}", r.divergences);
+        say!("divergences:       {}", r.divergences);
         for back in &r.resumptions {
-            println!(
+            say!(
                 "resumed:           after {:.0} ms ({}), {}",
                 back.took_ms,
                 if back.zero_rtt {
@@ -503,21 +503,27 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             );
         }
         if args.drop_after.is_some() && r.resumptions.is_empty() {
-            println!("resumed:           no (the session ended before the drop)");
+            say!("resumed:           no (the session ended before the drop)");
         }
         match &r.resources {
             Some(res) => {
-                println!(
+                say!(
                     "resources:         {} referenced ({} not loadable); consumer uploaded {} blobs, {} bytes",
-                    res.referenced, res.load_errors, res.uploaded_blobs, res.uploaded_bytes
+                    res.referenced,
+                    res.load_errors,
+                    res.uploaded_blobs,
+                    res.uploaded_bytes
                 );
-                println!(
+                say!(
                     "  agent:           {} blobs ({} bytes) verified, {} corrupt, {} missing",
-                    res.agent.blobs, res.agent.bytes, res.agent.corrupt, res.agent.missing
+                    res.agent.blobs,
+                    res.agent.bytes,
+                    res.agent.corrupt,
+                    res.agent.missing
                 );
             }
             None if cmd.resources => {
-                println!("resources:         not negotiated");
+                say!("resources:         not negotiated");
             }
             None => {}
         }
@@ -526,7 +532,7 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
         if let Some(mode) = &r.mode {
             print_actions(mode, &r.actions, &r.agent_answers);
         }
-        println!(
+        say!(
             "{}",
             if r.hashes_match {
                 "hashes match"
@@ -540,7 +546,7 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
 
 /// Prints the agent's actions as the consumer judged them, and what the agent was told.
 fn print_actions(mode: &str, actions: &[ActionRecord], answers: &[(String, String)]) {
-    println!("agent's hands:     the customer granted mode {mode}; requests are declined");
+    say!("agent's hands:     the customer granted mode {mode}; requests are declined");
     for a in actions {
         let outcome = match &a.outcome {
             Outcome::Landed { effect } => format!("landed: {effect}"),
@@ -552,22 +558,22 @@ fn print_actions(mode: &str, actions: &[ActionRecord], answers: &[(String, Strin
             Outcome::Answered { answer, mode } => format!("answered {answer}; mode {mode}"),
         };
         let what = format!("{} {}", a.action, a.target);
-        println!("  {what:<34} in {:<7} {outcome}", a.mode);
+        say!("  {what:<34} in {:<7} {outcome}", a.mode);
     }
-    println!("agent was told:");
+    say!("agent was told:");
     for (what, answer) in answers {
-        println!("  {what:<40} {answer}");
+        say!("  {what:<40} {answer}");
     }
 }
 
 /// Prints what one side knew of the other: platform, and both ends' link figures.
 fn print_presence(title: &str, p: &Presence) {
-    println!("{title}");
+    say!("{title}");
     if let Some(platform) = &p.peer_platform {
-        println!("  platform:        {}", describe_platform(platform));
+        say!("  platform:        {}", describe_platform(platform));
     }
     if let Some(v) = &p.peer_viewport {
-        println!(
+        say!(
             "  viewport:        {}×{} @{:.2}",
             v.width,
             v.height,
@@ -575,14 +581,14 @@ fn print_presence(title: &str, p: &Presence) {
         );
     }
     match &p.peer_status {
-        Some(s) => println!(
+        Some(s) => say!(
             "  their link:      {} ({} STATUS received)",
             describe_status(s),
             p.statuses_received
         ),
-        None => println!("  their link:      no STATUS yet (one is sent every second)"),
+        None => say!("  their link:      no STATUS yet (one is sent every second)"),
     }
     if let Some(s) = &p.own_status {
-        println!("  own link:        {}", describe_status(s));
+        say!("  own link:        {}", describe_status(s));
     }
 }

@@ -50,6 +50,23 @@
 //! ```
 #![deny(missing_docs)]
 
+/// Prints one line on standard output for the operator, like `println!`, except that a failed
+/// write is ignored: a session must not end because whoever read its output went away (the
+/// consumer's `code:` line read with `| head -1`, then a closed pipe). Reports whose loss must
+/// be an error go through [`tools`]' report writer instead.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of `say!`.
+fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
+
 pub mod agent;
 pub mod bench;
 pub mod client;

@@ -160,6 +160,23 @@ fn a_report_reader_that_left_is_not_an_error() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
 }
 
+/// The same for a session's own output (`say!`): `tandem demo` with nobody reading finishes its
+/// session and exits successfully.
+#[test]
+fn a_session_whose_reader_left_runs_to_the_end() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["demo", "--batches", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tandem demo");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
 fn run_tandem(args: &[&str]) -> (bool, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
