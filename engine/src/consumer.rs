@@ -37,7 +37,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use tandem_protocol::message::{Patch, RefusalCode, Refused, Resync};
+use tandem_protocol::message::{Patch, RefusalCode, Refused, Resync, TreeHash};
 use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, SymEncoder};
 
 use crate::hands::Protection;
@@ -150,7 +150,17 @@ pub struct Consumer {
     resend_overflow: bool,
     /// How many messages at the front of `out` are re-sent copies already in `resend`.
     replaying: usize,
+    /// The tree hash (16 bytes, spec §6.3) after each sequence of the epoch from the oldest one
+    /// the agent may still acknowledge: the latest acknowledged one, then those queued after it.
+    /// An `ACK` is checked against it (spec §7.16). At most [`MAX_SENT_HASHES`], oldest dropped.
+    sent_hashes: VecDeque<(u64, TreeHash)>,
+    /// `ACK`s whose hash differed from the consumer's tree at that sequence.
+    ack_mismatches: u64,
 }
+
+/// Most tree hashes of unacknowledged sequences the consumer keeps to check `ACK`s against
+/// (24 bytes each); an `ACK` for a sequence older than these is taken on trust.
+pub const MAX_SENT_HASHES: usize = 4096;
 
 /// Most unacknowledged patches the consumer keeps for a resumption (spec §3.5). A session that
 /// keeps one patch in flight (`peers::pump`) never holds more than one; past this bound a
@@ -228,6 +238,8 @@ impl Consumer {
             part_bytes: snapshot::DEFAULT_PART_BYTES,
             fold_bytes: snapshot::DEFAULT_PART_BYTES,
             fallbacks: 0,
+            sent_hashes: VecDeque::new(),
+            ack_mismatches: 0,
             policy,
             raw: false,
             swallowed: HashSet::new(),
@@ -308,7 +320,17 @@ impl Consumer {
         ) {
             self.out.push_back(Message::Snapshot(part));
         }
+        self.sent_hashes.clear();
+        let root = self.dom.root_hash();
+        self.remember_hash(0, &root);
         self.shadow = self.dom.clone();
+    }
+
+    fn remember_hash(&mut self, seq: u64, root: &[u8; 32]) {
+        if self.sent_hashes.len() == MAX_SENT_HASHES {
+            self.sent_hashes.pop_front();
+        }
+        self.sent_hashes.push_back((seq, hash::short(root)));
     }
 
     fn clear_changes(&mut self) {
@@ -346,6 +368,12 @@ impl Consumer {
     /// ever nonzero; counted so tests and operators can see it).
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks
+    }
+
+    /// How many `ACK`s named a tree hash other than the consumer's at that sequence; each
+    /// started a new epoch (spec §7.16).
+    pub fn ack_mismatches(&self) -> u64 {
+        self.ack_mismatches
     }
 
     /// Whether the agent has acknowledged everything: the current epoch's snapshot and every
@@ -849,7 +877,9 @@ impl Consumer {
         }
         let ops = patch::fold_moves(ops.iter().map(|op| op.encode(&mut self.enc)).collect());
         self.seq += 1;
-        let hash = hash::check(&self.dom.root_hash());
+        let root = self.dom.root_hash();
+        self.remember_hash(self.seq, &root);
+        let hash = hash::check(&root);
         self.out.push_back(Message::Patch(Patch {
             epoch: self.epoch,
             seq: self.seq,
@@ -1094,6 +1124,19 @@ impl Consumer {
                         message: "ACK",
                         detail: format!("seq {} was never sent", a.seq),
                     });
+                }
+                while self.sent_hashes.front().is_some_and(|&(s, _)| s < a.seq) {
+                    self.sent_hashes.pop_front();
+                }
+                if let Some(&(s, ours)) = self.sent_hashes.front()
+                    && s == a.seq
+                    && ours != a.hash
+                {
+                    // The agent holds another tree than the one sent (spec §7.16): a patch
+                    // check that collided, or a faulty agent. Only a new epoch repairs that.
+                    self.ack_mismatches += 1;
+                    self.queue_snapshot();
+                    return Ok(());
                 }
                 self.acked = self.acked.max(a.seq);
                 self.synced = true;

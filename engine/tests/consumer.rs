@@ -137,6 +137,41 @@ fn moves_travel_as_moves() {
     );
 }
 
+/// An `ACK` whose hash is not the consumer's tree at that sequence starts a new epoch (spec
+/// §7.16); the right hash, also for a sequence acknowledged again, changes nothing.
+#[test]
+fn an_ack_with_another_tree_starts_a_new_epoch() {
+    let (mut c, mut agent) = setup();
+    // The snapshot's ACK carries the right hash.
+    while let Some(r) = agent.poll_message() {
+        c.handle_message(&r).unwrap();
+    }
+    let (a, list) = (by_id(&c, "a"), by_id(&c, "list"));
+    c.set_attr(a, "class", "done").unwrap();
+    c.flush();
+    let patch = c.poll_message().expect("a patch");
+    agent.handle_message(patch).unwrap();
+    let Some(Message::Ack(ack)) = agent.poll_message() else {
+        panic!("the agent acknowledges the patch");
+    };
+    assert_eq!(ack.seq, 1);
+    // Acknowledged twice with the right hash (as after a resumption): nothing to do.
+    c.handle_message(&Message::Ack(ack)).unwrap();
+    c.handle_message(&Message::Ack(ack)).unwrap();
+    assert!(c.poll_message().is_none());
+    assert_eq!((c.epoch(), c.ack_mismatches()), (0, 0));
+
+    c.remove(list).unwrap();
+    c.flush();
+    let patch = c.poll_message().expect("a second patch");
+    agent.handle_message(patch).unwrap();
+    let mut wrong = ack;
+    wrong.seq = 2;
+    c.handle_message(&Message::Ack(wrong)).unwrap();
+    assert_eq!((c.epoch(), c.ack_mismatches()), (1, 1));
+    assert!(matches!(c.poll_message(), Some(Message::Snapshot(s)) if s.epoch == 1));
+}
+
 #[test]
 fn siblings_that_move_together_travel_as_one_run() {
     let (mut c, mut agent) = setup();
