@@ -875,7 +875,10 @@ impl Consumer {
             self.queue_snapshot();
             return true;
         }
-        let ops = patch::fold_moves(ops.iter().map(|op| op.encode(&mut self.enc)).collect());
+        let ops = patch::fold_moves(
+            ops.iter().map(|op| op.encode(&mut self.enc)).collect(),
+            self.limits.max_list as usize,
+        );
         self.seq += 1;
         let root = self.dom.root_hash();
         self.remember_hash(self.seq, &root);

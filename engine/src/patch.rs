@@ -239,8 +239,9 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
 
 /// Folds each chain of `Move`s in which a node goes right after the node moved just before it
 /// into one [`PatchOp::MoveRun`] (spec §6.5): the same moves, with the places implied and the
-/// ids as differences. A chain of one stays a `Move`, which is a byte shorter.
-pub fn fold_moves(ops: Vec<PatchOp>) -> Vec<PatchOp> {
+/// ids as differences. A chain of one stays a `Move`, which is a byte shorter. A run holds at
+/// most `max_run` nodes (the receiver's `max_list`, spec §8); a longer chain takes several.
+pub fn fold_moves(ops: Vec<PatchOp>, max_run: usize) -> Vec<PatchOp> {
     let mut out: Vec<PatchOp> = Vec::with_capacity(ops.len());
     for op in ops {
         if let PatchOp::Move {
@@ -249,20 +250,25 @@ pub fn fold_moves(ops: Vec<PatchOp>) -> Vec<PatchOp> {
         } = op
         {
             match out.last_mut() {
-                Some(PatchOp::Move { node: last, at }) if *last == prev => {
-                    let at = *at;
-                    let last = *last;
-                    *out.last_mut().expect("just matched") = PatchOp::MoveRun {
-                        at,
-                        nodes: NodeRun(vec![last, node]),
-                    };
-                    continue;
-                }
-                Some(PatchOp::MoveRun { nodes, .. }) if nodes.0.last() == Some(&prev) => {
+                Some(PatchOp::MoveRun { nodes, .. })
+                    if nodes.0.last() == Some(&prev) && nodes.0.len() < max_run =>
+                {
                     nodes.0.push(node);
                     continue;
                 }
-                _ => {}
+                Some(last) => {
+                    if let PatchOp::Move { node: first, at } = *last
+                        && first == prev
+                        && max_run >= 2
+                    {
+                        *last = PatchOp::MoveRun {
+                            at,
+                            nodes: NodeRun(vec![first, node]),
+                        };
+                        continue;
+                    }
+                }
+                None => {}
             }
         }
         out.push(op);
@@ -345,8 +351,12 @@ mod tests {
         let html = dom.children(DOCUMENT_ID)[0];
         let body = dom.children(html)[1];
         let (ul, ol) = (dom.children(body)[0], dom.children(body)[1]);
-        let li = dom.children(ul);
-        (dom.clone(), ul, [li[0], li[1], li[2]], ol)
+        let li = [
+            dom.children(ul)[0],
+            dom.children(ul)[1],
+            dom.children(ul)[2],
+        ];
+        (dom, ul, li, ol)
     }
 
     fn apply_all(dom: &mut Dom, ops: Vec<PatchOp>) -> Result<(), EngineError> {
@@ -381,7 +391,18 @@ mod tests {
                 at: Place::First(ol),
             },
         ];
-        let folded = fold_moves(moves.clone());
+        let folded = fold_moves(moves.clone(), usize::MAX);
+        // Runs of at most two: the chain of three takes a run and a move.
+        assert_eq!(
+            fold_moves(moves[..3].to_vec(), 2),
+            vec![
+                PatchOp::MoveRun {
+                    at: Place::First(ol),
+                    nodes: NodeRun(vec![c, a])
+                },
+                moves[2].clone(),
+            ]
+        );
         assert_eq!(
             folded,
             vec![
