@@ -88,6 +88,17 @@ pub enum ClientError {
     /// The customer declined the invitation (spec §7.9); the channel stays usable.
     #[error("the customer declined the invitation")]
     Declined,
+    /// The relay's `WELCOME` named a version outside the range of this side's `HELLO`; the
+    /// client closed the connection with `VersionMismatch` (spec §7.2).
+    #[error("the relay chose version {version}, outside {min}..={max}")]
+    VersionMismatch {
+        /// The version the `WELCOME` named.
+        version: u32,
+        /// The lowest version the `HELLO` offered.
+        min: u32,
+        /// The highest version the `HELLO` offered.
+        max: u32,
+    },
 }
 
 impl ClientError {
@@ -358,9 +369,31 @@ impl ControlChannel {
         &self.label
     }
 
+    /// Reads `WELCOME`; one whose version lies outside this side's `HELLO` range closes the
+    /// connection with `CLOSE` `VersionMismatch` (spec §7.2).
     async fn read_welcome(&mut self) -> Result<(), ClientError> {
         match self.expect("WELCOME").await? {
-            Message::Welcome(w) => self.welcome = w,
+            Message::Welcome(w) => {
+                let (min, max) = (self.hello.min_version, self.hello.max_version);
+                if !(min..=max).contains(&w.version) {
+                    let code = ErrorCode::VersionMismatch;
+                    let close = Message::Close(ErrorReport {
+                        code,
+                        message: format!("version {} is outside {min}..={max}", w.version),
+                    });
+                    // Best effort: the connection closes with the same code either way.
+                    let _ = self.send(&close).await;
+                    let _ = self.send.finish();
+                    self.conn
+                        .close(VarInt::from_u32(u32::from(code)), b"version mismatch");
+                    return Err(ClientError::VersionMismatch {
+                        version: w.version,
+                        min,
+                        max,
+                    });
+                }
+                self.welcome = w;
+            }
             other => return Err(self.unexpected("WELCOME", &other)),
         }
         Ok(())

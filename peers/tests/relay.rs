@@ -350,6 +350,56 @@ async fn version_mismatch_is_refused() {
     guard("shutdown", relay.shutdown()).await;
 }
 
+/// A client that gets a `WELCOME` outside its own version range closes with `VersionMismatch`
+/// (spec §7.2) instead of going on in a version it does not speak. The "relay" here is a bare
+/// QUIC server that answers any `HELLO` with version 2.
+#[tokio::test]
+async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
+    let identity = Identity::generate().unwrap();
+    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let addr = server.local_addr().unwrap();
+    let fake_relay = tokio::spawn(async move {
+        let conn = server.accept().await.expect("a connection").await.unwrap();
+        let (mut send, recv) = conn.accept_bi().await.unwrap();
+        let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
+        let hello = recv.next_message().await.unwrap();
+        assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
+        let welcome = Message::Welcome(tandem_protocol::message::Welcome {
+            version: 2,
+            role: Role::Relay,
+            capabilities: Capabilities(0),
+            software: "fake".into(),
+        });
+        write_message(&mut send, &welcome, &Limits::DEFAULT)
+            .await
+            .unwrap();
+        conn.closed().await
+    });
+    let conn = client::connect(addr, identity.fingerprint()).await.unwrap();
+    let result = guard(
+        "welcome",
+        ControlChannel::open(conn, client::hello(Role::Consumer)),
+    )
+    .await;
+    match result {
+        Err(ClientError::VersionMismatch {
+            version: 2,
+            min: 1,
+            max: 1,
+        }) => {}
+        other => panic!("expected a version mismatch, got {:?}", other.map(|_| ())),
+    }
+    match guard("close", fake_relay).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(u32::from(ErrorCode::VersionMismatch))
+            );
+        }
+        other => panic!("expected the client to close, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn consumer_end_reaches_agent() {
     let relay = start_relay();
