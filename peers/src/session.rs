@@ -714,6 +714,8 @@ pub async fn run_consumer_with(
                     }
                     Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
                     None => return Err(SessionError::EndedEarly("control stream finished".into())),
+                    // A hop message of the relay's: answered at once (spec §7.30).
+                    Some(Message::Ping(ping)) => write_message(&mut ctl_send, &Message::Pong(ping), &limits).await?,
                     Some(m) if presence.on_message(&m) => {}
                     Some(m @ (Message::Have(_) | Message::Want(_))) => {
                         if let Some(r) = res.as_mut() {
@@ -1321,6 +1323,8 @@ pub async fn run_agent(
                             }
                         }
                     }
+                    // A hop message of the relay's: answered at once (spec §7.30).
+                    Ok(Some(Message::Ping(ping))) => write_message(&mut ctl_send, &Message::Pong(ping), &limits).await?,
                     Ok(Some(m)) => {
                         if !presence.on_message(&m) && !customer_moves(&mut report, &m) {
                             script.on_message(&m);
