@@ -10,18 +10,18 @@ use std::time::Instant;
 use common::guard;
 use quinn::{Connection, SendStream};
 use tandem_peers::client::{self, ControlChannel};
-use tandem_peers::framed::{FrameRecv, write_message};
-use tandem_peers::session::{self, AgentOptions, ChangeSource};
+use tandem_peers::framed::{FrameRecv, write_message, write_raw};
+use tandem_peers::session::{self, AgentOptions, ChangeSource, SessionError};
 use tandem_peers::transport::{self, Identity};
 use tandem_protocol::message::{
     Capabilities, Credential, Joined, Ping, Role, SessionCreated, Welcome,
 };
-use tandem_protocol::{Limits, Message};
+use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
 /// A fake relay's accepted connection: the control stream after `HELLO` and the first request,
 /// both answered (`WELCOME`, then `SESSION_CREATED` and `JOINED`, or `JOINED`).
 struct FakeRelay {
-    _conn: Connection,
+    conn: Connection,
     send: SendStream,
     recv: FrameRecv,
 }
@@ -72,11 +72,7 @@ fn fake_relay() -> (
             resume_token: String::new(),
         });
         write_message(&mut send, &joined, &limits).await.unwrap();
-        FakeRelay {
-            _conn: conn,
-            send,
-            recv,
-        }
+        FakeRelay { conn, send, recv }
     });
     (addr, identity.fingerprint(), task)
 }
@@ -138,4 +134,79 @@ async fn agent_answers_ping_in_a_live_session() {
     let mut relay = guard("pairing", relay).await.unwrap();
     guard("PONG", ping_is_answered(&mut relay)).await;
     agent.abort();
+}
+
+/// Sends a frame of a critical type no version defines (`0x7e`), then reads the control
+/// stream until the peer's `CLOSE`, closes and returns the `CLOSE`'s code.
+async fn unknown_critical_is_closed(relay: &mut FakeRelay) -> ErrorCode {
+    let unknown = RawFrame {
+        ty: FrameType(0x7e),
+        body: vec![1, 2, 3],
+    };
+    write_raw(&mut relay.send, &unknown).await.unwrap();
+    loop {
+        match relay.recv.next_message().await.expect("a message") {
+            Some(Message::Close(close)) => {
+                // As a relay does (spec §7.34): nothing more, and close too.
+                relay.conn.close(0u32.into(), b"");
+                return close.code;
+            }
+            Some(_) => continue,
+            None => panic!("the peer finished its control stream without a CLOSE"),
+        }
+    }
+}
+
+fn expect_unknown_critical(result: Result<(), SessionError>) {
+    match result {
+        Err(e) => assert_eq!(e.close_code(), Some(ErrorCode::UnknownFrame), "{e}"),
+        Ok(()) => panic!("the session went on over an unknown critical frame"),
+    }
+}
+
+/// A consumer that receives a critical frame type it does not know on the control stream of a
+/// live session closes the connection with `CLOSE` `UnknownFrame` (spec §4.3), instead of
+/// skipping it as if it were optional.
+#[tokio::test]
+async fn consumer_closes_on_an_unknown_critical_type() {
+    let (addr, pin, relay) = fake_relay();
+    let conn = client::connect(addr, pin).await.unwrap();
+    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
+        .await
+        .unwrap();
+    let consumer = tokio::spawn(session::run_consumer(
+        ctl,
+        common::sample_options(ChangeSource::None),
+        |_| {},
+    ));
+    let mut relay = guard("pairing", relay).await.unwrap();
+    let code = guard("CLOSE", unknown_critical_is_closed(&mut relay)).await;
+    assert_eq!(code, ErrorCode::UnknownFrame);
+    let result = guard("the consumer's end", consumer).await.unwrap();
+    expect_unknown_critical(result.map(|_| ()));
+}
+
+/// The same for an agent (spec §4.3).
+#[tokio::test]
+async fn agent_closes_on_an_unknown_critical_type() {
+    let (addr, pin, relay) = fake_relay();
+    let conn = client::connect(addr, pin).await.unwrap();
+    let (ctl, _) = ControlChannel::open_and_join(
+        conn,
+        client::hello(Role::Agent),
+        Credential::Code("123456".into()),
+        "Alex",
+    )
+    .await
+    .unwrap();
+    let agent = tokio::spawn(session::run_agent(
+        ctl,
+        AgentOptions::default(),
+        Instant::now(),
+    ));
+    let mut relay = guard("pairing", relay).await.unwrap();
+    let code = guard("CLOSE", unknown_critical_is_closed(&mut relay)).await;
+    assert_eq!(code, ErrorCode::UnknownFrame);
+    let result = guard("the agent's end", agent).await.unwrap();
+    expect_unknown_critical(result.map(|_| ()));
 }
