@@ -437,14 +437,17 @@ const RAW_TEXT: &[&str] = &[
 ];
 
 /// Serializes the tree as an HTML document (the HTML fragment serialization algorithm applied
-/// to the document's children).
+/// to the document's children). A `script` element (any namespace, any case) and an event
+/// handler attribute are left out: the script-free tree never holds them, and an agent that
+/// receives one anyway must not let it run (spec §6.4).
 pub fn to_html(dom: &Dom) -> String {
     let mut out = String::new();
     write_html(dom, DOCUMENT_ID, &mut out);
     out
 }
 
-/// Serializes the children of `id` into `out`.
+/// Serializes the children of `id` into `out`, leaving out scripts and event handlers as
+/// [`to_html`] does.
 pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
     enum Step {
         Open(NodeId),
@@ -511,10 +514,12 @@ pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
                             escape(t, false, out);
                         }
                     }
+                    // Written out, `SCRIPT` in any namespace would parse as an HTML script.
+                    NodeKind::Element(e) if e.name.eq_ignore_ascii_case("script") => {}
                     NodeKind::Element(e) => {
                         out.push('<');
                         out.push_str(&e.name);
-                        for (k, v) in &e.attrs {
+                        for (k, v) in e.attrs.iter().filter(|(k, _)| !is_event_handler(k)) {
                             out.push(' ');
                             out.push_str(k);
                             out.push_str("=\"");
@@ -560,4 +565,62 @@ fn escape(s: &str, attr: bool, out: &mut String) {
         last = i + c.len_utf8();
     }
     out.push_str(&s[last..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(
+        dom: &mut Dom,
+        parent: NodeId,
+        ns: Ns,
+        name: &str,
+        attrs: &[(&str, &str)],
+    ) -> NodeId {
+        let attrs = attrs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let id = dom
+            .create(NodeKind::Element(Element {
+                ns,
+                name: name.to_owned(),
+                attrs,
+            }))
+            .unwrap();
+        dom.append(parent, id).unwrap();
+        id
+    }
+
+    /// A tree that holds scripts and event handlers — what a faulty or hostile consumer could
+    /// send an agent — is written out without them (spec §6.4), in any namespace and case.
+    #[test]
+    fn scripts_and_event_handlers_are_never_written_out() {
+        let mut dom = Dom::new(Limits::DEFAULT);
+        let html = element(&mut dom, DOCUMENT_ID, Ns::Html, "html", &[]);
+        let body = element(&mut dom, html, Ns::Html, "body", &[("onload", "x()")]);
+        let p = element(
+            &mut dom,
+            body,
+            Ns::Html,
+            "p",
+            &[("class", "a"), ("OnClick", "y()")],
+        );
+        let text = dom.create(NodeKind::Text("hi".into())).unwrap();
+        dom.append(p, text).unwrap();
+        for (ns, name) in [
+            (Ns::Html, "script"),
+            (Ns::Svg, "SCRIPT"),
+            (Ns::MathMl, "script"),
+        ] {
+            let s = element(&mut dom, body, ns, name, &[("src", "evil.js")]);
+            let code = dom.create(NodeKind::Text("alert(1)".into())).unwrap();
+            dom.append(s, code).unwrap();
+        }
+        assert_eq!(
+            to_html(&dom),
+            "<html><body><p class=\"a\">hi</p></body></html>"
+        );
+    }
 }
