@@ -36,6 +36,7 @@ use tandem_protocol::message::{
 use tandem_protocol::{ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
 use crate::framed::{FrameRecv, FramedError, write_message, write_raw};
+use crate::session::CLOSE_GRACE;
 use crate::transport::{self, Fingerprint, TransportError};
 
 /// The software string clients send in `HELLO`.
@@ -381,9 +382,12 @@ impl ControlChannel {
                         code,
                         message: format!("version {} is outside {min}..={max}", w.version),
                     });
-                    // Best effort: the connection closes with the same code either way.
-                    let _ = self.send(&close).await;
+                    // Best effort: the connection closes with the same code either way. The
+                    // relay closes when it reads the `CLOSE` (spec §7.34); closing first
+                    // would discard it unsent.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, self.send(&close)).await;
                     let _ = self.send.finish();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, self.conn.closed()).await;
                     self.conn
                         .close(VarInt::from_u32(u32::from(code)), b"version mismatch");
                     return Err(ClientError::VersionMismatch {
