@@ -33,7 +33,7 @@ use tandem_protocol::message::{
     Capabilities, Credential, End, EndReason, ErrorReport, Hello, InvitationRef, Invite, Join,
     Joined, Role, SessionCreated, SessionOpen, Welcome,
 };
-use tandem_protocol::{ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
+use tandem_protocol::{DecodeError, ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
 use crate::framed::{FrameRecv, FramedError, write_message, write_raw};
 use crate::session::CLOSE_GRACE;
@@ -377,19 +377,8 @@ impl ControlChannel {
             Message::Welcome(w) => {
                 let (min, max) = (self.hello.min_version, self.hello.max_version);
                 if !(min..=max).contains(&w.version) {
-                    let code = ErrorCode::VersionMismatch;
-                    let close = Message::Close(ErrorReport {
-                        code,
-                        message: format!("version {} is outside {min}..={max}", w.version),
-                    });
-                    // Best effort: the connection closes with the same code either way. The
-                    // relay closes when it reads the `CLOSE` (spec §7.34); closing first
-                    // would discard it unsent.
-                    let _ = tokio::time::timeout(CLOSE_GRACE, self.send(&close)).await;
-                    let _ = self.send.finish();
-                    let _ = tokio::time::timeout(CLOSE_GRACE, self.conn.closed()).await;
-                    self.conn
-                        .close(VarInt::from_u32(u32::from(code)), b"version mismatch");
+                    let message = format!("version {} is outside {min}..={max}", w.version);
+                    self.close_with(ErrorCode::VersionMismatch, message).await;
                     return Err(ClientError::VersionMismatch {
                         version: w.version,
                         min,
@@ -660,12 +649,31 @@ impl ControlChannel {
                 Some(Message::Ping(ping)) => self.send(&Message::Pong(ping)).await?,
                 Some(Message::Pong(_)) => {}
                 Some(Message::Unknown(u)) if !u.must_understand() => {}
+                Some(Message::Unknown(u)) => {
+                    // A critical type this side does not know (spec §4.3).
+                    let e = DecodeError::UnknownCritical { ty: u.ty.0 };
+                    self.close_with(e.code(), e.to_string()).await;
+                    return Err(ClientError::Framed(FramedError::Protocol(e)));
+                }
                 Some(other) if expected.contains(&other.name()) => return Ok(other),
                 Some(other) => {
                     return Err(self.unexpected(expected.first().copied().unwrap_or(""), &other));
                 }
             }
         }
+    }
+
+    /// Sends `CLOSE` with `code` and closes the connection with the same code, once the relay
+    /// has closed after reading it or [`CLOSE_GRACE`] is over (spec §3.3). Best effort: the
+    /// connection closes with the code either way; closing at once would discard the `CLOSE`
+    /// unsent.
+    async fn close_with(&mut self, code: ErrorCode, message: String) {
+        let close = Message::Close(ErrorReport { code, message });
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.send(&close)).await;
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.conn.closed()).await;
+        self.conn
+            .close(VarInt::from_u32(u32::from(code)), b"protocol violation");
     }
 
     /// Closes the connection over a message that has no place here.
