@@ -799,6 +799,7 @@ pub async fn run_consumer_with(
             }
             item = agent_rx.recv(), if !actions_done => {
                 match item {
+                    Some(Ok(Some(Message::Unknown(u)))) if u.must_understand() => return Err(unknown_critical(u.ty)),
                     Some(Ok(Some(m))) => {
                         if let Some(h) = hands.as_mut().filter(|_| is_hands_message(&m)) {
                             if let Some(reply) = h.on_message(&m, &mut consumer, Instant::now())? {

@@ -144,10 +144,15 @@ async fn unknown_critical_is_closed(relay: &mut FakeRelay) -> ErrorCode {
         body: vec![1, 2, 3],
     };
     write_raw(&mut relay.send, &unknown).await.unwrap();
+    closed(relay).await
+}
+
+/// Reads the control stream until the peer's `CLOSE`, closes as a relay does (spec §7.34:
+/// nothing more, and close too) and returns the `CLOSE`'s code.
+async fn closed(relay: &mut FakeRelay) -> ErrorCode {
     loop {
         match relay.recv.next_message().await.expect("a message") {
             Some(Message::Close(close)) => {
-                // As a relay does (spec §7.34): nothing more, and close too.
                 relay.conn.close(0u32.into(), b"");
                 return close.code;
             }
@@ -208,5 +213,32 @@ async fn agent_closes_on_an_unknown_critical_type() {
     let code = guard("CLOSE", unknown_critical_is_closed(&mut relay)).await;
     assert_eq!(code, ErrorCode::UnknownFrame);
     let result = guard("the agent's end", agent).await.unwrap();
+    expect_unknown_critical(result.map(|_| ()));
+}
+
+/// The same for a consumer that reads the agent's actions (spec §4.3): a critical frame type it
+/// does not know on the actions stream is not skipped either.
+#[tokio::test]
+async fn consumer_closes_on_an_unknown_critical_type_on_the_actions_stream() {
+    let (addr, pin, relay) = fake_relay();
+    let conn = client::connect(addr, pin).await.unwrap();
+    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
+        .await
+        .unwrap();
+    let opts = session::ConsumerOptions {
+        hands: Some(tandem_peers::hands::HandsOptions::default()),
+        ..common::sample_options(ChangeSource::None)
+    };
+    let consumer = tokio::spawn(session::run_consumer(ctl, opts, |_| {}));
+    let mut relay = guard("pairing", relay).await.unwrap();
+    let mut actions = relay.conn.open_uni().await.unwrap();
+    let unknown = RawFrame {
+        ty: FrameType(0x7e),
+        body: vec![1, 2, 3],
+    };
+    write_raw(&mut actions, &unknown).await.unwrap();
+    let code = guard("CLOSE", closed(&mut relay)).await;
+    assert_eq!(code, ErrorCode::UnknownFrame);
+    let result = guard("the consumer's end", consumer).await.unwrap();
     expect_unknown_critical(result.map(|_| ()));
 }
