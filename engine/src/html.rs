@@ -23,14 +23,18 @@ pub fn parse_html(html: &str, limits: Limits) -> Dom {
     sink.into_dom(limits)
 }
 
-/// Whether an element is dropped on import: scripts never travel (spec §6.4).
-pub fn is_script(ns: &Ns, name: &str) -> bool {
-    name == "script" && matches!(ns, Ns::Html | Ns::Svg)
+/// Whether an element is dropped on import: `script` elements never travel, in any namespace
+/// (spec §6.4).
+pub fn is_script(name: &str) -> bool {
+    name == "script"
 }
 
-/// Whether an attribute is dropped on import: event handlers never travel (spec §6.4).
+/// Whether an attribute is dropped on import: event handlers never travel (spec §6.4), that is
+/// every attribute whose name starts with `on`, compared ASCII case-insensitively.
 pub fn is_event_handler(name: &str) -> bool {
-    name.len() > 2 && name.as_bytes()[..2].eq_ignore_ascii_case(b"on")
+    name.as_bytes()
+        .get(..2)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"on"))
 }
 
 #[derive(Debug)]
@@ -240,7 +244,7 @@ impl Sink {
                 } => {
                     let ns = namespace(&node.name.ns);
                     let name = node.name.local.to_string();
-                    if is_script(&ns, &name) {
+                    if is_script(&name) {
                         continue;
                     }
                     let attrs = attrs
@@ -591,6 +595,32 @@ mod tests {
             .unwrap();
         dom.append(parent, id).unwrap();
         id
+    }
+
+    /// Import leaves out `script` in every namespace (MathML included) and every attribute
+    /// whose name starts with `on`, `on` itself included (spec §6.4).
+    #[test]
+    fn import_drops_scripts_in_any_namespace_and_every_on_attribute() {
+        let dom = parse_html(
+            "<p on=\"tap:x\" ON=\"y\" onclick=\"z\" one=\"1\" class=\"k\">a</p>\
+             <svg><script>1</script></svg><math><mi>x</mi><script>2</script></math>",
+            Limits::DEFAULT,
+        );
+        for id in dom.preorder(DOCUMENT_ID) {
+            let Some(e) = dom.node(id).and_then(|n| n.element()) else {
+                continue;
+            };
+            assert_ne!(e.name, "script", "a script in {:?}", e.ns);
+            if e.name == "p" {
+                let names: Vec<&str> = e.attrs.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, ["class"]);
+            }
+        }
+        assert!(
+            to_html(&dom).contains("<math><mi>x</mi></math>"),
+            "{}",
+            to_html(&dom)
+        );
     }
 
     /// A tree that holds scripts and event handlers — what a faulty or hostile consumer could
