@@ -23,14 +23,18 @@ pub fn parse_html(html: &str, limits: Limits) -> Dom {
     sink.into_dom(limits)
 }
 
-/// Whether an element is dropped on import: scripts never travel (spec §6.4).
-pub fn is_script(ns: &Ns, name: &str) -> bool {
-    name == "script" && matches!(ns, Ns::Html | Ns::Svg)
+/// Whether an element is dropped on import: `script` elements never travel, in any namespace
+/// (spec §6.4).
+pub fn is_script(name: &str) -> bool {
+    name == "script"
 }
 
-/// Whether an attribute is dropped on import: event handlers never travel (spec §6.4).
+/// Whether an attribute is dropped on import: event handlers never travel (spec §6.4), that is
+/// every attribute whose name starts with `on`, compared ASCII case-insensitively.
 pub fn is_event_handler(name: &str) -> bool {
-    name.len() > 2 && name.as_bytes()[..2].eq_ignore_ascii_case(b"on")
+    name.as_bytes()
+        .get(..2)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"on"))
 }
 
 #[derive(Debug)]
@@ -240,7 +244,7 @@ impl Sink {
                 } => {
                     let ns = namespace(&node.name.ns);
                     let name = node.name.local.to_string();
-                    if is_script(&ns, &name) {
+                    if is_script(&name) {
                         continue;
                     }
                     let attrs = attrs
@@ -437,14 +441,31 @@ const RAW_TEXT: &[&str] = &[
 ];
 
 /// Serializes the tree as an HTML document (the HTML fragment serialization algorithm applied
-/// to the document's children).
+/// to the document's children). A `script` element (any namespace, any case) and an event
+/// handler attribute are left out: the script-free tree never holds them, and an agent that
+/// receives one anyway must not let it run (spec §6.4).
 pub fn to_html(dom: &Dom) -> String {
     let mut out = String::new();
     write_html(dom, DOCUMENT_ID, &mut out);
     out
 }
 
-/// Serializes the children of `id` into `out`.
+/// Whether `name` can be written as a tag or attribute name as it is: a name with white
+/// space, `/`, `>` or (after its first byte) `=`, which no parsed page yields, only a faulty or
+/// hostile sender, would end the name early and let the rest be read as markup.
+fn is_writable_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .bytes()
+            .any(|b| matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ' | b'/' | b'>'))
+        && !name.bytes().skip(1).any(|b| b == b'=')
+}
+
+/// Serializes the children of `id` into `out`, leaving out scripts and event handlers as
+/// [`to_html`] does. Nothing a node holds ends its own markup early (spec §6.4: received
+/// content never runs): an element or attribute whose name cannot be written is left out, a
+/// raw text's `</name` is written `<\/name`, and the `>`s of a comment that would end early
+/// or of a doctype are left out.
 pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
     enum Step {
         Open(NodeId),
@@ -474,27 +495,39 @@ pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
                         public_id,
                         system_id,
                     } => {
+                        // A `>` or a quote in them would end the doctype or an id early.
+                        let clean = |s: &str| s.replace(['>', '"'], "");
                         out.push_str("<!DOCTYPE ");
-                        out.push_str(name);
+                        out.push_str(&clean(name));
                         if !public_id.is_empty() {
                             out.push_str(" PUBLIC \"");
-                            out.push_str(public_id);
+                            out.push_str(&clean(public_id));
                             out.push('"');
                             if !system_id.is_empty() {
                                 out.push_str(" \"");
-                                out.push_str(system_id);
+                                out.push_str(&clean(system_id));
                                 out.push('"');
                             }
                         } else if !system_id.is_empty() {
                             out.push_str(" SYSTEM \"");
-                            out.push_str(system_id);
+                            out.push_str(&clean(system_id));
                             out.push('"');
                         }
                         out.push('>');
                     }
                     NodeKind::Comment(t) => {
+                        // A comment ends early at `-->` or `--!>`, or at once when it starts
+                        // with `>` or `->`; without its `>`s such a text cannot end it.
+                        let ends = t.starts_with('>')
+                            || t.starts_with("->")
+                            || t.contains("-->")
+                            || t.contains("--!>");
                         out.push_str("<!--");
-                        out.push_str(t);
+                        if ends {
+                            out.push_str(&t.replace('>', ""));
+                        } else {
+                            out.push_str(t);
+                        }
                         out.push_str("-->");
                     }
                     NodeKind::Text(t) => {
@@ -502,19 +535,21 @@ pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
                             .parent(n)
                             .and_then(|p| dom.node(p))
                             .and_then(|p| p.element())
-                            .is_some_and(|e| {
-                                e.ns == Ns::Html && RAW_TEXT.contains(&e.name.as_str())
-                            });
-                        if raw {
-                            out.push_str(t);
+                            .filter(|e| e.ns == Ns::Html && RAW_TEXT.contains(&e.name.as_str()));
+                        if let Some(e) = raw {
+                            write_raw_text(t, &e.name, out);
                         } else {
                             escape(t, false, out);
                         }
                     }
+                    // Written out, `SCRIPT` in any namespace would parse as an HTML script.
+                    NodeKind::Element(e)
+                        if e.name.eq_ignore_ascii_case("script") || !is_writable_name(&e.name) => {}
                     NodeKind::Element(e) => {
                         out.push('<');
                         out.push_str(&e.name);
-                        for (k, v) in &e.attrs {
+                        let written = |k: &str| !is_event_handler(k) && is_writable_name(k);
+                        for (k, v) in e.attrs.iter().filter(|(k, _)| written(k)) {
                             out.push(' ');
                             out.push_str(k);
                             out.push_str("=\"");
@@ -544,6 +579,29 @@ pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
     }
 }
 
+/// Writes the text of raw text element `name` (`style`, `noscript`, …) as it is, except that
+/// a `</` that starts an end tag of `name` (ASCII case-insensitively) is written `<\/`: it
+/// would end the element early and let the rest be read as markup (spec §6.4). In a style
+/// sheet, that can only stand in a string or a comment, where `<\/` means the same.
+fn write_raw_text(t: &str, name: &str, out: &mut String) {
+    let b = t.as_bytes();
+    let mut last = 0;
+    let mut i = 0;
+    while let Some(at) = t[i..].find("</") {
+        let start = i + at;
+        let tag = start + 2;
+        if b.len() >= tag + name.len()
+            && b[tag..tag + name.len()].eq_ignore_ascii_case(name.as_bytes())
+        {
+            out.push_str(&t[last..start]);
+            out.push_str("<\\/");
+            last = tag;
+        }
+        i = tag;
+    }
+    out.push_str(&t[last..]);
+}
+
 fn escape(s: &str, attr: bool, out: &mut String) {
     let mut last = 0;
     for (i, c) in s.char_indices() {
@@ -560,4 +618,135 @@ fn escape(s: &str, attr: bool, out: &mut String) {
         last = i + c.len_utf8();
     }
     out.push_str(&s[last..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(
+        dom: &mut Dom,
+        parent: NodeId,
+        ns: Ns,
+        name: &str,
+        attrs: &[(&str, &str)],
+    ) -> NodeId {
+        let attrs = attrs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let id = dom
+            .create(NodeKind::Element(Element {
+                ns,
+                name: name.to_owned(),
+                attrs,
+            }))
+            .unwrap();
+        dom.append(parent, id).unwrap();
+        id
+    }
+
+    /// Nothing in a received tree ends its own markup early and smuggles in a script (spec
+    /// §6.4): names that cannot be written, a `</style>` in a style text, a `>` in a comment
+    /// or a doctype.
+    #[test]
+    fn no_node_breaks_out_of_its_markup() {
+        let mut dom = Dom::new(Limits::DEFAULT);
+        let doctype = dom
+            .create(NodeKind::Doctype {
+                name: "html><script>alert(1)</script".into(),
+                public_id: String::new(),
+                system_id: String::new(),
+            })
+            .unwrap();
+        dom.append(DOCUMENT_ID, doctype).unwrap();
+        for text in [
+            "--><script>alert(2)</script><!--",
+            "[if IE]><p>kept</p><![endif]",
+        ] {
+            let comment = dom.create(NodeKind::Comment(text.into())).unwrap();
+            dom.append(DOCUMENT_ID, comment).unwrap();
+        }
+        let html = element(&mut dom, DOCUMENT_ID, Ns::Html, "html", &[]);
+        let style = element(&mut dom, html, Ns::Html, "style", &[]);
+        let css = dom
+            .create(NodeKind::Text(
+                "p{content:\"</a>\"}</STYLE><script>alert(3)</script>".into(),
+            ))
+            .unwrap();
+        dom.append(style, css).unwrap();
+        element(&mut dom, html, Ns::Html, "img src=x onerror=alert(4)", &[]);
+        element(
+            &mut dom,
+            html,
+            Ns::Html,
+            "img",
+            &[("x onerror=alert(5)", ""), ("alt", "ok")],
+        );
+        assert_eq!(
+            to_html(&dom),
+            "<!DOCTYPE html<scriptalert(1)</script>\
+             <!----<scriptalert(2)</script<!---->\
+             <!--[if IE]><p>kept</p><![endif]-->\
+             <html><style>p{content:\"</a>\"}<\\/STYLE><script>alert(3)</script></style>\
+             <img alt=\"ok\"></html>"
+        );
+    }
+
+    /// Import leaves out `script` in every namespace (MathML included) and every attribute
+    /// whose name starts with `on`, `on` itself included (spec §6.4).
+    #[test]
+    fn import_drops_scripts_in_any_namespace_and_every_on_attribute() {
+        let dom = parse_html(
+            "<p on=\"tap:x\" ON=\"y\" onclick=\"z\" one=\"1\" class=\"k\">a</p>\
+             <svg><script>1</script></svg><math><mi>x</mi><script>2</script></math>",
+            Limits::DEFAULT,
+        );
+        for id in dom.preorder(DOCUMENT_ID) {
+            let Some(e) = dom.node(id).and_then(|n| n.element()) else {
+                continue;
+            };
+            assert_ne!(e.name, "script", "a script in {:?}", e.ns);
+            if e.name == "p" {
+                let names: Vec<&str> = e.attrs.iter().map(|(n, _)| n.as_str()).collect();
+                assert_eq!(names, ["class"]);
+            }
+        }
+        assert!(
+            to_html(&dom).contains("<math><mi>x</mi></math>"),
+            "{}",
+            to_html(&dom)
+        );
+    }
+
+    /// A tree that holds scripts and event handlers — what a faulty or hostile consumer could
+    /// send an agent — is written out without them (spec §6.4), in any namespace and case.
+    #[test]
+    fn scripts_and_event_handlers_are_never_written_out() {
+        let mut dom = Dom::new(Limits::DEFAULT);
+        let html = element(&mut dom, DOCUMENT_ID, Ns::Html, "html", &[]);
+        let body = element(&mut dom, html, Ns::Html, "body", &[("onload", "x()")]);
+        let p = element(
+            &mut dom,
+            body,
+            Ns::Html,
+            "p",
+            &[("class", "a"), ("OnClick", "y()")],
+        );
+        let text = dom.create(NodeKind::Text("hi".into())).unwrap();
+        dom.append(p, text).unwrap();
+        for (ns, name) in [
+            (Ns::Html, "script"),
+            (Ns::Svg, "SCRIPT"),
+            (Ns::MathMl, "script"),
+        ] {
+            let s = element(&mut dom, body, ns, name, &[("src", "evil.js")]);
+            let code = dom.create(NodeKind::Text("alert(1)".into())).unwrap();
+            dom.append(s, code).unwrap();
+        }
+        assert_eq!(
+            to_html(&dom),
+            "<html><body><p class=\"a\">hi</p></body></html>"
+        );
+    }
 }

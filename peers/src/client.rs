@@ -33,9 +33,10 @@ use tandem_protocol::message::{
     Capabilities, Credential, End, EndReason, ErrorReport, Hello, InvitationRef, Invite, Join,
     Joined, Role, SessionCreated, SessionOpen, Welcome,
 };
-use tandem_protocol::{ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
+use tandem_protocol::{DecodeError, ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
 use crate::framed::{FrameRecv, FramedError, write_message, write_raw};
+use crate::session::CLOSE_GRACE;
 use crate::transport::{self, Fingerprint, TransportError};
 
 /// The software string clients send in `HELLO`.
@@ -88,6 +89,17 @@ pub enum ClientError {
     /// The customer declined the invitation (spec §7.9); the channel stays usable.
     #[error("the customer declined the invitation")]
     Declined,
+    /// The relay's `WELCOME` named a version outside the range of this side's `HELLO`; the
+    /// client closed the connection with `VersionMismatch` (spec §7.2).
+    #[error("the relay chose version {version}, outside {min}..={max}")]
+    VersionMismatch {
+        /// The version the `WELCOME` named.
+        version: u32,
+        /// The lowest version the `HELLO` offered.
+        min: u32,
+        /// The highest version the `HELLO` offered.
+        max: u32,
+    },
 }
 
 impl ClientError {
@@ -358,9 +370,23 @@ impl ControlChannel {
         &self.label
     }
 
+    /// Reads `WELCOME`; one whose version lies outside this side's `HELLO` range closes the
+    /// connection with `CLOSE` `VersionMismatch` (spec §7.2).
     async fn read_welcome(&mut self) -> Result<(), ClientError> {
         match self.expect("WELCOME").await? {
-            Message::Welcome(w) => self.welcome = w,
+            Message::Welcome(w) => {
+                let (min, max) = (self.hello.min_version, self.hello.max_version);
+                if !(min..=max).contains(&w.version) {
+                    let message = format!("version {} is outside {min}..={max}", w.version);
+                    self.close_with(ErrorCode::VersionMismatch, message).await;
+                    return Err(ClientError::VersionMismatch {
+                        version: w.version,
+                        min,
+                        max,
+                    });
+                }
+                self.welcome = w;
+            }
             other => return Err(self.unexpected("WELCOME", &other)),
         }
         Ok(())
@@ -623,12 +649,31 @@ impl ControlChannel {
                 Some(Message::Ping(ping)) => self.send(&Message::Pong(ping)).await?,
                 Some(Message::Pong(_)) => {}
                 Some(Message::Unknown(u)) if !u.must_understand() => {}
+                Some(Message::Unknown(u)) => {
+                    // A critical type this side does not know (spec §4.3).
+                    let e = DecodeError::UnknownCritical { ty: u.ty.0 };
+                    self.close_with(e.code(), e.to_string()).await;
+                    return Err(ClientError::Framed(FramedError::Protocol(e)));
+                }
                 Some(other) if expected.contains(&other.name()) => return Ok(other),
                 Some(other) => {
                     return Err(self.unexpected(expected.first().copied().unwrap_or(""), &other));
                 }
             }
         }
+    }
+
+    /// Sends `CLOSE` with `code` and closes the connection with the same code, once the relay
+    /// has closed after reading it or [`CLOSE_GRACE`] is over (spec §3.3). Best effort: the
+    /// connection closes with the code either way; closing at once would discard the `CLOSE`
+    /// unsent.
+    async fn close_with(&mut self, code: ErrorCode, message: String) {
+        let close = Message::Close(ErrorReport { code, message });
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.send(&close)).await;
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.conn.closed()).await;
+        self.conn
+            .close(VarInt::from_u32(u32::from(code)), b"protocol violation");
     }
 
     /// Closes the connection over a message that has no place here.

@@ -26,9 +26,11 @@ use tandem_engine::{
 };
 use tandem_protocol::compress::{CompressError, DecompressError, DomDecompressor};
 use tandem_protocol::message::{
-    Capabilities, End, EndReason, Invite, Joined, Mode, RefusalCode, SessionCreated,
+    Capabilities, End, EndReason, ErrorReport, Invite, Joined, Mode, RefusalCode, SessionCreated,
 };
-use tandem_protocol::{FrameType, Limits, Message, RawFrame, SnapshotView, frame};
+use tandem_protocol::{
+    DecodeError, ErrorCode, FrameType, Limits, Message, RawFrame, SnapshotView, frame,
+};
 use tokio::sync::mpsc;
 
 use crate::client::{ClientError, ControlChannel, RESUME_WINDOW, Reconnect};
@@ -96,7 +98,54 @@ impl SessionError {
             _ => false,
         }
     }
+
+    /// The code to close the connection with when the session failed because the other side
+    /// broke the protocol (spec §4.5, §4.6.4, §9): a frame that does not decode, an unknown
+    /// critical type, a compressed DOM stream that breaks §4.6. `None` for other failures.
+    pub fn close_code(&self) -> Option<ErrorCode> {
+        match self {
+            SessionError::Framed(e) | SessionError::Client(ClientError::Framed(e)) => {
+                e.close_code()
+            }
+            SessionError::Decompress(e) => Some(e.code()),
+            _ => None,
+        }
+    }
 }
+
+/// The failure over a frame of critical type `ty` this side does not know (spec §4.3).
+fn unknown_critical(ty: FrameType) -> SessionError {
+    SessionError::Framed(FramedError::Protocol(DecodeError::UnknownCritical {
+        ty: ty.0,
+    }))
+}
+
+/// When `e` is a protocol violation of the other side ([`SessionError::close_code`]), sends
+/// `CLOSE` with its code on the control stream and closes the connection with the same code
+/// (spec §3.3, §4.5); otherwise leaves the connection alone. The `CLOSE` message names only
+/// the code, never page content (spec §7.34).
+async fn close_on_violation(
+    conn: &Connection,
+    ctl_send: &mut SendStream,
+    e: &SessionError,
+    limits: &Limits,
+) {
+    let Some(code) = e.close_code() else { return };
+    let close = Message::Close(ErrorReport {
+        code,
+        message: "protocol violation".to_owned(),
+    });
+    // Best effort: the connection closes with the code either way. The other side closes
+    // when it reads the `CLOSE` (spec §7.34); closing first would discard it unsent.
+    let _ = tokio::time::timeout(CLOSE_GRACE, write_message(ctl_send, &close, limits)).await;
+    let _ = ctl_send.finish();
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+    conn.close(VarInt::from_u32(u32::from(code)), b"protocol violation");
+}
+
+/// How long a side that sent `CLOSE` waits for the other side to close before it closes the
+/// connection itself (spec §3.3).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// One resumption of a session (spec §3.5), as a report lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -714,6 +763,9 @@ pub async fn run_consumer_with(
                     }
                     Some(Message::Close(c)) => return Err(SessionError::EndedEarly(format!("{:?}: {}", c.code, c.message))),
                     None => return Err(SessionError::EndedEarly("control stream finished".into())),
+                    // A hop message of the relay's: answered at once (spec §7.30).
+                    Some(Message::Ping(ping)) => write_message(&mut ctl_send, &Message::Pong(ping), &limits).await?,
+                    Some(Message::Unknown(u)) if u.must_understand() => return Err(unknown_critical(u.ty)),
                     Some(m) if presence.on_message(&m) => {}
                     Some(m @ (Message::Have(_) | Message::Want(_))) => {
                         if let Some(r) = res.as_mut() {
@@ -747,6 +799,7 @@ pub async fn run_consumer_with(
             }
             item = agent_rx.recv(), if !actions_done => {
                 match item {
+                    Some(Ok(Some(Message::Unknown(u)))) if u.must_understand() => return Err(unknown_critical(u.ty)),
                     Some(Ok(Some(m))) => {
                         if let Some(h) = hands.as_mut().filter(|_| is_hands_message(&m)) {
                             if let Some(reply) = h.on_message(&m, &mut consumer, Instant::now())? {
@@ -840,6 +893,7 @@ pub async fn run_consumer_with(
         .await;
         let Err(e) = step else { continue };
         let Some(r) = reconnect.as_ref().filter(|_| e.is_connection_lost()) else {
+            close_on_violation(&conn, &mut ctl_send, &e, &limits).await;
             return Err(e);
         };
         // The connection is gone: come back on a new one and continue (spec §3.5).
@@ -1166,7 +1220,7 @@ pub async fn run_agent(
                     let msg = raw.decode(&limits).map_err(FramedError::from)?;
                     if let Message::Unknown(u) = &msg {
                         if u.must_understand() {
-                            break Err(SessionError::Framed(FramedError::Protocol(tandem_protocol::DecodeError::UnknownCritical { ty: u.ty.0 })));
+                            break Err(unknown_critical(u.ty));
                         }
                         continue;
                     }
@@ -1321,6 +1375,9 @@ pub async fn run_agent(
                             }
                         }
                     }
+                    // A hop message of the relay's: answered at once (spec §7.30).
+                    Ok(Some(Message::Ping(ping))) => write_message(&mut ctl_send, &Message::Pong(ping), &limits).await?,
+                    Ok(Some(Message::Unknown(u))) if u.must_understand() => break Err(unknown_critical(u.ty)),
                     Ok(Some(m)) => {
                         if !presence.on_message(&m) && !customer_moves(&mut report, &m) {
                             script.on_message(&m);
@@ -1411,6 +1468,9 @@ pub async fn run_agent(
     report.refusals = script.refusals().to_vec();
     presence.own_status = Some(meter.sample(&conn.stats(), Instant::now()));
     report.presence = presence;
+    if let Err(e) = &result {
+        close_on_violation(&conn, &mut ctl_send, e, &limits).await;
+    }
     conn.close(VarInt::from_u32(0), b"done");
     result.map(|()| report)
 }

@@ -350,6 +350,96 @@ async fn version_mismatch_is_refused() {
     guard("shutdown", relay.shutdown()).await;
 }
 
+/// A client that gets a `WELCOME` outside its own version range closes with `VersionMismatch`
+/// (spec §7.2) instead of going on in a version it does not speak. The "relay" here is a bare
+/// QUIC server that answers any `HELLO` with version 2.
+#[tokio::test]
+async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
+    let identity = Identity::generate().unwrap();
+    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let addr = server.local_addr().unwrap();
+    let fake_relay = tokio::spawn(async move {
+        let conn = server.accept().await.expect("a connection").await.unwrap();
+        let (mut send, recv) = conn.accept_bi().await.unwrap();
+        let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
+        let hello = recv.next_message().await.unwrap();
+        assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
+        let welcome = Message::Welcome(tandem_protocol::message::Welcome {
+            version: 2,
+            role: Role::Relay,
+            capabilities: Capabilities(0),
+            software: "fake".into(),
+        });
+        write_message(&mut send, &welcome, &Limits::DEFAULT)
+            .await
+            .unwrap();
+        let close = recv.next_message().await.unwrap();
+        // As a relay does (spec §7.34): nothing more, and close too.
+        conn.close(0u32.into(), b"");
+        close
+    });
+    let conn = client::connect(addr, identity.fingerprint()).await.unwrap();
+    let result = guard(
+        "welcome",
+        ControlChannel::open(conn, client::hello(Role::Consumer)),
+    )
+    .await;
+    match result {
+        Err(ClientError::VersionMismatch {
+            version: 2,
+            min: 1,
+            max: 1,
+        }) => {}
+        other => panic!("expected a version mismatch, got {:?}", other.map(|_| ())),
+    }
+    match guard("CLOSE", fake_relay).await.unwrap() {
+        Some(Message::Close(close)) => assert_eq!(close.code, ErrorCode::VersionMismatch),
+        other => panic!("expected the client's CLOSE, got {other:?}"),
+    }
+}
+
+/// A client that gets a critical frame type it does not know during the handshake closes with
+/// `UnknownFrame` (spec §4.3), not with `UnexpectedMessage` as for a known message out of
+/// place. The "relay" is a bare QUIC server that answers `HELLO` with type `0x7e`.
+#[tokio::test]
+async fn unknown_critical_type_in_the_handshake_is_closed_with_unknown_frame() {
+    let identity = Identity::generate().unwrap();
+    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let addr = server.local_addr().unwrap();
+    let fake_relay = tokio::spawn(async move {
+        let conn = server.accept().await.expect("a connection").await.unwrap();
+        let (mut send, recv) = conn.accept_bi().await.unwrap();
+        let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
+        let hello = recv.next_message().await.unwrap();
+        assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
+        let unknown = RawFrame {
+            ty: FrameType(0x7e),
+            body: vec![7],
+        };
+        write_raw(&mut send, &unknown).await.unwrap();
+        let close = recv.next_message().await.unwrap();
+        conn.close(0u32.into(), b"");
+        close
+    });
+    let conn = client::connect(addr, identity.fingerprint()).await.unwrap();
+    let result = guard(
+        "welcome",
+        ControlChannel::open(conn, client::hello(Role::Consumer)),
+    )
+    .await;
+    match result {
+        Err(ClientError::Framed(e)) => assert_eq!(e.close_code(), Some(ErrorCode::UnknownFrame)),
+        other => panic!(
+            "expected an unknown critical type, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    match guard("CLOSE", fake_relay).await.unwrap() {
+        Some(Message::Close(close)) => assert_eq!(close.code, ErrorCode::UnknownFrame),
+        other => panic!("expected the client's CLOSE, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn consumer_end_reaches_agent() {
     let relay = start_relay();
