@@ -77,6 +77,41 @@ fn fake_relay() -> (
     (addr, identity.fingerprint(), task)
 }
 
+/// A session's task, its result without the report.
+type Session = tokio::task::JoinHandle<Result<(), SessionError>>;
+
+/// A consumer with `opts` in a live session with a fake relay, and the relay's side.
+async fn live_consumer(opts: session::ConsumerOptions) -> (Session, FakeRelay) {
+    let (addr, pin, relay) = fake_relay();
+    let conn = client::connect(addr, pin).await.unwrap();
+    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
+        .await
+        .unwrap();
+    let consumer =
+        tokio::spawn(async move { session::run_consumer(ctl, opts, |_| {}).await.map(|_| ()) });
+    (consumer, guard("pairing", relay).await.unwrap())
+}
+
+/// An agent in a live session with a fake relay, and the relay's side.
+async fn live_agent() -> (Session, FakeRelay) {
+    let (addr, pin, relay) = fake_relay();
+    let conn = client::connect(addr, pin).await.unwrap();
+    let (ctl, _) = ControlChannel::open_and_join(
+        conn,
+        client::hello(Role::Agent),
+        Credential::Code("123456".into()),
+        "Alex",
+    )
+    .await
+    .unwrap();
+    let agent = tokio::spawn(async move {
+        session::run_agent(ctl, AgentOptions::default(), Instant::now())
+            .await
+            .map(|_| ())
+    });
+    (agent, guard("pairing", relay).await.unwrap())
+}
+
 /// Sends `PING` and reads the control stream until the `PONG` with the same nonce.
 async fn ping_is_answered(relay: &mut FakeRelay) {
     let ping = Message::Ping(Ping { nonce: 0x5eed });
@@ -98,17 +133,7 @@ async fn ping_is_answered(relay: &mut FakeRelay) {
 /// A consumer in a live session answers the relay's `PING` with `PONG` (spec §7.30).
 #[tokio::test]
 async fn consumer_answers_ping_in_a_live_session() {
-    let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
-    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
-        .await
-        .unwrap();
-    let consumer = tokio::spawn(session::run_consumer(
-        ctl,
-        common::sample_options(ChangeSource::None),
-        |_| {},
-    ));
-    let mut relay = guard("pairing", relay).await.unwrap();
+    let (consumer, mut relay) = live_consumer(common::sample_options(ChangeSource::None)).await;
     guard("PONG", ping_is_answered(&mut relay)).await;
     consumer.abort();
 }
@@ -116,22 +141,7 @@ async fn consumer_answers_ping_in_a_live_session() {
 /// An agent in a live session answers the relay's `PING` with `PONG` (spec §7.30).
 #[tokio::test]
 async fn agent_answers_ping_in_a_live_session() {
-    let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
-    let (ctl, _) = ControlChannel::open_and_join(
-        conn,
-        client::hello(Role::Agent),
-        Credential::Code("123456".into()),
-        "Alex",
-    )
-    .await
-    .unwrap();
-    let agent = tokio::spawn(session::run_agent(
-        ctl,
-        AgentOptions::default(),
-        Instant::now(),
-    ));
-    let mut relay = guard("pairing", relay).await.unwrap();
+    let (agent, mut relay) = live_agent().await;
     guard("PONG", ping_is_answered(&mut relay)).await;
     agent.abort();
 }
@@ -174,63 +184,30 @@ fn expect_unknown_critical(result: Result<(), SessionError>) {
 /// skipping it as if it were optional.
 #[tokio::test]
 async fn consumer_closes_on_an_unknown_critical_type() {
-    let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
-    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
-        .await
-        .unwrap();
-    let consumer = tokio::spawn(session::run_consumer(
-        ctl,
-        common::sample_options(ChangeSource::None),
-        |_| {},
-    ));
-    let mut relay = guard("pairing", relay).await.unwrap();
+    let (consumer, mut relay) = live_consumer(common::sample_options(ChangeSource::None)).await;
     let code = guard("CLOSE", unknown_critical_is_closed(&mut relay)).await;
     assert_eq!(code, ErrorCode::UnknownFrame);
-    let result = guard("the consumer's end", consumer).await.unwrap();
-    expect_unknown_critical(result.map(|_| ()));
+    expect_unknown_critical(guard("the consumer's end", consumer).await.unwrap());
 }
 
 /// The same for an agent (spec §4.3).
 #[tokio::test]
 async fn agent_closes_on_an_unknown_critical_type() {
-    let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
-    let (ctl, _) = ControlChannel::open_and_join(
-        conn,
-        client::hello(Role::Agent),
-        Credential::Code("123456".into()),
-        "Alex",
-    )
-    .await
-    .unwrap();
-    let agent = tokio::spawn(session::run_agent(
-        ctl,
-        AgentOptions::default(),
-        Instant::now(),
-    ));
-    let mut relay = guard("pairing", relay).await.unwrap();
+    let (agent, mut relay) = live_agent().await;
     let code = guard("CLOSE", unknown_critical_is_closed(&mut relay)).await;
     assert_eq!(code, ErrorCode::UnknownFrame);
-    let result = guard("the agent's end", agent).await.unwrap();
-    expect_unknown_critical(result.map(|_| ()));
+    expect_unknown_critical(guard("the agent's end", agent).await.unwrap());
 }
 
 /// The same for a consumer that reads the agent's actions (spec §4.3): a critical frame type it
 /// does not know on the actions stream is not skipped either.
 #[tokio::test]
 async fn consumer_closes_on_an_unknown_critical_type_on_the_actions_stream() {
-    let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
-    let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
-        .await
-        .unwrap();
     let opts = session::ConsumerOptions {
         hands: Some(tandem_peers::hands::HandsOptions::default()),
         ..common::sample_options(ChangeSource::None)
     };
-    let consumer = tokio::spawn(session::run_consumer(ctl, opts, |_| {}));
-    let mut relay = guard("pairing", relay).await.unwrap();
+    let (consumer, mut relay) = live_consumer(opts).await;
     let mut actions = relay.conn.open_uni().await.unwrap();
     let unknown = RawFrame {
         ty: FrameType(0x7e),
@@ -239,6 +216,5 @@ async fn consumer_closes_on_an_unknown_critical_type_on_the_actions_stream() {
     write_raw(&mut actions, &unknown).await.unwrap();
     let code = guard("CLOSE", closed(&mut relay)).await;
     assert_eq!(code, ErrorCode::UnknownFrame);
-    let result = guard("the consumer's end", consumer).await.unwrap();
-    expect_unknown_critical(result.map(|_| ()));
+    expect_unknown_critical(guard("the consumer's end", consumer).await.unwrap());
 }
