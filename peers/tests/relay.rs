@@ -350,11 +350,13 @@ async fn version_mismatch_is_refused() {
     guard("shutdown", relay.shutdown()).await;
 }
 
-/// A client that gets a `WELCOME` outside its own version range closes with `VersionMismatch`
-/// (spec §7.2) instead of going on in a version it does not speak. The "relay" here is a bare
-/// QUIC server that answers any `HELLO` with version 2.
-#[tokio::test]
-async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
+/// A bare QUIC server that plays a relay for one client: it answers the client's `HELLO` with
+/// `reply`, then reads the client's next message (its `CLOSE`), closes as a relay does (spec
+/// §7.34: nothing more, and close too) and returns that message. Then the client's
+/// `ControlChannel::open` result.
+async fn answer_hello_with(
+    reply: RawFrame,
+) -> (Result<ControlChannel, ClientError>, Option<Message>) {
     let identity = Identity::generate().unwrap();
     let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
     let addr = server.local_addr().unwrap();
@@ -364,17 +366,8 @@ async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
         let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
         let hello = recv.next_message().await.unwrap();
         assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
-        let welcome = Message::Welcome(tandem_protocol::message::Welcome {
-            version: 2,
-            role: Role::Relay,
-            capabilities: Capabilities(0),
-            software: "fake".into(),
-        });
-        write_message(&mut send, &welcome, &Limits::DEFAULT)
-            .await
-            .unwrap();
+        write_raw(&mut send, &reply).await.unwrap();
         let close = recv.next_message().await.unwrap();
-        // As a relay does (spec §7.34): nothing more, and close too.
         conn.close(0u32.into(), b"");
         close
     });
@@ -384,6 +377,25 @@ async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
         ControlChannel::open(conn, client::hello(Role::Consumer)),
     )
     .await;
+    (result, guard("CLOSE", fake_relay).await.unwrap())
+}
+
+/// A client that gets a `WELCOME` outside its own version range closes with `VersionMismatch`
+/// (spec §7.2) instead of going on in a version it does not speak; the fake relay answers with
+/// version 2.
+#[tokio::test]
+async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
+    let welcome = Message::Welcome(tandem_protocol::message::Welcome {
+        version: 2,
+        role: Role::Relay,
+        capabilities: Capabilities(0),
+        software: "fake".into(),
+    });
+    let bytes = tandem_protocol::frame::to_frame(&welcome, &Limits::DEFAULT).unwrap();
+    let mut reader = tandem_protocol::FrameReader::new(Limits::DEFAULT);
+    reader.push(&bytes);
+    let reply = reader.next_frame().unwrap().expect("a whole frame");
+    let (result, close) = answer_hello_with(reply).await;
     match result {
         Err(ClientError::VersionMismatch {
             version: 2,
@@ -392,7 +404,7 @@ async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
         }) => {}
         other => panic!("expected a version mismatch, got {:?}", other.map(|_| ())),
     }
-    match guard("CLOSE", fake_relay).await.unwrap() {
+    match close {
         Some(Message::Close(close)) => assert_eq!(close.code, ErrorCode::VersionMismatch),
         other => panic!("expected the client's CLOSE, got {other:?}"),
     }
@@ -400,33 +412,14 @@ async fn welcome_outside_the_hello_range_is_closed_with_version_mismatch() {
 
 /// A client that gets a critical frame type it does not know during the handshake closes with
 /// `UnknownFrame` (spec §4.3), not with `UnexpectedMessage` as for a known message out of
-/// place. The "relay" is a bare QUIC server that answers `HELLO` with type `0x7e`.
+/// place; the fake relay answers with type `0x7e`.
 #[tokio::test]
 async fn unknown_critical_type_in_the_handshake_is_closed_with_unknown_frame() {
-    let identity = Identity::generate().unwrap();
-    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-    let addr = server.local_addr().unwrap();
-    let fake_relay = tokio::spawn(async move {
-        let conn = server.accept().await.expect("a connection").await.unwrap();
-        let (mut send, recv) = conn.accept_bi().await.unwrap();
-        let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
-        let hello = recv.next_message().await.unwrap();
-        assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
-        let unknown = RawFrame {
-            ty: FrameType(0x7e),
-            body: vec![7],
-        };
-        write_raw(&mut send, &unknown).await.unwrap();
-        let close = recv.next_message().await.unwrap();
-        conn.close(0u32.into(), b"");
-        close
-    });
-    let conn = client::connect(addr, identity.fingerprint()).await.unwrap();
-    let result = guard(
-        "welcome",
-        ControlChannel::open(conn, client::hello(Role::Consumer)),
-    )
-    .await;
+    let unknown = RawFrame {
+        ty: FrameType(0x7e),
+        body: vec![7],
+    };
+    let (result, close) = answer_hello_with(unknown).await;
     match result {
         Err(ClientError::Framed(e)) => assert_eq!(e.close_code(), Some(ErrorCode::UnknownFrame)),
         other => panic!(
@@ -434,7 +427,7 @@ async fn unknown_critical_type_in_the_handshake_is_closed_with_unknown_frame() {
             other.map(|_| ())
         ),
     }
-    match guard("CLOSE", fake_relay).await.unwrap() {
+    match close {
         Some(Message::Close(close)) => assert_eq!(close.code, ErrorCode::UnknownFrame),
         other => panic!("expected the client's CLOSE, got {other:?}"),
     }
