@@ -7,12 +7,11 @@ mod common;
 
 use std::time::Instant;
 
-use common::guard;
-use quinn::{Connection, SendStream};
+use common::{BareRelay, guard};
 use tandem_peers::client::{self, ControlChannel};
-use tandem_peers::framed::{FrameRecv, write_message, write_raw};
+use tandem_peers::framed::{write_message, write_raw};
 use tandem_peers::session::{self, AgentOptions, ChangeSource, SessionError};
-use tandem_peers::transport::{self, Identity};
+use tandem_peers::transport;
 use tandem_protocol::message::{
     Capabilities, Credential, Joined, Ping, Role, SessionCreated, Welcome,
 };
@@ -20,11 +19,7 @@ use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
 /// A fake relay's accepted connection: the control stream after `HELLO` and the first request,
 /// both answered (`WELCOME`, then `SESSION_CREATED` and `JOINED`, or `JOINED`).
-struct FakeRelay {
-    conn: Connection,
-    send: SendStream,
-    recv: FrameRecv,
-}
+type FakeRelay = BareRelay;
 
 /// Listens on 127.0.0.1; returns the address, the pin and the task that greets the first
 /// client and pairs it with an imaginary peer, without `COMPRESSION`, `RESOURCES` or `RESUME`.
@@ -33,32 +28,29 @@ fn fake_relay() -> (
     transport::Fingerprint,
     tokio::task::JoinHandle<FakeRelay>,
 ) {
-    let identity = Identity::generate().unwrap();
-    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-    let addr = server.local_addr().unwrap();
+    let (addr, pin, bare) = common::bare_relay();
     let task = tokio::spawn(async move {
-        let conn = server.accept().await.expect("a connection").await.unwrap();
-        let (mut send, recv) = conn.accept_bi().await.unwrap();
-        let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
+        let mut relay = bare.await.unwrap();
         let limits = Limits::DEFAULT;
-        let Some(Message::Hello(hello)) = recv.next_message().await.unwrap() else {
-            panic!("expected HELLO");
-        };
         let welcome = Message::Welcome(Welcome {
             version: 1,
             role: Role::Relay,
             capabilities: Capabilities(0),
             software: "fake".into(),
         });
-        write_message(&mut send, &welcome, &limits).await.unwrap();
-        let peer_role = match recv.next_message().await.unwrap() {
+        write_message(&mut relay.send, &welcome, &limits)
+            .await
+            .unwrap();
+        let peer_role = match relay.recv.next_message().await.unwrap() {
             Some(Message::SessionOpen(_)) => {
                 let created = Message::SessionCreated(SessionCreated {
                     code: "123456".into(),
                     token: "t".into(),
                     expires_ms: 120_000,
                 });
-                write_message(&mut send, &created, &limits).await.unwrap();
+                write_message(&mut relay.send, &created, &limits)
+                    .await
+                    .unwrap();
                 Role::Agent
             }
             Some(Message::Join(_)) => Role::Consumer,
@@ -67,14 +59,16 @@ fn fake_relay() -> (
         let joined = Message::Joined(Joined {
             peer_role,
             peer_label: "peer".into(),
-            peer_platform: hello.platform,
+            peer_platform: relay.hello.platform.clone(),
             capabilities: Capabilities(0),
             resume_token: String::new(),
         });
-        write_message(&mut send, &joined, &limits).await.unwrap();
-        FakeRelay { conn, send, recv }
+        write_message(&mut relay.send, &joined, &limits)
+            .await
+            .unwrap();
+        relay
     });
-    (addr, identity.fingerprint(), task)
+    (addr, pin, task)
 }
 
 /// A session's task, its result without the report.

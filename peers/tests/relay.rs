@@ -357,21 +357,15 @@ async fn version_mismatch_is_refused() {
 async fn answer_hello_with(
     reply: RawFrame,
 ) -> (Result<ControlChannel, ClientError>, Option<Message>) {
-    let identity = Identity::generate().unwrap();
-    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-    let addr = server.local_addr().unwrap();
+    let (addr, pin, bare) = common::bare_relay();
     let fake_relay = tokio::spawn(async move {
-        let conn = server.accept().await.expect("a connection").await.unwrap();
-        let (mut send, recv) = conn.accept_bi().await.unwrap();
-        let mut recv = FrameRecv::new(recv, Limits::DEFAULT);
-        let hello = recv.next_message().await.unwrap();
-        assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
-        write_raw(&mut send, &reply).await.unwrap();
-        let close = recv.next_message().await.unwrap();
-        conn.close(0u32.into(), b"");
+        let mut relay = bare.await.unwrap();
+        write_raw(&mut relay.send, &reply).await.unwrap();
+        let close = relay.recv.next_message().await.unwrap();
+        relay.conn.close(0u32.into(), b"");
         close
     });
-    let conn = client::connect(addr, identity.fingerprint()).await.unwrap();
+    let conn = client::connect(addr, pin).await.unwrap();
     let result = guard(
         "welcome",
         ControlChannel::open(conn, client::hello(Role::Consumer)),

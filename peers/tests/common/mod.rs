@@ -105,3 +105,48 @@ pub async fn consumer_session(
     let code = guard("the session code", code_rx).await.expect("a code");
     (code, task)
 }
+
+/// A client's control stream as a bare QUIC server that plays the relay sees it, after the
+/// client's `HELLO`.
+pub struct BareRelay {
+    /// The client's connection.
+    pub conn: quinn::Connection,
+    /// The server's half of the control stream.
+    pub send: quinn::SendStream,
+    /// The client's half of the control stream.
+    pub recv: tandem_peers::framed::FrameRecv,
+    /// The client's `HELLO`.
+    pub hello: tandem_protocol::message::Hello,
+}
+
+/// A bare QUIC server on a free port of 127.0.0.1 that plays a relay in tests which need to
+/// send what a real relay never would: its address, its pin, and the task that accepts one
+/// client, takes its control stream and reads its `HELLO` (anything else fails the test).
+pub fn bare_relay() -> (
+    std::net::SocketAddr,
+    tandem_peers::transport::Fingerprint,
+    tokio::task::JoinHandle<BareRelay>,
+) {
+    use tandem_protocol::{Limits, Message};
+    let identity = Identity::generate().unwrap();
+    let server =
+        tandem_peers::transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity)
+            .unwrap();
+    let addr = server.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let conn = server.accept().await.expect("a connection").await.unwrap();
+        let (send, recv) = conn.accept_bi().await.unwrap();
+        let mut recv = tandem_peers::framed::FrameRecv::new(recv, Limits::DEFAULT);
+        let hello = match recv.next_message().await.unwrap() {
+            Some(Message::Hello(hello)) => hello,
+            other => panic!("expected HELLO, got {other:?}"),
+        };
+        BareRelay {
+            conn,
+            send,
+            recv,
+            hello,
+        }
+    });
+    (addr, identity.fingerprint(), task)
+}
