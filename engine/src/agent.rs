@@ -268,7 +268,7 @@ impl Agent {
             });
             return Ok(());
         };
-        builder.finish("snapshot.nodes")?;
+        builder.finish(dom, "snapshot.nodes")?;
         let actual = hash::short(&dom.root_hash());
         if actual != announced {
             return Err(EngineError::HashMismatch {

@@ -809,6 +809,27 @@ impl Dom {
     ) -> Result<(), EngineError> {
         self.push_raw_sized(id, kind, parent, 0)
     }
+    /// Gives `id` the hash a [`TreeBuilder`](crate::snapshot::TreeBuilder) computed over the
+    /// subtree it built, and marks it clean. Only for a node whose children are all clean and
+    /// unchanged since: the builder calls it when it closes an element.
+    pub(crate) fn set_built_hash(
+        &mut self,
+        id: NodeId,
+        hash: [u8; 32],
+        wide: Option<Box<WideHash>>,
+    ) {
+        debug_assert!(
+            self.children(id)
+                .iter()
+                .all(|&c| self.node(c).is_some_and(|c| !c.dirty)),
+            "a built hash over dirty children"
+        );
+        if let Some(node) = self.node_mut(id) {
+            node.hash = hash;
+            node.dirty = false;
+            node.wide = wide;
+        }
+    }
 
     /// [`Dom::push_raw_with_id`] for a node that will have `children` children, which a
     /// builder knows from the record: their slots are reserved at once.

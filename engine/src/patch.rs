@@ -134,7 +134,7 @@ impl Op {
                     }
                     b.add_kind(dom, kind.clone(), *children)?;
                 }
-                b.finish("insert.nodes")
+                b.finish(dom, "insert.nodes")
             }
             Op::Remove { node } => dom.remove(*node),
             Op::Move { node, parent, prev } => dom.move_node(*node, *parent, *prev),
@@ -204,7 +204,7 @@ pub fn apply(dom: &mut Dom, op: PatchOp, dec: &mut SymDecoder) -> Result<(), Eng
                 }
                 b.add(dom, rec, dec, "patch.insert.nodes")?;
             }
-            b.finish("patch.insert.nodes")
+            b.finish(dom, "patch.insert.nodes")
         }
         PatchOp::Remove { node } => dom.remove(node),
         PatchOp::Move { node, at } => {

@@ -8,7 +8,7 @@ use tandem_protocol::{
 };
 
 use crate::dom::{Dom, Element, NodeKind};
-use crate::{EngineError, hash};
+use crate::{EngineError, hash, wide};
 
 /// Default target size of one snapshot part, in estimated body bytes. Parts let the agent show
 /// progress and let a later part be built while an earlier one travels.
@@ -142,10 +142,25 @@ pub fn encode_folded(
 ///
 /// Records take consecutive ids from the builder's first id (spec §6.1). Nested records are
 /// appended without walking the tree: depth comes from the builder's own stack.
+///
+/// The builder also hashes what it builds (spec §6.3) while the records' bytes are at hand: the
+/// hash inputs of the open elements lie end to end in one buffer, innermost last. A leaf appends
+/// its canonical bytes to its parent's input; an element appends `01` and room for its hash to
+/// its parent's, then opens its own input after it. When an element has all its children, its
+/// input is hashed, cut off the buffer, and the hash written into the room left for it. So a
+/// built subtree reaches the tree with its hashes current, and [`Dom::root_hash`] has only the
+/// nodes above it left to hash, instead of walking and re-encoding the whole tree.
 #[derive(Debug)]
 pub struct TreeBuilder {
     /// Open elements: (id, depth, children still expected).
     stack: Vec<(NodeId, u32, u32)>,
+    /// Per open element, parallel to `stack`: where its hash input starts in `input`, and where
+    /// its element children's entries start in `entries`.
+    open: Vec<(usize, usize)>,
+    /// The hash inputs of the open elements, end to end.
+    input: Vec<u8>,
+    /// Element children of the open elements: id and the offset in `input` of its hash.
+    entries: Vec<(NodeId, usize)>,
     /// Where top-level records go.
     root: NodeId,
     /// Depth of the top-level records, once known.
@@ -163,6 +178,9 @@ impl TreeBuilder {
     pub fn new(root: NodeId, prev: NodeId, first: NodeId) -> Self {
         TreeBuilder {
             stack: Vec::new(),
+            open: Vec::new(),
+            input: Vec::new(),
+            entries: Vec::new(),
             root,
             top_depth: None,
             prev_top: prev,
@@ -212,9 +230,7 @@ impl TreeBuilder {
         kind: NodeKind,
         children: u32,
     ) -> Result<NodeId, EngineError> {
-        while let Some(&(_, _, 0)) = self.stack.last() {
-            self.stack.pop();
-        }
+        self.close_finished(dom);
         let is_element = matches!(kind, NodeKind::Element(_));
         if children > 0 && !is_element {
             return Err(EngineError::BadShape {
@@ -222,6 +238,25 @@ impl TreeBuilder {
                 detail: "only elements have children",
             });
         }
+        let mark = (self.input.len(), self.entries.len(), self.open.len());
+        let placed = self.place(dom, kind, children, is_element);
+        if placed.is_err() {
+            // Keep `open` parallel to `stack` for whoever looks at the builder after an error.
+            self.input.truncate(mark.0);
+            self.entries.truncate(mark.1);
+            self.open.truncate(mark.2);
+        }
+        placed
+    }
+
+    /// Puts one node into the tree and the hash inputs (see [`TreeBuilder::add_kind`]).
+    fn place(
+        &mut self,
+        dom: &mut Dom,
+        kind: NodeKind,
+        children: u32,
+        is_element: bool,
+    ) -> Result<NodeId, EngineError> {
         let id = self.next;
         let depth = match self.stack.last_mut() {
             Some((parent, pdepth, remaining)) => {
@@ -234,10 +269,22 @@ impl TreeBuilder {
                 }
                 *remaining -= 1;
                 let (parent, depth) = (*parent, *pdepth + 1);
+                // The node's entry in its parent's hash input (spec §6.3).
+                if is_element {
+                    self.input.push(0x01);
+                    self.entries.push((id, self.input.len()));
+                    self.input.extend_from_slice(&[0; 32]);
+                    self.open_input(&kind, children);
+                } else {
+                    hash::encode_node(&kind, &mut self.input);
+                }
                 dom.push_raw_sized(id, kind, parent, children)?;
                 depth
             }
             None => {
+                if is_element {
+                    self.open_input(&kind, children);
+                }
                 dom.create_with_id(id, kind)?;
                 if let Err(e) = dom.attach(id, self.root, self.prev_top) {
                     let _ = dom.remove(id);
@@ -249,24 +296,67 @@ impl TreeBuilder {
             }
         };
         self.next = id + 1;
-        if children > 0 {
-            if depth + 1 > dom.limits().max_depth {
-                return Err(EngineError::Limit {
-                    field: "tree.depth",
-                    limit: dom.limits().max_depth.into(),
-                    actual: (depth + 1).into(),
-                });
-            }
+        if children > 0 && depth + 1 > dom.limits().max_depth {
+            return Err(EngineError::Limit {
+                field: "tree.depth",
+                limit: dom.limits().max_depth.into(),
+                actual: (depth + 1).into(),
+            });
+        }
+        if is_element {
+            // Pushed even when childless: the next record or `finish` closes it, which hashes it.
             self.stack.push((id, depth, children));
         }
         Ok(id)
     }
 
-    /// Checks that every element received all its children.
-    pub fn finish(&mut self, field: &'static str) -> Result<(), EngineError> {
-        while let Some(&(_, _, 0)) = self.stack.last() {
+    /// Starts the hash input of an element about to be built: its header and child count.
+    fn open_input(&mut self, kind: &NodeKind, children: u32) {
+        self.open.push((self.input.len(), self.entries.len()));
+        hash::encode_node(kind, &mut self.input);
+        hash::write_varint(&mut self.input, children.into());
+    }
+
+    /// Closes the innermost open elements that have all their children: hashes each one's
+    /// input, gives the hash to its node and writes it into its parent's input.
+    fn close_finished(&mut self, dom: &mut Dom) {
+        while let Some(&(id, _, 0)) = self.stack.last() {
             self.stack.pop();
+            let Some((start, first_entry)) = self.open.pop() else {
+                continue;
+            };
+            let input = &self.input[start..];
+            let wide = (wide::THRESHOLD..u32::MAX as usize).contains(&input.len())
+                && self.entries.len() > first_entry;
+            let (hash, cache) = if wide {
+                // Kept as Dom::rehash keeps it, so that a later change among the children
+                // patches it instead of rehashing the whole input.
+                let mut input = input.to_vec();
+                let mut entries = self.entries[first_entry..]
+                    .iter()
+                    .map(|&(c, at)| (c, (at - start) as u32))
+                    .collect();
+                let mut cache = Box::<wide::WideHash>::default();
+                (cache.rebuild(&mut input, &mut entries), Some(cache))
+            } else {
+                (*blake3::hash(input).as_bytes(), None)
+            };
+            self.input.truncate(start);
+            self.entries.truncate(first_entry);
+            // The parent's entry for this element is the 32 bytes just before its input.
+            if !self.open.is_empty() {
+                self.input[start - 32..start].copy_from_slice(&hash);
+            }
+            dom.set_built_hash(id, hash, cache);
         }
+    }
+
+    /// Checks that every element received all its children.
+    ///
+    /// It also hashes the elements that are complete. A builder dropped without `finish`
+    /// leaves the elements it did not close dirty, for [`Dom::root_hash`] to hash.
+    pub fn finish(&mut self, dom: &mut Dom, field: &'static str) -> Result<(), EngineError> {
+        self.close_finished(dom);
         if self.stack.is_empty() {
             Ok(())
         } else {
@@ -377,7 +467,7 @@ pub fn decode(parts: &[Snapshot], limits: Limits) -> Result<Dom, EngineError> {
         }
         announced = part.hash;
     }
-    builder.finish("snapshot.nodes")?;
+    builder.finish(&mut dom, "snapshot.nodes")?;
     let actual = hash::short(&dom.root_hash());
     match announced {
         Some(h) if h == actual => Ok(dom),

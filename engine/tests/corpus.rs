@@ -7,7 +7,7 @@ mod common;
 use tandem_engine::{
     Agent, AgentEvent, Consumer, Dom, LivePage, NodeKind, parse_html, snapshot, to_html,
 };
-use tandem_protocol::{FrameReader, Limits, Message, frame};
+use tandem_protocol::{DOCUMENT_ID, FrameReader, Limits, Message, frame};
 
 /// Sends everything the consumer has queued through real frame encoding and decoding, and
 /// returns acknowledgements to it.
@@ -119,6 +119,26 @@ fn snapshot_decode_matches_in_small_parts() {
             parts.iter().rev().skip(1).all(|p| p.hash.is_none()),
             "{name}: only the last part has the hash"
         );
+        // The builder hashed each element as it completed: every cached hash is the one a
+        // full rehash gives, and later changes rehash from those (wide nodes' caches too).
+        let ids: Vec<_> = dom.preorder(DOCUMENT_ID).collect();
+        for &id in &ids {
+            assert_eq!(
+                back.cached_hash(id),
+                dom.cached_hash(id),
+                "{name}: node {id}"
+            );
+        }
+        for &id in ids.iter().step_by(7) {
+            if dom
+                .node(id)
+                .is_some_and(|n| matches!(n.kind, NodeKind::Element(_)))
+            {
+                dom.set_attr(id, "data-x", "1").unwrap();
+                back.set_attr(id, "data-x", "1").unwrap();
+            }
+        }
+        assert_eq!(back.root_hash(), dom.root_hash(), "{name}: after changes");
     }
 }
 
