@@ -1118,14 +1118,17 @@ impl Consumer {
     }
 
     /// Handles a message from the agent: `ACK` records progress; `RESYNC` for the current epoch
-    /// queues a new snapshot. Other messages are not the DOM stream's and are ignored.
+    /// queues a new snapshot. Other messages are not the DOM stream's and are ignored. An `ACK`
+    /// of the current epoch for a sequence number not sent yet is
+    /// [`EngineError::UnsentAck`] (spec §7.16).
     pub fn handle_message(&mut self, msg: &Message) -> Result<(), EngineError> {
         match msg {
             Message::Ack(a) if a.epoch == self.epoch => {
                 if a.seq > self.seq {
-                    return Err(EngineError::Unexpected {
-                        message: "ACK",
-                        detail: format!("seq {} was never sent", a.seq),
+                    return Err(EngineError::UnsentAck {
+                        epoch: a.epoch,
+                        seq: a.seq,
+                        last: self.seq,
                     });
                 }
                 while self.sent_hashes.front().is_some_and(|&(s, _)| s < a.seq) {
@@ -1327,6 +1330,36 @@ mod tests {
                 "{was:?} -> {now:?} via {ops:?}"
             );
         }
+    }
+
+    /// An `ACK` for a sequence number the consumer has not sent is the agent's violation,
+    /// [`EngineError::UnsentAck`] with `UnexpectedMessage` (spec §7.16); the agent's own `ACK`
+    /// is taken.
+    #[test]
+    fn an_ack_for_a_seq_never_sent_is_unsent_ack() {
+        let page = crate::parse_html("<p>hi</p>", Limits::DEFAULT);
+        let mut c = Consumer::new(page, "https://example.com/", Limits::DEFAULT);
+        let mut agent = crate::Agent::new(Limits::DEFAULT);
+        c.flush();
+        while let Some(msg) = c.poll_message() {
+            agent.handle_message(msg).unwrap();
+        }
+        let Some(Message::Ack(ack)) = agent.poll_message() else {
+            panic!("the agent acknowledges the snapshot");
+        };
+        let ahead = Message::Ack(tandem_protocol::message::Ack { seq: 1, ..ack });
+        let e = c.handle_message(&ahead).unwrap_err();
+        assert_eq!(
+            e,
+            EngineError::UnsentAck {
+                epoch: ack.epoch,
+                seq: 1,
+                last: 0
+            }
+        );
+        assert_eq!(e.code(), tandem_protocol::ErrorCode::UnexpectedMessage);
+        c.handle_message(&Message::Ack(ack)).unwrap();
+        assert!(c.is_synced());
     }
 
     #[test]

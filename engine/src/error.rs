@@ -81,6 +81,18 @@ pub enum EngineError {
         /// The hash here, hex.
         actual: String,
     },
+    /// The agent acknowledged a sequence number of the consumer's epoch that the consumer has
+    /// not sent (spec §7.16): `UnexpectedMessage`. Unlike most engine errors, which may come
+    /// from this side's own page, this one is always the other side's violation.
+    #[error("ACK for epoch {epoch} seq {seq}, but the last seq sent is {last}")]
+    UnsentAck {
+        /// The acknowledged epoch, the consumer's current one.
+        epoch: u32,
+        /// The acknowledged sequence number.
+        seq: u64,
+        /// The last sequence number the consumer sent in the epoch.
+        last: u64,
+    },
     /// A message arrived out of order (a patch for another epoch or out of sequence, a snapshot
     /// part out of order).
     #[error("unexpected {message}: {detail}")]
@@ -99,7 +111,9 @@ impl EngineError {
             EngineError::Decode(e) => e.code(),
             EngineError::Limit { .. } => ErrorCode::LimitExceeded,
             EngineError::HashMismatch { .. } => ErrorCode::HashMismatch,
-            EngineError::Unexpected { .. } => ErrorCode::UnexpectedMessage,
+            EngineError::Unexpected { .. } | EngineError::UnsentAck { .. } => {
+                ErrorCode::UnexpectedMessage
+            }
             _ => ErrorCode::BadPatch,
         }
     }

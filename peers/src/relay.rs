@@ -19,7 +19,8 @@
 //! connection until pairing, then one task per session that owns both connections. Bodies are
 //! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
 //! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
-//! by type alone, datagrams pass as they are. The one exception is resources (spec §14.7), in a
+//! by type alone (the hop messages the relay acts on, `PING`, `END` and `CLOSE`, are decoded
+//! first, spec §4.5), datagrams pass as they are. The one exception is resources (spec §14.7), in a
 //! session that negotiated `RESOURCES`: the consumer's resource streams are still forwarded
 //! byte for byte but their `RESOURCE` pieces also feed a cache shared by all sessions
 //! ([`crate::resources::forward_observed`]), and the agent's `WANT` is decoded so that the
@@ -606,10 +607,7 @@ async fn next_request(shared: &Shared, peer: &mut Peer) -> Result<Message, Stop>
         };
         match frame.ty {
             FrameType::PING => {
-                let pong = RawFrame {
-                    ty: FrameType::PONG,
-                    body: frame.body,
-                };
+                let pong = state::pong(&frame, &shared.limits).map_err(FramedError::from)?;
                 write_raw(&mut peer.send, &pong).await?;
             }
             FrameType::PONG | FrameType::ERROR => {}
@@ -880,10 +878,13 @@ async fn wait_for_agent(
                     stop,
                 };
             }
-            ControlAction::Ping => Some(RawFrame {
-                ty: FrameType::PONG,
-                body: frame.body,
-            }),
+            ControlAction::Ping => match state::pong(&frame, &shared.limits) {
+                Ok(pong) => Some(pong),
+                Err(e) => {
+                    invite::consumer_gone(shared, invited.take()).await;
+                    return lost(FramedError::from(e).into());
+                }
+            },
             ControlAction::Ignore => None,
             ControlAction::Refuse(code) => Some(error_frame(
                 code,
@@ -1186,7 +1187,8 @@ struct SessionResources {
 /// Forwards `side`'s end-to-end control frames to the other side's writer (`to_other`) and
 /// handles its hop messages (spec §3.2): answers `PING`, refuses requests with `ERROR` on
 /// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
-/// never decoded, except those of `END` and `CLOSE`, which the relay acts on, and, with
+/// never decoded, except those of `PING`, `END` and `CLOSE`, which the relay acts on (a `PING`
+/// that does not decode is a violation, spec §4.5), and, with
 /// `resources`, the agent's `WANT`: the cache answers what it holds on resource streams to the
 /// agent and only the rest goes on to the consumer (a `WANT` left empty is not forwarded,
 /// spec §7.19).
@@ -1242,13 +1244,10 @@ async fn forward_control(
                 }
                 (&to_other, frame.to_bytes())
             }
-            ControlAction::Ping => {
-                let pong = RawFrame {
-                    ty: FrameType::PONG,
-                    body: frame.body,
-                };
-                (&to_self, pong.to_bytes())
-            }
+            ControlAction::Ping => match state::pong(&frame, recv.limits()) {
+                Ok(pong) => (&to_self, pong.to_bytes()),
+                Err(e) => break outcome_of(side, e.into()),
+            },
             ControlAction::Ignore => continue,
             ControlAction::Refuse(code) => {
                 let message = format!("{} is not allowed in a live session", frame.ty);

@@ -100,14 +100,17 @@ impl SessionError {
     }
 
     /// The code to close the connection with when the session failed because the other side
-    /// broke the protocol (spec §4.5, §4.6.4, §9): a frame that does not decode, an unknown
-    /// critical type, a compressed DOM stream that breaks §4.6. `None` for other failures.
+    /// broke the protocol (spec §4.5, §4.6.4, §7.16, §9): a frame that does not decode, an
+    /// unknown critical type, a compressed DOM stream that breaks §4.6, an `ACK` for a patch
+    /// never sent. `None` for other failures, engine errors among them: most of those may come
+    /// from this side's own page.
     pub fn close_code(&self) -> Option<ErrorCode> {
         match self {
             SessionError::Framed(e) | SessionError::Client(ClientError::Framed(e)) => {
                 e.close_code()
             }
             SessionError::Decompress(e) => Some(e.code()),
+            SessionError::Engine(e @ EngineError::UnsentAck { .. }) => Some(e.code()),
             _ => None,
         }
     }

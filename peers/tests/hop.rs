@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use common::{BareRelay, guard};
 use tandem_peers::client::{self, ControlChannel};
-use tandem_peers::framed::{write_message, write_raw};
+use tandem_peers::framed::{FrameRecv, write_message, write_raw};
 use tandem_peers::session::{self, AgentOptions, ChangeSource, SessionError};
 use tandem_peers::transport;
 use tandem_protocol::message::{
-    Capabilities, Credential, Joined, Ping, Role, SessionCreated, Welcome,
+    Ack, Capabilities, Credential, Joined, Ping, Role, SessionCreated, Welcome,
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
@@ -211,4 +211,35 @@ async fn consumer_closes_on_an_unknown_critical_type_on_the_actions_stream() {
     let code = guard("CLOSE", closed(&mut relay)).await;
     assert_eq!(code, ErrorCode::UnknownFrame);
     expect_unknown_critical(guard("the consumer's end", consumer).await.unwrap());
+}
+
+/// A consumer whose agent acknowledges a sequence number the consumer never sent closes the
+/// connection with `CLOSE` `UnexpectedMessage` (spec §7.16, §9), instead of ending the session
+/// without a word.
+#[tokio::test]
+async fn consumer_closes_on_an_ack_for_a_patch_it_never_sent() {
+    let (consumer, mut relay) = live_consumer(common::sample_options(ChangeSource::None)).await;
+    // The epoch of the snapshot the consumer sent, from the first frame of its DOM stream.
+    let dom = guard("the DOM stream", relay.conn.accept_uni())
+        .await
+        .unwrap();
+    let mut dom = FrameRecv::new(dom, Limits::DEFAULT);
+    let epoch = match guard("SNAPSHOT", dom.next_message()).await.unwrap() {
+        Some(Message::Snapshot(part)) => part.epoch,
+        other => panic!("expected SNAPSHOT, got {other:?}"),
+    };
+    let ack = Message::Ack(Ack {
+        epoch,
+        seq: 1_000_000,
+        hash: [0; 16],
+    });
+    write_message(&mut relay.send, &ack, &Limits::DEFAULT)
+        .await
+        .unwrap();
+    let code = guard("CLOSE", closed(&mut relay)).await;
+    assert_eq!(code, ErrorCode::UnexpectedMessage);
+    match guard("the consumer's end", consumer).await.unwrap() {
+        Err(e) => assert_eq!(e.close_code(), Some(ErrorCode::UnexpectedMessage), "{e}"),
+        Ok(()) => panic!("the session went on over an ACK for a patch never sent"),
+    }
 }

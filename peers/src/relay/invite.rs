@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_engine::session::{Lifecycle, Party, Session, Trigger};
-use tandem_protocol::message::{End, EndReason, InvitationRef, Invite};
+use tandem_protocol::message::{End, EndReason, ErrorReport, InvitationRef, Invite};
 use tandem_protocol::{ErrorCode, FrameType, Message, RawFrame};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use super::state::{JoinRefusal, SessionId, Side};
+use super::state::{self, JoinRefusal, SessionId, Side};
 use super::{
     Arrival, Peer, Refused, RelayEvent, Shared, Stop, agent_task, ended, error_frame, finish_owned,
     refusal, refuse, send_error,
@@ -227,10 +227,16 @@ pub(super) async fn on_agent_event(
             ErrorCode::UnexpectedMessage,
             "CANCEL names no pending invitation of yours",
         )),
-        FrameType::PING => Some(RawFrame {
-            ty: FrameType::PONG,
-            body: frame.body,
-        }),
+        FrameType::PING => match state::pong(&frame, &shared.limits) {
+            Ok(pong) => Some(pong),
+            Err(e) => {
+                let report = ErrorReport {
+                    code: e.code(),
+                    message: e.to_string(),
+                };
+                return broke(shared, consumer, *inv, report).await;
+            }
+        },
         FrameType::PONG | FrameType::ERROR => None,
         FrameType::INVITE | FrameType::JOIN => Some(error_frame(
             ErrorCode::SessionBusy,
@@ -340,15 +346,36 @@ async fn close_by(
     trigger: Trigger,
     by: Option<Side>,
 ) -> Result<Still, Stop> {
+    let life = settle(&mut inv.life, trigger);
+    close(shared, consumer, inv, life, by, Fate::of(by, trigger)).await
+}
+
+/// The inviting agent broke the protocol (spec §4.5, §9), for the reason in `report`: the
+/// invitation closes as lost (the customer is told `CANCEL` and keeps waiting), and the agent
+/// is told nothing but a `CLOSE` with the violation's code before its connection closes.
+async fn broke(
+    shared: &Arc<Shared>,
+    consumer: &mut Peer,
+    mut inv: Pending,
+    report: ErrorReport,
+) -> Result<Still, Stop> {
+    let (code, message) = (report.code, &report.message);
+    tracing::debug!(?code, %message, "the inviting agent broke the protocol");
+    let life = settle(&mut inv.life, Trigger::ConnectionLost);
+    close(shared, consumer, inv, life, AGENT, Fate::Violated(report)).await
+}
+
+/// Feeds `trigger` to the invitation's lifecycle and returns where it ends. A trigger at or
+/// after the expiry time finds the invitation expired (spec §13.1); one the machine refuses
+/// ends it as lost.
+fn settle(life: &mut Session, trigger: Trigger) -> Lifecycle {
     let now = Instant::now();
-    // A trigger at or after the expiry time finds the invitation expired (spec §13.1).
-    let life = match inv.life.handle(trigger, now) {
+    match life.handle(trigger, now) {
         Ok(life) => life,
-        Err(_) => inv.life.handle_timeout(now).unwrap_or(Lifecycle::Ended {
+        Err(_) => life.handle_timeout(now).unwrap_or(Lifecycle::Ended {
             reason: "connection_lost".to_owned(),
         }),
-    };
-    close(shared, consumer, inv, life, by, Fate::of(by, trigger)).await
+    }
 }
 
 /// Tells both sides that the invitation closed with the reason in `life` (spec §7.7–§7.10):
@@ -381,9 +408,11 @@ async fn close(
             reason: EndReason::ConnectionLost,
         })),
     };
-    let agent_gone = matches!(fate, Fate::Gone);
+    // An agent whose connection is gone hears nothing; one that broke the protocol hears only
+    // its CLOSE.
+    let agent_told = !matches!(fate, Fate::Gone | Fate::Violated(_));
     if let Some(msg) = to_agent {
-        if !agent_gone {
+        if agent_told {
             let _ = write_message(&mut inv.agent.send, &msg, &shared.limits).await;
         }
     }
@@ -402,12 +431,19 @@ async fn close(
             let stop = refusal(ErrorCode::NoError, "invitation withdrawn");
             tokio::spawn(finish_owned(shared.clone(), inv.agent, stop));
         }
+        Fate::Violated(report) => {
+            tokio::spawn(finish_owned(
+                shared.clone(),
+                inv.agent,
+                Stop::Refuse(report),
+            ));
+        }
     }
     told.map(|()| Still::Closed)
 }
 
 /// What becomes of the inviting agent's connection when its invitation closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fate {
     /// Back to its own task: it may invite again or join by code.
     Release,
@@ -415,6 +451,8 @@ enum Fate {
     Finish,
     /// Its connection is gone.
     Gone,
+    /// It broke the protocol: told this `CLOSE` and let go.
+    Violated(ErrorReport),
 }
 
 impl Fate {

@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn::{Connection, VarInt};
 use tandem_protocol::message::{Capabilities, Joined, Rejoined, Role};
-use tandem_protocol::{ErrorCode, FrameType, Message, RawFrame};
+use tandem_protocol::{ErrorCode, Message, RawFrame};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -334,7 +334,8 @@ const HELD_BUDGET: usize = 256 * 1024;
 
 /// Waits up to `grace` for `side` to come back (spec §3.5). Meanwhile the surviving side's
 /// control stream is read: its end-to-end frames are held for the side that comes back (up to
-/// [`HELD_BUDGET`]), a `PING` is answered, and its `END` or `CLOSE` ends the session at once.
+/// [`HELD_BUDGET`]), a `PING` is answered, and its `END` or `CLOSE`, or a violation (a `PING`
+/// that does not decode among them), ends the session at once.
 /// Ends the session when `side` does not come back, when the other side goes too, or when the
 /// relay shuts down.
 async fn wait_back(
@@ -373,10 +374,12 @@ async fn wait_back(
                         held_bytes += frame.body.len();
                         held.push(Bytes::from(frame.to_bytes()));
                     }
-                    ControlAction::Ping => {
-                        let pong = RawFrame { ty: FrameType::PONG, body: frame.body };
-                        let _ = survivor.out.send(Bytes::from(pong.to_bytes())).await;
-                    }
+                    ControlAction::Ping => match state::pong(&frame, &limits) {
+                        Ok(pong) => {
+                            let _ = survivor.out.send(Bytes::from(pong.to_bytes())).await;
+                        }
+                        Err(e) => return Err(outcome_of(other, e.into())),
+                    },
                     ControlAction::Ignore => {}
                     ControlAction::Refuse(code) => {
                         let message = format!("{} is not allowed in a live session", frame.ty);

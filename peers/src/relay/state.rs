@@ -11,7 +11,9 @@ use tandem_protocol::message::{
     Capabilities, Credential, End, EndReason, ErrorReport, Hello, Joined, Mode, ModeChange, ModeOp,
     Platform, Role, Welcome,
 };
-use tandem_protocol::{ErrorCode, FrameType, Limits, Message, PROTOCOL_VERSION, RawFrame};
+use tandem_protocol::{
+    DecodeError, ErrorCode, FrameType, Limits, Message, PROTOCOL_VERSION, RawFrame,
+};
 
 /// Lowest protocol version this relay speaks.
 pub const MIN_VERSION: u32 = PROTOCOL_VERSION;
@@ -105,7 +107,8 @@ pub enum ControlAction {
     End,
     /// `CLOSE` (spec §7.34): the sender is leaving.
     Close,
-    /// `PING` (spec §7.30): answer `PONG` with the same body.
+    /// `PING` (spec §7.30): answer with [`pong`], or close the sender's connection when its
+    /// body does not decode.
     Ping,
     /// A hop message that needs no answer (`PONG`, `ERROR`): consume it.
     Ignore,
@@ -115,7 +118,8 @@ pub enum ControlAction {
     Violation,
 }
 
-/// Classifies a control frame from `side` of a session by its type; bodies are not decoded.
+/// Classifies a control frame from `side` of a session by its type; bodies are not decoded
+/// (a `PING`'s is, by [`pong`], before it is answered).
 pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
     match ty {
         FrameType::END => ControlAction::End,
@@ -138,6 +142,32 @@ pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
         }
         _ => ControlAction::Forward,
     }
+}
+
+/// The relay's answer to a `PING` (spec §7.30): a `PONG` with the same nonce. The body is
+/// recognised first (spec §4.5): one that does not decode as a `PING` (truncated, with bytes
+/// after the nonce, a nonce past 64 bits) gets no answer, and the error is the protocol
+/// violation to close the sender's connection for, with its code (`MalformedFrame`, spec §9).
+/// The `PONG` is encoded from the nonce, not copied from the body, so a non-minimal varint
+/// that the decoder accepted goes back minimal (spec §4.2).
+pub fn pong(ping: &RawFrame, limits: &Limits) -> Result<RawFrame, DecodeError> {
+    let ping = match Message::decode_body(FrameType::PING, &ping.body, limits)? {
+        Message::Ping(ping) => ping,
+        // A body decoded as a PING is a `Message::Ping`; should it ever not be, it is no PING.
+        _ => {
+            return Err(DecodeError::InvalidValue {
+                field: "ping",
+                detail: "not a PING",
+            });
+        }
+    };
+    let mut body = Vec::new();
+    // A PONG is one varint: encoding it cannot fail.
+    let _ = Message::Pong(ping).encode_body(&mut body);
+    Ok(RawFrame {
+        ty: FrameType::PONG,
+        body,
+    })
 }
 
 /// A change of a live session that the relay reports as a lifecycle event (spec §13.5).
@@ -1121,6 +1151,33 @@ mod tests {
         ] {
             assert_eq!(c(ty), A::Forward, "{ty}");
             assert_eq!(a(ty), A::Forward, "{ty}");
+        }
+    }
+
+    /// A `PING` is answered only once its body decodes (spec §4.5, §7.30); one that does not is
+    /// `MalformedFrame`, and the `PONG` is encoded anew, minimal.
+    #[test]
+    fn pings_are_answered_only_when_their_body_decodes() {
+        let limits = Limits::DEFAULT;
+        let ping = |body: &[u8]| RawFrame {
+            ty: FrameType::PING,
+            body: body.to_vec(),
+        };
+        let answer = pong(&ping(&[0x07]), &limits).unwrap();
+        assert_eq!(answer.to_bytes(), [0x64, 0x01, 0x07]);
+        // 2^64 − 1, the largest nonce (spec §4.2).
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(pong(&ping(&max), &limits).unwrap().body, max);
+        // A non-minimal nonce is accepted and answered minimally (spec §4.2).
+        assert_eq!(pong(&ping(&[0x87, 0x00]), &limits).unwrap().body, [0x07]);
+        for (bad, what) in [
+            (&[][..], "empty"),
+            (&[0x80][..], "truncated"),
+            (&[0x07, 0x00][..], "trailing bytes"),
+            (&[0xff; 11][..], "nonce past 64 bits"),
+        ] {
+            let e = pong(&ping(bad), &limits).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::MalformedFrame, "{what}: {e}");
         }
     }
 

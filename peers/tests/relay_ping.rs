@@ -1,0 +1,219 @@
+//! The relay's answer to `PING` (spec §7.30) in every state a peer can be in: before a session,
+//! waiting for an agent, inviting a customer, in a live session, and staying while the other
+//! side is away. A `PING` whose body decodes gets a `PONG` with its nonce; one whose body does
+//! not (truncated, with trailing bytes) is a protocol violation, answered with `CLOSE
+//! MalformedFrame` and the end of the connection, never with a `PONG` (spec §4.5, §9).
+//!
+//! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{channel, guard};
+use tandem_peers::client::ControlChannel;
+use tandem_peers::relay::{RelayEvent, RelayHandle};
+use tandem_protocol::message::{Credential, EndReason, Invite, Ping, Role};
+use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
+
+/// A `PING` body that ends inside its nonce's varint (`Malformed … UnexpectedEnd`).
+const TRUNCATED: &[u8] = &[0x80];
+/// A `PING` body with a byte after its nonce (`TrailingBytes`).
+const TRAILING: &[u8] = &[0x07, 0x00];
+/// A `PING` with no body at all (`Malformed … UnexpectedEnd`).
+const EMPTY: &[u8] = &[];
+
+fn ping(body: &[u8]) -> RawFrame {
+    RawFrame {
+        ty: FrameType::PING,
+        body: body.to_vec(),
+    }
+}
+
+/// Sends a well-formed `PING` and expects the relay's next frame to be its `PONG`.
+async fn ping_is_answered(ctl: &mut ControlChannel, nonce: u64) {
+    ctl.send(&Message::Ping(Ping { nonce }))
+        .await
+        .expect("sent");
+    assert_eq!(
+        guard("PONG", ctl.recv()).await.expect("readable"),
+        Some(Message::Pong(Ping { nonce }))
+    );
+}
+
+/// Sends a `PING` with `body`, which does not decode, and expects the relay's next frame to be
+/// `CLOSE MalformedFrame` and the relay to close the connection with that code (spec §3.3;
+/// the `CLOSE` is read raw, so that this side does not close first).
+async fn bad_ping_is_closed(ctl: &mut ControlChannel, body: &[u8]) {
+    ctl.send_raw(&ping(body)).await.expect("sent");
+    let frame = guard("CLOSE", ctl.recv_raw()).await.expect("readable");
+    match frame.map(|f| f.decode(&Limits::DEFAULT)) {
+        Some(Ok(Message::Close(report))) => {
+            assert_eq!(report.code, ErrorCode::MalformedFrame, "{}", report.message);
+        }
+        other => panic!("expected CLOSE MalformedFrame for PING {body:02x?}, got {other:?}"),
+    }
+    match guard("the relay closes", ctl.connection().closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(u32::from(ErrorCode::MalformedFrame))
+        ),
+        other => panic!("expected the relay to close with MalformedFrame, got {other:?}"),
+    }
+}
+
+/// The next `ended` event's reason.
+async fn ended(events: &mut tokio::sync::broadcast::Receiver<RelayEvent>) -> String {
+    guard("the ended event", async {
+        loop {
+            if let Ok(RelayEvent::Ended { reason, .. }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+}
+
+/// A greeted peer that has no session yet.
+#[tokio::test]
+async fn before_a_session() {
+    let relay = common::start_relay(|_| {});
+    let mut agent = channel(&relay, Role::Agent).await;
+    ping_is_answered(&mut agent, 1).await;
+    bad_ping_is_closed(&mut agent, TRUNCATED).await;
+    relay.shutdown().await;
+}
+
+/// The `PONG` is the relay's own encoding of the nonce, not the body echoed: a non-minimal
+/// varint, which a decoder may accept (spec §4.2), goes back minimal, as encoders must write.
+#[tokio::test]
+async fn the_pong_carries_the_nonce_minimally_encoded() {
+    let relay = common::start_relay(|_| {});
+    let mut agent = channel(&relay, Role::Agent).await;
+    agent.send_raw(&ping(&[0x87, 0x00])).await.expect("sent");
+    assert_eq!(
+        guard("PONG", agent.recv_raw()).await.expect("readable"),
+        Some(RawFrame {
+            ty: FrameType::PONG,
+            body: vec![0x07],
+        })
+    );
+    relay.shutdown().await;
+}
+
+/// A consumer that opened a session and waits for an agent; its session ends.
+#[tokio::test]
+async fn waiting_for_an_agent() {
+    let relay = common::start_relay(|_| {});
+    let mut events = relay.subscribe();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    ping_is_answered(&mut consumer, 2).await;
+    bad_ping_is_closed(&mut consumer, TRAILING).await;
+    assert_eq!(ended(&mut events).await, "connection_lost");
+    // The session is gone with it.
+    let mut agent = channel(&relay, Role::Agent).await;
+    let joined = guard("join", agent.join(Credential::Code(created.code), "Alex")).await;
+    assert!(joined.is_err(), "{joined:?}");
+    relay.shutdown().await;
+}
+
+/// An agent whose invitation the customer has not answered yet: the customer is told the
+/// invitation is withdrawn (`CANCEL`) and keeps waiting.
+#[tokio::test]
+async fn inviting_a_customer() {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = channel(&relay, Role::Agent).await;
+    let invite = Message::Invite(Invite {
+        invitation: 4,
+        target: "visitor-7".into(),
+        agent_label: "Alex".into(),
+        expires_ms: 120_000,
+    });
+    agent.send(&invite).await.expect("sent");
+    let shown = guard("INVITE", consumer.recv()).await.expect("readable");
+    assert!(matches!(shown, Some(Message::Invite(_))), "{shown:?}");
+    ping_is_answered(&mut agent, 3).await;
+    bad_ping_is_closed(&mut agent, EMPTY).await;
+    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
+    assert!(
+        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 4),
+        "{told:?}"
+    );
+    ping_is_answered(&mut consumer, 4).await;
+    relay.shutdown().await;
+}
+
+/// A live session: the offender gets `CLOSE MalformedFrame`, the other side `END
+/// ConnectionLost` (spec §9: a violation ends the session).
+#[tokio::test]
+async fn in_a_live_session() {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    let mut agent = channel(&relay, Role::Agent).await;
+    guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    guard("joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    ping_is_answered(&mut agent, 5).await;
+    bad_ping_is_closed(&mut agent, TRUNCATED).await;
+    assert_eq!(
+        guard("END", consumer.recv()).await.expect("readable"),
+        Some(Message::End(tandem_protocol::message::End {
+            reason: EndReason::ConnectionLost
+        }))
+    );
+    relay.shutdown().await;
+}
+
+/// A resumable session whose consumer's connection is gone: the agent, which stayed, is still
+/// answered while the relay waits for the consumer (spec §3.5), and closed when its `PING`
+/// does not decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_other_side_is_away() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
+    let mut events = relay.subscribe();
+    let mut agent = away(&relay, &mut events).await;
+    ping_is_answered(&mut agent, 6).await;
+    bad_ping_is_closed(&mut agent, TRAILING).await;
+    // Well inside the grace period: the violation ends the session at once.
+    assert_eq!(ended(&mut events).await, "connection_lost");
+    relay.shutdown().await;
+}
+
+/// A paired session with `RESUME` whose consumer's connection was cut without `CLOSE` and
+/// noticed by the relay: the agent's channel.
+async fn away(
+    relay: &RelayHandle,
+    events: &mut tokio::sync::broadcast::Receiver<RelayEvent>,
+) -> ControlChannel {
+    let mut consumer = channel(relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    let mut agent = channel(relay, Role::Agent).await;
+    let joined = guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    assert!(!joined.resume_token.is_empty(), "the session is resumable");
+    guard("joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    consumer.connection().close(0u32.into(), b"gone");
+    guard("the relay notices", async {
+        while !matches!(events.recv().await, Ok(RelayEvent::Disconnected { .. })) {}
+    })
+    .await;
+    agent
+}
