@@ -42,7 +42,7 @@ use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, SymEncoder};
 
 use crate::hands::Protection;
 
-use crate::dom::{Dom, NodeKind};
+use crate::dom::{Dom, Name, NodeKind};
 use crate::mask::{self, Fix, Listing, MaskPolicy};
 use crate::patch::{self, Op};
 use crate::resource::Resources;
@@ -1245,38 +1245,37 @@ fn longest_increasing(seq: &[(NodeId, usize)]) -> HashSet<NodeId> {
 /// Operations that turn attribute list `was` into `now` under `SetAttr` (in place when present,
 /// else appended) and `RemoveAttr` semantics (spec §6.5): attributes that keep their relative
 /// order stay; the rest are removed and appended again in order.
-fn attr_ops(n: NodeId, was: &[(String, String)], now: &[(String, String)], ops: &mut Vec<Op>) {
+fn attr_ops(n: NodeId, was: &[(Name, String)], now: &[(Name, String)], ops: &mut Vec<Op>) {
     let pos: HashMap<&str, usize> = was
         .iter()
         .enumerate()
-        .map(|(i, (k, _))| (k.as_str(), i))
+        .map(|(i, (k, _))| (&**k, i))
         .collect();
     let mut kept = HashSet::new();
     let mut last = None;
     for (k, _) in now {
-        match pos.get(k.as_str()) {
+        match pos.get(&**k) {
             Some(&i) if last.is_none_or(|l| i > l) => {
-                kept.insert(k.as_str());
+                kept.insert(&**k);
                 last = Some(i);
             }
             _ => break,
         }
     }
     for (k, _) in was {
-        if !kept.contains(k.as_str()) {
+        if !kept.contains(&**k) {
             ops.push(Op::RemoveAttr {
                 node: n,
-                name: k.clone(),
+                name: k.to_string(),
             });
         }
     }
     for (k, v) in now {
-        let unchanged =
-            kept.contains(k.as_str()) && was.get(pos[k.as_str()]).is_some_and(|(_, ov)| ov == v);
+        let unchanged = kept.contains(&**k) && was.get(pos[&**k]).is_some_and(|(_, ov)| ov == v);
         if !unchanged {
             ops.push(Op::SetAttr {
                 node: n,
-                name: k.clone(),
+                name: k.to_string(),
                 value: v.clone(),
             });
         }
@@ -1287,12 +1286,12 @@ fn attr_ops(n: NodeId, was: &[(String, String)], now: &[(String, String)], ops: 
 mod tests {
     use super::*;
 
-    fn apply_attrs(mut list: Vec<(String, String)>, ops: &[Op]) -> Vec<(String, String)> {
+    fn apply_attrs(mut list: Vec<(Name, String)>, ops: &[Op]) -> Vec<(Name, String)> {
         for op in ops {
             match op {
                 Op::SetAttr { name, value, .. } => match list.iter_mut().find(|(k, _)| k == name) {
                     Some((_, v)) => v.clone_from(value),
-                    None => list.push((name.clone(), value.clone())),
+                    None => list.push((name.clone().into(), value.clone())),
                 },
                 Op::RemoveAttr { name, .. } => list.retain(|(k, _)| k != name),
                 _ => unreachable!(),
@@ -1305,7 +1304,7 @@ mod tests {
     fn attribute_lists_reach_their_order() {
         let l = |s: &[(&str, &str)]| {
             s.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .map(|(a, b)| (Name::Owned(a.to_string()), b.to_string()))
                 .collect::<Vec<_>>()
         };
         let cases = [

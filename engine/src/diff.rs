@@ -72,7 +72,7 @@ use std::ops::Range;
 use similar::algorithms::{DiffHook, myers};
 use tandem_protocol::{DOCUMENT_ID, NodeId};
 
-use crate::dom::{Dom, NodeKind};
+use crate::dom::{Dom, Name, NodeKind};
 use crate::{Consumer, EngineError};
 
 /// Above this product of the two sibling list lengths, children are paired by key in one pass
@@ -811,7 +811,7 @@ fn is_blank(kind: Option<&NodeKind>) -> bool {
 }
 
 /// Whether no attribute name repeats (else updating in place could not reproduce the list).
-fn distinct_names(attrs: &[(String, String)]) -> bool {
+fn distinct_names(attrs: &[(Name, String)]) -> bool {
     match attrs.len() {
         0 | 1 => true,
         n if n <= 16 => attrs
@@ -819,7 +819,7 @@ fn distinct_names(attrs: &[(String, String)]) -> bool {
             .enumerate()
             .all(|(k, (a, _))| attrs[k + 1..].iter().all(|(b, _)| a != b)),
         _ => {
-            let mut names: Vec<&str> = attrs.iter().map(|(n, _)| n.as_str()).collect();
+            let mut names: Vec<&str> = attrs.iter().map(|(n, _)| &**n).collect();
             names.sort_unstable();
             names.windows(2).all(|w| w[0] != w[1])
         }
@@ -1202,12 +1202,12 @@ fn sync_node(
             let at: FastMap<&str, usize> = have
                 .iter()
                 .enumerate()
-                .map(|(k, (n, _))| (n.as_str(), k))
+                .map(|(k, (n, _))| (&**n, k))
                 .collect();
             let mut keep = 0;
             let mut from = 0;
             for (name, _) in &want.attrs {
-                match at.get(name.as_str()) {
+                match at.get(&**name) {
                     Some(&p) if p >= from => {
                         from = p + 1;
                         keep += 1;
@@ -1215,17 +1215,15 @@ fn sync_node(
                     _ => break,
                 }
             }
-            let kept: FastMap<&str, ()> = want.attrs[..keep]
-                .iter()
-                .map(|(n, _)| (n.as_str(), ()))
-                .collect();
+            let kept: FastMap<&str, ()> =
+                want.attrs[..keep].iter().map(|(n, _)| (&**n, ())).collect();
             for (name, _) in &have {
-                if !kept.contains_key(name.as_str()) {
+                if !kept.contains_key(&**name) {
                     c.remove_attr(node, name)?;
                 }
             }
             for (k, (name, value)) in want.attrs.iter().enumerate() {
-                let same = k < keep && at.get(name.as_str()).is_some_and(|&p| have[p].1 == *value);
+                let same = k < keep && at.get(&**name).is_some_and(|&p| have[p].1 == *value);
                 if !same {
                     c.set_attr(node, name, value)?;
                 }
@@ -1248,6 +1246,7 @@ pub mod fuzzing {
     use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, frame};
 
     use super::{DiffStats, MYERS_MAX_WORK, update_with};
+    use crate::Name;
     use crate::dom::{Dom, Element, NodeKind};
     use crate::{Agent, Consumer, to_html};
 
@@ -1480,7 +1479,7 @@ pub mod fuzzing {
         list[usize::from(k) % list.len()]
     }
 
-    fn element(tag: u8, attrs: Vec<(String, String)>) -> NodeKind {
+    fn element(tag: u8, attrs: Vec<(Name, String)>) -> NodeKind {
         let k = usize::from(tag) % (TAGS.len() + SVG_TAGS.len());
         let (ns, name) = match TAGS.get(k) {
             Some(t) => (Ns::Html, *t),
@@ -1498,10 +1497,10 @@ pub mod fuzzing {
             0..=3 => {
                 let mut attrs = Vec::new();
                 if what & 0x10 != 0 {
-                    attrs.push(("id".to_owned(), pick_str(VALUES, what >> 5).to_owned()));
+                    attrs.push(("id".into(), pick_str(VALUES, what >> 5).to_owned()));
                 }
                 if what & 0x08 != 0 {
-                    attrs.push(("class".to_owned(), pick_str(VALUES, what >> 4).to_owned()));
+                    attrs.push(("class".into(), pick_str(VALUES, what >> 4).to_owned()));
                 }
                 element(what >> 2, attrs)
             }

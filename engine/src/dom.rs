@@ -1,6 +1,8 @@
 //! The arena DOM (spec §6): nodes in a vector indexed by their consumer-assigned id; each element
 //! (and the document) caches its Merkle hash (spec §6.3), recomputed only along dirty paths.
 
+use std::borrow::Cow;
+
 use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
 
 use crate::EngineError;
@@ -40,15 +42,29 @@ impl NodeKind {
     }
 }
 
+/// An element or attribute name. Names are few and repeat, and most are entries of the static
+/// string table (spec §5.2): a tree built from a snapshot borrows those from the table instead
+/// of allocating a copy per element. Any other name is owned. `Name::from("div")` borrows,
+/// `Name::from(string)` owns; either compares and reads as a `str`.
+pub type Name = Cow<'static, str>;
+
+/// `s` as a [`Name`]: borrowed when it is an entry of the static string table, owned otherwise.
+pub fn name(s: &str) -> Name {
+    match tandem_protocol::strings::static_index(s) {
+        Some(i) => Name::Borrowed(tandem_protocol::STATIC_TABLE[i as usize]),
+        None => Name::Owned(s.to_owned()),
+    }
+}
+
 /// An element's name and attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     /// Namespace.
     pub ns: Ns,
     /// Local name (lower case for HTML elements).
-    pub name: String,
+    pub name: Name,
     /// Attributes in order, as (qualified name, value).
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, String)>,
 }
 
 impl Element {
@@ -568,7 +584,7 @@ impl Dom {
                         actual: e.attrs.len() as u64 + 1,
                     });
                 }
-                e.attrs.push((name.to_owned(), value.to_owned()));
+                e.attrs.push((name.to_owned().into(), value.to_owned()));
             }
         }
         self.mark_dirty(id);
@@ -915,7 +931,7 @@ mod tests {
     fn element(name: &str) -> NodeKind {
         NodeKind::Element(Element {
             ns: Ns::Html,
-            name: name.into(),
+            name: crate::Name::Owned(name.to_owned()),
             attrs: vec![],
         })
     }

@@ -632,7 +632,7 @@ impl FieldKind {
         if el.ns != tandem_protocol::Ns::Html {
             return None;
         }
-        match el.name.as_str() {
+        match &*el.name {
             "textarea" => Some(FieldKind::Text),
             "select" => Some(FieldKind::Select),
             "input" => {

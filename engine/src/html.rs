@@ -14,7 +14,7 @@ use html5ever::tendril::{StrTendril, TendrilSink};
 use html5ever::{Attribute, LocalName, Namespace, QualName, ns, parse_document};
 use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
 
-use crate::dom::{Dom, Element, NodeKind};
+use crate::dom::{Dom, Element, Name, NodeKind};
 
 /// Parses an HTML document into a [`Dom`] with ids 1, 2, … in document order.
 pub fn parse_html(html: &str, limits: Limits) -> Dom {
@@ -257,6 +257,7 @@ impl Sink {
                         Some(t) => nodes[*t].first_child,
                         None => node.first_child,
                     };
+                    let name = crate::dom::name(&name);
                     (NodeKind::Element(Element { ns, name, attrs }), first)
                 }
             };
@@ -279,10 +280,10 @@ fn namespace(ns: &Namespace) -> Ns {
     }
 }
 
-fn qualified(name: &QualName) -> String {
+fn qualified(name: &QualName) -> Name {
     match &name.prefix {
-        Some(p) => format!("{}:{}", p, name.local),
-        None => name.local.to_string(),
+        Some(p) => Name::Owned(format!("{}:{}", p, name.local)),
+        None => crate::dom::name(&name.local),
     }
 }
 
@@ -535,7 +536,7 @@ pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
                             .parent(n)
                             .and_then(|p| dom.node(p))
                             .and_then(|p| p.element())
-                            .filter(|e| e.ns == Ns::Html && RAW_TEXT.contains(&e.name.as_str()));
+                            .filter(|e| e.ns == Ns::Html && RAW_TEXT.contains(&&*e.name));
                         if let Some(e) = raw {
                             write_raw_text(t, &e.name, out);
                         } else {
@@ -557,11 +558,11 @@ pub fn write_html(dom: &Dom, id: NodeId, out: &mut String) {
                             out.push('"');
                         }
                         out.push('>');
-                        if e.ns == Ns::Html && VOID.contains(&e.name.as_str()) {
+                        if e.ns == Ns::Html && VOID.contains(&&*e.name) {
                             continue;
                         }
                         if e.ns == Ns::Html
-                            && matches!(e.name.as_str(), "pre" | "textarea" | "listing")
+                            && matches!(&*e.name, "pre" | "textarea" | "listing")
                             && node
                                 .children()
                                 .first()
@@ -633,12 +634,12 @@ mod tests {
     ) -> NodeId {
         let attrs = attrs
             .iter()
-            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|&(k, v)| (Name::Owned(k.to_owned()), v.to_owned()))
             .collect();
         let id = dom
             .create(NodeKind::Element(Element {
                 ns,
-                name: name.to_owned(),
+                name: Name::Owned(name.to_owned()),
                 attrs,
             }))
             .unwrap();
@@ -708,7 +709,7 @@ mod tests {
             };
             assert_ne!(e.name, "script", "a script in {:?}", e.ns);
             if e.name == "p" {
-                let names: Vec<&str> = e.attrs.iter().map(|(n, _)| n.as_str()).collect();
+                let names: Vec<&str> = e.attrs.iter().map(|(n, _)| &**n).collect();
                 assert_eq!(names, ["class"]);
             }
         }

@@ -81,7 +81,7 @@ mod wide;
 
 pub use agent::{Agent, AgentEvent};
 pub use consumer::{Consumer, Resumption};
-pub use dom::{Dom, Element, Node, NodeKind};
+pub use dom::{Dom, Element, Name, Node, NodeKind};
 pub use error::EngineError;
 pub use html::{parse_html, to_html};
 pub use live::LivePage;

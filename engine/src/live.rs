@@ -41,7 +41,7 @@ const WORDS: &[&str] = &[
 fn closed(e: &Element) -> bool {
     e.ns != Ns::Html
         || matches!(
-            e.name.as_str(),
+            &*e.name,
             "area"
                 | "base"
                 | "br"

@@ -34,7 +34,7 @@ use std::collections::HashSet;
 
 use tandem_protocol::{DOCUMENT_ID, NodeId, Ns};
 
-use crate::dom::{Dom, Element, NodeKind};
+use crate::dom::{Dom, Element, Name, NodeKind};
 
 /// Marker attribute: mask this element's subtree.
 pub const MARK_MASK: &str = "data-tandem-mask";
@@ -516,7 +516,7 @@ impl MaskPolicy {
         let html = el.ns == Ns::Html;
         let state = html
             && match lower {
-                "value" => matches!(el.name.as_str(), "input" | "option" | "textarea"),
+                "value" => matches!(&*el.name, "input" | "option" | "textarea"),
                 "checked" => el.name == "input",
                 "selected" => el.name == "option",
                 _ => false,
@@ -649,7 +649,7 @@ fn sensitive_token(t: &str) -> bool {
 
 /// Whether an automatic rule (spec §12.2) masks this control's value.
 pub fn auto_rule(el: &Element) -> bool {
-    if el.ns != Ns::Html || !matches!(el.name.as_str(), "input" | "textarea" | "select") {
+    if el.ns != Ns::Html || !matches!(&*el.name, "input" | "textarea" | "select") {
         return false;
     }
     let attr = |n: &str| {
@@ -716,7 +716,7 @@ fn placeholder_fixes<I: Copy>(n: I, el: &Element, out: &mut Vec<Fix<I>>) {
         }
     }
     if !marker_last {
-        out.push(Fix::SetAttr(n, BLOCKED.to_owned(), String::new()));
+        out.push(Fix::SetAttr(n, BLOCKED.into(), String::new()));
     }
 }
 
@@ -775,8 +775,8 @@ pub(crate) enum AttrFix {
 /// One change that masks a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fix<I> {
-    SetAttr(I, String, String),
-    RemoveAttr(I, String),
+    SetAttr(I, Name, String),
+    RemoveAttr(I, Name),
     SetText(I, String),
     /// Remove all children (of a block placeholder).
     Clear(I),
@@ -1347,7 +1347,7 @@ pub mod fuzzing {
         };
         e.ns == Ns::Html
             && ((e.name == "input" && matches!(e.attr("type"), Some("password") | Some("hidden")))
-                || (["input", "textarea", "select"].contains(&e.name.as_str())
+                || (["input", "textarea", "select"].contains(&&*e.name)
                     && e.attr("autocomplete").is_some_and(sensitive)))
     }
 

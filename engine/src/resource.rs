@@ -1172,7 +1172,7 @@ impl Resources {
         v: &str,
         base: &str,
     ) -> Option<String> {
-        let name = el.name.as_str();
+        let name = &*el.name;
         let lk = k.to_ascii_lowercase();
         if lk == "style" {
             return Some(self.rewrite_css_text(v, base, 0, &mut Vec::new()));

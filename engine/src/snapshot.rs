@@ -3,11 +3,11 @@
 
 use tandem_protocol::message::Snapshot;
 use tandem_protocol::{
-    Attr, DOCUMENT_ID, DecodeError, Limits, NodeId, NodeRecord, Ns, RecordRef, StrClass,
-    SymDecoder, SymEncoder,
+    Attr, DOCUMENT_ID, DecodeError, Limits, NodeId, NodeRecord, Ns, RecordRef, STATIC_TABLE,
+    StrClass, Sym, SymDecoder, SymEncoder, SymRef,
 };
 
-use crate::dom::{Dom, Element, NodeKind};
+use crate::dom::{Dom, Element, Name, NodeKind};
 use crate::{EngineError, hash, wide};
 
 /// Default target size of one snapshot part, in estimated body bytes. Parts let the agent show
@@ -390,10 +390,15 @@ pub fn resolve(
                 }
                 .into());
             }
-            let name = dec.resolve(name, field)?;
+            let name = resolve_name(dec, name, field)?;
             let attrs = attrs
                 .into_iter()
-                .map(|a| Ok((dec.resolve(a.name, field)?, dec.resolve(a.value, field)?)))
+                .map(|a| {
+                    Ok((
+                        resolve_name(dec, a.name, field)?,
+                        dec.resolve(a.value, field)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>, DecodeError>>()?;
             NodeKind::Element(Element { ns, name, attrs })
         }
@@ -409,6 +414,30 @@ pub fn resolve(
             system_id: dec.resolve(system_id, field)?,
         },
     })
+}
+
+/// Resolves an element or attribute name, borrowing an entry of the static table.
+fn resolve_name(dec: &mut SymDecoder, sym: Sym, field: &'static str) -> Result<Name, DecodeError> {
+    if let Sym::Static(i) = sym
+        && let Some(&s) = STATIC_TABLE.get(i as usize)
+    {
+        return Ok(Name::Borrowed(s));
+    }
+    dec.resolve(sym, field).map(Name::Owned)
+}
+
+/// [`resolve_name`] for a name read in place.
+fn resolve_name_ref(
+    dec: &mut SymDecoder,
+    sym: SymRef<'_>,
+    field: &'static str,
+) -> Result<Name, DecodeError> {
+    if let SymRef::Static(i) = sym
+        && let Some(&s) = STATIC_TABLE.get(i as usize)
+    {
+        return Ok(Name::Borrowed(s));
+    }
+    Ok(Name::Owned(dec.resolve_ref(sym, field)?.to_owned()))
 }
 
 /// [`resolve`] for a record read in place; the same checks in the same order.
@@ -428,10 +457,10 @@ pub fn resolve_ref(
                 }
                 .into());
             }
-            let name = dec.resolve_ref(name, field)?.to_owned();
+            let name = resolve_name_ref(dec, name, field)?;
             let mut list = Vec::with_capacity(attrs.len());
             for (n, v) in attrs {
-                let n = dec.resolve_ref(n, field)?.to_owned();
+                let n = resolve_name_ref(dec, n, field)?;
                 list.push((n, dec.resolve_ref(v, field)?.to_owned()));
             }
             NodeKind::Element(Element {

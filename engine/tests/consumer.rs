@@ -340,7 +340,7 @@ fn random_record_batches_converge() {
                     .filter(|&n| {
                         dom.node(n)
                             .and_then(|x| x.element())
-                            .is_some_and(|e| !matches!(e.name.as_str(), "html" | "head" | "title"))
+                            .is_some_and(|e| !matches!(&*e.name, "html" | "head" | "title"))
                     })
                     .collect();
                 let body = elements[0];

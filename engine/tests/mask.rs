@@ -12,7 +12,7 @@ use tandem_engine::mask::fuzzing::{self, CANARY, assert_no_canary};
 use tandem_engine::mask::{
     BLOCKED, Level, MaskLength, MaskPolicy, Rule, Selector, TEXT_ATTRS, URL_ATTRS,
 };
-use tandem_engine::{Agent, Consumer, Dom, Element, NodeKind, parse_html, to_html};
+use tandem_engine::{Agent, Consumer, Dom, Element, Name, NodeKind, parse_html, to_html};
 use tandem_protocol::compress::DomCompressor;
 use tandem_protocol::message::{Click, Input, InputValue, RefusalCode};
 use tandem_protocol::{Limits, Message, NodeId, Ns, frame};
@@ -253,10 +253,10 @@ fn selectors_assign_levels() {
 fn selector_subset_parses_and_matches() {
     let el = |name: &str, attrs: &[(&str, &str)]| Element {
         ns: Ns::Html,
-        name: name.into(),
+        name: name.to_owned().into(),
         attrs: attrs
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, b)| (a.to_string().into(), b.to_string()))
             .collect(),
     };
     let form = el("form", &[("class", "pay card"), ("id", "f")]);
@@ -872,10 +872,10 @@ fn plant(dom: &mut Dom) {
                 }
             }
             NodeKind::Element(e) => {
-                let edits: Vec<(String, String)> = e
+                let edits: Vec<(Name, String)> = e
                     .attrs
                     .iter()
-                    .filter_map(|(k, v)| match k.as_str() {
+                    .filter_map(|(k, v)| match &**k {
                         "title" | "alt" | "placeholder" | "aria-label" | "value" => {
                             Some((k.clone(), format!("{v}{CANARY}")))
                         }

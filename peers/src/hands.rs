@@ -422,7 +422,7 @@ fn set_value(consumer: &mut Consumer, input: &Input) -> Result<(), EngineError> 
 }
 
 fn tag_of(dom: &Dom, id: NodeId) -> Option<&str> {
-    dom.node(id)?.element().map(|e| e.name.as_str())
+    dom.node(id)?.element().map(|e| &*e.name)
 }
 
 /// A short name for a node in logs: `window`, `input[name=city]`, `span#order-status`, `<p>`.
