@@ -5,7 +5,7 @@
 mod common;
 
 use tandem_engine::{
-    Agent, AgentEvent, Consumer, Dom, LivePage, NodeKind, parse_html, snapshot, to_html,
+    Agent, AgentEvent, Consumer, Dom, LivePage, Name, NodeKind, parse_html, snapshot, to_html,
 };
 use tandem_protocol::{DOCUMENT_ID, FrameReader, Limits, Message, frame};
 
@@ -107,6 +107,20 @@ fn export_reimports_to_the_same_tree() {
     }
 }
 
+/// Checks that the names of `dom` that are static-table entries are borrowed from the table,
+/// not allocated per element, and that the others are owned.
+fn assert_static_names_borrowed(dom: &Dom, what: &str) {
+    for id in dom.preorder(DOCUMENT_ID) {
+        let Some(e) = dom.node(id).and_then(|n| n.element()) else {
+            continue;
+        };
+        for n in std::iter::once(&e.name).chain(e.attrs.iter().map(|(n, _)| n)) {
+            let is_static = tandem_protocol::strings::static_index(n).is_some();
+            assert_eq!(matches!(n, Name::Borrowed(_)), is_static, "{what}: {n}");
+        }
+    }
+}
+
 #[test]
 fn snapshot_decode_matches_in_small_parts() {
     for (name, html) in common::pages() {
@@ -129,6 +143,7 @@ fn snapshot_decode_matches_in_small_parts() {
                 "{name}: node {id}"
             );
         }
+        assert_static_names_borrowed(&back, &name);
         for &id in ids.iter().step_by(7) {
             if dom
                 .node(id)
@@ -284,6 +299,8 @@ fn snapshot_views_build_what_messages_build() {
         assert_eq!(replies(&mut owned), replies(&mut viewed), "replies");
         assert_eq!(owned.tree_hash(), viewed.tree_hash());
         assert_eq!(to_html(owned.dom()), to_html(viewed.dom()));
+        assert_static_names_borrowed(owned.dom(), "messages");
+        assert_static_names_borrowed(viewed.dom(), "views");
         r1.iter().all(Result::is_ok)
     };
     for (name, html) in common::pages() {
