@@ -282,7 +282,7 @@ fn namespace(ns: &Namespace) -> Ns {
 
 fn qualified(name: &QualName) -> Name {
     match &name.prefix {
-        Some(p) => Name::Owned(format!("{}:{}", p, name.local)),
+        Some(p) => crate::dom::name(&format!("{}:{}", p, name.local)),
         None => crate::dom::name(&name.local),
     }
 }

@@ -144,6 +144,7 @@ fn snapshot_decode_matches_in_small_parts() {
             );
         }
         assert_static_names_borrowed(&back, &name);
+        assert_static_names_borrowed(&dom, &format!("{name} (imported)"));
         for &id in ids.iter().step_by(7) {
             if dom
                 .node(id)
