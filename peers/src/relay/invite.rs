@@ -205,9 +205,10 @@ pub(super) async fn on_agent_event(
             };
         }
         Event::Frame(Ok(Some(frame))) => frame,
-        Event::Frame(Ok(None) | Err(_)) => {
+        Event::Frame(Ok(None)) => {
             return close_by(shared, consumer, *inv, Trigger::ConnectionLost, AGENT).await;
         }
+        Event::Frame(Err(e)) => return broke(shared, consumer, *inv, e).await,
     };
     let number = inv.number;
     let reply = if Consumed::is_consumed(frame.ty) {
@@ -222,13 +223,7 @@ pub(super) async fn on_agent_event(
             Ok(Consumed::Close(_)) => {
                 return close_by(shared, consumer, *inv, Trigger::ConnectionLost, AGENT).await;
             }
-            Err(e) => {
-                let report = ErrorReport {
-                    code: e.code(),
-                    message: e.to_string(),
-                };
-                return broke(shared, consumer, *inv, report).await;
-            }
+            Err(e) => return broke(shared, consumer, *inv, e.into()).await,
         }
     } else {
         match frame.ty {
@@ -357,15 +352,23 @@ async fn close_by(
     close(shared, consumer, inv, life, by, Fate::of(by, trigger)).await
 }
 
-/// The inviting agent broke the protocol (spec §4.5, §9), for the reason in `report`: the
+/// Reading the inviting agent's control stream failed with `e`. When the agent broke the
+/// protocol (a frame that does not decode, a header over the limits: spec §4.5, §9), the
 /// invitation closes as lost (the customer is told `CANCEL` and keeps waiting), and the agent
-/// is told nothing but a `CLOSE` with the violation's code before its connection closes.
+/// is told nothing but a `CLOSE` with the violation's code before its connection closes, as in
+/// every other state. When its link is gone, the invitation closes as lost.
 async fn broke(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
     mut inv: Pending,
-    report: ErrorReport,
+    e: FramedError,
 ) -> Result<Still, Stop> {
+    let report = match Stop::from(e) {
+        Stop::Refuse(report) => report,
+        Stop::Gone => {
+            return close_by(shared, consumer, inv, Trigger::ConnectionLost, AGENT).await;
+        }
+    };
     let (code, message) = (report.code, &report.message);
     tracing::debug!(?code, %message, "the inviting agent broke the protocol");
     let life = settle(&mut inv.life, Trigger::ConnectionLost);
