@@ -19,12 +19,13 @@
 //! connection until pairing, then one task per session that owns both connections. Bodies are
 //! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
 //! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
-//! by type alone (the hop messages the relay acts on, `PING`, `END` and `CLOSE`, are decoded
-//! first, spec §4.5), datagrams pass as they are. The one exception is resources (spec §14.7), in a
-//! session that negotiated `RESOURCES`: the consumer's resource streams are still forwarded
-//! byte for byte but their `RESOURCE` pieces also feed a cache shared by all sessions
-//! ([`crate::resources::forward_observed`]), and the agent's `WANT` is decoded so that the
-//! cache answers what it holds on streams of its own to the agent and only the rest goes on.
+//! by type alone (the frames the relay consumes itself, `PING`, `PONG`, `ERROR`, `END` and
+//! `CLOSE`, are decoded first, [`state::consume`], spec §4.5), datagrams pass as they are. The
+//! one exception is resources (spec §14.7), in a session that negotiated `RESOURCES`: the
+//! consumer's resource streams are still forwarded byte for byte but their `RESOURCE` pieces
+//! also feed a cache shared by all sessions ([`crate::resources::forward_observed`]), and the
+//! agent's `WANT` is decoded so that the cache answers what it holds on streams of its own to
+//! the agent and only the rest goes on.
 
 mod invite;
 mod live;
@@ -50,8 +51,8 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout};
 
 use self::state::{
-    ControlAction, JoinRefusal, Observed, Outcome, PeerInfo, RandomFailed, SessionId, SessionTable,
-    Side, TableConfig,
+    Consumed, ControlAction, JoinRefusal, Observed, Outcome, PeerInfo, RandomFailed, SessionId,
+    SessionTable, Side, TableConfig,
 };
 use self::webhook::{Webhook, WebhookUrl};
 use crate::framed::{FrameRecv, FramedError, forward_stream, write_message, write_raw};
@@ -599,20 +600,24 @@ async fn send_error(
 
 /// Reads the next request of a greeted peer that has no session yet: answers `PING`, skips
 /// `PONG` and `ERROR`, turns `END`, `CLOSE` and relay-only messages into a stop, and decodes the
-/// rest for the caller.
+/// rest for the caller. A frame the relay acts on is decoded whole first (spec §4.5; the ones
+/// it consumes by [`state::consume`]): one that does not decode is a stop with its code.
 async fn next_request(shared: &Shared, peer: &mut Peer) -> Result<Message, Stop> {
     loop {
         let Some(frame) = peer.recv.next_raw().await? else {
             return Err(Stop::Gone);
         };
         match frame.ty {
-            FrameType::PING => {
-                let pong = state::pong(&frame, &shared.limits).map_err(FramedError::from)?;
-                write_raw(&mut peer.send, &pong).await?;
+            ty if Consumed::is_consumed(ty) => {
+                match state::consume(&frame, &shared.limits).map_err(FramedError::from)? {
+                    Consumed::Ping(pong) => write_raw(&mut peer.send, &pong).await?,
+                    Consumed::Ignored => {}
+                    Consumed::End(_) => {
+                        return Err(refusal(ErrorCode::NoError, "no session to end"));
+                    }
+                    Consumed::Close(_) => return Err(Stop::Gone),
+                }
             }
-            FrameType::PONG | FrameType::ERROR => {}
-            FrameType::END => return Err(refusal(ErrorCode::NoError, "no session to end")),
-            FrameType::CLOSE => return Err(Stop::Gone),
             FrameType::HELLO
             | FrameType::WELCOME
             | FrameType::SESSION_CREATED
@@ -861,31 +866,34 @@ async fn wait_for_agent(
                 pending.push(frame);
                 None
             }
-            ControlAction::End | ControlAction::Close => {
-                // spec §13.1: an END while an invitation is pending declines it.
-                if let Some(inv) = invited.take() {
-                    invite::unanswered(shared, *inv, Some(Side::Consumer), EndReason::Declined)
-                        .await;
+            ControlAction::End
+            | ControlAction::Close
+            | ControlAction::Ping
+            | ControlAction::Ignore => match state::consume(&frame, &shared.limits) {
+                Ok(Consumed::Ping(pong)) => Some(pong),
+                Ok(Consumed::Ignored) => None,
+                Ok(ending @ (Consumed::End(_) | Consumed::Close(_))) => {
+                    // spec §13.1: an END while an invitation is pending declines it.
+                    if let Some(inv) = invited.take() {
+                        invite::unanswered(shared, *inv, Some(Side::Consumer), EndReason::Declined)
+                            .await;
+                    }
+                    let stop = if matches!(ending, Consumed::End(_)) {
+                        refusal(ErrorCode::NoError, "session ended")
+                    } else {
+                        Stop::Gone
+                    };
+                    return Waited::Ended {
+                        reason: EndReason::EndedByConsumer,
+                        by: Some(Side::Consumer),
+                        stop,
+                    };
                 }
-                let stop = if frame.ty == FrameType::END {
-                    refusal(ErrorCode::NoError, "session ended")
-                } else {
-                    Stop::Gone
-                };
-                return Waited::Ended {
-                    reason: EndReason::EndedByConsumer,
-                    by: Some(Side::Consumer),
-                    stop,
-                };
-            }
-            ControlAction::Ping => match state::pong(&frame, &shared.limits) {
-                Ok(pong) => Some(pong),
                 Err(e) => {
                     invite::consumer_gone(shared, invited.take()).await;
                     return lost(FramedError::from(e).into());
                 }
             },
-            ControlAction::Ignore => None,
             ControlAction::Refuse(code) => Some(error_frame(
                 code,
                 &format!("{} is not allowed now", frame.ty),
@@ -1187,10 +1195,10 @@ struct SessionResources {
 /// Forwards `side`'s end-to-end control frames to the other side's writer (`to_other`) and
 /// handles its hop messages (spec §3.2): answers `PING`, refuses requests with `ERROR` on
 /// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
-/// never decoded, except those of `PING`, `END` and `CLOSE`, which the relay acts on (a `PING`
-/// that does not decode is a violation, spec §4.5), and, with
-/// `resources`, the agent's `WANT`: the cache answers what it holds on resource streams to the
-/// agent and only the rest goes on to the consumer (a `WANT` left empty is not forwarded,
+/// never decoded, except those of the frames the relay consumes (`PING`, `PONG`, `ERROR`,
+/// `END`, `CLOSE`: one that does not decode is a violation, spec §4.5, see [`consumed`]), and,
+/// with `resources`, the agent's `WANT`: the cache answers what it holds on resource streams to
+/// the agent and only the rest goes on to the consumer (a `WANT` left empty is not forwarded,
 /// spec §7.19).
 async fn forward_control(
     (shared, session): (Arc<Shared>, SessionId),
@@ -1244,18 +1252,19 @@ async fn forward_control(
                 }
                 (&to_other, frame.to_bytes())
             }
-            ControlAction::Ping => match state::pong(&frame, recv.limits()) {
-                Ok(pong) => (&to_self, pong.to_bytes()),
-                Err(e) => break outcome_of(side, e.into()),
+            ControlAction::End
+            | ControlAction::Close
+            | ControlAction::Ping
+            | ControlAction::Ignore => match consumed(side, &frame, recv.limits()) {
+                Ok(Some(pong)) => (&to_self, pong.to_bytes()),
+                Ok(None) => continue,
+                Err(outcome) => break outcome,
             },
-            ControlAction::Ignore => continue,
             ControlAction::Refuse(code) => {
                 let message = format!("{} is not allowed in a live session", frame.ty);
                 (&to_self, error_frame(code, &message).to_bytes())
             }
-            ControlAction::End | ControlAction::Close | ControlAction::Violation => {
-                break leaving(side, &frame, recv.limits());
-            }
+            ControlAction::Violation => break violation(side, frame.ty),
         };
         if to.send(Bytes::from(bytes)).await.is_err() {
             // That side's writer stopped: its connection is going away, and its watcher
@@ -1266,43 +1275,36 @@ async fn forward_control(
     let _ = outcome.try_send(result);
 }
 
-/// The outcome when `side` sends `frame`, an `END`, a `CLOSE` or a frame that is a
-/// violation in a session ([`ControlAction::End`], [`ControlAction::Close`],
-/// [`ControlAction::Violation`]). A side that says `CLOSE` leaves on purpose, whatever the
-/// code: not a loss to wait out (spec §3.5).
-fn leaving(side: Side, frame: &RawFrame, limits: &Limits) -> Outcome {
-    match frame.ty {
-        FrameType::END => match frame.decode(limits) {
-            Ok(Message::End(End { reason })) => Outcome::Ended { side, reason },
-            // A frame of type END always decodes to `Message::End`.
-            Ok(_) => Outcome::Ended {
-                side,
-                reason: side.ended_by(),
-            },
-            Err(e) => outcome_of(side, e.into()),
-        },
-        FrameType::CLOSE => {
-            let clean = matches!(
-                frame.decode(limits),
-                Ok(Message::Close(ErrorReport {
-                    code: ErrorCode::NoError,
-                    ..
-                }))
-            );
-            Outcome::Ended {
-                side,
-                reason: if clean {
-                    side.ended_by()
-                } else {
-                    EndReason::ConnectionLost
-                },
-            }
-        }
-        _ => Outcome::Violation {
+/// What a session does with a frame from `side` that the relay consumes ([`ControlAction::End`],
+/// [`ControlAction::Close`], [`ControlAction::Ping`], [`ControlAction::Ignore`]), once
+/// [`state::consume`] recognised it (spec §4.5): `Ok` with the `PONG` to send back, if any, or
+/// `Err` with the session's outcome. `END` ends the session with its reason; a side that says
+/// `CLOSE` leaves on purpose, whatever the code: not a loss to wait out (spec §3.5). A frame
+/// that does not decode is a violation, `CLOSE` included.
+fn consumed(side: Side, frame: &RawFrame, limits: &Limits) -> Result<Option<RawFrame>, Outcome> {
+    match state::consume(frame, limits) {
+        Ok(Consumed::Ping(pong)) => Ok(Some(pong)),
+        Ok(Consumed::Ignored) => Ok(None),
+        Ok(Consumed::End(reason)) => Err(Outcome::Ended { side, reason }),
+        Ok(Consumed::Close(report)) => Err(Outcome::Ended {
             side,
-            code: ErrorCode::UnexpectedMessage,
-            detail: format!("{} is not allowed in a session", frame.ty),
-        },
+            reason: if report.code == ErrorCode::NoError {
+                side.ended_by()
+            } else {
+                EndReason::ConnectionLost
+            },
+        }),
+        Err(e) => Err(outcome_of(side, e.into())),
+    }
+}
+
+/// The outcome when `side` sends a frame of type `ty` that is a violation in a session
+/// ([`ControlAction::Violation`]).
+fn violation(side: Side, ty: FrameType) -> Outcome {
+    Outcome::Violation {
+        side,
+        code: ErrorCode::UnexpectedMessage,
+        detail: format!("{ty} is not allowed in a session"),
     }
 }
 

@@ -496,6 +496,53 @@ async fn bad_frame_closes_only_the_offenders_session() {
     guard("shutdown", relay.shutdown()).await;
 }
 
+/// A framing error from an agent whose invitation is pending (a control frame header over the
+/// size limit) is a violation like in any other state: the agent is told `CLOSE
+/// LimitExceeded` and closed with that code, the customer `CANCEL` (spec §4.5, §9).
+#[tokio::test]
+async fn bad_frame_header_from_an_inviting_agent_is_closed_with_its_code() {
+    let relay = start_relay();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = channel(&relay, Role::Agent).await;
+    let invite = Message::Invite(tandem_protocol::message::Invite {
+        invitation: 4,
+        target: "visitor-7".into(),
+        agent_label: "Alex".into(),
+        expires_ms: 120_000,
+    });
+    agent.send(&invite).await.expect("sent");
+    let shown = guard("INVITE", consumer.recv()).await.expect("readable");
+    assert!(matches!(shown, Some(Message::Invite(_))), "{shown:?}");
+
+    let (conn, mut send, mut recv) = agent.into_parts();
+    let mut header = Vec::new();
+    tandem_protocol::varint::write_u32(&mut header, FrameType::STATUS.0);
+    tandem_protocol::varint::write_u32(&mut header, Limits::DEFAULT.max_frame_body + 1);
+    send.write_all(&header).await.expect("sent");
+    match guard("CLOSE", recv.next_message()).await {
+        Ok(Some(Message::Close(report))) => {
+            assert_eq!(report.code, ErrorCode::LimitExceeded, "{}", report.message);
+        }
+        other => panic!("expected CLOSE LimitExceeded, got {other:?}"),
+    }
+    match guard("the relay closes", conn.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code,
+            quinn::VarInt::from_u32(u32::from(ErrorCode::LimitExceeded))
+        ),
+        other => panic!("expected the relay to close with LimitExceeded, got {other:?}"),
+    }
+    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
+    assert!(
+        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 4),
+        "{told:?}"
+    );
+    guard("shutdown", relay.shutdown()).await;
+}
+
 #[tokio::test]
 async fn join_during_a_session_is_busy_and_hello_is_a_violation() {
     let relay = start_relay();

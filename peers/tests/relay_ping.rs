@@ -4,6 +4,11 @@
 //! not (truncated, with trailing bytes) is a protocol violation, answered with `CLOSE
 //! MalformedFrame` and the end of the connection, never with a `PONG` (spec §4.5, §9).
 //!
+//!
+//! The other frames the relay consumes itself, `PONG`, `ERROR`, `END` and `CLOSE`, are
+//! recognised the same way in each state before the relay acts on them: one whose body does not
+//! decode is closed with `CLOSE MalformedFrame` too, whatever its type says.
+//!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
 mod common;
@@ -13,7 +18,7 @@ use std::time::Duration;
 use common::{channel, guard};
 use tandem_peers::client::ControlChannel;
 use tandem_peers::relay::{RelayEvent, RelayHandle};
-use tandem_protocol::message::{Credential, EndReason, Invite, Ping, Role};
+use tandem_protocol::message::{Credential, End, EndReason, ErrorReport, Invite, Ping, Role};
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
 /// A `PING` body that ends inside its nonce's varint (`Malformed … UnexpectedEnd`).
@@ -45,20 +50,61 @@ async fn ping_is_answered(ctl: &mut ControlChannel, nonce: u64) {
 /// `CLOSE MalformedFrame` and the relay to close the connection with that code (spec §3.3;
 /// the `CLOSE` is read raw, so that this side does not close first).
 async fn bad_ping_is_closed(ctl: &mut ControlChannel, body: &[u8]) {
-    ctl.send_raw(&ping(body)).await.expect("sent");
-    let frame = guard("CLOSE", ctl.recv_raw()).await.expect("readable");
-    match frame.map(|f| f.decode(&Limits::DEFAULT)) {
-        Some(Ok(Message::Close(report))) => {
-            assert_eq!(report.code, ErrorCode::MalformedFrame, "{}", report.message);
+    bad_frame_is_closed(ctl, &ping(body)).await;
+}
+
+/// A `PONG`, an `ERROR`, an `END` and a `CLOSE` whose bodies do not decode: each is its
+/// message's body with a byte after the last field (`TrailingBytes`).
+fn bad_consumed_frames() -> Vec<RawFrame> {
+    let report = ErrorReport {
+        code: ErrorCode::NoError,
+        message: "bye".into(),
+    };
+    [
+        Message::Pong(Ping { nonce: 7 }),
+        Message::Error(report.clone()),
+        Message::End(End {
+            reason: EndReason::EndedByConsumer,
+        }),
+        Message::Close(report),
+    ]
+    .iter()
+    .map(|msg| {
+        let mut body = Vec::new();
+        msg.encode_body(&mut body).expect("encodes");
+        body.push(0x00);
+        RawFrame {
+            ty: msg.frame_type(),
+            body,
         }
-        other => panic!("expected CLOSE MalformedFrame for PING {body:02x?}, got {other:?}"),
+    })
+    .collect()
+}
+
+/// Sends `frame`, which does not decode, and expects the relay's next frame to be `CLOSE
+/// MalformedFrame` and the relay to close the connection with that code (spec §3.3; the
+/// `CLOSE` is read raw, so that this side does not close first).
+async fn bad_frame_is_closed(ctl: &mut ControlChannel, frame: &RawFrame) {
+    ctl.send_raw(frame).await.expect("sent");
+    let (ty, body) = (frame.ty, &frame.body);
+    let answer = guard("CLOSE", ctl.recv_raw()).await.expect("readable");
+    match answer.map(|f| f.decode(&Limits::DEFAULT)) {
+        Some(Ok(Message::Close(report))) => {
+            assert_eq!(
+                report.code,
+                ErrorCode::MalformedFrame,
+                "{ty}: {}",
+                report.message
+            );
+        }
+        other => panic!("expected CLOSE MalformedFrame for {ty} {body:02x?}, got {other:?}"),
     }
     match guard("the relay closes", ctl.connection().closed()).await {
         quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
             close.error_code,
             quinn::VarInt::from_u32(u32::from(ErrorCode::MalformedFrame))
         ),
-        other => panic!("expected the relay to close with MalformedFrame, got {other:?}"),
+        other => panic!("expected the relay to close {ty} with MalformedFrame, got {other:?}"),
     }
 }
 
@@ -189,6 +235,113 @@ async fn while_the_other_side_is_away() {
     bad_ping_is_closed(&mut agent, TRAILING).await;
     // Well inside the grace period: the violation ends the session at once.
     assert_eq!(ended(&mut events).await, "connection_lost");
+    relay.shutdown().await;
+}
+
+/// The other frames the relay consumes, before a session: a `CLOSE` that does not decode is
+/// no `CLOSE` (the relay answers it like any malformed frame) and an `END` that does not decode
+/// ends nothing (spec §4.5, §7.34).
+#[tokio::test]
+async fn consumed_frames_before_a_session() {
+    let relay = common::start_relay(|_| {});
+    for frame in bad_consumed_frames() {
+        let mut agent = channel(&relay, Role::Agent).await;
+        ping_is_answered(&mut agent, 11).await;
+        bad_frame_is_closed(&mut agent, &frame).await;
+    }
+    relay.shutdown().await;
+}
+
+/// The other frames the relay consumes, from a consumer waiting for an agent: the session is
+/// lost, not ended by the consumer.
+#[tokio::test]
+async fn consumed_frames_while_waiting_for_an_agent() {
+    let relay = common::start_relay(|_| {});
+    let mut events = relay.subscribe();
+    for frame in bad_consumed_frames() {
+        let mut consumer = channel(&relay, Role::Consumer).await;
+        guard("session", consumer.open_session("Customer"))
+            .await
+            .expect("created");
+        bad_frame_is_closed(&mut consumer, &frame).await;
+        assert_eq!(ended(&mut events).await, "connection_lost", "{}", frame.ty);
+    }
+    relay.shutdown().await;
+}
+
+/// The other frames the relay consumes, from an agent whose invitation is pending: the
+/// customer is told `CANCEL` and keeps waiting.
+#[tokio::test]
+async fn consumed_frames_while_inviting() {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    for (n, frame) in (10..).zip(bad_consumed_frames()) {
+        let mut agent = channel(&relay, Role::Agent).await;
+        let invite = Message::Invite(Invite {
+            invitation: n,
+            target: "visitor-7".into(),
+            agent_label: "Alex".into(),
+            expires_ms: 120_000,
+        });
+        agent.send(&invite).await.expect("sent");
+        let shown = guard("INVITE", consumer.recv()).await.expect("readable");
+        assert!(matches!(shown, Some(Message::Invite(_))), "{shown:?}");
+        bad_frame_is_closed(&mut agent, &frame).await;
+        let told = guard("CANCEL", consumer.recv()).await.expect("readable");
+        assert!(
+            matches!(told, Some(Message::Cancel(ref r)) if r.invitation == n),
+            "{}: {told:?}",
+            frame.ty
+        );
+    }
+    ping_is_answered(&mut consumer, 12).await;
+    relay.shutdown().await;
+}
+
+/// The other frames the relay consumes, in a live session: the offender gets `CLOSE
+/// MalformedFrame`, the other side `END ConnectionLost`.
+#[tokio::test]
+async fn consumed_frames_in_a_live_session() {
+    let relay = common::start_relay(|_| {});
+    for frame in bad_consumed_frames() {
+        let mut consumer = channel(&relay, Role::Consumer).await;
+        let created = guard("session", consumer.open_session("Customer"))
+            .await
+            .expect("created");
+        let mut agent = channel(&relay, Role::Agent).await;
+        guard("join", agent.join(Credential::Code(created.code), "Alex"))
+            .await
+            .expect("joined");
+        guard("joined", consumer.wait_joined())
+            .await
+            .expect("joined");
+        bad_frame_is_closed(&mut agent, &frame).await;
+        assert_eq!(
+            guard("END", consumer.recv()).await.expect("readable"),
+            Some(Message::End(End {
+                reason: EndReason::ConnectionLost
+            })),
+            "{}",
+            frame.ty
+        );
+    }
+    relay.shutdown().await;
+}
+
+/// The other frames the relay consumes, from the side that stayed while the other is away:
+/// the session ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumed_frames_while_the_other_side_is_away() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
+    let mut events = relay.subscribe();
+    for frame in bad_consumed_frames() {
+        let mut agent = away(&relay, &mut events).await;
+        bad_frame_is_closed(&mut agent, &frame).await;
+        assert_eq!(ended(&mut events).await, "connection_lost", "{}", frame.ty);
+    }
     relay.shutdown().await;
 }
 

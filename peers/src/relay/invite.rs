@@ -28,7 +28,7 @@ use tandem_protocol::{ErrorCode, FrameType, Message, RawFrame};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use super::state::{self, JoinRefusal, SessionId, Side};
+use super::state::{self, Consumed, JoinRefusal, SessionId, Side};
 use super::{
     Arrival, Peer, Refused, RelayEvent, Shared, Stop, agent_task, ended, error_frame, finish_owned,
     refusal, refuse, send_error,
@@ -185,8 +185,9 @@ pub(super) enum Still {
 }
 
 /// Handles an [`Event`] of the pending invitation `inv` of the customer `consumer`: the agent's
-/// `CANCEL`, `END` or loss, hop messages, expiry. An error is a failure to write to the
-/// customer.
+/// `CANCEL`, `END` or loss, hop messages, expiry. The frames the relay consumes (`PING`,
+/// `PONG`, `ERROR`, `END`, `CLOSE`) are recognised first, and one that does not decode is the
+/// agent's violation (spec §4.5). An error is a failure to write to the customer.
 pub(super) async fn on_agent_event(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
@@ -204,48 +205,49 @@ pub(super) async fn on_agent_event(
             };
         }
         Event::Frame(Ok(Some(frame))) => frame,
-        Event::Frame(Ok(None) | Err(_)) => {
+        Event::Frame(Ok(None)) => {
             return close_by(shared, consumer, *inv, Trigger::ConnectionLost, AGENT).await;
         }
+        Event::Frame(Err(e)) => return broke(shared, consumer, *inv, e).await,
     };
     let number = inv.number;
-    let closing = match frame.ty {
-        FrameType::CANCEL => matches!(
-            frame.decode(&shared.limits),
-            Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number
-        )
-        .then_some(Trigger::Cancel),
-        FrameType::END => Some(Trigger::End(Party::Agent)),
-        FrameType::CLOSE => Some(Trigger::ConnectionLost),
-        _ => None,
-    };
-    if let Some(trigger) = closing {
-        return close_by(shared, consumer, *inv, trigger, AGENT).await;
-    }
-    let reply = match frame.ty {
-        FrameType::CANCEL => Some(error_frame(
-            ErrorCode::UnexpectedMessage,
-            "CANCEL names no pending invitation of yours",
-        )),
-        FrameType::PING => match state::pong(&frame, &shared.limits) {
-            Ok(pong) => Some(pong),
-            Err(e) => {
-                let report = ErrorReport {
-                    code: e.code(),
-                    message: e.to_string(),
-                };
-                return broke(shared, consumer, *inv, report).await;
+    let reply = if Consumed::is_consumed(frame.ty) {
+        // Recognised before the relay acts on it (spec §4.5).
+        match state::consume(&frame, &shared.limits) {
+            Ok(Consumed::Ping(pong)) => Some(pong),
+            Ok(Consumed::Ignored) => None,
+            Ok(Consumed::End(_)) => {
+                let trigger = Trigger::End(Party::Agent);
+                return close_by(shared, consumer, *inv, trigger, AGENT).await;
             }
-        },
-        FrameType::PONG | FrameType::ERROR => None,
-        FrameType::INVITE | FrameType::JOIN => Some(error_frame(
-            ErrorCode::SessionBusy,
-            "your invitation is pending; CANCEL it first",
-        )),
-        other => Some(error_frame(
-            ErrorCode::UnexpectedMessage,
-            &format!("{other} is not allowed before the customer accepts"),
-        )),
+            Ok(Consumed::Close(_)) => {
+                return close_by(shared, consumer, *inv, Trigger::ConnectionLost, AGENT).await;
+            }
+            Err(e) => return broke(shared, consumer, *inv, e.into()).await,
+        }
+    } else {
+        match frame.ty {
+            FrameType::CANCEL => {
+                if matches!(
+                    frame.decode(&shared.limits),
+                    Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number
+                ) {
+                    return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
+                }
+                Some(error_frame(
+                    ErrorCode::UnexpectedMessage,
+                    "CANCEL names no pending invitation of yours",
+                ))
+            }
+            FrameType::INVITE | FrameType::JOIN => Some(error_frame(
+                ErrorCode::SessionBusy,
+                "your invitation is pending; CANCEL it first",
+            )),
+            other => Some(error_frame(
+                ErrorCode::UnexpectedMessage,
+                &format!("{other} is not allowed before the customer accepts"),
+            )),
+        }
     };
     if let Some(reply) = reply
         && write_raw(&mut inv.agent.send, &reply).await.is_err()
@@ -350,15 +352,23 @@ async fn close_by(
     close(shared, consumer, inv, life, by, Fate::of(by, trigger)).await
 }
 
-/// The inviting agent broke the protocol (spec §4.5, §9), for the reason in `report`: the
+/// Reading the inviting agent's control stream failed with `e`. When the agent broke the
+/// protocol (a frame that does not decode, a header over the limits: spec §4.5, §9), the
 /// invitation closes as lost (the customer is told `CANCEL` and keeps waiting), and the agent
-/// is told nothing but a `CLOSE` with the violation's code before its connection closes.
+/// is told nothing but a `CLOSE` with the violation's code before its connection closes, as in
+/// every other state. When its link is gone, the invitation closes as lost.
 async fn broke(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
     mut inv: Pending,
-    report: ErrorReport,
+    e: FramedError,
 ) -> Result<Still, Stop> {
+    let report = match Stop::from(e) {
+        Stop::Refuse(report) => report,
+        Stop::Gone => {
+            return close_by(shared, consumer, inv, Trigger::ConnectionLost, AGENT).await;
+        }
+    };
     let (code, message) = (report.code, &report.message);
     tracing::debug!(?code, %message, "the inviting agent broke the protocol");
     let life = settle(&mut inv.life, Trigger::ConnectionLost);

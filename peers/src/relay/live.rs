@@ -31,9 +31,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::state::{self, ControlAction, Outcome, PeerInfo, SessionId, Side};
 use super::{
-    Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, ended, error_frame,
-    finish_owned, forward_control, forward_datagrams, forward_uni_streams, frame_bytes, leaving,
-    outcome_of, reason_name, refusal, spawn_writer,
+    Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, consumed, ended, error_frame,
+    finish_owned, forward_control, forward_datagrams, forward_uni_streams, frame_bytes, outcome_of,
+    reason_name, refusal, spawn_writer, violation,
 };
 
 /// One side's place in a live session.
@@ -334,8 +334,8 @@ const HELD_BUDGET: usize = 256 * 1024;
 
 /// Waits up to `grace` for `side` to come back (spec §3.5). Meanwhile the surviving side's
 /// control stream is read: its end-to-end frames are held for the side that comes back (up to
-/// [`HELD_BUDGET`]), a `PING` is answered, and its `END` or `CLOSE`, or a violation (a `PING`
-/// that does not decode among them), ends the session at once.
+/// [`HELD_BUDGET`]), a `PING` is answered, and its `END` or `CLOSE`, or a violation (a frame the
+/// relay consumes that does not decode among them, spec §4.5), ends the session at once.
 /// Ends the session when `side` does not come back, when the other side goes too, or when the
 /// relay shuts down.
 async fn wait_back(
@@ -374,21 +374,20 @@ async fn wait_back(
                         held_bytes += frame.body.len();
                         held.push(Bytes::from(frame.to_bytes()));
                     }
-                    ControlAction::Ping => match state::pong(&frame, &limits) {
-                        Ok(pong) => {
+                    ControlAction::End
+                    | ControlAction::Close
+                    | ControlAction::Ping
+                    | ControlAction::Ignore => {
+                        if let Some(pong) = consumed(other, &frame, &limits)? {
                             let _ = survivor.out.send(Bytes::from(pong.to_bytes())).await;
                         }
-                        Err(e) => return Err(outcome_of(other, e.into())),
-                    },
-                    ControlAction::Ignore => {}
+                    }
                     ControlAction::Refuse(code) => {
                         let message = format!("{} is not allowed in a live session", frame.ty);
                         let error = error_frame(code, &message);
                         let _ = survivor.out.send(Bytes::from(error.to_bytes())).await;
                     }
-                    ControlAction::End | ControlAction::Close | ControlAction::Violation => {
-                        return Err(leaving(other, &frame, &limits));
-                    }
+                    ControlAction::Violation => return Err(violation(other, frame.ty)),
                 }
             }
             _ = tokio::time::sleep_until(deadline) => return Err(Outcome::Lost(side)),

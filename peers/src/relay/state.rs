@@ -103,12 +103,11 @@ pub enum ControlAction {
     /// End-to-end: forward it unchanged to the other side's control stream (queued until the
     /// agent joins). Unknown types are end-to-end too (spec §4.3).
     Forward,
-    /// `END` (spec §7.13): forward it to the other side and end the session.
+    /// `END` (spec §7.13): end the session (the other side is told `END` by the relay).
     End,
     /// `CLOSE` (spec §7.34): the sender is leaving.
     Close,
-    /// `PING` (spec §7.30): answer with [`pong`], or close the sender's connection when its
-    /// body does not decode.
+    /// `PING` (spec §7.30): answer with the `PONG` of [`consume`].
     Ping,
     /// A hop message that needs no answer (`PONG`, `ERROR`): consume it.
     Ignore,
@@ -118,8 +117,10 @@ pub enum ControlAction {
     Violation,
 }
 
-/// Classifies a control frame from `side` of a session by its type; bodies are not decoded
-/// (a `PING`'s is, by [`pong`], before it is answered).
+/// Classifies a control frame from `side` of a session by its type; bodies are not decoded.
+/// The frames of [`ControlAction::End`], [`ControlAction::Close`], [`ControlAction::Ping`] and
+/// [`ControlAction::Ignore`] are the relay's to consume: their bodies are recognised by
+/// [`consume`] before the relay acts on them (spec §4.5).
 pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
     match ty {
         FrameType::END => ControlAction::End,
@@ -144,29 +145,66 @@ pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
     }
 }
 
-/// The relay's answer to a `PING` (spec §7.30): a `PONG` with the same nonce. The body is
-/// recognised first (spec §4.5): one that does not decode as a `PING` (truncated, with bytes
-/// after the nonce, a nonce past 64 bits) gets no answer, and the error is the protocol
-/// violation to close the sender's connection for, with its code (`MalformedFrame`, spec §9).
-/// The `PONG` is encoded from the nonce, not copied from the body, so a non-minimal varint
-/// that the decoder accepted goes back minimal (spec §4.2).
-pub fn pong(ping: &RawFrame, limits: &Limits) -> Result<RawFrame, DecodeError> {
-    let ping = match Message::decode_body(FrameType::PING, &ping.body, limits)? {
-        Message::Ping(ping) => ping,
-        // A body decoded as a PING is a `Message::Ping`; should it ever not be, it is no PING.
-        _ => {
-            return Err(DecodeError::InvalidValue {
-                field: "ping",
-                detail: "not a PING",
-            });
+/// A control frame the relay is the receiver of and consumes itself, once recognised (spec
+/// §4.5): the hop messages that reach it (`PING`, `PONG`, `ERROR`, `CLOSE`, spec §3.2) and
+/// `END`, which the relay acts on and, in a session, tells the other side itself (spec §7.13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// A `PING`, and the `PONG` that answers it (spec §7.30). The `PONG` is encoded from the
+    /// nonce, not copied from the body, so a non-minimal varint that the decoder accepted goes
+    /// back minimal (spec §4.2).
+    Ping(RawFrame),
+    /// A `PONG` or an `ERROR` (spec §7.31, §7.33): nothing to do.
+    Ignored,
+    /// An `END` (spec §7.13) with its reason.
+    End(EndReason),
+    /// A `CLOSE` (spec §7.34) with its code and message.
+    Close(ErrorReport),
+}
+
+impl Consumed {
+    /// Whether the relay consumes frames of type `ty` itself: `PING`, `PONG`, `ERROR`, `END`
+    /// and `CLOSE`, the frames [`consume`] recognises.
+    pub fn is_consumed(ty: FrameType) -> bool {
+        matches!(
+            ty,
+            FrameType::PING
+                | FrameType::PONG
+                | FrameType::ERROR
+                | FrameType::END
+                | FrameType::CLOSE
+        )
+    }
+}
+
+/// Recognises a control frame the relay consumes itself ([`Consumed::is_consumed`]) before it
+/// acts on it (spec §4.5): the whole body is decoded as the message of the frame's type. A
+/// body that does not decode (truncated, with bytes after the last field, a varint past its
+/// width) is not acted on, and the error is the protocol violation to close the sender's
+/// connection for, with its code (`MalformedFrame`, spec §9): a `PING` gets no `PONG`, and a
+/// `CLOSE` that does not decode is no `CLOSE`. A frame of any other type is refused the same
+/// way (`InvalidValue`), for the relay never consumes one.
+pub fn consume(frame: &RawFrame, limits: &Limits) -> Result<Consumed, DecodeError> {
+    if !Consumed::is_consumed(frame.ty) {
+        return Err(DecodeError::InvalidValue {
+            field: "frame.type",
+            detail: "not a frame the relay consumes",
+        });
+    }
+    Ok(match Message::decode_body(frame.ty, &frame.body, limits)? {
+        Message::Ping(ping) => {
+            let mut body = Vec::new();
+            // A PONG is one varint: encoding it cannot fail.
+            let _ = Message::Pong(ping).encode_body(&mut body);
+            Consumed::Ping(RawFrame {
+                ty: FrameType::PONG,
+                body,
+            })
         }
-    };
-    let mut body = Vec::new();
-    // A PONG is one varint: encoding it cannot fail.
-    let _ = Message::Pong(ping).encode_body(&mut body);
-    Ok(RawFrame {
-        ty: FrameType::PONG,
-        body,
+        Message::End(End { reason }) => Consumed::End(reason),
+        Message::Close(report) => Consumed::Close(report),
+        // PONG and ERROR; a body decoded as one of the five types is one of these messages.
+        _ => Consumed::Ignored,
     })
 }
 
@@ -1163,22 +1201,74 @@ mod tests {
             ty: FrameType::PING,
             body: body.to_vec(),
         };
-        let answer = pong(&ping(&[0x07]), &limits).unwrap();
+        let pong = |body: &[u8]| match consume(&ping(body), &limits) {
+            Ok(Consumed::Ping(pong)) => Ok(pong),
+            Ok(other) => panic!("a PING consumed as {other:?}"),
+            Err(e) => Err(e),
+        };
+        let answer = pong(&[0x07]).unwrap();
         assert_eq!(answer.to_bytes(), [0x64, 0x01, 0x07]);
         // 2^64 − 1, the largest nonce (spec §4.2).
         let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(pong(&ping(&max), &limits).unwrap().body, max);
+        assert_eq!(pong(&max).unwrap().body, max);
         // A non-minimal nonce is accepted and answered minimally (spec §4.2).
-        assert_eq!(pong(&ping(&[0x87, 0x00]), &limits).unwrap().body, [0x07]);
+        assert_eq!(pong(&[0x87, 0x00]).unwrap().body, [0x07]);
         for (bad, what) in [
             (&[][..], "empty"),
             (&[0x80][..], "truncated"),
             (&[0x07, 0x00][..], "trailing bytes"),
             (&[0xff; 11][..], "nonce past 64 bits"),
         ] {
-            let e = pong(&ping(bad), &limits).unwrap_err();
+            let e = pong(bad).unwrap_err();
             assert_eq!(e.code(), ErrorCode::MalformedFrame, "{what}: {e}");
         }
+    }
+
+    /// The other frames the relay consumes, `PONG`, `ERROR`, `END` and `CLOSE`, are recognised
+    /// too before the relay acts on them (spec §4.5): what they say comes back, and a body
+    /// that does not decode is `MalformedFrame` (spec §9).
+    #[test]
+    fn consumed_frames_are_acted_on_only_when_their_body_decodes() {
+        let limits = Limits::DEFAULT;
+        let report = ErrorReport {
+            code: ErrorCode::NoError,
+            message: "bye".into(),
+        };
+        let good = [
+            (
+                Message::Pong(tandem_protocol::message::Ping { nonce: 9 }),
+                Consumed::Ignored,
+            ),
+            (Message::Error(report.clone()), Consumed::Ignored),
+            (
+                Message::End(End {
+                    reason: EndReason::EndedByAgent,
+                }),
+                Consumed::End(EndReason::EndedByAgent),
+            ),
+            (Message::Close(report.clone()), Consumed::Close(report)),
+        ];
+        for (msg, expected) in good {
+            let ty = msg.frame_type();
+            let mut body = Vec::new();
+            msg.encode_body(&mut body).unwrap();
+            let frame = |body: Vec<u8>| RawFrame { ty, body };
+            assert_eq!(consume(&frame(body.clone()), &limits), Ok(expected), "{ty}");
+            let mut trailing = body.clone();
+            trailing.push(0x00);
+            let truncated = body[..body.len() - 1].to_vec();
+            for (bad, what) in [(trailing, "trailing bytes"), (truncated, "truncated")] {
+                let e = consume(&frame(bad), &limits).unwrap_err();
+                assert_eq!(e.code(), ErrorCode::MalformedFrame, "{ty} {what}: {e}");
+            }
+        }
+        // The relay consumes no other frame: one given to `consume` is refused, not acted on.
+        let ack = RawFrame {
+            ty: FrameType::ACK,
+            body: vec![0x01],
+        };
+        assert!(!Consumed::is_consumed(FrameType::ACK));
+        assert!(consume(&ack, &limits).is_err());
     }
 
     #[test]
