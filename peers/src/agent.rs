@@ -72,7 +72,7 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         .await
         .map_err(|e| client::ClientError::from(TransportError::from(e)))?;
     if let Some(link) = &link {
-        eprintln!(
+        note!(
             "agent: emulating link {} to the relay {} (each direction) through {}",
             args.link,
             args.relay,
@@ -95,14 +95,14 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         (None, target) => {
             let mut ctl = ControlChannel::open(conn, hello).await?.resumable(args.pin);
             let target = target.as_deref().unwrap_or_default();
-            eprintln!("agent: inviting {target}; waiting for their answer");
+            note!("agent: inviting {target}; waiting for their answer");
             let joined = ctl
                 .invite(1, target, &args.label, tandem_engine::session::DEFAULT_TTL)
                 .await?;
             (ctl, joined)
         }
     };
-    eprintln!(
+    note!(
         "agent: joined {}'s session; they use {}",
         joined.peer_label,
         crate::presence::describe_platform(&joined.peer_platform)

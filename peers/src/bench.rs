@@ -264,7 +264,7 @@ pub fn run_all(
                     let started = Instant::now();
                     match runtime.block_on(measure(system, path, link, &spec)) {
                         Ok(m) => {
-                            eprintln!(
+                            note!(
                                 "e2e: {page:<20} {link:<18} {:<8} first {:>8.0} ms, complete {:>8.0} ms, {:>8} B down ({:.1} s)",
                                 system.name(),
                                 m.first_render_ms,
@@ -280,7 +280,7 @@ pub fn run_all(
                                 "{page} over {link}, {}, attempt {attempt} of 2: {e}",
                                 system.name()
                             );
-                            eprintln!("e2e: FAILED: {line}");
+                            note!("e2e: FAILED: {line}");
                             failures.push(line);
                         }
                     }

@@ -128,7 +128,7 @@ pub fn terminal_commands() -> tokio::sync::mpsc::Receiver<CustomerCommand> {
                         break;
                     }
                 }
-                Err(e) => eprintln!("consumer: {e}"),
+                Err(e) => note!("consumer: {e}"),
             }
         }
     });
@@ -185,7 +185,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         .await
         .map_err(|e| client::ClientError::from(TransportError::from(e)))?;
     if let Some(link) = &link {
-        eprintln!(
+        note!(
             "consumer: emulating link {} to the relay {} (each direction) through {}",
             args.link,
             args.relay,
@@ -221,7 +221,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
     let report = session::run_consumer_with(ctl, opts, resources, |created| {
         say!("code: {}", created.code);
         say!("token: {}", created.token);
-        eprintln!("consumer: read the code out to the agent; waiting for them to join");
+        note!("consumer: read the code out to the agent; waiting for them to join");
     })
     .await?;
     say!(

@@ -67,6 +67,22 @@ fn say_line(args: std::fmt::Arguments<'_>) {
     let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
 }
 
+/// Prints one line on standard error, like `eprintln!`, except that a failed write is ignored:
+/// `eprintln!` panics when the reader of a piped standard error has gone (`2>&1 | head`), and a
+/// session's progress notes must not end it.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::note_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of `note!`.
+fn note_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
 pub mod agent;
 pub mod bench;
 pub mod client;

@@ -1,6 +1,8 @@
 //! The `tandem` command line. Each subcommand is one variant of [`Command`] and one library
 //! module that owns its arguments and its `run`.
 
+use std::io::Write;
+
 use clap::{Parser, Subcommand};
 use tandem_peers::{agent, consumer, demo, relay, snapshot, tools};
 
@@ -51,7 +53,10 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tandem: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "tandem: cannot start the async runtime: {e}"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -81,7 +86,8 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tandem: {e}");
+            // Not eprintln!: a reader of stderr that has gone must not turn this into a panic.
+            let _ = writeln!(std::io::stderr(), "tandem: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -369,7 +369,7 @@ impl Invitations {
             Invitations::Accept => true,
             Invitations::Decline => false,
             Invitations::Ask => {
-                eprintln!(
+                note!(
                     "consumer: {} invites you to share this page (for {} s). Accept? [y/N]",
                     invite.agent_label,
                     invite.expires_ms / 1000
@@ -606,7 +606,7 @@ pub async fn run_consumer_with(
                     let mut guard = cell.lock().await;
                     match guard.as_mut() {
                         Some(rx) if invitations == Invitations::Ask => {
-                            eprintln!(
+                            note!(
                                 "consumer: {} invites you to share this page (for {} s). Accept? [y/n]",
                                 invite.agent_label,
                                 invite.expires_ms / 1000
@@ -614,7 +614,7 @@ pub async fn run_consumer_with(
                             loop {
                                 match rx.recv().await {
                                     Some(CustomerCommand::Answer(yes)) => break yes,
-                                    Some(_) => eprintln!("consumer: answer the invitation first (y or n)"),
+                                    Some(_) => note!("consumer: answer the invitation first (y or n)"),
                                     None => break false,
                                 }
                             }
@@ -623,7 +623,7 @@ pub async fn run_consumer_with(
                     }
                 }
             },
-            |id| eprintln!("consumer: invitation {id} withdrawn"),
+            |id| note!("consumer: invitation {id} withdrawn"),
         )
         .await?;
     let mut commands = cell.lock().await.take();
@@ -874,7 +874,7 @@ pub async fn run_consumer_with(
                         });
                         send_latest(&conn, &mut ctl_send, &msg, &limits).await?;
                     } else {
-                        eprintln!("consumer: nothing on the page matches {sel:?}");
+                        note!("consumer: nothing on the page matches {sel:?}");
                     }
                 }
                 Some(CustomerCommand::ScrollTo(y)) if !paused => {
@@ -1242,7 +1242,7 @@ pub async fn run_agent(
                                 report.first_visible = report.first_visible.or(report.first_render);
                             }
                             if opts.verbose {
-                                eprintln!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));
+                                note!("agent: rendered {nodes} nodes after {:?}, hash {}", started.elapsed(), hex16(hash));
                             }
                             dirty = true;
                             scan = true;
@@ -1254,7 +1254,7 @@ pub async fn run_agent(
                         }
                         AgentEvent::Diverged { error } => {
                             report.divergences += 1;
-                            eprintln!("agent: diverged ({error}); asked for a new snapshot");
+                            note!("agent: diverged ({error}); asked for a new snapshot");
                         }
                         AgentEvent::Progress { nodes, .. } => {
                             if report.first_visible.is_none() && report.first_render.is_none() {
@@ -1266,7 +1266,7 @@ pub async fn run_agent(
                                 }
                             }
                             if opts.verbose {
-                                eprintln!("agent: {nodes} nodes received");
+                                note!("agent: {nodes} nodes received");
                             }
                         }
                         _ => {}

@@ -171,6 +171,64 @@ fn a_session_whose_reader_left_runs_to_the_end() {
     assert_runs_without_a_reader(&["demo", "--batches", "3"]);
 }
 
+/// Kills the child when dropped, so that a failing test leaves no process behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A consumer whose standard error nobody reads any more (`2>&1 | head`) goes on with its
+/// session: its notes on stderr (`consumer: read the code out…`) are dropped, not a panic.
+#[test]
+fn a_consumer_whose_stderr_reader_left_keeps_its_session() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let tandem = env!("CARGO_BIN_EXE_tandem");
+    let mut relay = Reaped(
+        Command::new(tandem)
+            .args(["relay", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the relay"),
+    );
+    let mut lines = BufReader::new(relay.0.stdout.take().expect("stdout")).lines();
+    let mut field = |name: &str| loop {
+        let line = lines
+            .next()
+            .expect("the relay prints its address")
+            .expect("utf-8");
+        if let Some(v) = line.strip_prefix(name) {
+            break v.trim().to_owned();
+        }
+    };
+    let addr = field("listening:");
+    let pin = field("fingerprint:");
+    let page = repo().join("testdata/pages/001.html");
+    let mut consumer = Reaped(
+        Command::new(tandem)
+            .args(["consumer", "--relay", &addr, "--pin", &pin])
+            .arg(&page)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the consumer"),
+    );
+    // The reader of stderr goes away before the consumer writes its first note.
+    drop(consumer.0.stderr.take());
+    let out = BufReader::new(consumer.0.stdout.take().expect("stdout"));
+    let printed: Vec<String> = out.lines().map_while(Result::ok).take(2).collect();
+    assert!(printed[0].starts_with("code: "), "{printed:?}");
+    // The note follows the code at once; give a panic the time to end the process.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = consumer.0.try_wait().expect("try_wait");
+    assert!(status.is_none(), "the consumer ended: {status:?}");
+}
+
 fn run_tandem(args: &[&str]) -> (bool, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
