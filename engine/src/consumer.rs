@@ -474,7 +474,9 @@ impl Consumer {
             self.policy.text_fix(ctx, text, comment)
         };
         let text = masked.as_deref().unwrap_or(text);
-        if self.dom.text(node) == Some(text) {
+        // The tree's text of a blob reference is the reference, not the page's text: a page
+        // text equal to it is a change all the same (spec §14.3).
+        if self.dom.text(node) == Some(text) && !self.dom.is_blob_reference(node) {
             return Ok(());
         }
         self.dom.set_text(node, text)?;

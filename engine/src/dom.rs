@@ -88,6 +88,9 @@ pub struct Node {
     hash: [u8; 32],
     /// Whether `hash` is stale. Leaves are never dirty: a change to one dirties its parent.
     dirty: bool,
+    /// Whether this text is a blob reference the consumer wrote in place of the page's text
+    /// (spec §14.3), rather than the page's own text; any other change to the text clears it.
+    converted: bool,
     /// The blake3 tree of the hash input, kept when that input is large (a wide node), so that
     /// a change among a few children rehashes only the part of the input they stand in.
     wide: Option<Box<WideHash>>,
@@ -110,6 +113,7 @@ impl Node {
             parent: None,
             children: Vec::with_capacity(children.min(MAX_CHILDREN_AHEAD) as usize),
             hash: [0; 32],
+            converted: false,
             wide: None,
         }
     }
@@ -625,7 +629,9 @@ impl Dom {
             _ => return Err(EngineError::WrongKind { field, id }),
         }
         self.mark_dirty(id);
-        match &mut self.get_mut(id, field)?.kind {
+        let node = self.get_mut(id, field)?;
+        node.converted = false;
+        match &mut node.kind {
             NodeKind::Text(t) | NodeKind::Comment(t) => Ok(t),
             // Checked above.
             _ => Err(EngineError::WrongKind { field, id }),
@@ -637,6 +643,23 @@ impl Dom {
         let t = self.text_mut(id, "set_text")?;
         text.clone_into(t);
         Ok(())
+    }
+
+    /// Replaces the text of text node `id` by `uri`, the reference to a blob of its former
+    /// text (spec §14.3), and remembers that it is one: see [`Dom::is_blob_reference`].
+    pub(crate) fn set_blob_reference(&mut self, id: NodeId, uri: &str) -> Result<(), EngineError> {
+        self.set_text(id, uri)?;
+        if let Some(n) = self.node_mut(id) {
+            n.converted = true;
+        }
+        Ok(())
+    }
+
+    /// Whether the text of `id` is a blob reference the consumer wrote in place of the page's
+    /// text (spec §14.3), and not the page's own text, even if that has the form of a URI. Any
+    /// later change of the text by other means makes it page text again.
+    pub fn is_blob_reference(&self, id: NodeId) -> bool {
+        self.node(id).is_some_and(|n| n.converted)
     }
 
     /// Node ids of the subtree at `id` in preorder (including `id`).
@@ -792,6 +815,11 @@ impl Dom {
             let Ok(id) = out.push_raw(node.kind.clone(), new_parent) else {
                 break;
             };
+            if node.converted
+                && let Some(copy) = out.node_mut(id)
+            {
+                copy.converted = true;
+            }
             for &c in node.children.iter().rev() {
                 stack.push((c, id));
             }

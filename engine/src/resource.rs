@@ -1028,12 +1028,17 @@ pub struct Resources {
     config: ResourceConfig,
     store: BlobStore,
     urls: HashMap<String, Option<Address>>,
-    /// Addresses this consumer wrote into the tree: a text equal to one of these URIs is a
-    /// reference already.
-    made: HashSet<Address>,
     announced: HashSet<Address>,
     new_refs: Vec<Address>,
     errors: VecDeque<(String, LoadError)>,
+}
+
+/// What [`Resources::rewrite_text`] made of a page text.
+enum Rewritten {
+    /// The whole text is now this blob reference.
+    Blob(String),
+    /// The text with its references rewritten (a style sheet), or unchanged.
+    Text(String),
 }
 
 impl fmt::Debug for Resources {
@@ -1057,7 +1062,6 @@ impl Resources {
             store: BlobStore::new(config.store_bytes),
             config,
             urls: HashMap::new(),
-            made: HashSet::new(),
             announced: HashSet::new(),
             new_refs: Vec::new(),
             errors: VecDeque::new(),
@@ -1153,11 +1157,20 @@ impl Resources {
                     }
                 }
                 Job::Text { style } => {
+                    // A reference this consumer wrote already; the page's own text is always
+                    // looked at, even when it is exactly the URI of one of our blobs.
+                    if dom.is_blob_reference(n) {
+                        continue;
+                    }
                     let Some(t) = dom.text(n) else { continue };
-                    if let Some(new) = self.rewrite_text(t, style, base_url)
-                        && new != t
-                    {
-                        let _ = dom.set_text(n, &new);
+                    match self.rewrite_text(t, style, base_url) {
+                        Some(Rewritten::Blob(uri)) => {
+                            let _ = dom.set_blob_reference(n, &uri);
+                        }
+                        Some(Rewritten::Text(new)) if new != t => {
+                            let _ = dom.set_text(n, &new);
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1205,14 +1218,10 @@ impl Resources {
         Some(self.reference(v, base, kind, 0, &mut Vec::new()))
     }
 
-    /// A text's new form: a stylesheet's references rewritten; then the whole text as a
+    /// A page text's new form: a stylesheet's references rewritten; then the whole text as a
     /// blob reference when it is large, or when it already looks like one (spec §14.3).
-    fn rewrite_text(&mut self, t: &str, style: bool, base: &str) -> Option<String> {
+    fn rewrite_text(&mut self, t: &str, style: bool, base: &str) -> Option<Rewritten> {
         let uri = Address::from_uri(t);
-        if uri.is_some_and(|a| self.made.contains(&a)) {
-            // Ours already.
-            return None;
-        }
         if !style && uri.is_none() && t.len() < self.config.text_threshold {
             return None;
         }
@@ -1235,9 +1244,9 @@ impl Resources {
             let cacheable = style && self.config.style_texts_cacheable;
             let blob = Blob::new(text.into_bytes(), ty, cacheable);
             let a = self.keep(blob)?;
-            return Some(a.to_uri());
+            return Some(Rewritten::Blob(a.to_uri()));
         }
-        Some(text)
+        Some(Rewritten::Text(text))
     }
 
     fn rewrite_css_text(
@@ -1383,7 +1392,6 @@ impl Resources {
     /// Stores a blob the tree will reference and notes it as a new reference.
     fn keep(&mut self, blob: Blob) -> Option<Address> {
         let a = self.store.insert(blob).ok()?;
-        self.made.insert(a);
         if self.announced.insert(a) {
             self.new_refs.push(a);
         }

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use tandem_engine::consumer::ChangeRecord;
 use tandem_engine::resource::{
     Address, Blob, BlobStore, FileLoader, LoadError, Loaded, RelayCache, ResolveMode,
     ResourceConfig, ResourceError, ResourceEvent, ResourceLimits, ResourceLoader, ResourceReceiver,
@@ -408,6 +409,73 @@ fn large_texts_become_private_blobs_and_come_back_exactly() {
         .set_text(t, &sheet.replace("img/dot.gif", &dot_file))
         .expect("set");
     assert_eq!(back.root_hash(), expect.root_hash());
+}
+
+/// A page text that is exactly the URI of a blob this consumer made from another text is still
+/// the page's own text: it becomes a blob of its own (spec §14.3), so that the agent shows the
+/// URI as the page does, not the content the URI names.
+#[test]
+fn a_page_text_equal_to_one_of_our_uris_is_page_text() {
+    let para = "long text ".repeat(500);
+    let ours = Address::of(para.as_bytes()).to_uri();
+    let html = format!("<!DOCTYPE html><body><p>{para}</p><p>{ours}</p></body>");
+    let mut c = consumer_for(&html, SITE_URL);
+    let dom = c.dom();
+    let body = find(dom, |e| e.name == "body");
+    let text = |i: usize| {
+        let p = dom.children(body)[i];
+        let t = dom.children(p)[0];
+        (t, dom.text(t).expect("text").to_owned())
+    };
+    let (first, first_text) = text(0);
+    let (second, second_text) = text(1);
+    assert_eq!(
+        first_text, ours,
+        "the large text is a reference to its blob"
+    );
+    assert_ne!(
+        second_text, ours,
+        "the page's URI text is not taken for our reference"
+    );
+    assert_eq!(text_of(&blob_of(&c, &second_text)), ours);
+    assert!(dom.is_blob_reference(first) && dom.is_blob_reference(second));
+
+    // The page writes the same URI into a text later: page text again, a blob again.
+    let n = dom.children(dom.children(body)[0])[0];
+    c.apply_records(vec![ChangeRecord::CharacterData {
+        target: n,
+        value: ours.clone(),
+    }])
+    .expect("apply");
+    c.flush();
+    let dom = c.dom();
+    let now = dom.text(n).expect("text").to_owned();
+    assert_ne!(now, ours);
+    assert_eq!(text_of(&blob_of(&c, &now)), ours);
+
+    // The agent restores both texts as the page has them.
+    let mut agent = Agent::new(L);
+    sync(&mut c, &mut agent);
+    let mut rx = receiver();
+    rx.scan_dom(agent.dom());
+    let mut sender = ResourceSender::new(SendMode::Pull);
+    exchange(&mut c, &mut sender, &mut rx, None, &mut no_corruption());
+    let page = agent.to_html_resolved(rx.store(), &ResolveMode::Inline);
+    let back = parse_html(&page.html, L);
+    let ps: Vec<String> = back
+        .preorder(tandem_protocol::DOCUMENT_ID)
+        .filter(|&id| {
+            back.node(id)
+                .and_then(|x| x.element())
+                .is_some_and(|e| e.name == "p")
+        })
+        .map(|p| {
+            back.text(back.children(p)[0])
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ps, [ours.clone(), ours]);
 }
 
 // ───────────────────────── masking first ─────────────────────────
