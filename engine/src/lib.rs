@@ -18,7 +18,9 @@
 //!
 //! * [`Dom`] is an arena indexed by consumer-assigned node ids (spec §6.1) with a blake3 Merkle
 //!   hash per element (texts and other leaves are hashed inline in their parent), recomputed
-//!   only along dirty paths (spec §6.3).
+//!   only along dirty paths (spec §6.3). A snapshot's or an insert's subtree is hashed as it is
+//!   built, while its records are at hand. Element and attribute names are [`Name`]s, which
+//!   borrow the entries of the static string table instead of allocating a copy per element.
 //! * [`parse_html`] imports a page with html5ever into the script-free tree (spec §6.4);
 //!   [`to_html`] writes a tree back as HTML.
 //! * [`Consumer`] records changes and emits a snapshot, then patches that carry the hash of the
