@@ -1167,7 +1167,7 @@ impl Consumer {
     /// blocked or ignored, or lies inside such an element, with `Masked`, before anything
     /// looks at the value. Other messages pass. The mode, pause and the value's fit are
     /// [`hands::Authority`](crate::hands::Authority)'s to judge; it takes the consumer as its
-    /// [`Protection`](crate::hands::Protection).
+    /// [`Protection`].
     pub fn check_action(&self, msg: &Message) -> Result<(), Refused> {
         let (id, node) = match msg {
             Message::Click(c) => (c.id, c.node),
