@@ -76,7 +76,7 @@ pub struct ConsumerArgs {
     /// decline. Agents invite by this consumer's --label.
     #[arg(long, value_enum, default_value = "ask")]
     pub invitations: Invitations,
-    /// The viewport announced to the agent, WIDTHxHEIGHT[@DPR] (e.g. 390x844@3).
+    /// The viewport announced to the agent, WIDTHxHEIGHT or WIDTHxHEIGHT@DPR (e.g. 390x844@3).
     #[arg(long, value_parser = crate::presence::parse_viewport, default_value = "1280x800@1")]
     pub viewport: Viewport,
     /// The above-the-fold cut, in KiB of records: part 0 of each snapshot holds the top of the

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! When the session's capabilities (`JOINED`) hold `COMPRESSION`, each DOM stream goes through a
-//! [`DomCompressor`] on the consumer's side and a [`DomDecompressor`] on the agent's (spec
+//! [`DomCompressor`](tandem_protocol::compress::DomCompressor) on the consumer's side and a [`DomDecompressor`] on the agent's (spec
 //! §4.6): one context per stream, flushed after every message, so the relay still forwards
 //! frames and a small patch is coded against everything before it on its stream.
 
