@@ -186,8 +186,9 @@ pub(super) enum Still {
 
 /// Handles an [`Event`] of the pending invitation `inv` of the customer `consumer`: the agent's
 /// `CANCEL`, `END` or loss, hop messages, expiry. The frames the relay consumes (`PING`,
-/// `PONG`, `ERROR`, `END`, `CLOSE`) are recognised first, and one that does not decode is the
-/// agent's violation (spec §4.5). An error is a failure to write to the customer.
+/// `PONG`, `ERROR`, `END`, `CLOSE`) and those it answers (`CANCEL`, `INVITE`, `JOIN`) are
+/// recognised first, and one that does not decode is the agent's violation (spec §4.5), not a
+/// request it refuses. An error is a failure to write to the customer.
 pub(super) async fn on_agent_event(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
@@ -227,22 +228,24 @@ pub(super) async fn on_agent_event(
         }
     } else {
         match frame.ty {
-            FrameType::CANCEL => {
-                if matches!(
-                    frame.decode(&shared.limits),
-                    Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number
-                ) {
-                    return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
+            // Recognised before the relay answers them (spec §4.5): one that does not decode
+            // is the agent's violation, not a wrong request.
+            FrameType::CANCEL | FrameType::INVITE | FrameType::JOIN => {
+                match frame.decode(&shared.limits) {
+                    Err(e) => return broke(shared, consumer, *inv, e.into()).await,
+                    Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number => {
+                        return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
+                    }
+                    Ok(Message::Cancel(_)) => Some(error_frame(
+                        ErrorCode::UnexpectedMessage,
+                        "CANCEL names no pending invitation of yours",
+                    )),
+                    Ok(_) => Some(error_frame(
+                        ErrorCode::SessionBusy,
+                        "your invitation is pending; CANCEL it first",
+                    )),
                 }
-                Some(error_frame(
-                    ErrorCode::UnexpectedMessage,
-                    "CANCEL names no pending invitation of yours",
-                ))
             }
-            FrameType::INVITE | FrameType::JOIN => Some(error_frame(
-                ErrorCode::SessionBusy,
-                "your invitation is pending; CANCEL it first",
-            )),
             other => Some(error_frame(
                 ErrorCode::UnexpectedMessage,
                 &format!("{other} is not allowed before the customer accepts"),
