@@ -10,6 +10,8 @@
 //! decode is closed with `CLOSE MalformedFrame` too, whatever its type says. So are the requests
 //! the relay answers while an agent's invitation is pending (`CANCEL`, `INVITE`, `JOIN`): one
 //! that does not decode is a violation, not a request to refuse with `ERROR`.
+//! Likewise the customer's answer to an invitation (`ACCEPT`, `DECLINE`): one that does not
+//! decode closes the consumer, and the agent is told the customer is lost.
 //!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
@@ -494,4 +496,41 @@ async fn a_cancel_of_another_invitation_while_inviting() {
         "{told:?}"
     );
     relay.shutdown().await;
+}
+
+/// Sends `answer`, which does not decode, from a customer who has been shown an invitation: the
+/// consumer is closed with `CLOSE MalformedFrame` and its session is lost; the agent is told
+/// `END ConnectionLost`, as when the customer's link goes (spec §7.7), and is free again.
+async fn bad_answer_while_invited(answer: RawFrame) {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = invited(&relay, &mut consumer, 40).await;
+    bad_frame_is_closed(&mut consumer, &answer).await;
+    assert_eq!(
+        guard("END", agent.recv()).await.expect("readable"),
+        Some(Message::End(End {
+            reason: EndReason::ConnectionLost
+        })),
+        "{}",
+        answer.ty
+    );
+    ping_is_answered(&mut agent, 41).await;
+    relay.shutdown().await;
+}
+
+/// An `ACCEPT` whose body does not decode accepts nothing: the consumer broke the protocol.
+#[tokio::test]
+async fn an_accept_that_does_not_decode_while_invited() {
+    let accept = Message::Accept(InvitationRef { invitation: 40 });
+    bad_answer_while_invited(trailing(&accept)).await;
+}
+
+/// A `DECLINE` whose body does not decode declines nothing: the consumer broke the protocol.
+#[tokio::test]
+async fn a_decline_that_does_not_decode_while_invited() {
+    let decline = Message::Decline(InvitationRef { invitation: 40 });
+    bad_answer_while_invited(trailing(&decline)).await;
 }

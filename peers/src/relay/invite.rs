@@ -276,7 +276,9 @@ pub(super) enum Answered {
 
 /// Handles the customer's `ACCEPT` or `DECLINE` (`frame`) of the pending invitation `inv` of
 /// the waiting session `consumer_session`. An answer at or after the expiry time finds the
-/// invitation expired (spec §13.1).
+/// invitation expired (spec §13.1). An answer that does not decode is the customer's violation
+/// (spec §4.5): the pending invitation closes as lost (the agent is told `END ConnectionLost`)
+/// and the error is the customer's stop.
 pub(super) async fn on_answer(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
@@ -285,10 +287,16 @@ pub(super) async fn on_answer(
     frame: RawFrame,
 ) -> Result<Answered, Stop> {
     let now = Instant::now();
-    let number = match frame.decode(&shared.limits).map_err(FramedError::from)? {
-        Message::Accept(r) | Message::Decline(r) => r.invitation,
+    let number = match frame.decode(&shared.limits) {
+        Ok(Message::Accept(r) | Message::Decline(r)) => r.invitation,
         // Frames of these types always decode to these messages.
-        _ => return Ok(Answered::Still(inv)),
+        Ok(_) => return Ok(Answered::Still(inv)),
+        // The customer broke the protocol (spec §4.5): its session is lost, and so is the
+        // invitation, which the agent is told like any other loss of the customer.
+        Err(e) => {
+            consumer_gone(shared, inv).await;
+            return Err(FramedError::from(e).into());
+        }
     };
     let mut inv = match inv {
         Some(p) if p.number == number => p,
