@@ -7,7 +7,11 @@
 //!
 //! The other frames the relay consumes itself, `PONG`, `ERROR`, `END` and `CLOSE`, are
 //! recognised the same way in each state before the relay acts on them: one whose body does not
-//! decode is closed with `CLOSE MalformedFrame` too, whatever its type says.
+//! decode is closed with `CLOSE MalformedFrame` too, whatever its type says. So are the requests
+//! the relay answers while an agent's invitation is pending (`CANCEL`, `INVITE`, `JOIN`): one
+//! that does not decode is a violation, not a request to refuse with `ERROR`.
+//! Likewise the customer's answer to an invitation (`ACCEPT`, `DECLINE`): one that does not
+//! decode closes the consumer, and the agent is told the customer is lost.
 //!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
@@ -18,7 +22,9 @@ use std::time::Duration;
 use common::{channel, guard};
 use tandem_peers::client::ControlChannel;
 use tandem_peers::relay::{RelayEvent, RelayHandle};
-use tandem_protocol::message::{Credential, End, EndReason, ErrorReport, Invite, Ping, Role};
+use tandem_protocol::message::{
+    Credential, End, EndReason, ErrorReport, InvitationRef, Invite, Join, Ping, Role,
+};
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
 /// A `PING` body that ends inside its nonce's varint (`Malformed … UnexpectedEnd`).
@@ -369,4 +375,162 @@ async fn away(
     })
     .await;
     agent
+}
+
+/// A consumer waiting under `target` that has been shown the `INVITE` `invitation` of a new
+/// agent: the agent's channel.
+async fn invited(
+    relay: &RelayHandle,
+    consumer: &mut ControlChannel,
+    invitation: u64,
+) -> ControlChannel {
+    let mut agent = channel(relay, Role::Agent).await;
+    let invite = Message::Invite(Invite {
+        invitation,
+        target: "visitor-7".into(),
+        agent_label: "Alex".into(),
+        expires_ms: 120_000,
+    });
+    agent.send(&invite).await.expect("sent");
+    let shown = guard("INVITE", consumer.recv()).await.expect("readable");
+    assert!(
+        matches!(shown, Some(Message::Invite(ref i)) if i.invitation == invitation),
+        "{shown:?}"
+    );
+    agent
+}
+
+/// `msg`'s frame with a byte after its last field (`TrailingBytes`).
+fn trailing(msg: &Message) -> RawFrame {
+    let mut body = Vec::new();
+    msg.encode_body(&mut body).expect("encodes");
+    body.push(0x00);
+    RawFrame {
+        ty: msg.frame_type(),
+        body,
+    }
+}
+
+/// Sends `frame`, which does not decode, from an agent whose invitation is pending: the agent
+/// is closed with `CLOSE MalformedFrame`, the customer is told `CANCEL` and keeps waiting.
+async fn bad_request_while_inviting(frame: RawFrame) {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = invited(&relay, &mut consumer, 20).await;
+    bad_frame_is_closed(&mut agent, &frame).await;
+    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
+    assert!(
+        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 20),
+        "{}: {told:?}",
+        frame.ty
+    );
+    ping_is_answered(&mut consumer, 21).await;
+    relay.shutdown().await;
+}
+
+/// A `CANCEL` whose body does not decode names no invitation at all: it is a malformed frame
+/// (spec §4.5), not a `CANCEL` of some other invitation.
+#[tokio::test]
+async fn a_cancel_that_does_not_decode_while_inviting() {
+    let cancel = Message::Cancel(InvitationRef { invitation: 20 });
+    bad_request_while_inviting(trailing(&cancel)).await;
+}
+
+/// An `INVITE` whose body does not decode, from an agent whose invitation is pending, is a
+/// malformed frame, not a second invitation refused as `SessionBusy`.
+#[tokio::test]
+async fn an_invite_that_does_not_decode_while_inviting() {
+    let invite = Message::Invite(Invite {
+        invitation: 21,
+        target: "visitor-7".into(),
+        agent_label: "Alex".into(),
+        expires_ms: 120_000,
+    });
+    bad_request_while_inviting(trailing(&invite)).await;
+}
+
+/// A `JOIN` whose body does not decode, from an agent whose invitation is pending, is a
+/// malformed frame, not a join refused as `SessionBusy`.
+#[tokio::test]
+async fn a_join_that_does_not_decode_while_inviting() {
+    let join = Message::Join(Join {
+        credential: Credential::Code("ABC-123".into()),
+        label: "Alex".into(),
+    });
+    bad_request_while_inviting(trailing(&join)).await;
+}
+
+/// A `CANCEL` that decodes but names another invitation is a wrong request: `ERROR
+/// UnexpectedMessage`, and the invitation stays pending until the right `CANCEL`.
+#[tokio::test]
+async fn a_cancel_of_another_invitation_while_inviting() {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = invited(&relay, &mut consumer, 30).await;
+    agent
+        .send(&Message::Cancel(InvitationRef { invitation: 31 }))
+        .await
+        .expect("sent");
+    match guard("ERROR", agent.recv()).await.expect("readable") {
+        Some(Message::Error(report)) => {
+            assert_eq!(
+                report.code,
+                ErrorCode::UnexpectedMessage,
+                "{}",
+                report.message
+            );
+        }
+        other => panic!("expected ERROR UnexpectedMessage, got {other:?}"),
+    }
+    ping_is_answered(&mut agent, 32).await;
+    agent.cancel(30).await.expect("sent");
+    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
+    assert!(
+        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 30),
+        "{told:?}"
+    );
+    relay.shutdown().await;
+}
+
+/// Sends `answer`, which does not decode, from a customer who has been shown an invitation: the
+/// consumer is closed with `CLOSE MalformedFrame` and its session is lost; the agent is told
+/// `END ConnectionLost`, as when the customer's link goes (spec §7.7), and is free again.
+async fn bad_answer_while_invited(answer: RawFrame) {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = invited(&relay, &mut consumer, 40).await;
+    bad_frame_is_closed(&mut consumer, &answer).await;
+    assert_eq!(
+        guard("END", agent.recv()).await.expect("readable"),
+        Some(Message::End(End {
+            reason: EndReason::ConnectionLost
+        })),
+        "{}",
+        answer.ty
+    );
+    ping_is_answered(&mut agent, 41).await;
+    relay.shutdown().await;
+}
+
+/// An `ACCEPT` whose body does not decode accepts nothing: the consumer broke the protocol.
+#[tokio::test]
+async fn an_accept_that_does_not_decode_while_invited() {
+    let accept = Message::Accept(InvitationRef { invitation: 40 });
+    bad_answer_while_invited(trailing(&accept)).await;
+}
+
+/// A `DECLINE` whose body does not decode declines nothing: the consumer broke the protocol.
+#[tokio::test]
+async fn a_decline_that_does_not_decode_while_invited() {
+    let decline = Message::Decline(InvitationRef { invitation: 40 });
+    bad_answer_while_invited(trailing(&decline)).await;
 }

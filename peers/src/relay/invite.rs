@@ -186,8 +186,9 @@ pub(super) enum Still {
 
 /// Handles an [`Event`] of the pending invitation `inv` of the customer `consumer`: the agent's
 /// `CANCEL`, `END` or loss, hop messages, expiry. The frames the relay consumes (`PING`,
-/// `PONG`, `ERROR`, `END`, `CLOSE`) are recognised first, and one that does not decode is the
-/// agent's violation (spec §4.5). An error is a failure to write to the customer.
+/// `PONG`, `ERROR`, `END`, `CLOSE`) and those it answers (`CANCEL`, `INVITE`, `JOIN`) are
+/// recognised first, and one that does not decode is the agent's violation (spec §4.5), not a
+/// request it refuses. An error is a failure to write to the customer.
 pub(super) async fn on_agent_event(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
@@ -227,22 +228,24 @@ pub(super) async fn on_agent_event(
         }
     } else {
         match frame.ty {
-            FrameType::CANCEL => {
-                if matches!(
-                    frame.decode(&shared.limits),
-                    Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number
-                ) {
-                    return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
+            // Recognised before the relay answers them (spec §4.5): one that does not decode
+            // is the agent's violation, not a wrong request.
+            FrameType::CANCEL | FrameType::INVITE | FrameType::JOIN => {
+                match frame.decode(&shared.limits) {
+                    Err(e) => return broke(shared, consumer, *inv, e.into()).await,
+                    Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number => {
+                        return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
+                    }
+                    Ok(Message::Cancel(_)) => Some(error_frame(
+                        ErrorCode::UnexpectedMessage,
+                        "CANCEL names no pending invitation of yours",
+                    )),
+                    Ok(_) => Some(error_frame(
+                        ErrorCode::SessionBusy,
+                        "your invitation is pending; CANCEL it first",
+                    )),
                 }
-                Some(error_frame(
-                    ErrorCode::UnexpectedMessage,
-                    "CANCEL names no pending invitation of yours",
-                ))
             }
-            FrameType::INVITE | FrameType::JOIN => Some(error_frame(
-                ErrorCode::SessionBusy,
-                "your invitation is pending; CANCEL it first",
-            )),
             other => Some(error_frame(
                 ErrorCode::UnexpectedMessage,
                 &format!("{other} is not allowed before the customer accepts"),
@@ -273,7 +276,9 @@ pub(super) enum Answered {
 
 /// Handles the customer's `ACCEPT` or `DECLINE` (`frame`) of the pending invitation `inv` of
 /// the waiting session `consumer_session`. An answer at or after the expiry time finds the
-/// invitation expired (spec §13.1).
+/// invitation expired (spec §13.1). An answer that does not decode is the customer's violation
+/// (spec §4.5): the pending invitation closes as lost (the agent is told `END ConnectionLost`)
+/// and the error is the customer's stop.
 pub(super) async fn on_answer(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
@@ -282,10 +287,16 @@ pub(super) async fn on_answer(
     frame: RawFrame,
 ) -> Result<Answered, Stop> {
     let now = Instant::now();
-    let number = match frame.decode(&shared.limits).map_err(FramedError::from)? {
-        Message::Accept(r) | Message::Decline(r) => r.invitation,
+    let number = match frame.decode(&shared.limits) {
+        Ok(Message::Accept(r) | Message::Decline(r)) => r.invitation,
         // Frames of these types always decode to these messages.
-        _ => return Ok(Answered::Still(inv)),
+        Ok(_) => return Ok(Answered::Still(inv)),
+        // The customer broke the protocol (spec §4.5): its session is lost, and so is the
+        // invitation, which the agent is told like any other loss of the customer.
+        Err(e) => {
+            consumer_gone(shared, inv).await;
+            return Err(FramedError::from(e).into());
+        }
     };
     let mut inv = match inv {
         Some(p) if p.number == number => p,
