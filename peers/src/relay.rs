@@ -20,7 +20,8 @@
 //! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
 //! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
 //! by type alone (the frames the relay consumes itself, `PING`, `PONG`, `ERROR`, `END` and
-//! `CLOSE`, are decoded first, [`state::consume`], spec §4.5), datagrams pass as they are. The
+//! `CLOSE`, are decoded first, [`state::consume`], and so are those it refuses with `ERROR`,
+//! [`state::refuse`], spec §4.5), datagrams pass as they are. The
 //! one exception is resources (spec §14.7), in a session that negotiated `RESOURCES`: the
 //! consumer's resource streams are still forwarded byte for byte but their `RESOURCE` pieces
 //! also feed a cache shared by all sessions ([`crate::resources::forward_observed`]), and the
@@ -759,7 +760,8 @@ const PENDING_BUDGET: usize = 256 * 1024;
 
 /// Waits for an agent to join the consumer's session, or for the customer to answer an agent's
 /// invitation (spec §7.7–§7.10), answering the consumer's hop messages and queueing its
-/// end-to-end ones for the agent.
+/// end-to-end ones for the agent. A frame the relay answers (consumes or refuses) is recognised
+/// first: one that does not decode loses the session (spec §4.5).
 async fn wait_for_agent(
     shared: &Arc<Shared>,
     peer: &mut Peer,
@@ -894,10 +896,16 @@ async fn wait_for_agent(
                     return lost(FramedError::from(e).into());
                 }
             },
-            ControlAction::Refuse(code) => Some(error_frame(
-                code,
-                &format!("{} is not allowed now", frame.ty),
-            )),
+            ControlAction::Refuse(code) => {
+                let message = format!("{} is not allowed now", frame.ty);
+                match state::refuse(&frame, &shared.limits, code, &message) {
+                    Ok(error) => Some(error),
+                    Err(e) => {
+                        invite::consumer_gone(shared, invited.take()).await;
+                        return lost(FramedError::from(e).into());
+                    }
+                }
+            }
             ControlAction::Violation => {
                 invite::consumer_gone(shared, invited.take()).await;
                 return lost(refusal(
@@ -915,22 +923,6 @@ async fn wait_for_agent(
         if !expiry_armed && invited.is_none() && shared.table().expire(id, Instant::now()) {
             return expired(peer, shared).await;
         }
-    }
-}
-
-/// An `ERROR` frame, raw.
-fn error_frame(code: ErrorCode, message: &str) -> RawFrame {
-    let msg = Message::Error(ErrorReport {
-        code,
-        message: message.to_owned(),
-    });
-    let mut body = Vec::new();
-    // An ERROR with a short message always encodes; if it ever did not, an empty body would be
-    // a malformed ERROR rather than a panic.
-    let _ = msg.encode_body(&mut body);
-    RawFrame {
-        ty: FrameType::ERROR,
-        body,
     }
 }
 
@@ -1196,7 +1188,8 @@ struct SessionResources {
 /// handles its hop messages (spec §3.2): answers `PING`, refuses requests with `ERROR` on
 /// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
 /// never decoded, except those of the frames the relay consumes (`PING`, `PONG`, `ERROR`,
-/// `END`, `CLOSE`: one that does not decode is a violation, spec §4.5, see [`consumed`]), and,
+/// `END`, `CLOSE`: one that does not decode is a violation, spec §4.5, see [`consumed`]) or
+/// refuses ([`state::refuse`]: likewise), and,
 /// with `resources`, the agent's `WANT`: the cache answers what it holds on resource streams to
 /// the agent and only the rest goes on to the consumer (a `WANT` left empty is not forwarded,
 /// spec §7.19).
@@ -1262,7 +1255,10 @@ async fn forward_control(
             },
             ControlAction::Refuse(code) => {
                 let message = format!("{} is not allowed in a live session", frame.ty);
-                (&to_self, error_frame(code, &message).to_bytes())
+                match state::refuse(&frame, recv.limits(), code, &message) {
+                    Ok(error) => (&to_self, error.to_bytes()),
+                    Err(e) => break outcome_of(side, e.into()),
+                }
             }
             ControlAction::Violation => break violation(side, frame.ty),
         };

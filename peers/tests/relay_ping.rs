@@ -11,7 +11,10 @@
 //! the relay answers while an agent's invitation is pending (`CANCEL`, `INVITE`, `JOIN`): one
 //! that does not decode is a violation, not a request to refuse with `ERROR`.
 //! Likewise the customer's answer to an invitation (`ACCEPT`, `DECLINE`): one that does not
-//! decode closes the consumer, and the agent is told the customer is lost.
+//! decode closes the consumer, and the agent is told the customer is lost. And any frame the
+//! relay refuses with `ERROR` in some state (a request it cannot grant, an end-to-end message
+//! with no receiver yet) is decoded first in every state: one that does not decode is closed
+//! with `CLOSE MalformedFrame`, not refused.
 //!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
@@ -23,7 +26,7 @@ use common::{channel, guard};
 use tandem_peers::client::ControlChannel;
 use tandem_peers::relay::{RelayEvent, RelayHandle};
 use tandem_protocol::message::{
-    Credential, End, EndReason, ErrorReport, InvitationRef, Invite, Join, Ping, Role,
+    Credential, End, EndReason, ErrorReport, InvitationRef, Invite, Join, Ping, Role, SessionOpen,
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
@@ -533,4 +536,130 @@ async fn an_accept_that_does_not_decode_while_invited() {
 async fn a_decline_that_does_not_decode_while_invited() {
     let decline = Message::Decline(InvitationRef { invitation: 40 });
     bad_answer_while_invited(trailing(&decline)).await;
+}
+
+/// A consumer and an agent paired by code: (consumer, agent).
+async fn paired(relay: &RelayHandle) -> (ControlChannel, ControlChannel) {
+    let mut consumer = channel(relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    let mut agent = channel(relay, Role::Agent).await;
+    guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    guard("joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    (consumer, agent)
+}
+
+/// The requests the relay refuses with `ERROR` in a session, waiting or live: a second
+/// `SESSION_OPEN`, a `JOIN`, an `INVITE`.
+fn requests() -> [Message; 3] {
+    [
+        Message::SessionOpen(SessionOpen {
+            label: "again".into(),
+        }),
+        Message::Join(Join {
+            credential: Credential::Code("123456".into()),
+            label: "Alex".into(),
+        }),
+        Message::Invite(Invite {
+            invitation: 50,
+            target: "visitor-7".into(),
+            agent_label: "Alex".into(),
+            expires_ms: 120_000,
+        }),
+    ]
+}
+
+/// Before a session the relay decodes every request before it answers: a `PAUSE` from an agent
+/// that does not decode is closed, not refused (the reference for the states below).
+#[tokio::test]
+async fn a_refused_frame_that_does_not_decode_before_a_session() {
+    let relay = common::start_relay(|_| {});
+    let mut agent = channel(&relay, Role::Agent).await;
+    bad_frame_is_closed(&mut agent, &trailing(&Message::Pause(()))).await;
+    relay.shutdown().await;
+}
+
+/// A request the relay would refuse from a consumer waiting for an agent, whose body does not
+/// decode, is a malformed frame (spec §4.5), not a request to answer with `ERROR`: the session
+/// is lost.
+#[tokio::test]
+async fn a_refused_frame_that_does_not_decode_while_waiting_for_an_agent() {
+    let relay = common::start_relay(|_| {});
+    let mut events = relay.subscribe();
+    for msg in requests() {
+        let mut consumer = channel(&relay, Role::Consumer).await;
+        guard("session", consumer.open_session("Customer"))
+            .await
+            .expect("created");
+        bad_frame_is_closed(&mut consumer, &trailing(&msg)).await;
+        assert_eq!(
+            ended(&mut events).await,
+            "connection_lost",
+            "{}",
+            msg.name()
+        );
+    }
+    relay.shutdown().await;
+}
+
+/// A frame with no receiver before the customer accepts (an end-to-end `PAUSE`, a
+/// `SESSION_OPEN`), from an agent whose invitation is pending, whose body does not decode: a
+/// malformed frame, not one refused with `ERROR UnexpectedMessage`.
+#[tokio::test]
+async fn a_refused_frame_that_does_not_decode_while_inviting() {
+    bad_request_while_inviting(trailing(&Message::Pause(()))).await;
+    let [open, ..] = requests();
+    bad_request_while_inviting(trailing(&open)).await;
+}
+
+/// A request the relay refuses in a live session (an agent's `JOIN` or `INVITE`, a consumer's
+/// `SESSION_OPEN`), whose body does not decode: the offender gets `CLOSE MalformedFrame`, the
+/// other side `END ConnectionLost`.
+#[tokio::test]
+async fn a_refused_frame_that_does_not_decode_in_a_live_session() {
+    let relay = common::start_relay(|_| {});
+    let [open, join, invite] = requests();
+    for (msg, from_agent) in [(join, true), (invite, true), (open, false)] {
+        let (mut consumer, mut agent) = paired(&relay).await;
+        let (offender, other) = if from_agent {
+            (&mut agent, &mut consumer)
+        } else {
+            (&mut consumer, &mut agent)
+        };
+        bad_frame_is_closed(offender, &trailing(&msg)).await;
+        assert_eq!(
+            guard("END", other.recv()).await.expect("readable"),
+            Some(Message::End(End {
+                reason: EndReason::ConnectionLost
+            })),
+            "{}",
+            msg.name()
+        );
+    }
+    relay.shutdown().await;
+}
+
+/// A request the relay refuses, from the side that stayed while the other is away, whose body
+/// does not decode: the session ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_frame_that_does_not_decode_while_the_other_side_is_away() {
+    let relay = common::start_relay(|c| c.table.resume_grace = Duration::from_secs(30));
+    let mut events = relay.subscribe();
+    let [_, join, invite] = requests();
+    for msg in [join, invite] {
+        let mut agent = away(&relay, &mut events).await;
+        bad_frame_is_closed(&mut agent, &trailing(&msg)).await;
+        assert_eq!(
+            ended(&mut events).await,
+            "connection_lost",
+            "{}",
+            msg.name()
+        );
+    }
+    relay.shutdown().await;
 }

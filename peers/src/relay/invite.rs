@@ -28,10 +28,10 @@ use tandem_protocol::{ErrorCode, FrameType, Message, RawFrame};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use super::state::{self, Consumed, JoinRefusal, SessionId, Side};
+use super::state::{self, Consumed, ControlAction, JoinRefusal, SessionId, Side, error_frame};
 use super::{
-    Arrival, Peer, Refused, RelayEvent, Shared, Stop, agent_task, ended, error_frame, finish_owned,
-    refusal, refuse, send_error,
+    Arrival, Peer, Refused, RelayEvent, Shared, Stop, agent_task, ended, finish_owned, refusal,
+    refuse, send_error,
 };
 use crate::framed::{FramedError, write_message, write_raw};
 
@@ -185,10 +185,12 @@ pub(super) enum Still {
 }
 
 /// Handles an [`Event`] of the pending invitation `inv` of the customer `consumer`: the agent's
-/// `CANCEL`, `END` or loss, hop messages, expiry. The frames the relay consumes (`PING`,
-/// `PONG`, `ERROR`, `END`, `CLOSE`) and those it answers (`CANCEL`, `INVITE`, `JOIN`) are
-/// recognised first, and one that does not decode is the agent's violation (spec §4.5), not a
-/// request it refuses. An error is a failure to write to the customer.
+/// `CANCEL`, `END` or loss, hop messages, expiry. Nothing else has a receiver before the
+/// customer accepts: the relay refuses it with `ERROR` (`SessionBusy` for `INVITE` and `JOIN`,
+/// `UnexpectedMessage` otherwise). Every frame is recognised first, those the relay consumes
+/// (`PING`, `PONG`, `ERROR`, `END`, `CLOSE`) as those it answers or refuses, and one that does
+/// not decode is the agent's violation (spec §4.5), not a request it refuses. An error is a
+/// failure to write to the customer.
 pub(super) async fn on_agent_event(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
@@ -226,30 +228,36 @@ pub(super) async fn on_agent_event(
             }
             Err(e) => return broke(shared, consumer, *inv, e.into()).await,
         }
-    } else {
-        match frame.ty {
-            // Recognised before the relay answers them (spec §4.5): one that does not decode
-            // is the agent's violation, not a wrong request.
-            FrameType::CANCEL | FrameType::INVITE | FrameType::JOIN => {
-                match frame.decode(&shared.limits) {
-                    Err(e) => return broke(shared, consumer, *inv, e.into()).await,
-                    Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number => {
-                        return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
-                    }
-                    Ok(Message::Cancel(_)) => Some(error_frame(
-                        ErrorCode::UnexpectedMessage,
-                        "CANCEL names no pending invitation of yours",
-                    )),
-                    Ok(_) => Some(error_frame(
-                        ErrorCode::SessionBusy,
-                        "your invitation is pending; CANCEL it first",
-                    )),
-                }
+    } else if frame.ty == FrameType::CANCEL {
+        // Recognised before the relay acts on it (spec §4.5): one that does not decode names no
+        // invitation, and is the agent's violation.
+        match frame.decode(&shared.limits) {
+            Err(e) => return broke(shared, consumer, *inv, e.into()).await,
+            Ok(Message::Cancel(InvitationRef { invitation })) if invitation == number => {
+                return close_by(shared, consumer, *inv, Trigger::Cancel, AGENT).await;
             }
-            other => Some(error_frame(
+            Ok(_) => Some(error_frame(
                 ErrorCode::UnexpectedMessage,
-                &format!("{other} is not allowed before the customer accepts"),
+                "CANCEL names no pending invitation of yours",
             )),
+        }
+    } else {
+        // Nothing else has a receiver before the customer accepts: the relay refuses it, once
+        // recognised (spec §4.5): one that does not decode is the agent's violation, not a
+        // wrong request.
+        let (code, message) = match state::classify_control(Side::Agent, frame.ty) {
+            ControlAction::Refuse(ErrorCode::SessionBusy) => (
+                ErrorCode::SessionBusy,
+                "your invitation is pending; CANCEL it first".to_owned(),
+            ),
+            _ => (
+                ErrorCode::UnexpectedMessage,
+                format!("{} is not allowed before the customer accepts", frame.ty),
+            ),
+        };
+        match state::refuse(&frame, &shared.limits, code, &message) {
+            Ok(error) => Some(error),
+            Err(e) => return broke(shared, consumer, *inv, e.into()).await,
         }
     };
     if let Some(reply) = reply

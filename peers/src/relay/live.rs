@@ -31,7 +31,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::state::{self, ControlAction, Outcome, PeerInfo, SessionId, Side};
 use super::{
-    Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, consumed, ended, error_frame,
+    Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, consumed, ended,
     finish_owned, forward_control, forward_datagrams, forward_uni_streams, frame_bytes, outcome_of,
     reason_name, refusal, spawn_writer, violation,
 };
@@ -334,8 +334,9 @@ const HELD_BUDGET: usize = 256 * 1024;
 
 /// Waits up to `grace` for `side` to come back (spec §3.5). Meanwhile the surviving side's
 /// control stream is read: its end-to-end frames are held for the side that comes back (up to
-/// [`HELD_BUDGET`]), a `PING` is answered, and its `END` or `CLOSE`, or a violation (a frame the
-/// relay consumes that does not decode among them, spec §4.5), ends the session at once.
+/// [`HELD_BUDGET`]), a `PING` is answered, a request is refused, and its `END` or `CLOSE`, or a
+/// violation (a frame the relay consumes or refuses that does not decode among them, spec
+/// §4.5), ends the session at once.
 /// Ends the session when `side` does not come back, when the other side goes too, or when the
 /// relay shuts down.
 async fn wait_back(
@@ -384,7 +385,8 @@ async fn wait_back(
                     }
                     ControlAction::Refuse(code) => {
                         let message = format!("{} is not allowed in a live session", frame.ty);
-                        let error = error_frame(code, &message);
+                        let error = state::refuse(&frame, &limits, code, &message)
+                            .map_err(|e| outcome_of(other, e.into()))?;
                         let _ = survivor.out.send(Bytes::from(error.to_bytes())).await;
                     }
                     ControlAction::Violation => return Err(violation(other, frame.ty)),

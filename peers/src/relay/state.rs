@@ -111,7 +111,8 @@ pub enum ControlAction {
     Ping,
     /// A hop message that needs no answer (`PONG`, `ERROR`): consume it.
     Ignore,
-    /// A request that cannot be granted now: answer `ERROR` with this code and carry on.
+    /// A request that cannot be granted now: answer `ERROR` with this code and carry on, once
+    /// [`refuse`] recognised it (spec §4.5).
     Refuse(ErrorCode),
     /// A message that only the relay sends, or a second `HELLO`: the sender broke the protocol.
     Violation,
@@ -120,7 +121,8 @@ pub enum ControlAction {
 /// Classifies a control frame from `side` of a session by its type; bodies are not decoded.
 /// The frames of [`ControlAction::End`], [`ControlAction::Close`], [`ControlAction::Ping`] and
 /// [`ControlAction::Ignore`] are the relay's to consume: their bodies are recognised by
-/// [`consume`] before the relay acts on them (spec §4.5).
+/// [`consume`] before the relay acts on them (spec §4.5); those of [`ControlAction::Refuse`]
+/// are recognised by [`refuse`] before the relay answers them.
 pub fn classify_control(side: Side, ty: FrameType) -> ControlAction {
     match ty {
         FrameType::END => ControlAction::End,
@@ -206,6 +208,39 @@ pub fn consume(frame: &RawFrame, limits: &Limits) -> Result<Consumed, DecodeErro
         // PONG and ERROR; a body decoded as one of the five types is one of these messages.
         _ => Consumed::Ignored,
     })
+}
+
+/// Refuses a control frame that the relay answers itself without granting it (a request it
+/// cannot serve in the sender's state, or a frame that has no receiver there): the `ERROR`
+/// with `code` and `message` to send back (spec §7.33), the connection staying open. The frame
+/// is recognised first, as every frame the relay answers (spec §4.5): a body that does not
+/// decode is not refused but is the protocol violation to close the sender's connection for,
+/// with its code (`MalformedFrame`, spec §9), in every state. Frames the relay forwards are
+/// never given to this; their final receiver checks them.
+pub fn refuse(
+    frame: &RawFrame,
+    limits: &Limits,
+    code: ErrorCode,
+    message: &str,
+) -> Result<RawFrame, DecodeError> {
+    frame.decode(limits)?;
+    Ok(error_frame(code, message))
+}
+
+/// An `ERROR` frame (spec §7.33) with `code` and `message`, raw.
+pub fn error_frame(code: ErrorCode, message: &str) -> RawFrame {
+    let msg = Message::Error(ErrorReport {
+        code,
+        message: message.to_owned(),
+    });
+    let mut body = Vec::new();
+    // An ERROR with a short message always encodes; if it ever did not, an empty body would be
+    // a malformed ERROR rather than a panic.
+    let _ = msg.encode_body(&mut body);
+    RawFrame {
+        ty: FrameType::ERROR,
+        body,
+    }
 }
 
 /// A change of a live session that the relay reports as a lifecycle event (spec §13.5).
@@ -1269,6 +1304,42 @@ mod tests {
         };
         assert!(!Consumed::is_consumed(FrameType::ACK));
         assert!(consume(&ack, &limits).is_err());
+    }
+
+    /// A frame the relay refuses is recognised first (spec §4.5): one that decodes gets the
+    /// `ERROR`, one that does not is `MalformedFrame`, whatever the refusal would have said.
+    #[test]
+    fn refused_frames_are_answered_only_when_their_body_decodes() {
+        let limits = Limits::DEFAULT;
+        let open = Message::SessionOpen(tandem_protocol::message::SessionOpen {
+            label: "again".into(),
+        });
+        let mut body = Vec::new();
+        open.encode_body(&mut body).unwrap();
+        let frame = |body: Vec<u8>| RawFrame {
+            ty: FrameType::SESSION_OPEN,
+            body,
+        };
+        let error = refuse(
+            &frame(body.clone()),
+            &limits,
+            ErrorCode::UnexpectedMessage,
+            "not now",
+        )
+        .unwrap();
+        assert_eq!(
+            error.decode(&limits),
+            Ok(Message::Error(ErrorReport {
+                code: ErrorCode::UnexpectedMessage,
+                message: "not now".into(),
+            }))
+        );
+        let mut trailing = body.clone();
+        trailing.push(0x00);
+        for (bad, what) in [(trailing, "trailing bytes"), (vec![0x05], "truncated")] {
+            let e = refuse(&frame(bad), &limits, ErrorCode::SessionBusy, "busy").unwrap_err();
+            assert_eq!(e.code(), ErrorCode::MalformedFrame, "{what}: {e}");
+        }
     }
 
     #[test]
