@@ -14,7 +14,9 @@
 //! decode closes the consumer, and the agent is told the customer is lost. And any frame the
 //! relay refuses with `ERROR` in some state (a request it cannot grant, an end-to-end message
 //! with no receiver yet) is decoded first in every state: one that does not decode is closed
-//! with `CLOSE MalformedFrame`, not refused.
+//! with `CLOSE MalformedFrame`, not refused. A message only the relay sends (or a second
+//! `HELLO`) is no request to refuse either: it is closed with `CLOSE UnexpectedMessage` in every
+//! state, an inviting agent's included.
 //!
 //! No test sleeps: every wait is for an event, with a timeout only as a failure guard.
 
@@ -26,7 +28,8 @@ use common::{channel, guard};
 use tandem_peers::client::ControlChannel;
 use tandem_peers::relay::{RelayEvent, RelayHandle};
 use tandem_protocol::message::{
-    Credential, End, EndReason, ErrorReport, InvitationRef, Invite, Join, Ping, Role, SessionOpen,
+    Capabilities, Credential, End, EndReason, ErrorReport, InvitationRef, Invite, Join, Joined,
+    Ping, Platform, Role, SessionCreated, SessionOpen, Welcome,
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 
@@ -94,26 +97,26 @@ fn bad_consumed_frames() -> Vec<RawFrame> {
 /// MalformedFrame` and the relay to close the connection with that code (spec §3.3; the
 /// `CLOSE` is read raw, so that this side does not close first).
 async fn bad_frame_is_closed(ctl: &mut ControlChannel, frame: &RawFrame) {
+    frame_is_closed(ctl, frame, ErrorCode::MalformedFrame).await;
+}
+
+/// Sends `frame` and expects the relay's next frame to be `CLOSE` with `code` and the relay to
+/// close the connection with that code.
+async fn frame_is_closed(ctl: &mut ControlChannel, frame: &RawFrame, code: ErrorCode) {
     ctl.send_raw(frame).await.expect("sent");
     let (ty, body) = (frame.ty, &frame.body);
     let answer = guard("CLOSE", ctl.recv_raw()).await.expect("readable");
     match answer.map(|f| f.decode(&Limits::DEFAULT)) {
         Some(Ok(Message::Close(report))) => {
-            assert_eq!(
-                report.code,
-                ErrorCode::MalformedFrame,
-                "{ty}: {}",
-                report.message
-            );
+            assert_eq!(report.code, code, "{ty}: {}", report.message);
         }
-        other => panic!("expected CLOSE MalformedFrame for {ty} {body:02x?}, got {other:?}"),
+        other => panic!("expected CLOSE {code:?} for {ty} {body:02x?}, got {other:?}"),
     }
     match guard("the relay closes", ctl.connection().closed()).await {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
-            close.error_code,
-            quinn::VarInt::from_u32(u32::from(ErrorCode::MalformedFrame))
-        ),
-        other => panic!("expected the relay to close {ty} with MalformedFrame, got {other:?}"),
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(u32::from(code)))
+        }
+        other => panic!("expected the relay to close {ty} with {code:?}, got {other:?}"),
     }
 }
 
@@ -417,13 +420,19 @@ fn trailing(msg: &Message) -> RawFrame {
 /// Sends `frame`, which does not decode, from an agent whose invitation is pending: the agent
 /// is closed with `CLOSE MalformedFrame`, the customer is told `CANCEL` and keeps waiting.
 async fn bad_request_while_inviting(frame: RawFrame) {
+    closed_while_inviting(frame, ErrorCode::MalformedFrame).await;
+}
+
+/// Sends `frame` from an agent whose invitation is pending: the agent is closed with `CLOSE`
+/// and `code`, the customer is told `CANCEL` and keeps waiting.
+async fn closed_while_inviting(frame: RawFrame, code: ErrorCode) {
     let relay = common::start_relay(|_| {});
     let mut consumer = channel(&relay, Role::Consumer).await;
     guard("session", consumer.open_session("visitor-7"))
         .await
         .expect("created");
     let mut agent = invited(&relay, &mut consumer, 20).await;
-    bad_frame_is_closed(&mut agent, &frame).await;
+    frame_is_closed(&mut agent, &frame, code).await;
     let told = guard("CANCEL", consumer.recv()).await.expect("readable");
     assert!(
         matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 20),
@@ -662,4 +671,41 @@ async fn a_refused_frame_that_does_not_decode_while_the_other_side_is_away() {
         );
     }
     relay.shutdown().await;
+}
+
+/// A message only the relay sends, or a second `HELLO`, from an agent whose invitation is
+/// pending: a violation (spec §4.3, §9), closed with `CLOSE UnexpectedMessage` as before a
+/// session and in a live session, not refused with `ERROR`.
+#[tokio::test]
+async fn a_relay_only_message_while_inviting() {
+    let capabilities = Capabilities(0);
+    for msg in [
+        Message::Hello(tandem_peers::client::hello(Role::Agent)),
+        Message::Welcome(Welcome {
+            version: 1,
+            role: Role::Relay,
+            capabilities,
+            software: "test".into(),
+        }),
+        Message::SessionCreated(SessionCreated {
+            code: "123456".into(),
+            token: "00".into(),
+            expires_ms: 120_000,
+        }),
+        Message::Joined(Joined {
+            peer_role: Role::Consumer,
+            peer_label: "visitor-7".into(),
+            peer_platform: Platform::default(),
+            capabilities,
+            resume_token: String::new(),
+        }),
+    ] {
+        let mut body = Vec::new();
+        msg.encode_body(&mut body).expect("encodes");
+        let frame = RawFrame {
+            ty: msg.frame_type(),
+            body,
+        };
+        closed_while_inviting(frame, ErrorCode::UnexpectedMessage).await;
+    }
 }

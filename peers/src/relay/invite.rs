@@ -185,9 +185,11 @@ pub(super) enum Still {
 }
 
 /// Handles an [`Event`] of the pending invitation `inv` of the customer `consumer`: the agent's
-/// `CANCEL`, `END` or loss, hop messages, expiry. Nothing else has a receiver before the
-/// customer accepts: the relay refuses it with `ERROR` (`SessionBusy` for `INVITE` and `JOIN`,
-/// `UnexpectedMessage` otherwise). Every frame is recognised first, those the relay consumes
+/// `CANCEL`, `END` or loss, hop messages, expiry. A message only the relay sends, or a second
+/// `HELLO`, is a violation, closed with `CLOSE UnexpectedMessage` as in every other state
+/// (spec §9). Nothing else has a receiver before the customer accepts: the relay refuses it
+/// with `ERROR` (`SessionBusy` for `INVITE` and `JOIN`, `UnexpectedMessage` otherwise), the
+/// connection staying open. Every frame is recognised first, those the relay consumes
 /// (`PING`, `PONG`, `ERROR`, `END`, `CLOSE`) as those it answers or refuses, and one that does
 /// not decode is the agent's violation (spec §4.5), not a request it refuses. An error is a
 /// failure to write to the customer.
@@ -246,6 +248,15 @@ pub(super) async fn on_agent_event(
         // recognised (spec §4.5): one that does not decode is the agent's violation, not a
         // wrong request.
         let (code, message) = match state::classify_control(Side::Agent, frame.ty) {
+            // A message only the relay sends, or a second HELLO, is not refused but is a
+            // violation (spec §4.3, §9), closed as in every other state.
+            ControlAction::Violation => {
+                let report = ErrorReport {
+                    code: ErrorCode::UnexpectedMessage,
+                    message: format!("{} is not allowed here", frame.ty),
+                };
+                return violated(shared, consumer, *inv, report).await;
+            }
             ControlAction::Refuse(ErrorCode::SessionBusy) => (
                 ErrorCode::SessionBusy,
                 "your invitation is pending; CANCEL it first".to_owned(),
@@ -372,14 +383,13 @@ async fn close_by(
 }
 
 /// Reading the inviting agent's control stream failed with `e`. When the agent broke the
-/// protocol (a frame that does not decode, a header over the limits: spec §4.5, §9), the
-/// invitation closes as lost (the customer is told `CANCEL` and keeps waiting), and the agent
-/// is told nothing but a `CLOSE` with the violation's code before its connection closes, as in
-/// every other state. When its link is gone, the invitation closes as lost.
+/// protocol (a frame that does not decode, a header over the limits: spec §4.5, §9), it is
+/// [`violated`] with the violation's code, as in every other state. When its link is gone, the
+/// invitation closes as lost.
 async fn broke(
     shared: &Arc<Shared>,
     consumer: &mut Peer,
-    mut inv: Pending,
+    inv: Pending,
     e: FramedError,
 ) -> Result<Still, Stop> {
     let report = match Stop::from(e) {
@@ -388,6 +398,18 @@ async fn broke(
             return close_by(shared, consumer, inv, Trigger::ConnectionLost, AGENT).await;
         }
     };
+    violated(shared, consumer, inv, report).await
+}
+
+/// The inviting agent broke the protocol (spec §9): the invitation closes as lost (the customer
+/// is told `CANCEL` and keeps waiting), and the agent is told nothing but `CLOSE` with
+/// `report` before its connection closes.
+async fn violated(
+    shared: &Arc<Shared>,
+    consumer: &mut Peer,
+    mut inv: Pending,
+    report: ErrorReport,
+) -> Result<Still, Stop> {
     let (code, message) = (report.code, &report.message);
     tracing::debug!(?code, %message, "the inviting agent broke the protocol");
     let life = settle(&mut inv.life, Trigger::ConnectionLost);
