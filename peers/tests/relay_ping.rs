@@ -709,3 +709,41 @@ async fn a_relay_only_message_while_inviting() {
         closed_while_inviting(frame, ErrorCode::UnexpectedMessage).await;
     }
 }
+
+/// A well-formed frame with no receiver before the customer accepts (an end-to-end `PAUSE`, a
+/// `SESSION_OPEN`), from an agent whose invitation is pending, is refused with `ERROR
+/// UnexpectedMessage` (spec §7.7, §9): the connection stays open and the invitation pending.
+#[tokio::test]
+async fn a_frame_with_no_receiver_while_inviting_is_refused() {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    let mut agent = invited(&relay, &mut consumer, 60).await;
+    let [open, ..] = requests();
+    for (n, msg) in (61..).zip([Message::Pause(()), open]) {
+        agent.send(&msg).await.expect("sent");
+        match guard("ERROR", agent.recv()).await.expect("readable") {
+            Some(Message::Error(report)) => assert_eq!(
+                report.code,
+                ErrorCode::UnexpectedMessage,
+                "{}: {}",
+                msg.name(),
+                report.message
+            ),
+            other => panic!(
+                "expected ERROR UnexpectedMessage for {}, got {other:?}",
+                msg.name()
+            ),
+        }
+        ping_is_answered(&mut agent, n).await;
+    }
+    agent.cancel(60).await.expect("sent");
+    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
+    assert!(
+        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 60),
+        "{told:?}"
+    );
+    relay.shutdown().await;
+}
