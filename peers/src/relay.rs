@@ -855,7 +855,7 @@ async fn wait_for_agent(
             }
             continue;
         }
-        let reply = match state::classify_control(Side::Consumer, frame.ty) {
+        let reply = match state::classify_waiting(frame.ty) {
             ControlAction::Forward => {
                 pending_bytes += frame.body.len();
                 if pending_bytes > PENDING_BUDGET {

@@ -747,3 +747,46 @@ async fn a_frame_with_no_receiver_while_inviting_is_refused() {
     );
     relay.shutdown().await;
 }
+
+/// A customer cannot pause or resume a session nobody has joined (spec §13.1: no such
+/// transition): `PAUSE` and `RESUME` while waiting get `ERROR UnexpectedMessage`, the session
+/// stays, and the agent who then joins is not told of a pause; one that does not decode is
+/// closed as malformed.
+#[tokio::test]
+async fn pause_before_anyone_joined_is_refused() {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    for (n, msg) in (70..).zip([Message::Pause(()), Message::Resume(())]) {
+        consumer.send(&msg).await.expect("sent");
+        match guard("ERROR", consumer.recv()).await.expect("readable") {
+            Some(Message::Error(report)) => {
+                assert_eq!(report.code, ErrorCode::UnexpectedMessage, "{}", msg.name())
+            }
+            other => panic!("expected ERROR for {}, got {other:?}", msg.name()),
+        }
+        ping_is_answered(&mut consumer, n).await;
+    }
+    let mut agent = channel(&relay, Role::Agent).await;
+    guard("join", agent.join(Credential::Code(created.code), "Alex"))
+        .await
+        .expect("joined");
+    guard("joined", consumer.wait_joined())
+        .await
+        .expect("joined");
+    // Nothing was held for the agent: the first thing it hears is the customer's next message.
+    consumer.send(&Message::Resume(())).await.expect("sent");
+    let first = guard("forwarded", agent.recv()).await.expect("readable");
+    assert!(matches!(first, Some(Message::Resume(()))), "{first:?}");
+    relay.shutdown().await;
+
+    let relay = common::start_relay(|_| {});
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    guard("session", consumer.open_session("Customer"))
+        .await
+        .expect("created");
+    bad_frame_is_closed(&mut consumer, &trailing(&Message::Pause(()))).await;
+    relay.shutdown().await;
+}

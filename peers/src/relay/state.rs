@@ -118,6 +118,17 @@ pub enum ControlAction {
     Violation,
 }
 
+/// [`classify_control`] for a consumer whose session nobody has joined yet (Waiting, or an
+/// invitation pending): its control frames are held for the agent, except that it cannot pause
+/// or resume a session that is not live. The lifecycle has no such transition, and the relay
+/// would otherwise deliver a `PAUSE` at the join without ever noting the pause (spec §13.1).
+pub fn classify_waiting(ty: FrameType) -> ControlAction {
+    match ty {
+        FrameType::PAUSE | FrameType::RESUME => ControlAction::Refuse(ErrorCode::UnexpectedMessage),
+        ty => classify_control(Side::Consumer, ty),
+    }
+}
+
 /// Classifies a control frame from `side` of a session by its type; bodies are not decoded.
 /// The frames of [`ControlAction::End`], [`ControlAction::Close`], [`ControlAction::Ping`] and
 /// [`ControlAction::Ignore`] are the relay's to consume: their bodies are recognised by
