@@ -182,21 +182,7 @@ async fn waiting_for_an_agent() {
 /// invitation is withdrawn (`CANCEL`) and keeps waiting.
 #[tokio::test]
 async fn inviting_a_customer() {
-    let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    guard("session", consumer.open_session("visitor-7"))
-        .await
-        .expect("created");
-    let mut agent = channel(&relay, Role::Agent).await;
-    let invite = Message::Invite(Invite {
-        invitation: 4,
-        target: "visitor-7".into(),
-        agent_label: "Alex".into(),
-        expires_ms: 120_000,
-    });
-    agent.send(&invite).await.expect("sent");
-    let shown = guard("INVITE", consumer.recv()).await.expect("readable");
-    assert!(matches!(shown, Some(Message::Invite(_))), "{shown:?}");
+    let (relay, mut consumer, mut agent) = invitation(4).await;
     ping_is_answered(&mut agent, 3).await;
     bad_ping_is_closed(&mut agent, EMPTY).await;
     let told = guard("CANCEL", consumer.recv()).await.expect("readable");
@@ -286,21 +272,9 @@ async fn consumed_frames_while_waiting_for_an_agent() {
 #[tokio::test]
 async fn consumed_frames_while_inviting() {
     let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    guard("session", consumer.open_session("visitor-7"))
-        .await
-        .expect("created");
+    let mut consumer = waiting(&relay).await;
     for (n, frame) in (10..).zip(bad_consumed_frames()) {
-        let mut agent = channel(&relay, Role::Agent).await;
-        let invite = Message::Invite(Invite {
-            invitation: n,
-            target: "visitor-7".into(),
-            agent_label: "Alex".into(),
-            expires_ms: 120_000,
-        });
-        agent.send(&invite).await.expect("sent");
-        let shown = guard("INVITE", consumer.recv()).await.expect("readable");
-        assert!(matches!(shown, Some(Message::Invite(_))), "{shown:?}");
+        let mut agent = invited(&relay, &mut consumer, n).await;
         bad_frame_is_closed(&mut agent, &frame).await;
         let told = guard("CANCEL", consumer.recv()).await.expect("readable");
         assert!(
@@ -383,6 +357,24 @@ async fn away(
     agent
 }
 
+/// A consumer of `relay` with an open session under the target "visitor-7", waiting.
+async fn waiting(relay: &RelayHandle) -> ControlChannel {
+    let mut consumer = channel(relay, Role::Consumer).await;
+    guard("session", consumer.open_session("visitor-7"))
+        .await
+        .expect("created");
+    consumer
+}
+
+/// A new relay, a consumer waiting there as "visitor-7" and an agent whose `INVITE`
+/// `invitation` it has been shown: (relay, consumer, agent).
+async fn invitation(invitation: u64) -> (RelayHandle, ControlChannel, ControlChannel) {
+    let relay = common::start_relay(|_| {});
+    let mut consumer = waiting(&relay).await;
+    let agent = invited(&relay, &mut consumer, invitation).await;
+    (relay, consumer, agent)
+}
+
 /// A consumer waiting under `target` that has been shown the `INVITE` `invitation` of a new
 /// agent: the agent's channel.
 async fn invited(
@@ -426,12 +418,7 @@ async fn bad_request_while_inviting(frame: RawFrame) {
 /// Sends `frame` from an agent whose invitation is pending: the agent is closed with `CLOSE`
 /// and `code`, the customer is told `CANCEL` and keeps waiting.
 async fn closed_while_inviting(frame: RawFrame, code: ErrorCode) {
-    let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    guard("session", consumer.open_session("visitor-7"))
-        .await
-        .expect("created");
-    let mut agent = invited(&relay, &mut consumer, 20).await;
+    let (relay, mut consumer, mut agent) = invitation(20).await;
     frame_is_closed(&mut agent, &frame, code).await;
     let told = guard("CANCEL", consumer.recv()).await.expect("readable");
     assert!(
@@ -479,12 +466,7 @@ async fn a_join_that_does_not_decode_while_inviting() {
 /// UnexpectedMessage`, and the invitation stays pending until the right `CANCEL`.
 #[tokio::test]
 async fn a_cancel_of_another_invitation_while_inviting() {
-    let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    guard("session", consumer.open_session("visitor-7"))
-        .await
-        .expect("created");
-    let mut agent = invited(&relay, &mut consumer, 30).await;
+    let (relay, mut consumer, mut agent) = invitation(30).await;
     agent
         .send(&Message::Cancel(InvitationRef { invitation: 31 }))
         .await
@@ -514,12 +496,7 @@ async fn a_cancel_of_another_invitation_while_inviting() {
 /// consumer is closed with `CLOSE MalformedFrame` and its session is lost; the agent is told
 /// `END ConnectionLost`, as when the customer's link goes (spec §7.7), and is free again.
 async fn bad_answer_while_invited(answer: RawFrame) {
-    let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    guard("session", consumer.open_session("visitor-7"))
-        .await
-        .expect("created");
-    let mut agent = invited(&relay, &mut consumer, 40).await;
+    let (relay, mut consumer, mut agent) = invitation(40).await;
     bad_frame_is_closed(&mut consumer, &answer).await;
     assert_eq!(
         guard("END", agent.recv()).await.expect("readable"),
@@ -715,12 +692,7 @@ async fn a_relay_only_message_while_inviting() {
 /// UnexpectedMessage` (spec §7.7, §9): the connection stays open and the invitation pending.
 #[tokio::test]
 async fn a_frame_with_no_receiver_while_inviting_is_refused() {
-    let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    guard("session", consumer.open_session("visitor-7"))
-        .await
-        .expect("created");
-    let mut agent = invited(&relay, &mut consumer, 60).await;
+    let (relay, mut consumer, mut agent) = invitation(60).await;
     let [open, ..] = requests();
     for (n, msg) in (61..).zip([Message::Pause(()), open]) {
         agent.send(&msg).await.expect("sent");
