@@ -148,6 +148,18 @@ fn exchange(
     sent
 }
 
+/// A new agent synced with `c` and holding every blob it asked for, pulled without loss:
+/// (agent, its receiver).
+fn pulled_by_a_new_agent(c: &mut Consumer) -> (Agent, ResourceReceiver) {
+    let mut agent = Agent::new(L);
+    sync(c, &mut agent);
+    let mut rx = receiver();
+    rx.scan_dom(agent.dom());
+    let mut sender = ResourceSender::new(SendMode::Pull);
+    exchange(c, &mut sender, &mut rx, None, &mut no_corruption());
+    (agent, rx)
+}
+
 fn receiver() -> ResourceReceiver {
     ResourceReceiver::new(BlobStore::new(1 << 24), ResourceLimits::DEFAULT)
 }
@@ -378,12 +390,7 @@ fn large_texts_become_private_blobs_and_come_back_exactly() {
     assert!(text_of(&sheet_blob).starts_with(&format!(".a{{background:url({dot})}}")));
 
     // The agent restores the texts exactly; with files, the sheet points at its image.
-    let mut agent = Agent::new(L);
-    sync(&mut c, &mut agent);
-    let mut rx = receiver();
-    rx.scan_dom(agent.dom());
-    let mut sender = ResourceSender::new(SendMode::Pull);
-    exchange(&mut c, &mut sender, &mut rx, None, &mut no_corruption());
+    let (agent, rx) = pulled_by_a_new_agent(&mut c);
     assert_eq!(rx.wanted().count(), 0);
     let page = agent.to_html_resolved(
         rx.store(),
@@ -454,12 +461,7 @@ fn a_page_text_equal_to_one_of_our_uris_is_page_text() {
     assert_eq!(text_of(&blob_of(&c, &now)), ours);
 
     // The agent restores both texts as the page has them.
-    let mut agent = Agent::new(L);
-    sync(&mut c, &mut agent);
-    let mut rx = receiver();
-    rx.scan_dom(agent.dom());
-    let mut sender = ResourceSender::new(SendMode::Pull);
-    exchange(&mut c, &mut sender, &mut rx, None, &mut no_corruption());
+    let (agent, rx) = pulled_by_a_new_agent(&mut c);
     let page = agent.to_html_resolved(rx.store(), &ResolveMode::Inline);
     let back = parse_html(&page.html, L);
     let ps: Vec<String> = back
@@ -1076,12 +1078,7 @@ fn a_second_session_through_the_relay_cache_uploads_almost_nothing() {
 #[test]
 fn the_agent_writes_a_complete_page() {
     let mut c = consumer_for(&page("page1.html"), &format!("{SITE_URL}page1.html"));
-    let mut agent = Agent::new(L);
-    sync(&mut c, &mut agent);
-    let mut rx = receiver();
-    rx.scan_dom(agent.dom());
-    let mut sender = ResourceSender::new(SendMode::Pull);
-    exchange(&mut c, &mut sender, &mut rx, None, &mut no_corruption());
+    let (agent, rx) = pulled_by_a_new_agent(&mut c);
     // Every blob referenced, nested ones included (the font and the image inside the sheets).
     for rel in [
         "img/logo.png",

@@ -62,9 +62,12 @@ macro_rules! say {
 
 /// The body of `say!`.
 fn say_line(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    write_line(std::io::stdout().lock(), args);
+}
+
+/// Writes `args` and a newline to `w`, dropping a failed write (`say!`, `note!`).
+fn write_line(mut w: impl std::io::Write, args: std::fmt::Arguments<'_>) {
+    let _ = w.write_fmt(args).and_then(|()| w.write_all(b"\n"));
 }
 
 /// Prints one line on standard error, like `eprintln!`, except that a failed write is ignored:
@@ -78,9 +81,7 @@ macro_rules! note {
 
 /// The body of `note!`.
 fn note_line(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+    write_line(std::io::stderr().lock(), args);
 }
 
 pub mod agent;
