@@ -2,7 +2,8 @@
 //! Tandem (relay, consumer and agent over QUIC, `tandem demo --page P --batches 0`) and sent by
 //! the baseline of websocket products (the page's HTML gzip-compressed over TCP + TLS through
 //! the same link). Measures time to first visible render, time to complete and bytes on the
-//! wire of the viewer's link; the parts live in `tandem_peers::bench`.
+//! wire of the viewer's link, and on the target link how long the customer's pointer takes to
+//! reach the agent while the snapshot streams; the parts live in `tandem_peers::bench`.
 //!
 //! Writes `target/e2e/e2e.csv` and `target/e2e/e2e.svg`, prints a table and the issue's target
 //! checks on 300ms,750kbit,1% (reported, not asserted).
@@ -60,11 +61,14 @@ fn main() {
 
     println!("{}", bench::table(&rows));
     println!(
-        "Times from the viewer starting to connect (handshakes included). Tandem's agent renders \
-         once the whole snapshot is verified, so its first render is its complete render; the \
-         baseline renders when the whole HTML has arrived, so its first render is its complete \
-         time. Bytes: the viewer's link, both directions, headers included. bound = bytes down / \
-         rate + 2 round trips.\n"
+        "Times from the viewer starting to connect (handshakes included). Tandem's first render \
+         is the first part of the snapshot (the top of the page), its complete render the whole \
+         page verified; the baseline renders when the whole HTML has arrived, so its first \
+         render is its complete time. Bytes: the viewer's link, both directions, headers \
+         included. bound = bytes down / rate + 2 round trips. pointer p95: on the target link, \
+         in a run of its own, the customer's pointer every {} ms; the 95th percentile latency \
+         of those that arrived while the snapshot did (how many in brackets).\n",
+        bench::POINTER_EVERY_MS
     );
     let target = links
         .iter()

@@ -21,6 +21,11 @@
 //!   [`TcpLinkCounters`]). The consumer's upload is not counted for either: a websocket
 //!   product's consumer uploads the page to its server too.
 //! - The bound of the target: bytes on the wire down ÷ link rate + 2 round trips.
+//! - On [`TARGET_LINK`], in a Tandem run of its own: how long the customer's pointer took to
+//!   reach the agent while the snapshot was arriving ([`Measurement::pointer`]). The customer
+//!   points from the moment the consumer knows the agent joined; the relay sent the snapshot,
+//!   sent ahead, when the agent joined, so on small pages it has arrived before any pointer
+//!   could and there is nothing to measure.
 //!
 //! The baseline favours TCP where the emulation must guess: its certificate is one small
 //! self-signed ECDSA certificate, not a web server's chain, and the TCP model charges a lost
@@ -54,7 +59,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::demo::{self, DemoArgs};
+use crate::demo::{self, DemoArgs, PointerLatency};
 use crate::link::{LinkCounters, LinkSpec, LinkSpecError, TcpLink, TcpLinkCounters, UDP_OVERHEAD};
 use crate::session::SessionError;
 
@@ -72,6 +77,15 @@ pub const TARGET_LINK: &str = "300ms,750kbit,1%";
 
 /// The target: time to complete within this many times [`bound_ms`].
 pub const BOUND_FACTOR: f64 = 1.3;
+
+/// Milliseconds between two moves of the customer's pointer in the pointer runs (50 a second,
+/// as browsers deliver `mousemove` to a page that throttles it to animation frames or less).
+pub const POINTER_EVERY_MS: u64 = 20;
+
+/// The pointer target: the 95th percentile within the one-way delay between the
+/// customer and the agent plus this many milliseconds. Each side is behind its own link, so
+/// that delay is twice a link's.
+pub const POINTER_SLACK_MS: f64 = 50.0;
 
 /// Pages above this many bytes must render first within a third of the baseline's time to
 /// complete.
@@ -154,6 +168,11 @@ pub struct Measurement {
     pub wire_bytes_up: u64,
     /// Bytes on the wire to the viewer, headers included.
     pub wire_bytes_down: u64,
+    /// Tandem on [`TARGET_LINK`] only: the customer's pointer, moved every
+    /// [`POINTER_EVERY_MS`] from the agent's join in a run of its own (so that it counts in
+    /// none of the figures above), and the latency of the pointers that arrived while the
+    /// snapshot was arriving ([`crate::demo::PointerReport::during_snapshot`]).
+    pub pointer: Option<PointerLatency>,
 }
 
 impl Measurement {
@@ -228,7 +247,18 @@ pub async fn measure(
         complete_ms,
         wire_bytes_up,
         wire_bytes_down,
+        pointer: None,
     })
+}
+
+/// The pointer run of [`Measurement::pointer`]: Tandem sharing the page at `path` over `spec`
+/// while the customer's pointer moves every [`POINTER_EVERY_MS`].
+pub async fn pointer(path: &Path, spec: &LinkSpec) -> Result<PointerLatency, BenchError> {
+    let run = tandem_with(path, spec, Some(POINTER_EVERY_MS)).await?;
+    run.report
+        .pointer
+        .map(|p| p.during_snapshot)
+        .ok_or(BenchError::NoRender)
 }
 
 /// Measures every page of `pages` over every link of `links` (names as in [`LINKS`]), Tandem
@@ -262,7 +292,14 @@ pub fn run_all(
             for system in [System::Tandem, System::Baseline] {
                 for attempt in 1..=2 {
                     let started = Instant::now();
-                    match runtime.block_on(measure(system, path, link, &spec)) {
+                    let run = async {
+                        let mut m = measure(system, path, link, &spec).await?;
+                        if system == System::Tandem && link == TARGET_LINK {
+                            m.pointer = Some(pointer(path, &spec).await?);
+                        }
+                        Ok::<_, BenchError>(m)
+                    };
+                    match runtime.block_on(run) {
                         Ok(m) => {
                             note!(
                                 "e2e: {page:<20} {link:<18} {:<8} first {:>8.0} ms, complete {:>8.0} ms, {:>8} B down ({:.1} s)",
@@ -316,7 +353,18 @@ pub struct TandemRun {
 /// client behind a link shaped by `spec`. On loopback (`spec` shapes nothing) the forwarders
 /// still run, with a delay of 1 µs, so that the bytes are counted.
 pub async fn tandem(path: &Path, spec: &LinkSpec) -> Result<TandemRun, BenchError> {
-    let args = demo_args(path);
+    tandem_with(path, spec, None).await
+}
+
+/// [`tandem`], with the customer's pointer moving every `pointer_every` milliseconds when
+/// given (`tandem demo --pointer-every`).
+async fn tandem_with(
+    path: &Path,
+    spec: &LinkSpec,
+    pointer_every: Option<u64>,
+) -> Result<TandemRun, BenchError> {
+    let mut args = demo_args(path);
+    args.pointer_every = pointer_every;
     let spec = if spec.is_none() {
         LinkSpec {
             delay: Duration::from_micros(1),
@@ -605,11 +653,12 @@ pub async fn baseline(html: &[u8], spec: &LinkSpec) -> Result<BaselineRun, Bench
 // Output: CSV, table, target checks, SVG
 
 /// The CSV of `rows`, with a header line: page, page_bytes, link, system, first_render_ms,
-/// complete_ms, wire_bytes_up, wire_bytes_down, bound_ms, ratio_to_bound (the last two empty
-/// on a link without a rate limit).
+/// complete_ms, wire_bytes_up, wire_bytes_down, bound_ms, ratio_to_bound (these two empty on
+/// a link without a rate limit), pointer_arrived, pointer_p95_ms (empty without a pointer run,
+/// and the latter when no pointer arrived while the snapshot did).
 pub fn csv(rows: &[Measurement]) -> String {
     let mut out = String::from(
-        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound\n",
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms\n",
     );
     for r in rows {
         let opt =
@@ -617,7 +666,7 @@ pub fn csv(rows: &[Measurement]) -> String {
         // Link names hold commas: quote them.
         let _ = writeln!(
             out,
-            "{},{},\"{}\",{},{:.1},{:.1},{},{},{},{}",
+            "{},{},\"{}\",{},{:.1},{:.1},{},{},{},{},{},{}",
             r.page,
             r.page_bytes,
             r.link,
@@ -628,6 +677,10 @@ pub fn csv(rows: &[Measurement]) -> String {
             r.wire_bytes_down,
             opt(r.bound_ms(), 1),
             opt(r.ratio_to_bound(), 3),
+            r.pointer
+                .as_ref()
+                .map_or(String::new(), |p| p.arrived.to_string()),
+            opt(r.pointer.as_ref().and_then(|p| p.p95_ms), 1),
         );
     }
     out
@@ -638,7 +691,7 @@ pub fn table(rows: &[Measurement]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:>8} {:<18} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6}",
+        "{:<20} {:>8} {:<18} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6} {:>13}",
         "page",
         "KB",
         "link",
@@ -648,14 +701,15 @@ pub fn table(rows: &[Measurement]) -> String {
         "up B",
         "down B",
         "bound ms",
-        "ratio"
+        "ratio",
+        "pointer p95"
     );
     for r in rows {
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
         let _ = writeln!(
             out,
-            "{:<20} {:>8.1} {:<18} {:<8} {:>9.0} {:>9.0} {:>8} {:>9} {:>9} {:>6}",
+            "{:<20} {:>8.1} {:<18} {:<8} {:>9.0} {:>9.0} {:>8} {:>9} {:>9} {:>6} {:>13}",
             r.page,
             r.page_bytes as f64 / 1024.0,
             r.link,
@@ -666,6 +720,12 @@ pub fn table(rows: &[Measurement]) -> String {
             r.wire_bytes_down,
             opt(r.bound_ms(), 0),
             opt(r.ratio_to_bound(), 2),
+            r.pointer
+                .as_ref()
+                .map_or("-".to_owned(), |p| match p.p95_ms {
+                    Some(ms) => format!("{ms:.0} ms ({})", p.arrived),
+                    None => "none (0)".to_owned(),
+                }),
         );
     }
     out
@@ -676,7 +736,7 @@ pub fn table(rows: &[Measurement]) -> String {
 pub struct Check {
     /// The page.
     pub page: String,
-    /// Which target: `bound`, `bytes` or `first render`.
+    /// Which target: `bound`, `bytes`, `first render` or `pointer`.
     pub target: &'static str,
     /// Whether the page meets it.
     pub pass: bool,
@@ -687,7 +747,9 @@ pub struct Check {
 /// The targets on `link` for every page measured there by both systems: Tandem's time
 /// to complete within [`BOUND_FACTOR`] × its bound; fewer bytes on the wire (both directions)
 /// than the baseline; and, on pages over [`LARGE_PAGE`] bytes, a first render within a third
-/// of the baseline's time to complete.
+/// of the baseline's time to complete; and where pointers arrived while the snapshot did
+/// ([`Measurement::pointer`]), their 95th percentile within the customer–agent one-way delay
+/// (two links) + [`POINTER_SLACK_MS`].
 pub fn checks(rows: &[Measurement], link: &str) -> Vec<Check> {
     let mut out = Vec::new();
     let on_link = |system| {
@@ -736,6 +798,21 @@ pub fn checks(rows: &[Measurement], link: &str) -> Vec<Check> {
                 ),
             });
         }
+        if let Some((p, p95)) = t.pointer.as_ref().and_then(|p| Some((p, p.p95_ms?))) {
+            let one_way = 2.0 * t.spec.delay.as_secs_f64() * 1000.0;
+            let limit = one_way + POINTER_SLACK_MS;
+            out.push(Check {
+                page: t.page.clone(),
+                target: "pointer",
+                pass: p95 <= limit,
+                detail: format!(
+                    "95th percentile {p95:.0} ms (median {:.0}, {} of {} arrived while the snapshot did) vs {one_way:.0} + {POINTER_SLACK_MS:.0} = {limit:.0} ms",
+                    p.p50_ms.unwrap_or(p95),
+                    p.arrived,
+                    p.sent
+                ),
+            });
+        }
     }
     out
 }
@@ -753,7 +830,7 @@ pub fn checks_report(checks: &[Check]) -> String {
             c.detail
         );
     }
-    for target in ["bound", "bytes", "first render"] {
+    for target in ["bound", "bytes", "first render", "pointer"] {
         let of: Vec<&Check> = checks.iter().filter(|c| c.target == target).collect();
         if !of.is_empty() {
             let passed = of.iter().filter(|c| c.pass).count();

@@ -68,6 +68,11 @@ pub struct DemoArgs {
     /// link would, and watch the session resume (spec §3.5); the report says how.
     #[arg(long, value_name = "MS")]
     pub drop_after: Option<u64>,
+    /// Move the customer's pointer every MS milliseconds (a `POINTER` datagram, spec §7.21)
+    /// from the agent's join to the end of the session, and report how long the pointer took
+    /// to reach the agent, while the snapshot was on its way and over the whole session.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pointer_every: Option<u64>,
 }
 
 /// The command line of `tandem demo`: [`DemoArgs`] and the emulated link.
@@ -183,6 +188,99 @@ pub struct DemoReport {
     pub resources: Option<DemoResourceReport>,
     /// The consumer's resumptions (spec §3.5), with `--drop-after`.
     pub resumptions: Vec<DemoResumption>,
+    /// How long the customer's pointer took to reach the agent, with `--pointer-every`.
+    pub pointer: Option<PointerReport>,
+}
+
+/// How long the customer's pointer took to reach the agent (`tandem demo --pointer-every`):
+/// from the consumer handing each `POINTER` to its connection to the agent reading it, both
+/// in this process, so on one clock.
+///
+/// The customer points once the consumer knows the agent joined, and the relay sent the
+/// snapshot (sent ahead) when the agent joined, so on a slow link the first pointers cross
+/// the relay's link to the agent behind the snapshot, or not at all when it is small.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PointerReport {
+    /// The pointers that arrived while the first snapshot was arriving: between the agent's
+    /// `JOINED` and its first verified render.
+    pub during_snapshot: PointerLatency,
+    /// Every pointer of the session.
+    pub all: PointerLatency,
+}
+
+/// The latencies of a set of pointers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PointerLatency {
+    /// Pointers sent: all of them, or within a window of arrivals those from the first to the
+    /// last that arrived in it.
+    pub sent: usize,
+    /// Of them, those that reached the agent (datagrams are not retransmitted; the rest were
+    /// lost on the way).
+    pub arrived: usize,
+    /// The median latency in milliseconds of those that arrived; `None` when none did.
+    pub p50_ms: Option<f64>,
+    /// The 95th percentile (nearest rank) in milliseconds.
+    pub p95_ms: Option<f64>,
+    /// The largest latency in milliseconds.
+    pub max_ms: Option<f64>,
+}
+
+impl PointerLatency {
+    /// The latencies of the pointers in `sent` (sequence number, when it left), matched by
+    /// sequence number to their first arrival in `received`: of all of them, or with `window`
+    /// of those that arrived within it (inclusive).
+    pub fn measure(
+        sent: &[(u32, Instant)],
+        received: &[(u32, Instant)],
+        window: Option<(Instant, Instant)>,
+    ) -> PointerLatency {
+        let mut first: std::collections::HashMap<u32, Instant> =
+            std::collections::HashMap::with_capacity(received.len());
+        for &(seq, at) in received {
+            first.entry(seq).or_insert(at);
+        }
+        let arrived = |seq: &u32| {
+            first
+                .get(seq)
+                .copied()
+                .filter(|at| window.is_none_or(|(from, to)| (from..=to).contains(at)))
+        };
+        // Positions in `sent` of the first and the last pointer that arrived (in the window).
+        let from = sent.iter().position(|(seq, _)| arrived(seq).is_some());
+        let to = sent.iter().rposition(|(seq, _)| arrived(seq).is_some());
+        let chosen = match (window, from, to) {
+            (None, _, _) => sent,
+            (Some(_), Some(from), Some(to)) => &sent[from..=to],
+            (Some(_), _, _) => &[],
+        };
+        let mut ms: Vec<f64> = chosen
+            .iter()
+            .filter_map(|(seq, at)| arrived(seq).map(|got| ms_between(*at, got)))
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        PointerLatency {
+            sent: chosen.len(),
+            arrived: ms.len(),
+            p50_ms: nearest_rank(&ms, 50),
+            p95_ms: nearest_rank(&ms, 95),
+            max_ms: ms.last().copied(),
+        }
+    }
+}
+
+/// Milliseconds from `from` to `to` (0 when `to` is earlier).
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1000.0
+}
+
+/// The `p`th percentile of the sorted `values` by the nearest-rank method: the smallest value
+/// with at least p % of the values at or below it; `None` for no values.
+pub fn nearest_rank(values: &[f64], p: u32) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = (p as usize * values.len()).div_ceil(100).max(1);
+    values.get(rank - 1).copied()
 }
 
 /// One resumption of the consumer's connection, as the demo reports it.
@@ -280,18 +378,44 @@ pub async fn demo_with(
         Some(p) => ResourceOptions::for_page(p),
         None => ResourceOptions::without_files(),
     });
-    // With --drop-after, the consumer's connection is cut that long after the agent joined.
-    let (drop_tx, drop_rx) = tokio::sync::mpsc::channel(1);
-    let commands = args.drop_after.map(|_| drop_rx);
-    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel::<()>();
+    // After the agent joined, the customer's commands: with --drop-after, the consumer's
+    // connection is cut that long after; with --pointer-every, the pointer moves until the
+    // session ends.
+    let (command_tx, command_rx) = tokio::sync::mpsc::channel(4);
+    let commands =
+        (args.drop_after.is_some() || args.pointer_every.is_some()).then_some(command_rx);
+    let (joined_tx, joined_rx) = tokio::sync::watch::channel(false);
     if let Some(ms) = args.drop_after {
+        let (tx, mut joined) = (command_tx.clone(), joined_rx.clone());
         tokio::spawn(async move {
-            if joined_rx.await.is_ok() {
+            if joined.wait_for(|j| *j).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                let _ = drop_tx.send(CustomerCommand::DropConnection).await;
+                let _ = tx.send(CustomerCommand::DropConnection).await;
             }
         });
     }
+    if let Some(ms) = args.pointer_every {
+        let (tx, mut joined) = (command_tx.clone(), joined_rx.clone());
+        tokio::spawn(async move {
+            if joined.wait_for(|j| *j).await.is_err() {
+                return;
+            }
+            let mut every = tokio::time::interval(Duration::from_millis(ms));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                // The consumer's session ended: its command channel is closed.
+                if tx
+                    .send(CustomerCommand::Point("body".into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    drop((command_tx, joined_rx));
     let consumer = tokio::spawn(async move {
         let conn = client::connect(consumer_addr, pin).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer))
@@ -329,7 +453,7 @@ pub async fn demo_with(
                 .await?;
         let ctl = ctl.resumable(pin);
         let joined_at = Instant::now();
-        let _ = joined_tx.send(());
+        let _ = joined_tx.send(true);
         let report = session::run_agent(
             ctl,
             AgentOptions {
@@ -343,12 +467,12 @@ pub async fn demo_with(
             joined_at,
         )
         .await?;
-        Ok::<_, SessionError>((report, joined_at - connecting))
+        Ok::<_, SessionError>((report, joined_at - connecting, joined_at))
     });
     let consumer: Result<ConsumerReport, SessionError> = consumer
         .await
         .map_err(|e| SessionError::EndedEarly(format!("consumer task: {e}")))?;
-    let agent: Result<(AgentReport, Duration), SessionError> = agent
+    let agent: Result<(AgentReport, Duration, Instant), SessionError> = agent
         .await
         .map_err(|e| SessionError::EndedEarly(format!("agent task: {e}")))?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -358,7 +482,19 @@ pub async fn demo_with(
     relay.shutdown().await;
     let consumer_link = consumer_link.map(Link::shutdown);
     let agent_link = agent_link.map(Link::shutdown);
-    let (c, (a, join)) = (consumer?, agent?);
+    let (c, (a, join, joined_at)) = (consumer?, agent?);
+    let pointer = args.pointer_every.map(|_| {
+        let (sent, received) = (&c.pointers_sent, &a.pointers_received);
+        let snapshot = a.first_render.map(|d| (joined_at, joined_at + d));
+        PointerReport {
+            during_snapshot: PointerLatency::measure(
+                sent,
+                received,
+                Some(snapshot.unwrap_or((joined_at, joined_at))),
+            ),
+            all: PointerLatency::measure(sent, received, None),
+        }
+    });
     let resources = c.resources.as_ref().map(|r| DemoResourceReport {
         referenced: r.referenced,
         load_errors: r.load_errors,
@@ -419,6 +555,7 @@ pub async fn demo_with(
                 }
             })
             .collect(),
+        pointer,
     })
 }
 
@@ -501,6 +638,21 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
                     _ => "a new snapshot (the agent had not acknowledged one)".to_owned(),
                 }
             );
+        }
+        if let Some(p) = &r.pointer {
+            let line = |name: &str, l: &PointerLatency| {
+                let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+                say!(
+                    "{name:<19}{} sent, {} arrived; median {} ms, 95th percentile {} ms, max {} ms",
+                    l.sent,
+                    l.arrived,
+                    ms(l.p50_ms),
+                    ms(l.p95_ms),
+                    ms(l.max_ms)
+                );
+            };
+            line("pointer latency:", &p.all);
+            line("  during snapshot:", &p.during_snapshot);
         }
         if args.drop_after.is_some() && r.resumptions.is_empty() {
             say!("resumed:           no (the session ended before the drop)");

@@ -279,7 +279,16 @@ pub struct ConsumerReport {
     pub ack_delays: Vec<Duration>,
     /// The session's resumptions (spec §3.5), in order.
     pub resumptions: Vec<ResumeRecord>,
+    /// The customer's `POINTER`s ([`CustomerCommand::Point`]) as they left: each one's
+    /// sequence number and when it was handed to the connection, the first
+    /// [`POINTER_TRACE_LIMIT`]. With [`AgentReport::pointers_received`], how long the pointer
+    /// took to reach the agent.
+    pub pointers_sent: Vec<(u32, Instant)>,
 }
+
+/// The most `POINTER`s [`ConsumerReport::pointers_sent`] and [`AgentReport::pointers_received`]
+/// record (16 bytes each); later ones are sent and applied without a record.
+pub const POINTER_TRACE_LIMIT: usize = 4096;
 
 /// What a consumer's resources did in a session.
 #[derive(Debug, Clone, Default)]
@@ -684,6 +693,7 @@ pub async fn run_consumer_with(
         max_batch_bytes: 0,
         ack_delays: Vec::new(),
         resumptions: Vec::new(),
+        pointers_sent: Vec::new(),
     };
     let mut pump = match early_pump {
         Some(p) if p.is_compressed() == compressed => p,
@@ -872,6 +882,9 @@ pub async fn run_consumer_with(
                             y: 5000,
                             visible: true,
                         });
+                        if report.pointers_sent.len() < POINTER_TRACE_LIMIT {
+                            report.pointers_sent.push((moves, Instant::now()));
+                        }
                         send_latest(&conn, &mut ctl_send, &msg, &limits).await?;
                     } else {
                         note!("consumer: nothing on the page matches {sel:?}");
@@ -1010,6 +1023,9 @@ fn customer_moves(report: &mut AgentReport, m: &Message) -> bool {
     use tandem_engine::hands::is_newer;
     match m {
         Message::Pointer(p) => {
+            if report.pointers_received.len() < POINTER_TRACE_LIMIT {
+                report.pointers_received.push((p.seq, Instant::now()));
+            }
             if report
                 .customer_pointer
                 .as_ref()
@@ -1070,6 +1086,10 @@ pub struct AgentReport {
     pub refusals: Vec<RefusalCode>,
     /// The customer's latest pointer (spec §7.21), latest by sequence number.
     pub customer_pointer: Option<tandem_protocol::message::Pointer>,
+    /// Every `POINTER` of the customer as it arrived, stale ones included: its sequence
+    /// number and when it arrived, the first [`POINTER_TRACE_LIMIT`] (see
+    /// [`ConsumerReport::pointers_sent`]).
+    pub pointers_received: Vec<(u32, Instant)>,
     /// The customer's latest scroll position (spec §7.22), latest by sequence number.
     pub customer_scroll: Option<tandem_protocol::message::Scroll>,
     /// The customer's platform, viewport and link, and this side's link (spec §7.29).

@@ -26,6 +26,7 @@ async fn a_fast_changing_page_keeps_the_agent_near_the_present_on_a_slow_link() 
         mask: Default::default(),
         mode: None,
         drop_after: None,
+        pointer_every: None,
     };
     let link: LinkSpec = "300ms,750kbit,1%,seed=3".parse().expect("a link");
     let report = tokio::time::timeout(Duration::from_secs(240), demo_over(&args, &link))

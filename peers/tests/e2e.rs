@@ -19,6 +19,7 @@ fn args(page: Option<&Path>, batches: u64) -> DemoArgs {
         mask: Default::default(),
         mode: None,
         drop_after: None,
+        pointer_every: None,
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tandem_peers::bench::{self, Measurement, System};
+use tandem_peers::demo::PointerLatency;
 use tandem_peers::link::{LinkSpec, MSS, TCP_OVERHEAD, TcpLink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -161,36 +162,64 @@ fn row(page: &str, bytes: u64, link: &str, system: System, first: f64, done: f64
             System::Tandem => 30_000,
             System::Baseline => 60_000,
         },
+        pointer: None,
     }
+}
+
+/// Pointer latencies: `arrived` of `sent`, with this 95th percentile.
+fn pointers(sent: usize, arrived: usize, p95: Option<f64>) -> Option<PointerLatency> {
+    Some(PointerLatency {
+        sent,
+        arrived,
+        p50_ms: p95.map(|p| p - 10.0),
+        p95_ms: p95,
+        max_ms: p95.map(|p| p + 10.0),
+    })
 }
 
 #[test]
 fn csv_checks_and_svg() {
     let l = bench::TARGET_LINK;
-    let rows = vec![
+    let mut rows = vec![
         row("big", 200_000, l, System::Tandem, 500.0, 1_900.0),
         row("big", 200_000, l, System::Baseline, 2_400.0, 2_400.0),
         row("small", 3_000, l, System::Tandem, 1_000.0, 1_000.0),
         row("small", 3_000, l, System::Baseline, 900.0, 900.0),
         row("small", 3_000, "loopback", System::Tandem, 5.0, 5.0),
         row("small", 3_000, "loopback", System::Baseline, 3.0, 3.0),
+        row("slow", 300_000, l, System::Tandem, 600.0, 1_900.0),
+        row("slow", 300_000, l, System::Baseline, 2_400.0, 2_400.0),
     ];
+    // Two links of 300 ms: the pointer may take 650 ms at the 95th percentile.
+    rows[0].pointer = pointers(40, 39, Some(650.0));
+    rows[2].pointer = pointers(0, 0, None);
+    rows[6].pointer = pointers(40, 40, Some(651.0));
     let csv = bench::csv(&rows);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound"
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms"
     );
     // 30 000 B at 750 kbit/s = 320 ms, + 2 × 600 ms.
     assert_eq!(
         lines[1],
-        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250"
+        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250,39,650.0"
+    );
+    assert!(
+        lines[2].ends_with(",1840.0,1.304,,"),
+        "no pointer run for the baseline: {}",
+        lines[2]
+    );
+    assert!(
+        lines[3].ends_with(",0,"),
+        "no pointer arrived: {}",
+        lines[3]
     );
     assert_eq!(
         lines[5],
-        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,"
+        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,,,"
     );
-    assert_eq!(lines.len(), 7);
+    assert_eq!(lines.len(), 9);
 
     let checks = bench::checks(&rows, l);
     let get = |page: &str, target: &str| {
@@ -204,15 +233,65 @@ fn csv_checks_and_svg() {
     assert_eq!(get("big", "first render"), Some(true)); // 500 <= 2400 / 3
     assert_eq!(get("small", "bound"), Some(true));
     assert_eq!(get("small", "first render"), None, "under 100 KB");
+    assert_eq!(
+        get("big", "pointer"),
+        Some(true),
+        "650 ms is within 2 × 300 + 50"
+    );
+    assert_eq!(get("slow", "pointer"), Some(false), "651 ms is not");
+    assert_eq!(
+        get("small", "pointer"),
+        None,
+        "no pointer arrived with the snapshot"
+    );
     let report = bench::checks_report(&checks);
-    assert!(report.contains("bound: 2 of 2 pages pass"), "{report}");
+    assert!(report.contains("bound: 3 of 3 pages pass"), "{report}");
+    assert!(report.contains("pointer: 1 of 2 pages pass"), "{report}");
+    let table = bench::table(&rows);
+    assert!(table.contains("650 ms (39)"), "{table}");
 
     let svg = bench::svg(&rows, &[l.to_owned(), "loopback".to_owned()]);
     assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<svg").count(), 1);
     // Three bars per page on the target link, three for the one page on loopback, two per
     // page in the bytes panel, and the legends' squares.
-    assert_eq!(svg.matches("<rect x=").count(), 2 * 3 + 3 + 2 * 2 + 3 + 2);
+    assert_eq!(svg.matches("<rect x=").count(), 3 * 3 + 3 + 3 * 2 + 3 + 2);
     assert!(svg.contains("Link 300ms,750kbit,1%"));
     assert!(!svg.contains("NaN") && !svg.contains("inf"));
+}
+
+/// Pointer latencies are matched by sequence number, the first arrival of each counts, lost
+/// ones count as sent, and a window of arrival times keeps the pointers from the first to the
+/// last that arrived in it.
+#[test]
+fn pointer_latency_matches_arrivals_to_sends() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    // Pointer i leaves at 10·i ms and takes 100 + i ms; pointer 4 is lost.
+    let sent: Vec<(u32, Instant)> = (1..=10).map(|i| (i, at(10 * u64::from(i)))).collect();
+    let mut received: Vec<(u32, Instant)> = (1..=10u32)
+        .filter(|&i| i != 4)
+        .map(|i| (i, at(10 * u64::from(i) + 100 + u64::from(i))))
+        .collect();
+    // A copy of pointer 2 arrives much later: the first arrival counts.
+    received.push((2, at(5_000)));
+    let all = PointerLatency::measure(&sent, &received, None);
+    assert_eq!((all.sent, all.arrived), (10, 9));
+    // Latencies 101, 102, 103, 105, …, 110 ms: the median is the 5th, the 95th the 9th.
+    assert_eq!(all.p50_ms.map(f64::round), Some(106.0));
+    assert_eq!(all.p95_ms.map(f64::round), Some(110.0));
+    assert_eq!(all.max_ms.map(f64::round), Some(110.0));
+
+    // Arrivals from 130 to 170 ms: pointers 3 (at 133), 5 (at 155) and 6 (at 166); pointer 4
+    // was sent between them and lost.
+    let window = PointerLatency::measure(&sent, &received, Some((at(130), at(170))));
+    assert_eq!((window.sent, window.arrived), (4, 3));
+    assert_eq!(window.p50_ms.map(f64::round), Some(105.0));
+    assert_eq!(window.max_ms.map(f64::round), Some(106.0));
+
+    let none = PointerLatency::measure(&sent, &received, Some((at(0), at(50))));
+    assert_eq!((none.sent, none.arrived, none.p95_ms), (0, 0, None));
+    assert_eq!(tandem_peers::demo::nearest_rank(&[], 95), None);
+    assert_eq!(tandem_peers::demo::nearest_rank(&[1.0, 2.0], 50), Some(1.0));
+    assert_eq!(tandem_peers::demo::nearest_rank(&[1.0, 2.0], 51), Some(2.0));
 }

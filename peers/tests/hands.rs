@@ -28,6 +28,7 @@ fn args(mode: Mode, out: Option<PathBuf>) -> DemoArgs {
         mask: Default::default(),
         mode: Some(mode),
         drop_after: None,
+        pointer_every: None,
     }
 }
 

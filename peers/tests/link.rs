@@ -400,6 +400,7 @@ async fn demo_over_a_bad_link_converges() {
         mask: Default::default(),
         mode: None,
         drop_after: None,
+        pointer_every: None,
     };
     let link = spec("300ms,750kbit,1%");
     let report = tokio::time::timeout(
@@ -420,5 +421,54 @@ async fn demo_over_a_bad_link_converges() {
     eprintln!(
         "demo over {}: first render {:?} ms, session {:.0} ms",
         report.link, report.first_render_ms, report.total_ms
+    );
+}
+
+/// `tandem demo --pointer-every` over a link: the customer's pointer crosses both links, the
+/// consumer's and the agent's, so each arrives at least two delays after it left, and none is
+/// lost on a link that loses nothing (but those the session's end overtakes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customers_pointer_crosses_both_links_to_the_agent() {
+    let args = tandem_peers::demo::DemoArgs {
+        page: None,
+        batches: 10,
+        batch_size: 5,
+        interval_ms: 50,
+        seed: 1,
+        out: None,
+        json: true,
+        no_compression: false,
+        mask: Default::default(),
+        mode: None,
+        drop_after: None,
+        pointer_every: Some(10),
+    };
+    let link = spec("40ms,10mbit");
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        tandem_peers::demo::demo_over(&args, &link),
+    )
+    .await
+    .expect("demo finishes")
+    .expect("demo runs");
+    assert!(report.hashes_match, "{report:?}");
+    let pointer = report
+        .pointer
+        .expect("a pointer report with --pointer-every");
+    let all = &pointer.all;
+    assert!(all.sent >= 5, "{pointer:?}");
+    // The last ones may still be on their way when the session ends.
+    assert!(all.arrived + 2 >= all.sent, "{pointer:?}");
+    let (p50, p95, max) = (
+        all.p50_ms.unwrap(),
+        all.p95_ms.unwrap(),
+        all.max_ms.unwrap(),
+    );
+    assert!(p50 >= 80.0, "two links of 40 ms: {pointer:?}");
+    assert!(p50 <= p95 && p95 <= max, "{pointer:?}");
+    let during = &pointer.during_snapshot;
+    assert!(
+        during.arrived <= during.sent && during.sent <= all.sent,
+        "{pointer:?}"
     );
 }

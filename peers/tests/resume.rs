@@ -390,6 +390,7 @@ async fn the_demo_drops_and_resumes_on_request() {
         mask: Default::default(),
         mode: None,
         drop_after: Some(400),
+        pointer_every: None,
     };
     let link: LinkSpec = "10ms,10mbit".parse().expect("a link");
     let report = tokio::time::timeout(SESSION_GUARD, demo_over(&args, &link))
