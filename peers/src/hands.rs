@@ -556,7 +556,9 @@ pub fn demo_script() -> Vec<Step> {
 pub struct AgentScript {
     steps: std::collections::VecDeque<Step>,
     next_id: u32,
-    seq: u32,
+    /// The next `POINTER`'s and the next `SCROLL`'s sequence numbers (spec §7.21: 0, 1, 2, …).
+    pointer_seq: u32,
+    scroll_seq: u32,
     sent: Vec<(u32, String)>,
     answers: Vec<(String, String)>,
     refused: Vec<RefusalCode>,
@@ -596,9 +598,10 @@ impl AgentScript {
                     }),
                 )),
                 Step::Pointer(sel) => target(sel).map(|node| {
-                    self.seq += 1;
+                    let seq = self.pointer_seq;
+                    self.pointer_seq = seq.wrapping_add(1);
                     let p = Pointer {
-                        seq: self.seq,
+                        seq,
                         node,
                         x: 12,
                         y: 8,
@@ -607,9 +610,10 @@ impl AgentScript {
                     (Lane::Datagram, Message::Pointer(p))
                 }),
                 Step::ScrollWindow(y) => {
-                    self.seq += 1;
+                    let seq = self.scroll_seq;
+                    self.scroll_seq = seq.wrapping_add(1);
                     let s = Scroll {
-                        seq: self.seq,
+                        seq,
                         node: 0,
                         x: 0,
                         y: *y,

@@ -708,7 +708,8 @@ pub async fn run_consumer_with(
     };
     let mut paused = false;
     let mut end_now = false;
-    let mut moves: u32 = 0;
+    // The customer's next POINTER and SCROLL sequence numbers (spec §7.21: 0, 1, 2, …).
+    let (mut pointer_seq, mut scroll_seq) = (0u32, 0u32);
     advance(&mut pump, &mut consumer, &mut res, paused).await?;
     let mut hands = opts
         .hands
@@ -874,16 +875,17 @@ pub async fn run_consumer_with(
                         .ok()
                         .and_then(|sel| crate::hands::find(consumer.dom(), &sel));
                     if let Some(node) = node {
-                        moves += 1;
+                        let seq = pointer_seq;
+                        pointer_seq = seq.wrapping_add(1);
                         let msg = Message::Pointer(tandem_protocol::message::Pointer {
-                            seq: moves,
+                            seq,
                             node,
                             x: 5000,
                             y: 5000,
                             visible: true,
                         });
                         if report.pointers_sent.len() < POINTER_TRACE_LIMIT {
-                            report.pointers_sent.push((moves, Instant::now()));
+                            report.pointers_sent.push((seq, Instant::now()));
                         }
                         send_latest(&conn, &mut ctl_send, &msg, &limits).await?;
                     } else {
@@ -891,9 +893,10 @@ pub async fn run_consumer_with(
                     }
                 }
                 Some(CustomerCommand::ScrollTo(y)) if !paused => {
-                    moves += 1;
+                    let seq = scroll_seq;
+                    scroll_seq = seq.wrapping_add(1);
                     let msg = Message::Scroll(tandem_protocol::message::Scroll {
-                        seq: moves,
+                        seq,
                         node: 0,
                         x: 0,
                         y,

@@ -363,7 +363,7 @@ async fn both_sides_see_each_others_platform_and_link() {
 
 /// The pointer both ways (spec §7.21–§7.22): the customer points at an element and scrolls
 /// (`point SELECTOR`, `scroll Y` on `tandem consumer`'s terminal), and the agent holds the
-/// latest of each, addressed to the same node of its copy.
+/// latest of each, addressed to the same node of its copy and numbered as the spec says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_customers_pointer_and_scroll_reach_the_agent() {
     use tandem_peers::client::{self, ControlChannel};
@@ -436,7 +436,36 @@ async fn the_customers_pointer_and_scroll_reach_the_agent() {
         .customer_pointer
         .expect("the customer's pointer arrived");
     assert_eq!(pointer.node, status, "the latest position wins");
+    // Pointers and scrolls are numbered each on their own, from 0 (spec §7.21, §7.22).
+    assert_eq!(pointer.seq, 1, "the customer's second POINTER");
+    assert_eq!(report.customer_scroll.map(|s| s.seq), Some(0));
     assert_eq!(report.customer_scroll.map(|s| s.y), Some(250));
     assert_eq!(report.hash, Some(consumer.hash));
     relay.shutdown().await;
+}
+
+/// The agent's script numbers its pointers and its scrolls each on their own, from 0 (spec
+/// §7.21, §7.22), so that the first of each is not a gap the consumer could take for a loss.
+#[test]
+fn the_agents_pointers_and_scrolls_are_numbered_from_zero() {
+    use tandem_peers::hands::{AgentScript, Step};
+    let c = consumer(tandem_peers::demo::SAMPLE_PAGE);
+    let mut script = AgentScript::new(vec![
+        Step::Pointer("#order-number".into()),
+        Step::ScrollWindow(100),
+        Step::Pointer("#order-status".into()),
+        Step::ScrollWindow(200),
+    ]);
+    let mut seqs = Vec::new();
+    while let Some((_, msg)) = script.next(c.dom()) {
+        seqs.push(match msg {
+            Message::Pointer(p) => ("pointer", p.seq),
+            Message::Scroll(s) => ("scroll", s.seq),
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    assert_eq!(
+        seqs,
+        [("pointer", 0), ("scroll", 0), ("pointer", 1), ("scroll", 1)]
+    );
 }
