@@ -8,7 +8,7 @@
 //! Writes `target/e2e/e2e.csv` and `target/e2e/e2e.svg`, prints a table and the target
 //! checks on 300ms,750kbit,1% (reported, not asserted).
 //!
-//! Run: `cargo bench -p tandem-benches --bench e2e` (about fifteen minutes: pages run one at a
+//! Run: `cargo bench -p tandem-benches --bench e2e` (about ten minutes: pages run one at a
 //! time and the slow links take seconds each). To run less:
 //!
 //! - `TANDEM_E2E_PAGES=3`: the three smallest pages; or `TANDEM_E2E_PAGES=heise,lwn-1`: those.
