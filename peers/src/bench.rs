@@ -52,7 +52,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -394,25 +393,15 @@ async fn tandem_with(
     })
 }
 
-/// The demo's arguments for one page shared once: parsed as a command line, so that options
-/// added later keep their defaults.
+/// The demo's arguments for one page shared once (`tandem demo --page PATH --batches 0
+/// --json`); every other option keeps its default.
 fn demo_args(path: &Path) -> DemoArgs {
-    #[derive(Parser)]
-    struct Command {
-        #[command(flatten)]
-        demo: DemoArgs,
+    DemoArgs {
+        page: Some(path.to_path_buf()),
+        batches: 0,
+        json: true,
+        ..DemoArgs::default()
     }
-    let page = path.as_os_str().to_owned();
-    let argv = [
-        "demo".into(),
-        "--page".into(),
-        page,
-        "--batches".into(),
-        "0".into(),
-        "--json".into(),
-    ];
-    // Every argument above is one the demo defines, with a valid value.
-    Command::parse_from::<_, std::ffi::OsString>(argv).demo
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -75,6 +75,20 @@ pub struct DemoArgs {
     pub pointer_every: Option<u64>,
 }
 
+impl Default for DemoArgs {
+    /// The command line's defaults: `tandem demo` with no options. Read from the parser, so
+    /// they cannot drift from `--help`.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            demo: DemoArgs,
+        }
+        // No arguments: every field takes its declared default.
+        <Command as clap::Parser>::parse_from(["demo"]).demo
+    }
+}
+
 /// The command line of `tandem demo`: [`DemoArgs`] and the emulated link.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoCommand {

@@ -15,18 +15,12 @@ async fn a_fast_changing_page_keeps_the_agent_near_the_present_on_a_slow_link() 
     // at 750 kbit/s with 1 % loss, so the agent is 1.2 s of round trip from the consumer.
     let batches = 6000;
     let args = DemoArgs {
-        page: None,
         batches,
         batch_size: 4,
         interval_ms: 10,
         seed: 11,
-        out: None,
         json: true,
-        no_compression: false,
-        mask: Default::default(),
-        mode: None,
-        drop_after: None,
-        pointer_every: None,
+        ..DemoArgs::default()
     };
     let link: LinkSpec = "300ms,750kbit,1%,seed=3".parse().expect("a link");
     let report = tokio::time::timeout(Duration::from_secs(240), demo_over(&args, &link))

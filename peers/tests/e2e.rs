@@ -10,16 +10,10 @@ fn args(page: Option<&Path>, batches: u64) -> DemoArgs {
     DemoArgs {
         page: page.map(Path::to_path_buf),
         batches,
-        batch_size: 10,
         interval_ms: 5,
         seed: 3,
-        out: None,
         json: true,
-        no_compression: false,
-        mask: Default::default(),
-        mode: None,
-        drop_after: None,
-        pointer_every: None,
+        ..DemoArgs::default()
     }
 }
 

@@ -17,18 +17,14 @@ use tandem_protocol::{Message, NodeId};
 
 fn args(mode: Mode, out: Option<PathBuf>) -> DemoArgs {
     DemoArgs {
-        page: None,
         batches: 2,
         batch_size: 5,
         interval_ms: 5,
         seed: 4,
         out,
         json: true,
-        no_compression: false,
-        mask: Default::default(),
         mode: Some(mode),
-        drop_after: None,
-        pointer_every: None,
+        ..DemoArgs::default()
     }
 }
 

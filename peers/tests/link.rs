@@ -384,32 +384,30 @@ async fn quic_transfer_over_a_bad_link() {
     eprintln!("100 kB over 300ms,750kbit,1%: {elapsed:?}, {stats:?}");
 }
 
+/// Runs the demo with each client behind `link`, failing the test after a minute.
+async fn demo_over(
+    args: &tandem_peers::demo::DemoArgs,
+    link: &str,
+) -> tandem_peers::demo::DemoReport {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tandem_peers::demo::demo_over(args, &spec(link)),
+    )
+    .await
+    .expect("demo finishes")
+    .expect("demo runs")
+}
+
 /// `tandem demo --link 300ms,750kbit,1%` in miniature: relay, consumer and agent, each client
 /// behind its own emulated link, converge on the same tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_over_a_bad_link_converges() {
     let args = tandem_peers::demo::DemoArgs {
-        page: None,
         batches: 5,
-        batch_size: 10,
-        interval_ms: 50,
-        seed: 1,
-        out: None,
         json: true,
-        no_compression: false,
-        mask: Default::default(),
-        mode: None,
-        drop_after: None,
-        pointer_every: None,
+        ..tandem_peers::demo::DemoArgs::default()
     };
-    let link = spec("300ms,750kbit,1%");
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        tandem_peers::demo::demo_over(&args, &link),
-    )
-    .await
-    .expect("demo finishes")
-    .expect("demo runs");
+    let report = demo_over(&args, "300ms,750kbit,1%").await;
     assert!(report.hashes_match, "{report:?}");
     assert_eq!(report.link, "300ms,750kbit,1%");
     assert!(report.first_render_ms.is_some());
@@ -430,27 +428,13 @@ async fn demo_over_a_bad_link_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_customers_pointer_crosses_both_links_to_the_agent() {
     let args = tandem_peers::demo::DemoArgs {
-        page: None,
         batches: 10,
         batch_size: 5,
-        interval_ms: 50,
-        seed: 1,
-        out: None,
         json: true,
-        no_compression: false,
-        mask: Default::default(),
-        mode: None,
-        drop_after: None,
         pointer_every: Some(10),
+        ..tandem_peers::demo::DemoArgs::default()
     };
-    let link = spec("40ms,10mbit");
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        tandem_peers::demo::demo_over(&args, &link),
-    )
-    .await
-    .expect("demo finishes")
-    .expect("demo runs");
+    let report = demo_over(&args, "40ms,10mbit").await;
     assert!(report.hashes_match, "{report:?}");
     let pointer = report
         .pointer

@@ -379,18 +379,13 @@ async fn the_demo_drops_and_resumes_on_request() {
     use tandem_peers::demo::{DemoArgs, demo_over};
 
     let args = DemoArgs {
-        page: None,
         batches: 60,
         batch_size: 5,
         interval_ms: 20,
         seed: 4,
-        out: None,
         json: true,
-        no_compression: false,
-        mask: Default::default(),
-        mode: None,
         drop_after: Some(400),
-        pointer_every: None,
+        ..DemoArgs::default()
     };
     let link: LinkSpec = "10ms,10mbit".parse().expect("a link");
     let report = tokio::time::timeout(SESSION_GUARD, demo_over(&args, &link))
