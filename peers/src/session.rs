@@ -287,7 +287,8 @@ pub struct ConsumerReport {
 }
 
 /// The most `POINTER`s [`ConsumerReport::pointers_sent`] and [`AgentReport::pointers_received`]
-/// record (16 bytes each); later ones are sent and applied without a record.
+/// record (24 bytes each, about 100 KB at most); later ones are sent and applied without a
+/// record.
 pub const POINTER_TRACE_LIMIT: usize = 4096;
 
 /// What a consumer's resources did in a session.
