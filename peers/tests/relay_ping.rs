@@ -120,6 +120,39 @@ async fn frame_is_closed(ctl: &mut ControlChannel, frame: &RawFrame, code: Error
     }
 }
 
+/// Expects `ctl`'s next message to be `CANCEL` of `invitation` (`what`: for the failure message).
+async fn told_cancel(ctl: &mut ControlChannel, invitation: u64, what: impl std::fmt::Display) {
+    let told = guard("CANCEL", ctl.recv()).await.expect("readable");
+    assert!(
+        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == invitation),
+        "{what}: {told:?}"
+    );
+}
+
+/// Expects `ctl`'s next message to be `END ConnectionLost`: its peer is gone.
+async fn told_lost(ctl: &mut ControlChannel, what: impl std::fmt::Display) {
+    assert_eq!(
+        guard("END", ctl.recv()).await.expect("readable"),
+        Some(Message::End(End {
+            reason: EndReason::ConnectionLost
+        })),
+        "{what}"
+    );
+}
+
+/// Expects `ctl`'s next message to be `ERROR UnexpectedMessage`, the answer to `what`.
+async fn refused_unexpected(ctl: &mut ControlChannel, what: impl std::fmt::Display) {
+    match guard("ERROR", ctl.recv()).await.expect("readable") {
+        Some(Message::Error(report)) => assert_eq!(
+            report.code,
+            ErrorCode::UnexpectedMessage,
+            "{what}: {}",
+            report.message
+        ),
+        other => panic!("expected ERROR UnexpectedMessage for {what}, got {other:?}"),
+    }
+}
+
 /// The next `ended` event's reason.
 async fn ended(events: &mut tokio::sync::broadcast::Receiver<RelayEvent>) -> String {
     guard("the ended event", async {
@@ -185,11 +218,7 @@ async fn inviting_a_customer() {
     let (relay, mut consumer, mut agent) = invitation(4).await;
     ping_is_answered(&mut agent, 3).await;
     bad_ping_is_closed(&mut agent, EMPTY).await;
-    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
-    assert!(
-        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 4),
-        "{told:?}"
-    );
+    told_cancel(&mut consumer, 4, "a PING that does not decode").await;
     ping_is_answered(&mut consumer, 4).await;
     relay.shutdown().await;
 }
@@ -199,25 +228,10 @@ async fn inviting_a_customer() {
 #[tokio::test]
 async fn in_a_live_session() {
     let relay = common::start_relay(|_| {});
-    let mut consumer = channel(&relay, Role::Consumer).await;
-    let created = guard("session", consumer.open_session("Customer"))
-        .await
-        .expect("created");
-    let mut agent = channel(&relay, Role::Agent).await;
-    guard("join", agent.join(Credential::Code(created.code), "Alex"))
-        .await
-        .expect("joined");
-    guard("joined", consumer.wait_joined())
-        .await
-        .expect("joined");
+    let (mut consumer, mut agent) = paired(&relay).await;
     ping_is_answered(&mut agent, 5).await;
     bad_ping_is_closed(&mut agent, TRUNCATED).await;
-    assert_eq!(
-        guard("END", consumer.recv()).await.expect("readable"),
-        Some(Message::End(tandem_protocol::message::End {
-            reason: EndReason::ConnectionLost
-        }))
-    );
+    told_lost(&mut consumer, "a PING that does not decode").await;
     relay.shutdown().await;
 }
 
@@ -276,12 +290,7 @@ async fn consumed_frames_while_inviting() {
     for (n, frame) in (10..).zip(bad_consumed_frames()) {
         let mut agent = invited(&relay, &mut consumer, n).await;
         bad_frame_is_closed(&mut agent, &frame).await;
-        let told = guard("CANCEL", consumer.recv()).await.expect("readable");
-        assert!(
-            matches!(told, Some(Message::Cancel(ref r)) if r.invitation == n),
-            "{}: {told:?}",
-            frame.ty
-        );
+        told_cancel(&mut consumer, n, frame.ty).await;
     }
     ping_is_answered(&mut consumer, 12).await;
     relay.shutdown().await;
@@ -293,26 +302,9 @@ async fn consumed_frames_while_inviting() {
 async fn consumed_frames_in_a_live_session() {
     let relay = common::start_relay(|_| {});
     for frame in bad_consumed_frames() {
-        let mut consumer = channel(&relay, Role::Consumer).await;
-        let created = guard("session", consumer.open_session("Customer"))
-            .await
-            .expect("created");
-        let mut agent = channel(&relay, Role::Agent).await;
-        guard("join", agent.join(Credential::Code(created.code), "Alex"))
-            .await
-            .expect("joined");
-        guard("joined", consumer.wait_joined())
-            .await
-            .expect("joined");
+        let (mut consumer, mut agent) = paired(&relay).await;
         bad_frame_is_closed(&mut agent, &frame).await;
-        assert_eq!(
-            guard("END", consumer.recv()).await.expect("readable"),
-            Some(Message::End(End {
-                reason: EndReason::ConnectionLost
-            })),
-            "{}",
-            frame.ty
-        );
+        told_lost(&mut consumer, frame.ty).await;
     }
     relay.shutdown().await;
 }
@@ -420,12 +412,7 @@ async fn bad_request_while_inviting(frame: RawFrame) {
 async fn closed_while_inviting(frame: RawFrame, code: ErrorCode) {
     let (relay, mut consumer, mut agent) = invitation(20).await;
     frame_is_closed(&mut agent, &frame, code).await;
-    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
-    assert!(
-        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 20),
-        "{}: {told:?}",
-        frame.ty
-    );
+    told_cancel(&mut consumer, 20, frame.ty).await;
     ping_is_answered(&mut consumer, 21).await;
     relay.shutdown().await;
 }
@@ -471,24 +458,10 @@ async fn a_cancel_of_another_invitation_while_inviting() {
         .send(&Message::Cancel(InvitationRef { invitation: 31 }))
         .await
         .expect("sent");
-    match guard("ERROR", agent.recv()).await.expect("readable") {
-        Some(Message::Error(report)) => {
-            assert_eq!(
-                report.code,
-                ErrorCode::UnexpectedMessage,
-                "{}",
-                report.message
-            );
-        }
-        other => panic!("expected ERROR UnexpectedMessage, got {other:?}"),
-    }
+    refused_unexpected(&mut agent, "a CANCEL of invitation 31").await;
     ping_is_answered(&mut agent, 32).await;
     agent.cancel(30).await.expect("sent");
-    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
-    assert!(
-        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 30),
-        "{told:?}"
-    );
+    told_cancel(&mut consumer, 30, "the right CANCEL").await;
     relay.shutdown().await;
 }
 
@@ -498,14 +471,7 @@ async fn a_cancel_of_another_invitation_while_inviting() {
 async fn bad_answer_while_invited(answer: RawFrame) {
     let (relay, mut consumer, mut agent) = invitation(40).await;
     bad_frame_is_closed(&mut consumer, &answer).await;
-    assert_eq!(
-        guard("END", agent.recv()).await.expect("readable"),
-        Some(Message::End(End {
-            reason: EndReason::ConnectionLost
-        })),
-        "{}",
-        answer.ty
-    );
+    told_lost(&mut agent, answer.ty).await;
     ping_is_answered(&mut agent, 41).await;
     relay.shutdown().await;
 }
@@ -618,14 +584,7 @@ async fn a_refused_frame_that_does_not_decode_in_a_live_session() {
             (&mut consumer, &mut agent)
         };
         bad_frame_is_closed(offender, &trailing(&msg)).await;
-        assert_eq!(
-            guard("END", other.recv()).await.expect("readable"),
-            Some(Message::End(End {
-                reason: EndReason::ConnectionLost
-            })),
-            "{}",
-            msg.name()
-        );
+        told_lost(other, msg.name()).await;
     }
     relay.shutdown().await;
 }
@@ -696,27 +655,11 @@ async fn a_frame_with_no_receiver_while_inviting_is_refused() {
     let [open, ..] = requests();
     for (n, msg) in (61..).zip([Message::Pause(()), open]) {
         agent.send(&msg).await.expect("sent");
-        match guard("ERROR", agent.recv()).await.expect("readable") {
-            Some(Message::Error(report)) => assert_eq!(
-                report.code,
-                ErrorCode::UnexpectedMessage,
-                "{}: {}",
-                msg.name(),
-                report.message
-            ),
-            other => panic!(
-                "expected ERROR UnexpectedMessage for {}, got {other:?}",
-                msg.name()
-            ),
-        }
+        refused_unexpected(&mut agent, msg.name()).await;
         ping_is_answered(&mut agent, n).await;
     }
     agent.cancel(60).await.expect("sent");
-    let told = guard("CANCEL", consumer.recv()).await.expect("readable");
-    assert!(
-        matches!(told, Some(Message::Cancel(ref r)) if r.invitation == 60),
-        "{told:?}"
-    );
+    told_cancel(&mut consumer, 60, "the CANCEL").await;
     relay.shutdown().await;
 }
 
@@ -733,12 +676,7 @@ async fn pause_before_anyone_joined_is_refused() {
         .expect("created");
     for (n, msg) in (70..).zip([Message::Pause(()), Message::Resume(())]) {
         consumer.send(&msg).await.expect("sent");
-        match guard("ERROR", consumer.recv()).await.expect("readable") {
-            Some(Message::Error(report)) => {
-                assert_eq!(report.code, ErrorCode::UnexpectedMessage, "{}", msg.name())
-            }
-            other => panic!("expected ERROR for {}, got {other:?}", msg.name()),
-        }
+        refused_unexpected(&mut consumer, msg.name()).await;
         ping_is_answered(&mut consumer, n).await;
     }
     let mut agent = channel(&relay, Role::Agent).await;
