@@ -3,7 +3,8 @@
 //! the baseline of websocket products (the page's HTML gzip-compressed over TCP + TLS through
 //! the same link). Measures time to first visible render, time to complete and bytes on the
 //! wire of the viewer's link, and on the target link how long the customer's pointer takes to
-//! reach the agent while the snapshot streams; the parts live in `tandem_peers::bench`.
+//! reach the agent while the snapshot streams and how soon a returning agent (one that joins in
+//! 0-RTT data) sees the page; the parts live in `tandem_peers::bench`.
 //!
 //! Writes `target/e2e/e2e.csv` and `target/e2e/e2e.svg`, prints a table and the issue's target
 //! checks on 300ms,750kbit,1% (reported, not asserted).
@@ -67,7 +68,9 @@ fn main() {
          render is its complete time. Bytes: the viewer's link, both directions, headers \
          included. bound = bytes down / rate + 2 round trips. pointer p95: on the target link, \
          in a run of its own, the customer's pointer every {} ms; the 95th percentile latency \
-         of those that arrived while the snapshot did (how many in brackets).\n",
+         of those that arrived while the snapshot did (how many in brackets). ret. first: on \
+         the target link, in a run of its own, the first render of a returning agent, which \
+         visited the relay before and joins in 0-RTT data.\n",
         bench::POINTER_EVERY_MS
     );
     let target = links

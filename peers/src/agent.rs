@@ -80,19 +80,21 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         );
     }
     let relay = link.as_ref().map_or(args.relay, Link::addr);
-    let conn = client::connect(relay, args.pin).await?;
     let mut hello = client::hello(Role::Agent);
     if !args.no_resources {
         hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
     }
     let (ctl, joined) = match (credential, &args.invite) {
-        // HELLO and JOIN in one round trip (spec §7.1).
+        // HELLO and JOIN in one round trip (spec §7.1), in 0-RTT data when this process has
+        // a session ticket from the relay (spec §3.5).
         (Some(credential), _) => {
             let (ctl, joined) =
-                ControlChannel::open_and_join(conn, hello, credential, &args.label).await?;
+                ControlChannel::connect_and_join(relay, args.pin, hello, credential, &args.label)
+                    .await?;
             (ctl.resumable(args.pin), joined)
         }
         (None, target) => {
+            let conn = client::connect(relay, args.pin, Role::Agent).await?;
             let mut ctl = ControlChannel::open(conn, hello).await?.resumable(args.pin);
             let target = target.as_deref().unwrap_or_default();
             note!("agent: inviting {target}; waiting for their answer");

@@ -26,6 +26,10 @@
 //!   points from the moment the consumer knows the agent joined; the relay sent the snapshot,
 //!   sent ahead, when the agent joined, so on small pages it has arrived before any pointer
 //!   could and there is nothing to measure.
+//! - On [`TARGET_LINK`], in another run of its own: the times of a returning agent, one that
+//!   visited the relay before and so joins in 0-RTT data ([`Measurement::returning`]). The
+//!   baseline stays a first visit: TCP gives a returning viewer no such shortcut, and a
+//!   resumed TLS handshake still takes its round trip.
 //!
 //! The baseline favours TCP where the emulation must guess: its certificate is one small
 //! self-signed ECDSA certificate, not a web server's chain, and the TCP model charges a lost
@@ -125,6 +129,9 @@ pub enum BenchError {
     /// The Tandem session ended without the agent rendering the page.
     #[error("the agent never rendered the page")]
     NoRender,
+    /// A returning agent's join did not go as 0-RTT data ([`returning`]).
+    #[error("the returning agent's join did not go as 0-RTT data")]
+    NoZeroRtt,
 }
 
 /// Which system a [`Measurement`] measured.
@@ -172,6 +179,20 @@ pub struct Measurement {
     /// none of the figures above), and the latency of the pointers that arrived while the
     /// snapshot was arriving ([`crate::demo::PointerReport::during_snapshot`]).
     pub pointer: Option<PointerLatency>,
+    /// Tandem on [`TARGET_LINK`] only: the same page to a returning agent, in a run of its own
+    /// ([`returning`]).
+    pub returning: Option<Returning>,
+}
+
+/// A returning agent's times (`tandem demo --returning-agent`): the agent visited the relay
+/// before, so it holds a session ticket and joins in 0-RTT data (spec §3.5), one round trip
+/// after it starts to connect instead of two. Both from the agent starting to connect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Returning {
+    /// Milliseconds to the first render the agent can show.
+    pub first_render_ms: f64,
+    /// Milliseconds to the whole page, verified.
+    pub complete_ms: f64,
 }
 
 impl Measurement {
@@ -247,6 +268,7 @@ pub async fn measure(
         wire_bytes_up,
         wire_bytes_down,
         pointer: None,
+        returning: None,
     })
 }
 
@@ -258,6 +280,22 @@ pub async fn pointer(path: &Path, spec: &LinkSpec) -> Result<PointerLatency, Ben
         .pointer
         .map(|p| p.during_snapshot)
         .ok_or(BenchError::NoRender)
+}
+
+/// The run of [`Measurement::returning`]: Tandem sharing the page at `path` over `spec` with an
+/// agent that visited the relay before. Fails with [`BenchError::NoZeroRtt`] when its join did
+/// not go as 0-RTT data after all, since its times would then be a new agent's.
+pub async fn returning(path: &Path, spec: &LinkSpec) -> Result<Returning, BenchError> {
+    let mut args = demo_args(path);
+    args.returning_agent = true;
+    let run = tandem_args(&args, spec).await?;
+    if !run.report.agent_0rtt {
+        return Err(BenchError::NoZeroRtt);
+    }
+    Ok(Returning {
+        first_render_ms: run.first_visible_ms,
+        complete_ms: run.complete_ms,
+    })
 }
 
 /// Measures every page of `pages` over every link of `links` (names as in [`LINKS`]), Tandem
@@ -295,6 +333,7 @@ pub fn run_all(
                         let mut m = measure(system, path, link, &spec).await?;
                         if system == System::Tandem && link == TARGET_LINK {
                             m.pointer = Some(pointer(path, &spec).await?);
+                            m.returning = Some(returning(path, &spec).await?);
                         }
                         Ok::<_, BenchError>(m)
                     };
@@ -364,6 +403,11 @@ async fn tandem_with(
 ) -> Result<TandemRun, BenchError> {
     let mut args = demo_args(path);
     args.pointer_every = pointer_every;
+    tandem_args(&args, spec).await
+}
+
+/// [`tandem`] with the demo's arguments `args`.
+async fn tandem_args(args: &DemoArgs, spec: &LinkSpec) -> Result<TandemRun, BenchError> {
     let spec = if spec.is_none() {
         LinkSpec {
             delay: Duration::from_micros(1),
@@ -372,7 +416,7 @@ async fn tandem_with(
     } else {
         *spec
     };
-    let report = demo::demo_over(&args, &spec).await?;
+    let report = demo::demo_over(args, &spec).await?;
     let first = report.first_render_ms.ok_or(BenchError::NoRender)?;
     let wire = |l: Option<LinkCounters>| {
         l.map_or((0, 0), |l| {
@@ -644,10 +688,11 @@ pub async fn baseline(html: &[u8], spec: &LinkSpec) -> Result<BaselineRun, Bench
 /// The CSV of `rows`, with a header line: page, page_bytes, link, system, first_render_ms,
 /// complete_ms, wire_bytes_up, wire_bytes_down, bound_ms, ratio_to_bound (these two empty on
 /// a link without a rate limit), pointer_arrived, pointer_p95_ms (empty without a pointer run,
-/// and the latter when no pointer arrived while the snapshot did).
+/// and the latter when no pointer arrived while the snapshot did), returning_first_render_ms,
+/// returning_complete_ms (empty without a returning agent's run).
 pub fn csv(rows: &[Measurement]) -> String {
     let mut out = String::from(
-        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms\n",
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms,returning_first_render_ms,returning_complete_ms\n",
     );
     for r in rows {
         let opt =
@@ -655,7 +700,7 @@ pub fn csv(rows: &[Measurement]) -> String {
         // Link names hold commas: quote them.
         let _ = writeln!(
             out,
-            "{},{},\"{}\",{},{:.1},{:.1},{},{},{},{},{},{}",
+            "{},{},\"{}\",{},{:.1},{:.1},{},{},{},{},{},{},{},{}",
             r.page,
             r.page_bytes,
             r.link,
@@ -670,6 +715,8 @@ pub fn csv(rows: &[Measurement]) -> String {
                 .as_ref()
                 .map_or(String::new(), |p| p.arrived.to_string()),
             opt(r.pointer.as_ref().and_then(|p| p.p95_ms), 1),
+            opt(r.returning.map(|t| t.first_render_ms), 1),
+            opt(r.returning.map(|t| t.complete_ms), 1),
         );
     }
     out
@@ -680,7 +727,7 @@ pub fn table(rows: &[Measurement]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:>8} {:<18} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6} {:>13}",
+        "{:<20} {:>8} {:<18} {:<8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>6} {:>13} {:>10}",
         "page",
         "KB",
         "link",
@@ -691,14 +738,15 @@ pub fn table(rows: &[Measurement]) -> String {
         "down B",
         "bound ms",
         "ratio",
-        "pointer p95"
+        "pointer p95",
+        "ret. first"
     );
     for r in rows {
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
         let _ = writeln!(
             out,
-            "{:<20} {:>8.1} {:<18} {:<8} {:>9.0} {:>9.0} {:>8} {:>9} {:>9} {:>6} {:>13}",
+            "{:<20} {:>8.1} {:<18} {:<8} {:>9.0} {:>9.0} {:>8} {:>9} {:>9} {:>6} {:>13} {:>10}",
             r.page,
             r.page_bytes as f64 / 1024.0,
             r.link,
@@ -715,6 +763,7 @@ pub fn table(rows: &[Measurement]) -> String {
                     Some(ms) => format!("{ms:.0} ms ({})", p.arrived),
                     None => "none (0)".to_owned(),
                 }),
+            opt(r.returning.map(|t| t.first_render_ms), 0),
         );
     }
     out
@@ -725,7 +774,7 @@ pub fn table(rows: &[Measurement]) -> String {
 pub struct Check {
     /// The page.
     pub page: String,
-    /// Which target: `bound`, `bytes`, `first render` or `pointer`.
+    /// Which target: `bound`, `bytes`, `first render`, `first, returning` or `pointer`.
     pub target: &'static str,
     /// Whether the page meets it.
     pub pass: bool,
@@ -736,9 +785,10 @@ pub struct Check {
 /// The issue's targets on `link` for every page measured there by both systems: Tandem's time
 /// to complete within [`BOUND_FACTOR`] × its bound; fewer bytes on the wire (both directions)
 /// than the baseline; and, on pages over [`LARGE_PAGE`] bytes, a first render within a third
-/// of the baseline's time to complete; and where pointers arrived while the snapshot did
-/// ([`Measurement::pointer`]), their 95th percentile within the customer–agent one-way delay
-/// (two links) + [`POINTER_SLACK_MS`].
+/// of the baseline's time to complete, for a new agent and, where measured
+/// ([`Measurement::returning`]), for a returning one; and where pointers arrived while the
+/// snapshot did ([`Measurement::pointer`]), their 95th percentile within the customer–agent
+/// one-way delay (two links) + [`POINTER_SLACK_MS`].
 pub fn checks(rows: &[Measurement], link: &str) -> Vec<Check> {
     let mut out = Vec::new();
     let on_link = |system| {
@@ -786,6 +836,19 @@ pub fn checks(rows: &[Measurement], link: &str) -> Vec<Check> {
                     b.complete_ms / 3.0
                 ),
             });
+            if let Some(back) = t.returning {
+                out.push(Check {
+                    page: t.page.clone(),
+                    target: "first, returning",
+                    pass: back.first_render_ms * 3.0 <= b.complete_ms,
+                    detail: format!(
+                        "{:.0} ms (agent joined in 0-RTT) vs baseline complete {:.0} ms / 3 = {:.0} ms",
+                        back.first_render_ms,
+                        b.complete_ms,
+                        b.complete_ms / 3.0
+                    ),
+                });
+            }
         }
         if let Some((p, p95)) = t.pointer.as_ref().and_then(|p| Some((p, p.p95_ms?))) {
             let one_way = 2.0 * t.spec.delay.as_secs_f64() * 1000.0;
@@ -812,14 +875,20 @@ pub fn checks_report(checks: &[Check]) -> String {
     for c in checks {
         let _ = writeln!(
             out,
-            "{}  {:<20} {:<13} {}",
+            "{}  {:<20} {:<16} {}",
             if c.pass { "PASS" } else { "FAIL" },
             c.page,
             c.target,
             c.detail
         );
     }
-    for target in ["bound", "bytes", "first render", "pointer"] {
+    for target in [
+        "bound",
+        "bytes",
+        "first render",
+        "first, returning",
+        "pointer",
+    ] {
         let of: Vec<&Check> = checks.iter().filter(|c| c.target == target).collect();
         if !of.is_empty() {
             let passed = of.iter().filter(|c| c.pass).count();
@@ -833,6 +902,14 @@ const SERIES: [(&str, &str); 3] = [
     ("Tandem first render", "#8ab6e8"),
     ("Tandem complete", "#1f5fa8"),
     ("Baseline complete (= its first render)", "#e07b39"),
+];
+
+/// [`SERIES`] and a returning agent's first render, on [`TARGET_LINK`].
+const SERIES_RETURNING: [(&str, &str); 4] = [
+    SERIES[0],
+    SERIES[1],
+    SERIES[2],
+    ("Tandem first render, returning agent (0-RTT)", "#6cc3a0"),
 ];
 
 /// Escapes `s` for SVG text.
@@ -1014,9 +1091,16 @@ impl Panel<'_> {
 }
 
 /// A legend row of coloured squares at `y`.
-fn legend(out: &mut String, y: f64, entries: &[(&str, &str)], bound: bool) {
+/// Draws a legend from baseline `y`, wrapping onto further lines of 18 px when the width runs
+/// out; returns the baseline of its last line.
+fn legend(out: &mut String, mut y: f64, entries: &[(&str, &str)], bound: bool) -> f64 {
+    const BOUND_WIDTH: f64 = 360.0;
     let mut x = LEFT;
     for (name, colour) in entries {
+        let width = 30.0 + 7.5 * name.len() as f64;
+        if x > LEFT && x + width > WIDTH {
+            (x, y) = (LEFT, y + 18.0);
+        }
         let _ = writeln!(
             out,
             r#"<rect x="{x}" y="{}" width="14" height="14" fill="{colour}"/><text x="{}" y="{y}" class="legend">{}</text>"#,
@@ -1024,9 +1108,12 @@ fn legend(out: &mut String, y: f64, entries: &[(&str, &str)], bound: bool) {
             x + 20.0,
             xml(name)
         );
-        x += 30.0 + 7.5 * name.len() as f64;
+        x += width;
     }
     if bound {
+        if x > LEFT && x + BOUND_WIDTH > WIDTH {
+            (x, y) = (LEFT, y + 18.0);
+        }
         let _ = writeln!(
             out,
             r#"<line x1="{x}" x2="{}" y1="{y0}" y2="{y0}" class="bound"/><text x="{}" y="{y}" class="legend">bound: bytes down / rate + 2 round trips (Tandem)</text>"#,
@@ -1035,6 +1122,7 @@ fn legend(out: &mut String, y: f64, entries: &[(&str, &str)], bound: bool) {
             y0 = y - 4.0
         );
     }
+    y
 }
 
 /// The benchmark as an SVG picture: one panel per link in `links` (pages on the x axis,
@@ -1058,17 +1146,26 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
         .map(|(p, b)| (p.clone(), format!("{:.0} KB", *b as f64 / 1024.0)))
         .collect();
     let mut panels = Vec::new();
+    let mut any_returning = false;
     for link in links {
+        let returning = pages
+            .iter()
+            .any(|(p, _)| find(p, link, System::Tandem).is_some_and(|t| t.returning.is_some()));
+        any_returning |= returning;
         let values = pages
             .iter()
             .map(|(p, _)| {
                 let t = find(p, link, System::Tandem);
                 let b = find(p, link, System::Baseline);
-                vec![
+                let mut bars = vec![
                     t.map(|t| t.first_render_ms),
                     t.map(|t| t.complete_ms),
                     b.map(|b| b.complete_ms),
-                ]
+                ];
+                if returning {
+                    bars.push(t.and_then(|t| t.returning).map(|r| r.first_render_ms));
+                }
+                bars
             })
             .collect();
         let markers = pages
@@ -1080,7 +1177,11 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
             labels: labels.clone(),
             values,
             markers,
-            series: &SERIES,
+            series: if returning {
+                &SERIES_RETURNING
+            } else {
+                &SERIES
+            },
             unit: ms_label,
         });
     }
@@ -1114,7 +1215,37 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
             unit: bytes_label,
         });
     }
-    let height = 125.0 + PANEL_HEIGHT * panels.len() as f64 + 40.0;
+    // The title, the notes and the legend, then the panels below however many lines the
+    // legend took.
+    let mut head = String::new();
+    let _ = writeln!(
+        head,
+        r#"<text x="{LEFT}" y="30" class="title">Tandem vs. a websocket baseline: one corpus page to a viewer over an emulated link</text>"#
+    );
+    for (i, note) in [
+        "Tandem: relay, consumer and agent over QUIC, each client behind its own emulated link. Its agent shows the first part of",
+        "the snapshot (the top of the page) when it arrives, and completes when the whole snapshot is verified; a returning agent joins",
+        "in 0-RTT data. Baseline: the page's HTML gzip-compressed (level 6) as one websocket message over TCP + TLS 1.3 through the",
+        "same link (modelled TCP); it renders when the whole HTML has arrived. Times run from the viewer starting to connect,",
+        "handshakes included. Lower is better.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            head,
+            r#"<text x="{LEFT}" y="{}" class="note">{}</text>"#,
+            50.0 + 14.0 * i as f64,
+            xml(note)
+        );
+    }
+    let series: &[(&str, &str)] = if any_returning {
+        &SERIES_RETURNING
+    } else {
+        &SERIES
+    };
+    let top = legend(&mut head, 128.0, series, true) + 11.0;
+    let height = top + PANEL_HEIGHT * panels.len() as f64 + 40.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1139,34 +1270,14 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
 <rect width="100%" height="100%" fill="white"/>
 "#,
     );
-    let _ = writeln!(
-        out,
-        r#"<text x="{LEFT}" y="30" class="title">Tandem vs. a websocket baseline: one corpus page to a viewer over an emulated link</text>"#
-    );
-    for (i, note) in [
-        "Tandem: relay, consumer and agent over QUIC, each client behind its own emulated link. Its agent renders once the whole",
-        "snapshot is verified, so its first render is its complete render. Baseline: the page's HTML gzip-compressed (level 6) as one",
-        "websocket message over TCP + TLS 1.3 through the same link (modelled TCP); it renders when the whole HTML has arrived.",
-        "Times run from the viewer starting to connect, handshakes included. Lower is better.",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let _ = writeln!(
-            out,
-            r#"<text x="{LEFT}" y="{}" class="note">{}</text>"#,
-            50.0 + 14.0 * i as f64,
-            xml(note)
-        );
-    }
-    legend(&mut out, 114.0, &SERIES, true);
+    out.push_str(&head);
     for (i, panel) in panels.iter().enumerate() {
-        panel.draw(&mut out, 125.0 + PANEL_HEIGHT * i as f64);
+        panel.draw(&mut out, top + PANEL_HEIGHT * i as f64);
     }
     if bytes_link.is_some() {
         legend(
             &mut out,
-            125.0 + PANEL_HEIGHT * panels.len() as f64 + 20.0,
+            top + PANEL_HEIGHT * panels.len() as f64 + 20.0,
             &BYTE_SERIES,
             false,
         );

@@ -9,7 +9,7 @@
 //! use tandem_protocol::message::{Credential, Role};
 //!
 //! // Consumer: open a session, read the code out, wait for the agent.
-//! let conn = client::connect(relay, pin).await?;
+//! let conn = client::connect(relay, pin, Role::Consumer).await?;
 //! let mut consumer = ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
 //! let created = consumer.open_session("Customer").await?;
 //! println!("code: {}", created.code);
@@ -18,7 +18,7 @@
 //! // ... write SNAPSHOT / PATCH frames to `dom` with framed::write_message ...
 //!
 //! // Agent (elsewhere): join by code, then accept the DOM stream.
-//! let conn = client::connect(relay, pin).await?;
+//! let conn = client::connect(relay, pin, Role::Agent).await?;
 //! let mut ctl = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
 //! let consumer_info = ctl.join(Credential::Code(created.code), "Alice").await?;
 //! let dom = ctl.connection().accept_uni().await.map_err(client::ClientError::from_connection)?;
@@ -143,11 +143,16 @@ pub fn hello(role: Role) -> Hello {
     }
 }
 
-/// Makes a client endpoint that pins `pin` and connects to the relay at `relay`. The endpoint
-/// lives as long as the connection.
-pub async fn connect(relay: SocketAddr, pin: Fingerprint) -> Result<Connection, ClientError> {
+/// Makes a client endpoint that pins `pin` and connects to the relay at `relay`, as a client in
+/// `role` (whose session tickets it uses and keeps, [`transport::client_config`]). The
+/// endpoint lives as long as the connection.
+pub async fn connect(
+    relay: SocketAddr,
+    pin: Fingerprint,
+    role: Role,
+) -> Result<Connection, ClientError> {
     let endpoint: Endpoint =
-        transport::client_endpoint_on(transport::bind_address_for(relay), pin)?;
+        transport::client_endpoint_on(transport::bind_address_for(relay), pin, role)?;
     Ok(transport::connect(&endpoint, relay).await?)
 }
 
@@ -171,7 +176,7 @@ pub struct ControlChannel {
     reconnect: Option<Reconnect>,
     /// The label of the last `SESSION_OPEN` or `JOIN`, for a resuming `JOIN`.
     label: String,
-    /// Whether the relay took this connection's `HELLO` as 0-RTT data (spec §3.5).
+    /// Whether the relay took this connection's `HELLO` (and `JOIN`) as 0-RTT data (spec §3.5).
     zero_rtt: bool,
 }
 
@@ -199,72 +204,28 @@ impl Reconnect {
         self.relay
     }
 
-    /// One attempt: a new connection that says `HELLO` — in 0-RTT data when a session ticket
-    /// from an earlier connection allows it — and, once the handshake is complete, `JOIN` with
-    /// the resume token `token` (spec §3.5: nothing but `HELLO` travels in early data). Returns
-    /// the channel (itself resumable) and the relay's `JOINED`, whose `resume_token` is the one
-    /// to use next time. A spent or unknown token is [`ClientError::Refused`]
-    /// `SessionNotFound`.
+    /// One attempt: a new connection that says `HELLO` and `JOIN` with the resume token
+    /// `token` — in 0-RTT data when a session ticket from an earlier connection allows it
+    /// (spec §3.5). Returns the channel (itself resumable) and the relay's `JOINED`, whose
+    /// `resume_token` is the one to use next time. A spent or unknown token is
+    /// [`ClientError::Refused`] `SessionNotFound`.
     pub async fn resume(
         &self,
         token: &str,
         label: &str,
     ) -> Result<(ControlChannel, Joined), ClientError> {
-        let endpoint =
-            transport::client_endpoint_on(transport::bind_address_for(self.relay), self.pin)?;
-        let connecting = endpoint
-            .connect(self.relay, transport::SERVER_NAME)
-            .map_err(TransportError::from)?;
         let join = Message::Join(Join {
             credential: Credential::Resume(token.to_owned()),
             label: label.to_owned(),
         });
-        let early = match connecting.into_0rtt() {
-            Ok((conn, accepted)) => {
-                let (mut send, recv) =
-                    conn.open_bi().await.map_err(ClientError::from_connection)?;
-                let hello = tandem_protocol::frame::to_frame(
-                    &Message::Hello(self.hello.clone()),
-                    &Limits::DEFAULT,
-                )
-                .map_err(FramedError::from)?;
-                send.write_all(&hello).await.map_err(FramedError::from)?;
-                // `true` once the handshake is complete and the relay took the early data:
-                // then the JOIN may go. Otherwise start over on the established connection.
-                if accepted.await {
-                    Ok((conn, send, recv))
-                } else {
-                    Err(conn)
-                }
-            }
-            Err(connecting) => Err(connecting
-                .await
-                .map_err(|e| ClientError::Transport(TransportError::Connection(e)))?),
-        };
-        let mut channel = match early {
-            Ok((conn, send, recv)) => {
-                let mut channel = ControlChannel::new_channel(
-                    conn,
-                    send,
-                    recv,
-                    self.hello.clone(),
-                    Limits::DEFAULT,
-                );
-                channel.zero_rtt = true;
-                channel.send(&join).await?;
-                channel.read_welcome().await?;
-                channel
-            }
-            Err(conn) => {
-                ControlChannel::open_pipelined(
-                    conn,
-                    self.hello.clone(),
-                    Some(&join),
-                    Limits::DEFAULT,
-                )
-                .await?
-            }
-        };
+        let mut channel = ControlChannel::connect_pipelined(
+            self.relay,
+            self.pin,
+            self.hello.clone(),
+            Some(&join),
+            Limits::DEFAULT,
+        )
+        .await?;
         let joined = channel.wait_joined().await?;
         channel.reconnect = Some(self.clone());
         channel.label = label.to_owned();
@@ -308,6 +269,86 @@ impl ControlChannel {
         Ok((channel, joined))
     }
 
+    /// Agent: connects to the relay at `relay` (pinned to `pin`) and joins with `credential`:
+    /// `HELLO` and `JOIN` leave together (spec §7.1), in 0-RTT data when this process holds a
+    /// session ticket from an earlier connection to the relay (spec §3.5), so that a returning
+    /// agent has the relay's answer — and the first of the session's data — one round trip
+    /// after it starts to connect instead of two. Refusals are as for
+    /// [`ControlChannel::join`]; [`ControlChannel::used_0rtt`] says which way it went.
+    pub async fn connect_and_join(
+        relay: SocketAddr,
+        pin: Fingerprint,
+        hello: Hello,
+        credential: Credential,
+        label: &str,
+    ) -> Result<(Self, Joined), ClientError> {
+        let join = Message::Join(Join {
+            credential,
+            label: label.to_owned(),
+        });
+        let mut channel =
+            Self::connect_pipelined(relay, pin, hello, Some(&join), Limits::DEFAULT).await?;
+        channel.label = label.to_owned();
+        let joined = channel.wait_joined().await?;
+        Ok((channel, joined))
+    }
+
+    /// A new connection to `relay` that sends `hello` and `first` at once: as 0-RTT data when
+    /// a session ticket allows it (spec §3.5 lets only `HELLO` and `JOIN` travel so), else once
+    /// the handshake is complete. When the relay turns the early data down, both go again on
+    /// the established connection. Waits for `WELCOME`.
+    async fn connect_pipelined(
+        relay: SocketAddr,
+        pin: Fingerprint,
+        hello: Hello,
+        first: Option<&Message>,
+        limits: Limits,
+    ) -> Result<Self, ClientError> {
+        debug_assert!(
+            first.is_none_or(|m| matches!(m, Message::Join(_))),
+            "only HELLO and JOIN may travel in 0-RTT data"
+        );
+        let endpoint =
+            transport::client_endpoint_on(transport::bind_address_for(relay), pin, hello.role)?;
+        let connecting = endpoint
+            .connect(relay, transport::SERVER_NAME)
+            .map_err(TransportError::from)?;
+        let conn = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let (mut send, recv) =
+                    conn.open_bi().await.map_err(ClientError::from_connection)?;
+                let bytes = Self::opening(&hello, first, &limits)?;
+                send.write_all(&bytes).await.map_err(FramedError::from)?;
+                // `true` once the handshake is complete and the relay took the early data; the
+                // relay's answer came in the same flight. Otherwise start over below.
+                if accepted.await {
+                    let mut channel = Self::new_channel(conn, send, recv, hello, limits);
+                    channel.zero_rtt = true;
+                    channel.read_welcome().await?;
+                    return Ok(channel);
+                }
+                conn
+            }
+            Err(connecting) => connecting.await.map_err(transport::connection_error)?,
+        };
+        Self::open_pipelined(conn, hello, first, limits).await
+    }
+
+    /// The first bytes of a control stream: `HELLO`, then `first` if any.
+    fn opening(
+        hello: &Hello,
+        first: Option<&Message>,
+        limits: &Limits,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut bytes = tandem_protocol::frame::to_frame(&Message::Hello(hello.clone()), limits)
+            .map_err(FramedError::from)?;
+        if let Some(first) = first {
+            tandem_protocol::frame::encode_frame(first, &mut bytes, limits)
+                .map_err(FramedError::from)?;
+        }
+        Ok(bytes)
+    }
+
     /// Sends `hello` and, right behind it without waiting for `WELCOME`, the first request
     /// (spec §7.1 allows it), then waits for `WELCOME`.
     async fn open_pipelined(
@@ -317,15 +358,9 @@ impl ControlChannel {
         limits: Limits,
     ) -> Result<Self, ClientError> {
         let (mut send, recv) = conn.open_bi().await.map_err(ClientError::from_connection)?;
-        let hello_copy = hello.clone();
-        let mut bytes = tandem_protocol::frame::to_frame(&Message::Hello(hello), &limits)
-            .map_err(FramedError::from)?;
-        if let Some(first) = first {
-            tandem_protocol::frame::encode_frame(first, &mut bytes, &limits)
-                .map_err(FramedError::from)?;
-        }
+        let bytes = Self::opening(&hello, first, &limits)?;
         send.write_all(&bytes).await.map_err(FramedError::from)?;
-        let mut channel = Self::new_channel(conn, send, recv, hello_copy, limits);
+        let mut channel = Self::new_channel(conn, send, recv, hello, limits);
         channel.read_welcome().await?;
         Ok(channel)
     }
@@ -359,8 +394,9 @@ impl ControlChannel {
         }
     }
 
-    /// Whether this connection's `HELLO` travelled as 0-RTT data and the relay took it (only
-    /// a resumed connection tries, spec §3.5).
+    /// Whether this connection's `HELLO` (and `JOIN`) travelled as 0-RTT data and the relay
+    /// took it (spec §3.5): only [`ControlChannel::connect_and_join`] and
+    /// [`Reconnect::resume`] try, on a session ticket from an earlier connection.
     pub fn used_0rtt(&self) -> bool {
         self.zero_rtt
     }
@@ -663,6 +699,13 @@ impl ControlChannel {
         }
     }
 
+    /// Leaves the relay without a session (or before one is open): `CLOSE` `NoError`, then the
+    /// connection closes once the relay has closed it or [`CLOSE_GRACE`] is over (spec §3.3).
+    pub async fn leave(mut self) {
+        self.close_with(ErrorCode::NoError, "leaving".to_owned())
+            .await;
+    }
+
     /// Sends `CLOSE` with `code` and closes the connection with the same code, once the relay
     /// has closed after reading it or [`CLOSE_GRACE`] is over (spec §3.3). Best effort: the
     /// connection closes with the code either way; closing at once would discard the `CLOSE`
@@ -672,8 +715,12 @@ impl ControlChannel {
         let _ = tokio::time::timeout(CLOSE_GRACE, self.send(&close)).await;
         let _ = self.send.finish();
         let _ = tokio::time::timeout(CLOSE_GRACE, self.conn.closed()).await;
-        self.conn
-            .close(VarInt::from_u32(u32::from(code)), b"protocol violation");
+        let reason: &[u8] = if code == ErrorCode::NoError {
+            b""
+        } else {
+            b"protocol violation"
+        };
+        self.conn.close(VarInt::from_u32(u32::from(code)), reason);
     }
 
     /// Closes the connection over a message that has no place here.

@@ -193,7 +193,7 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         );
     }
     let relay = link.as_ref().map_or(args.relay, Link::addr);
-    let conn = client::connect(relay, args.pin).await?;
+    let conn = client::connect(relay, args.pin, Role::Consumer).await?;
     let mut hello = client::hello(Role::Consumer);
     hello.platform.viewport = args.viewport;
     if args.resources {

@@ -73,6 +73,12 @@ pub struct DemoArgs {
     /// to reach the agent, while the snapshot was on its way and over the whole session.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub pointer_every: Option<u64>,
+    /// The agent has been here before: before it joins, it connects to the relay once, says
+    /// `HELLO` and leaves, as an agent's console does between sessions. Its join then goes in
+    /// 0-RTT data on the ticket of that visit (spec §3.5), and the report's join time is that
+    /// of a returning agent.
+    #[arg(long)]
+    pub returning_agent: bool,
 }
 
 impl Default for DemoArgs {
@@ -165,6 +171,8 @@ pub struct DemoReport {
     /// Milliseconds from the agent starting to connect to the relay until it had joined (QUIC
     /// handshake, HELLO/WELCOME, JOIN/JOINED): add `first_render_ms` for the time from connect.
     pub agent_join_ms: f64,
+    /// Whether the agent's `HELLO` and `JOIN` went as 0-RTT data (`--returning-agent`).
+    pub agent_0rtt: bool,
     /// Milliseconds the whole session took.
     pub total_ms: f64,
     /// The consumer's final tree hash.
@@ -431,7 +439,7 @@ pub async fn demo_with(
     }
     drop((command_tx, joined_rx));
     let consumer = tokio::spawn(async move {
-        let conn = client::connect(consumer_addr, pin).await?;
+        let conn = client::connect(consumer_addr, pin, Role::Consumer).await?;
         let ctl = ControlChannel::open(conn, hello(Role::Consumer))
             .await?
             .resumable(pin);
@@ -455,16 +463,33 @@ pub async fn demo_with(
         .await
     });
     let out = args.out.clone();
+    let returning = args.returning_agent;
     let agent = tokio::spawn(async move {
+        if returning {
+            // An earlier visit leaves this process a session ticket (and an address token)
+            // for the relay.
+            let conn = client::connect(agent_addr, pin, Role::Agent).await?;
+            let visit = ControlChannel::open(conn, hello(Role::Agent)).await?;
+            // Stay a few round trips, as a console does: the relay's session tickets come
+            // after the handshake, and one lost on the way is sent again within a probe
+            // timeout.
+            tokio::time::sleep(visit.connection().rtt() * 4).await;
+            visit.leave().await;
+        }
         let code = code_rx
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
         let connecting = Instant::now();
-        let conn = client::connect(agent_addr, pin).await?;
-        // HELLO and JOIN in one round trip (spec §7.1).
-        let (ctl, _) =
-            ControlChannel::open_and_join(conn, hello(Role::Agent), Credential::Code(code), "Alex")
-                .await?;
+        // HELLO and JOIN in one round trip (spec §7.1), in 0-RTT data when returning.
+        let (ctl, _) = ControlChannel::connect_and_join(
+            agent_addr,
+            pin,
+            hello(Role::Agent),
+            Credential::Code(code),
+            "Alex",
+        )
+        .await?;
+        let zero_rtt = ctl.used_0rtt();
         let ctl = ctl.resumable(pin);
         let joined_at = Instant::now();
         let _ = joined_tx.send(true);
@@ -481,12 +506,12 @@ pub async fn demo_with(
             joined_at,
         )
         .await?;
-        Ok::<_, SessionError>((report, joined_at - connecting, joined_at))
+        Ok::<_, SessionError>((report, joined_at - connecting, joined_at, zero_rtt))
     });
     let consumer: Result<ConsumerReport, SessionError> = consumer
         .await
         .map_err(|e| SessionError::EndedEarly(format!("consumer task: {e}")))?;
-    let agent: Result<(AgentReport, Duration, Instant), SessionError> = agent
+    let agent: Result<(AgentReport, Duration, Instant, bool), SessionError> = agent
         .await
         .map_err(|e| SessionError::EndedEarly(format!("agent task: {e}")))?;
     let total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -500,7 +525,7 @@ pub async fn demo_with(
     let _ = tokio::time::timeout(settle, relay.shutdown()).await;
     let consumer_link = consumer_link.map(Link::shutdown);
     let agent_link = agent_link.map(Link::shutdown);
-    let (c, (a, join, joined_at)) = (consumer?, agent?);
+    let (c, (a, join, joined_at, agent_0rtt)) = (consumer?, agent?);
     let pointer = args.pointer_every.map(|_| {
         let (sent, received) = (&c.pointers_sent, &a.pointers_received);
         let snapshot = a.first_render.map(|d| (joined_at, joined_at + d));
@@ -537,6 +562,7 @@ pub async fn demo_with(
         first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
         first_visible_ms: a.first_visible.map(|d| d.as_secs_f64() * 1000.0),
         agent_join_ms: join.as_secs_f64() * 1000.0,
+        agent_0rtt,
         total_ms,
         hashes_match: agent_hash.as_deref() == Some(consumer_hash.as_str()),
         consumer_hash,
@@ -625,6 +651,15 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
             "UDP bytes sent:    {} (consumer, QUIC and TLS included)",
             r.udp_bytes
         );
+        say!(
+            "agent joined:      {:.1} ms after it started to connect ({})",
+            r.agent_join_ms,
+            if r.agent_0rtt {
+                "HELLO and JOIN in 0-RTT"
+            } else {
+                "full handshake"
+            }
+        );
         if let (Some(v), Some(r)) = (r.first_visible_ms, r.first_render_ms)
             && v < r
         {
@@ -646,7 +681,7 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
                 "resumed:           after {:.0} ms ({}), {}",
                 back.took_ms,
                 if back.zero_rtt {
-                    "HELLO in 0-RTT"
+                    "HELLO and JOIN in 0-RTT"
                 } else {
                     "full handshake"
                 },

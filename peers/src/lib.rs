@@ -9,7 +9,7 @@
 //!             session kept through a lost connection until its side resumes (relay/live.rs);
 //!             relay::state is its sans-IO core (session table, tokens, negotiation, teardown)
 //!  client     ControlChannel: HELLO/WELCOME, SESSION_OPEN or JOIN, JOINED; Reconnect comes
-//!             back with a resume token, HELLO in 0-RTT (spec §3.5)
+//!             back with a resume token, HELLO and JOIN in 0-RTT (spec §3.5)
 //!  session    the consumer's and the agent's session pumps over QUIC, which reconnect when a
 //!             resumable channel's connection goes and continue the DOM stream
 //!  pump       the consumer's DOM writer with backpressure: one patch in flight, changes fold
@@ -37,11 +37,11 @@
 //!     "127.0.0.1:0".parse()?,
 //!     transport::Identity::generate()?,
 //! ))?;
-//! let conn = client::connect(relay.addr, relay.fingerprint).await?;
+//! let conn = client::connect(relay.addr, relay.fingerprint, Role::Consumer).await?;
 //! let mut consumer = client::ControlChannel::open(conn, client::hello(Role::Consumer)).await?;
 //! let code = consumer.open_session("Customer").await?.code;
 //!
-//! let conn = client::connect(relay.addr, relay.fingerprint).await?;
+//! let conn = client::connect(relay.addr, relay.fingerprint, Role::Agent).await?;
 //! let mut agent = client::ControlChannel::open(conn, client::hello(Role::Agent)).await?;
 //! let consumer_info = agent.join(Credential::Code(code), "Alice").await?;
 //! let agent_info = consumer.wait_joined().await?;

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt};
+use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt, ZeroRttAccepted};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use tandem_protocol::message::{
@@ -425,6 +425,19 @@ struct Peer {
     send: SendStream,
     recv: FrameRecv,
     info: PeerInfo,
+    /// Resolves when the connection's handshake is complete; `None` once it has. Until then
+    /// the relay acts on `HELLO` and `JOIN` alone (spec §3.5).
+    handshake: Option<ZeroRttAccepted>,
+}
+
+impl Peer {
+    /// Waits until the connection's handshake is complete (or has failed: the next read then
+    /// reports the connection's end).
+    async fn established(&mut self) {
+        if let Some(handshake) = self.handshake.take() {
+            handshake.await;
+        }
+    }
 }
 
 /// What reaches a waiting consumer's task from an agent's: the agent itself, to pair with
@@ -499,17 +512,36 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
 
 async fn handle_connection(shared: Arc<Shared>, incoming: Incoming) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
         Err(e) => {
-            tracing::debug!(%remote, error = %e, "handshake failed");
+            tracing::debug!(%remote, error = %e, "connection refused");
             return;
         }
+    };
+    // The connection as soon as the client's first flight is in, so that a returning client's
+    // HELLO and JOIN in 0-RTT data are answered in the same flight as the handshake (0.5-RTT
+    // data, readable only by the client that holds the ticket's keys). The rustls session
+    // store spends a ticket when it is presented, so early data is accepted at most once per
+    // ticket and a replayed flight is never acted on twice (spec §3.5, RFC 8446 §8.1). On a
+    // server, `into_0rtt` always succeeds.
+    let (conn, handshake) = match connecting.into_0rtt() {
+        Ok((conn, handshake)) => (conn, Some(handshake)),
+        Err(connecting) => match connecting.await {
+            Ok(conn) => (conn, None),
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "handshake failed");
+                return;
+            }
+        },
     };
     let (send, recv) = tokio::select! {
         r = timeout(shared.handshake_timeout, conn.accept_bi()) => match r {
             Ok(Ok(streams)) => streams,
-            Ok(Err(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "connection ended before its control stream");
+                return;
+            }
             Err(_) => {
                 conn.close(close_code(ErrorCode::UnexpectedMessage), b"no control stream");
                 return;
@@ -525,6 +557,7 @@ async fn handle_connection(shared: Arc<Shared>, incoming: Incoming) {
         send,
         recv: FrameRecv::new(recv, shared.limits),
         info: PeerInfo::default(),
+        handshake,
     };
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let role = match handshake_step(&shared, deadline, greet(&shared, &mut peer)).await {
@@ -608,6 +641,10 @@ async fn next_request(shared: &Shared, peer: &mut Peer) -> Result<Message, Stop>
         let Some(frame) = peer.recv.next_raw().await? else {
             return Err(Stop::Gone);
         };
+        // Only HELLO (read by `greet`) and JOIN are acted on in early data (spec §3.5).
+        if frame.ty != FrameType::JOIN {
+            peer.established().await;
+        }
         match frame.ty {
             ty if Consumed::is_consumed(ty) => {
                 match state::consume(&frame, &shared.limits).map_err(FramedError::from)? {

@@ -1147,7 +1147,7 @@ pub async fn run_pair(
     let (code_tx, code_rx) = oneshot::channel::<String>();
     let offer = pair.resources.is_some();
     let consumer = tokio::spawn(async move {
-        let conn = client::connect(relay, pin).await?;
+        let conn = client::connect(relay, pin, Role::Consumer).await?;
         let mut hello = client::hello(Role::Consumer);
         if offer {
             hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
@@ -1176,7 +1176,7 @@ pub async fn run_pair(
         let code = code_rx
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
-        let conn = client::connect(relay, pin).await?;
+        let conn = client::connect(relay, pin, Role::Agent).await?;
         let mut hello = client::hello(Role::Agent);
         hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
         let mut ctl = ControlChannel::open(conn, hello).await?;

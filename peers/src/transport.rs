@@ -26,6 +26,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use tandem_protocol::message::Role;
 
 /// The ALPN protocol identifier of Tandem over QUIC, version 1.
 pub const ALPN: &[u8] = b"tandem/1";
@@ -296,6 +297,10 @@ pub fn transport_config() -> TransportConfig {
     t
 }
 
+/// Resumption tickets a relay keeps (two per connection, the oldest forgotten first): enough
+/// for a few thousand clients to come back with 0-RTT, at a few hundred bytes each.
+pub const SESSION_TICKETS: usize = 8192;
+
 /// A quinn server configuration presenting `identity`: TLS 1.3 only, ALPN `tandem/1`.
 pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TransportError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -304,8 +309,11 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Transpo
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     // 0-RTT for clients coming back (spec §3.5): quinn takes early data only with this value.
-    // The relay acts on nothing before the handshake completes (it reads the control stream
-    // once the connection is established), so a replayed flight does nothing.
+    // rustls accepts early data only on tickets kept in this in-memory store (never on
+    // stateless ones) and takes a ticket out when a client presents it: each ticket admits
+    // early data once, so a replayed flight is never acted on (RFC 8446 §8.1). The relay acts
+    // on HELLO and JOIN in early data and on nothing else before the handshake completes.
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_TICKETS);
     tls.max_early_data_size = u32::MAX;
     let quic = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -314,24 +322,26 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Transpo
 }
 
 /// A quinn client configuration that accepts only the server certificate whose fingerprint is
-/// `pin`: TLS 1.3 only, ALPN `tandem/1`. One configuration is built per pin and process and
-/// shared by every endpoint, so that its TLS session tickets let a later connection to the same
-/// relay resume with 0-RTT (spec §3.5).
-pub fn client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, TransportError> {
-    static CONFIGS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<[u8; 32], quinn::ClientConfig>>,
-    > = std::sync::OnceLock::new();
+/// `pin`: TLS 1.3 only, ALPN `tandem/1`. One configuration is built per pin and role and
+/// process, and shared by every endpoint of that role: its TLS session tickets and QUIC
+/// address tokens let a later connection to the same relay resume with 0-RTT (spec §3.5).
+/// Keyed by role too because a process that runs both a consumer and an agent (the demo, the
+/// tests) stands for two machines: what one of them earned from the relay is not the other's.
+pub fn client_config(pin: Fingerprint, role: Role) -> Result<quinn::ClientConfig, TransportError> {
+    type Configs = std::collections::HashMap<([u8; 32], u32), quinn::ClientConfig>;
+    static CONFIGS: std::sync::OnceLock<std::sync::Mutex<Configs>> = std::sync::OnceLock::new();
     let configs = CONFIGS.get_or_init(Default::default);
     let mut configs = configs.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(config) = configs.get(&pin.0) {
+    let key = (pin.0, u32::from(role));
+    if let Some(config) = configs.get(&key) {
         return Ok(config.clone());
     }
-    // Bounded: one entry per relay pin this process talks to.
+    // Bounded: one entry per relay pin and role this process talks to.
     if configs.len() >= 64 {
         configs.clear();
     }
     let config = build_client_config(pin)?;
-    configs.insert(pin.0, config.clone());
+    configs.insert(key, config.clone());
     Ok(config)
 }
 
@@ -364,16 +374,20 @@ pub fn server_endpoint(
 }
 
 /// A client endpoint on an ephemeral IPv4 UDP port whose connections pin the server
-/// certificate to `pin`. Use [`client_endpoint_on`] to reach an IPv6 relay. Must be called
-/// inside a tokio runtime.
-pub fn client_endpoint(pin: Fingerprint) -> Result<Endpoint, TransportError> {
-    client_endpoint_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), pin)
+/// certificate to `pin`, for a client in `role` ([`client_config`]). Use [`client_endpoint_on`]
+/// to reach an IPv6 relay. Must be called inside a tokio runtime.
+pub fn client_endpoint(pin: Fingerprint, role: Role) -> Result<Endpoint, TransportError> {
+    client_endpoint_on(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), pin, role)
 }
 
 /// Like [`client_endpoint`], bound to `bind`.
-pub fn client_endpoint_on(bind: SocketAddr, pin: Fingerprint) -> Result<Endpoint, TransportError> {
+pub fn client_endpoint_on(
+    bind: SocketAddr,
+    pin: Fingerprint,
+    role: Role,
+) -> Result<Endpoint, TransportError> {
     let mut endpoint = Endpoint::client(bind)?;
-    endpoint.set_default_client_config(client_config(pin)?);
+    endpoint.set_default_client_config(client_config(pin, role)?);
     Ok(endpoint)
 }
 
@@ -391,7 +405,13 @@ pub fn bind_address_for(addr: SocketAddr) -> SocketAddr {
 /// [`TransportError::PinMismatch`].
 pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Connection, TransportError> {
     let connecting = endpoint.connect(addr, SERVER_NAME)?;
-    connecting.await.map_err(|e| match e {
+    connecting.await.map_err(connection_error)
+}
+
+/// A failed connection attempt as a [`TransportError`]: [`TransportError::PinMismatch`] when
+/// the relay's certificate is not the pinned one.
+pub fn connection_error(e: quinn::ConnectionError) -> TransportError {
+    match e {
         // Our verifier is the only thing on the client that rejects a certificate, and it does
         // so only when the fingerprint differs; rustls reports `CertificateError::Other` as a
         // certificate_unknown alert.
@@ -403,7 +423,7 @@ pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Connection
             }
         }
         other => TransportError::Connection(other),
-    })
+    }
 }
 
 /// The TLS `certificate_unknown` alert (RFC 8446 §6.2).
@@ -555,7 +575,8 @@ mod tests {
 
         // The same client with the right ALPN connects.
         let mut client = client;
-        client.set_default_client_config(client_config(identity.fingerprint()).unwrap());
+        client
+            .set_default_client_config(client_config(identity.fingerprint(), Role::Agent).unwrap());
         let conn = connect(&client, addr).await.unwrap();
         conn.close(0u32.into(), b"");
         accept.abort();

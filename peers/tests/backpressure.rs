@@ -82,7 +82,7 @@ async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compr
         }),
     )
     .await;
-    let conn = client::connect(relay.addr, relay.fingerprint)
+    let conn = client::connect(relay.addr, relay.fingerprint, Role::Agent)
         .await
         .expect("connect");
     let mut hello = client::hello(Role::Agent);

@@ -33,8 +33,10 @@ fn start_relay() -> RelayHandle {
 /// the consumer write `dom` on a DOM stream, and returns how the agent's session ended.
 async fn agent_receiving(dom: Vec<u8>) -> Result<session::AgentReport, SessionError> {
     let relay = start_relay();
-    let connect = || client::connect(relay.addr, relay.fingerprint);
-    let conn = guard("connect", connect()).await.expect("connect");
+    let connect = |role| client::connect(relay.addr, relay.fingerprint, role);
+    let conn = guard("connect", connect(Role::Consumer))
+        .await
+        .expect("connect");
     let mut consumer = guard(
         "welcome",
         ControlChannel::open(conn, client::hello(Role::Consumer)),
@@ -44,7 +46,9 @@ async fn agent_receiving(dom: Vec<u8>) -> Result<session::AgentReport, SessionEr
     let created = guard("session", consumer.open_session("Customer"))
         .await
         .expect("session");
-    let conn = guard("connect", connect()).await.expect("connect");
+    let conn = guard("connect", connect(Role::Agent))
+        .await
+        .expect("connect");
     let mut agent = guard(
         "welcome",
         ControlChannel::open(conn, client::hello(Role::Agent)),

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tandem_peers::bench::{self, Measurement, System};
+use tandem_peers::bench::{self, Measurement, Returning, System};
 use tandem_peers::demo::PointerLatency;
 use tandem_peers::link::{LinkSpec, MSS, TCP_OVERHEAD, TcpLink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,6 +163,7 @@ fn row(page: &str, bytes: u64, link: &str, system: System, first: f64, done: f64
             System::Baseline => 60_000,
         },
         pointer: None,
+        returning: None,
     }
 }
 
@@ -194,30 +195,39 @@ fn csv_checks_and_svg() {
     rows[0].pointer = pointers(40, 39, Some(650.0));
     rows[2].pointer = pointers(0, 0, None);
     rows[6].pointer = pointers(40, 40, Some(651.0));
+    // A returning agent's first render: 700 ms is within 2400 / 3, 900 ms is not.
+    rows[0].returning = Some(Returning {
+        first_render_ms: 700.0,
+        complete_ms: 1_500.0,
+    });
+    rows[6].returning = Some(Returning {
+        first_render_ms: 900.0,
+        complete_ms: 1_700.0,
+    });
     let csv = bench::csv(&rows);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms"
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms,returning_first_render_ms,returning_complete_ms"
     );
     // 30 000 B at 750 kbit/s = 320 ms, + 2 × 600 ms.
     assert_eq!(
         lines[1],
-        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250,39,650.0"
+        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250,39,650.0,700.0,1500.0"
     );
     assert!(
-        lines[2].ends_with(",1840.0,1.304,,"),
+        lines[2].ends_with(",1840.0,1.304,,,,"),
         "no pointer run for the baseline: {}",
         lines[2]
     );
     assert!(
-        lines[3].ends_with(",0,"),
+        lines[3].ends_with(",0,,,"),
         "no pointer arrived: {}",
         lines[3]
     );
     assert_eq!(
         lines[5],
-        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,,,"
+        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,,,,,"
     );
     assert_eq!(lines.len(), 9);
 
@@ -233,6 +243,9 @@ fn csv_checks_and_svg() {
     assert_eq!(get("big", "first render"), Some(true)); // 500 <= 2400 / 3
     assert_eq!(get("small", "bound"), Some(true));
     assert_eq!(get("small", "first render"), None, "under 100 KB");
+    assert_eq!(get("big", "first, returning"), Some(true));
+    assert_eq!(get("slow", "first, returning"), Some(false));
+    assert_eq!(get("small", "first, returning"), None);
     assert_eq!(
         get("big", "pointer"),
         Some(true),
@@ -247,15 +260,24 @@ fn csv_checks_and_svg() {
     let report = bench::checks_report(&checks);
     assert!(report.contains("bound: 3 of 3 pages pass"), "{report}");
     assert!(report.contains("pointer: 1 of 2 pages pass"), "{report}");
+    assert!(
+        report.contains("first, returning: 1 of 2 pages pass"),
+        "{report}"
+    );
     let table = bench::table(&rows);
     assert!(table.contains("650 ms (39)"), "{table}");
 
     let svg = bench::svg(&rows, &[l.to_owned(), "loopback".to_owned()]);
     assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<svg").count(), 1);
-    // Three bars per page on the target link, three for the one page on loopback, two per
-    // page in the bytes panel, and the legends' squares.
-    assert_eq!(svg.matches("<rect x=").count(), 3 * 3 + 3 + 3 * 2 + 3 + 2);
+    // Four bars per page on the target link (a returning agent's first render the fourth: an
+    // "n/a" where it was not measured), three for the one page on loopback, two per page in
+    // the bytes panel, and the legends' squares.
+    assert_eq!(
+        svg.matches("<rect x=").count(),
+        3 * 4 - 1 + 3 + 3 * 2 + 4 + 2
+    );
+    assert!(svg.contains("returning agent"));
     assert!(svg.contains("Link 300ms,750kbit,1%"));
     assert!(!svg.contains("NaN") && !svg.contains("inf"));
 }

@@ -377,7 +377,7 @@ async fn the_customers_pointer_and_scroll_reach_the_agent() {
     opts.interval = Duration::from_millis(20);
     opts.commands = Some(cmd_rx);
     let (code, consumer) = common::consumer_session(&relay, opts).await;
-    let conn = client::connect(relay.addr, relay.fingerprint)
+    let conn = client::connect(relay.addr, relay.fingerprint, Role::Agent)
         .await
         .expect("connect");
     let (agent, _) = ControlChannel::open_and_join(

@@ -77,7 +77,7 @@ type Session = tokio::task::JoinHandle<Result<(), SessionError>>;
 /// A consumer with `opts` in a live session with a fake relay, and the relay's side.
 async fn live_consumer(opts: session::ConsumerOptions) -> (Session, FakeRelay) {
     let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
+    let conn = client::connect(addr, pin, Role::Consumer).await.unwrap();
     let ctl = ControlChannel::open(conn, client::hello(Role::Consumer))
         .await
         .unwrap();
@@ -89,7 +89,7 @@ async fn live_consumer(opts: session::ConsumerOptions) -> (Session, FakeRelay) {
 /// An agent in a live session with a fake relay, and the relay's side.
 async fn live_agent() -> (Session, FakeRelay) {
     let (addr, pin, relay) = fake_relay();
-    let conn = client::connect(addr, pin).await.unwrap();
+    let conn = client::connect(addr, pin, Role::Agent).await.unwrap();
     let (ctl, _) = ControlChannel::open_and_join(
         conn,
         client::hello(Role::Agent),

@@ -431,9 +431,12 @@ async fn lifecycle_events_are_posted_to_the_webhook() {
 async fn hello_and_join_travel_together() {
     let relay = start_relay(TTL);
     let (consumer, code) = waiting(&relay, "visitor-24").await;
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
+    let conn = guard(
+        "connect",
+        client::connect(relay.addr, relay.fingerprint, Role::Agent),
+    )
+    .await
+    .expect("connect");
     let r = guard(
         "pipelined wrong code",
         ControlChannel::open_and_join(

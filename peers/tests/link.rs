@@ -360,7 +360,11 @@ async fn quic_transfer_over_a_bad_link() {
     });
     let started = Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(30), async {
-        let client = transport::client_endpoint(identity.fingerprint()).unwrap();
+        let client = transport::client_endpoint(
+            identity.fingerprint(),
+            tandem_protocol::message::Role::Agent,
+        )
+        .unwrap();
         let conn = transport::connect(&client, link.addr()).await.unwrap();
         let mut stream = conn.open_uni().await.unwrap();
         stream.write_all(&payload).await.unwrap();
@@ -455,4 +459,114 @@ async fn the_customers_pointer_crosses_both_links_to_the_agent() {
         during.arrived <= during.sent && during.sent <= all.sent,
         "{pointer:?}"
     );
+}
+
+/// A new agent pays the QUIC handshake and then HELLO+JOIN: two round trips to its `JOINED`. A
+/// returning agent (it visited the relay before, so it holds a session ticket) sends HELLO and
+/// JOIN in 0-RTT data and the relay answers in the handshake's flight: one round trip. The
+/// page arrives whole either way. The link's delay is a floor on each figure, so the lower
+/// bounds hold on any machine; the upper bound leaves a whole round trip of slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_agent_joins_in_one_round_trip() {
+    let rtt = 300.0;
+    let link = "150ms,10mbit";
+    let new = tandem_peers::demo::DemoArgs {
+        batches: 2,
+        json: true,
+        ..tandem_peers::demo::DemoArgs::default()
+    };
+    let first = demo_over(&new, link).await;
+    assert!(first.hashes_match, "{first:?}");
+    assert!(!first.agent_0rtt, "a new agent has no ticket: {first:?}");
+    assert!(first.agent_join_ms >= 2.0 * rtt, "{}", first.agent_join_ms);
+    let returning = tandem_peers::demo::DemoArgs {
+        returning_agent: true,
+        ..new
+    };
+    let back = demo_over(&returning, link).await;
+    assert!(back.hashes_match, "{back:?}");
+    assert!(back.agent_0rtt, "the join went as 0-RTT data: {back:?}");
+    assert!(
+        (rtt..2.0 * rtt).contains(&back.agent_join_ms),
+        "one round trip, not two: {} ms",
+        back.agent_join_ms
+    );
+    assert!(back.first_render_ms.is_some(), "{back:?}");
+}
+
+/// The relay acts on HELLO and JOIN in 0-RTT data and on nothing else before the handshake
+/// completes (spec §3.5). A returning client sends HELLO and SESSION_OPEN as early data: the
+/// relay's WELCOME comes back in the handshake's flight, one round trip after the client
+/// started, but SESSION_CREATED only once the relay has the client's Finished, half a round
+/// trip later, and back: two round trips. The link's delay is the floor of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_acts_on_nothing_but_hello_and_join_before_the_handshake_completes() {
+    use tandem_peers::client::{self, ControlChannel};
+    use tandem_peers::framed::FrameRecv;
+    use tandem_protocol::message::{Role, SessionOpen};
+    use tandem_protocol::{Limits, Message, frame};
+
+    let rtt = Duration::from_millis(300);
+    let identity = transport::Identity::generate().unwrap();
+    let pin = identity.fingerprint();
+    let relay = tandem_peers::relay::spawn(tandem_peers::relay::RelayConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+    ))
+    .unwrap();
+    let link = Link::spawn(relay.addr, &spec("150ms,10mbit"))
+        .await
+        .unwrap();
+    let run = async {
+        // A first visit leaves a session ticket.
+        let conn = client::connect(link.addr(), pin, Role::Consumer)
+            .await
+            .unwrap();
+        ControlChannel::open(conn, client::hello(Role::Consumer))
+            .await
+            .unwrap()
+            .leave()
+            .await;
+
+        let endpoint = transport::client_endpoint(pin, Role::Consumer).unwrap();
+        let started = Instant::now();
+        let connecting = endpoint
+            .connect(link.addr(), transport::SERVER_NAME)
+            .unwrap();
+        let (conn, accepted) = connecting
+            .into_0rtt()
+            .unwrap_or_else(|_| panic!("the first visit left a ticket"));
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let limits = Limits::DEFAULT;
+        let mut bytes =
+            frame::to_frame(&Message::Hello(client::hello(Role::Consumer)), &limits).unwrap();
+        let open = Message::SessionOpen(SessionOpen {
+            label: "early".into(),
+        });
+        frame::encode_frame(&open, &mut bytes, &limits).unwrap();
+        send.write_all(&bytes).await.unwrap();
+        assert!(accepted.await, "the relay took the early data");
+        let mut recv = FrameRecv::new(recv, limits);
+        let welcome = recv.next_message().await.unwrap();
+        assert!(matches!(welcome, Some(Message::Welcome(_))), "{welcome:?}");
+        let welcomed = started.elapsed();
+        let created = recv.next_message().await.unwrap();
+        assert!(
+            matches!(created, Some(Message::SessionCreated(_))),
+            "{created:?}"
+        );
+        (welcomed, started.elapsed())
+    };
+    let (welcomed, created) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("finishes within 30 s");
+    assert!(
+        welcomed >= rtt && welcomed < 2 * rtt,
+        "WELCOME in the handshake's flight: {welcomed:?}"
+    );
+    assert!(
+        created >= 2 * rtt,
+        "SESSION_CREATED only after the handshake: {created:?}"
+    );
+    relay.shutdown().await;
 }

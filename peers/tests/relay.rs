@@ -324,7 +324,11 @@ async fn wrong_pin_is_refused() {
     let relay = start_relay();
     let other = Identity::generate().unwrap().fingerprint();
     assert_ne!(other, relay.fingerprint);
-    let result = guard("connect", client::connect(relay.addr, other)).await;
+    let result = guard(
+        "connect",
+        client::connect(relay.addr, other, Role::Consumer),
+    )
+    .await;
     match result {
         Err(ClientError::Transport(TransportError::PinMismatch { detail })) => {
             assert!(detail.contains(&relay.fingerprint.to_string()), "{detail}");
@@ -337,7 +341,7 @@ async fn wrong_pin_is_refused() {
 #[tokio::test]
 async fn version_mismatch_is_refused() {
     let relay = start_relay();
-    let conn = client::connect(relay.addr, relay.fingerprint)
+    let conn = client::connect(relay.addr, relay.fingerprint, Role::Consumer)
         .await
         .unwrap();
     let hello = Hello {
@@ -365,7 +369,7 @@ async fn answer_hello_with(
         relay.conn.close(0u32.into(), b"");
         close
     });
-    let conn = client::connect(addr, pin).await.unwrap();
+    let conn = client::connect(addr, pin, Role::Consumer).await.unwrap();
     let result = guard(
         "welcome",
         ControlChannel::open(conn, client::hello(Role::Consumer)),
@@ -670,7 +674,7 @@ async fn events_are_written_as_json_lines() {
 async fn transport_endpoints_work_without_the_client_helpers() {
     // The lower-level API the demo uses: explicit endpoints and connect.
     let relay = start_relay();
-    let endpoint = transport::client_endpoint(relay.fingerprint).unwrap();
+    let endpoint = transport::client_endpoint(relay.fingerprint, Role::Consumer).unwrap();
     let conn = guard("connect", transport::connect(&endpoint, relay.addr))
         .await
         .unwrap();
@@ -690,7 +694,7 @@ async fn datagrams_go_by_control_to_a_peer_without_datagrams() {
     let created = consumer.open_session("Customer").await.unwrap();
 
     // An agent whose transport does not accept datagrams.
-    let mut config = transport::client_config(relay.fingerprint).unwrap();
+    let mut config = transport::client_config(relay.fingerprint, Role::Consumer).unwrap();
     let mut params = transport::transport_config();
     params.datagram_receive_buffer_size(None);
     config.transport_config(std::sync::Arc::new(params));

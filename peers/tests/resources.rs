@@ -279,7 +279,7 @@ async fn corrupting_consumer(
     relay: &RelayHandle,
     code_tx: tokio::sync::oneshot::Sender<String>,
 ) -> (usize, u32) {
-    let conn = client::connect(relay.addr, relay.fingerprint)
+    let conn = client::connect(relay.addr, relay.fingerprint, Role::Consumer)
         .await
         .expect("connects");
     let mut hello = client::hello(Role::Consumer);
@@ -377,7 +377,9 @@ async fn a_blob_corrupted_in_flight_is_discarded_and_asked_again() {
     let (addr, pin) = (relay.addr, relay.fingerprint);
     let agent = tokio::spawn(async move {
         let code = code_rx.await.expect("a code");
-        let conn = client::connect(addr, pin).await.expect("connects");
+        let conn = client::connect(addr, pin, Role::Agent)
+            .await
+            .expect("connects");
         let mut hello = client::hello(Role::Agent);
         hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
         let mut ctl = ControlChannel::open(conn, hello).await.expect("welcome");

@@ -60,9 +60,12 @@ async fn consumer(
         .await
         .expect("the link starts");
     let addr = link.as_ref().map_or(relay.addr, Link::addr);
-    let conn = guard("connect", client::connect(addr, relay.fingerprint))
-        .await
-        .expect("connect");
+    let conn = guard(
+        "connect",
+        client::connect(addr, relay.fingerprint, Role::Consumer),
+    )
+    .await
+    .expect("connect");
     let ctl = guard(
         "welcome",
         ControlChannel::open(conn, client::hello(Role::Consumer)),
@@ -308,9 +311,12 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
     let link = Link::spawn(relay.addr, &spec)
         .await
         .expect("the link starts");
-    let conn = guard("connect", client::connect(link.addr(), relay.fingerprint))
-        .await
-        .expect("connect");
+    let conn = guard(
+        "connect",
+        client::connect(link.addr(), relay.fingerprint, Role::Consumer),
+    )
+    .await
+    .expect("connect");
     let mut hello = client::hello(Role::Consumer);
     hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
     let ctl = guard("welcome", ControlChannel::open(conn, hello))
@@ -338,9 +344,12 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
     ));
     let code = guard("the code", code_rx).await.expect("a code");
 
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
+    let conn = guard(
+        "connect",
+        client::connect(relay.addr, relay.fingerprint, Role::Agent),
+    )
+    .await
+    .expect("connect");
     let mut hello = client::hello(Role::Agent);
     hello.capabilities = client::CAPABILITIES_WITH_RESOURCES;
     let (ctl, _) = guard(

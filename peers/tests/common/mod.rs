@@ -39,9 +39,12 @@ pub fn start_relay(tune: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
 
 /// A client connected to `relay` and greeted as `role`.
 pub async fn channel(relay: &RelayHandle, role: Role) -> ControlChannel {
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
+    let conn = guard(
+        "connect",
+        client::connect(relay.addr, relay.fingerprint, role),
+    )
+    .await
+    .expect("connect");
     guard("welcome", ControlChannel::open(conn, client::hello(role)))
         .await
         .expect("welcome")
@@ -53,9 +56,12 @@ pub async fn join_agent(
     relay: &RelayHandle,
     code: String,
 ) -> (ControlChannel, tandem_protocol::message::Joined) {
-    let conn = guard("connect", client::connect(relay.addr, relay.fingerprint))
-        .await
-        .expect("connect");
+    let conn = guard(
+        "connect",
+        client::connect(relay.addr, relay.fingerprint, Role::Agent),
+    )
+    .await
+    .expect("connect");
     guard(
         "pipelined join",
         ControlChannel::open_and_join(
