@@ -3,6 +3,8 @@
 //! ```text
 //!  transport  quinn endpoints: TLS 1.3 (ring), ALPN tandem/1, pinned self-signed certificates,
 //!             transport parameters for slow lossy links
+//!  congestion Cubic with a cap that keeps the bottleneck's queue short (ShallowQueue), so the
+//!             pointer does not wait behind a buffer full of snapshot
 //!  framed     frames over QUIC streams: write Message/RawFrame, read with bounded memory,
 //!             forward a stream frame by frame without decoding bodies
 //!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events, a
@@ -87,6 +89,7 @@ fn note_line(args: std::fmt::Arguments<'_>) {
 pub mod agent;
 pub mod bench;
 pub mod client;
+pub mod congestion;
 pub mod consumer;
 pub mod demo;
 pub mod framed;

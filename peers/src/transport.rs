@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The transport parameters are tuned for slow, lossy links (300 ms RTT, 750 kbit/s, 1–5 %
-//! loss): Cubic congestion control, no MTU probing, keep-alives well inside the idle timeout and
+//! loss): Cubic congestion control with a cap that keeps the bottleneck's queue short
+//! ([`crate::congestion`]), no MTU probing, keep-alives well inside the idle timeout and
 //! small datagram buffers so that stale pointer positions are dropped rather than queued.
 
 use std::fmt;
@@ -27,6 +28,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tandem_protocol::message::Role;
+
+use crate::congestion::ShallowQueueConfig;
 
 /// The ALPN protocol identifier of Tandem over QUIC, version 1.
 pub const ALPN: &[u8] = b"tandem/1";
@@ -284,7 +287,7 @@ pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(INITIAL_WINDOW);
-    t.congestion_controller_factory(Arc::new(cubic))
+    t.congestion_controller_factory(Arc::new(ShallowQueueConfig::new(cubic)))
         .mtu_discovery_config(None)
         .keep_alive_interval(Some(KEEP_ALIVE))
         // 30 s fits in a QUIC varint of milliseconds by a wide margin.

@@ -1,0 +1,490 @@
+//! Congestion control for Tandem's connections: Cubic, with a cap that keeps the queue at the
+//! bottleneck short (issue 7, "sees the present, not a queue of the past").
+//!
+//! Loss-based Cubic grows its window until a queue overflows. On a slow link with a deep buffer
+//! that queue is the customer's pointer waiting behind the snapshot: at 750 kbit/s every 1,200
+//! byte datagram in front of it is 13 ms, and slow start puts a round trip's worth of data
+//! there (600 ms at 300 ms each way). Pointer positions are datagrams that quinn sends ahead of
+//! stream data, but no sender can overtake a queue in the network; the only cure is not to
+//! build one.
+//!
+//! [`ShallowQueue`] keeps Cubic for everything it does well (the initial window, growth, the
+//! response to loss) and bounds its window by what the path can hold without a standing queue:
+//!
+//! ```text
+//!  per ACK frame:   samples of this interval  (bytes acknowledged, smallest RTT)
+//!  interval closed: ≥ SAMPLE_PACKETS acknowledged
+//!      queue = smallest RTT of the interval − smallest RTT ever seen
+//!      rate = fastest acknowledgement rate of an interval in the last round trip
+//!      queue > QUEUE_TARGET, not app-limited  →  cap = rate × min RTT + HEADROOM datagrams
+//!      queue < QUEUE_TARGET / 2, capped       →  cap += bytes / GROWTH_DIVISOR  (probe)
+//!  window = min(Cubic's window, cap), at least MIN_WINDOW datagrams
+//! ```
+//!
+//! The smallest RTT of an interval is a standing queue's delay: one late acknowledgement (a
+//! delayed ACK, a busy receiver) does not raise it. While a queue stands, the bottleneck is
+//! busy, so the rate at which acknowledgements arrive is the bottleneck's rate, and rate ×
+//! min RTT is what the path holds in flight without queueing. The cap lets [`HEADROOM`]
+//! datagrams queue on top, enough to keep the bottleneck busy between acknowledgements. When
+//! the queue is gone, the cap grows by an eighth of what each interval acknowledged (about an
+//! eighth per round trip) so that a path whose rate went up is found; if it did not, the queue
+//! this makes is seen within an interval and the cap measured again.
+//!
+//! Nothing here reacts to loss: Cubic does, and the window is never more than Cubic's. The
+//! controller is Cubic on a path with no queue (a fast or idle link), and on a path whose
+//! buffer is shallow enough that loss comes before [`QUEUE_TARGET`].
+//!
+//! What it cannot help: an RTT sample is a round trip old, so the queue that slow start builds
+//! in a connection's second round trip is seen only once it stands, and then drains at the
+//! link's rate (at 300 ms each way and 750 kbit/s, a pointer sent then waits up to about
+//! 150 ms). The cap bounds the queue of a long transfer, not that first overshoot.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
+
+/// Queueing delay above which the queue is standing and the window is capped. A quarter of
+/// the pointer's slack over two links (issue 7: one-way delay plus 50 ms).
+pub const QUEUE_TARGET: Duration = Duration::from_millis(12);
+
+/// Datagrams the cap allows in the queue on top of what the path holds.
+pub const HEADROOM: u64 = 2;
+
+/// Datagrams acknowledged before an interval's rate and queue are judged: enough for the
+/// acknowledgement rate to be the bottleneck's, not one ACK frame's burst.
+pub const SAMPLE_PACKETS: u32 = 8;
+
+/// The cap never goes below this many datagrams (quinn's minimum window is two).
+pub const MIN_WINDOW: u64 = 4;
+
+/// While the queue is empty the cap grows by the bytes acknowledged divided by this.
+pub const GROWTH_DIVISOR: u64 = 8;
+
+/// Builds [`ShallowQueue`] controllers around Cubic configured as `cubic`.
+#[derive(Debug, Clone, Default)]
+pub struct ShallowQueueConfig {
+    cubic: Arc<CubicConfig>,
+}
+
+impl ShallowQueueConfig {
+    /// A factory of controllers whose loss response and growth are Cubic's as `cubic` sets
+    /// them (its initial window, for one).
+    pub fn new(cubic: CubicConfig) -> Self {
+        Self {
+            cubic: Arc::new(cubic),
+        }
+    }
+}
+
+impl ControllerFactory for ShallowQueueConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(ShallowQueue {
+            cubic: self.cubic.clone().build(now, current_mtu),
+            guard: QueueGuard::new(u64::from(current_mtu)),
+        })
+    }
+}
+
+/// Cubic whose window is capped to keep the bottleneck's queue short (see the module
+/// documentation).
+pub struct ShallowQueue {
+    cubic: Box<dyn Controller>,
+    guard: QueueGuard,
+}
+
+impl ShallowQueue {
+    /// The cap on Cubic's window now, if a standing queue has been seen.
+    pub fn cap(&self) -> Option<u64> {
+        self.guard.cap
+    }
+}
+
+impl Controller for ShallowQueue {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.cubic.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &quinn_proto::RttEstimator,
+    ) {
+        self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
+        self.guard.on_ack(now, sent, bytes, app_limited);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.cubic
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        self.guard.on_end_acks(now);
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.cubic
+            .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.cubic.on_mtu_update(new_mtu);
+        self.guard.mtu = u64::from(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.guard.bound(self.cubic.window())
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut m = self.cubic.metrics();
+        m.congestion_window = self.window();
+        m
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(ShallowQueue {
+            cubic: self.cubic.clone_box(),
+            guard: self.guard.clone(),
+        })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.cubic.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// The queue-delay cap of [`ShallowQueue`], apart from Cubic so that it can be driven by a
+/// simulated path in tests.
+#[derive(Debug, Clone)]
+pub struct QueueGuard {
+    /// Datagram size, for [`HEADROOM`] and [`MIN_WINDOW`].
+    mtu: u64,
+    /// The smallest RTT sample seen on the connection: the path's delay without a queue.
+    min_rtt: Option<Duration>,
+    /// The cap on the window, once a standing queue was seen.
+    cap: Option<u64>,
+    /// The fastest acknowledgement rate (bytes per second) of an interval in the last round
+    /// trip that was not app-limited, and when it was measured.
+    rate: Option<(Instant, f64)>,
+    /// When the current interval began (the end of an ACK frame's processing).
+    start: Option<Instant>,
+    /// Bytes acknowledged in the current interval.
+    bytes: u64,
+    /// Packets acknowledged in the current interval.
+    packets: u32,
+    /// The smallest RTT sample of the current interval.
+    interval_min: Option<Duration>,
+    /// Whether any acknowledgement of the interval came while the sender was app-limited.
+    app_limited: bool,
+}
+
+impl QueueGuard {
+    /// A guard for datagrams of `mtu` bytes, with no cap yet.
+    pub fn new(mtu: u64) -> Self {
+        Self {
+            mtu,
+            min_rtt: None,
+            cap: None,
+            rate: None,
+            start: None,
+            bytes: 0,
+            packets: 0,
+            interval_min: None,
+            app_limited: false,
+        }
+    }
+
+    /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
+    pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
+        let rtt = now.saturating_duration_since(sent);
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        self.interval_min = Some(self.interval_min.map_or(rtt, |m| m.min(rtt)));
+        if self.start.is_some() {
+            self.bytes += bytes;
+            self.packets += 1;
+        }
+        self.app_limited |= app_limited;
+    }
+
+    /// An ACK frame was processed at `now`: closes the interval when it has enough samples.
+    pub fn on_end_acks(&mut self, now: Instant) {
+        let Some(start) = self.start else {
+            // The first ACK frame opens the first interval: the bytes it acknowledged were
+            // delivered before it, so they do not count towards a rate measured from it.
+            self.restart(now);
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if self.packets < SAMPLE_PACKETS || elapsed.is_zero() {
+            return;
+        }
+        let (Some(min_rtt), Some(interval_min)) = (self.min_rtt, self.interval_min) else {
+            return self.restart(now);
+        };
+        let queue = interval_min.saturating_sub(min_rtt);
+        let rate = self.bytes as f64 / elapsed.as_secs_f64();
+        if !self.app_limited {
+            // The fastest rate of the last round trip: an interval that spanned a pause of
+            // the sender's measures less than the path delivers.
+            self.rate = match self.rate {
+                Some((at, best)) if best >= rate && now.saturating_duration_since(at) < min_rtt => {
+                    Some((at, best))
+                }
+                _ => Some((now, rate)),
+            };
+        }
+        if let (true, false, Some((_, rate))) = (queue > QUEUE_TARGET, self.app_limited, self.rate)
+        {
+            let path = (rate * min_rtt.as_secs_f64()) as u64;
+            self.cap = Some((path + HEADROOM * self.mtu).max(MIN_WINDOW * self.mtu));
+        } else if let Some(cap) = self.cap
+            && queue < QUEUE_TARGET / 2
+            && !self.app_limited
+        {
+            self.cap = Some(cap + self.bytes / GROWTH_DIVISOR);
+        }
+        self.restart(now);
+    }
+
+    /// `window` (Cubic's) as the cap allows it.
+    pub fn bound(&self, window: u64) -> u64 {
+        match self.cap {
+            Some(cap) => window.min(cap.max(MIN_WINDOW * self.mtu)),
+            None => window,
+        }
+    }
+
+    /// The cap now, if any.
+    pub fn cap(&self) -> Option<u64> {
+        self.cap
+    }
+
+    fn restart(&mut self, now: Instant) {
+        self.start = Some(now);
+        self.bytes = 0;
+        self.packets = 0;
+        self.interval_min = None;
+        self.app_limited = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    const MTU: u64 = 1200;
+
+    /// A sender with a slow-start window (doubling per round trip, as Cubic's before any loss)
+    /// bounded by `guard`, always with data to send, over one bottleneck of `rate` bytes per
+    /// second with an unbounded FIFO and `delay` each way; the receiver acknowledges every
+    /// second packet at once. Simulated in steps of 100 µs for `duration`. Returns the largest
+    /// queueing delay of packets sent after `settle`, and the bytes delivered.
+    fn run(
+        guard: &mut Option<QueueGuard>,
+        rate: f64,
+        delay: Duration,
+        duration: Duration,
+        settle: Duration,
+    ) -> (Duration, u64) {
+        let step = Duration::from_micros(100);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut slow_start = 40 * MTU;
+        let mut in_flight = 0u64;
+        // Bottleneck: when each waiting packet was sent, and when the head finishes.
+        let mut queue: VecDeque<Instant> = VecDeque::new();
+        let mut head_done: Option<Instant> = None;
+        // ACKs on their way back: (arrives at, [sent at of each packet]).
+        let mut acks: VecDeque<(Instant, Vec<Instant>)> = VecDeque::new();
+        let mut pending: Vec<Instant> = Vec::new();
+        let mut worst = Duration::ZERO;
+        let mut delivered = 0u64;
+        let per_packet = Duration::from_secs_f64(MTU as f64 / rate);
+        while now < t0 + duration {
+            // ACKs arriving.
+            while acks.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, sents) = acks.pop_front().unwrap();
+                for sent in sents {
+                    in_flight -= MTU;
+                    slow_start += MTU;
+                    if let Some(g) = guard.as_mut() {
+                        g.on_ack(now, sent, MTU, false);
+                    }
+                }
+                if let Some(g) = guard.as_mut() {
+                    g.on_end_acks(now);
+                }
+            }
+            // The bottleneck, in front of the path's delay.
+            while let Some(done) = head_done {
+                if done > now {
+                    break;
+                }
+                let sent = queue.pop_front().unwrap();
+                delivered += MTU;
+                let waited = done.saturating_duration_since(sent) - per_packet;
+                if sent >= t0 + settle {
+                    worst = worst.max(waited);
+                }
+                pending.push(sent);
+                if pending.len() == 2 {
+                    acks.push_back((done + 2 * delay, std::mem::take(&mut pending)));
+                }
+                head_done = queue.front().map(|&next| done.max(next) + per_packet);
+            }
+            // Sending.
+            let window = guard.as_ref().map_or(slow_start, |g| g.bound(slow_start));
+            while in_flight + MTU <= window {
+                in_flight += MTU;
+                queue.push_back(now);
+                if head_done.is_none() {
+                    head_done = Some(now + per_packet);
+                }
+            }
+            now += step;
+        }
+        (worst, delivered)
+    }
+
+    #[test]
+    fn slow_start_overshoot_is_capped_to_a_short_queue() {
+        let rate = 750_000.0 / 8.0;
+        let delay = Duration::from_millis(300);
+        let duration = Duration::from_secs(8);
+        let settle = Duration::from_secs(2);
+        let (plain_queue, plain_bytes) = run(&mut None, rate, delay, duration, settle);
+        let mut guard = Some(QueueGuard::new(MTU));
+        let (queue, bytes) = run(&mut guard, rate, delay, duration, settle);
+        let cap = guard.unwrap().cap().expect("a standing queue was seen");
+        // Without the guard the queue grows by a round trip's worth every round trip.
+        assert!(plain_queue > Duration::from_secs(1), "{plain_queue:?}");
+        // With it, once the first round trips are over (the initial window's burst queues on
+        // its own), a few datagrams: the headroom, and a probe until an interval notices.
+        assert!(queue < Duration::from_millis(60), "{queue:?}");
+        // The path holds rate × 600 ms = 56 KB; the cap is about that.
+        let path = (rate * 0.6) as u64;
+        assert!(
+            cap >= path && cap < path + 8 * MTU,
+            "cap {cap}, path {path}"
+        );
+        // And the link stays busy: the guard costs less than a round trip of data.
+        assert!(bytes + path >= plain_bytes, "{bytes} vs {plain_bytes}");
+    }
+
+    #[test]
+    fn without_a_queue_the_window_is_cubics() {
+        let mut g = QueueGuard::new(MTU);
+        let t0 = Instant::now();
+        let mut now = t0;
+        g.on_end_acks(now);
+        for i in 0..100u32 {
+            now = t0 + Duration::from_millis(u64::from(i) * 10);
+            g.on_ack(now, now - Duration::from_millis(100), MTU, false);
+            g.on_end_acks(now);
+        }
+        assert_eq!(g.cap(), None);
+        assert_eq!(g.bound(1 << 30), 1 << 30);
+    }
+
+    #[test]
+    fn one_late_ack_is_not_a_queue() {
+        let mut g = QueueGuard::new(MTU);
+        let t0 = Instant::now();
+        g.on_end_acks(t0);
+        for i in 1..=20u64 {
+            let now = t0 + Duration::from_millis(i * 10);
+            // Every eighth acknowledgement was delayed by 25 ms.
+            let rtt = if i % 8 == 0 { 125 } else { 100 };
+            g.on_ack(now, now - Duration::from_millis(rtt), MTU, false);
+            g.on_end_acks(now);
+        }
+        assert_eq!(g.cap(), None);
+    }
+
+    #[test]
+    fn an_app_limited_sender_is_neither_capped_nor_grown() {
+        let mut g = QueueGuard::new(MTU);
+        let t0 = Instant::now();
+        g.on_end_acks(t0);
+        for i in 1..=20u64 {
+            let now = t0 + Duration::from_millis(i * 10);
+            // A queue, but the rate is the application's, not the path's.
+            g.on_ack(now, now - Duration::from_millis(100 + i * 10), MTU, true);
+            g.on_end_acks(now);
+        }
+        assert_eq!(g.cap(), None);
+    }
+
+    /// Acknowledges 8 datagrams `gap` apart from `from`, each with `rtt`, and ends each
+    /// ACK frame; returns when the last one came.
+    fn acks(g: &mut QueueGuard, from: Instant, gap: Duration, rtt: Duration) -> Instant {
+        let mut now = from;
+        for i in 1..=SAMPLE_PACKETS {
+            now = from + gap * i;
+            g.on_ack(now, now - rtt, MTU, false);
+            g.on_end_acks(now);
+        }
+        now
+    }
+
+    #[test]
+    fn a_pause_in_the_sending_does_not_shrink_the_cap() {
+        let mut g = QueueGuard::new(MTU);
+        let t0 = Instant::now();
+        g.on_ack(t0, t0 - Duration::from_millis(300), MTU, false);
+        g.on_end_acks(t0);
+        let (gap, queued) = (Duration::from_millis(10), Duration::from_millis(350));
+        // 120 KB/s with a 50 ms queue: the path holds 120 KB/s × 300 ms.
+        let near = |cap: Option<u64>, path: u64| {
+            cap.is_some_and(|c| c.abs_diff(path + HEADROOM * MTU) <= 10)
+        };
+        let now = acks(&mut g, t0, gap, queued);
+        let first = g.cap();
+        assert!(near(first, 36_000), "{first:?}");
+        // The next interval begins after a pause of the sender's: its rate is less than
+        // half, but the fastest of the round trip still stands.
+        let now = acks(&mut g, now + Duration::from_millis(150), gap, queued);
+        assert_eq!(g.cap(), first);
+        // A round trip after the fastest, a slower rate is the path's.
+        acks(&mut g, now, gap * 4, queued);
+        assert!(near(g.cap(), 9_000), "{:?}", g.cap());
+    }
+
+    #[test]
+    fn the_cap_never_goes_below_the_minimum_window() {
+        let mut g = QueueGuard::new(MTU);
+        let t0 = Instant::now();
+        // A fast path (1 ms) whose samples then show a queue at a tiny rate.
+        g.on_ack(t0, t0 - Duration::from_millis(1), MTU, false);
+        g.on_end_acks(t0);
+        for i in 1..=8u64 {
+            let now = t0 + Duration::from_secs(i);
+            g.on_ack(now, now - Duration::from_millis(200), 10, false);
+        }
+        g.on_end_acks(t0 + Duration::from_secs(8));
+        assert_eq!(g.cap(), Some(MIN_WINDOW * MTU));
+        assert_eq!(g.bound(100 * MTU), MIN_WINDOW * MTU);
+        // Never more than Cubic's.
+        assert_eq!(g.bound(2 * MTU), 2 * MTU);
+    }
+}
