@@ -214,11 +214,8 @@ impl Reconnect {
         token: &str,
         label: &str,
     ) -> Result<(ControlChannel, Joined), ClientError> {
-        let join = Message::Join(Join {
-            credential: Credential::Resume(token.to_owned()),
-            label: label.to_owned(),
-        });
-        let mut channel = ControlChannel::connect_pipelined(
+        let join = ControlChannel::join_message(Credential::Resume(token.to_owned()), label);
+        let channel = ControlChannel::connect_pipelined(
             self.relay,
             self.pin,
             self.hello.clone(),
@@ -226,9 +223,8 @@ impl Reconnect {
             Limits::DEFAULT,
         )
         .await?;
-        let joined = channel.wait_joined().await?;
+        let (mut channel, joined) = channel.joined_as(label).await?;
         channel.reconnect = Some(self.clone());
-        channel.label = label.to_owned();
         Ok((channel, joined))
     }
 }
@@ -259,14 +255,11 @@ impl ControlChannel {
         credential: Credential,
         label: &str,
     ) -> Result<(Self, Joined), ClientError> {
-        let join = Message::Join(Join {
-            credential,
-            label: label.to_owned(),
-        });
-        let mut channel = Self::open_pipelined(conn, hello, Some(&join), Limits::DEFAULT).await?;
-        channel.label = label.to_owned();
-        let joined = channel.wait_joined().await?;
-        Ok((channel, joined))
+        let join = Self::join_message(credential, label);
+        Self::open_pipelined(conn, hello, Some(&join), Limits::DEFAULT)
+            .await?
+            .joined_as(label)
+            .await
     }
 
     /// Agent: connects to the relay at `relay` (pinned to `pin`) and joins with `credential`:
@@ -282,15 +275,26 @@ impl ControlChannel {
         credential: Credential,
         label: &str,
     ) -> Result<(Self, Joined), ClientError> {
-        let join = Message::Join(Join {
+        let join = Self::join_message(credential, label);
+        Self::connect_pipelined(relay, pin, hello, Some(&join), Limits::DEFAULT)
+            .await?
+            .joined_as(label)
+            .await
+    }
+
+    /// `JOIN` with `credential`, under `label`.
+    fn join_message(credential: Credential, label: &str) -> Message {
+        Message::Join(Join {
             credential,
             label: label.to_owned(),
-        });
-        let mut channel =
-            Self::connect_pipelined(relay, pin, hello, Some(&join), Limits::DEFAULT).await?;
-        channel.label = label.to_owned();
-        let joined = channel.wait_joined().await?;
-        Ok((channel, joined))
+        })
+    }
+
+    /// The end of a pipelined join as `label`: waits for `JOINED`.
+    async fn joined_as(mut self, label: &str) -> Result<(Self, Joined), ClientError> {
+        self.label = label.to_owned();
+        let joined = self.wait_joined().await?;
+        Ok((self, joined))
     }
 
     /// A new connection to `relay` that sends `hello` and `first` at once: as 0-RTT data when
@@ -504,11 +508,7 @@ impl ControlChannel {
         label: &str,
     ) -> Result<Joined, ClientError> {
         self.label = label.to_owned();
-        self.send(&Message::Join(Join {
-            credential,
-            label: label.to_owned(),
-        }))
-        .await?;
+        self.send(&Self::join_message(credential, label)).await?;
         self.wait_joined().await
     }
 

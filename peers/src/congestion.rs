@@ -240,25 +240,28 @@ impl QueueGuard {
         let (Some(min_rtt), Some(interval_min)) = (self.min_rtt, self.interval_min) else {
             return self.restart(now);
         };
-        let queue = interval_min.saturating_sub(min_rtt);
-        let rate = self.bytes as f64 / elapsed.as_secs_f64();
-        if !self.app_limited {
-            // The fastest rate of the last round trip: an interval that spanned a pause of
-            // the sender's measures less than the path delivers.
-            self.rate = match self.rate {
-                Some((at, best)) if best >= rate && now.saturating_duration_since(at) < min_rtt => {
-                    Some((at, best))
-                }
-                _ => Some((now, rate)),
-            };
+        if self.app_limited {
+            // The rate was the application's, not the path's: nothing to judge.
+            return self.restart(now);
         }
-        if let (true, false, Some((_, rate))) = (queue > QUEUE_TARGET, self.app_limited, self.rate)
-        {
+        let queue = interval_min.saturating_sub(min_rtt);
+        // The fastest rate of the last round trip: an interval that spanned a pause of the
+        // sender's measures less than the path delivers.
+        let measured = self.bytes as f64 / elapsed.as_secs_f64();
+        let rate = match self.rate {
+            Some((at, best)) if best >= measured && now.saturating_duration_since(at) < min_rtt => {
+                best
+            }
+            _ => {
+                self.rate = Some((now, measured));
+                measured
+            }
+        };
+        if queue > QUEUE_TARGET {
             let path = (rate * min_rtt.as_secs_f64()) as u64;
             self.cap = Some((path + HEADROOM * self.mtu).max(MIN_WINDOW * self.mtu));
         } else if let Some(cap) = self.cap
             && queue < QUEUE_TARGET / 2
-            && !self.app_limited
         {
             self.cap = Some(cap + self.bytes / GROWTH_DIVISOR);
         }
@@ -425,23 +428,33 @@ mod tests {
     fn an_app_limited_sender_is_neither_capped_nor_grown() {
         let mut g = QueueGuard::new(MTU);
         let t0 = Instant::now();
+        g.on_ack(t0, t0 - Duration::from_millis(100), MTU, false);
         g.on_end_acks(t0);
-        for i in 1..=20u64 {
-            let now = t0 + Duration::from_millis(i * 10);
-            // A queue, but the rate is the application's, not the path's.
-            g.on_ack(now, now - Duration::from_millis(100 + i * 10), MTU, true);
-            g.on_end_acks(now);
-        }
+        let gap = Duration::from_millis(10);
+        // A queue, but the rate is the application's, not the path's.
+        let now = acks(&mut g, t0, gap, Duration::from_millis(150), true);
         assert_eq!(g.cap(), None);
+        // The path's rate with a queue: capped.
+        let now = acks(&mut g, now, gap, Duration::from_millis(150), false);
+        let cap = g.cap().expect("a standing queue was seen");
+        // No queue, but nothing to send: no probe either.
+        acks(&mut g, now, gap, Duration::from_millis(100), true);
+        assert_eq!(g.cap(), Some(cap));
     }
 
-    /// Acknowledges 8 datagrams `gap` apart from `from`, each with `rtt`, and ends each
-    /// ACK frame; returns when the last one came.
-    fn acks(g: &mut QueueGuard, from: Instant, gap: Duration, rtt: Duration) -> Instant {
+    /// Acknowledges 8 datagrams `gap` apart from `from`, each with `rtt` (sent while the
+    /// sender was `app_limited`), and ends each ACK frame; returns when the last one came.
+    fn acks(
+        g: &mut QueueGuard,
+        from: Instant,
+        gap: Duration,
+        rtt: Duration,
+        app_limited: bool,
+    ) -> Instant {
         let mut now = from;
         for i in 1..=SAMPLE_PACKETS {
             now = from + gap * i;
-            g.on_ack(now, now - rtt, MTU, false);
+            g.on_ack(now, now - rtt, MTU, app_limited);
             g.on_end_acks(now);
         }
         now
@@ -458,15 +471,15 @@ mod tests {
         let near = |cap: Option<u64>, path: u64| {
             cap.is_some_and(|c| c.abs_diff(path + HEADROOM * MTU) <= 10)
         };
-        let now = acks(&mut g, t0, gap, queued);
+        let now = acks(&mut g, t0, gap, queued, false);
         let first = g.cap();
         assert!(near(first, 36_000), "{first:?}");
         // The next interval begins after a pause of the sender's: its rate is less than
         // half, but the fastest of the round trip still stands.
-        let now = acks(&mut g, now + Duration::from_millis(150), gap, queued);
+        let now = acks(&mut g, now + Duration::from_millis(150), gap, queued, false);
         assert_eq!(g.cap(), first);
         // A round trip after the fastest, a slower rate is the path's.
-        acks(&mut g, now, gap * 4, queued);
+        acks(&mut g, now, gap * 4, queued, false);
         assert!(near(g.cap(), 9_000), "{:?}", g.cap());
     }
 
