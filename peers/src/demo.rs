@@ -12,7 +12,7 @@ use tandem_engine::Resumption;
 use tandem_protocol::Limits;
 use tandem_protocol::message::{Capabilities, Credential, Mode, Role};
 
-use crate::client::{self, ControlChannel};
+use crate::client::{self, ClientError, ControlChannel};
 use crate::hands::{ActionRecord, Consent, HandsOptions, Outcome, demo_script, mode_name};
 use crate::link::{Link, LinkCounters, LinkSpec};
 use crate::presence::{Presence, describe_platform, describe_status};
@@ -23,7 +23,10 @@ use crate::session::{
 };
 use crate::session::{CustomerCommand, Invitations};
 use crate::snapshot::MaskArgs;
-use crate::transport::{Identity, TransportError};
+use crate::transport::{self, Identity, TransportError};
+
+/// The longest `--returning-agent`'s earlier visit waits for the relay's session ticket.
+pub const VISIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// The built-in sample page: an order page with a form.
 pub const SAMPLE_PAGE: &str = include_str!("../assets/sample.html");
@@ -323,6 +326,25 @@ pub async fn demo(args: &DemoArgs) -> Result<DemoReport, SessionError> {
     demo_over(args, &LinkSpec::none()).await
 }
 
+/// `--returning-agent`'s earlier visit: the agent connects to the relay at `agent_addr`, says
+/// `HELLO` and stays, as a console does, until the relay's session ticket is in (it comes after
+/// the handshake, and one lost on the way comes again a probe timeout later), then leaves. It
+/// happens before the customer starts sharing, so the returning agent joins at the moment a
+/// new one would, with the consumer as far along. An agent with no ticket after
+/// [`VISIT_LIMIT`] joins with a full handshake.
+async fn visit(
+    agent_addr: std::net::SocketAddr,
+    pin: transport::Fingerprint,
+) -> Result<(), SessionError> {
+    let mut tickets = transport::session_tickets(pin, Role::Agent).map_err(ClientError::from)?;
+    let before = *tickets.borrow_and_update();
+    let conn = client::connect(agent_addr, pin, Role::Agent).await?;
+    let visit = ControlChannel::open(conn, client::hello(Role::Agent)).await?;
+    let _ = tokio::time::timeout(VISIT_LIMIT, tickets.wait_for(|&n| n > before)).await;
+    visit.leave().await;
+    Ok(())
+}
+
 /// Runs the demo with each client's connection to the relay crossing a link shaped by `link`
 /// (the agent's link draws its losses from seed + 1, so the two links lose different
 /// datagrams), and returns its report.
@@ -368,6 +390,9 @@ pub async fn demo_with(
         .map_err(spawn_err)?;
     let consumer_addr = consumer_link.as_ref().map_or(relay_addr, Link::addr);
     let agent_addr = agent_link.as_ref().map_or(relay_addr, Link::addr);
+    if args.returning_agent {
+        visit(agent_addr, pin).await?;
+    }
     let started = Instant::now();
     let interval = Duration::from_millis(args.interval_ms);
     let (code_tx, code_rx) = tokio::sync::oneshot::channel::<String>();
@@ -463,19 +488,7 @@ pub async fn demo_with(
         .await
     });
     let out = args.out.clone();
-    let returning = args.returning_agent;
     let agent = tokio::spawn(async move {
-        if returning {
-            // An earlier visit leaves this process a session ticket (and an address token)
-            // for the relay.
-            let conn = client::connect(agent_addr, pin, Role::Agent).await?;
-            let visit = ControlChannel::open(conn, hello(Role::Agent)).await?;
-            // Stay a few round trips, as a console does: the relay's session tickets come
-            // after the handshake, and one lost on the way is sent again within a probe
-            // timeout.
-            tokio::time::sleep(visit.connection().rtt() * 4).await;
-            visit.leave().await;
-        }
         let code = code_rx
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;

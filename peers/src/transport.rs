@@ -331,24 +331,105 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, Transpo
 /// Keyed by role too because a process that runs both a consumer and an agent (the demo, the
 /// tests) stands for two machines: what one of them earned from the relay is not the other's.
 pub fn client_config(pin: Fingerprint, role: Role) -> Result<quinn::ClientConfig, TransportError> {
-    type Configs = std::collections::HashMap<([u8; 32], u32), quinn::ClientConfig>;
+    client_entry(pin, role).map(|(config, _)| config)
+}
+
+/// How many TLS session tickets this process has received from the relay whose certificate is
+/// `pin`, as a client in `role`: the value changes as each arrives. A client holding one can
+/// send its next `HELLO` and `JOIN` to that relay in 0-RTT data (spec §3.5). The relay sends its
+/// tickets after the handshake, so a client that leaves at once, or whose ticket was lost and
+/// is still to be sent again, has none yet; wait on the receiver to know.
+pub fn session_tickets(
+    pin: Fingerprint,
+    role: Role,
+) -> Result<tokio::sync::watch::Receiver<u64>, TransportError> {
+    client_entry(pin, role).map(|(_, tickets)| tickets.subscribe())
+}
+
+/// The client configuration of `pin` and `role` ([`client_config`]) and its ticket counter.
+fn client_entry(
+    pin: Fingerprint,
+    role: Role,
+) -> Result<(quinn::ClientConfig, Arc<tokio::sync::watch::Sender<u64>>), TransportError> {
+    type Entry = (quinn::ClientConfig, Arc<tokio::sync::watch::Sender<u64>>);
+    type Configs = std::collections::HashMap<([u8; 32], u32), Entry>;
     static CONFIGS: std::sync::OnceLock<std::sync::Mutex<Configs>> = std::sync::OnceLock::new();
     let configs = CONFIGS.get_or_init(Default::default);
     let mut configs = configs.lock().unwrap_or_else(|e| e.into_inner());
     let key = (pin.0, u32::from(role));
-    if let Some(config) = configs.get(&key) {
-        return Ok(config.clone());
+    if let Some(entry) = configs.get(&key) {
+        return Ok(entry.clone());
     }
     // Bounded: one entry per relay pin and role this process talks to.
     if configs.len() >= 64 {
         configs.clear();
     }
-    let config = build_client_config(pin)?;
-    configs.insert(key, config.clone());
-    Ok(config)
+    let tickets = Arc::new(tokio::sync::watch::Sender::new(0));
+    let config = build_client_config(pin, Arc::clone(&tickets))?;
+    configs.insert(key, (config.clone(), Arc::clone(&tickets)));
+    Ok((config, tickets))
 }
 
-fn build_client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, TransportError> {
+/// Session tickets held in rustls's in-memory cache (enough for every relay a process talks
+/// to), counted as they arrive ([`session_tickets`]).
+#[derive(Debug)]
+struct CountedTickets {
+    cache: rustls::client::ClientSessionMemoryCache,
+    received: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl rustls::client::ClientSessionStore for CountedTickets {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.cache.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.cache.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.cache.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.cache.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.cache.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.cache.insert_tls13_ticket(server_name, value);
+        self.received.send_modify(|n| *n += 1);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.cache.take_tls13_ticket(server_name)
+    }
+}
+
+/// Relays a client's ticket cache remembers (rustls's default size).
+const TICKET_CACHE_SERVERS: usize = 256;
+
+fn build_client_config(
+    pin: Fingerprint,
+    tickets: Arc<tokio::sync::watch::Sender<u64>>,
+) -> Result<quinn::ClientConfig, TransportError> {
     let provider = provider();
     let verifier = PinnedServerCert {
         pin,
@@ -361,6 +442,10 @@ fn build_client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, Transpor
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = true;
+    tls.resumption = rustls::client::Resumption::store(Arc::new(CountedTickets {
+        cache: rustls::client::ClientSessionMemoryCache::new(TICKET_CACHE_SERVERS),
+        received: tickets,
+    }));
     let quic = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
@@ -605,5 +690,31 @@ mod tests {
             Err(TransportError::HalfIdentity { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A relay's session tickets are counted for the pin and role that received them, and for
+    /// no other.
+    #[tokio::test]
+    async fn session_tickets_are_counted_per_relay_and_role() {
+        let identity = Identity::generate().unwrap();
+        let pin = identity.fingerprint();
+        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            conn.closed().await;
+        });
+        let mut agent = session_tickets(pin, Role::Agent).unwrap();
+        let consumer = session_tickets(pin, Role::Consumer).unwrap();
+        assert_eq!(*agent.borrow_and_update(), 0);
+        let client = client_endpoint(pin, Role::Agent).unwrap();
+        let conn = connect(&client, addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), agent.wait_for(|&n| n > 0))
+            .await
+            .expect("the relay sends a ticket after the handshake")
+            .unwrap();
+        assert_eq!(*consumer.borrow(), 0);
+        conn.close(CLOSE_OK.into(), b"");
+        accept.await.unwrap();
     }
 }
