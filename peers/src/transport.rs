@@ -388,13 +388,15 @@ pub fn session_tickets(
     client_entry(pin, role).map(|(_, tickets)| tickets.subscribe())
 }
 
+/// The count behind [`session_tickets`], shared by a client configuration's ticket store.
+type TicketCounter = Arc<tokio::sync::watch::Sender<u64>>;
+
 /// The client configuration of `pin` and `role` ([`client_config`]) and its ticket counter.
 fn client_entry(
     pin: Fingerprint,
     role: Role,
-) -> Result<(quinn::ClientConfig, Arc<tokio::sync::watch::Sender<u64>>), TransportError> {
-    type Entry = (quinn::ClientConfig, Arc<tokio::sync::watch::Sender<u64>>);
-    type Configs = std::collections::HashMap<([u8; 32], u32), Entry>;
+) -> Result<(quinn::ClientConfig, TicketCounter), TransportError> {
+    type Configs = std::collections::HashMap<([u8; 32], u32), (quinn::ClientConfig, TicketCounter)>;
     static CONFIGS: std::sync::OnceLock<std::sync::Mutex<Configs>> = std::sync::OnceLock::new();
     let configs = CONFIGS.get_or_init(Default::default);
     let mut configs = configs.lock().unwrap_or_else(|e| e.into_inner());
@@ -412,12 +414,12 @@ fn client_entry(
     Ok((config, tickets))
 }
 
-/// Session tickets held in rustls's in-memory cache (enough for every relay a process talks
-/// to), counted as they arrive ([`session_tickets`]).
+/// Session tickets held in rustls's in-memory cache, counted as they arrive
+/// ([`session_tickets`]).
 #[derive(Debug)]
 struct CountedTickets {
     cache: rustls::client::ClientSessionMemoryCache,
-    received: Arc<tokio::sync::watch::Sender<u64>>,
+    received: TicketCounter,
 }
 
 impl rustls::client::ClientSessionStore for CountedTickets {
@@ -465,12 +467,13 @@ impl rustls::client::ClientSessionStore for CountedTickets {
     }
 }
 
-/// Relays a client's ticket cache remembers (rustls's default size).
-const TICKET_CACHE_SERVERS: usize = 256;
+/// Server names a client configuration's ticket cache holds: one, since a configuration talks
+/// to one relay, always as [`SERVER_NAME`] (rustls keeps up to eight tickets per name).
+const TICKET_CACHE_SERVERS: usize = 1;
 
 fn build_client_config(
     pin: Fingerprint,
-    tickets: Arc<tokio::sync::watch::Sender<u64>>,
+    tickets: TicketCounter,
 ) -> Result<quinn::ClientConfig, TransportError> {
     let provider = provider();
     let verifier = PinnedServerCert {
