@@ -140,6 +140,67 @@ impl Node {
 /// Marks an id with no slot in [`Dom`]'s index.
 const NO_SLOT: u32 = u32::MAX;
 
+/// Nodes per chunk of [`Slots`], as a power of two (512 nodes, about 80 KB).
+const CHUNK_BITS: u32 = 9;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The node slots of a [`Dom`], in chunks of [`CHUNK`] that never move once full.
+///
+/// A tree built from a snapshot grows by tens of thousands of nodes; in one vector every
+/// doubling would copy all the nodes so far (a tenth of the build time on a large page). Here
+/// only the first chunk grows by doubling, from nothing, so a small tree stays small; every
+/// later chunk is allocated at its full size once.
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    chunks: Vec<Vec<Option<Node>>>,
+    len: usize,
+}
+
+impl Slots {
+    #[inline]
+    fn get(&self, s: usize) -> Option<&Option<Node>> {
+        self.chunks.get(s >> CHUNK_BITS)?.get(s & (CHUNK - 1))
+    }
+
+    #[inline]
+    fn get_mut(&mut self, s: usize) -> Option<&mut Option<Node>> {
+        self.chunks
+            .get_mut(s >> CHUNK_BITS)?
+            .get_mut(s & (CHUNK - 1))
+    }
+
+    /// Appends a slot and returns its index.
+    fn push(&mut self, node: Option<Node>) -> usize {
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => last.push(node),
+            Some(_) => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(node);
+                self.chunks.push(chunk);
+            }
+            None => self.chunks.push(vec![node]),
+        }
+        self.len += 1;
+        self.len - 1
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Option<Node>;
+
+    #[inline]
+    fn index(&self, s: usize) -> &Option<Node> {
+        &self.chunks[s >> CHUNK_BITS][s & (CHUNK - 1)]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    #[inline]
+    fn index_mut(&mut self, s: usize) -> &mut Option<Node> {
+        &mut self.chunks[s >> CHUNK_BITS][s & (CHUNK - 1)]
+    }
+}
+
 /// A document tree whose nodes are addressed by consumer-assigned ids (spec §6.1).
 ///
 /// Ids are never reused within an epoch but may be sparse (nodes come and go), so the arena
@@ -150,7 +211,7 @@ const NO_SLOT: u32 = u32::MAX;
 #[derive(Debug, Clone)]
 pub struct Dom {
     index: Vec<u32>,
-    slots: Vec<Option<Node>>,
+    slots: Slots,
     free: Vec<u32>,
     next_id: NodeId,
     live: usize,
@@ -178,9 +239,11 @@ impl Default for Dom {
 impl Dom {
     /// An empty document: the document node alone, with id 0.
     pub fn new(limits: Limits) -> Self {
+        let mut slots = Slots::default();
+        slots.push(Some(Node::new(NodeKind::Document)));
         Dom {
             index: vec![0],
-            slots: vec![Some(Node::new(NodeKind::Document))],
+            slots,
             free: Vec::new(),
             next_id: 1,
             live: 1,
@@ -190,11 +253,11 @@ impl Dom {
     }
 
     /// Makes room for `additional` more nodes with the next ids, so that a builder adding them
-    /// one by one does not grow the arena step by step. Never beyond the tree's node limit.
+    /// one by one does not grow the id index step by step (node slots grow by whole chunks
+    /// anyway). Never beyond the tree's node limit.
     pub fn reserve(&mut self, additional: usize) {
         let room = (self.limits.max_nodes as usize).saturating_sub(self.live);
         let n = additional.min(room);
-        self.slots.reserve(n.saturating_sub(self.free.len()));
         let ids = (self.next_id as usize).saturating_add(n);
         let ids = ids.min(self.limits.max_node_id as usize);
         self.index.reserve(ids.saturating_sub(self.index.len()));
@@ -272,10 +335,7 @@ impl Dom {
                 self.slots[f as usize] = Some(node);
                 f
             }
-            None => {
-                self.slots.push(Some(node));
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push(Some(node)) as u32,
         };
         let i = id as usize;
         if self.index.len() <= i {
@@ -930,8 +990,34 @@ impl Iterator for Preorder<'_> {
 mod tests {
     use tandem_protocol::{DOCUMENT_ID, Limits, NodeId, Ns};
 
-    use super::{Dom, Element, NodeKind};
+    use super::{CHUNK, Dom, Element, Node, NodeKind, Slots};
     use crate::hash::{encode_child, encode_node, write_varint};
+
+    #[test]
+    fn full_chunks_of_slots_never_move() {
+        let mut slots = Slots::default();
+        let text = |i: usize| Some(Node::new(NodeKind::Text(i.to_string())));
+        for i in 0..CHUNK + 1 {
+            assert_eq!(slots.push(text(i)), i);
+        }
+        let first: *const Option<Node> = &slots[0];
+        let second: *const Option<Node> = &slots[CHUNK];
+        for i in CHUNK + 1..3 * CHUNK + 5 {
+            assert_eq!(slots.push(text(i)), i);
+        }
+        assert!(std::ptr::eq(first, &slots[0]));
+        assert!(std::ptr::eq(second, &slots[CHUNK]));
+        assert_eq!(slots.chunks.len(), 4);
+        for i in [0, CHUNK - 1, CHUNK, 2 * CHUNK + 7, 3 * CHUNK + 4] {
+            let Some(Some(node)) = slots.get(i) else {
+                panic!("slot {i} missing")
+            };
+            assert_eq!(node.kind, NodeKind::Text(i.to_string()));
+        }
+        assert!(slots.get(3 * CHUNK + 5).is_none());
+        *slots.get_mut(CHUNK + 2).unwrap() = None;
+        assert!(slots[CHUNK + 2].is_none());
+    }
 
     /// The hash input of `id` from scratch: element children's hashes recomputed recursively.
     fn input(dom: &Dom, id: NodeId) -> Vec<u8> {
