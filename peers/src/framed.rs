@@ -54,7 +54,9 @@ impl FramedError {
 
     /// Whether the connection under the stream went away (a lost link, a reset, an idle
     /// timeout, a close): what a resumable session comes back from (spec §3.5). A stream reset
-    /// or stopped on its own is not.
+    /// or stopped on its own is not, and neither is a close with the code `SessionEnded`: the
+    /// relay closed because the session is over (its `END` may have been lost on the way), so
+    /// there is nothing to come back to.
     pub fn is_connection_lost(&self) -> bool {
         let conn = match self {
             Self::Read(quinn::ReadError::ConnectionLost(e))
@@ -62,7 +64,13 @@ impl FramedError {
             | Self::Connection(e) => e,
             _ => return false,
         };
-        !matches!(conn, quinn::ConnectionError::VersionMismatch)
+        match conn {
+            quinn::ConnectionError::VersionMismatch => false,
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                close.error_code != VarInt::from_u32(u32::from(ErrorCode::SessionEnded))
+            }
+            _ => true,
+        }
     }
 
     /// The code to put in a `CLOSE` to the peer, when the peer broke the protocol.
@@ -349,6 +357,23 @@ mod tests {
     use super::*;
     use tandem_protocol::frame::encode_frame;
     use tandem_protocol::message::Ping;
+
+    #[test]
+    fn a_close_because_the_session_ended_is_no_connection_to_resume() {
+        let closed = |code: ErrorCode| {
+            FramedError::Read(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                    error_code: VarInt::from_u32(u32::from(code)),
+                    reason: Bytes::from_static(b"session ended"),
+                }),
+            ))
+        };
+        assert!(!closed(ErrorCode::SessionEnded).is_connection_lost());
+        // Any other close, and a link that went quiet, is a loss to come back from.
+        assert!(closed(ErrorCode::NoError).is_connection_lost());
+        let timed_out = FramedError::Connection(quinn::ConnectionError::TimedOut);
+        assert!(timed_out.is_connection_lost());
+    }
 
     fn stream_of_frames() -> Vec<u8> {
         let limits = Limits::DEFAULT;

@@ -102,8 +102,10 @@ pub struct RelayConfig {
     pub table: TableConfig,
     /// Time a new connection has to send `HELLO` and `SESSION_OPEN` or `JOIN`.
     pub handshake_timeout: Duration,
-    /// Time a peer has, after the relay's `CLOSE`, to close its connection before the relay
-    /// closes it.
+    /// Time a peer has, after the relay's `CLOSE` or `END`, to acknowledge it and to close its
+    /// connection before the relay closes it; on a slow path at least
+    /// [`GRACE_ROUND_TRIPS`] round trips, so that a teardown message lost once is sent again
+    /// before the connection closes behind it.
     pub close_grace: Duration,
     /// Where to write lifecycle events as JSON lines, if anywhere.
     pub event_log: Option<Box<dyn Write + Send>>,
@@ -478,6 +480,17 @@ fn refusal(code: ErrorCode, message: impl Into<String>) -> Stop {
         code,
         message: message.into(),
     })
+}
+
+/// Round trips a peer has at least, on a slow path, to acknowledge the relay's teardown
+/// messages and close (see [`RelayConfig::close_grace`]): a lost packet is sent again after
+/// about one to three round trips (RFC 9002 §6), so eight cover a loss and its retransmission
+/// being lost too.
+pub const GRACE_ROUND_TRIPS: u32 = 8;
+
+/// How long the relay waits, at each step of closing `conn`, for the peer.
+fn grace(shared: &Shared, conn: &Connection) -> Duration {
+    shared.close_grace.max(conn.rtt() * GRACE_ROUND_TRIPS)
 }
 
 fn close_code(code: ErrorCode) -> VarInt {
@@ -1125,13 +1138,14 @@ async fn finish(shared: &Shared, mut peer: Peer, stop: Stop) {
             tracing::debug!(code = ?report.code, message = %report.message, "closing peer");
             let code = close_code(report.code);
             let reason = report.message.clone();
+            let grace = grace(shared, &peer.conn);
             let _ = timeout(
-                shared.close_grace,
+                grace,
                 write_message(&mut peer.send, &Message::Close(report), &shared.limits),
             )
             .await;
             let _ = peer.send.finish();
-            let _ = timeout(shared.close_grace, peer.conn.closed()).await;
+            let _ = timeout(grace, peer.conn.closed()).await;
             peer.conn.close(code, truncate(reason.as_bytes()));
         }
         Stop::Gone => peer.conn.close(VarInt::from_u32(0), b""),
@@ -1172,7 +1186,8 @@ fn frame_bytes(msg: &Message, limits: &Limits) -> Bytes {
 
 /// The single writer of a control stream: frames from the forwarders and the relay's own
 /// messages go through one queue, so a frame is never interleaved with another. When the queue
-/// closes, the stream is finished.
+/// closes, the stream is finished, and the task ends once the peer has acknowledged all of it
+/// (or stopped it, or the connection went away): a teardown message is then known delivered.
 fn spawn_writer(mut send: SendStream) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
     let task = tokio::spawn(async move {
@@ -1184,13 +1199,16 @@ fn spawn_writer(mut send: SendStream) -> (mpsc::Sender<Bytes>, tokio::task::Join
                 return;
             }
         }
-        let _ = send.finish();
+        if send.finish().is_ok() {
+            let _ = send.stopped().await;
+        }
     });
     (tx, task)
 }
 
 /// Sends the teardown messages, finishes the control stream, waits (bounded) for the peer to
-/// close, then closes the connection with the code of the last `CLOSE` sent.
+/// acknowledge them and to close, then closes the connection with the code of the last `CLOSE`
+/// sent (`SessionEnded` after an `END`).
 async fn close_after(
     shared: &Shared,
     conn: Connection,
@@ -1206,9 +1224,10 @@ async fn close_after(
         let _ = tx.send(frame_bytes(msg, &shared.limits)).await;
     }
     drop(tx);
-    let _ = timeout(shared.close_grace, writer).await;
+    let grace = grace(shared, &conn);
+    let _ = timeout(grace, writer).await;
     if !messages.is_empty() {
-        let _ = timeout(shared.close_grace, conn.closed()).await;
+        let _ = timeout(grace, conn.closed()).await;
     }
     conn.close(close_code(code), b"session ended");
 }
