@@ -31,7 +31,7 @@ use std::time::Duration;
 use quinn::{Connection, Endpoint, SendStream, VarInt};
 use tandem_protocol::message::{
     Capabilities, Credential, End, EndReason, ErrorReport, Hello, InvitationRef, Invite, Join,
-    Joined, Role, SessionCreated, SessionOpen, Welcome,
+    Joined, Ping, Role, SessionCreated, SessionOpen, Welcome,
 };
 use tandem_protocol::{DecodeError, ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
@@ -44,6 +44,16 @@ pub const SOFTWARE: &str = concat!("tandem/", env!("CARGO_PKG_VERSION"));
 
 /// How long [`ControlChannel::end`] waits for the relay's `CLOSE`.
 const END_WAIT: Duration = Duration::from_secs(5);
+
+/// Round trips the client waits for `WELCOME` before it nudges the relay with a `PING` (see
+/// [`ControlChannel`]'s handshake): the answer normally comes after one.
+pub const NUDGE_ROUND_TRIPS: u32 = 2;
+
+/// The shortest wait before a nudge, for paths whose round trip is a few milliseconds.
+pub const MIN_NUDGE_WAIT: Duration = Duration::from_millis(200);
+
+/// Most nudges sent while waiting for `WELCOME`; QUIC's own recovery goes on after them.
+pub const MAX_NUDGES: u64 = 16;
 
 /// A failure of the client handshake or of the control stream.
 #[derive(Debug, thiserror::Error)]
@@ -411,8 +421,10 @@ impl ControlChannel {
     }
 
     /// Reads `WELCOME`; one whose version lies outside this side's `HELLO` range closes the
-    /// connection with `CLOSE` `VersionMismatch` (spec §7.2).
+    /// connection with `CLOSE` `VersionMismatch` (spec §7.2). While it is late, nudges the
+    /// relay with `PING`s (see [`ControlChannel::nudge_until_answered`]).
     async fn read_welcome(&mut self) -> Result<(), ClientError> {
+        self.nudge_until_answered().await?;
         match self.expect("WELCOME").await? {
             Message::Welcome(w) => {
                 let (min, max) = (self.hello.min_version, self.hello.max_version);
@@ -428,6 +440,31 @@ impl ControlChannel {
                 self.welcome = w;
             }
             other => return Err(self.unexpected("WELCOME", &other)),
+        }
+        Ok(())
+    }
+
+    /// Waits for the relay's first answer on the control stream, sending `PING` (spec §7.1,
+    /// §7.30) each time it is later than [`NUDGE_ROUND_TRIPS`] round trips, at most
+    /// [`MAX_NUDGES`] times.
+    ///
+    /// A QUIC server drops the 1-RTT packets that reach it before its handshake is complete
+    /// (quinn does, as RFC 9001 §5.7 allows). `HELLO` and the request behind it leave with the
+    /// client's last handshake flight; when that flight is lost, they are dropped on arrival,
+    /// and the client sends them again only once it learns they were lost: from an
+    /// acknowledgement of a later packet, or at its probe timeout, which after a round trip of
+    /// 1.2 s and the handshake's own timeouts comes many seconds later. A `PING` is such a later
+    /// packet: the first one that arrives after the relay's handshake completed is
+    /// acknowledged, and with that acknowledgement the client sees at once that the earlier
+    /// packets are missing and sends them again.
+    async fn nudge_until_answered(&mut self) -> Result<(), ClientError> {
+        for nonce in 0..MAX_NUDGES {
+            let late = (self.conn.rtt() * NUDGE_ROUND_TRIPS).max(MIN_NUDGE_WAIT);
+            tokio::select! {
+                ready = self.recv.readable() => return Ok(ready?),
+                () = tokio::time::sleep(late) => {}
+            }
+            self.send(&Message::Ping(Ping { nonce })).await?;
         }
         Ok(())
     }

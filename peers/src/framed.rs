@@ -143,6 +143,19 @@ impl FrameRecv {
         }
     }
 
+    /// Waits until the stream has bytes not yet taken as frames, or has ended, without taking
+    /// anything: the peer's answer has begun to arrive. Cancel-safe, like
+    /// [`FrameRecv::next_raw`].
+    pub async fn readable(&mut self) -> Result<(), FramedError> {
+        while !self.finished && self.reader.buffered() == 0 {
+            match self.stream.read(&mut self.chunk).await? {
+                Some(n) => self.reader.push(&self.chunk[..n]),
+                None => self.finished = true,
+            }
+        }
+        Ok(())
+    }
+
     /// The next frame, decoded (spec §4.5). Unknown types come back as [`Message::Unknown`];
     /// skipping optional ones or refusing critical ones is the caller's decision.
     pub async fn next_message(&mut self) -> Result<Option<Message>, FramedError> {

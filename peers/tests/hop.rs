@@ -243,3 +243,43 @@ async fn consumer_closes_on_an_ack_for_a_patch_it_never_sent() {
         Ok(()) => panic!("the session went on over an ACK for a patch never sent"),
     }
 }
+
+/// A client whose `WELCOME` is late nudges the relay with `PING` (spec §7.1): here the relay
+/// answers only once a `PING` came, as a QUIC server that dropped the client's first 1-RTT
+/// packets can only answer once a later packet arrives.
+#[tokio::test]
+async fn a_late_welcome_is_nudged_with_ping() {
+    let (addr, pin, bare) = common::bare_relay();
+    let relay = tokio::spawn(async move {
+        let mut relay = bare.await.unwrap();
+        let limits = Limits::DEFAULT;
+        let nonce = match relay.recv.next_message().await.unwrap() {
+            Some(Message::Ping(Ping { nonce })) => nonce,
+            other => panic!("expected PING, got {other:?}"),
+        };
+        for msg in [
+            Message::Pong(Ping { nonce }),
+            Message::Welcome(Welcome {
+                version: 1,
+                role: Role::Relay,
+                capabilities: Capabilities(0),
+                software: "fake".into(),
+            }),
+        ] {
+            write_message(&mut relay.send, &msg, &limits).await.unwrap();
+        }
+        relay
+    });
+    let conn = client::connect(addr, pin, Role::Agent).await.unwrap();
+    let started = Instant::now();
+    let channel = guard(
+        "WELCOME after a PING",
+        ControlChannel::open(conn, client::hello(Role::Agent)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(channel.welcome().software, "fake");
+    // Not before the answer was late: on loopback, the shortest wait.
+    assert!(started.elapsed() >= client::MIN_NUDGE_WAIT);
+    guard("the relay's side", relay).await.unwrap();
+}
