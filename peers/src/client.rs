@@ -224,6 +224,17 @@ impl Reconnect {
         token: &str,
         label: &str,
     ) -> Result<(ControlChannel, Joined), ClientError> {
+        self.resume_after(token, label, None).await
+    }
+
+    /// [`Reconnect::resume`] on a path whose round trip `rtt` the lost connection measured:
+    /// the new connection starts from it (see [`transport::client_config_for_rtt`]).
+    pub async fn resume_after(
+        &self,
+        token: &str,
+        label: &str,
+        rtt: Option<Duration>,
+    ) -> Result<(ControlChannel, Joined), ClientError> {
         let join = ControlChannel::join_message(Credential::Resume(token.to_owned()), label);
         let channel = ControlChannel::connect_pipelined(
             self.relay,
@@ -231,6 +242,7 @@ impl Reconnect {
             self.hello.clone(),
             Some(&join),
             Limits::DEFAULT,
+            rtt,
         )
         .await?;
         let (mut channel, joined) = channel.joined_as(label).await?;
@@ -286,7 +298,7 @@ impl ControlChannel {
         label: &str,
     ) -> Result<(Self, Joined), ClientError> {
         let join = Self::join_message(credential, label);
-        Self::connect_pipelined(relay, pin, hello, Some(&join), Limits::DEFAULT)
+        Self::connect_pipelined(relay, pin, hello, Some(&join), Limits::DEFAULT, None)
             .await?
             .joined_as(label)
             .await
@@ -310,13 +322,15 @@ impl ControlChannel {
     /// A new connection to `relay` that sends `hello` and `first` at once: as 0-RTT data when
     /// a session ticket allows it (spec §3.5 lets only `HELLO` and `JOIN` travel so), else once
     /// the handshake is complete. When the relay turns the early data down, both go again on
-    /// the established connection. Waits for `WELCOME`.
+    /// the established connection. Waits for `WELCOME`. With `rtt`, the round trip of an
+    /// earlier connection to the relay, the new one starts from it.
     async fn connect_pipelined(
         relay: SocketAddr,
         pin: Fingerprint,
         hello: Hello,
         first: Option<&Message>,
         limits: Limits,
+        rtt: Option<Duration>,
     ) -> Result<Self, ClientError> {
         debug_assert!(
             first.is_none_or(|m| matches!(m, Message::Join(_))),
@@ -324,9 +338,15 @@ impl ControlChannel {
         );
         let endpoint =
             transport::client_endpoint_on(transport::bind_address_for(relay), pin, hello.role)?;
-        let connecting = endpoint
-            .connect(relay, transport::SERVER_NAME)
-            .map_err(TransportError::from)?;
+        let connecting = match rtt {
+            Some(rtt) => endpoint.connect_with(
+                transport::client_config_for_rtt(pin, hello.role, rtt)?,
+                relay,
+                transport::SERVER_NAME,
+            ),
+            None => endpoint.connect(relay, transport::SERVER_NAME),
+        }
+        .map_err(TransportError::from)?;
         let conn = match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
                 let (mut send, recv) =

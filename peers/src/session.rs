@@ -919,7 +919,8 @@ pub async fn run_consumer_with(
         // The connection is gone: come back on a new one and continue (spec §3.5).
         let lost_at = Instant::now();
         tracing::info!(error = %e, "connection lost; resuming");
-        let (channel, joined_again) = resume_session(r, &resume_token, &opts.label).await?;
+        let (channel, joined_again) =
+            resume_session(r, &resume_token, &opts.label, Some(conn.rtt())).await?;
         let zero_rtt = channel.used_0rtt();
         resume_token = joined_again.resume_token;
         udp_before += conn.stats().udp_tx.bytes;
@@ -989,16 +990,19 @@ pub async fn run_consumer_with(
 
 /// Comes back to the session on a new connection (spec §3.5) with `token`, trying again with a
 /// growing pause while the link stays down, for up to [`RESUME_WINDOW`]. A relay that no longer
-/// knows the session (it ended, or the grace period passed) ends the attempt at once.
+/// knows the session (it ended, or the grace period passed) ends the attempt at once. `rtt`,
+/// the round trip the lost connection measured, is where the new connections start from
+/// ([`Reconnect::resume_after`]).
 pub async fn resume_session(
     reconnect: &Reconnect,
     token: &str,
     label: &str,
+    rtt: Option<Duration>,
 ) -> Result<(ControlChannel, Joined), SessionError> {
     let deadline = Instant::now() + RESUME_WINDOW;
     let mut pause = Duration::from_millis(100);
     loop {
-        match reconnect.resume(token, label).await {
+        match reconnect.resume_after(token, label, rtt).await {
             Ok(back) => return Ok(back),
             Err(
                 e @ (ClientError::Refused { .. }
@@ -1430,10 +1434,11 @@ pub async fn run_agent(
         // (REJOINED) and continues its DOM stream from what this side acknowledged.
         let lost_at = Instant::now();
         tracing::info!(error = %e, "connection lost; resuming");
-        let (channel, joined_again) = match resume_session(r, &resume_token, &label).await {
-            Ok(back) => back,
-            Err(e) => break Err(e),
-        };
+        let (channel, joined_again) =
+            match resume_session(r, &resume_token, &label, Some(conn.rtt())).await {
+                Ok(back) => back,
+                Err(e) => break Err(e),
+            };
         let zero_rtt = channel.used_0rtt();
         resume_token = joined_again.resume_token;
         (conn, ctl_send, ctl_recv) = channel.into_parts();

@@ -376,6 +376,37 @@ pub fn client_config(pin: Fingerprint, role: Role) -> Result<quinn::ClientConfig
     client_entry(pin, role).map(|(config, _)| config)
 }
 
+/// Bounds of the initial RTT a remembered round trip gives a new connection (see
+/// [`client_config_for_rtt`]): on a loopback, a fraction of a millisecond would make the first
+/// probe timeout fire before a busy relay answers.
+pub const INITIAL_RTT_BOUNDS: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(1));
+
+/// [`client_config`] for a relay whose round trip `rtt` this client measured on an earlier
+/// connection, as one that comes back after a loss does (spec §3.5): the new connection starts
+/// from half that round trip (RFC 9002 §6.2.2 lets a client use what it knows of the path),
+/// within [`INITIAL_RTT_BOUNDS`], instead of quinn's 333 ms.
+///
+/// The first probe timeout is three times the initial RTT, so half the round trip makes it
+/// fire when the relay's answer is half a round trip late. With the default, on a path whose
+/// round trip is above a second, it fires before the answer can arrive: the client sends its
+/// first flight twice and, not yet sure the relay validated its address, keeps the doubled
+/// timeout for the rest of the handshake (RFC 9002 §6.2.1), so a handshake packet lost later
+/// waits twice as long. The whole round trip would stop that too, but a first flight that is
+/// really lost would then be sent again only after three round trips.
+pub fn client_config_for_rtt(
+    pin: Fingerprint,
+    role: Role,
+    rtt: Duration,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let mut config = client_config(pin, role)?;
+    let mut t = transport_config();
+    let (low, high) = INITIAL_RTT_BOUNDS;
+    t.initial_rtt((rtt / 2).clamp(low, high));
+    config.transport_config(Arc::new(t));
+    Ok(config)
+}
+
 /// How many TLS session tickets this process has received from the relay whose certificate is
 /// `pin`, as a client in `role`: the value changes as each arrives. A client holding one can
 /// send its next `HELLO` and `JOIN` to that relay in 0-RTT data (spec §3.5). The relay sends its

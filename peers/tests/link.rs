@@ -388,6 +388,57 @@ async fn quic_transfer_over_a_bad_link() {
     eprintln!("100 kB over 300ms,750kbit,1%: {elapsed:?}, {stats:?}");
 }
 
+/// On a path whose round trip is above a second, a client that starts from quinn's 333 ms
+/// sends its first flight twice before the relay's answer can arrive; one that starts from the
+/// round trip an earlier connection measured (as a resuming client does) sends it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_round_trip_spares_the_first_flight_a_second_copy() {
+    use tandem_protocol::message::Role;
+    let identity = transport::Identity::generate().unwrap();
+    let server = transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let link = Link::spawn(server_addr, &spec("600ms")).await.unwrap();
+    let accept = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(incoming) = server.accept().await {
+            if let Ok(conn) = incoming.await {
+                held.push(conn);
+            }
+        }
+    });
+    let pin = identity.fingerprint();
+    // Datagrams the client sent until its side of the handshake completed.
+    let first_flight = |config: Option<quinn::ClientConfig>| async {
+        let client = transport::client_endpoint(pin, Role::Agent).unwrap();
+        let connecting = match config {
+            Some(config) => client.connect_with(config, link.addr(), transport::SERVER_NAME),
+            None => client.connect(link.addr(), transport::SERVER_NAME),
+        };
+        let conn = tokio::time::timeout(Duration::from_secs(20), connecting.unwrap())
+            .await
+            .expect("the handshake completes")
+            .unwrap();
+        let sent = conn.stats().udp_tx.datagrams;
+        assert!(
+            conn.rtt() >= Duration::from_millis(1200),
+            "{:?}",
+            conn.rtt()
+        );
+        conn.close(0u32.into(), b"done");
+        sent
+    };
+    let default = first_flight(None).await;
+    let remembered =
+        transport::client_config_for_rtt(pin, Role::Agent, Duration::from_millis(1200));
+    let remembered = first_flight(Some(remembered.unwrap())).await;
+    // The default's probe timeout (1 s) fires once before the answer, with two datagrams.
+    assert!(
+        default >= remembered + 2,
+        "default {default}, remembered {remembered}"
+    );
+    accept.abort();
+}
+
 /// Runs the demo with each client behind `link`, failing the test after a minute.
 async fn demo_over(
     args: &tandem_peers::demo::DemoArgs,
