@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{channel, guard};
+use common::{channel, guard, guard_within};
 use tandem_peers::client::{self, ClientError, ControlChannel};
 use tandem_peers::framed::{FrameRecv, write_message, write_raw};
 use tandem_peers::relay::{RelayEvent, RelayHandle};
@@ -159,10 +159,16 @@ async fn frames_are_forwarded_byte_identical() {
     let mut incoming = guard("accept uni", agent.connection().accept_uni())
         .await
         .expect("uni stream forwarded");
-    let received = guard("uni stream", incoming.read_to_end(8 * 1024 * 1024))
-        .await
-        .expect("read stream");
-    guard("writer", writer)
+    // 3 MB through the relay, in a debug build: not bounded by the usual guard.
+    let megabytes = Duration::from_secs(120);
+    let received = guard_within(
+        megabytes,
+        "uni stream",
+        incoming.read_to_end(8 * 1024 * 1024),
+    )
+    .await
+    .expect("read stream");
+    guard_within(megabytes, "writer", writer)
         .await
         .unwrap()
         .expect("writes succeed");

@@ -19,7 +19,13 @@ pub const GUARD: Duration = Duration::from_secs(10);
 
 /// Fails the test instead of hanging when `fut` does not finish in time.
 pub async fn guard<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(GUARD, fut).await {
+    guard_within(GUARD, what, fut).await
+}
+
+/// [`guard`] with a limit of its own, for a wait that moves megabytes: a debug build on a
+/// busy machine takes several times [`GUARD`] for that, and the limit only catches a hang.
+pub async fn guard_within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }
