@@ -78,7 +78,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -590,7 +590,7 @@ pub struct DirectionCounters {
     pub packets: u64,
     /// UDP payload bytes forwarded (headers not counted).
     pub bytes: u64,
-    /// Datagrams lost at random.
+    /// Datagrams lost at random, or offered while the direction was cut ([`Link::cut`]).
     pub lost: u64,
     /// Datagrams dropped because the queue was full.
     pub queue_dropped: u64,
@@ -639,6 +639,8 @@ pub struct Link {
     down: LinkSpec,
     counters: Arc<[AtomicCounters; 2]>,
     client: Arc<Mutex<Option<SocketAddr>>>,
+    /// Per direction (up, down): whether the link is cut (see [`Link::cut`]).
+    cut: Arc<[AtomicBool; 2]>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -663,6 +665,7 @@ impl Link {
         let addr = near.local_addr()?;
         let counters: Arc<[AtomicCounters; 2]> = Arc::default();
         let client = Arc::new(Mutex::new(None));
+        let cut: Arc<[AtomicBool; 2]> = Arc::default();
         let up_task = tokio::spawn(pump(Pump {
             direction: Direction::Up,
             shaper: Shaper::new(up, Direction::Up),
@@ -670,6 +673,7 @@ impl Link {
             far: far.clone(),
             client: client.clone(),
             counters: counters.clone(),
+            cut: cut.clone(),
         }));
         let down_task = tokio::spawn(pump(Pump {
             direction: Direction::Down,
@@ -678,6 +682,7 @@ impl Link {
             far,
             client: client.clone(),
             counters: counters.clone(),
+            cut: cut.clone(),
         }));
         Ok(Link {
             addr,
@@ -686,6 +691,7 @@ impl Link {
             down: *down,
             counters,
             client,
+            cut,
             tasks: [up_task, down_task],
         })
     }
@@ -721,6 +727,13 @@ impl Link {
     /// The specs of the two directions: (client → upstream, upstream → client).
     pub fn specs(&self) -> (LinkSpec, LinkSpec) {
         (self.up, self.down)
+    }
+
+    /// Cuts `direction` (`true`) or restores it (`false`), as an outage does (a tunnel, a
+    /// handover): while cut, every datagram offered in that direction is lost (and counted in
+    /// [`DirectionCounters::lost`]); those already on the wire still arrive.
+    pub fn cut(&self, direction: Direction, cut: bool) {
+        self.cut[direction_index(direction)].store(cut, Ordering::Relaxed);
     }
 
     /// The counters so far; cheap, and safe to call while traffic flows.
@@ -767,13 +780,20 @@ struct Pump {
     far: Arc<UdpSocket>,
     client: Arc<Mutex<Option<SocketAddr>>>,
     counters: Arc<[AtomicCounters; 2]>,
+    cut: Arc<[AtomicBool; 2]>,
+}
+
+/// Where `direction`'s counters and switch sit in a link's pairs: up first.
+fn direction_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Up => 0,
+        Direction::Down => 1,
+    }
 }
 
 async fn pump(mut p: Pump) {
-    let counters = &p.counters[match p.direction {
-        Direction::Up => 0,
-        Direction::Down => 1,
-    }];
+    let counters = &p.counters[direction_index(p.direction)];
+    let cut = &p.cut[direction_index(p.direction)];
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut pending: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     loop {
@@ -812,6 +832,10 @@ async fn pump(mut p: Pump) {
             received = receive(&p, &mut buf) => {
                 // Errors (an ICMP unreachable reported on the connected socket) are transient.
                 let Some(len) = received else { continue };
+                if cut.load(Ordering::Relaxed) {
+                    counters.lost.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 match p.shaper.offer(Instant::now(), len) {
                     Verdict::Deliver(at) => pending.push_back((at, buf[..len].to_vec())),
                     Verdict::Lost => {

@@ -770,3 +770,44 @@ async fn unused_code_expires() {
     expect_refused(result, ErrorCode::SessionNotFound);
     guard("shutdown", relay.shutdown()).await;
 }
+
+/// An `END` sent while the agent's link is out still arrives once the link is back: the relay
+/// waits for the agent to acknowledge it (at least eight round trips, spec §3.3) before it
+/// closes the connection, instead of its 300 ms grace here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_sent_into_an_outage_arrives_after_it() {
+    use tandem_peers::link::{Direction, Link};
+    let relay = start_relay();
+    let link = Link::spawn(relay.addr, &"200ms".parse().unwrap())
+        .await
+        .unwrap();
+    let mut consumer = channel(&relay, Role::Consumer).await;
+    let created = guard("session", consumer.open_session("Customer"))
+        .await
+        .unwrap();
+    let conn = guard(
+        "connect",
+        client::connect(link.addr(), relay.fingerprint, Role::Agent),
+    )
+    .await
+    .unwrap();
+    let mut agent = guard(
+        "welcome",
+        ControlChannel::open(conn, client::hello(Role::Agent)),
+    )
+    .await
+    .unwrap();
+    guard("join", agent.join(Credential::Code(created.code), "Alice"))
+        .await
+        .unwrap();
+    guard("joined", consumer.wait_joined()).await.unwrap();
+    // The relay's END and its first retransmission fall into a second-long outage of the
+    // agent's downlink, longer than the relay's close_grace.
+    link.cut(Direction::Down, true);
+    guard("end", consumer.end()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.cut(Direction::Down, false);
+    assert_eq!(expect_end(&mut agent).await, EndReason::EndedByConsumer);
+    assert!(link.stats().down.lost > 0, "the outage dropped nothing");
+    guard("shutdown", relay.shutdown()).await;
+}
