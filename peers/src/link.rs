@@ -15,7 +15,8 @@
 //!   virtual time and predict every drop.
 //! - [`Link`] is the tokio pump around two shapers: one task per direction receives on one
 //!   socket, asks its shaper, and sends on the other socket when the shaper says so. Its
-//!   counters ([`Link::stats`]) can be read while it runs.
+//!   counters ([`Link::stats`]) can be read while it runs, and a test can cut either direction
+//!   for a while ([`Link::cut`]), as an outage does.
 //!
 //! The same model shapes TCP for a baseline over TCP + TLS ([`TcpLink`], [`TcpShaper`]); see
 //! [the TCP model](#the-tcp-model) below.
