@@ -35,7 +35,7 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::{DecodeError, ErrorCode, Limits, Message, PROTOCOL_VERSION, RawFrame};
 
-use crate::framed::{FrameRecv, FramedError, write_message, write_raw};
+use crate::framed::{FrameRecv, FramedError, quic_code, write_message, write_raw};
 use crate::session::CLOSE_GRACE;
 use crate::transport::{self, Fingerprint, TransportError};
 
@@ -733,10 +733,8 @@ impl ControlChannel {
                 }
                 Some(Message::End(End { reason })) => {
                     // A `CLOSE` follows; the session is over either way.
-                    self.conn.close(
-                        VarInt::from_u32(u32::from(ErrorCode::SessionEnded)),
-                        b"session ended",
-                    );
+                    self.conn
+                        .close(quic_code(ErrorCode::SessionEnded), b"session ended");
                     return Err(ClientError::Ended(reason));
                 }
                 Some(Message::Ping(ping)) => self.send(&Message::Pong(ping)).await?,
@@ -777,13 +775,13 @@ impl ControlChannel {
         } else {
             b"protocol violation"
         };
-        self.conn.close(VarInt::from_u32(u32::from(code)), reason);
+        self.conn.close(quic_code(code), reason);
     }
 
     /// Closes the connection over a message that has no place here.
     fn unexpected(&self, expected: &'static str, got: &Message) -> ClientError {
         self.conn.close(
-            VarInt::from_u32(u32::from(ErrorCode::UnexpectedMessage)),
+            quic_code(ErrorCode::UnexpectedMessage),
             b"unexpected message",
         );
         ClientError::Unexpected {
@@ -799,5 +797,5 @@ impl ControlChannel {
 }
 
 fn close_connection(conn: &Connection, report: &ErrorReport) {
-    conn.close(VarInt::from_u32(u32::from(report.code)), b"");
+    conn.close(quic_code(report.code), b"");
 }

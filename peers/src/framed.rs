@@ -22,6 +22,12 @@ use tandem_protocol::{
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// `code` as the QUIC application error code that closes a connection or resets or stops a
+/// stream (spec §3.3: the `CLOSE` code travels as the QUIC code too).
+pub fn quic_code(code: ErrorCode) -> VarInt {
+    VarInt::from_u32(u32::from(code))
+}
+
 /// A failure reading, writing or forwarding frames.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,7 +73,7 @@ impl FramedError {
         match conn {
             quinn::ConnectionError::VersionMismatch => false,
             quinn::ConnectionError::ApplicationClosed(close) => {
-                close.error_code != VarInt::from_u32(u32::from(ErrorCode::SessionEnded))
+                close.error_code != quic_code(ErrorCode::SessionEnded)
             }
             _ => true,
         }
@@ -304,7 +310,7 @@ pub async fn forward_stream(
             Err(e) => return Err(e.into()),
         };
         if let Err(e) = check.feed(&chunk.bytes) {
-            let code = VarInt::from_u32(u32::from(e.code()));
+            let code = quic_code(e.code());
             to.reset(code);
             let _ = from.stop(code);
             return Err(e.into());
@@ -324,7 +330,7 @@ pub async fn forward_stream(
         }
     }
     if let Err(e) = check.finish() {
-        to.reset(VarInt::from_u32(u32::from(e.code())));
+        to.reset(quic_code(e.code()));
         return Err(e.into());
     }
     to.finish()?;
@@ -361,7 +367,7 @@ impl ResetOnDrop {
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
-        self.reset(VarInt::from_u32(u32::from(ErrorCode::SessionEnded)));
+        self.reset(quic_code(ErrorCode::SessionEnded));
     }
 }
 
@@ -376,7 +382,7 @@ mod tests {
         let closed = |code: ErrorCode| {
             FramedError::Read(quinn::ReadError::ConnectionLost(
                 quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
-                    error_code: VarInt::from_u32(u32::from(code)),
+                    error_code: quic_code(code),
                     reason: Bytes::from_static(b"session ended"),
                 }),
             ))

@@ -56,7 +56,7 @@ use self::state::{
     SessionTable, Side, TableConfig,
 };
 use self::webhook::{Webhook, WebhookUrl};
-use crate::framed::{FrameRecv, FramedError, forward_stream, write_message, write_raw};
+use crate::framed::{FrameRecv, FramedError, forward_stream, quic_code, write_message, write_raw};
 use crate::resources::{CacheStats, SharedCache, Uplink, forward_observed};
 use crate::session::DOM_PRIORITY;
 use crate::transport::{self, Fingerprint, Identity, TransportError};
@@ -493,10 +493,6 @@ fn grace(shared: &Shared, conn: &Connection) -> Duration {
     shared.close_grace.max(conn.rtt() * GRACE_ROUND_TRIPS)
 }
 
-fn close_code(code: ErrorCode) -> VarInt {
-    VarInt::from_u32(u32::from(code))
-}
-
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
@@ -556,7 +552,7 @@ async fn handle_connection(shared: Arc<Shared>, incoming: Incoming) {
                 return;
             }
             Err(_) => {
-                conn.close(close_code(ErrorCode::UnexpectedMessage), b"no control stream");
+                conn.close(quic_code(ErrorCode::UnexpectedMessage), b"no control stream");
                 return;
             }
         },
@@ -1136,7 +1132,7 @@ async fn finish(shared: &Shared, mut peer: Peer, stop: Stop) {
     match stop {
         Stop::Refuse(report) => {
             tracing::debug!(code = ?report.code, message = %report.message, "closing peer");
-            let code = close_code(report.code);
+            let code = quic_code(report.code);
             let reason = report.message.clone();
             let grace = grace(shared, &peer.conn);
             let _ = timeout(
@@ -1229,7 +1225,7 @@ async fn close_after(
     if !messages.is_empty() {
         let _ = timeout(grace, conn.closed()).await;
     }
-    conn.close(close_code(code), b"session ended");
+    conn.close(quic_code(code), b"session ended");
 }
 
 /// A session's part of the resource cache (spec §14.7): the shared cache and the uplink that

@@ -47,7 +47,7 @@ use tandem_protocol::message::{Addresses, Resource};
 use tandem_protocol::{DecodeError, ErrorCode, FrameReader, FrameType, Limits, Message, RawFrame};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::framed::{ForwardEnd, FrameRecv, FramedError, HeaderCheck, ResetOnDrop};
+use crate::framed::{ForwardEnd, FrameRecv, FramedError, HeaderCheck, ResetOnDrop, quic_code};
 
 /// Priority of resource streams (quinn `SendStream::set_priority`): below the DOM stream
 /// ([`crate::session::DOM_PRIORITY`]) and below the control stream (0), so a large image never
@@ -677,7 +677,7 @@ pub async fn read_resource_stream(
                 tracing::debug!(ty = %other.frame_type(), "unexpected frame on a resource stream");
                 let _ = recv
                     .stream_mut()
-                    .stop(VarInt::from_u32(u32::from(ErrorCode::UnexpectedMessage)));
+                    .stop(quic_code(ErrorCode::UnexpectedMessage));
                 break;
             }
             Err(e) => {
@@ -998,7 +998,7 @@ pub async fn forward_observed(
             Err(e) => break Err(FramedError::from(e)),
         };
         if let Err(e) = check.feed(&chunk) {
-            let _ = from.stop(VarInt::from_u32(u32::from(e.code())));
+            let _ = from.stop(quic_code(e.code()));
             break Err(e.into());
         }
         let out = if kind == Kind::Unknown {
@@ -1028,7 +1028,7 @@ pub async fn forward_observed(
         if let Some(r) = reader.as_mut() {
             r.push(&out);
             if let Err(e) = observe_frames(r, &cache, key, &limits) {
-                let _ = from.stop(VarInt::from_u32(u32::from(e.code())));
+                let _ = from.stop(quic_code(e.code()));
                 break Err(e.into());
             }
         }
@@ -1049,13 +1049,13 @@ pub async fn forward_observed(
     cache.observe_end(key);
     if let Err(e) = result {
         to.reset(match &e {
-            FramedError::Protocol(d) => VarInt::from_u32(u32::from(d.code())),
-            _ => VarInt::from_u32(u32::from(ErrorCode::SessionEnded)),
+            FramedError::Protocol(d) => quic_code(d.code()),
+            _ => quic_code(ErrorCode::SessionEnded),
         });
         return Err(e);
     }
     if let Err(e) = check.finish() {
-        to.reset(VarInt::from_u32(u32::from(e.code())));
+        to.reset(quic_code(e.code()));
         return Err(e.into());
     }
     // A stream that ended inside its first header was refused by check.finish() above, so

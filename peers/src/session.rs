@@ -143,7 +143,7 @@ async fn close_on_violation(
     let _ = tokio::time::timeout(CLOSE_GRACE, write_message(ctl_send, &close, limits)).await;
     let _ = ctl_send.finish();
     let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
-    conn.close(VarInt::from_u32(u32::from(code)), b"protocol violation");
+    conn.close(crate::framed::quic_code(code), b"protocol violation");
 }
 
 /// How long a side that sent `CLOSE` waits for the other side to close before it closes the

@@ -541,7 +541,7 @@ async fn bad_frame_header_from_an_inviting_agent_is_closed_with_its_code() {
     match guard("the relay closes", conn.closed()).await {
         quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
             close.error_code,
-            quinn::VarInt::from_u32(u32::from(ErrorCode::LimitExceeded))
+            tandem_peers::framed::quic_code(ErrorCode::LimitExceeded)
         ),
         other => panic!("expected the relay to close with LimitExceeded, got {other:?}"),
     }

@@ -114,7 +114,7 @@ async fn frame_is_closed(ctl: &mut ControlChannel, frame: &RawFrame, code: Error
     }
     match guard("the relay closes", ctl.connection().closed()).await {
         quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, quinn::VarInt::from_u32(u32::from(code)))
+            assert_eq!(close.error_code, tandem_peers::framed::quic_code(code))
         }
         other => panic!("expected the relay to close {ty} with {code:?}, got {other:?}"),
     }
