@@ -403,13 +403,23 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// A string reference whose literal is at most `max` bytes.
+    /// A string reference whose literal is at most `max` bytes and valid UTF-8, checked
+    /// without making a `str` of it (the scan only decides; [`Records`] reads it again).
     #[inline]
     fn sym_within(&mut self, max: u32) -> Option<()> {
-        match self.sym()? {
-            SymRef::New(s) | SymRef::Lit(s) if s.len() as u64 > u64::from(max) => None,
-            _ => Some(()),
+        let v = self.u32()?;
+        if v & 2 == 0 {
+            return Some(());
         }
+        if v >> 2 != 0 {
+            return None;
+        }
+        let n = self.u64()?;
+        let bytes = self.take(n)?;
+        // Most page strings are ASCII, which a word-at-a-time check settles without the
+        // general UTF-8 decoder's per-call setup.
+        let valid = bytes.is_ascii() || std::str::from_utf8(bytes).is_ok();
+        (valid && n <= u64::from(max)).then_some(())
     }
 
     /// Skips a string reference of checked bytes, without checking its UTF-8 again.
