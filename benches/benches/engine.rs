@@ -3,7 +3,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tandem_engine::{Agent, Consumer, parse_html, snapshot};
-use tandem_protocol::{FrameReader, FrameType, Limits, Message, SnapshotView, SymEncoder, frame};
+use tandem_protocol::{FrameReader, FrameType, Limits, SnapshotView, SymEncoder, frame};
 
 fn import(c: &mut Criterion) {
     let mut g = c.benchmark_group("import");
@@ -24,23 +24,20 @@ fn snapshot_frames(c: &mut Criterion) {
         dom.root_hash();
         // Throughput in bytes of page HTML, as the target states it.
         g.throughput(Throughput::Bytes(html.len() as u64));
+        // As the consumer does: each part written straight into its frame.
+        let encode = |dom: &mut tandem_engine::Dom, enc: &mut SymEncoder| {
+            let part = snapshot::DEFAULT_PART_BYTES;
+            snapshot::encode_frames(dom, 0, "u", enc, part, part).unwrap()
+        };
         g.bench_function(BenchmarkId::new("encode", &name), |b| {
             let mut enc = SymEncoder::new(limits);
-            b.iter(|| {
-                let mut wire = Vec::new();
-                for part in
-                    snapshot::encode(&mut dom, 0, "u", &mut enc, snapshot::DEFAULT_PART_BYTES)
-                {
-                    frame::encode_frame(&Message::Snapshot(part), &mut wire, &limits).unwrap();
-                }
-                wire
-            })
+            b.iter(|| encode(&mut dom, &mut enc))
         });
         let mut enc = SymEncoder::new(limits);
-        let mut wire = Vec::new();
-        for part in snapshot::encode(&mut dom, 0, "u", &mut enc, snapshot::DEFAULT_PART_BYTES) {
-            frame::encode_frame(&Message::Snapshot(part), &mut wire, &limits).unwrap();
-        }
+        let wire: Vec<u8> = encode(&mut dom, &mut enc)
+            .into_iter()
+            .flat_map(|f| f.frame)
+            .collect();
         g.bench_function(BenchmarkId::new("decode", &name), |b| {
             b.iter(|| {
                 let mut agent = Agent::new(limits);

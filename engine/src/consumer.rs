@@ -38,7 +38,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use tandem_protocol::message::{Patch, RefusalCode, Refused, Resync, TreeHash};
-use tandem_protocol::{DOCUMENT_ID, Limits, Message, NodeId, Ns, SymEncoder};
+use tandem_protocol::{DOCUMENT_ID, EncodeError, Limits, Message, NodeId, Ns, SymEncoder, frame};
 
 use crate::hands::Protection;
 
@@ -46,7 +46,7 @@ use crate::dom::{Dom, Name, NodeKind};
 use crate::mask::{self, Fix, Listing, MaskPolicy};
 use crate::patch::{self, Op};
 use crate::resource::Resources;
-use crate::snapshot;
+use crate::snapshot::{self, SnapshotFrame};
 use crate::{EngineError, diff, hash};
 
 /// A node a [`ChangeRecord::ChildList`] adds.
@@ -130,7 +130,7 @@ pub struct Consumer {
     touched: HashSet<NodeId>,
     parents: HashSet<NodeId>,
     removed: Vec<NodeId>,
-    out: VecDeque<Message>,
+    out: VecDeque<Queued>,
     limits: Limits,
     part_bytes: usize,
     fold_bytes: usize,
@@ -166,6 +166,48 @@ pub const MAX_SENT_HASHES: usize = 4096;
 /// keeps one patch in flight (`peers::pump`) never holds more than one; past this bound a
 /// resumption sends a snapshot instead.
 pub const MAX_RESEND: usize = 256;
+
+/// A frame for the DOM stream, from [`Consumer::poll_frame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomFrame {
+    /// What the frame carries.
+    pub kind: DomFrameKind,
+    /// The frame: header, then body.
+    pub bytes: Vec<u8>,
+}
+
+/// What a [`DomFrame`] carries, for a sender's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomFrameKind {
+    /// Part `part` of `epoch`'s snapshot; `last` when it is the part with the tree hash.
+    Snapshot {
+        /// Sync epoch.
+        epoch: u32,
+        /// Part number, from 0.
+        part: u32,
+        /// Whether this is the last part.
+        last: bool,
+    },
+    /// Patch `seq` of `epoch`.
+    Patch {
+        /// Sync epoch.
+        epoch: u32,
+        /// Sequence number.
+        seq: u64,
+    },
+}
+
+/// What waits to be sent on the DOM stream.
+#[derive(Debug, Clone)]
+enum Queued {
+    /// A snapshot part, written as its frame straight from the tree when it was queued.
+    Snapshot(SnapshotFrame),
+    /// A snapshot that could not be encoded (string indexes the wire cannot carry, which the
+    /// consumer's own encoder never gives): [`Consumer::poll_frame`] reports it.
+    Unencodable(EncodeError),
+    /// A patch, encoded when it is polled; kept as a message for a resumption's re-sending.
+    Patch(Patch),
+}
 
 /// How a DOM stream continues after a resumption (spec §3.5), from [`Consumer::resume`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +352,7 @@ impl Consumer {
         self.resend.clear();
         self.resend_overflow = false;
         self.replaying = 0;
-        for part in snapshot::encode_folded(
+        match snapshot::encode_frames(
             &mut self.dom,
             self.epoch,
             &self.url,
@@ -318,7 +360,8 @@ impl Consumer {
             self.fold_bytes,
             self.part_bytes,
         ) {
-            self.out.push_back(Message::Snapshot(part));
+            Ok(frames) => self.out.extend(frames.into_iter().map(Queued::Snapshot)),
+            Err(e) => self.out.push_back(Queued::Unencodable(e)),
         }
         self.sent_hashes.clear();
         let root = self.dom.root_hash();
@@ -885,7 +928,7 @@ impl Consumer {
         let root = self.dom.root_hash();
         self.remember_hash(self.seq, &root);
         let hash = hash::check(&root);
-        self.out.push_back(Message::Patch(Patch {
+        self.out.push_back(Queued::Patch(Patch {
             epoch: self.epoch,
             seq: self.seq,
             ops,
@@ -1072,11 +1115,70 @@ impl Consumer {
 
     /// The next message to send on the DOM stream. Patches stay in a log until the agent
     /// acknowledges them, for [`Consumer::resume`].
+    ///
+    /// A snapshot part is read back from the frame it was written as
+    /// ([`Consumer::poll_frame`] hands out that frame as it is); a snapshot that could not be
+    /// encoded is reported only by `poll_frame`, and skipped here.
     pub fn poll_message(&mut self) -> Option<Message> {
-        let msg = self.out.pop_front()?;
+        loop {
+            match self.pop_queued()? {
+                Queued::Snapshot(f) => {
+                    if let Ok(s) = f.to_snapshot() {
+                        return Some(Message::Snapshot(s));
+                    }
+                }
+                Queued::Unencodable(_) => {}
+                Queued::Patch(p) => return Some(Message::Patch(p)),
+            }
+        }
+    }
+
+    /// The next frame to send on the DOM stream: what [`Consumer::poll_message`] gives, as
+    /// the bytes to write. Snapshot parts were written straight from the tree when they were
+    /// queued, so this hands them out without encoding anything. Fails, consuming the
+    /// message, when it cannot be encoded or its body exceeds the limits' `max_frame_body`
+    /// (the session's limits: what the agent accepts).
+    pub fn poll_frame(&mut self) -> Option<Result<DomFrame, EncodeError>> {
+        Some(match self.pop_queued()? {
+            Queued::Snapshot(f) => {
+                let (len, max) = (f.body().len(), self.limits.max_frame_body);
+                if len > max as usize {
+                    Err(EncodeError::TooLarge {
+                        message: "SNAPSHOT",
+                        len,
+                        max,
+                    })
+                } else {
+                    let kind = DomFrameKind::Snapshot {
+                        epoch: f.epoch,
+                        part: f.part,
+                        last: f.last,
+                    };
+                    Ok(DomFrame {
+                        kind,
+                        bytes: f.frame,
+                    })
+                }
+            }
+            Queued::Unencodable(e) => Err(e),
+            Queued::Patch(p) => {
+                let kind = DomFrameKind::Patch {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                };
+                frame::to_frame(&Message::Patch(p), &self.limits)
+                    .map(|bytes| DomFrame { kind, bytes })
+            }
+        })
+    }
+
+    /// Takes the next queued message, logging a patch for a resumption unless it is a copy
+    /// already in the log.
+    fn pop_queued(&mut self) -> Option<Queued> {
+        let q = self.out.pop_front()?;
         if self.replaying > 0 {
             self.replaying -= 1;
-        } else if let Message::Patch(p) = &msg
+        } else if let Queued::Patch(p) = &q
             && !self.resend_overflow
         {
             if self.resend.len() < MAX_RESEND {
@@ -1086,7 +1188,7 @@ impl Consumer {
                 self.resend_overflow = true;
             }
         }
-        Some(msg)
+        Some(q)
     }
 
     /// The connection under the DOM stream was replaced (spec §3.5): whatever was sent and not
@@ -1110,7 +1212,7 @@ impl Consumer {
             .resend
             .iter()
             .cloned()
-            .map(Message::Patch)
+            .map(Queued::Patch)
             .chain(fresh)
             .collect();
         self.replaying = self.resend.len();

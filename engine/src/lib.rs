@@ -26,6 +26,9 @@
 //! * [`Consumer`] records changes and emits a snapshot, then patches that carry the hash of the
 //!   tree they produce; [`Agent`] applies them and checks every hash. Divergence is never
 //!   silent: it becomes [`AgentEvent::Diverged`] and a `RESYNC`, answered by a new snapshot.
+//!   A sender takes the consumer's output as frames ([`Consumer::poll_frame`]): snapshot
+//!   parts are written straight from the tree into their frames when queued, with no owned
+//!   record per node; [`Consumer::poll_message`] gives the same as messages.
 //! * [`MaskPolicy`] (module [`mask`], spec §12) masks sensitive content as it enters the
 //!   consumer — automatic rules for passwords, card and one-time-code fields and hidden
 //!   inputs, marker attributes, configured selectors, private-by-default mode — so no encoder
@@ -82,7 +85,7 @@ pub mod snapshot;
 mod wide;
 
 pub use agent::{Agent, AgentEvent};
-pub use consumer::{Consumer, Resumption};
+pub use consumer::{Consumer, DomFrame, DomFrameKind, Resumption};
 pub use dom::{Dom, Element, Name, Node, NodeKind};
 pub use error::EngineError;
 pub use html::{parse_html, to_html};

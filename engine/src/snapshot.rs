@@ -3,8 +3,8 @@
 
 use tandem_protocol::message::Snapshot;
 use tandem_protocol::{
-    Attr, DOCUMENT_ID, DecodeError, Limits, NodeId, NodeRecord, Ns, RecordRef, STATIC_TABLE,
-    StrClass, Sym, SymDecoder, SymEncoder, SymRef,
+    Attr, DOCUMENT_ID, DecodeError, EncodeError, Limits, NodeId, NodeRecord, Ns, RecordRef,
+    STATIC_TABLE, SnapshotView, SnapshotWriter, StrClass, Sym, SymDecoder, SymEncoder, SymRef,
 };
 
 use crate::dom::{Dom, Element, Name, NodeKind};
@@ -80,6 +80,48 @@ pub fn records_of(dom: &Dom, root: NodeId, enc: &mut SymEncoder, out: &mut Vec<N
     }
 }
 
+/// One part of a snapshot as its `SNAPSHOT` frame (spec §7.14), written straight from the
+/// tree by [`encode_frames`]: what a sender keeps until it sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFrame {
+    /// Sync epoch.
+    pub epoch: u32,
+    /// Part number within the epoch, from 0.
+    pub part: u32,
+    /// Whether this is the last part, the one that carries the tree hash.
+    pub last: bool,
+    /// The whole frame: header, then body.
+    pub frame: Vec<u8>,
+    body_len: usize,
+}
+
+impl SnapshotFrame {
+    /// The frame's body.
+    pub fn body(&self) -> &[u8] {
+        &self.frame[self.frame.len() - self.body_len..]
+    }
+
+    /// The part as an owned message, read back from its frame (for tools and tests that look
+    /// at the records; a sender sends [`SnapshotFrame::frame`]).
+    pub fn to_snapshot(&self) -> Result<Snapshot, DecodeError> {
+        // The writer's own output: no receiver's limit applies to reading it back.
+        const UNBOUNDED: Limits = Limits {
+            max_frame_body: u32::MAX,
+            max_string: u32::MAX,
+            max_nodes_per_frame: u32::MAX,
+            max_nodes: u32::MAX,
+            max_node_id: u32::MAX,
+            max_depth: u32::MAX,
+            max_attributes: u32::MAX,
+            max_patch_ops: u32::MAX,
+            max_dynamic_entries: u32::MAX,
+            max_dynamic_bytes: u32::MAX,
+            max_list: u32::MAX,
+        };
+        Ok(SnapshotView::parse(self.body(), &UNBOUNDED)?.to_snapshot())
+    }
+}
+
 /// Encodes `dom` as the parts of a snapshot of `epoch` (spec §7.14). The tree's ids must be in
 /// document order (see [`Dom::renumbered`]); `enc` is reset, as a snapshot starts an epoch.
 pub fn encode(
@@ -88,13 +130,11 @@ pub fn encode(
     url: &str,
     enc: &mut SymEncoder,
     part_bytes: usize,
-) -> Vec<Snapshot> {
+) -> Result<Vec<Snapshot>, EncodeError> {
     encode_folded(dom, epoch, url, enc, part_bytes, part_bytes)
 }
 
-/// [`encode`] with an above-the-fold cut (spec §7.14, viewport first): part 0 ends after about
-/// `fold_bytes` of records — in document order, what the customer sees first — so that the
-/// agent can show it as soon as it arrives; later parts hold about `part_bytes` each.
+/// [`encode_frames`] as owned messages, for tools and tests that look at the records.
 pub fn encode_folded(
     dom: &mut Dom,
     epoch: u32,
@@ -102,40 +142,101 @@ pub fn encode_folded(
     enc: &mut SymEncoder,
     fold_bytes: usize,
     part_bytes: usize,
-) -> Vec<Snapshot> {
+) -> Result<Vec<Snapshot>, EncodeError> {
+    encode_frames(dom, epoch, url, enc, fold_bytes, part_bytes)?
+        .iter()
+        .map(|f| {
+            f.to_snapshot().map_err(|_| EncodeError::Unencodable {
+                message: "SNAPSHOT",
+            })
+        })
+        .collect()
+}
+
+/// Encodes `dom` as the `SNAPSHOT` frames of a snapshot of `epoch` (spec §7.14), each record
+/// written straight from its node ([`SnapshotWriter`]), with an above-the-fold cut (viewport
+/// first): part 0 ends after about `fold_bytes` of records — in document order, what the
+/// customer sees first — so that the agent can show it as soon as it arrives; later parts hold
+/// about `part_bytes` each. The tree's ids must be in document order (see
+/// [`Dom::renumbered`]); `enc` is reset, as a snapshot starts an epoch.
+///
+/// Fails only with [`EncodeError::Unencodable`], which `enc`'s own string indexes never cause.
+/// Frame bodies are not checked against a receiver's `max_frame_body`.
+pub fn encode_frames(
+    dom: &mut Dom,
+    epoch: u32,
+    url: &str,
+    enc: &mut SymEncoder,
+    fold_bytes: usize,
+    part_bytes: usize,
+) -> Result<Vec<SnapshotFrame>, EncodeError> {
     enc.reset();
     let hash = hash::short(&dom.root_hash());
-    let mut parts = Vec::new();
-    let mut nodes = Vec::new();
+    let mut frames: Vec<SnapshotFrame> = Vec::new();
+    let mut w = SnapshotWriter::new();
     let mut size = 0;
     // The URL travels in part 0 only.
-    let part = |parts: &Vec<Snapshot>, nodes, hash| Snapshot {
-        epoch,
-        part: parts.len() as u32,
-        url: if parts.is_empty() {
-            url.to_owned()
-        } else {
-            String::new()
-        },
-        nodes,
-        hash,
+    let finish = |frames: &mut Vec<SnapshotFrame>, w: &mut SnapshotWriter, last: bool| {
+        let part = frames.len() as u32;
+        let mut frame = Vec::new();
+        let url = if part == 0 { url } else { "" };
+        let body_len = w.finish_frame(epoch, part, url, last.then_some(hash), &mut frame)?;
+        frames.push(SnapshotFrame {
+            epoch,
+            part,
+            last,
+            frame,
+            body_len,
+        });
+        Ok::<_, EncodeError>(())
     };
     for id in dom.preorder(DOCUMENT_ID).skip(1) {
         let Some(node) = dom.node(id) else { continue };
         size += estimate(&node.kind);
-        nodes.push(record(&node.kind, node.children().len(), enc));
-        let limit = if parts.is_empty() {
+        write_record(&mut w, &node.kind, node.children().len(), enc);
+        let limit = if frames.is_empty() {
             fold_bytes
         } else {
             part_bytes
         };
         if size >= limit {
-            parts.push(part(&parts, std::mem::take(&mut nodes), None));
+            finish(&mut frames, &mut w, false)?;
             size = 0;
         }
     }
-    parts.push(part(&parts, nodes, Some(hash)));
-    parts
+    finish(&mut frames, &mut w, true)?;
+    Ok(frames)
+}
+
+/// Writes the record of one node with `children` children: the strings in the order
+/// [`record`] encodes them, so that both keep the string tables in the same step.
+fn write_record(w: &mut SnapshotWriter, kind: &NodeKind, children: usize, enc: &mut SymEncoder) {
+    match kind {
+        NodeKind::Element(e) => {
+            let name = enc.encode_ref(&e.name, StrClass::Name);
+            let attrs = e.attrs.iter().map(|(n, v)| {
+                (
+                    enc.encode_ref(n, StrClass::Name),
+                    enc.encode_ref(v, StrClass::Value),
+                )
+            });
+            w.element(e.ns, name, attrs, children as u32);
+        }
+        NodeKind::Text(t) => w.text(enc.encode_ref(t, StrClass::Text)),
+        NodeKind::Comment(t) => w.comment(enc.encode_ref(t, StrClass::Text)),
+        NodeKind::Doctype {
+            name,
+            public_id,
+            system_id,
+        } => {
+            let name = enc.encode_ref(name, StrClass::Name);
+            let public_id = enc.encode_ref(public_id, StrClass::Value);
+            let system_id = enc.encode_ref(system_id, StrClass::Value);
+            w.doctype(name, public_id, system_id);
+        }
+        // The document node is implicit and never listed.
+        NodeKind::Document => w.comment(enc.encode_ref("", StrClass::Text)),
+    }
 }
 
 /// Turns a stream of preorder records into a tree, checking shape and limits as it goes.
@@ -206,7 +307,7 @@ impl TreeBuilder {
     }
 
     /// [`TreeBuilder::add`] for a record read in place from a
-    /// [`SnapshotView`](tandem_protocol::SnapshotView): each string is copied once, into the
+    /// [`SnapshotView`]: each string is copied once, into the
     /// node.
     pub fn add_ref(
         &mut self,

@@ -7,7 +7,8 @@ mod common;
 use tandem_engine::{
     Agent, AgentEvent, Consumer, Dom, LivePage, Name, NodeKind, parse_html, snapshot, to_html,
 };
-use tandem_protocol::{DOCUMENT_ID, FrameReader, Limits, Message, frame};
+use tandem_protocol::message::Snapshot;
+use tandem_protocol::{DOCUMENT_ID, FrameReader, Limits, Message, SnapshotView, frame};
 
 /// Sends everything the consumer has queued through real frame encoding and decoding, and
 /// returns acknowledgements to it.
@@ -121,12 +122,56 @@ fn assert_static_names_borrowed(dom: &Dom, what: &str) {
     }
 }
 
+/// The frames written straight from the tree are byte for byte the `SNAPSHOT` frames of the
+/// owned records (`snapshot::record`, as patches encode inserted subtrees) split at the same
+/// places: the two encoders keep the string table in the same step.
+#[test]
+fn snapshot_frames_equal_the_owned_records() {
+    let limits = Limits::DEFAULT;
+    for (name, html) in common::pages() {
+        let mut dom = parse_html(&html, limits);
+        let mut enc = tandem_protocol::SymEncoder::new(limits);
+        let frames = snapshot::encode_frames(&mut dom, 7, "https://e.x/", &mut enc, 300, 2048)
+            .expect("encodes");
+        assert!(
+            frames.len() > 1 || html.len() < 4096,
+            "{name}: several parts"
+        );
+        let hash = tandem_engine::hash::short(&dom.root_hash());
+        let mut owned = tandem_protocol::SymEncoder::new(limits);
+        let mut records = dom.preorder(DOCUMENT_ID).skip(1).map(|id| {
+            let node = dom.node(id).expect("a node of the walk");
+            snapshot::record(&node.kind, node.children().len(), &mut owned)
+        });
+        for (i, f) in frames.iter().enumerate() {
+            let count = SnapshotView::parse(f.body(), &limits).expect(&name).len();
+            let last = i + 1 == frames.len();
+            assert_eq!((f.epoch, f.part, f.last), (7, i as u32, last), "{name}");
+            let msg = Message::Snapshot(Snapshot {
+                epoch: 7,
+                part: i as u32,
+                url: if i == 0 {
+                    "https://e.x/".into()
+                } else {
+                    String::new()
+                },
+                nodes: records.by_ref().take(count).collect(),
+                hash: last.then_some(hash),
+            });
+            let want = frame::to_frame(&msg, &limits).expect("encodes");
+            assert!(f.frame == want, "{name}: part {i} differs");
+            assert_eq!(f.to_snapshot().map(Message::Snapshot), Ok(msg), "{name}");
+        }
+        assert!(records.next().is_none(), "{name}: every node listed");
+    }
+}
+
 #[test]
 fn snapshot_decode_matches_in_small_parts() {
     for (name, html) in common::pages() {
         let mut dom = parse_html(&html, Limits::DEFAULT);
         let mut enc = tandem_protocol::SymEncoder::new(Limits::DEFAULT);
-        let parts = snapshot::encode(&mut dom, 3, "u", &mut enc, 512);
+        let parts = snapshot::encode(&mut dom, 3, "u", &mut enc, 512).expect("encodes");
         let mut back = snapshot::decode(&parts, Limits::DEFAULT).expect(&name);
         assert_eq!(back.root_hash(), dom.root_hash(), "{name}");
         assert!(
@@ -307,7 +352,7 @@ fn snapshot_views_build_what_messages_build() {
     for (name, html) in common::pages() {
         let mut dom = parse_html(&html, limits);
         let mut enc = tandem_protocol::SymEncoder::new(limits);
-        let parts = snapshot::encode(&mut dom, 3, "u", &mut enc, 4096);
+        let parts = snapshot::encode(&mut dom, 3, "u", &mut enc, 4096).expect("encodes");
         assert!(feed(&parts), "{name}");
         // Broken copies: a wrong hash, a string reference past the table, a missing child.
         let mut bad = parts.clone();

@@ -4,8 +4,8 @@
 
 mod common;
 
-use tandem_engine::{Agent, Consumer, Resumption, parse_html};
-use tandem_protocol::{Limits, Message};
+use tandem_engine::{Agent, Consumer, DomFrameKind, Resumption, parse_html};
+use tandem_protocol::{EncodeError, Limits, Message, frame};
 
 const PAGE: &str = "<!DOCTYPE html><html><head><title>t</title></head><body>\
     <ul id=list><li id=a>alpha</li><li id=b>beta</li><li id=c>gamma</li></ul>\
@@ -206,4 +206,98 @@ fn acknowledged_patches_leave_the_log() {
     assert_eq!(c.resume(), Resumption::Continue { resent: 0 });
     assert!(c.poll_message().is_none());
     assert_converged(&mut c, &mut agent);
+}
+
+/// `poll_frame` hands out exactly the frames of `poll_message`'s messages, with their kinds,
+/// through snapshots, patches and a resumption's re-sent copies; the log of patches for a
+/// resumption is kept the same way by both.
+#[test]
+fn frames_and_messages_agree() {
+    let limits = Limits::DEFAULT;
+    let (mut by_msg, mut by_frame) = (consumer(), consumer());
+    let mut agent = Agent::new(limits);
+    let mut step = |by_msg: &mut Consumer, by_frame: &mut Consumer, answer: bool| {
+        let mut replies = Vec::new();
+        loop {
+            let (m, f) = (by_msg.poll_message(), by_frame.poll_frame());
+            let (Some(m), Some(f)) = (m, f) else {
+                assert!(by_msg.poll_message().is_none() && by_frame.poll_frame().is_none());
+                break;
+            };
+            let f = f.expect("encodes");
+            assert_eq!(f.bytes, frame::to_frame(&m, &limits).unwrap());
+            let kind = match &m {
+                Message::Snapshot(s) => DomFrameKind::Snapshot {
+                    epoch: s.epoch,
+                    part: s.part,
+                    last: s.hash.is_some(),
+                },
+                Message::Patch(p) => DomFrameKind::Patch {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                },
+                other => panic!("a DOM stream carries {other:?}"),
+            };
+            assert_eq!(f.kind, kind);
+            agent.handle_message(m).expect("agent applies");
+        }
+        while let Some(r) = agent.poll_message() {
+            replies.push(r);
+        }
+        if answer {
+            for r in &replies {
+                by_msg.handle_message(r).unwrap();
+                by_frame.handle_message(r).unwrap();
+            }
+        }
+    };
+    step(&mut by_msg, &mut by_frame, true);
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        for c in [&mut by_msg, &mut by_frame] {
+            let node = by_id(c, id);
+            c.set_attr(node, "class", &format!("step-{i}")).unwrap();
+            assert!(c.flush());
+        }
+        // The first patch's acknowledgement is lost: the resumption re-sends the other two.
+        step(&mut by_msg, &mut by_frame, i == 0);
+    }
+    assert_eq!(by_msg.resume(), Resumption::Continue { resent: 2 });
+    assert_eq!(by_frame.resume(), Resumption::Continue { resent: 2 });
+    step(&mut by_msg, &mut by_frame, true);
+    assert_eq!(agent.tree_hash(), Some(by_frame.tree_hash()));
+    assert!(by_msg.is_synced() && by_frame.is_synced());
+}
+
+/// A snapshot part above the limits' frame size is refused by `poll_frame` with the error the
+/// frame encoder gives, and the parts after it still come.
+#[test]
+fn a_part_above_the_frame_limit_is_refused() {
+    let limits = Limits {
+        max_frame_body: 200,
+        ..Limits::DEFAULT
+    };
+    let page = format!(
+        "<p>short</p><p>{}</p><ul><li>one</li><li>two</li><li>three</li></ul>",
+        "long ".repeat(60)
+    );
+    let mut c = Consumer::new(parse_html(&page, limits), "u", limits);
+    c.set_fold_bytes(32);
+    c.set_part_bytes(32);
+    c.queue_snapshot();
+    let (mut refused, mut sent) = (0, 0);
+    while let Some(f) = c.poll_frame() {
+        match f {
+            Ok(f) => {
+                assert!(f.bytes.len() <= 203);
+                sent += 1;
+            }
+            Err(EncodeError::TooLarge { message, len, max }) => {
+                assert_eq!((message, max), ("SNAPSHOT", 200));
+                assert!(len > 200);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused > 0 && sent > 0, "{refused} refused, {sent} sent");
 }

@@ -23,9 +23,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, SendStream, VarInt};
-use tandem_engine::Consumer;
+use tandem_engine::{Consumer, DomFrame, DomFrameKind};
+use tandem_protocol::Limits;
 use tandem_protocol::compress::{DomCompressor, level_for_snapshot};
-use tandem_protocol::{Limits, Message, frame};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -63,7 +63,7 @@ pub struct DomStats {
 }
 
 /// A batch's frames: each message and its encoded frame.
-type Frames = Vec<(Message, Vec<u8>)>;
+type Frames = Vec<DomFrame>;
 
 /// What a finished write hands back.
 struct Done {
@@ -169,36 +169,31 @@ impl DomPump {
             return Ok(false);
         }
         let mut frames: Frames = Vec::new();
-        while let Some(msg) = consumer.poll_message() {
-            let bytes = frame::to_frame(&msg, &self.limits).map_err(FramedError::from)?;
-            frames.push((msg, bytes));
+        while let Some(f) = consumer.poll_frame() {
+            frames.push(f.map_err(FramedError::from)?);
         }
         if frames.is_empty() {
             return Ok(false);
         }
         let now = Instant::now();
-        for (msg, _) in &frames {
-            match msg {
-                Message::Snapshot(s) if s.hash.is_some() => {
+        for f in &frames {
+            match f.kind {
+                DomFrameKind::Snapshot {
+                    epoch, last: true, ..
+                } => {
                     // A new epoch: what was in flight of the old one is moot.
                     self.unacked.clear();
-                    self.unacked.push_back((s.epoch, 0, now));
+                    self.unacked.push_back((epoch, 0, now));
                 }
-                Message::Patch(p) => self.unacked.push_back((p.epoch, p.seq, now)),
-                _ => {}
+                DomFrameKind::Patch { epoch, seq } => self.unacked.push_back((epoch, seq, now)),
+                DomFrameKind::Snapshot { .. } => {}
             }
         }
-        let size: usize = frames.iter().map(|(_, b)| b.len()).sum();
+        let size: usize = frames.iter().map(|f| f.bytes.len()).sum();
         self.stats.max_batch_bytes = self.stats.max_batch_bytes.max(size as u64);
         let epoch = frames
-            .iter()
-            .rev()
-            .find_map(|(m, _)| match m {
-                Message::Snapshot(s) => Some(s.epoch),
-                Message::Patch(p) => Some(p.epoch),
-                _ => None,
-            })
-            .unwrap_or_else(|| consumer.epoch());
+            .last()
+            .map_or_else(|| consumer.epoch(), |f| frame_epoch(f.kind));
         let dom = self.idle.take().flatten();
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let (conn, limits, compressed, stats) =
@@ -297,12 +292,8 @@ async fn write_batch(
     mut cancel: oneshot::Receiver<()>,
 ) -> Result<(), SessionError> {
     let mut wire = Vec::new();
-    for (i, (msg, bytes)) in frames.iter().enumerate() {
-        let epoch = match msg {
-            Message::Snapshot(s) => s.epoch,
-            Message::Patch(p) => p.epoch,
-            _ => done.dom.as_ref().map_or(0, |d| d.epoch),
-        };
+    for (i, f) in frames.iter().enumerate() {
+        let (epoch, bytes) = (frame_epoch(f.kind), &f.bytes);
         if done.dom.as_ref().is_none_or(|d| d.epoch != epoch) {
             if let Some(mut old) = done.dom.take() {
                 let _ = old.stream.reset(VarInt::from_u32(0));
@@ -317,8 +308,10 @@ async fn write_batch(
             let compressor = if compressed {
                 let snapshot: usize = frames[i..]
                     .iter()
-                    .filter(|(m, _)| matches!(m, Message::Snapshot(s) if s.epoch == epoch))
-                    .map(|(_, b)| b.len())
+                    .filter(
+                        |f| matches!(f.kind, DomFrameKind::Snapshot { epoch: e, .. } if e == epoch),
+                    )
+                    .map(|f| f.bytes.len())
                     .sum();
                 Some(DomCompressor::with_level(level_for_snapshot(snapshot))?)
             } else {
@@ -342,20 +335,19 @@ async fn write_batch(
             None => bytes,
         };
         let s = &mut done.stats;
-        match msg {
-            Message::Snapshot(snap) => {
+        match f.kind {
+            DomFrameKind::Snapshot { part, .. } => {
                 s.snapshot_bytes += bytes.len() as u64;
                 s.snapshot_wire_bytes += out.len() as u64;
-                if snap.part == 0 {
+                if part == 0 {
                     s.snapshots += 1;
                 }
             }
-            Message::Patch(_) => {
+            DomFrameKind::Patch { .. } => {
                 s.patch_bytes += bytes.len() as u64;
                 s.patch_wire_bytes += out.len() as u64;
                 s.patches += 1;
             }
-            _ => {}
         }
         tokio::select! {
             r = d.stream.write_all(out) => match r {
@@ -379,4 +371,11 @@ async fn write_batch(
         }
     }
     Ok(())
+}
+
+/// The epoch a DOM frame belongs to.
+fn frame_epoch(kind: DomFrameKind) -> u32 {
+    match kind {
+        DomFrameKind::Snapshot { epoch, .. } | DomFrameKind::Patch { epoch, .. } => epoch,
+    }
 }

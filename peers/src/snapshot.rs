@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use tandem_engine::mask::{MaskLength, MaskPolicy, Rule, Selector};
-use tandem_engine::{Consumer, parse_html};
-use tandem_protocol::{Limits, Message, frame};
+use tandem_engine::{Consumer, DomFrameKind, parse_html};
+use tandem_protocol::Limits;
 
 use crate::session::{self, SessionError};
 
@@ -132,11 +132,12 @@ pub fn snapshot(
     let nodes = consumer.dom().len();
     let mut bytes = Vec::new();
     let mut parts = 0;
-    while let Some(msg) = consumer.poll_message() {
-        if matches!(msg, Message::Snapshot(_)) {
+    while let Some(f) = consumer.poll_frame() {
+        let f = f.map_err(crate::framed::FramedError::from)?;
+        if matches!(f.kind, DomFrameKind::Snapshot { .. }) {
             parts += 1;
         }
-        frame::encode_frame(&msg, &mut bytes, &limits).map_err(crate::framed::FramedError::from)?;
+        bytes.extend_from_slice(&f.bytes);
     }
     let report = SnapshotReport {
         page: page.display().to_string(),

@@ -20,7 +20,9 @@
 //! [`STATIC_TABLE`] or a per-epoch dynamic table kept in step by [`SymEncoder`] and
 //! [`SymDecoder`] (spec §5). A receiver may read a `SNAPSHOT` body in place with
 //! [`SnapshotView`] (same checks and errors as the owned decoding, strings borrowed from the
-//! frame) and resolve its [`SymRef`]s with [`SymDecoder::resolve_ref`].
+//! frame) and resolve its [`SymRef`]s with [`SymDecoder::resolve_ref`]; a sender may write one
+//! record by record from its own tree with [`SnapshotWriter`] and [`SymEncoder::encode_ref`]
+//! (the same bytes, without an owned record per node).
 //!
 //! ## Example
 //!
@@ -47,6 +49,7 @@ pub mod message;
 pub mod strings;
 pub mod varint;
 pub mod view;
+pub mod write;
 
 pub use dom::{Attr, DOCUMENT_ID, NodeId, NodeRecord, NodeRun, Ns, PatchOp, Place, TextEdit};
 pub use error::{DecodeError, ErrorCode, MalformedReason};
@@ -55,3 +58,4 @@ pub use limits::Limits;
 pub use message::{EncodeError, Message, PROTOCOL_VERSION, PatchCheck, REGISTRY, TreeHash};
 pub use strings::{STATIC_TABLE, StrClass, Sym, SymDecoder, SymEncoder};
 pub use view::{RecordRef, SnapshotView, SymRef};
+pub use write::SnapshotWriter;

@@ -333,12 +333,18 @@ impl SymEncoder {
     /// Encodes `s`: a static entry if there is one, a dynamic reference if it was sent before,
     /// otherwise a literal that is remembered when the policy and the table's limits allow.
     pub fn encode(&mut self, s: &str, class: StrClass) -> Sym {
+        self.encode_ref(s, class).to_sym()
+    }
+
+    /// [`SymEncoder::encode`] without an owned copy: a literal borrows `s`. For a sender that
+    /// writes records straight into a frame ([`SnapshotWriter`](crate::SnapshotWriter)).
+    pub fn encode_ref<'a>(&mut self, s: &'a str, class: StrClass) -> SymRef<'a> {
         let h = str_hash(s);
         if let Some(i) = static_lookup(s, h) {
-            return Sym::Static(i);
+            return SymRef::Static(i);
         }
         let taken = match self.index.get(&h) {
-            Some(&i) if self.entry(i) == s => return Sym::Ref(i),
+            Some(&i) if self.entry(i) == s => return SymRef::Ref(i),
             Some(_) => true,
             None => false,
         };
@@ -347,16 +353,18 @@ impl SymEncoder {
             StrClass::Value => s.len() <= REMEMBER_VALUE_MAX,
             StrClass::Text => s.len() <= REMEMBER_TEXT_MAX,
         };
+        // Indexes above MAX_SYM_INDEX cannot travel (spec §5.1), whatever the limits allow.
         let fits = (self.ends.len() as u64) < u64::from(self.limits.max_dynamic_entries)
+            && self.ends.len() <= MAX_SYM_INDEX as usize
             && (self.texts.len() + s.len()) as u64 <= u64::from(self.limits.max_dynamic_bytes);
         if remember && fits && !taken {
             let index = self.ends.len() as u32;
             self.index.insert(h, index);
             self.texts.push_str(s);
             self.ends.push(self.texts.len() as u32);
-            Sym::New(s.to_owned())
+            SymRef::New(s)
         } else {
-            Sym::Lit(s.to_owned())
+            SymRef::Lit(s)
         }
     }
 }

@@ -1,0 +1,321 @@
+//! Writing `SNAPSHOT` frames (spec §7.14) record by record: the sender's counterpart of
+//! [`SnapshotView`](crate::SnapshotView).
+//!
+//! ```text
+//!  sender's tree ──► SymEncoder::encode_ref ──► SnapshotWriter::{element, text, …} ──► finish_frame
+//!  (preorder walk)   SymRef<'tree>, no copies    record bytes, appended in place       header ‖ body
+//! ```
+//!
+//! A sender that walks its own tree writes each node's record (spec §6.2) straight into the
+//! frame, its strings borrowed from the tree, instead of building an owned [`NodeRecord`] per
+//! node and encoding the [`Message::Snapshot`] afterwards. The bytes are exactly those that
+//! [`frame::encode_frame`] writes for `Message::Snapshot` with the same records.
+//!
+//! [`NodeRecord`]: crate::NodeRecord
+//! [`Message::Snapshot`]: crate::Message::Snapshot
+//! [`frame::encode_frame`]: crate::frame::encode_frame
+
+use crate::message::TreeHash;
+use crate::strings::MAX_SYM_INDEX;
+use crate::{EncodeError, FrameType, Ns, SymRef, varint};
+
+/// The records of one `SNAPSHOT` part, written one by one, then framed by
+/// [`SnapshotWriter::finish_frame`].
+///
+/// ```
+/// use tandem_protocol::{FrameReader, Limits, Ns, SnapshotView, SnapshotWriter, SymRef};
+///
+/// let mut w = SnapshotWriter::new();
+/// let attrs = [(SymRef::Lit("id"), SymRef::New("a"))];
+/// w.element(Ns::Html, SymRef::Lit("p"), attrs.into_iter(), 1);
+/// w.text(SymRef::Ref(0));
+/// let mut out = Vec::new();
+/// w.finish_frame(3, 0, "https://example.com/", Some([9; 16]), &mut out).unwrap();
+///
+/// let limits = Limits::DEFAULT;
+/// let mut reader = FrameReader::new(limits);
+/// reader.push(&out);
+/// let raw = reader.next_frame().unwrap().unwrap();
+/// let view = SnapshotView::parse(&raw.body, &limits).unwrap();
+/// assert_eq!((view.epoch, view.len(), view.hash), (3, 2, Some([9; 16])));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotWriter {
+    records: Vec<u8>,
+    count: u64,
+    /// A string index above [`MAX_SYM_INDEX`] was written: the part cannot travel.
+    unencodable: bool,
+}
+
+impl SnapshotWriter {
+    /// An empty part.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an element record: `attrs` as (name, value) references in order, and the number
+    /// of child records that will follow it.
+    pub fn element<'a>(
+        &mut self,
+        ns: Ns,
+        name: SymRef<'_>,
+        attrs: impl ExactSizeIterator<Item = (SymRef<'a>, SymRef<'a>)>,
+        children: u32,
+    ) {
+        self.records.push(0);
+        varint::write_u32(&mut self.records, u32::from(ns));
+        self.sym(name);
+        put_varint(&mut self.records, attrs.len() as u64);
+        for (n, v) in attrs {
+            self.sym(n);
+            self.sym(v);
+        }
+        varint::write_u32(&mut self.records, children);
+        self.count += 1;
+    }
+
+    /// Appends a text record.
+    pub fn text(&mut self, text: SymRef<'_>) {
+        self.records.push(1);
+        self.sym(text);
+        self.count += 1;
+    }
+
+    /// Appends a comment record.
+    pub fn comment(&mut self, text: SymRef<'_>) {
+        self.records.push(2);
+        self.sym(text);
+        self.count += 1;
+    }
+
+    /// Appends a doctype record.
+    pub fn doctype(&mut self, name: SymRef<'_>, public_id: SymRef<'_>, system_id: SymRef<'_>) {
+        self.records.push(3);
+        self.sym(name);
+        self.sym(public_id);
+        self.sym(system_id);
+        self.count += 1;
+    }
+
+    /// Number of records written since the last frame.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether no record was written since the last frame.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of the records written since the last frame.
+    pub fn records_bytes(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends the `SNAPSHOT` frame of part `part` of `epoch` holding the records written, with
+    /// `url` and, in the last part, the tree `hash` (spec §7.14), and empties the writer for the
+    /// next part. Returns the body's length.
+    ///
+    /// Fails with [`EncodeError::Unencodable`], writing nothing, when a string index above
+    /// 2^30 - 1 was written (spec §5.1). The body is not checked against a frame limit: compare
+    /// the length returned with the receiver's `max_frame_body` before sending.
+    pub fn finish_frame(
+        &mut self,
+        epoch: u32,
+        part: u32,
+        url: &str,
+        hash: Option<TreeHash>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, EncodeError> {
+        let unencodable = std::mem::take(&mut self.unencodable);
+        let count = std::mem::take(&mut self.count);
+        if unencodable {
+            self.records.clear();
+            return Err(EncodeError::Unencodable {
+                message: "SNAPSHOT",
+            });
+        }
+        let mut head = Vec::with_capacity(32 + url.len());
+        varint::write_u32(&mut head, epoch);
+        varint::write_u32(&mut head, part);
+        put_varint(&mut head, url.len() as u64);
+        head.extend_from_slice(url.as_bytes());
+        put_varint(&mut head, count);
+        let tail = 1 + if hash.is_some() { 16 } else { 0 };
+        let body = head.len() + self.records.len() + tail;
+        let Ok(body32) = u32::try_from(body) else {
+            self.records.clear();
+            return Err(EncodeError::TooLarge {
+                message: "SNAPSHOT",
+                len: body,
+                max: u32::MAX,
+            });
+        };
+        out.reserve(10 + body);
+        varint::write_u32(out, FrameType::SNAPSHOT.0);
+        varint::write_u32(out, body32);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&self.records);
+        match hash {
+            None => out.push(0),
+            Some(h) => {
+                out.push(1);
+                out.extend_from_slice(&h);
+            }
+        }
+        self.records.clear();
+        Ok(body)
+    }
+
+    #[inline]
+    fn sym(&mut self, sym: SymRef<'_>) {
+        let out = &mut self.records;
+        match sym {
+            SymRef::Static(i) | SymRef::Ref(i) if i > MAX_SYM_INDEX => self.unencodable = true,
+            SymRef::Static(i) => put_varint(out, u64::from(i) << 2),
+            SymRef::Ref(i) => put_varint(out, (u64::from(i) << 2) | 1),
+            SymRef::New(s) => {
+                out.push(2);
+                put_varint(out, s.len() as u64);
+                out.extend_from_slice(s.as_bytes());
+            }
+            SymRef::Lit(s) => {
+                out.push(3);
+                put_varint(out, s.len() as u64);
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+}
+
+/// Appends `v` as a varint (spec §4.2).
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Snapshot;
+    use crate::{Attr, Limits, Message, NodeRecord, Sym, frame};
+
+    fn records() -> Vec<NodeRecord> {
+        vec![
+            NodeRecord::Doctype {
+                name: Sym::Static(32),
+                public_id: Sym::Lit(String::new()),
+                system_id: Sym::New("sys".into()),
+            },
+            NodeRecord::Element {
+                ns: Ns::Svg,
+                name: Sym::New("g".into()),
+                attrs: vec![
+                    Attr {
+                        name: Sym::Static(1),
+                        value: Sym::New("a b".into()),
+                    },
+                    Attr {
+                        name: Sym::Ref(0),
+                        value: Sym::Lit("ü".repeat(70)),
+                    },
+                ],
+                children: 300,
+            },
+            NodeRecord::Text {
+                text: Sym::Ref(200),
+            },
+            NodeRecord::Comment {
+                text: Sym::Lit("c".into()),
+            },
+        ]
+    }
+
+    fn sym_ref(s: &Sym) -> SymRef<'_> {
+        match s {
+            Sym::Static(i) => SymRef::Static(*i),
+            Sym::Ref(i) => SymRef::Ref(*i),
+            Sym::New(s) => SymRef::New(s),
+            Sym::Lit(s) => SymRef::Lit(s),
+        }
+    }
+
+    fn write(w: &mut SnapshotWriter, rec: &NodeRecord) {
+        match rec {
+            NodeRecord::Element {
+                ns,
+                name,
+                attrs,
+                children,
+            } => w.element(
+                *ns,
+                sym_ref(name),
+                attrs.iter().map(|a| (sym_ref(&a.name), sym_ref(&a.value))),
+                *children,
+            ),
+            NodeRecord::Text { text } => w.text(sym_ref(text)),
+            NodeRecord::Comment { text } => w.comment(sym_ref(text)),
+            NodeRecord::Doctype {
+                name,
+                public_id,
+                system_id,
+            } => w.doctype(sym_ref(name), sym_ref(public_id), sym_ref(system_id)),
+        }
+    }
+
+    /// The writer's frames are byte for byte those of `Message::Snapshot`, for parts with and
+    /// without records, URL and hash, and the writer starts afresh after each.
+    #[test]
+    fn frames_equal_the_owned_encoding() {
+        let limits = Limits::DEFAULT;
+        let mut w = SnapshotWriter::new();
+        for (epoch, part, url, hash, n) in [
+            (0, 0, "https://example.com/é", None, 4),
+            (300, 1, "", Some([7; 16]), 2),
+            (u32::MAX, 70_000, "", Some([0; 16]), 0),
+        ] {
+            let nodes: Vec<NodeRecord> = records().into_iter().take(n).collect();
+            for rec in &nodes {
+                write(&mut w, rec);
+            }
+            assert_eq!(w.len(), n);
+            let mut got = Vec::new();
+            let body = w.finish_frame(epoch, part, url, hash, &mut got).unwrap();
+            assert!(w.is_empty() && w.records_bytes() == 0);
+            let msg = Message::Snapshot(Snapshot {
+                epoch,
+                part,
+                url: url.into(),
+                nodes,
+                hash,
+            });
+            let want = frame::to_frame(&msg, &limits).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(frame::decode_exact(&got, &limits).unwrap(), msg);
+            assert_eq!(got.len() - body, 1 + varint::len_u32(body as u32));
+        }
+    }
+
+    /// An index that cannot travel fails the part, as the owned encoding does, and leaves the
+    /// writer empty for the next part.
+    #[test]
+    fn an_index_above_the_wire_limit_is_refused() {
+        let mut w = SnapshotWriter::new();
+        w.text(SymRef::Ref(MAX_SYM_INDEX));
+        w.text(SymRef::Static(MAX_SYM_INDEX + 1));
+        let mut out = Vec::new();
+        assert_eq!(
+            w.finish_frame(0, 0, "", None, &mut out),
+            Err(EncodeError::Unencodable {
+                message: "SNAPSHOT"
+            })
+        );
+        assert!(out.is_empty() && w.is_empty() && w.records_bytes() == 0);
+        w.text(SymRef::Ref(MAX_SYM_INDEX));
+        assert!(w.finish_frame(0, 0, "", None, &mut out).is_ok());
+    }
+}
