@@ -9,13 +9,10 @@
 
 use crate::dom::NodeKind;
 
-/// Appends `v` as an unsigned LEB128 varint.
-pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// Appends `v` as an unsigned LEB128 varint (the wire's varint, spec §4.2).
+#[inline]
+pub fn write_varint(out: &mut Vec<u8>, v: u64) {
+    tandem_protocol::varint::write_u64(out, v);
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {

@@ -673,12 +673,8 @@ impl Body for Snapshot {
 }
 
 /// Appends `v` as a varint (spec §4.2).
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    crate::varint::write_u64(out, v);
 }
 
 /// Appends a string: varint byte length, then the UTF-8 bytes (spec §4.4).
@@ -689,28 +685,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends a string reference (spec §5.1); an index above 2^30 - 1 cannot travel.
 fn put_sym(out: &mut Vec<u8>, sym: &Sym) -> Result<(), postcard::Error> {
-    match sym {
-        Sym::Static(i) | Sym::Ref(i) if *i > crate::strings::MAX_SYM_INDEX => {
-            Err(postcard::Error::SerdeSerCustom)
-        }
-        Sym::Static(i) => {
-            put_varint(out, u64::from(*i) << 2);
-            Ok(())
-        }
-        Sym::Ref(i) => {
-            put_varint(out, (u64::from(*i) << 2) | 1);
-            Ok(())
-        }
-        Sym::New(s) => {
-            out.push(2);
-            put_str(out, s);
-            Ok(())
-        }
-        Sym::Lit(s) => {
-            out.push(3);
-            put_str(out, s);
-            Ok(())
-        }
+    if crate::write::put_sym(out, sym.as_sym_ref()) {
+        Ok(())
+    } else {
+        Err(postcard::Error::SerdeSerCustom)
     }
 }
 

@@ -43,6 +43,16 @@ pub enum Sym {
 pub const MAX_SYM_INDEX: u32 = (1 << 30) - 1;
 
 impl Sym {
+    /// The borrowed reference.
+    pub fn as_sym_ref(&self) -> SymRef<'_> {
+        match self {
+            Sym::Static(i) => SymRef::Static(*i),
+            Sym::Ref(i) => SymRef::Ref(*i),
+            Sym::New(s) => SymRef::New(s),
+            Sym::Lit(s) => SymRef::Lit(s),
+        }
+    }
+
     /// The literal text carried by `New` and `Lit`, if any.
     pub fn literal(&self) -> Option<&str> {
         match self {

@@ -43,7 +43,14 @@ pub fn read_u32(buf: &[u8]) -> Varint {
 }
 
 /// Appends `value` as a minimal varint to `out`.
-pub fn write_u32(out: &mut Vec<u8>, mut value: u32) {
+pub fn write_u32(out: &mut Vec<u8>, value: u32) {
+    write_u64(out, value.into());
+}
+
+/// Appends `value` as a minimal varint of up to 10 bytes to `out` (spec §4.2): how fields
+/// that may exceed 32 bits (lengths, counts, sequence numbers) are written.
+#[inline]
+pub fn write_u64(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8 & 0x7f) | 0x80);
         value >>= 7;

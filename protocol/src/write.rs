@@ -17,7 +17,8 @@
 
 use crate::message::TreeHash;
 use crate::strings::MAX_SYM_INDEX;
-use crate::{EncodeError, FrameType, Ns, SymRef, varint};
+use crate::varint::{self, write_u64 as put_varint};
+use crate::{EncodeError, FrameType, Ns, SymRef};
 
 /// The records of one `SNAPSHOT` part, written one by one, then framed by
 /// [`SnapshotWriter::finish_frame`].
@@ -169,33 +170,33 @@ impl SnapshotWriter {
 
     #[inline]
     fn sym(&mut self, sym: SymRef<'_>) {
-        let out = &mut self.records;
-        match sym {
-            SymRef::Static(i) | SymRef::Ref(i) if i > MAX_SYM_INDEX => self.unencodable = true,
-            SymRef::Static(i) => put_varint(out, u64::from(i) << 2),
-            SymRef::Ref(i) => put_varint(out, (u64::from(i) << 2) | 1),
-            SymRef::New(s) => {
-                out.push(2);
-                put_varint(out, s.len() as u64);
-                out.extend_from_slice(s.as_bytes());
-            }
-            SymRef::Lit(s) => {
-                out.push(3);
-                put_varint(out, s.len() as u64);
-                out.extend_from_slice(s.as_bytes());
-            }
+        if !put_sym(&mut self.records, sym) {
+            self.unencodable = true;
         }
     }
 }
 
-/// Appends `v` as a varint (spec §4.2).
+/// Appends a string reference (spec §5.1); false, writing nothing, for an index above
+/// 2^30 - 1, which cannot travel.
 #[inline]
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+pub(crate) fn put_sym(out: &mut Vec<u8>, sym: SymRef<'_>) -> bool {
+    let (tag, s) = match sym {
+        SymRef::Static(i) | SymRef::Ref(i) if i > MAX_SYM_INDEX => return false,
+        SymRef::Static(i) => {
+            put_varint(out, u64::from(i) << 2);
+            return true;
+        }
+        SymRef::Ref(i) => {
+            put_varint(out, (u64::from(i) << 2) | 1);
+            return true;
+        }
+        SymRef::New(s) => (2, s),
+        SymRef::Lit(s) => (3, s),
+    };
+    out.push(tag);
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+    true
 }
 
 #[cfg(test)]
@@ -236,12 +237,7 @@ mod tests {
     }
 
     fn sym_ref(s: &Sym) -> SymRef<'_> {
-        match s {
-            Sym::Static(i) => SymRef::Static(*i),
-            Sym::Ref(i) => SymRef::Ref(*i),
-            Sym::New(s) => SymRef::New(s),
-            Sym::Lit(s) => SymRef::Lit(s),
-        }
+        s.as_sym_ref()
     }
 
     fn write(w: &mut SnapshotWriter, rec: &NodeRecord) {
