@@ -166,18 +166,18 @@ fn deliver(
 ) -> Result<Delivery, SessionError> {
     let (mut ops, mut patch_bytes, mut snapshot_bytes) = (Vec::new(), 0, 0);
     let mut batch = Vec::new();
-    while let Some(msg) = consumer.poll_message() {
-        let bytes = frame::to_frame(&msg, limits).map_err(crate::framed::FramedError::from)?;
+    while let Some(f) = consumer.poll_frame() {
+        let bytes = f.map_err(crate::framed::FramedError::from)?.bytes;
         batch.extend_from_slice(&bytes);
-        match &msg {
+        let decoded =
+            frame::decode_exact(&bytes, limits).map_err(crate::framed::FramedError::from)?;
+        match &decoded {
             Message::Patch(p) => {
                 ops.extend(p.ops.iter().cloned());
                 patch_bytes += bytes.len();
             }
             _ => snapshot_bytes += bytes.len(),
         }
-        let decoded =
-            frame::decode_exact(&bytes, limits).map_err(crate::framed::FramedError::from)?;
         agent.handle_message(decoded)?;
     }
     while let Some(reply) = agent.poll_message() {
