@@ -683,54 +683,13 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Appends a string reference (spec §5.1); an index above 2^30 - 1 cannot travel.
-fn put_sym(out: &mut Vec<u8>, sym: &Sym) -> Result<(), postcard::Error> {
-    if crate::write::put_sym(out, sym.as_sym_ref()) {
+/// Appends a node record (spec §6.2); an index above 2^30 - 1 cannot travel.
+fn put_record(out: &mut Vec<u8>, rec: &NodeRecord) -> Result<(), postcard::Error> {
+    if crate::write::put_record(out, rec) {
         Ok(())
     } else {
         Err(postcard::Error::SerdeSerCustom)
     }
-}
-
-/// Appends a node record (spec §6.2): the variant index, then its fields.
-fn put_record(out: &mut Vec<u8>, rec: &NodeRecord) -> Result<(), postcard::Error> {
-    match rec {
-        NodeRecord::Element {
-            ns,
-            name,
-            attrs,
-            children,
-        } => {
-            out.push(0);
-            put_varint(out, u32::from(*ns).into());
-            put_sym(out, name)?;
-            put_varint(out, attrs.len() as u64);
-            for a in attrs {
-                put_sym(out, &a.name)?;
-                put_sym(out, &a.value)?;
-            }
-            put_varint(out, (*children).into());
-        }
-        NodeRecord::Text { text } => {
-            out.push(1);
-            put_sym(out, text)?;
-        }
-        NodeRecord::Comment { text } => {
-            out.push(2);
-            put_sym(out, text)?;
-        }
-        NodeRecord::Doctype {
-            name,
-            public_id,
-            system_id,
-        } => {
-            out.push(3);
-            put_sym(out, name)?;
-            put_sym(out, public_id)?;
-            put_sym(out, system_id)?;
-        }
-    }
-    Ok(())
 }
 
 impl Body for Compressed {

@@ -435,7 +435,7 @@ impl<'a> Cursor<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fuzzing::snapshot_view_agrees;
 
@@ -445,7 +445,7 @@ mod tests {
         out
     }
 
-    fn sample() -> Snapshot {
+    pub(crate) fn sample() -> Snapshot {
         let lit = |s: &str| Sym::Lit(s.into());
         Snapshot {
             epoch: 300,

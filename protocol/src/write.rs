@@ -18,7 +18,7 @@
 use crate::message::TreeHash;
 use crate::strings::MAX_SYM_INDEX;
 use crate::varint::{self, write_u64 as put_varint};
-use crate::{EncodeError, FrameType, Ns, SymRef};
+use crate::{EncodeError, FrameType, NodeRecord, Ns, SymRef};
 
 /// The records of one `SNAPSHOT` part, written one by one, then framed by
 /// [`SnapshotWriter::finish_frame`].
@@ -63,38 +63,36 @@ impl SnapshotWriter {
         attrs: impl ExactSizeIterator<Item = (SymRef<'a>, SymRef<'a>)>,
         children: u32,
     ) {
-        self.records.push(0);
-        varint::write_u32(&mut self.records, u32::from(ns));
-        self.sym(name);
-        put_varint(&mut self.records, attrs.len() as u64);
-        for (n, v) in attrs {
-            self.sym(n);
-            self.sym(v);
-        }
-        varint::write_u32(&mut self.records, children);
-        self.count += 1;
+        let ok = put_element(&mut self.records, ns, name, attrs, children);
+        self.added(ok);
     }
 
     /// Appends a text record.
     pub fn text(&mut self, text: SymRef<'_>) {
-        self.records.push(1);
-        self.sym(text);
-        self.count += 1;
+        let ok = put_leaf(&mut self.records, 1, &[text]);
+        self.added(ok);
     }
 
     /// Appends a comment record.
     pub fn comment(&mut self, text: SymRef<'_>) {
-        self.records.push(2);
-        self.sym(text);
-        self.count += 1;
+        let ok = put_leaf(&mut self.records, 2, &[text]);
+        self.added(ok);
     }
 
     /// Appends a doctype record.
     pub fn doctype(&mut self, name: SymRef<'_>, public_id: SymRef<'_>, system_id: SymRef<'_>) {
-        self.records.push(3);
-        self.sym(name);
-        self.sym(public_id);
-        self.sym(system_id);
+        let ok = put_leaf(&mut self.records, 3, &[name, public_id, system_id]);
+        self.added(ok);
+    }
+
+    /// Appends an owned record.
+    pub fn record(&mut self, rec: &NodeRecord) {
+        let ok = put_record(&mut self.records, rec);
+        self.added(ok);
+    }
+
+    fn added(&mut self, ok: bool) {
+        self.unencodable |= !ok;
         self.count += 1;
     }
 
@@ -167,13 +165,71 @@ impl SnapshotWriter {
         self.records.clear();
         Ok(body)
     }
+}
 
-    #[inline]
-    fn sym(&mut self, sym: SymRef<'_>) {
-        if !put_sym(&mut self.records, sym) {
-            self.unencodable = true;
-        }
+/// Appends a node record (spec §6.2): the variant index, then its fields. False when a string
+/// index cannot travel (the bytes written are then not a record).
+pub(crate) fn put_record(out: &mut Vec<u8>, rec: &NodeRecord) -> bool {
+    match rec {
+        NodeRecord::Element {
+            ns,
+            name,
+            attrs,
+            children,
+        } => put_element(
+            out,
+            *ns,
+            name.as_sym_ref(),
+            attrs
+                .iter()
+                .map(|a| (a.name.as_sym_ref(), a.value.as_sym_ref())),
+            *children,
+        ),
+        NodeRecord::Text { text } => put_leaf(out, 1, &[text.as_sym_ref()]),
+        NodeRecord::Comment { text } => put_leaf(out, 2, &[text.as_sym_ref()]),
+        NodeRecord::Doctype {
+            name,
+            public_id,
+            system_id,
+        } => put_leaf(
+            out,
+            3,
+            &[
+                name.as_sym_ref(),
+                public_id.as_sym_ref(),
+                system_id.as_sym_ref(),
+            ],
+        ),
     }
+}
+
+/// Appends an element record; false when a string index cannot travel.
+#[inline]
+fn put_element<'a>(
+    out: &mut Vec<u8>,
+    ns: Ns,
+    name: SymRef<'_>,
+    attrs: impl ExactSizeIterator<Item = (SymRef<'a>, SymRef<'a>)>,
+    children: u32,
+) -> bool {
+    out.push(0);
+    put_varint(out, u32::from(ns).into());
+    let mut ok = put_sym(out, name);
+    put_varint(out, attrs.len() as u64);
+    for (n, v) in attrs {
+        ok &= put_sym(out, n);
+        ok &= put_sym(out, v);
+    }
+    put_varint(out, children.into());
+    ok
+}
+
+/// Appends a text (1), comment (2) or doctype (3) record: the variant index, then its strings;
+/// false when a string index cannot travel.
+#[inline]
+fn put_leaf(out: &mut Vec<u8>, tag: u8, syms: &[SymRef<'_>]) -> bool {
+    out.push(tag);
+    syms.iter().fold(true, |ok, &s| put_sym(out, s) & ok)
 }
 
 /// Appends a string reference (spec §5.1); false, writing nothing, for an index above
@@ -203,64 +259,22 @@ pub(crate) fn put_sym(out: &mut Vec<u8>, sym: SymRef<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::message::Snapshot;
-    use crate::{Attr, Limits, Message, NodeRecord, Sym, frame};
+    use crate::{Limits, Message, Sym, frame};
 
+    /// The view's sample records, with values that take multi-byte varints.
     fn records() -> Vec<NodeRecord> {
-        vec![
-            NodeRecord::Doctype {
-                name: Sym::Static(32),
-                public_id: Sym::Lit(String::new()),
-                system_id: Sym::New("sys".into()),
-            },
-            NodeRecord::Element {
-                ns: Ns::Svg,
-                name: Sym::New("g".into()),
-                attrs: vec![
-                    Attr {
-                        name: Sym::Static(1),
-                        value: Sym::New("a b".into()),
-                    },
-                    Attr {
-                        name: Sym::Ref(0),
-                        value: Sym::Lit("ü".repeat(70)),
-                    },
-                ],
-                children: 300,
-            },
-            NodeRecord::Text {
-                text: Sym::Ref(200),
-            },
-            NodeRecord::Comment {
-                text: Sym::Lit("c".into()),
-            },
-        ]
-    }
-
-    fn sym_ref(s: &Sym) -> SymRef<'_> {
-        s.as_sym_ref()
-    }
-
-    fn write(w: &mut SnapshotWriter, rec: &NodeRecord) {
-        match rec {
-            NodeRecord::Element {
-                ns,
-                name,
-                attrs,
-                children,
-            } => w.element(
-                *ns,
-                sym_ref(name),
-                attrs.iter().map(|a| (sym_ref(&a.name), sym_ref(&a.value))),
-                *children,
-            ),
-            NodeRecord::Text { text } => w.text(sym_ref(text)),
-            NodeRecord::Comment { text } => w.comment(sym_ref(text)),
-            NodeRecord::Doctype {
-                name,
-                public_id,
-                system_id,
-            } => w.doctype(sym_ref(name), sym_ref(public_id), sym_ref(system_id)),
+        let mut nodes = crate::view::tests::sample().nodes;
+        if let NodeRecord::Element {
+            attrs, children, ..
+        } = &mut nodes[1]
+        {
+            *children = 300;
+            attrs[1].value = Sym::Lit("ü".repeat(70));
         }
+        nodes[2] = NodeRecord::Text {
+            text: Sym::Ref(200),
+        };
+        nodes
     }
 
     /// The writer's frames are byte for byte those of `Message::Snapshot`, for parts with and
@@ -276,7 +290,7 @@ mod tests {
         ] {
             let nodes: Vec<NodeRecord> = records().into_iter().take(n).collect();
             for rec in &nodes {
-                write(&mut w, rec);
+                w.record(rec);
             }
             assert_eq!(w.len(), n);
             let mut got = Vec::new();
