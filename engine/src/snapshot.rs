@@ -122,8 +122,8 @@ impl SnapshotFrame {
     }
 }
 
-/// Encodes `dom` as the parts of a snapshot of `epoch` (spec §7.14). The tree's ids must be in
-/// document order (see [`Dom::renumbered`]); `enc` is reset, as a snapshot starts an epoch.
+/// [`encode_frames`] with parts of about `part_bytes` each, as owned messages: for tools and
+/// tests that look at the records (a sender sends the frames).
 pub fn encode(
     dom: &mut Dom,
     epoch: u32,
@@ -131,19 +131,7 @@ pub fn encode(
     enc: &mut SymEncoder,
     part_bytes: usize,
 ) -> Result<Vec<Snapshot>, EncodeError> {
-    encode_folded(dom, epoch, url, enc, part_bytes, part_bytes)
-}
-
-/// [`encode_frames`] as owned messages, for tools and tests that look at the records.
-pub fn encode_folded(
-    dom: &mut Dom,
-    epoch: u32,
-    url: &str,
-    enc: &mut SymEncoder,
-    fold_bytes: usize,
-    part_bytes: usize,
-) -> Result<Vec<Snapshot>, EncodeError> {
-    encode_frames(dom, epoch, url, enc, fold_bytes, part_bytes)?
+    encode_frames(dom, epoch, url, enc, part_bytes, part_bytes)?
         .iter()
         .map(|f| {
             f.to_snapshot().map_err(|_| EncodeError::Unencodable {
