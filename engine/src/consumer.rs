@@ -1150,13 +1150,13 @@ impl Consumer {
                     })
                 } else {
                     let kind = DomFrameKind::Snapshot {
-                        epoch: f.epoch,
-                        part: f.part,
-                        last: f.last,
+                        epoch: f.epoch(),
+                        part: f.part(),
+                        last: f.is_last(),
                     };
                     Ok(DomFrame {
                         kind,
-                        bytes: f.frame,
+                        bytes: f.into_frame(),
                     })
                 }
             }

@@ -84,18 +84,39 @@ pub fn records_of(dom: &Dom, root: NodeId, enc: &mut SymEncoder, out: &mut Vec<N
 /// tree by [`encode_frames`]: what a sender keeps until it sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotFrame {
-    /// Sync epoch.
-    pub epoch: u32,
-    /// Part number within the epoch, from 0.
-    pub part: u32,
-    /// Whether this is the last part, the one that carries the tree hash.
-    pub last: bool,
-    /// The whole frame: header, then body.
-    pub frame: Vec<u8>,
+    epoch: u32,
+    part: u32,
+    last: bool,
+    frame: Vec<u8>,
     body_len: usize,
 }
 
 impl SnapshotFrame {
+    /// Sync epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Part number within the epoch, from 0.
+    pub fn part(&self) -> u32 {
+        self.part
+    }
+
+    /// Whether this is the last part, the one that carries the tree hash.
+    pub fn is_last(&self) -> bool {
+        self.last
+    }
+
+    /// The whole frame: header, then body.
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+
+    /// The whole frame, for sending.
+    pub fn into_frame(self) -> Vec<u8> {
+        self.frame
+    }
+
     /// The frame's body.
     pub fn body(&self) -> &[u8] {
         &self.frame[self.frame.len() - self.body_len..]

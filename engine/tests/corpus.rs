@@ -146,7 +146,11 @@ fn snapshot_frames_equal_the_owned_records() {
         for (i, f) in frames.iter().enumerate() {
             let count = SnapshotView::parse(f.body(), &limits).expect(&name).len();
             let last = i + 1 == frames.len();
-            assert_eq!((f.epoch, f.part, f.last), (7, i as u32, last), "{name}");
+            assert_eq!(
+                (f.epoch(), f.part(), f.is_last()),
+                (7, i as u32, last),
+                "{name}"
+            );
             let msg = Message::Snapshot(Snapshot {
                 epoch: 7,
                 part: i as u32,
@@ -159,7 +163,7 @@ fn snapshot_frames_equal_the_owned_records() {
                 hash: last.then_some(hash),
             });
             let want = frame::to_frame(&msg, &limits).expect("encodes");
-            assert!(f.frame == want, "{name}: part {i} differs");
+            assert!(f.frame() == want, "{name}: part {i} differs");
             assert_eq!(f.to_snapshot().map(Message::Snapshot), Ok(msg), "{name}");
         }
         assert!(records.next().is_none(), "{name}: every node listed");
