@@ -651,44 +651,24 @@ postcard_body!(
 /// its time. Decoding stays with postcard and its named errors.
 impl Body for Snapshot {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
-        put_varint(out, self.epoch.into());
-        put_varint(out, self.part.into());
-        put_str(out, &self.url);
-        put_varint(out, self.nodes.len() as u64);
+        crate::write::put_snapshot_head(
+            out,
+            self.epoch,
+            self.part,
+            &self.url,
+            self.nodes.len() as u64,
+        );
         for rec in &self.nodes {
-            put_record(out, rec)?;
-        }
-        match &self.hash {
-            None => out.push(0),
-            Some(h) => {
-                out.push(1);
-                out.extend_from_slice(h);
+            if !crate::write::put_record(out, rec) {
+                // A string index above 2^30 - 1 cannot travel.
+                return Err(postcard::Error::SerdeSerCustom);
             }
         }
+        crate::write::put_snapshot_tail(out, self.hash.as_ref());
         Ok(())
     }
     fn decode(body: &[u8], message: &'static str) -> Result<Self, DecodeError> {
         take::<Snapshot>(body, message)
-    }
-}
-
-/// Appends `v` as a varint (spec §4.2).
-fn put_varint(out: &mut Vec<u8>, v: u64) {
-    crate::varint::write_u64(out, v);
-}
-
-/// Appends a string: varint byte length, then the UTF-8 bytes (spec §4.4).
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// Appends a node record (spec §6.2); an index above 2^30 - 1 cannot travel.
-fn put_record(out: &mut Vec<u8>, rec: &NodeRecord) -> Result<(), postcard::Error> {
-    if crate::write::put_record(out, rec) {
-        Ok(())
-    } else {
-        Err(postcard::Error::SerdeSerCustom)
     }
 }
 

@@ -382,19 +382,29 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(self.take(n)?).ok()
     }
 
+    /// A string reference's first varint, and for a literal (`New` or `Lit`) its bytes, not yet
+    /// checked as UTF-8; `None` when the bytes run out or a literal carries an index.
+    #[inline]
+    fn sym_head(&mut self) -> Option<(u32, Option<&'a [u8]>)> {
+        let v = self.u32()?;
+        if v & 2 == 0 {
+            return Some((v, None));
+        }
+        if v >> 2 != 0 {
+            return None;
+        }
+        let n = self.u64()?;
+        Some((v, Some(self.take(n)?)))
+    }
+
     #[inline]
     fn sym(&mut self) -> Option<SymRef<'a>> {
-        let v = self.u32()?;
-        let index = v >> 2;
-        Some(match v & 3 {
-            0 => SymRef::Static(index),
-            1 => SymRef::Ref(index),
-            kind => {
-                if index != 0 {
-                    return None;
-                }
-                let s = self.str()?;
-                if kind == 2 {
+        Some(match self.sym_head()? {
+            (v, None) if v & 1 == 0 => SymRef::Static(v >> 2),
+            (v, None) => SymRef::Ref(v >> 2),
+            (v, Some(bytes)) => {
+                let s = std::str::from_utf8(bytes).ok()?;
+                if v & 1 == 0 {
                     SymRef::New(s)
                 } else {
                     SymRef::Lit(s)
@@ -407,30 +417,19 @@ impl<'a> Cursor<'a> {
     /// without making a `str` of it (the scan only decides; [`Records`] reads it again).
     #[inline]
     fn sym_within(&mut self, max: u32) -> Option<()> {
-        let v = self.u32()?;
-        if v & 2 == 0 {
+        let Some(bytes) = self.sym_head()?.1 else {
             return Some(());
-        }
-        if v >> 2 != 0 {
-            return None;
-        }
-        let n = self.u64()?;
-        let bytes = self.take(n)?;
+        };
         // Most page strings are ASCII, which a word-at-a-time check settles without the
         // general UTF-8 decoder's per-call setup.
         let valid = bytes.is_ascii() || std::str::from_utf8(bytes).is_ok();
-        (valid && n <= u64::from(max)).then_some(())
+        (valid && bytes.len() as u64 <= u64::from(max)).then_some(())
     }
 
     /// Skips a string reference of checked bytes, without checking its UTF-8 again.
     #[inline]
     fn skip_sym(&mut self) -> Option<()> {
-        let v = self.u32()?;
-        if v & 2 != 0 {
-            let n = self.u64()?;
-            self.take(n)?;
-        }
-        Some(())
+        self.sym_head().map(|_| ())
     }
 }
 

@@ -135,11 +135,7 @@ impl SnapshotWriter {
             });
         }
         let mut head = Vec::with_capacity(32 + url.len());
-        varint::write_u32(&mut head, epoch);
-        varint::write_u32(&mut head, part);
-        put_varint(&mut head, url.len() as u64);
-        head.extend_from_slice(url.as_bytes());
-        put_varint(&mut head, count);
+        put_snapshot_head(&mut head, epoch, part, url, count);
         let tail = 1 + if hash.is_some() { 16 } else { 0 };
         let body = head.len() + self.records.len() + tail;
         let Ok(body32) = u32::try_from(body) else {
@@ -155,15 +151,29 @@ impl SnapshotWriter {
         varint::write_u32(out, body32);
         out.extend_from_slice(&head);
         out.extend_from_slice(&self.records);
-        match hash {
-            None => out.push(0),
-            Some(h) => {
-                out.push(1);
-                out.extend_from_slice(&h);
-            }
-        }
+        put_snapshot_tail(out, hash.as_ref());
         self.records.clear();
         Ok(body)
+    }
+}
+
+/// Appends the fields of a `SNAPSHOT` body (spec §7.14) that come before its `count` records.
+pub(crate) fn put_snapshot_head(out: &mut Vec<u8>, epoch: u32, part: u32, url: &str, count: u64) {
+    varint::write_u32(out, epoch);
+    varint::write_u32(out, part);
+    put_varint(out, url.len() as u64);
+    out.extend_from_slice(url.as_bytes());
+    put_varint(out, count);
+}
+
+/// Appends the field of a `SNAPSHOT` body that comes after its records: the optional tree hash.
+pub(crate) fn put_snapshot_tail(out: &mut Vec<u8>, hash: Option<&TreeHash>) {
+    match hash {
+        None => out.push(0),
+        Some(h) => {
+            out.push(1);
+            out.extend_from_slice(h);
+        }
     }
 }
 
