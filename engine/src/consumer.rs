@@ -197,6 +197,15 @@ pub enum DomFrameKind {
     },
 }
 
+impl DomFrameKind {
+    /// The sync epoch the frame belongs to.
+    pub fn epoch(self) -> u32 {
+        match self {
+            DomFrameKind::Snapshot { epoch, .. } | DomFrameKind::Patch { epoch, .. } => epoch,
+        }
+    }
+}
+
 /// What waits to be sent on the DOM stream.
 #[derive(Debug, Clone)]
 enum Queued {

@@ -191,9 +191,7 @@ impl DomPump {
         }
         let size: usize = frames.iter().map(|f| f.bytes.len()).sum();
         self.stats.max_batch_bytes = self.stats.max_batch_bytes.max(size as u64);
-        let epoch = frames
-            .last()
-            .map_or_else(|| consumer.epoch(), |f| frame_epoch(f.kind));
+        let epoch = frames.last().map_or(consumer.epoch(), |f| f.kind.epoch());
         let dom = self.idle.take().flatten();
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let (conn, limits, compressed, stats) =
@@ -293,7 +291,7 @@ async fn write_batch(
 ) -> Result<(), SessionError> {
     let mut wire = Vec::new();
     for (i, f) in frames.iter().enumerate() {
-        let (epoch, bytes) = (frame_epoch(f.kind), &f.bytes);
+        let (epoch, bytes) = (f.kind.epoch(), &f.bytes);
         if done.dom.as_ref().is_none_or(|d| d.epoch != epoch) {
             if let Some(mut old) = done.dom.take() {
                 let _ = old.stream.reset(VarInt::from_u32(0));
@@ -371,11 +369,4 @@ async fn write_batch(
         }
     }
     Ok(())
-}
-
-/// The epoch a DOM frame belongs to.
-fn frame_epoch(kind: DomFrameKind) -> u32 {
-    match kind {
-        DomFrameKind::Snapshot { epoch, .. } | DomFrameKind::Patch { epoch, .. } => epoch,
-    }
 }
