@@ -36,7 +36,7 @@ fn snapshot_frames(c: &mut Criterion) {
         let mut enc = SymEncoder::new(limits);
         let wire: Vec<u8> = encode(&mut dom, &mut enc)
             .into_iter()
-            .flat_map(|f| f.into_frame())
+            .flat_map(|f| f.into_frame().into_vec())
             .collect();
         g.bench_function(BenchmarkId::new("decode", &name), |b| {
             b.iter(|| {

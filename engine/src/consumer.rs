@@ -38,7 +38,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use tandem_protocol::message::{Patch, RefusalCode, Refused, Resync, TreeHash};
-use tandem_protocol::{DOCUMENT_ID, EncodeError, Limits, Message, NodeId, Ns, SymEncoder, frame};
+use tandem_protocol::{
+    DOCUMENT_ID, EncodeError, FrameBuf, Limits, Message, NodeId, Ns, SymEncoder, frame,
+};
 
 use crate::hands::Protection;
 
@@ -172,8 +174,9 @@ pub const MAX_RESEND: usize = 256;
 pub struct DomFrame {
     /// What the frame carries.
     pub kind: DomFrameKind,
-    /// The frame: header, then body.
-    pub bytes: Vec<u8>,
+    /// The frame: header, then body (a snapshot part's buffer may have room in front of it,
+    /// left by [`SnapshotWriter`](tandem_protocol::SnapshotWriter)).
+    pub bytes: FrameBuf,
 }
 
 /// What a [`DomFrame`] carries, for a sender's bookkeeping.
@@ -1175,8 +1178,10 @@ impl Consumer {
                     epoch: p.epoch,
                     seq: p.seq,
                 };
-                frame::to_frame(&Message::Patch(p), &self.limits)
-                    .map(|bytes| DomFrame { kind, bytes })
+                frame::to_frame(&Message::Patch(p), &self.limits).map(|bytes| DomFrame {
+                    kind,
+                    bytes: bytes.into(),
+                })
             }
         })
     }

@@ -3,8 +3,9 @@
 
 use tandem_protocol::message::Snapshot;
 use tandem_protocol::{
-    Attr, DOCUMENT_ID, DecodeError, EncodeError, Limits, NodeId, NodeRecord, Ns, RecordRef,
-    STATIC_TABLE, SnapshotView, SnapshotWriter, StrClass, Sym, SymDecoder, SymEncoder, SymRef,
+    Attr, DOCUMENT_ID, DecodeError, EncodeError, FrameBuf, Limits, NodeId, NodeRecord, Ns,
+    RecordRef, STATIC_TABLE, SnapshotView, SnapshotWriter, StrClass, Sym, SymDecoder, SymEncoder,
+    SymRef,
 };
 
 use crate::dom::{Dom, Element, Name, NodeKind};
@@ -87,7 +88,7 @@ pub struct SnapshotFrame {
     epoch: u32,
     part: u32,
     last: bool,
-    frame: Vec<u8>,
+    frame: FrameBuf,
     body_len: usize,
 }
 
@@ -113,7 +114,7 @@ impl SnapshotFrame {
     }
 
     /// The whole frame, for sending.
-    pub fn into_frame(self) -> Vec<u8> {
+    pub fn into_frame(self) -> FrameBuf {
         self.frame
     }
 
@@ -187,9 +188,8 @@ pub fn encode_frames(
     // The URL travels in part 0 only.
     let finish = |frames: &mut Vec<SnapshotFrame>, w: &mut SnapshotWriter, last: bool| {
         let part = frames.len() as u32;
-        let mut frame = Vec::new();
         let url = if part == 0 { url } else { "" };
-        let body_len = w.finish_frame(epoch, part, url, last.then_some(hash), &mut frame)?;
+        let (frame, body_len) = w.finish_frame(epoch, part, url, last.then_some(hash))?;
         frames.push(SnapshotFrame {
             epoch,
             part,

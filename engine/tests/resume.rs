@@ -225,7 +225,7 @@ fn frames_and_messages_agree() {
                 break;
             };
             let f = f.expect("encodes");
-            assert_eq!(f.bytes, frame::to_frame(&m, &limits).unwrap());
+            assert_eq!(*f.bytes, frame::to_frame(&m, &limits).unwrap());
             let kind = match &m {
                 Message::Snapshot(s) => DomFrameKind::Snapshot {
                     epoch: s.epoch,

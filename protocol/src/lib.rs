@@ -58,4 +58,4 @@ pub use limits::Limits;
 pub use message::{EncodeError, Message, PROTOCOL_VERSION, PatchCheck, REGISTRY, TreeHash};
 pub use strings::{STATIC_TABLE, StrClass, Sym, SymDecoder, SymEncoder};
 pub use view::{RecordRef, SnapshotView, SymRef};
-pub use write::SnapshotWriter;
+pub use write::{FrameBuf, SnapshotWriter};
