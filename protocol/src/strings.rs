@@ -308,8 +308,22 @@ pub struct SymEncoder {
     texts: String,
     /// Where each entry ends in `texts`; entry `i` starts where entry `i - 1` ends.
     ends: Vec<u32>,
+    /// The byte length of the longest remembered text.
+    longest: usize,
     limits: Limits,
 }
+
+/// The byte length of the longest entry of the static table.
+const STATIC_LONGEST: usize = {
+    let (mut i, mut longest) = (0, 0);
+    while i < STATIC_TABLE.len() {
+        if STATIC_TABLE[i].len() > longest {
+            longest = STATIC_TABLE[i].len();
+        }
+        i += 1;
+    }
+    longest
+};
 
 impl SymEncoder {
     /// A fresh encoder with an empty dynamic table.
@@ -318,6 +332,7 @@ impl SymEncoder {
             index: HashIndex::default(),
             texts: String::new(),
             ends: Vec::new(),
+            longest: 0,
             limits,
         }
     }
@@ -327,6 +342,7 @@ impl SymEncoder {
         self.index.clear();
         self.texts.clear();
         self.ends.clear();
+        self.longest = 0;
     }
 
     /// Number of entries in the dynamic table.
@@ -349,6 +365,16 @@ impl SymEncoder {
     /// [`SymEncoder::encode`] without an owned copy: a literal borrows `s`. For a sender that
     /// writes records straight into a frame ([`SnapshotWriter`](crate::SnapshotWriter)).
     pub fn encode_ref<'a>(&mut self, s: &'a str, class: StrClass) -> SymRef<'a> {
+        let remember_max = match class {
+            StrClass::Name => usize::MAX,
+            StrClass::Value => REMEMBER_VALUE_MAX,
+            StrClass::Text => REMEMBER_TEXT_MAX,
+        };
+        // Longer than every entry of both tables and too long to be remembered: a literal,
+        // without hashing it (long texts are most of a page's bytes).
+        if s.len() > remember_max && s.len() > self.longest && s.len() > STATIC_LONGEST {
+            return SymRef::Lit(s);
+        }
         let h = str_hash(s);
         if let Some(i) = static_lookup(s, h) {
             return SymRef::Static(i);
@@ -358,11 +384,7 @@ impl SymEncoder {
             Some(_) => true,
             None => false,
         };
-        let remember = match class {
-            StrClass::Name => true,
-            StrClass::Value => s.len() <= REMEMBER_VALUE_MAX,
-            StrClass::Text => s.len() <= REMEMBER_TEXT_MAX,
-        };
+        let remember = s.len() <= remember_max;
         // Indexes above MAX_SYM_INDEX cannot travel (spec §5.1), whatever the limits allow.
         let fits = (self.ends.len() as u64) < u64::from(self.limits.max_dynamic_entries)
             && self.ends.len() <= MAX_SYM_INDEX as usize
@@ -372,6 +394,7 @@ impl SymEncoder {
             self.index.insert(h, index);
             self.texts.push_str(s);
             self.ends.push(self.texts.len() as u32);
+            self.longest = self.longest.max(s.len());
             SymRef::New(s)
         } else {
             SymRef::Lit(s)
@@ -528,6 +551,32 @@ mod tests {
         assert_eq!(dec.dynamic_len(), 1);
         assert_eq!(enc.encode("nav-item", StrClass::Value), Sym::Ref(0));
         assert_eq!(enc.encode("div", StrClass::Name), Sym::Static(0));
+    }
+
+    /// A string too long to be remembered is still found when an earlier one of another class
+    /// put it in the table, and forgotten with the table; one longer than any entry is a literal.
+    #[test]
+    fn long_strings_are_found_in_the_table_whatever_their_class() {
+        let mut enc = SymEncoder::new(Limits::DEFAULT);
+        let long = "y".repeat(REMEMBER_TEXT_MAX + 1);
+        assert_eq!(enc.encode_ref(&long, StrClass::Text), SymRef::Lit(&long));
+        assert_eq!(enc.encode_ref(&long, StrClass::Value), SymRef::New(&long));
+        assert_eq!(enc.encode_ref(&long, StrClass::Text), SymRef::Ref(0));
+        let longer = "y".repeat(REMEMBER_VALUE_MAX + 1);
+        assert_eq!(
+            enc.encode_ref(&longer, StrClass::Name),
+            SymRef::New(&longer)
+        );
+        assert_eq!(enc.encode_ref(&longer, StrClass::Value), SymRef::Ref(1));
+        assert_eq!(enc.encode_ref(&longer, StrClass::Text), SymRef::Ref(1));
+        let other = "z".repeat(REMEMBER_VALUE_MAX + 1);
+        assert_eq!(enc.encode_ref(&other, StrClass::Text), SymRef::Lit(&other));
+        enc.reset();
+        assert_eq!(enc.encode_ref(&long, StrClass::Text), SymRef::Lit(&long));
+        assert_eq!(
+            enc.encode_ref(&longer, StrClass::Value),
+            SymRef::Lit(&longer)
+        );
     }
 
     #[test]
