@@ -1,0 +1,258 @@
+//! Where the compressed bytes of the recorded change batches go (issue 3's patch-bytes target):
+//! for each state sequence, the compressed DOM stream of the 50 patches after the snapshot,
+//! as `tandem replay` measures it, next to the same stream re-encoded without one part of it.
+//!
+//! Run: `cargo run --release -p tandem-benches --example patch_anatomy` (uses
+//! `../shared/corpus/states` when present, otherwise the repository's `testdata/states`).
+//!
+//! Each column is the stream re-encoded with one change, and the bytes that change saves:
+//!
+//! - `no <kind>`: the patches without their operations of that kind (`insert`, `remove`,
+//!   `move` with `MoveRun`, `attr` for set and remove, `set text`, `edit text`);
+//! - `no ops`: every patch empty, which leaves what a patch costs whatever it holds (frame
+//!   header, epoch, sequence number, the 8-byte hash and the compressor's block overhead);
+//! - `ids = 1`: every node id replaced by 1, an upper bound on what any coding of the ids
+//!   could save;
+//! - `hash = 0`: the patch hashes zeroed, which compress to almost nothing;
+//! - `id deltas`: each id as the zigzag difference from the id before it in the patch, with
+//!   runs of removals sorted: a coding the protocol could adopt, to see whether it pays.
+//!
+//! The stripped streams are not valid (later string references may point elsewhere); only
+//! their sizes matter. Parts interact through the compressor, so the savings do not add up to
+//! the total.
+
+use tandem_benches::corpus_root;
+use tandem_engine::{Agent, Consumer, parse_html};
+use tandem_protocol::compress::{self, DomCompressor};
+use tandem_protocol::{Limits, Message, NodeId, PatchCheck, PatchOp, Place, frame};
+
+/// One re-encoding of the recorded patches.
+#[derive(Clone, Copy, PartialEq)]
+enum View {
+    AsSent,
+    Without(Kind),
+    NoOps,
+    IdsOne,
+    HashZero,
+    IdDeltas,
+}
+
+/// Operation kinds, as the columns group them.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Insert,
+    Remove,
+    Move,
+    Attr,
+    SetText,
+    EditText,
+}
+
+fn kind(op: &PatchOp) -> Kind {
+    match op {
+        PatchOp::Insert { .. } => Kind::Insert,
+        PatchOp::Remove { .. } => Kind::Remove,
+        PatchOp::Move { .. } | PatchOp::MoveRun { .. } => Kind::Move,
+        PatchOp::SetAttr { .. } | PatchOp::RemoveAttr { .. } => Kind::Attr,
+        PatchOp::SetText { .. } => Kind::SetText,
+        PatchOp::EditText { .. } => Kind::EditText,
+    }
+}
+
+const VIEWS: &[(&str, View)] = &[
+    ("no insert", View::Without(Kind::Insert)),
+    ("no remove", View::Without(Kind::Remove)),
+    ("no move", View::Without(Kind::Move)),
+    ("no attr", View::Without(Kind::Attr)),
+    ("no set text", View::Without(Kind::SetText)),
+    ("no edit text", View::Without(Kind::EditText)),
+    ("no ops", View::NoOps),
+    ("ids = 1", View::IdsOne),
+    ("hash = 0", View::HashZero),
+    ("id deltas", View::IdDeltas),
+];
+
+/// Applies `f` to every node id an operation names, in wire order.
+fn for_each_id(op: &mut PatchOp, f: &mut impl FnMut(&mut NodeId)) {
+    fn place(p: &mut Place, f: &mut impl FnMut(&mut NodeId)) {
+        match p {
+            Place::After(id) | Place::First(id) => f(id),
+        }
+    }
+    match op {
+        PatchOp::Insert { at, first, .. } => {
+            place(at, f);
+            f(first);
+        }
+        PatchOp::Move { node, at } => {
+            f(node);
+            place(at, f);
+        }
+        // Only the run's first id is absolute on the wire; the rest are differences already.
+        PatchOp::MoveRun { at, nodes } => {
+            place(at, f);
+            if let Some(first) = nodes.0.first_mut() {
+                f(first);
+            }
+        }
+        PatchOp::Remove { node }
+        | PatchOp::SetAttr { node, .. }
+        | PatchOp::RemoveAttr { node, .. }
+        | PatchOp::SetText { node, .. }
+        | PatchOp::EditText { node, .. } => f(node),
+    }
+}
+
+/// Rewrites the ids of `ops` as zigzag differences from the id before, sorting each run of
+/// removals first (their order does not matter: none lies under another).
+fn as_deltas(ops: &mut [PatchOp]) {
+    for run in ops.chunk_by_mut(|a, b| {
+        matches!(a, PatchOp::Remove { .. }) && matches!(b, PatchOp::Remove { .. })
+    }) {
+        run.sort_by_key(|op| match op {
+            PatchOp::Remove { node } => *node,
+            _ => 0,
+        });
+    }
+    let mut prev: NodeId = 0;
+    for op in ops.iter_mut() {
+        let last_of_run = match op {
+            PatchOp::MoveRun { nodes, .. } => nodes.0.last().copied(),
+            _ => None,
+        };
+        for_each_id(op, &mut |id| {
+            let d = (*id as i64).wrapping_sub(prev as i64);
+            prev = *id;
+            *id = ((d << 1) ^ (d >> 63)) as u64;
+        });
+        if let Some(last) = last_of_run {
+            prev = last;
+        }
+    }
+}
+
+fn rewrite(msg: &Message, view: View) -> Message {
+    let mut msg = msg.clone();
+    if let Message::Patch(p) = &mut msg {
+        match view {
+            View::AsSent => {}
+            View::Without(k) => p.ops.retain(|op| kind(op) != k),
+            View::NoOps => p.ops.clear(),
+            View::IdsOne => {
+                for op in &mut p.ops {
+                    for_each_id(op, &mut |id| *id = 1);
+                }
+            }
+            View::HashZero => p.hash = PatchCheck::default(),
+            View::IdDeltas => as_deltas(&mut p.ops),
+        }
+    }
+    msg
+}
+
+/// A state sequence as sent: the snapshot's frames, then each step's messages.
+struct Recording {
+    snapshot: Vec<u8>,
+    steps: Vec<Vec<Message>>,
+}
+
+fn record(dir: &std::path::Path, limits: Limits) -> Option<Recording> {
+    let read = |k: usize| std::fs::read_to_string(dir.join(format!("{k}.html"))).ok();
+    let mut consumer = Consumer::new(parse_html(&read(0)?, limits), "", limits);
+    let mut agent = Agent::new(limits);
+    let mut rec = Recording {
+        snapshot: Vec::new(),
+        steps: Vec::new(),
+    };
+    for k in 0.. {
+        if k > 0 {
+            let Some(html) = read(k) else { break };
+            let mut target = parse_html(&html, limits);
+            consumer
+                .update_to(&mut target)
+                .expect("the replay converges");
+            consumer.flush();
+        }
+        let mut step = Vec::new();
+        while let Some(f) = consumer.poll_frame() {
+            let bytes = f.expect("frames encode").bytes;
+            let msg = frame::decode_exact(&bytes, &limits).expect("frames decode");
+            agent
+                .handle_message(msg.clone())
+                .expect("the agent applies");
+            if k == 0 {
+                rec.snapshot.extend_from_slice(&bytes);
+            } else {
+                step.push(msg);
+            }
+        }
+        while let Some(reply) = agent.poll_message() {
+            consumer
+                .handle_message(&reply)
+                .expect("the consumer takes replies");
+        }
+        if k > 0 {
+            rec.steps.push(step);
+        }
+    }
+    Some(rec)
+}
+
+/// The compressed bytes of the steps after the snapshot, each step flushed, as `tandem replay`
+/// counts them.
+fn compressed(rec: &Recording, view: View, limits: &Limits) -> usize {
+    let level = compress::level_for_snapshot(rec.snapshot.len());
+    let mut zstd = DomCompressor::with_level(level).expect("zstd starts");
+    let mut out = Vec::new();
+    zstd.write_frames(&rec.snapshot, &mut out, limits)
+        .expect("zstd compresses");
+    let mut total = 0;
+    for step in &rec.steps {
+        let mut frames = Vec::new();
+        for msg in step {
+            frame::encode_frame(&rewrite(msg, view), &mut frames, limits).expect("frames encode");
+        }
+        out.clear();
+        zstd.write_frames(&frames, &mut out, limits)
+            .expect("zstd compresses");
+        total += out.len();
+    }
+    total
+}
+
+fn main() {
+    let limits = Limits::DEFAULT;
+    let root = corpus_root().join("states");
+    println!("states: {}\n", root.display());
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    let header: Vec<&str> = VIEWS.iter().map(|(name, _)| *name).collect();
+    println!("Bytes each change saves on the compressed patches (share of the total):\n");
+    println!("| states | patches | {} |", header.join(" | "));
+    println!("|---|---:|{}", "---:|".repeat(VIEWS.len()));
+    for dir in dirs {
+        let Some(rec) = record(&dir, limits) else {
+            continue;
+        };
+        let base = compressed(&rec, View::AsSent, &limits);
+        let cells: Vec<String> = VIEWS
+            .iter()
+            .map(|&(_, view)| {
+                let saved = base as i64 - compressed(&rec, view, &limits) as i64;
+                format!(
+                    "{saved} ({:.0} %)",
+                    100.0 * saved as f64 / base.max(1) as f64
+                )
+            })
+            .collect();
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        println!("| {name} | {base} | {} |", cells.join(" | "));
+    }
+}
