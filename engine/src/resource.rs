@@ -27,8 +27,10 @@
 //! * [`BlobStore`] holds verified blobs, bounded in bytes with LRU eviction; [`RelayCache`] is
 //!   the relay's shared store, which only takes cacheable blobs (spec §14.7).
 //! * [`ResourceSender`] decides what to send and in which order and cuts blobs into `RESOURCE`
-//!   pieces; [`ResourceReceiver`] assembles them within the limits of spec §14.8, checks every
-//!   blob against its address and says what to `WANT`.
+//!   pieces, coded as one Zstandard frame when the blob is a text or another uncompressed
+//!   format and the frame is smaller ([`Blob::coded`], spec §7.20); [`ResourceReceiver`]
+//!   assembles them within the limits of spec §14.8, decoding coded pieces into exactly the
+//!   announced length, checks every blob against its address and says what to `WANT`.
 //! * [`resolve_page`] writes the agent's page as HTML with its resources, inline as `data:`
 //!   URLs or as files named by address (spec §14.9).
 //!
@@ -37,9 +39,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use tandem_protocol::message::{Addresses, Resource};
+use tandem_protocol::compress::{self, BlobCodingError, BlobDecoder};
+use tandem_protocol::message::{Addresses, Coding, Resource};
 use tandem_protocol::{DOCUMENT_ID, NodeId, Ns};
 
 use crate::dom::{Dom, NodeKind};
@@ -184,13 +187,28 @@ fn find_ci(hay: &str, needle: &str) -> Option<usize> {
 
 /// A verified blob: bytes with the address they hash to, a MIME type and whether a relay may
 /// cache it. Only [`Blob::new`] makes one, so a blob always matches its address.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Clones share the bytes and, once made, the coded form the blob travels in
+/// ([`Blob::coded`]), so a relay serving one cached stylesheet to many agents codes it once.
+#[derive(Clone)]
 pub struct Blob {
     address: Address,
     bytes: Arc<[u8]>,
     content_type: Arc<str>,
     cacheable: bool,
+    coded: Arc<OnceLock<Option<Arc<[u8]>>>>,
 }
+
+impl PartialEq for Blob {
+    fn eq(&self, other: &Self) -> bool {
+        // Equal addresses mean equal bytes; the coded form follows from them.
+        self.address == other.address
+            && self.content_type == other.content_type
+            && self.cacheable == other.cacheable
+    }
+}
+
+impl Eq for Blob {}
 
 impl Blob {
     /// A blob of `bytes`; computes the address.
@@ -201,7 +219,26 @@ impl Blob {
             bytes,
             content_type: content_type.into(),
             cacheable,
+            coded: Arc::default(),
         }
+    }
+
+    /// The blob as one Zstandard frame, when it travels coded ([`Coding::Zstd`], spec §7.20):
+    /// for types worth coding ([`compress::worth_coding`]) whose frame is smaller than the
+    /// blob. Made on first use and kept; `None` when the blob travels as it is.
+    pub fn coded(&self) -> Option<&[u8]> {
+        self.coded
+            .get_or_init(|| {
+                if !compress::worth_coding(&self.content_type) {
+                    return None;
+                }
+                // A coder that cannot start leaves the blob as it is: identity is always valid.
+                compress::code_blob(&self.bytes)
+                    .ok()
+                    .flatten()
+                    .map(Arc::from)
+            })
+            .as_deref()
     }
 
     /// The blob's address.
@@ -1759,8 +1796,12 @@ impl ResourceSender {
             s
         });
         let first = o.offset == 0;
+        let (coding, payload) = match o.blob.coded() {
+            Some(coded) => (Coding::Zstd, coded),
+            None => (Coding::Identity, o.blob.bytes()),
+        };
         let start = o.offset as usize;
-        let end = (start + self.piece_bytes).min(o.blob.bytes().len());
+        let end = (start + self.piece_bytes).min(payload.len());
         let piece = Resource {
             address: o.blob.address().0,
             total_len: o.blob.len(),
@@ -1771,11 +1812,12 @@ impl ResourceSender {
                 String::new()
             },
             cacheable: o.blob.cacheable(),
-            data: o.blob.bytes()[start..end].to_vec(),
+            coding,
+            data: payload[start..end].to_vec(),
         };
         o.offset = end as u64;
         self.bytes_sent += (end - start) as u64;
-        let fin = o.offset == o.blob.len();
+        let fin = end == payload.len();
         if fin {
             let o = entry.remove();
             self.queued.remove(&o.blob.address());
@@ -1847,6 +1889,15 @@ pub enum ResourceError {
         /// The limit.
         limit: usize,
     },
+    /// The pieces name a coding this version does not define (spec §7.20).
+    #[error("resource.coding: unknown coding {coding}")]
+    UnknownCoding {
+        /// The coding's wire value.
+        coding: u32,
+    },
+    /// A coded blob's pieces do not decode to exactly `total_len` bytes (spec §7.20).
+    #[error("resource.data: {0}")]
+    Coding(#[from] BlobCodingError),
     /// The blob's bytes do not hash to its address: discarded, never used.
     #[error("blob {address} hashes to {actual}")]
     Mismatch {
@@ -1889,7 +1940,57 @@ struct Partial {
     total_len: u64,
     cacheable: bool,
     content_type: String,
-    data: Vec<u8>,
+    coding: Coding,
+    /// Bytes of the pieces so far (coded bytes under [`Coding::Zstd`]).
+    received: u64,
+    body: Body,
+}
+
+/// A blob being assembled: its bytes as they come, or the decoder of its coded pieces.
+#[derive(Debug)]
+enum Body {
+    Identity(Vec<u8>),
+    Zstd(BlobDecoder),
+}
+
+impl Body {
+    /// A body for a blob of `total_len` bytes (checked against the limits: this allocates it).
+    fn new(coding: Coding, total_len: u64) -> Result<Self, ResourceError> {
+        match coding {
+            Coding::Identity => {
+                let mut data = Vec::new();
+                data.reserve_exact(total_len as usize);
+                Ok(Body::Identity(data))
+            }
+            Coding::Zstd => Ok(Body::Zstd(BlobDecoder::new(total_len as usize)?)),
+            other => Err(ResourceError::UnknownCoding {
+                coding: u32::from(other),
+            }),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) -> Result<(), ResourceError> {
+        match self {
+            Body::Identity(v) => v.extend_from_slice(data),
+            Body::Zstd(d) => d.push(data)?,
+        }
+        Ok(())
+    }
+
+    /// Whether the blob is whole, `end` being where the last piece ended.
+    fn is_whole(&self, end: u64, total_len: u64) -> bool {
+        match self {
+            Body::Identity(_) => end == total_len,
+            Body::Zstd(d) => d.is_done(),
+        }
+    }
+
+    fn into_bytes(self) -> Result<Vec<u8>, ResourceError> {
+        match self {
+            Body::Identity(v) => Ok(v),
+            Body::Zstd(d) => Ok(d.finish()?),
+        }
+    }
 }
 
 /// The receiving side of resources (agent, or relay for its cache), sans I/O: assembles the
@@ -2098,6 +2199,8 @@ impl ResourceReceiver {
                 Some("resource.total_len")
             } else if p.cacheable != piece.cacheable {
                 Some("resource.cacheable")
+            } else if p.coding != piece.coding {
+                Some("resource.coding")
             } else if !piece.content_type.is_empty() {
                 Some("resource.content_type")
             } else {
@@ -2106,14 +2209,14 @@ impl ResourceReceiver {
             if let Some(field) = field {
                 return Err(ResourceError::Inconsistent { field });
             }
-            let expected = p.data.len() as u64;
-            if piece.offset != expected {
+            if piece.offset != p.received {
                 return Err(ResourceError::OutOfOrder {
-                    expected,
+                    expected: p.received,
                     offset: piece.offset,
                 });
             }
-            p.data.extend_from_slice(&piece.data);
+            p.body.push(&piece.data)?;
+            p.received = end;
         } else {
             if piece.offset != 0 {
                 return Err(ResourceError::OutOfOrder {
@@ -2149,11 +2252,10 @@ impl ResourceReceiver {
                     field: "resource.in_flight_bytes",
                 });
             }
-            self.in_flight += piece.total_len;
-            let mut data = Vec::new();
             // Exactly the announced size, which the limits above allow.
-            data.reserve_exact(piece.total_len as usize);
-            data.extend_from_slice(&piece.data);
+            let mut body = Body::new(piece.coding, piece.total_len)?;
+            body.push(&piece.data)?;
+            self.in_flight += piece.total_len;
             self.partial.insert(
                 stream,
                 Partial {
@@ -2161,11 +2263,17 @@ impl ResourceReceiver {
                     total_len: piece.total_len,
                     cacheable: piece.cacheable,
                     content_type: piece.content_type.clone(),
-                    data,
+                    coding: piece.coding,
+                    received: end,
+                    body,
                 },
             );
         }
-        if end == piece.total_len {
+        let whole = self
+            .partial
+            .get(&stream)
+            .is_some_and(|p| p.body.is_whole(end, p.total_len));
+        if whole {
             self.finish(stream)?;
         }
         Ok(())
@@ -2176,7 +2284,7 @@ impl ResourceReceiver {
             return Ok(());
         };
         self.in_flight -= p.total_len;
-        let blob = Blob::new(p.data, &p.content_type, p.cacheable);
+        let blob = Blob::new(p.body.into_bytes()?, &p.content_type, p.cacheable);
         if blob.address() != p.address {
             self.wanted.remove(&p.address);
             let asked_again = self.retried.insert(p.address);

@@ -17,7 +17,8 @@ use tandem_engine::resource::{
     ResourceSender, Resources, SendMode, StoreError, Transmit, decode_data_url, resolve_page,
 };
 use tandem_engine::{Agent, Consumer, Dom, Element, MaskPolicy, NodeKind, parse_html};
-use tandem_protocol::message::{Addresses, Resource};
+use tandem_protocol::compress;
+use tandem_protocol::message::{Addresses, Coding, Resource};
 use tandem_protocol::{Limits, NodeId, Ns};
 
 const L: Limits = Limits::DEFAULT;
@@ -847,6 +848,7 @@ fn limits_are_enforced_before_bytes_are_kept() {
             String::new()
         },
         cacheable: true,
+        coding: Coding::Identity,
         data,
     };
     // An announced length over the limit: refused at once, nothing held.
@@ -956,6 +958,200 @@ fn an_empty_blob_and_a_held_blob() {
     rx.handle_piece(2, &pieces(&b, 10)[0])
         .expect("not an error");
     assert_eq!(rx.poll_stop(), Some(2));
+}
+
+// ───────────────────────── coded blobs ─────────────────────────
+
+fn stylesheet(rules: usize) -> Vec<u8> {
+    (0..rules)
+        .map(|i| {
+            format!(
+                ".card-{i}{{margin:{}px 0;color:#{:06x}}}\n",
+                i % 13,
+                i * 40503 % 0xffffff
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn texts_travel_coded_and_arrive_exactly() {
+    let css = stylesheet(600);
+    let blob = Blob::new(css.clone(), "text/css", true);
+    let ps = pieces(&blob, 1024);
+    assert!(ps.iter().all(|p| p.coding == Coding::Zstd));
+    assert!(ps.iter().all(|p| p.total_len == css.len() as u64));
+    let coded: usize = ps.iter().map(|p| p.data.len()).sum();
+    assert_eq!(Some(coded), blob.coded().map(<[u8]>::len));
+    assert!(
+        coded * 3 < css.len(),
+        "{coded} coded bytes for {}",
+        css.len()
+    );
+    let mut rx = receiver();
+    for p in &ps {
+        rx.handle_piece(9, p).expect("each coded piece is taken");
+    }
+    assert_eq!(
+        rx.poll_event(),
+        Some(ResourceEvent::Complete {
+            address: blob.address(),
+            len: css.len() as u64
+        })
+    );
+    assert_eq!(
+        rx.store().peek(&blob.address()).map(Blob::bytes),
+        Some(&css[..])
+    );
+    assert_eq!(rx.in_flight(), 0);
+
+    // An image in a compressed format, and a text that does not compress, travel as they are.
+    for b in [
+        Blob::new(stylesheet(50), "image/png", true),
+        Blob::new(noise(5000), "text/plain", false),
+    ] {
+        let ps = pieces(&b, 1024);
+        assert!(ps.iter().all(|p| p.coding == Coding::Identity), "{b:?}");
+        assert_eq!(ps.iter().map(|p| p.data.len() as u64).sum::<u64>(), b.len());
+        assert_eq!(b.coded(), None);
+    }
+}
+
+#[test]
+fn a_coded_blob_that_is_not_what_it_announces_is_refused() {
+    let css = stylesheet(80);
+    let coded = compress::code_blob(&css).unwrap().expect("codes smaller");
+    let address = Address::of(&css).0;
+    let piece = |total_len: usize, offset: usize, data: &[u8], coding| Resource {
+        address,
+        total_len: total_len as u64,
+        offset: offset as u64,
+        content_type: if offset == 0 {
+            "text/css".into()
+        } else {
+            String::new()
+        },
+        cacheable: true,
+        coding,
+        data: data.to_vec(),
+    };
+    let n = css.len();
+    let mut rx = receiver();
+    let mut stream = 0;
+    let mut refused = |rx: &mut ResourceReceiver, ps: &[Resource]| {
+        stream += 1;
+        let mut last = Ok(());
+        for p in ps {
+            last = rx.handle_piece(stream, p);
+            if last.is_err() {
+                break;
+            }
+        }
+        assert_eq!(rx.poll_stop(), Some(stream), "{last:?}");
+        assert_eq!(rx.in_flight(), 0);
+        assert!(!rx.store().contains(&Address(address)));
+        last
+    };
+    // Announced one byte short: the frame decodes to more.
+    let r = refused(&mut rx, &[piece(n - 1, 0, &coded, Coding::Zstd)]);
+    assert!(matches!(r, Err(ResourceError::Coding(_))), "{r:?}");
+    // Announced one byte longer: the frame ends short.
+    let r = refused(&mut rx, &[piece(n + 1, 0, &coded, Coding::Zstd)]);
+    assert!(matches!(r, Err(ResourceError::Coding(_))), "{r:?}");
+    // A byte after the end of the frame.
+    let mut trailing = coded.clone();
+    trailing.push(0);
+    let r = refused(&mut rx, &[piece(n, 0, &trailing, Coding::Zstd)]);
+    assert!(matches!(r, Err(ResourceError::Coding(_))), "{r:?}");
+    // Not zstd at all.
+    let r = refused(&mut rx, &[piece(n, 0, &css[..100], Coding::Zstd)]);
+    assert!(matches!(r, Err(ResourceError::Coding(_))), "{r:?}");
+    // A coding this version does not define, and a later piece that changes the coding.
+    let r = refused(&mut rx, &[piece(n, 0, &coded, Coding::from(7))]);
+    assert_eq!(r, Err(ResourceError::UnknownCoding { coding: 7 }));
+    let half = coded.len() / 2;
+    let r = refused(
+        &mut rx,
+        &[
+            piece(n, 0, &coded[..half], Coding::Zstd),
+            piece(n, half, &coded[half..], Coding::Identity),
+        ],
+    );
+    assert_eq!(
+        r,
+        Err(ResourceError::Inconsistent {
+            field: "resource.coding"
+        })
+    );
+    // Well-formed but of other bytes: decodes, then fails its address.
+    let other = compress::code_blob(&stylesheet(81)).unwrap().unwrap();
+    let r = refused(
+        &mut rx,
+        &[piece(stylesheet(81).len(), 0, &other, Coding::Zstd)],
+    );
+    assert!(matches!(r, Err(ResourceError::Mismatch { .. })), "{r:?}");
+
+    // A stream that ends inside the frame leaves nothing behind.
+    rx.handle_piece(100, &piece(n, 0, &coded[..half], Coding::Zstd))
+        .expect("a first half");
+    rx.handle_stream_end(100);
+    assert!(rx.poll_event().into_iter().any(|e| e
+        == ResourceEvent::Incomplete {
+            address: Address(address)
+        }
+        || matches!(e, ResourceEvent::Corrupt { .. })));
+    assert_eq!(rx.in_flight(), 0);
+    // And the right pieces still make the blob.
+    for p in [
+        piece(n, 0, &coded[..half], Coding::Zstd),
+        piece(n, half, &coded[half..], Coding::Zstd),
+    ] {
+        rx.handle_piece(101, &p).expect("taken");
+    }
+    assert_eq!(
+        rx.store().peek(&Address(address)).map(Blob::bytes),
+        Some(&css[..])
+    );
+    // The frame ended with the blob whole: a piece after it starts no blob.
+    let r = rx.handle_piece(101, &piece(n, coded.len(), &[0], Coding::Zstd));
+    assert!(matches!(r, Err(ResourceError::OutOfOrder { .. })), "{r:?}");
+}
+
+#[test]
+fn the_relay_cache_serves_a_coded_blob_it_assembled() {
+    let css = stylesheet(400);
+    let blob = Blob::new(css.clone(), "text/css", true);
+    let mut relay = RelayCache::new(1 << 20, ResourceLimits::DEFAULT);
+    for p in pieces(&blob, 700) {
+        relay.observe(5, &p).expect("a cacheable coded piece");
+    }
+    assert!(relay.contains(&blob.address()));
+    let (served, rest) = relay.answer_want(&Addresses {
+        addresses: vec![blob.address().0],
+    });
+    assert!(rest.is_none());
+    let mut rx = receiver();
+    for p in pieces(&served[0], 700) {
+        assert_eq!(p.coding, Coding::Zstd);
+        rx.handle_piece(1, &p).expect("taken");
+    }
+    assert_eq!(
+        rx.store().peek(&blob.address()).map(Blob::bytes),
+        Some(&css[..])
+    );
 }
 
 // ───────────────────────── stores ─────────────────────────

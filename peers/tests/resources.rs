@@ -18,7 +18,7 @@ use tandem_peers::resources::{Pair, ResourceOptions, run_pair};
 use tandem_peers::session::{self, AgentOptions, AgentReport, ConsumerReport};
 use tandem_peers::transport::Identity;
 use tandem_protocol::message::{
-    Addresses, Capabilities, Credential, End, EndReason, Resource, Role,
+    Addresses, Capabilities, Coding, Credential, End, EndReason, Resource, Role,
 };
 use tandem_protocol::{Limits, Message};
 
@@ -336,6 +336,7 @@ async fn corrupting_consumer(
                         offset: 0,
                         content_type: blob.content_type().to_owned(),
                         cacheable: blob.cacheable(),
+                        coding: Coding::Identity,
                         data,
                     };
                     let mut s = conn.open_uni().await.expect("a resource stream");

@@ -19,11 +19,11 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::ser;
 use tandem_protocol::message::{
-    Ack, Addresses, Capabilities, Click, Credential, End, EndReason, ErrorReport, Hello, Highlight,
-    InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange, ModeOp, Navigate, Patch,
-    Ping, Platform, Pointer, RefusalCode, Refused, Rejoined, Resource, Resync, ResyncReason, Role,
-    Scroll, SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame, Viewport, ViewportChange,
-    Welcome,
+    Ack, Addresses, Capabilities, Click, Coding, Credential, End, EndReason, ErrorReport, Hello,
+    Highlight, InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange, ModeOp, Navigate,
+    Patch, Ping, Platform, Pointer, RefusalCode, Refused, Rejoined, Resource, Resync, ResyncReason,
+    Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status, UnknownFrame, Viewport,
+    ViewportChange, Welcome,
 };
 use tandem_protocol::strings::static_index;
 use tandem_protocol::{
@@ -341,7 +341,36 @@ fn positive_vectors() -> Vec<Positive> {
             offset: 0,
             content_type: "text/css".into(),
             cacheable: true,
+            coding: Coding::Identity,
             data: css.to_vec(),
+        }),
+    );
+    let sheet = b"body{margin:0;font:16px/1.4 system-ui;color:#222;background:#fff}\n\
+        header,nav,main,footer{display:block}\n\
+        .container{max-width:1200px;margin:0 auto;padding:0 16px}\n\
+        .button{display:inline-block;padding:8px 16px;border-radius:4px;background:#0a58ca;color:#fff}\n\
+        .button:hover{background:#084298}\n";
+    let coded = tandem_protocol::compress::code_blob(sheet)
+        .expect("zstd starts")
+        .expect("the stylesheet codes smaller");
+    add(
+        "resource_coded",
+        &format!(
+            "RESOURCE carrying a whole {}-byte stylesheet coded as one Zstandard frame with the \
+             dictionary dom-v1 (coding 1 = Zstd): total_len is the stylesheet's length, offset \
+             and data count the {} coded bytes, and the address is the blake3 of the decoded \
+             stylesheet.",
+            sheet.len(),
+            coded.len()
+        ),
+        Message::Resource(Resource {
+            address: *blake3::hash(sheet).as_bytes(),
+            total_len: sheet.len() as u64,
+            offset: 0,
+            content_type: "text/css".into(),
+            cacheable: true,
+            coding: Coding::Zstd,
+            data: coded,
         }),
     );
     add(
@@ -354,6 +383,7 @@ fn positive_vectors() -> Vec<Positive> {
             offset: 65_536,
             content_type: String::new(),
             cacheable: false,
+            coding: Coding::Identity,
             data: (0u8..16).map(|i| i.wrapping_mul(37)).collect(),
         }),
     );
@@ -865,6 +895,7 @@ fn negative_vectors() -> Vec<Negative> {
         offset: 2,
         content_type: String::new(),
         cacheable: false,
+        coding: Coding::Identity,
         data: vec![1, 2, 3, 4],
     });
 

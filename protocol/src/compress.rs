@@ -190,6 +190,27 @@ fn ddict() -> Option<&'static DDict<'static>> {
     DDICT.get_or_init(|| DDict::try_create(DICTIONARY)).as_ref()
 }
 
+/// A decompression context with the dictionary `dom-v1` that refuses windows above
+/// 2^`window_log_max` bytes; zstd's reason when it cannot be made.
+fn dctx_with_dictionary(window_log_max: u32) -> Result<DCtx<'static>, &'static str> {
+    let mut dctx = DCtx::try_create().ok_or("no memory for a decompression context")?;
+    let name = |code| zstd_safe::get_error_name(code);
+    match ddict() {
+        Some(d) => dctx.ref_ddict(d).map_err(name)?,
+        None => dctx.load_dictionary(DICTIONARY).map_err(name)?,
+    };
+    dctx.set_parameter(DParameter::WindowLogMax(window_log_max))
+        .map_err(name)?;
+    Ok(dctx)
+}
+
+/// Whether a zstd error code says a frame announced a window above the decoder's limit.
+fn is_window_too_large(code: usize) -> bool {
+    // zstd returns error codes negated (`(size_t)-ZSTD_error_...`).
+    let window = zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge;
+    code.wrapping_neg() == window as usize
+}
+
 /// The sender's half: compresses the frames of one DOM stream with one context (spec §4.6).
 ///
 /// Call [`DomCompressor::write_frames`] (or [`DomCompressor::compress`]) with the encoded
@@ -220,6 +241,23 @@ fn setup(r: zstd_safe::SafeResult) -> Result<usize, CompressError> {
     })
 }
 
+/// A compression context at `level` with the dictionary `dom-v1`, writing frames without a
+/// checksum or dictionary id: integrity comes from TLS and the hashes and addresses the frames
+/// carry, and the dictionary is fixed by the codec byte or the coding.
+fn cctx_with_dictionary(level: i32) -> Result<CCtx<'static>, CompressError> {
+    let mut cctx = CCtx::try_create().ok_or(CompressError::Setup {
+        detail: "no memory for a compression context",
+    })?;
+    match cdict_default() {
+        Some(cdict) if level == DEFAULT_LEVEL => setup(cctx.ref_cdict(cdict))?,
+        _ => setup(cctx.load_dictionary(DICTIONARY))?,
+    };
+    setup(cctx.set_parameter(CParameter::CompressionLevel(level)))?;
+    setup(cctx.set_parameter(CParameter::ChecksumFlag(false)))?;
+    setup(cctx.set_parameter(CParameter::DictIdFlag(false)))?;
+    Ok(cctx)
+}
+
 impl DomCompressor {
     /// A compressor at [`DEFAULT_LEVEL`].
     pub fn new() -> Result<Self, CompressError> {
@@ -228,20 +266,10 @@ impl DomCompressor {
 
     /// A compressor at zstd `level` (1 to 22; the receiver does not need to know it).
     pub fn with_level(level: i32) -> Result<Self, CompressError> {
-        let mut cctx = CCtx::try_create().ok_or(CompressError::Setup {
-            detail: "no memory for a compression context",
-        })?;
-        match cdict_default() {
-            Some(cdict) if level == DEFAULT_LEVEL => setup(cctx.ref_cdict(cdict))?,
-            _ => setup(cctx.load_dictionary(DICTIONARY))?,
-        };
-        setup(cctx.set_parameter(CParameter::CompressionLevel(level)))?;
+        let mut cctx = cctx_with_dictionary(level)?;
         setup(cctx.set_parameter(CParameter::WindowLog(WINDOW_LOG_MAX)))?;
-        // The frame's size is unknown (it lasts as long as the stream), integrity comes from
-        // TLS and the tree hashes, and the dictionary is fixed by the codec byte.
+        // The frame's size is unknown (it lasts as long as the stream).
         setup(cctx.set_parameter(CParameter::ContentSizeFlag(false)))?;
-        setup(cctx.set_parameter(CParameter::ChecksumFlag(false)))?;
-        setup(cctx.set_parameter(CParameter::DictIdFlag(false)))?;
         Ok(Self {
             cctx,
             started: false,
@@ -361,19 +389,8 @@ impl std::fmt::Debug for DomDecompressor {
 impl DomDecompressor {
     /// A decompressor for one DOM stream whose inner frames are checked against `limits`.
     pub fn new(limits: Limits) -> Result<Self, DecompressError> {
-        let mut dctx = DCtx::try_create().ok_or(DecompressError::Setup {
-            detail: "no memory for a decompression context",
-        })?;
-        let setup = |r: zstd_safe::SafeResult| {
-            r.map_err(|code| DecompressError::Setup {
-                detail: zstd_safe::get_error_name(code),
-            })
-        };
-        match ddict() {
-            Some(d) => setup(dctx.ref_ddict(d))?,
-            None => setup(dctx.load_dictionary(DICTIONARY))?,
-        };
-        setup(dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX)))?;
+        let dctx = dctx_with_dictionary(WINDOW_LOG_MAX)
+            .map_err(|detail| DecompressError::Setup { detail })?;
         Ok(Self {
             dctx,
             reader: FrameReader::new(limits),
@@ -449,10 +466,7 @@ impl DomDecompressor {
         let produced = output.pos();
         let consumed = input.pos();
         let hint = result.map_err(|code| {
-            // zstd returns error codes negated (`(size_t)-ZSTD_error_...`).
-            let window =
-                zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge;
-            if code.wrapping_neg() == window as usize {
+            if is_window_too_large(code) {
                 DecompressError::WindowTooLarge {
                     max_log: WINDOW_LOG_MAX,
                 }
@@ -497,6 +511,216 @@ impl DomDecompressor {
     /// Total decompressed bytes produced so far.
     pub fn raw_bytes(&self) -> u64 {
         self.raw_out
+    }
+}
+
+// ───────────────────────────── blobs ─────────────────────────────
+
+/// Content types whose blobs the reference sender tries to code as [`Coding::Zstd`]
+/// (spec §7.20): texts and uncompressed formats. Images, fonts and archives in compressed
+/// formats (PNG, JPEG, WebP, WOFF2, …) travel as they are.
+///
+/// [`Coding::Zstd`]: crate::message::Coding::Zstd
+pub fn worth_coding(content_type: &str) -> bool {
+    let t = content_type.trim().to_ascii_lowercase();
+    let essence = t.split(';').next().unwrap_or("").trim();
+    essence.starts_with("text/")
+        || matches!(
+            essence,
+            "image/svg+xml"
+                | "image/bmp"
+                | "image/x-icon"
+                | "image/vnd.microsoft.icon"
+                | "application/json"
+                | "application/javascript"
+                | "application/xml"
+                | "application/xhtml+xml"
+                | "application/wasm"
+                | "font/ttf"
+                | "font/otf"
+                | "application/font-sfnt"
+        )
+}
+
+/// Codes a blob as one Zstandard frame with the dictionary `dom-v1`, for `RESOURCE` pieces of
+/// [`Coding::Zstd`] (spec §7.20): at [`DEFAULT_LEVEL`], or [`LARGE_SNAPSHOT_LEVEL`] above
+/// [`LARGE_SNAPSHOT_BYTES`], as for snapshots. `Ok(None)` when the frame would not be smaller
+/// than the blob: it then travels as [`Coding::Identity`].
+///
+/// [`Coding::Zstd`]: crate::message::Coding::Zstd
+/// [`Coding::Identity`]: crate::message::Coding::Identity
+pub fn code_blob(bytes: &[u8]) -> Result<Option<Vec<u8>>, CompressError> {
+    // One-shot, so zstd knows the size: the frame says it, and the window fits the blob.
+    let mut cctx = cctx_with_dictionary(level_for_snapshot(bytes.len()))?;
+    let mut out = Vec::with_capacity(bytes.len());
+    match cctx.compress2(&mut out, bytes) {
+        Ok(_) => Ok(Some(out)),
+        // No room: the frame would be at least as long as the blob.
+        Err(code) if code.wrapping_neg() == DST_SIZE_TOO_SMALL as usize => Ok(None),
+        Err(code) => Err(CompressError::Zstd {
+            detail: zstd_safe::get_error_name(code),
+        }),
+    }
+    .map(|coded| coded.filter(|c| c.len() < bytes.len()))
+}
+
+const DST_SIZE_TOO_SMALL: zstd_safe::zstd_sys::ZSTD_ErrorCode =
+    zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall;
+
+/// Why the coded pieces of a blob were refused (spec §7.20, §14.8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobCodingError {
+    /// The coded bytes are not valid Zstandard data, or announce a window larger than the
+    /// blob needs.
+    #[error("coded blob: corrupt zstd data: {detail}")]
+    Corrupt {
+        /// What zstd reported.
+        detail: &'static str,
+    },
+    /// The frame decodes to more than the announced `total_len`.
+    #[error("coded blob: decodes to more than {total_len} bytes")]
+    TooLong {
+        /// The announced length.
+        total_len: u64,
+    },
+    /// The frame ended after fewer than `total_len` bytes.
+    #[error("coded blob: ends after {len} of {total_len} bytes")]
+    TooShort {
+        /// What it decoded to.
+        len: u64,
+        /// The announced length.
+        total_len: u64,
+    },
+    /// Coded bytes follow the end of the frame.
+    #[error("coded blob: bytes after the end of its frame")]
+    Trailing,
+    /// zstd could not allocate a decompression context or load the dictionary.
+    #[error("cannot set up the blob decoder: {detail}")]
+    Setup {
+        /// What zstd reported.
+        detail: &'static str,
+    },
+}
+
+/// The receiver's half of a blob coded as [`Coding::Zstd`] (spec §7.20): decodes the pieces
+/// as they arrive into a buffer of exactly the announced length, allocated once, and refuses a
+/// frame that decodes to more or to less. The frame's window may not exceed what a blob of
+/// that length needs (with the dictionary, at most 2^[`WINDOW_LOG_MAX`] bytes), so the
+/// decoder's memory follows the announced length too.
+///
+/// [`Coding::Zstd`]: crate::message::Coding::Zstd
+pub struct BlobDecoder {
+    dctx: DCtx<'static>,
+    out: Vec<u8>,
+    total_len: usize,
+    ended: bool,
+}
+
+impl std::fmt::Debug for BlobDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobDecoder")
+            .field("decoded", &self.out.len())
+            .field("total_len", &self.total_len)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobDecoder {
+    /// A decoder for a blob of `total_len` bytes (which the caller has checked against its
+    /// limits: this allocates it).
+    pub fn new(total_len: usize) -> Result<Self, BlobCodingError> {
+        // The smallest window that holds the blob and the dictionary before it.
+        let need = total_len.saturating_add(DICTIONARY.len()).max(1);
+        let window_log = (usize::BITS - (need - 1).leading_zeros()).clamp(10, WINDOW_LOG_MAX);
+        let dctx =
+            dctx_with_dictionary(window_log).map_err(|detail| BlobCodingError::Setup { detail })?;
+        let mut out = Vec::new();
+        out.reserve_exact(total_len);
+        Ok(Self {
+            dctx,
+            out,
+            total_len,
+            ended: false,
+        })
+    }
+
+    /// Decodes the next coded piece.
+    pub fn push(&mut self, coded: &[u8]) -> Result<(), BlobCodingError> {
+        let total_len = self.total_len as u64;
+        let mut input = InBuffer::around(coded);
+        loop {
+            if self.ended {
+                return match input.pos() < coded.len() {
+                    true => Err(BlobCodingError::Trailing),
+                    false => Ok(()),
+                };
+            }
+            let before = input.pos();
+            // Straight into the blob's buffer, which holds exactly what was announced; once it
+            // is full, into one spare byte that must stay empty.
+            let (hint, produced) = if self.out.len() < self.out.capacity() {
+                let pos = self.out.len();
+                let mut o = OutBuffer::around_pos(&mut self.out, pos);
+                let hint = self.dctx.decompress_stream(&mut o, &mut input);
+                (hint, o.pos() - pos)
+            } else {
+                let mut spare = [0u8; 1];
+                let mut o = OutBuffer::around(&mut spare[..]);
+                let hint = self.dctx.decompress_stream(&mut o, &mut input);
+                if o.pos() > 0 {
+                    return Err(BlobCodingError::TooLong { total_len });
+                }
+                (hint, 0)
+            };
+            let hint = hint.map_err(|code| BlobCodingError::Corrupt {
+                detail: if is_window_too_large(code) {
+                    "window larger than the blob needs"
+                } else {
+                    zstd_safe::get_error_name(code)
+                },
+            })?;
+            // The buffer may hold a little more than was asked for: never more than announced.
+            if self.out.len() > self.total_len {
+                return Err(BlobCodingError::TooLong { total_len });
+            }
+            if hint == 0 {
+                self.ended = true;
+                if self.out.len() < self.total_len {
+                    return Err(BlobCodingError::TooShort {
+                        len: self.out.len() as u64,
+                        total_len,
+                    });
+                }
+                continue;
+            }
+            if input.pos() == before && produced == 0 {
+                // Waiting for more input, or stuck on input zstd will not take.
+                return match input.pos() < coded.len() {
+                    true => Err(BlobCodingError::Corrupt {
+                        detail: "no progress",
+                    }),
+                    false => Ok(()),
+                };
+            }
+        }
+    }
+
+    /// Whether the frame has ended (the blob is whole).
+    pub fn is_done(&self) -> bool {
+        self.ended
+    }
+
+    /// The decoded blob, once the frame has ended.
+    pub fn finish(self) -> Result<Vec<u8>, BlobCodingError> {
+        if !self.ended {
+            return Err(BlobCodingError::TooShort {
+                len: self.out.len() as u64,
+                total_len: self.total_len as u64,
+            });
+        }
+        Ok(self.out)
     }
 }
 
@@ -842,6 +1066,157 @@ mod tests {
             d.next_frame(),
             Err(DecompressError::Frame(DecodeError::FrameTooLarge { .. }))
         ));
+    }
+
+    fn stylesheet(rules: usize) -> Vec<u8> {
+        let mut css = String::new();
+        for i in 0..rules {
+            css.push_str(&format!(
+                ".item-{i}{{margin:{}px;padding:{}px;color:#{:06x}}}\n",
+                i % 17,
+                i % 5,
+                i * 2654435761 % 0xffffff
+            ));
+        }
+        css.into_bytes()
+    }
+
+    fn decode_in(coded: &[u8], total_len: usize, piece: usize) -> Result<Vec<u8>, BlobCodingError> {
+        let mut d = BlobDecoder::new(total_len)?;
+        for p in coded.chunks(piece.max(1)) {
+            d.push(p)?;
+        }
+        d.finish()
+    }
+
+    #[test]
+    fn blobs_code_and_decode_in_pieces_of_any_size() {
+        let css = stylesheet(300);
+        let coded = code_blob(&css)
+            .unwrap()
+            .expect("a stylesheet codes smaller");
+        assert!(
+            coded.len() * 3 < css.len(),
+            "{} of {}",
+            coded.len(),
+            css.len()
+        );
+        for piece in [1, 7, 1000, coded.len()] {
+            assert_eq!(
+                decode_in(&coded, css.len(), piece).unwrap(),
+                css,
+                "pieces of {piece}"
+            );
+        }
+        // Bytes that do not compress stay as they are.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert_eq!(code_blob(&noise).unwrap(), None);
+        assert_eq!(code_blob(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn a_coded_blob_decodes_to_exactly_its_length_or_is_refused() {
+        let css = stylesheet(100);
+        let coded = code_blob(&css).unwrap().unwrap();
+        let n = css.len();
+        assert_eq!(
+            decode_in(&coded, n - 1, 64),
+            Err(BlobCodingError::TooLong {
+                total_len: n as u64 - 1
+            })
+        );
+        assert_eq!(
+            decode_in(&coded, n + 1, 64),
+            Err(BlobCodingError::TooShort {
+                len: n as u64,
+                total_len: n as u64 + 1
+            })
+        );
+        let mut trailing = coded.clone();
+        trailing.push(0);
+        assert_eq!(decode_in(&trailing, n, 64), Err(BlobCodingError::Trailing));
+        assert_eq!(
+            decode_in(&trailing, n, trailing.len()),
+            Err(BlobCodingError::Trailing)
+        );
+        // Cut short: not finished.
+        assert!(matches!(
+            decode_in(&coded[..coded.len() - 1], n, 64),
+            Err(BlobCodingError::TooShort { .. })
+        ));
+        assert!(matches!(
+            decode_in(b"not zstd at all", n, 64),
+            Err(BlobCodingError::Corrupt { .. })
+        ));
+        // A small frame of a megabyte of zeros, announced as 100 bytes: refused, by its window
+        // or at the 101st byte, never decoded further.
+        let zeros = code_blob(&vec![0u8; 1 << 20]).unwrap().unwrap();
+        assert!(zeros.len() < 1000);
+        assert!(matches!(
+            decode_in(&zeros, 100, zeros.len()),
+            Err(BlobCodingError::TooLong { total_len: 100 } | BlobCodingError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_coded_blob_may_not_ask_for_a_window_larger_than_it_needs() {
+        let css = stylesheet(40);
+        // A frame made as a stream, which does not know its size: it keeps a 1 MiB window.
+        let mut cctx = cctx_with_dictionary(3).unwrap();
+        setup(cctx.set_parameter(CParameter::WindowLog(20))).unwrap();
+        let mut coded = Vec::with_capacity(css.len() + 1024);
+        let mut input = InBuffer::around(&css[..]);
+        cctx.compress_stream(&mut OutBuffer::around(&mut coded), &mut input)
+            .unwrap();
+        loop {
+            let pos = coded.len();
+            if cctx
+                .end_stream(&mut OutBuffer::around_pos(&mut coded, pos))
+                .unwrap()
+                == 0
+            {
+                break;
+            }
+        }
+        assert_eq!(
+            decode_in(&coded, css.len(), 64),
+            Err(BlobCodingError::Corrupt {
+                detail: "window larger than the blob needs"
+            })
+        );
+        // The same blob coded as the reference codes it decodes.
+        let coded = code_blob(&css).unwrap().unwrap();
+        assert_eq!(decode_in(&coded, css.len(), 64).unwrap(), css);
+    }
+
+    #[test]
+    fn worth_coding_is_texts_and_uncompressed_formats() {
+        for t in [
+            "text/css",
+            "text/plain;charset=utf-8",
+            "image/svg+xml",
+            "font/ttf",
+            "Application/JSON",
+        ] {
+            assert!(worth_coding(t), "{t}");
+        }
+        for t in [
+            "image/png",
+            "image/jpeg",
+            "font/woff2",
+            "application/octet-stream",
+            "",
+        ] {
+            assert!(!worth_coding(t), "{t}");
+        }
     }
 
     #[test]

@@ -391,6 +391,18 @@ pub struct Addresses {
     pub addresses: Vec<Address>,
 }
 
+wire_enum! {
+    /// How the `data` of a blob's `RESOURCE` pieces is coded (spec §7.20).
+    pub enum Coding {
+        /// The pieces, in offset order, are the blob's bytes.
+        Identity = 0,
+        /// The pieces, in offset order, are one Zstandard frame made with the dictionary
+        /// `dom-v1` (spec §4.6.2) that decodes to exactly the blob; offsets count coded bytes
+        /// ([`crate::compress::code_blob`], [`crate::compress::BlobDecoder`]).
+        Zstd = 1,
+    }
+}
+
 /// `RESOURCE` (0x44, spec §7.20): a piece of a blob on its own stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -399,12 +411,15 @@ pub struct Resource {
     pub address: Address,
     /// The blob's total length in bytes, announced before any byte.
     pub total_len: u64,
-    /// Offset of `data` in the blob.
+    /// Offset of `data` in the blob's bytes as they travel (coded bytes under
+    /// [`Coding::Zstd`]).
     pub offset: u64,
     /// MIME type (first piece; empty later).
     pub content_type: String,
     /// Whether a relay may cache it (a public asset).
     pub cacheable: bool,
+    /// How `data` is coded; the same in every piece of the blob.
+    pub coding: Coding,
     /// The bytes.
     #[serde(with = "serde_bytes_vec")]
     pub data: Vec<u8>,

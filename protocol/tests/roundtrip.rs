@@ -9,10 +9,10 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::Union;
 use tandem_protocol::message::{
-    Ack, Addresses, Capabilities, Click, Compressed, Credential, End, EndReason, ErrorReport,
-    Hello, Highlight, Input, InputValue, InvitationRef, Invite, Join, Joined, Mode, ModeChange,
-    ModeOp, Navigate, Patch, Ping, Platform, Pointer, RefusalCode, Refused, Rejoined, Resource,
-    Resync, ResyncReason, Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status,
+    Ack, Addresses, Capabilities, Click, Coding, Compressed, Credential, End, EndReason,
+    ErrorReport, Hello, Highlight, Input, InputValue, InvitationRef, Invite, Join, Joined, Mode,
+    ModeChange, ModeOp, Navigate, Patch, Ping, Platform, Pointer, RefusalCode, Refused, Rejoined,
+    Resource, Resync, ResyncReason, Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status,
     UnknownFrame, Viewport, ViewportChange, Welcome,
 };
 use tandem_protocol::strings::MAX_SYM_INDEX;
@@ -150,20 +150,25 @@ fn resource() -> impl Strategy<Value = Resource> {
         0u64..1000,
         text(),
         any::<bool>(),
+        any::<u32>(),
     )
-        .prop_map(|(address, data, extra, offset, content_type, cacheable)| {
-            // A valid piece: offset + len <= total_len (spec §7.20).
-            let end = offset + data.len() as u64;
-            let total_len = end.saturating_add(extra % 1000);
-            Resource {
-                address,
-                total_len,
-                offset,
-                content_type,
-                cacheable,
-                data,
-            }
-        })
+        .prop_map(
+            |(address, data, extra, offset, content_type, cacheable, coding)| {
+                // A valid piece: offset + len <= total_len (spec §7.20).
+                let end = offset + data.len() as u64;
+                let total_len = end.saturating_add(extra % 1000);
+                Resource {
+                    address,
+                    total_len,
+                    offset,
+                    content_type,
+                    cacheable,
+                    // Named and unknown codings alike travel unchanged.
+                    coding: Coding::from(coding % 3),
+                    data,
+                }
+            },
+        )
 }
 
 fn unknown() -> impl Strategy<Value = UnknownFrame> {

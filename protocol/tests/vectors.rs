@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::ser;
 use tandem_protocol::compress::{CODEC_ZSTD_DOM_V1, DICTIONARY, DecompressError, DomDecompressor};
 use tandem_protocol::message::{
-    Capabilities, EndReason, Mode, ModeOp, RefusalCode, ResyncReason, Role,
+    Capabilities, Coding, EndReason, Mode, ModeOp, RefusalCode, ResyncReason, Role,
 };
 use tandem_protocol::{
     DecodeError, ErrorCode, Limits, MalformedReason, Message, Ns, REGISTRY, STATIC_TABLE, frame,
@@ -189,6 +189,34 @@ fn positive_vectors_round_trip() {
         count += 1;
     }
     assert!(count >= REGISTRY.len(), "only {count} positive vectors");
+}
+
+#[test]
+fn coded_resource_vectors_decode_to_their_address() {
+    let limits = Limits::DEFAULT;
+    let mut coded = 0;
+    for b in all_vectors().iter().filter(|b| b.get("error").is_none()) {
+        let Ok(Message::Resource(r)) = frame::decode_exact(&b.bytes(), &limits) else {
+            continue;
+        };
+        if r.coding != Coding::Zstd {
+            continue;
+        }
+        // A whole blob in one piece: its frame decodes to the bytes its address names.
+        let mut d =
+            tandem_protocol::compress::BlobDecoder::new(r.total_len as usize).expect("a decoder");
+        d.push(&r.data)
+            .unwrap_or_else(|e| panic!("{}: {e}", b.name()));
+        let blob = d.finish().unwrap_or_else(|e| panic!("{}: {e}", b.name()));
+        assert_eq!(
+            *blake3::hash(&blob).as_bytes(),
+            r.address,
+            "{}: decodes to other bytes than its address names",
+            b.name()
+        );
+        coded += 1;
+    }
+    assert!(coded > 0, "no coded RESOURCE vector");
 }
 
 #[test]
@@ -768,6 +796,7 @@ fn spec_wire_enums_match_code() {
     check_enum(&lines, "RefusalCode value", named!(RefusalCode));
     check_enum(&lines, "ResyncReason value", named!(ResyncReason));
     check_enum(&lines, "Ns value", named!(Ns));
+    check_enum(&lines, "Coding value", named!(Coding));
     check_enum(
         &lines,
         "Capability bit",
