@@ -2709,3 +2709,172 @@ mod tests {
         assert_eq!(seen, ["a.png", "data:image/png;base64,AAA=", "b.png"]);
     }
 }
+
+/// The oracle of the `resource_receive` fuzz target (STYLE.md 10): the fuzz target is a shim
+/// into [`fuzzing::resource_receive`], and `engine/tests/resource.rs` replays the inputs
+/// checked in under `fuzz/regressions/resource_receive/` through the same function.
+#[doc(hidden)]
+pub mod fuzzing {
+    use tandem_protocol::message::{Coding, Resource};
+
+    use super::{
+        Address, Blob, BlobStore, ResourceEvent, ResourceLimits, ResourceReceiver, ResourceSender,
+        SendMode,
+    };
+    use crate::diff::fuzzing::Reader;
+
+    const TYPES: &[&str] = &[
+        "text/css",
+        "image/png",
+        "text/plain",
+        "image/svg+xml",
+        "x/y",
+    ];
+
+    /// Small limits, so that the input can reach every one of them.
+    const LIMITS: ResourceLimits = ResourceLimits {
+        max_blob: 6000,
+        max_in_flight: 9000,
+        max_streams: 3,
+        max_content_type: 16,
+    };
+
+    /// Blob bytes from a seed: text-like, so that most of them travel coded.
+    fn content(seed: u8, len: usize) -> Vec<u8> {
+        const WORDS: &[&str] = &[".a{margin:0}", "color:#fff;", " ", "\n", "body", "é", "{}"];
+        let mut out = Vec::with_capacity(len + 16);
+        let mut x = u32::from(seed) | 1;
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            if seed & 0x80 != 0 {
+                out.push(x as u8);
+            } else {
+                out.extend_from_slice(WORDS[x as usize % WORDS.len()].as_bytes());
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Reads a few blobs and a sequence of pieces, clean, damaged or made up, and stream ends
+    /// and reconnections, and feeds them to a receiver. Checks that it never panics, keeps
+    /// within its in-flight budget, only ever holds blobs that match their address, gives its
+    /// budget back when every stream has ended, and still takes each blob whole when its clean
+    /// pieces come on a stream of their own.
+    pub fn resource_receive(data: &[u8]) {
+        let mut r = Reader::new(data);
+        let blobs: Vec<Blob> = (0..1 + r.byte() % 3)
+            .map(|_| {
+                let ty = TYPES[usize::from(r.byte()) % TYPES.len()];
+                let len = usize::from(r.u16() % 8000);
+                Blob::new(content(r.byte(), len), ty, r.byte() & 1 == 1)
+            })
+            .collect();
+        let piece_bytes = 1 + usize::from(r.u16() % 2048);
+        let pieces_of = |b: &Blob| -> Vec<Resource> {
+            let mut s = ResourceSender::new(SendMode::Pull);
+            s.set_piece_bytes(piece_bytes);
+            s.queue_blob(b.clone());
+            std::iter::from_fn(|| s.poll_transmit().map(|t| t.piece)).collect()
+        };
+        let pieces: Vec<Vec<Resource>> = blobs.iter().map(pieces_of).collect();
+        let mut next = vec![0usize; blobs.len()];
+        let mut rx = ResourceReceiver::new(BlobStore::new(1 << 20), LIMITS);
+        let mut streams = 0u64;
+        for _ in 0..64 {
+            if r.is_empty() {
+                break;
+            }
+            let op = r.byte();
+            let stream = u64::from(r.byte() % 4);
+            streams = streams.max(stream + 1);
+            let b = usize::from(r.byte()) % blobs.len();
+            match op % 6 {
+                // The next clean piece of a blob, or a damaged one.
+                0 | 1 => {
+                    let Some(p) = pieces[b].get(next[b]) else {
+                        next[b] = 0;
+                        continue;
+                    };
+                    next[b] += 1;
+                    let mut p = p.clone();
+                    if op % 6 == 1 {
+                        damage(&mut p, &mut r);
+                    }
+                    let _ = rx.handle_piece(stream, &p);
+                }
+                // A piece made up from the input.
+                2 => {
+                    let len = usize::from(r.byte() % 64);
+                    let piece = Resource {
+                        address: blobs[b].address().0,
+                        total_len: u64::from(r.u16()),
+                        offset: u64::from(r.u16() % 256),
+                        content_type: TYPES[usize::from(r.byte()) % TYPES.len()].into(),
+                        cacheable: r.byte() & 1 == 1,
+                        coding: Coding::from(u32::from(r.byte() % 3)),
+                        data: (0..len).map(|_| r.byte()).collect(),
+                    };
+                    let _ = rx.handle_piece(stream, &piece);
+                }
+                3 => rx.handle_stream_end(stream),
+                4 => rx.reconnected(),
+                _ => next[b] = 0,
+            }
+            assert!(rx.in_flight() <= LIMITS.max_in_flight, "over the budget");
+            while let Some(e) = rx.poll_event() {
+                if let ResourceEvent::Complete { address, len } = e {
+                    let held = rx.store().peek(&address).expect("a complete blob is held");
+                    assert_eq!(Address::of(held.bytes()), address);
+                    assert_eq!(held.len(), len);
+                }
+            }
+            while rx.poll_stop().is_some() {}
+            while rx.poll_want().is_some() {}
+        }
+        for s in 0..streams {
+            rx.handle_stream_end(s);
+        }
+        assert_eq!(rx.in_flight(), 0, "budget kept after every stream ended");
+        // Clean pieces on streams of their own still make every blob the limits allow.
+        for (i, (b, ps)) in blobs.iter().zip(&pieces).enumerate() {
+            if b.len() > LIMITS.max_blob || rx.store().contains(&b.address()) {
+                continue;
+            }
+            let stream = 100 + i as u64;
+            for p in ps {
+                rx.handle_piece(stream, p).expect("a clean piece is taken");
+            }
+            assert_eq!(
+                rx.store().peek(&b.address()).map(Blob::bytes),
+                Some(b.bytes()),
+                "a blob sent clean arrives whole"
+            );
+        }
+    }
+
+    /// Damages a piece as the input says.
+    fn damage(p: &mut Resource, r: &mut Reader<'_>) {
+        match r.byte() % 6 {
+            0 if !p.data.is_empty() => {
+                let i = usize::from(r.u16()) % p.data.len();
+                p.data[i] ^= r.byte() | 1;
+            }
+            1 => {
+                p.total_len = p
+                    .total_len
+                    .wrapping_add(u64::from(r.byte()))
+                    .wrapping_sub(128)
+            }
+            2 => p.offset = p.offset.wrapping_add(u64::from(r.byte() % 8)),
+            3 => p.coding = Coding::from(u32::from(r.byte() % 3)),
+            4 => {
+                let keep = usize::from(r.u16()) % (p.data.len() + 1);
+                p.data.truncate(keep);
+            }
+            _ => p.data.push(r.byte()),
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! have/want across a navigation, the receiver's integrity and limits, the stores, the relay
 //! cache and the agent's complete page.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -1152,6 +1154,22 @@ fn the_relay_cache_serves_a_coded_blob_it_assembled() {
         rx.store().peek(&blob.address()).map(Blob::bytes),
         Some(&css[..])
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn a_receiver_survives_any_sequence_of_pieces(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        tandem_engine::resource::fuzzing::resource_receive(&data);
+    }
+}
+
+#[test]
+fn resource_receive_regressions() {
+    for path in common::regression_inputs("resource_receive") {
+        eprintln!("replaying {}", path.display());
+        tandem_engine::resource::fuzzing::resource_receive(&std::fs::read(&path).expect("input"));
+    }
 }
 
 // ───────────────────────── stores ─────────────────────────
