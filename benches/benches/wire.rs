@@ -84,11 +84,7 @@ fn print_tables() {
         "| page | batches | patches raw | compressed, one context | rrweb zstd-19 stream | ratio | zstd delta of states |"
     );
     eprintln!("|---|---|---|---|---|---|---|");
-    let mut dirs: Vec<_> = std::fs::read_dir(tandem_benches::corpus_root().join("states"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    for dir in dirs {
+    for dir in tandem_benches::sorted_dirs(&tandem_benches::corpus_root().join("states")) {
         let name = dir
             .file_name()
             .unwrap_or_default()

@@ -467,11 +467,7 @@ fn main() {
         "| page | codec | snapshot raw / compressed | patches raw | one context, flushed per patch | per patch, fresh context | rrweb one zstd-19 stream | zstd delta of HTML states |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let mut dirs: Vec<_> = std::fs::read_dir(root.join("states"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    for dir in &dirs {
+    for dir in &tandem_benches::sorted_dirs(&root.join("states")) {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         let batches = state_batches(dir);
         let raw: usize = batches[1..].iter().map(Vec::len).sum();

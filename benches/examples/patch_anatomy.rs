@@ -21,7 +21,7 @@
 //! their sizes matter. Parts interact through the compressor, so the savings do not add up to
 //! the total.
 
-use tandem_benches::corpus_root;
+use tandem_benches::{corpus_root, sorted_dirs};
 use tandem_engine::{Agent, Consumer, parse_html};
 use tandem_protocol::compress::{self, DomCompressor};
 use tandem_protocol::{Limits, Message, NodeId, PatchCheck, PatchOp, Place, frame};
@@ -224,15 +224,7 @@ fn main() {
     let limits = Limits::DEFAULT;
     let root = corpus_root().join("states");
     println!("states: {}\n", root.display());
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
+    let dirs = sorted_dirs(&root);
     let header: Vec<&str> = VIEWS.iter().map(|(name, _)| *name).collect();
     println!("Bytes each change saves on the compressed patches (share of the total):\n");
     println!("| states | patches | {} |", header.join(" | "));

@@ -7,28 +7,14 @@
 //! `tandem diff` and `tandem replay` do; a pair or step that does not verify is marked.
 
 use std::io::Write;
-use std::path::Path;
 
-use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root};
+use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root, sorted_dirs};
 use tandem_peers::tools;
 
 fn gzip9(bytes: &[u8]) -> usize {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     e.write_all(bytes).expect("writing to a Vec cannot fail");
     e.finish().expect("writing to a Vec cannot fail").len()
-}
-
-fn sorted_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 fn main() {

@@ -25,6 +25,20 @@ pub fn corpus_root() -> PathBuf {
     }
 }
 
+/// The folders directly inside `dir`, sorted (none when it cannot be read).
+pub fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Every page of the corpus as (name, HTML), sorted by name.
 pub fn pages() -> Vec<(String, String)> {
     let mut out = Vec::new();

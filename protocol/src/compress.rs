@@ -1169,23 +1169,9 @@ mod tests {
     #[test]
     fn a_coded_blob_may_not_ask_for_a_window_larger_than_it_needs() {
         let css = stylesheet(40);
-        // A frame made as a stream, which does not know its size: it keeps a 1 MiB window.
-        let mut cctx = cctx_with_dictionary(3).unwrap();
-        setup(cctx.set_parameter(CParameter::WindowLog(20))).unwrap();
-        let mut coded = Vec::with_capacity(css.len() + 1024);
-        let mut input = InBuffer::around(&css[..]);
-        cctx.compress_stream(&mut OutBuffer::around(&mut coded), &mut input)
-            .unwrap();
-        loop {
-            let pos = coded.len();
-            if cctx
-                .end_stream(&mut OutBuffer::around_pos(&mut coded, pos))
-                .unwrap()
-                == 0
-            {
-                break;
-            }
-        }
+        // A frame made as a stream, which does not know its size, keeps a 1 MiB window (the
+        // helper writes the DOM stream's codec byte first).
+        let coded = zstd_with_window(&css, 20)[1..].to_vec();
         assert_eq!(
             decode_in(&coded, css.len(), 64),
             Err(BlobCodingError::Corrupt {
