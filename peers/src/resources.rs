@@ -593,8 +593,9 @@ impl ConsumerResources {
 
 /// Whether a unidirectional stream whose first frame has type `ty` is a resource stream
 /// (spec §3.2): its first frame is `RESOURCE`. A DOM stream starts with `SNAPSHOT`, or with
-/// `COMPRESSED` in a session with compression; resource streams are never compressed (§4.6
-/// compresses DOM streams only, and most blobs are compressed already).
+/// `COMPRESSED` in a session with compression; resource streams are never compressed as a
+/// stream (§4.6 is for DOM streams): a text blob travels coded inside its own `RESOURCE`
+/// pieces instead (`coding`, §7.20).
 pub fn is_resource_stream(ty: FrameType) -> bool {
     ty == FrameType::RESOURCE
 }
