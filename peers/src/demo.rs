@@ -171,6 +171,9 @@ pub struct DemoReport {
     /// Milliseconds from the agent joining to the first thing it could show: the first part of
     /// the snapshot (the top of the page), or the whole page when it came in one part.
     pub first_visible_ms: Option<f64>,
+    /// Milliseconds from the agent joining to the last blob it received whole and verified
+    /// (`--resources`); `None` without resources or blobs.
+    pub last_blob_ms: Option<f64>,
     /// Milliseconds from the agent starting to connect to the relay until it had joined (QUIC
     /// handshake, HELLO/WELCOME, JOIN/JOINED): add `first_render_ms` for the time from connect.
     pub agent_join_ms: f64,
@@ -574,6 +577,7 @@ pub async fn demo_with(
         udp_bytes: c.udp_bytes,
         first_render_ms: a.first_render.map(|d| d.as_secs_f64() * 1000.0),
         first_visible_ms: a.first_visible.map(|d| d.as_secs_f64() * 1000.0),
+        last_blob_ms: a.last_blob.map(|d| d.as_secs_f64() * 1000.0),
         agent_join_ms: join.as_secs_f64() * 1000.0,
         agent_0rtt,
         total_ms,
@@ -739,6 +743,9 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
                     res.agent.corrupt,
                     res.agent.missing
                 );
+                if let Some(ms) = r.last_blob_ms {
+                    say!("  last blob:       {ms:.1} ms after the agent joined");
+                }
             }
             None if cmd.resources => {
                 say!("resources:         not negotiated");

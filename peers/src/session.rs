@@ -1071,6 +1071,9 @@ pub struct AgentReport {
     /// part of the first snapshot (the top of the page, viewport first; spec §7.14), or the
     /// whole verified page when it came in one part.
     pub first_visible: Option<Duration>,
+    /// Time from the start of the session to the last blob received whole and verified
+    /// (resources, spec §14); `None` when none arrived.
+    pub last_blob: Option<Duration>,
     /// Nodes in the page at the end (the document node included).
     pub nodes: usize,
     /// Patches applied.
@@ -1326,9 +1329,10 @@ pub async fn run_agent(
                 while let Some(m) = d.poll_message() {
                     write_message(&mut ctl_send, &m, &limits).await?;
                 }
-                if d.take_changed() && report.first_render.is_some() {
+                if d.take_changed() {
+                    report.last_blob = Some(started.elapsed());
                     // A blob arrived: the written page can show it now.
-                    dirty = true;
+                    dirty |= report.first_render.is_some();
                 }
                 if dirty && last_write.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) {
                     write_out(&opts, &agent, downlink.as_ref())?;

@@ -162,6 +162,9 @@ async fn a_page_arrives_with_its_resources() {
     // Stylesheets (site, base), images (logo, bg, dot), the font, and two data: URLs.
     assert!(cr.referenced >= 8, "{cr:?}");
     assert_eq!(ar.blobs as usize, cr.referenced, "{ar:?}");
+    // The report says when the last of them arrived, which was after the page was asked for.
+    let last = a.last_blob.expect("the time of the last blob");
+    assert!(a.first_visible.is_some_and(|v| v <= last), "{last:?}");
     let files = check_written_page(&out);
     assert_eq!(files.len(), cr.referenced);
     // The image files themselves arrived, byte for byte.
