@@ -1940,7 +1940,6 @@ struct Partial {
     total_len: u64,
     cacheable: bool,
     content_type: String,
-    coding: Coding,
     /// Bytes of the pieces so far (coded bytes under [`Coding::Zstd`]).
     received: u64,
     body: Body,
@@ -1966,6 +1965,14 @@ impl Body {
             other => Err(ResourceError::UnknownCoding {
                 coding: u32::from(other),
             }),
+        }
+    }
+
+    /// The coding the blob's pieces use.
+    fn coding(&self) -> Coding {
+        match self {
+            Body::Identity(_) => Coding::Identity,
+            Body::Zstd(_) => Coding::Zstd,
         }
     }
 
@@ -2199,7 +2206,7 @@ impl ResourceReceiver {
                 Some("resource.total_len")
             } else if p.cacheable != piece.cacheable {
                 Some("resource.cacheable")
-            } else if p.coding != piece.coding {
+            } else if p.body.coding() != piece.coding {
                 Some("resource.coding")
             } else if !piece.content_type.is_empty() {
                 Some("resource.content_type")
@@ -2263,7 +2270,6 @@ impl ResourceReceiver {
                     total_len: piece.total_len,
                     cacheable: piece.cacheable,
                     content_type: piece.content_type.clone(),
-                    coding: piece.coding,
                     received: end,
                     body,
                 },

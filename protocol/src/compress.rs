@@ -46,6 +46,7 @@
 
 use std::sync::OnceLock;
 
+use zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode;
 use zstd::zstd_safe::{
     self, CCtx, CDict, CParameter, DCtx, DDict, DParameter, InBuffer, OutBuffer,
 };
@@ -204,11 +205,18 @@ fn dctx_with_dictionary(window_log_max: u32) -> Result<DCtx<'static>, &'static s
     Ok(dctx)
 }
 
+/// Whether the zstd error `code` is `which` (zstd returns its codes negated,
+/// `(size_t)-ZSTD_error_...`).
+fn zstd_error_is(code: usize, which: ZSTD_ErrorCode) -> bool {
+    code.wrapping_neg() == which as usize
+}
+
 /// Whether a zstd error code says a frame announced a window above the decoder's limit.
 fn is_window_too_large(code: usize) -> bool {
-    // zstd returns error codes negated (`(size_t)-ZSTD_error_...`).
-    let window = zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge;
-    code.wrapping_neg() == window as usize
+    zstd_error_is(
+        code,
+        ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge,
+    )
 }
 
 /// The sender's half: compresses the frames of one DOM stream with one context (spec §4.6).
@@ -556,16 +564,13 @@ pub fn code_blob(bytes: &[u8]) -> Result<Option<Vec<u8>>, CompressError> {
     match cctx.compress2(&mut out, bytes) {
         Ok(_) => Ok(Some(out)),
         // No room: the frame would be at least as long as the blob.
-        Err(code) if code.wrapping_neg() == DST_SIZE_TOO_SMALL as usize => Ok(None),
+        Err(code) if zstd_error_is(code, ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall) => Ok(None),
         Err(code) => Err(CompressError::Zstd {
             detail: zstd_safe::get_error_name(code),
         }),
     }
     .map(|coded| coded.filter(|c| c.len() < bytes.len()))
 }
-
-const DST_SIZE_TOO_SMALL: zstd_safe::zstd_sys::ZSTD_ErrorCode =
-    zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall;
 
 /// Why the coded pieces of a blob were refused (spec §7.20, §14.8).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
