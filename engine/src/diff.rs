@@ -17,7 +17,7 @@
 //!  1 in place   from the document pair down: children equal by hash at both ends of the
 //!               sibling lists are exact pairs; a single changed child on each side (same tag
 //!               and `id`) is a tentative pair and is descended into. What is left open is the
-//!               changed region; tentative pairs are committed after 2-4 if both nodes are
+//!               changed region; tentative pairs are committed after 2-4b if both nodes are
 //!               still unmatched then.
 //!  2 anchors    inside the changed region, a subtree whose hash occurs once in A and once in
 //!               B is an exact pair, wherever the two occurrences sit (a moved subtree).
@@ -27,6 +27,10 @@
 //!               when most of its matched children come from that node and most of that
 //!               node's matched children went to it (a moved subtree that also changed
 //!               inside; an element whose attributes changed around kept content).
+//!  4b neighbours a free B node right after (before) a matched sibling, away from the ends of
+//!               its list, is an exact pair with the equal, free A node right after (before)
+//!               that sibling's counterpart: moved content keeps the blank texts between its
+//!               parts and travels as one run of consecutive ids.
 //!  5 children   for every compatible pair, the children between the equal ends are aligned
 //!               with `similar` (Myers): first by subtree hash, children matched earlier
 //!               standing as fixed points; then the children still open, as one region, by
@@ -350,7 +354,7 @@ impl<'a> Matcher<'a> {
     fn run(&mut self) {
         self.pair_compat(0, 0);
         // 1. In place, from the top: equal ends are exact pairs; a single changed child on
-        // each side is a tentative pair, descended into now and committed after 2-4 unless
+        // each side is a tentative pair, descended into now and committed after 2-4b unless
         // those found a better counterpart for either node.
         let mut tentative = Vec::new();
         let mut stack = vec![(0, 0)];
@@ -361,10 +365,12 @@ impl<'a> Matcher<'a> {
                 stack.push((i, j));
             }
         }
-        // 2-4. Over the changed region (every node still open).
+        // 2-4b. Over the changed region (every node still open).
         self.anchors();
         self.ids();
         self.containers();
+        // 4b. Along sibling lists, from the pairs found so far.
+        self.neighbours();
         for (i, j) in tentative {
             if self.a.open(i) && self.b.open(j) {
                 self.pair_compat(i, j);
@@ -756,6 +762,43 @@ impl<'a> Matcher<'a> {
                     matched_kids[up as usize] += 1;
                 }
             }
+        }
+    }
+
+    /// Extends pairs along sibling lists: a free B node right after (before) a matched sibling
+    /// is paired exactly with the A node right after (before) that sibling's counterpart, when
+    /// that node is free and equal. Content that moved keeps the formatting texts between its
+    /// parts, so the whole run moves with consecutive ids instead of each blank text being
+    /// removed and another one, from wherever the later passes find it, moved in its place.
+    fn neighbours(&mut self) {
+        for y in 0..self.b.len() {
+            let kids = self.b.kids(y);
+            if kids.len() < 3 {
+                continue;
+            }
+            // The ends of a list are left to the alignment of step 5, which pairs them first.
+            let inner = kids.start + 1..kids.end - 1;
+            for j in inner.clone() {
+                let p = self.b.partner(j - 1);
+                if p != NONE && self.b.free(j) {
+                    self.extend(p + 1, p, j);
+                }
+            }
+            for j in inner.rev() {
+                let p = self.b.partner(j + 1);
+                if p != NONE && self.b.free(j) && p > 0 {
+                    self.extend(p - 1, p, j);
+                }
+            }
+        }
+    }
+
+    /// Pairs `i`, a sibling of the matched A node `p`, exactly with the free B node `j` when
+    /// `i` is an inner, free child equal to `j`.
+    fn extend(&mut self, i: u32, p: u32, j: u32) {
+        let ar = self.a.kids(self.a.parent(p));
+        if ar.start < i && i + 1 < ar.end && self.a.free(i) && self.same_hash(i, j) {
+            self.pair_exact(i, j);
         }
     }
 

@@ -527,3 +527,32 @@ fn patch_sizes() {
         assert!(t[0][0] * 2 < t[1][0], "{what}: diff {:?}", t);
     }
 }
+
+#[test]
+fn content_moved_to_another_parent_takes_its_blank_texts_along() {
+    // Paragraphs separated by formatting texts move from one section into another whose own
+    // content was removed: the moved run keeps its own blank texts (one `MoveRun` of
+    // consecutive nodes) rather than taking the removed content's.
+    let from = "<div id=a>\n  <p>one</p>\n  <p>two</p>\n  <p>three</p>\n</div>\
+                <div id=b>\n  <h2>Title</h2>\n  <span>x</span>\n  <span>y</span>\n</div>";
+    let to = "<div id=a>\n</div><div id=b>\n  <h2>Title</h2>\n  <p>one</p>\n  \
+              <p>two</p>\n  <p>three</p>\n</div>";
+    let ops = patch_ops(from, to);
+    let moves: Vec<&PatchOp> = ops
+        .iter()
+        .filter(|op| matches!(op, PatchOp::Move { .. } | PatchOp::MoveRun { .. }))
+        .collect();
+    assert_eq!(moves.len(), 1, "{ops:?}");
+    let PatchOp::MoveRun { nodes, .. } = moves[0] else {
+        panic!("one run expected: {ops:?}");
+    };
+    // Each node of the run is the one after the one before it in the old tree too: paragraph,
+    // its text, blank text, paragraph, … (ids are preorder).
+    assert!(
+        nodes
+            .0
+            .windows(2)
+            .all(|w| w[1] == w[0] + 1 || w[1] == w[0] + 2),
+        "{ops:?}"
+    );
+}
