@@ -90,6 +90,12 @@ pub struct ConsumerArgs {
     /// and a relay may serve the public ones from its cache. Used when the agent takes them.
     #[arg(long)]
     pub resources: bool,
+    /// With --resources: push each blob as soon as a snapshot or patch refers to it and the
+    /// agent has not said (`HAVE`) that it holds it, instead of waiting for its `WANT` (spec
+    /// §14.4): the resources arrive a round trip sooner, and a relay's cache answers only
+    /// later agents. The agent's `WANT`s that cross pushed blobs are not answered again.
+    #[arg(long, requires = "resources")]
+    pub push: bool,
 }
 
 /// The customer's answer to mode requests, on the command line.
@@ -215,9 +221,14 @@ pub async fn run(args: ConsumerArgs) -> Result<(), SessionError> {
         preupload: true,
         fold_bytes: args.fold.map(|k| k as usize * 1024),
     };
-    let resources = args
-        .resources
-        .then(|| crate::resources::ResourceOptions::for_page(&args.page));
+    let resources = args.resources.then(|| crate::resources::ResourceOptions {
+        mode: if args.push {
+            tandem_engine::resource::SendMode::Push
+        } else {
+            tandem_engine::resource::SendMode::Pull
+        },
+        ..crate::resources::ResourceOptions::for_page(&args.page)
+    });
     let report = session::run_consumer_with(ctl, opts, resources, |created| {
         say!("code: {}", created.code);
         say!("token: {}", created.token);

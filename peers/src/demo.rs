@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tandem_engine::Resumption;
+use tandem_engine::resource::SendMode;
 use tandem_protocol::Limits;
 use tandem_protocol::message::{Capabilities, Credential, Mode, Role};
 
@@ -124,6 +125,23 @@ pub struct DemoCommand {
     /// each as the agent asks for them; --out then writes them as files beside the page.
     #[arg(long)]
     pub resources: bool,
+    /// With --resources: the consumer pushes each blob as soon as a snapshot or patch refers
+    /// to it and the agent has not said (`HAVE`) that it holds it, instead of waiting for the
+    /// agent's `WANT` (spec §14.4): the page's resources arrive a round trip through the relay
+    /// sooner. The agent's `WANT`s that cross pushed blobs are not answered again.
+    #[arg(long, requires = "resources")]
+    pub push: bool,
+}
+
+impl DemoCommand {
+    /// How the consumer sends resources: `None` without --resources.
+    pub fn resource_mode(&self) -> Option<SendMode> {
+        self.resources.then_some(if self.push {
+            SendMode::Push
+        } else {
+            SendMode::Pull
+        })
+    }
 }
 
 /// What resources did in a demo session (spec §14).
@@ -352,16 +370,16 @@ async fn visit(
 /// (the agent's link draws its losses from seed + 1, so the two links lose different
 /// datagrams), and returns its report.
 pub async fn demo_over(args: &DemoArgs, link: &LinkSpec) -> Result<DemoReport, SessionError> {
-    demo_with(args, link, false).await
+    demo_with(args, link, None).await
 }
 
-/// [`demo_over`], with resources sent by content address when `resources` (spec §14): both
-/// sides offer `RESOURCES`, the consumer loads files beside `--page` (only `data:` URLs and
-/// large texts for the built-in page), and the report says what moved.
+/// [`demo_over`], with resources sent by content address in `resources` mode when given (spec
+/// §14): both sides offer `RESOURCES`, the consumer loads files beside `--page` (only `data:`
+/// URLs and large texts for the built-in page), and the report says what moved.
 pub async fn demo_with(
     args: &DemoArgs,
     link: &LinkSpec,
-    resources: bool,
+    resources: Option<SendMode>,
 ) -> Result<DemoReport, SessionError> {
     let (html, changes) = match &args.page {
         Some(p) => {
@@ -402,7 +420,7 @@ pub async fn demo_with(
     let no_compression = args.no_compression;
     let hello = move |role| {
         let mut h = client::hello(role);
-        if resources {
+        if resources.is_some() {
             h.capabilities = client::CAPABILITIES_WITH_RESOURCES;
         }
         if no_compression {
@@ -424,9 +442,12 @@ pub async fn demo_with(
     } else {
         Vec::new()
     };
-    let resource_opts = resources.then(|| match &args.page {
-        Some(p) => ResourceOptions::for_page(p),
-        None => ResourceOptions::without_files(),
+    let resource_opts = resources.map(|mode| ResourceOptions {
+        mode,
+        ..match &args.page {
+            Some(p) => ResourceOptions::for_page(p),
+            None => ResourceOptions::without_files(),
+        }
     });
     // After the agent joined, the customer's commands: with --drop-after, the consumer's
     // connection is cut that long after; with --pointer-every, the pointer moves until the
@@ -622,8 +643,9 @@ pub async fn demo_with(
 
 /// Runs `tandem demo`: prints the report; `Ok(false)` when the hashes differ.
 pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
+    let mode = cmd.resource_mode();
     let args = cmd.demo;
-    let r = demo_with(&args, &cmd.link, cmd.resources).await?;
+    let r = demo_with(&args, &cmd.link, mode).await?;
     if args.json {
         // Serializing a struct of numbers and strings cannot fail.
         say!("{}", serde_json::to_string(&r).unwrap_or_default());

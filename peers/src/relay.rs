@@ -57,7 +57,7 @@ use self::state::{
 };
 use self::webhook::{Webhook, WebhookUrl};
 use crate::framed::{FrameRecv, FramedError, forward_stream, quic_code, write_message, write_raw};
-use crate::resources::{CacheStats, SharedCache, Uplink, forward_observed};
+use crate::resources::{CacheStats, SharedCache, Transit, Uplink, forward_observed};
 use crate::session::DOM_PRIORITY;
 use crate::transport::{self, Fingerprint, Identity, TransportError};
 
@@ -1234,6 +1234,8 @@ async fn close_after(
 struct SessionResources {
     cache: Arc<SharedCache>,
     uplink: Arc<Uplink>,
+    /// The consumer's blobs on their way to the agent, forwarded and not yet acknowledged.
+    transit: Arc<Transit>,
 }
 
 /// Forwards `side`'s end-to-end control frames to the other side's writer (`to_other`) and
@@ -1271,6 +1273,11 @@ async fn forward_control(
                     Err(e) => break outcome_of(side, e.into()),
                 };
                 let Some(r) = &resources else { continue };
+                // A blob the consumer pushed and this relay is still forwarding was asked for
+                // before it arrived: it is on its way (spec §14.4).
+                let Some(want) = r.transit.drop_crossing(&want).await else {
+                    continue;
+                };
                 let (blobs, rest) = r.cache.answer(&want);
                 if !blobs.is_empty() {
                     tracing::debug!(session, blobs = blobs.len(), "WANT answered from the cache");
@@ -1367,6 +1374,11 @@ fn outcome_of(side: Side, e: FramedError) -> Outcome {
     }
 }
 
+/// What a relay does with the consumer's streams of a session with `RESOURCES`: resource
+/// streams feed the shared cache, and their blobs are in the session's transit until the agent
+/// acknowledged them.
+type CacheFeed = (Arc<SharedCache>, Arc<Transit>);
+
 /// Every unidirectional stream `side` opens becomes a new one to the other side, forwarded
 /// frame by frame. With `cache` (the consumer's streams of a session with `RESOURCES`), each
 /// stream is told apart by its first frame: resource streams go on at
@@ -1377,7 +1389,7 @@ async fn forward_uni_streams(
     side: Side,
     from: Connection,
     to: Connection,
-    (limits, cache): (Limits, Option<Arc<SharedCache>>),
+    (limits, cache): (Limits, Option<CacheFeed>),
     outcome: mpsc::Sender<Outcome>,
 ) {
     let mut streams = JoinSet::new();
@@ -1397,7 +1409,9 @@ async fn forward_uni_streams(
         let cache = cache.clone();
         streams.spawn(async move {
             let forwarded = match cache {
-                Some(cache) => forward_observed(recv, send, limits, cache, DOM_PRIORITY).await,
+                Some((cache, transit)) => {
+                    forward_observed(recv, send, (limits, Some(transit)), cache, DOM_PRIORITY).await
+                }
                 None => forward_stream(recv, send, limits).await,
             };
             match forwarded {

@@ -70,6 +70,108 @@ const NOT_NEEDED: VarInt = VarInt::from_u32(0);
 /// Bytes read from a forwarded stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a `WANT` for a blob still on its way waits for that stream's acknowledgement
+/// before it is taken for one that crossed the stream ([`Transit::drop_crossing`]).
+pub const CROSSING_GRACE: Duration = Duration::from_millis(10);
+
+// ───────────────────────────── blobs on their way ─────────────────────────────
+
+/// The blobs on their way to one receiver: each sent on a resource stream that its receiver
+/// has not yet acknowledged in full. A sender that pushes blobs (spec §14.4) — the consumer in
+/// [`SendMode::Push`], and the relay forwarding those streams to the agent — uses it to tell an
+/// agent's `WANT` that crossed a blob on its way (the agent asked before the stream reached
+/// it) from one it sends again after a corrupted copy (§14.8), and answers only the second:
+///
+/// ```text
+///  sender                         receiver
+///  stream of X ─────────────┐  ┌─ WANT X   (asked before X arrived: crossed; dropped)
+///                           └──┼─► X complete, hash checked
+///  ACK of X's last byte  ◄─────┴── ACK       (X leaves the transit)
+///                          ◄────── WANT X   (asked after X arrived: a retry; answered)
+/// ```
+///
+/// A receiver sends a retry only after the whole stream arrived, and QUIC carries the
+/// acknowledgement of those bytes in the retry's packet or earlier (an acknowledgement goes
+/// with any packet sent while one is pending), so a retry never finds the stream still
+/// unacknowledged once [`CROSSING_GRACE`] has let the tasks that saw that packet run. A `WANT`
+/// that crossed reaches the sender before the stream's acknowledgement does (same path,
+/// sent earlier), unless it was lost and sent again: that blob is then simply sent twice, as
+/// without this. Entries live as long as their streams, so the set is bounded by the streams
+/// QUIC lets a connection open.
+#[derive(Debug, Default)]
+pub struct Transit {
+    on_way: Mutex<HashMap<Address, u32>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Transit {
+    /// An empty transit.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Transit::default())
+    }
+
+    /// Records that a stream carries `address` until the returned guard is dropped (when the
+    /// stream was acknowledged in full, reset, stopped or abandoned).
+    pub fn carry(self: &Arc<Self>, address: Address) -> Carried {
+        *lock(&self.on_way).entry(address).or_insert(0) += 1;
+        Carried {
+            transit: self.clone(),
+            address,
+        }
+    }
+
+    /// Whether a stream carrying `address` is still unacknowledged.
+    pub fn is_on_way(&self, address: &Address) -> bool {
+        lock(&self.on_way).contains_key(address)
+    }
+
+    /// `want` without the addresses that are still on their way [`CROSSING_GRACE`] after it
+    /// arrived (each crossed its stream); `None` when nothing is left to ask for.
+    pub async fn drop_crossing(&self, want: &Addresses) -> Option<Addresses> {
+        let deadline = tokio::time::Instant::now() + CROSSING_GRACE;
+        loop {
+            let changed = self.changed.notified();
+            if !want.addresses.iter().any(|a| self.is_on_way(&Address(*a))) {
+                return Some(want.clone());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        let on_way = lock(&self.on_way);
+        let rest: Vec<[u8; 32]> = want
+            .addresses
+            .iter()
+            .copied()
+            .filter(|a| !on_way.contains_key(&Address(*a)))
+            .collect();
+        let dropped = want.addresses.len() - rest.len();
+        tracing::debug!(dropped, "WANT crossed blobs on their way");
+        (!rest.is_empty()).then_some(Addresses { addresses: rest })
+    }
+}
+
+/// A blob on its way ([`Transit::carry`]): leaves the transit when dropped.
+#[derive(Debug)]
+pub struct Carried {
+    transit: Arc<Transit>,
+    address: Address,
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        let mut on_way = lock(&self.transit.on_way);
+        if let Entry::Occupied(mut e) = on_way.entry(self.address) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        drop(on_way);
+        self.transit.changed.notify_waiters();
+    }
+}
+
 // ───────────────────────────── statistics ─────────────────────────────
 
 /// What an [`Uplink`] wrote, updated as it goes (shared, so a relay can sum all its sessions).
@@ -175,6 +277,7 @@ pub struct Uplink {
     tx: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
     stats: Arc<UplinkStats>,
+    transit: Arc<Transit>,
 }
 
 impl Uplink {
@@ -186,8 +289,25 @@ impl Uplink {
         stats: Arc<UplinkStats>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(run_uplink(conn, sender, limits, stats.clone(), rx));
-        Uplink { tx, task, stats }
+        let transit = Transit::new();
+        let task = tokio::spawn(run_uplink(
+            conn,
+            sender,
+            (limits, transit.clone()),
+            stats.clone(),
+            rx,
+        ));
+        Uplink {
+            tx,
+            task,
+            stats,
+            transit,
+        }
+    }
+
+    /// The blobs on streams the receiver has not yet acknowledged in full.
+    pub fn transit(&self) -> &Arc<Transit> {
+        &self.transit
     }
 
     /// The receiver holds these (`HAVE`).
@@ -229,6 +349,8 @@ struct Open {
     written: u64,
     finished: bool,
     watcher: tokio::task::AbortHandle,
+    /// The blob stays in the uplink's [`Transit`] while this stream is open.
+    _carried: Carried,
 }
 
 impl Drop for Open {
@@ -247,7 +369,7 @@ type StreamEnd = (u64, Option<VarInt>);
 async fn run_uplink(
     conn: Connection,
     mut sender: ResourceSender,
-    limits: Limits,
+    (limits, transit): (Limits, Arc<Transit>),
     stats: Arc<UplinkStats>,
     mut rx: mpsc::Receiver<Command>,
 ) {
@@ -280,7 +402,8 @@ async fn run_uplink(
         if unacked < RESOURCE_WINDOW
             && let Some(t) = sender.poll_transmit()
         {
-            let written = write_piece(&conn, &mut open, &end_tx, &stats, &limits, t).await;
+            let written =
+                write_piece((&conn, &transit), &mut open, &end_tx, &stats, &limits, t).await;
             match written {
                 Written::Piece { finished } => unacked += finished,
                 Written::Stopped(stream) => sender.handle_stop(stream),
@@ -344,7 +467,7 @@ enum Written {
 }
 
 async fn write_piece(
-    conn: &Connection,
+    (conn, transit): (&Connection, &Arc<Transit>),
     open: &mut HashMap<u64, Open>,
     end_tx: &mpsc::Sender<StreamEnd>,
     stats: &UplinkStats,
@@ -378,6 +501,7 @@ async fn write_piece(
                 written: 0,
                 finished: false,
                 watcher,
+                _carried: transit.carry(Address(piece.address)),
             })
         }
     };
@@ -540,6 +664,14 @@ impl ConsumerResources {
                 true
             }
             Message::Want(want) => {
+                // A blob pushed and still on its way was asked for before it arrived.
+                let want = match self.mode {
+                    SendMode::Push => match self.uplink.transit().drop_crossing(want).await {
+                        Some(w) => w,
+                        None => return true,
+                    },
+                    SendMode::Pull => want.clone(),
+                };
                 let blobs = match consumer.resources_mut() {
                     Some(r) => want
                         .addresses
@@ -548,7 +680,7 @@ impl ConsumerResources {
                         .collect(),
                     None => Vec::new(),
                 };
-                self.uplink.want(want.clone(), blobs).await;
+                self.uplink.want(want, blobs).await;
                 true
             }
             _ => false,
@@ -972,15 +1104,19 @@ enum Kind {
 /// unchanged, resets and stops propagated), and tells a resource stream from a DOM stream by
 /// its first frame's type: a resource stream gets [`RESOURCE_PRIORITY`] on the agent's side
 /// and its pieces go to `cache` ([`SharedCache`] keeps the cacheable ones that verify); a DOM
-/// stream gets `dom_priority` and its bodies are never decoded.
+/// stream gets `dom_priority` and its bodies are never decoded. With `transit`, a resource
+/// stream's blob is in it from its first piece until the agent acknowledged the whole stream
+/// (the task waits for that after finishing it), so that the agent's `WANT` that crossed the
+/// blob is not answered a second time ([`Transit::drop_crossing`]).
 pub async fn forward_observed(
     mut from: RecvStream,
     to: SendStream,
-    limits: Limits,
+    (limits, transit): (Limits, Option<Arc<Transit>>),
     cache: Arc<SharedCache>,
     dom_priority: i32,
 ) -> Result<ForwardEnd, FramedError> {
     let key = cache.key();
+    let mut carried: Option<Carried> = None;
     let mut to = ResetOnDrop(Some(to));
     let mut check = HeaderCheck::new(limits);
     let mut kind = Kind::Unknown;
@@ -1028,9 +1164,13 @@ pub async fn forward_observed(
         };
         if let Some(r) = reader.as_mut() {
             r.push(&out);
-            if let Err(e) = observe_frames(r, &cache, key, &limits) {
+            let mut first = None;
+            if let Err(e) = observe_frames(r, &cache, key, &limits, &mut first) {
                 let _ = from.stop(quic_code(e.code()));
                 break Err(e.into());
+            }
+            if let (Some(t), Some(a), None) = (&transit, first, &carried) {
+                carried = Some(t.carry(Address(a)));
             }
         }
         let Some(s) = to.stream() else {
@@ -1061,25 +1201,35 @@ pub async fn forward_observed(
     }
     // A stream that ended inside its first header was refused by check.finish() above, so
     // nothing is held back here.
-    to.finish()?;
+    if let Some(mut s) = to.0.take() {
+        s.finish()?;
+        if let Some(carried) = carried {
+            // Acknowledged in full, stopped, or the connection gone: no longer on its way.
+            let _ = s.stopped().await;
+            drop(carried);
+        }
+    }
     Ok(ForwardEnd::Finished {
         frames: check.frames(),
     })
 }
 
-/// Hands the complete `RESOURCE` frames of `reader` to the cache. A frame of the stream that
-/// does not decode is the consumer's protocol error, as it would be at the agent.
+/// Hands the complete `RESOURCE` frames of `reader` to the cache and the address of the first
+/// one to `first`. A frame of the stream that does not decode is the consumer's protocol
+/// error, as it would be at the agent.
 fn observe_frames(
     reader: &mut FrameReader,
     cache: &SharedCache,
     key: u64,
     limits: &Limits,
+    first: &mut Option<[u8; 32]>,
 ) -> Result<(), DecodeError> {
     while let Some(frame) = reader.next_frame()? {
         if frame.ty != FrameType::RESOURCE {
             continue;
         }
         if let Message::Resource(piece) = frame.decode(limits)? {
+            first.get_or_insert(piece.address);
             cache.observe(key, &piece);
         }
     }
@@ -1282,4 +1432,53 @@ async fn measure_page(
         repeat_agent_cache: uploaded(&c4),
         missing: missing(&a1) + missing(&a2) + missing(&a3) + missing(&a4),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(addresses: &[Address]) -> Addresses {
+        Addresses {
+            addresses: addresses.iter().map(|a| a.0).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_want_drops_what_is_still_on_its_way_after_the_grace() {
+        let transit = Transit::new();
+        let (x, y) = (Address::of(b"x"), Address::of(b"y"));
+        let carried = transit.carry(x);
+        // Nothing on its way: the WANT passes whole.
+        assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
+        // X stays on its way through the grace: it crossed.
+        assert_eq!(
+            transit.drop_crossing(&want(&[x, y])).await,
+            Some(want(&[y]))
+        );
+        assert_eq!(transit.drop_crossing(&want(&[x])).await, None);
+        // Two streams carry X; it is on its way until both are done.
+        let again = transit.carry(x);
+        drop(carried);
+        assert!(transit.is_on_way(&x));
+        drop(again);
+        assert!(!transit.is_on_way(&x));
+        assert_eq!(transit.drop_crossing(&want(&[x])).await, Some(want(&[x])));
+    }
+
+    #[tokio::test]
+    async fn a_want_whose_stream_is_acknowledged_within_the_grace_passes() {
+        // A retry after a corrupted copy arrives with the acknowledgement of the stream's last
+        // byte; the task that sees the acknowledgement may run just after the one that reads
+        // the WANT.
+        let transit = Transit::new();
+        let x = Address::of(b"x");
+        let carried = transit.carry(x);
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(CROSSING_GRACE / 4).await;
+            drop(carried);
+        });
+        assert_eq!(transit.drop_crossing(&want(&[x])).await, Some(want(&[x])));
+        release.await.expect("the release task");
+    }
 }

@@ -293,21 +293,23 @@ async fn a_peer_that_does_not_come_back_ends_the_session_after_the_grace_period(
     relay.shutdown().await;
 }
 
-/// With resources (spec §14): blobs in flight when the consumer's connection is cut are asked
-/// for again and sent again on the new connection; the agent ends with every blob the page
-/// refers to, and the same page.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
+/// A consumer that pushes the resources of `testdata/resources/site/page1.html` (spec §14.4)
+/// over `link` to a relay without a cache, and an agent joined directly; returns the two
+/// sessions' tasks and the consumer's command channel, with the agent just started.
+async fn pushing_pair(
+    relay: &RelayHandle,
+    link: &str,
+) -> (
+    tokio::task::JoinHandle<Result<ConsumerReport, SessionError>>,
+    tokio::task::JoinHandle<Result<AgentReport, SessionError>>,
+    mpsc::Sender<CustomerCommand>,
+    Link,
+) {
     use tandem_peers::resources::ResourceOptions;
 
-    let relay = common::start_relay(|c| {
-        c.table.resume_grace = Duration::from_secs(20);
-        // No relay cache: every blob has to come from the consumer again.
-        c.cache_bytes = 0;
-    });
     let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../testdata/resources/site/page1.html");
-    let spec: LinkSpec = "100ms,48kbit".parse().expect("a link");
+    let spec: LinkSpec = link.parse().expect("a link");
     let link = Link::spawn(relay.addr, &spec)
         .await
         .expect("the link starts");
@@ -333,7 +335,7 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
     let consumer = tokio::spawn(session::run_consumer_with(
         ctl,
         opts,
-        // Pushed right behind the snapshot, so that they are on the wire when the link goes.
+        // Pushed right behind the snapshot.
         Some(ResourceOptions {
             mode: tandem_engine::resource::SendMode::Push,
             ..ResourceOptions::for_page(&page)
@@ -363,7 +365,27 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
         AgentOptions::default(),
         std::time::Instant::now(),
     ));
-    // The snapshot is small; the blobs (7 KB at 48 kbit/s, over a second) are on their way.
+    (consumer, agent, tx, link)
+}
+
+/// A relay that keeps a session through a 20 s absence and caches no blob.
+fn relay_without_cache() -> RelayHandle {
+    common::start_relay(|c| {
+        c.table.resume_grace = Duration::from_secs(20);
+        // No relay cache: every blob has to come from the consumer.
+        c.cache_bytes = 0;
+    })
+}
+
+/// With resources (spec §14): blobs in flight when the consumer's connection is cut are asked
+/// for again and sent again on the new connection; the agent ends with every blob the page
+/// refers to, and the same page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
+    let relay = relay_without_cache();
+    // A drop-tail queue of 3 KB: the blobs (7 KB at 48 kbit/s, over a second) wait in the
+    // consumer's QUIC, not in the link, when the connection goes.
+    let (consumer, agent, tx, _link) = pushing_pair(&relay, "100ms,48kbit,queue=3kb").await;
     drop_after(&tx, 900).await;
     let (c, a) = finish(consumer, agent).await;
 
@@ -378,6 +400,31 @@ async fn blobs_cut_off_by_a_lost_connection_are_sent_again() {
         "some blob was cut off and sent again: {:?}",
         up.uplink
     );
+    relay.shutdown().await;
+}
+
+/// Pushed blobs (spec §14.4) go once: the agent asks for each blob its snapshot refers to
+/// before the pushed stream reaches it, and neither the relay nor the consumer answers such a
+/// `WANT` that crossed a blob on its way (`resources::Transit`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_that_crossed_a_pushed_blob_is_not_answered_again() {
+    let relay = relay_without_cache();
+    let (consumer, agent, _tx, _link) = pushing_pair(&relay, "100ms,200kbit").await;
+    let (c, a) = finish(consumer, agent).await;
+
+    assert_eq!(a.hash, Some(c.hash));
+    let res = a.resources.expect("the session took resources");
+    assert_eq!(res.missing, 0, "every blob arrived: {res:?}");
+    assert!(res.wanted > 0, "the agent asked for what it saw: {res:?}");
+    let up = c.resources.expect("resources");
+    assert!(up.settled, "the agent said it holds them all");
+    assert!(
+        up.uplink.sends.values().all(|&n| n == 1),
+        "each blob went once: {:?}",
+        up.uplink
+    );
+    assert_eq!(up.uplink.blobs as usize, up.referenced, "{:?}", up.uplink);
+    assert_eq!(res.stopped, 0, "{res:?}");
     relay.shutdown().await;
 }
 

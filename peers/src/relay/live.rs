@@ -35,6 +35,7 @@ use super::{
     finish_owned, forward_control, forward_datagrams, forward_uni_streams, frame_bytes, outcome_of,
     reason_name, refusal, spawn_writer, violation,
 };
+use crate::resources::Transit;
 
 /// One side's place in a live session.
 struct Seat {
@@ -134,6 +135,7 @@ pub(super) async fn run_session(
         with_resources.then(|| SessionResources {
             cache: shared.cache.clone(),
             uplink: Arc::new(shared.cache.uplink(agent.clone())),
+            transit: Transit::new(),
         })
     };
     let mut resources = resources_for(&seats[1].conn);
@@ -287,7 +289,9 @@ async fn run_round(
             outcome_tx.clone(),
         ));
         let cache = match side {
-            Side::Consumer => resources.as_ref().map(|r| r.cache.clone()),
+            Side::Consumer => resources
+                .as_ref()
+                .map(|r| (r.cache.clone(), r.transit.clone())),
             Side::Agent => None,
         };
         tasks.spawn(forward_uni_streams(
