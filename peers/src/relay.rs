@@ -26,7 +26,9 @@
 //! consumer's resource streams are still forwarded byte for byte but their `RESOURCE` pieces
 //! also feed a cache shared by all sessions ([`crate::resources::forward_observed`]), and the
 //! agent's `WANT` is decoded so that the cache answers what it holds on streams of its own to
-//! the agent and only the rest goes on.
+//! the agent and only the rest goes on — less what is still on its way to the agent on a
+//! forwarded stream, which it asked for before that stream reached it (spec §14.4,
+//! [`crate::resources::Transit`]).
 
 mod invite;
 mod live;
@@ -1244,9 +1246,10 @@ struct SessionResources {
 /// never decoded, except those of the frames the relay consumes (`PING`, `PONG`, `ERROR`,
 /// `END`, `CLOSE`: one that does not decode is a violation, spec §4.5, see [`consumed`]) or
 /// refuses ([`state::refuse`]: likewise), and,
-/// with `resources`, the agent's `WANT`: the cache answers what it holds on resource streams to
-/// the agent and only the rest goes on to the consumer (a `WANT` left empty is not forwarded,
-/// spec §7.19).
+/// with `resources`, the agent's `WANT`: addresses still on their way on a forwarded stream are
+/// dropped (the `WANT` crossed them, spec §14.4), the cache answers what it holds on resource
+/// streams to the agent, and only the rest goes on to the consumer (a `WANT` left empty is not
+/// forwarded, spec §7.19).
 async fn forward_control(
     (shared, session): (Arc<Shared>, SessionId),
     side: Side,

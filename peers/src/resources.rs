@@ -27,6 +27,9 @@
 //!   `HAVE`s it asks for, and `STOP_SENDING` on the streams it refuses.
 //! * [`SharedCache`] is the relay's [`RelayCache`], shared by all sessions: it observes the
 //!   pieces the relay forwards ([`forward_observed`]) and answers agents' `WANT`s.
+//! * [`Transit`] holds the blobs on streams their receiver has not yet acknowledged, the
+//!   consumer's (an [`Uplink`]'s) and the relay's forwarded ones: an agent's `WANT` that
+//!   crossed a pushed blob on its way is not answered again (spec §14.4).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
