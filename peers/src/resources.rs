@@ -86,21 +86,27 @@ pub const CROSSING_GRACE: Duration = Duration::from_millis(10);
 /// it) from one it sends again after a corrupted copy (§14.8), and answers only the second:
 ///
 /// ```text
-///  sender                         receiver
+///  relay                          agent
 ///  stream of X ─────────────┐  ┌─ WANT X   (asked before X arrived: crossed; dropped)
 ///                           └──┼─► X complete, hash checked
 ///  ACK of X's last byte  ◄─────┴── ACK       (X leaves the transit)
 ///                          ◄────── WANT X   (asked after X arrived: a retry; answered)
 /// ```
 ///
-/// A receiver sends a retry only after the whole stream arrived, and QUIC carries the
-/// acknowledgement of those bytes in the retry's packet or earlier (an acknowledgement goes
-/// with any packet sent while one is pending), so a retry never finds the stream still
-/// unacknowledged once [`CROSSING_GRACE`] has let the tasks that saw that packet run. A `WANT`
-/// that crossed reaches the sender before the stream's acknowledgement does (same path,
-/// sent earlier), unless it was lost and sent again: that blob is then simply sent twice, as
-/// without this. Entries live as long as their streams, so the set is bounded by the streams
-/// QUIC lets a connection open.
+/// The relay sees the agent's acknowledgements. An agent sends a retry only after the whole
+/// stream arrived, and QUIC carries the acknowledgement of those bytes in the retry's packet or
+/// earlier (an acknowledgement goes with any packet sent while one is pending), so a retry
+/// never finds the stream still unacknowledged once [`CROSSING_GRACE`] has let the tasks that
+/// saw that packet run ([`Transit::drop_crossing`]). A `WANT` that crossed reaches the relay
+/// before the stream's acknowledgement does (same path, sent earlier), unless it was lost and
+/// sent again: that blob is then simply sent twice, as without this.
+///
+/// The consumer's streams are acknowledged by the relay, which says nothing of the agent's
+/// copy; what reaches the consumer is a `WANT` that passed the relay before the blob did, and
+/// it arrives before or with the relay's acknowledgement. The consumer therefore drops an
+/// address at once while its stream is unacknowledged, without waiting
+/// ([`Transit::drop_on_way`]). Entries live as long as their streams, so the set is bounded by
+/// the streams QUIC lets a connection open.
 #[derive(Debug, Default)]
 pub struct Transit {
     on_way: Mutex<HashMap<Address, u32>>,
@@ -141,6 +147,15 @@ impl Transit {
                 break;
             }
         }
+        self.drop_on_way(want)
+    }
+
+    /// `want` without the addresses on their way now; `None` when nothing is left. What a
+    /// consumer behind a relay uses ([`ConsumerResources::on_message`]): its streams are
+    /// acknowledged by the relay, not by the agent, so an acknowledgement says nothing about
+    /// the agent's copy and waiting for one would only let through a `WANT` that crossed the
+    /// stream and came in the relay's packet that carried that acknowledgement.
+    pub fn drop_on_way(&self, want: &Addresses) -> Option<Addresses> {
         let on_way = lock(&self.on_way);
         let rest: Vec<[u8; 32]> = want
             .addresses
@@ -149,7 +164,9 @@ impl Transit {
             .filter(|a| !on_way.contains_key(&Address(*a)))
             .collect();
         let dropped = want.addresses.len() - rest.len();
-        tracing::debug!(dropped, "WANT crossed blobs on their way");
+        if dropped > 0 {
+            tracing::debug!(dropped, "WANT crossed blobs on their way");
+        }
         (!rest.is_empty()).then_some(Addresses { addresses: rest })
     }
 }
@@ -667,9 +684,10 @@ impl ConsumerResources {
                 true
             }
             Message::Want(want) => {
-                // A blob pushed and still on its way was asked for before it arrived.
+                // A blob pushed and not yet acknowledged by the relay was asked for before it
+                // reached the relay (see `Transit`).
                 let want = match self.mode {
-                    SendMode::Push => match self.uplink.transit().drop_crossing(want).await {
+                    SendMode::Push => match self.uplink.transit().drop_on_way(want) {
                         Some(w) => w,
                         None => return true,
                     },
@@ -1454,7 +1472,9 @@ mod tests {
         let carried = transit.carry(x);
         // Nothing on its way: the WANT passes whole.
         assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
-        // X stays on its way through the grace: it crossed.
+        // Without waiting (the consumer), and with (the relay): X stays on its way through the
+        // grace, so it crossed.
+        assert_eq!(transit.drop_on_way(&want(&[x, y])), Some(want(&[y])));
         assert_eq!(
             transit.drop_crossing(&want(&[x, y])).await,
             Some(want(&[y]))
