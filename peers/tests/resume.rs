@@ -448,14 +448,16 @@ async fn pushed_blobs_go_once(links: (&str, &str)) -> u64 {
     let (res, up) = every_blob_arrived(c, a);
     // Each went once, but for the race spec §14.4 leaves: an agent that asks for a blob its
     // QUIC stack already received (and acknowledged) but it has not yet read sends a WANT
-    // that looks like a retry. Without the transit, 1 to 6 of the 8 went twice.
+    // that looks like a retry. On a busy machine (a core spinning beside the tests) that
+    // happened to 2 of the 8 in 1 run of 20, never to more. Without the consumer's rule 3 to
+    // 7 of the 8 went twice, without the relay's 3 to 6.
     let twice = up.uplink.sends.values().filter(|&&n| n > 1).count();
     assert!(
-        twice <= 1 && up.uplink.sends.values().all(|&n| n <= 2),
+        twice <= 2 && up.uplink.sends.values().all(|&n| n <= 2),
         "each blob went once over {links:?}: {:?}",
         up.uplink
     );
-    assert!(res.stopped <= 1, "{links:?}: {res:?}");
+    assert!(res.stopped <= 2, "{links:?}: {res:?}");
     relay.shutdown().await;
     res.wanted
 }
