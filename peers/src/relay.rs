@@ -1412,9 +1412,7 @@ async fn forward_uni_streams(
         let cache = cache.clone();
         streams.spawn(async move {
             let forwarded = match cache {
-                Some((cache, transit)) => {
-                    forward_observed(recv, send, (limits, Some(transit)), cache, DOM_PRIORITY).await
-                }
+                Some(feed) => forward_observed(recv, send, limits, feed, DOM_PRIORITY).await,
                 None => forward_stream(recv, send, limits).await,
             };
             match forwarded {

@@ -140,7 +140,13 @@ impl Transit {
         let deadline = tokio::time::Instant::now() + CROSSING_GRACE;
         loop {
             let changed = self.changed.notified();
-            if !want.addresses.iter().any(|a| self.is_on_way(&Address(*a))) {
+            let any_on_way = {
+                let on_way = lock(&self.on_way);
+                want.addresses
+                    .iter()
+                    .any(|a| on_way.contains_key(&Address(*a)))
+            };
+            if !any_on_way {
                 return Some(want.clone());
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -1125,15 +1131,15 @@ enum Kind {
 /// unchanged, resets and stops propagated), and tells a resource stream from a DOM stream by
 /// its first frame's type: a resource stream gets [`RESOURCE_PRIORITY`] on the agent's side
 /// and its pieces go to `cache` ([`SharedCache`] keeps the cacheable ones that verify); a DOM
-/// stream gets `dom_priority` and its bodies are never decoded. With `transit`, a resource
-/// stream's blob is in it from its first piece until the agent acknowledged the whole stream
-/// (the task waits for that after finishing it), so that the agent's `WANT` that crossed the
-/// blob is not answered a second time ([`Transit::drop_crossing`]).
+/// stream gets `dom_priority` and its bodies are never decoded. A resource stream's blob is in
+/// `transit` from its first piece until the agent acknowledged the whole stream (the task waits
+/// for that after finishing it), so that the agent's `WANT` that crossed the blob is not
+/// answered a second time ([`Transit::drop_crossing`]).
 pub async fn forward_observed(
     mut from: RecvStream,
     to: SendStream,
-    (limits, transit): (Limits, Option<Arc<Transit>>),
-    cache: Arc<SharedCache>,
+    limits: Limits,
+    (cache, transit): (Arc<SharedCache>, Arc<Transit>),
     dom_priority: i32,
 ) -> Result<ForwardEnd, FramedError> {
     let key = cache.key();
@@ -1190,8 +1196,8 @@ pub async fn forward_observed(
                 let _ = from.stop(quic_code(e.code()));
                 break Err(e.into());
             }
-            if let (Some(t), Some(a), None) = (&transit, first, &carried) {
-                carried = Some(t.carry(Address(a)));
+            if let (Some(a), None) = (first, &carried) {
+                carried = Some(transit.carry(Address(a)));
             }
         }
         let Some(s) = to.stream() else {
