@@ -74,8 +74,12 @@ const NOT_NEEDED: VarInt = VarInt::from_u32(0);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// How long a `WANT` for a blob still on its way waits for that stream's acknowledgement
-/// before it is taken for one that crossed the stream ([`Transit::drop_crossing`]).
-pub const CROSSING_GRACE: Duration = Duration::from_millis(10);
+/// before it is taken for one that crossed the stream ([`Transit::drop_crossing`]). The
+/// acknowledgement is already in the relay's QUIC state when the `WANT` is read; what takes
+/// time is the forwarding task that learns of it being scheduled, which on a busy machine
+/// took more than 10 ms (a retry after a corrupted copy was then dropped). A crossing `WANT`
+/// holds the agent's control frames back this long, once per burst of pushed blobs.
+pub const CROSSING_GRACE: Duration = Duration::from_millis(50);
 
 // ───────────────────────────── blobs on their way ─────────────────────────────
 
