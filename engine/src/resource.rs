@@ -1920,7 +1920,8 @@ pub enum ResourceEvent {
         len: u64,
     },
     /// A blob was discarded: its bytes did not match its address. `asked_again` says whether
-    /// a `WANT` for it is queued (once per address).
+    /// it is wanted again (once per address); the `WANT` is queued when the stream that
+    /// brought the copy ends ([`ResourceReceiver::handle_stream_end`]).
     Corrupt {
         /// The address.
         address: Address,
@@ -2020,6 +2021,8 @@ pub struct ResourceReceiver {
     in_flight: u64,
     wanted: HashSet<Address>,
     retried: HashSet<Address>,
+    /// Addresses to ask for again once the stream that brought a corrupted copy ends.
+    retry_at_end: HashMap<u64, Address>,
     want_queue: Vec<Address>,
     stops: VecDeque<u64>,
     events: VecDeque<ResourceEvent>,
@@ -2037,6 +2040,7 @@ impl ResourceReceiver {
             in_flight: 0,
             wanted: HashSet::new(),
             retried: HashSet::new(),
+            retry_at_end: HashMap::new(),
             want_queue: Vec::new(),
             stops: VecDeque::new(),
             events: VecDeque::new(),
@@ -2135,6 +2139,8 @@ impl ResourceReceiver {
         self.in_flight = 0;
         self.dead.clear();
         self.stops.clear();
+        // Their streams are gone with the connection; the addresses are in `wanted`.
+        self.retry_at_end.clear();
         let mut again: Vec<Address> = self.wanted.iter().copied().collect();
         again.sort_unstable_by_key(|a| a.0);
         self.want_queue = again;
@@ -2295,8 +2301,11 @@ impl ResourceReceiver {
             self.wanted.remove(&p.address);
             let asked_again = self.retried.insert(p.address);
             if asked_again {
+                // Wanted from now on (no scan asks for it meanwhile), asked for once the stream
+                // has ended: a relay tells this retry from a WANT that crossed the stream by the
+                // stream's acknowledgement, FIN included (spec §14.4).
                 self.wanted.insert(p.address);
-                self.want_queue.push(p.address);
+                self.retry_at_end.insert(stream, p.address);
             }
             self.events.push_back(ResourceEvent::Corrupt {
                 address: p.address,
@@ -2321,9 +2330,15 @@ impl ResourceReceiver {
     }
 
     /// Resource stream `stream` ended (FIN) or was reset. An unfinished blob is dropped
-    /// ([`ResourceEvent::Incomplete`]) and may be wanted again by the next scan.
+    /// ([`ResourceEvent::Incomplete`]) and may be wanted again by the next scan; a blob whose
+    /// copy on this stream was corrupted is asked for again now ([`ResourceEvent::Corrupt`]).
     pub fn handle_stream_end(&mut self, stream: u64) {
         self.dead.remove(&stream);
+        if let Some(address) = self.retry_at_end.remove(&stream)
+            && self.wanted.contains(&address)
+        {
+            self.want_queue.push(address);
+        }
         if let Some(p) = self.partial.remove(&stream) {
             self.in_flight -= p.total_len;
             self.wanted.remove(&p.address);

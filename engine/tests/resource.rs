@@ -128,20 +128,29 @@ fn exchange(
                 sender.handle_want(&w, c.resources_mut().expect("resources").store_mut());
             }
         }
-        while let Some(Transmit { stream, piece, .. }) = sender.poll_transmit() {
+        while let Some(Transmit { stream, piece, fin }) = sender.poll_transmit() {
             moved = true;
             sent.push(piece.clone());
             let mut p = piece;
             if let Some((cache, _)) = relay.as_mut() {
                 let _ = cache.observe(stream, &p);
+                if fin {
+                    cache.observe_end(stream);
+                }
             }
             corrupt(&mut p);
             let _ = rx.handle_piece(stream, &p);
+            if fin {
+                rx.handle_stream_end(stream);
+            }
         }
         if let Some((_, rs)) = relay.as_mut() {
-            while let Some(Transmit { stream, piece, .. }) = rs.poll_transmit() {
+            while let Some(Transmit { stream, piece, fin }) = rs.poll_transmit() {
                 moved = true;
                 let _ = rx.handle_piece(1 << 40 | stream, &piece);
+                if fin {
+                    rx.handle_stream_end(1 << 40 | stream);
+                }
             }
         }
         if !moved {
@@ -825,7 +834,13 @@ fn a_corrupted_blob_is_never_used_and_asked_for_again_once() {
                 asked_again: round == 0
             })
         );
-        assert_eq!(rx.poll_want().is_some(), round == 0);
+        // Asked again only once the stream that brought the copy has ended (spec §14.4).
+        assert_eq!(rx.poll_want(), None);
+        rx.handle_stream_end(round);
+        assert_eq!(
+            rx.poll_want().map(|w| w.addresses),
+            (round == 0).then(|| vec![blob.address().0])
+        );
         assert!(!rx.store().contains(&blob.address()));
         assert_eq!(rx.in_flight(), 0);
     }

@@ -33,9 +33,12 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,15 +76,26 @@ const NOT_NEEDED: VarInt = VarInt::from_u32(0);
 /// Bytes read from a forwarded stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// How long a `WANT` for a blob still on its way waits for that stream's acknowledgement
-/// before it is taken for one that crossed the stream ([`Transit::drop_crossing`]). The
-/// acknowledgement is already in the relay's QUIC state when the `WANT` is read; what takes
-/// time is the forwarding task that learns of it being scheduled, which on a busy machine
-/// took more than 10 ms (a retry after a corrupted copy was then dropped). A crossing `WANT`
-/// holds the agent's control frames back this long, once per burst of pushed blobs.
-pub const CROSSING_GRACE: Duration = Duration::from_millis(50);
-
 // ───────────────────────────── blobs on their way ─────────────────────────────
+
+/// How long the relay waits, for a `WANT` that names a blob still on its way, for the agent's
+/// acknowledgement of that blob's stream before it takes the `WANT` for one that crossed the
+/// stream ([`Transit::drop_crossing`]): the longest the relay lets an agent hold an
+/// acknowledgement back ([`ACK_DELAY`](crate::transport::ACK_DELAY), asked for with
+/// ACK_FREQUENCY) and a margin for scheduling. The acknowledgement need not come with the
+/// `WANT`: quinn bundles acknowledgements with data at most once per round trip, so a retry
+/// sent just after another packet goes without one and its acknowledgement follows, at the
+/// latest, when the agent's ACK delay runs out. A crossing `WANT` holds the agent's control
+/// frames back this long, once per burst of pushed blobs.
+pub const CROSSING_GRACE: Duration =
+    Duration::from_millis(crate::transport::ACK_DELAY.as_millis() as u64 + 25);
+
+/// How often [`Transit::drop_crossing`] looks at the streams a waiting `WANT` names.
+const CROSSING_POLL: Duration = Duration::from_millis(5);
+
+/// Ready once a carried stream has been acknowledged in full (or reset, stopped, or its
+/// connection lost): a [`Transit`] polls it, without waiting, when a `WANT` asks.
+type Arrival = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The blobs on their way to one receiver: each sent on a resource stream that its receiver
 /// has not yet acknowledged in full. A sender that pushes blobs (spec §14.4) — the consumer in
@@ -98,23 +112,73 @@ pub const CROSSING_GRACE: Duration = Duration::from_millis(50);
 /// ```
 ///
 /// The relay sees the agent's acknowledgements. An agent sends a retry only after the whole
-/// stream arrived, and QUIC carries the acknowledgement of those bytes in the retry's packet or
-/// earlier (an acknowledgement goes with any packet sent while one is pending), so a retry
-/// never finds the stream still unacknowledged once [`CROSSING_GRACE`] has let the tasks that
-/// saw that packet run ([`Transit::drop_crossing`]). A `WANT` that crossed reaches the relay
-/// before the stream's acknowledgement does (same path, sent earlier), unless it was lost and
-/// sent again: that blob is then simply sent twice, as without this.
+/// stream arrived, FIN included, so the acknowledgement of those bytes leaves with the retry's
+/// packet or at most the agent's ACK delay later. The relay registers each forwarded stream
+/// with its [`SendStream::stopped`] future ([`Transit::carry_until`]), which it polls to read
+/// the stream's state in its QUIC connection as it is at that moment (no task needs to run
+/// first), and gives a `WANT` that names a stream still unacknowledged [`CROSSING_GRACE`] for
+/// the acknowledgement to come ([`Transit::drop_crossing`]). A `WANT` that crossed reaches the
+/// relay before the stream's acknowledgement does (same path, sent earlier), and the agent
+/// acknowledges within its ACK delay of the stream's end, so it is still unacknowledged when
+/// read only if the stream is still arriving; one lost and sent again may come after the
+/// acknowledgement: that blob is then simply sent twice, as without this.
 ///
 /// The consumer's streams are acknowledged by the relay, which says nothing of the agent's
 /// copy; what reaches the consumer is a `WANT` that passed the relay before the blob did, and
-/// it arrives before or with the relay's acknowledgement. The consumer therefore drops an
-/// address at once while its stream is unacknowledged, without waiting
-/// ([`Transit::drop_on_way`]). Entries live as long as their streams, so the set is bounded by
-/// the streams QUIC lets a connection open.
-#[derive(Debug, Default)]
+/// it arrives before or with the relay's acknowledgement. The consumer's streams are therefore
+/// on their way for as long as they are open ([`Transit::carry`]). Entries live as long as
+/// their streams, so the set is bounded by the streams QUIC lets a connection open.
+#[derive(Default)]
 pub struct Transit {
-    on_way: Mutex<HashMap<Address, u32>>,
+    on_way: Mutex<HashMap<Address, Vec<Carrier>>>,
+    next: AtomicU64,
+    /// Notified when a carrier leaves.
     changed: tokio::sync::Notify,
+}
+
+/// One stream carrying an address.
+struct Carrier {
+    id: u64,
+    watch: Watch,
+}
+
+/// When a [`Carrier`]'s blob stops being on its way.
+enum Watch {
+    /// When its guard is dropped.
+    Guard,
+    /// When this is ready, or its guard is dropped.
+    Until(Arrival),
+    /// The arrival was seen; only the guard is left.
+    Arrived,
+}
+
+impl Carrier {
+    /// Whether the blob is still on its way, polling its arrival once if it has one.
+    fn on_way(&mut self) -> bool {
+        match &mut self.watch {
+            Watch::Guard => true,
+            Watch::Arrived => false,
+            Watch::Until(arrival) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                if arrival.as_mut().poll(&mut cx).is_pending() {
+                    return true;
+                }
+                // Drop the future now: it holds a reference to its connection.
+                self.watch = Watch::Arrived;
+                false
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Transit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on_way = lock(&self.on_way);
+        f.debug_struct("Transit")
+            .field("addresses", &on_way.len())
+            .field("streams", &on_way.values().map(Vec::len).sum::<usize>())
+            .finish()
+    }
 }
 
 impl Transit {
@@ -126,52 +190,92 @@ impl Transit {
     /// Records that a stream carries `address` until the returned guard is dropped (when the
     /// stream was acknowledged in full, reset, stopped or abandoned).
     pub fn carry(self: &Arc<Self>, address: Address) -> Carried {
-        *lock(&self.on_way).entry(address).or_insert(0) += 1;
+        self.register(address, Watch::Guard)
+    }
+
+    /// Records that a stream carries `address` until `arrived` is ready or the returned guard
+    /// is dropped, whichever comes first. `arrived` is never awaited: it is polled, once, by
+    /// each check that asks about `address` ([`Transit::drop_crossing`],
+    /// [`Transit::drop_on_way`], [`Transit::is_on_way`]), so it must be a future that is ready
+    /// as soon as the state it watches says so (as quinn's [`SendStream::stopped`] is) and must
+    /// not need to be woken.
+    pub fn carry_until(
+        self: &Arc<Self>,
+        address: Address,
+        arrived: impl Future<Output = ()> + Send + 'static,
+    ) -> Carried {
+        self.register(address, Watch::Until(Box::pin(arrived)))
+    }
+
+    fn register(self: &Arc<Self>, address: Address, watch: Watch) -> Carried {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.on_way)
+            .entry(address)
+            .or_default()
+            .push(Carrier { id, watch });
         Carried {
             transit: self.clone(),
             address,
+            id,
         }
     }
 
     /// Whether a stream carrying `address` is still unacknowledged.
     pub fn is_on_way(&self, address: &Address) -> bool {
-        lock(&self.on_way).contains_key(address)
+        let mut on_way = lock(&self.on_way);
+        Self::still_on_way(&mut on_way, address)
+    }
+
+    fn still_on_way(on_way: &mut HashMap<Address, Vec<Carrier>>, address: &Address) -> bool {
+        on_way
+            .get_mut(address)
+            .is_some_and(|carriers| carriers.iter_mut().any(Carrier::on_way))
     }
 
     /// `want` without the addresses that are still on their way [`CROSSING_GRACE`] after it
-    /// arrived (each crossed its stream); `None` when nothing is left to ask for.
+    /// arrived (each crossed its stream); `None` when nothing is left to ask for. Returns at
+    /// once when nothing it names is on its way, and as soon as that becomes so.
     pub async fn drop_crossing(&self, want: &Addresses) -> Option<Addresses> {
         let deadline = tokio::time::Instant::now() + CROSSING_GRACE;
+        // A carrier's arrival is polled, not awaited: look again when one leaves and at a
+        // steady pace, so an acknowledgement is seen within a few milliseconds of arriving.
+        let mut tick = tokio::time::interval(CROSSING_POLL);
         loop {
             let changed = self.changed.notified();
             let any_on_way = {
-                let on_way = lock(&self.on_way);
+                let mut on_way = lock(&self.on_way);
                 want.addresses
                     .iter()
-                    .any(|a| on_way.contains_key(&Address(*a)))
+                    .any(|a| Self::still_on_way(&mut on_way, &Address(*a)))
             };
             if !any_on_way {
                 return Some(want.clone());
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
                 break;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
             }
         }
         self.drop_on_way(want)
     }
 
-    /// `want` without the addresses on their way now; `None` when nothing is left. What a
-    /// consumer behind a relay uses ([`ConsumerResources::on_message`]): its streams are
-    /// acknowledged by the relay, not by the agent, so an acknowledgement says nothing about
-    /// the agent's copy and waiting for one would only let through a `WANT` that crossed the
-    /// stream and came in the relay's packet that carried that acknowledgement.
+    /// `want` without the addresses on their way now (each crossed its stream); `None` when
+    /// nothing is left to ask for. Never waits: what a consumer behind a relay uses
+    /// ([`ConsumerResources::on_message`]): its streams are acknowledged by the relay, not by
+    /// the agent, so an acknowledgement says nothing about the agent's copy and waiting for
+    /// one would only let through a `WANT` that crossed the stream and came in the relay's
+    /// packet that carried that acknowledgement.
     pub fn drop_on_way(&self, want: &Addresses) -> Option<Addresses> {
-        let on_way = lock(&self.on_way);
+        let mut on_way = lock(&self.on_way);
         let rest: Vec<[u8; 32]> = want
             .addresses
             .iter()
             .copied()
-            .filter(|a| !on_way.contains_key(&Address(*a)))
+            .filter(|a| !Self::still_on_way(&mut on_way, &Address(*a)))
             .collect();
         let dropped = want.addresses.len() - rest.len();
         if dropped > 0 {
@@ -186,14 +290,15 @@ impl Transit {
 pub struct Carried {
     transit: Arc<Transit>,
     address: Address,
+    id: u64,
 }
 
 impl Drop for Carried {
     fn drop(&mut self) {
         let mut on_way = lock(&self.transit.on_way);
         if let Entry::Occupied(mut e) = on_way.entry(self.address) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
+            e.get_mut().retain(|c| c.id != self.id);
+            if e.get().is_empty() {
                 e.remove();
             }
         }
@@ -1201,7 +1306,17 @@ pub async fn forward_observed(
                 break Err(e.into());
             }
             if let (Some(a), None) = (first, &carried) {
-                carried = Some(transit.carry(Address(a)));
+                // On its way until the agent acknowledged the whole stream, as its QUIC state
+                // says when a WANT is read (or until this task ends).
+                carried = Some(match to.stream() {
+                    Some(s) => {
+                        let stopped = s.stopped();
+                        transit.carry_until(Address(a), async move {
+                            let _ = stopped.await;
+                        })
+                    }
+                    None => transit.carry(Address(a)),
+                });
             }
         }
         let Some(s) = to.stream() else {
@@ -1475,43 +1590,93 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_want_drops_what_is_still_on_its_way_after_the_grace() {
+    #[test]
+    fn a_want_drops_what_is_on_its_way() {
         let transit = Transit::new();
         let (x, y) = (Address::of(b"x"), Address::of(b"y"));
         let carried = transit.carry(x);
         // Nothing on its way: the WANT passes whole.
-        assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
-        // Without waiting (the consumer), and with (the relay): X stays on its way through the
-        // grace, so it crossed.
+        assert_eq!(transit.drop_on_way(&want(&[y])), Some(want(&[y])));
+        // X is on its way while its guard lives, so a WANT for it crossed it.
         assert_eq!(transit.drop_on_way(&want(&[x, y])), Some(want(&[y])));
-        assert_eq!(
-            transit.drop_crossing(&want(&[x, y])).await,
-            Some(want(&[y]))
-        );
-        assert_eq!(transit.drop_crossing(&want(&[x])).await, None);
+        assert_eq!(transit.drop_on_way(&want(&[x])), None);
         // Two streams carry X; it is on its way until both are done.
         let again = transit.carry(x);
         drop(carried);
         assert!(transit.is_on_way(&x));
         drop(again);
         assert!(!transit.is_on_way(&x));
-        assert_eq!(transit.drop_crossing(&want(&[x])).await, Some(want(&[x])));
+        assert_eq!(transit.drop_on_way(&want(&[x])), Some(want(&[x])));
+        assert_eq!(
+            format!("{transit:?}"),
+            "Transit { addresses: 0, streams: 0 }"
+        );
     }
 
     #[tokio::test]
-    async fn a_want_whose_stream_is_acknowledged_within_the_grace_passes() {
-        // A retry after a corrupted copy arrives with the acknowledgement of the stream's last
-        // byte; the task that sees the acknowledgement may run just after the one that reads
-        // the WANT.
+    async fn the_relay_waits_the_grace_for_an_acknowledgement() {
         let transit = Transit::new();
-        let x = Address::of(b"x");
+        let (x, y) = (Address::of(b"x"), Address::of(b"y"));
+        // Nothing on its way: no wait at all.
+        assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
+        // X stays on its way through the grace: the WANT crossed it.
         let carried = transit.carry(x);
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            transit.drop_crossing(&want(&[x, y])).await,
+            Some(want(&[y]))
+        );
+        assert!(started.elapsed() >= CROSSING_GRACE);
+        // A stream acknowledged within the grace: the WANT is a retry and passes, seen by
+        // polling the arrival (nothing wakes the waiting WANT) before the grace is out.
+        let (acked, ack) = oneshot::channel::<()>();
+        let watched = transit.carry_until(y, async move {
+            let _ = ack.await;
+        });
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(CROSSING_GRACE / 4).await;
+            acked.send(()).expect("the watch is alive");
+        });
+        assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
+        release.await.expect("the release task");
+        // And one whose guard is dropped within the grace (a reset stream) passes too.
         let release = tokio::spawn(async move {
             tokio::time::sleep(CROSSING_GRACE / 4).await;
             drop(carried);
         });
         assert_eq!(transit.drop_crossing(&want(&[x])).await, Some(want(&[x])));
         release.await.expect("the release task");
+        drop(watched);
+    }
+
+    #[test]
+    fn a_want_passes_once_the_stream_it_names_is_acknowledged() {
+        // The relay's streams leave the transit when their acknowledgement is in the QUIC
+        // state, which a WANT sent after it finds there at once: no waiting, no timer.
+        let transit = Transit::new();
+        let (x, y) = (Address::of(b"x"), Address::of(b"y"));
+        let (acked, ack) = oneshot::channel::<()>();
+        let connection = Arc::new(());
+        let held = connection.clone();
+        let carried = transit.carry_until(x, async move {
+            let _ = ack.await;
+            drop(held);
+        });
+        assert_eq!(transit.drop_on_way(&want(&[x, y])), Some(want(&[y])));
+        assert!(transit.is_on_way(&x));
+        acked.send(()).expect("the watch is alive");
+        assert_eq!(transit.drop_on_way(&want(&[x, y])), Some(want(&[x, y])));
+        // The finished watch was dropped at once (quinn's holds its connection).
+        assert_eq!(Arc::strong_count(&connection), 1);
+        // Another stream still carrying X keeps it on its way.
+        let other = transit.carry(x);
+        assert!(transit.is_on_way(&x));
+        drop(other);
+        assert!(!transit.is_on_way(&x));
+        drop(carried);
+        assert_eq!(
+            format!("{transit:?}"),
+            "Transit { addresses: 0, streams: 0 }"
+        );
     }
 }
