@@ -46,7 +46,7 @@ use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt, ZeroRttAccepted}
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use tandem_protocol::message::{
-    Credential, End, EndReason, ErrorReport, Join, Role, SessionCreated,
+    Addresses, Credential, End, EndReason, ErrorReport, Join, Role, SessionCreated,
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -1240,6 +1240,25 @@ struct SessionResources {
     transit: Arc<Transit>,
 }
 
+/// The most `WANT`s of one agent that wait on the side for a blob on its way
+/// ([`Transit::drop_crossing`]): with that many waiting, the next one waits for the oldest to
+/// be done, holding the agent's control frames back for at most
+/// [`CROSSING_GRACE`](crate::resources::CROSSING_GRACE), so that the waits stay bounded.
+const MAX_CROSSING_WANTS: usize = 16;
+
+impl SessionResources {
+    /// Answers what the cache holds of `want` on the agent's resource streams and returns
+    /// the `WANT` frame of the rest, to forward to the consumer (`None`: nothing left).
+    async fn answer(&self, session: SessionId, want: &Addresses, limits: &Limits) -> Option<Bytes> {
+        let (blobs, rest) = self.cache.answer(want);
+        if !blobs.is_empty() {
+            tracing::debug!(session, blobs = blobs.len(), "WANT answered from the cache");
+            self.uplink.queue(blobs).await;
+        }
+        Some(frame_bytes(&Message::Want(rest?), limits))
+    }
+}
+
 /// Forwards `side`'s end-to-end control frames to the other side's writer (`to_other`) and
 /// handles its hop messages (spec §3.2): answers `PING`, refuses requests with `ERROR` on
 /// `to_self`, and reports `END`, `CLOSE` and violations as the session's outcome. Bodies are
@@ -1247,7 +1266,8 @@ struct SessionResources {
 /// `END`, `CLOSE`: one that does not decode is a violation, spec §4.5, see [`consumed`]) or
 /// refuses ([`state::refuse`]: likewise), and,
 /// with `resources`, the agent's `WANT`: addresses still on their way on a forwarded stream are
-/// dropped (the `WANT` crossed them, spec §14.4), the cache answers what it holds on resource
+/// dropped unless their acknowledgement comes within the grace, waited for on the side (the
+/// `WANT` crossed them, spec §14.4), the cache answers what it holds on resource
 /// streams to the agent, and only the rest goes on to the consumer (a `WANT` left empty is not
 /// forwarded, spec §7.19).
 async fn forward_control(
@@ -1261,6 +1281,9 @@ async fn forward_control(
     // Held for the task's life; the stream outlives the task (relay/live.rs), and reading it
     // is cancel-safe, so stopping this task loses no frame.
     let mut recv = recv.lock().await;
+    // The agent's WANTs for blobs still on their way, each waiting for its grace; aborted
+    // with this task.
+    let mut crossing = JoinSet::new();
     let result = loop {
         let frame = match recv.next_raw().await {
             Ok(Some(frame)) => frame,
@@ -1277,20 +1300,28 @@ async fn forward_control(
                 };
                 let Some(r) = &resources else { continue };
                 // A blob the consumer pushed and this relay is still forwarding was asked for
-                // before it arrived: it is on its way (spec §14.4).
-                let Some(want) = r.transit.drop_crossing(&want).await else {
-                    continue;
-                };
-                let (blobs, rest) = r.cache.answer(&want);
-                if !blobs.is_empty() {
-                    tracing::debug!(session, blobs = blobs.len(), "WANT answered from the cache");
-                    r.uplink.queue(blobs).await;
+                // before it arrived, unless the agent's acknowledgement of its stream comes
+                // within the grace (a retry after a corrupted copy, spec §14.4). Those
+                // addresses wait on the side, so the frames behind this WANT do not.
+                let (now, on_way) = r.transit.split_on_way(&want);
+                if let Some(on_way) = on_way {
+                    while crossing.try_join_next().is_some() {}
+                    if crossing.len() >= MAX_CROSSING_WANTS {
+                        let _ = crossing.join_next().await;
+                    }
+                    let (r, to_other, limits) = (r.clone(), to_other.clone(), *recv.limits());
+                    crossing.spawn(async move {
+                        let Some(retry) = r.transit.drop_crossing(&on_way).await else {
+                            return;
+                        };
+                        if let Some(bytes) = r.answer(session, &retry, &limits).await {
+                            let _ = to_other.send(bytes).await;
+                        }
+                    });
                 }
-                match rest {
-                    Some(rest) => (
-                        &to_other,
-                        frame_bytes(&Message::Want(rest), recv.limits()).to_vec(),
-                    ),
+                let Some(want) = now else { continue };
+                match r.answer(session, &want, recv.limits()).await {
+                    Some(bytes) => (&to_other, bytes.to_vec()),
                     None => continue,
                 }
             }

@@ -85,8 +85,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// ACK_FREQUENCY) and a margin for scheduling. The acknowledgement need not come with the
 /// `WANT`: quinn bundles acknowledgements with data at most once per round trip, so a retry
 /// sent just after another packet goes without one and its acknowledgement follows, at the
-/// latest, when the agent's ACK delay runs out. A crossing `WANT` holds the agent's control
-/// frames back this long, once per burst of pushed blobs.
+/// latest, when the agent's ACK delay runs out. The relay waits on the side
+/// ([`Transit::split_on_way`]): the agent's control frames behind a crossing `WANT` go on.
 pub const CROSSING_GRACE: Duration =
     Duration::from_millis(crate::transport::ACK_DELAY.as_millis() as u64 + 25);
 
@@ -263,6 +263,21 @@ impl Transit {
         self.drop_on_way(want)
     }
 
+    /// `want` split into the addresses not on their way now and those that are (each
+    /// `None` when empty): a relay answers the first at once and gives the second
+    /// [`Transit::drop_crossing`] on the side, so that a crossing `WANT` holds nothing else
+    /// back.
+    pub fn split_on_way(&self, want: &Addresses) -> (Option<Addresses>, Option<Addresses>) {
+        let mut on_way = lock(&self.on_way);
+        let (going, rest): (Vec<[u8; 32]>, Vec<[u8; 32]>) = want
+            .addresses
+            .iter()
+            .partition(|a| Self::still_on_way(&mut on_way, &Address(**a)));
+        let some =
+            |addresses: Vec<[u8; 32]>| (!addresses.is_empty()).then_some(Addresses { addresses });
+        (some(rest), some(going))
+    }
+
     /// `want` without the addresses on their way now (each crossed its stream); `None` when
     /// nothing is left to ask for. Never waits: what a consumer behind a relay uses
     /// ([`ConsumerResources::on_message`]): its streams are acknowledged by the relay, not by
@@ -270,18 +285,14 @@ impl Transit {
     /// one would only let through a `WANT` that crossed the stream and came in the relay's
     /// packet that carried that acknowledgement.
     pub fn drop_on_way(&self, want: &Addresses) -> Option<Addresses> {
-        let mut on_way = lock(&self.on_way);
-        let rest: Vec<[u8; 32]> = want
-            .addresses
-            .iter()
-            .copied()
-            .filter(|a| !Self::still_on_way(&mut on_way, &Address(*a)))
-            .collect();
-        let dropped = want.addresses.len() - rest.len();
-        if dropped > 0 {
-            tracing::debug!(dropped, "WANT crossed blobs on their way");
+        let (rest, crossed) = self.split_on_way(want);
+        if let Some(crossed) = crossed {
+            tracing::debug!(
+                dropped = crossed.addresses.len(),
+                "WANT crossed blobs on their way"
+            );
         }
-        (!rest.is_empty()).then_some(Addresses { addresses: rest })
+        rest
     }
 }
 
@@ -1600,6 +1611,12 @@ mod tests {
         // X is on its way while its guard lives, so a WANT for it crossed it.
         assert_eq!(transit.drop_on_way(&want(&[x, y])), Some(want(&[y])));
         assert_eq!(transit.drop_on_way(&want(&[x])), None);
+        assert_eq!(
+            transit.split_on_way(&want(&[x, y])),
+            (Some(want(&[y])), Some(want(&[x])))
+        );
+        assert_eq!(transit.split_on_way(&want(&[x])), (None, Some(want(&[x]))));
+        assert_eq!(transit.split_on_way(&want(&[y])), (Some(want(&[y])), None));
         // Two streams carry X; it is on its way until both are done.
         let again = transit.carry(x);
         drop(carried);
