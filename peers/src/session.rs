@@ -1304,6 +1304,28 @@ pub async fn run_agent(
                     }
                 }
                 if scan && let Some(d) = downlink.as_mut() {
+                    // What the resource streams brought and is not taken in yet counts as being
+                    // received: take it first, so that the scan does not ask for a blob that is
+                    // here already (a WANT that would cross its stream, spec §14.4).
+                    let mut failed = None;
+                    while res_open {
+                        match res_rx.try_recv() {
+                            Ok(Ok(inbound)) => d.on_inbound(inbound),
+                            Ok(Err(e)) if e.is_protocol() => {
+                                failed = Some(e);
+                                break;
+                            }
+                            Ok(Err(_)) => {}
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => res_open = false,
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e.into());
+                    }
+                    if d.take_changed() {
+                        report.last_blob = Some(started.elapsed());
+                    }
                     d.scan(agent.dom());
                     while let Some(m) = d.poll_message() {
                         write_message(&mut ctl_send, &m, &limits).await?;
