@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use tandem_protocol::message::{Ack, Patch, Resync, ResyncReason, Snapshot};
 use tandem_protocol::{DOCUMENT_ID, Limits, Message, SnapshotView, SymDecoder, TreeHash};
 
-use crate::dom::Dom;
+use crate::dom::{Dom, NodeKind};
 use crate::error::hex;
 use crate::snapshot::TreeBuilder;
 use crate::{EngineError, hash, patch};
@@ -110,6 +110,27 @@ impl Agent {
             State::Building { dom, .. } => Some(dom),
             _ => None,
         }
+    }
+
+    /// Whether the part of a snapshot received so far ([`Agent::partial`]) shows something:
+    /// its `body` holds an element or a text that is not blank. A page's `head` comes first
+    /// and can be most of it (a large inline style sheet sent without `RESOURCES`), so the
+    /// first parts alone may show nothing; an agent that shows partial pages waits for this.
+    pub fn partial_shows_body(&self) -> bool {
+        let Some(dom) = self.partial() else {
+            return false;
+        };
+        let Some(body) = dom.body() else {
+            return false;
+        };
+        dom.children(body)
+            .iter()
+            .filter_map(|&c| dom.node(c))
+            .any(|n| match &n.kind {
+                NodeKind::Element(_) => true,
+                NodeKind::Text(t) => !t.trim().is_empty(),
+                _ => false,
+            })
     }
 
     /// The page URL of the current snapshot.

@@ -745,6 +745,21 @@ impl Dom {
         self.node(id).map(|n| n.hash)
     }
 
+    /// The HTML `body` element: the child of that name of the document's `html` element, as an
+    /// HTML parser places it (`None` in a document without one, such as a frameset).
+    pub fn body(&self) -> Option<NodeId> {
+        let is = |id: NodeId, name: &str| {
+            self.node(id)
+                .and_then(Node::element)
+                .is_some_and(|e| e.ns == Ns::Html && e.name == name)
+        };
+        let html = *self
+            .children(DOCUMENT_ID)
+            .iter()
+            .find(|&&c| is(c, "html"))?;
+        self.children(html).iter().copied().find(|&c| is(c, "body"))
+    }
+
     /// The tree hash: the document node's Merkle hash (spec §6.3).
     pub fn root_hash(&mut self) -> [u8; 32] {
         self.rehash(DOCUMENT_ID);

@@ -416,6 +416,44 @@ fn random_record_batches_converge() {
 }
 
 #[test]
+fn a_partial_page_shows_something_once_its_body_has_content() {
+    // A head larger than the fold (a big inline style sheet): the first parts hold nothing
+    // that shows.
+    let css: String = (0..400)
+        .map(|i| format!(".c{i} {{ color: red }}\n"))
+        .collect();
+    let paragraphs: String = (0..40).map(|i| format!("<p>paragraph {i}</p>")).collect();
+    let html = format!(
+        "<html><head><style>{css}</style><title>t</title></head><body>\n  {paragraphs}</body></html>"
+    );
+    let mut c = Consumer::new(parse_html(&html, Limits::DEFAULT), "u", Limits::DEFAULT);
+    c.set_part_bytes(256);
+    c.set_fold_bytes(64);
+    c.queue_snapshot();
+    let mut agent = Agent::new(Limits::DEFAULT);
+    let mut shown = Vec::new();
+    while let Some(m) = c.poll_message() {
+        agent.handle_message(m).unwrap();
+        if agent.partial().is_some() {
+            shown.push(agent.partial_shows_body());
+        }
+    }
+    // After each part but the last: nothing to show while only the head has come, then the
+    // top of the body, and from then on always.
+    assert!(!shown[0], "part 0 holds only the head: {shown:?}");
+    let first = shown
+        .iter()
+        .position(|&s| s)
+        .expect("a partial page showed the body");
+    assert!(shown[first..].iter().all(|&s| s), "{shown:?}");
+    assert!(
+        !agent.partial_shows_body(),
+        "a verified page is not partial"
+    );
+    assert_eq!(agent.tree_hash(), Some(c.tree_hash()));
+}
+
+#[test]
 fn the_fold_cut_keeps_part_zero_small_and_the_rest_in_full_parts() {
     let html: String = (0..600)
         .map(|i| format!("<p class=row>paragraph {i} with a few words of text</p>"))

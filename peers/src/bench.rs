@@ -12,7 +12,8 @@
 //! - Time to first visible render and time to complete, both from the moment the viewer
 //!   starts to connect, so both pay their handshakes. Tandem's agent connects (QUIC, HELLO,
 //!   JOIN), then the consumer sends the snapshot in parts, the top of the page first; Tandem's
-//!   first render is when the first part has arrived (the agent can show it, viewport first),
+//!   first render is when the first parts that reach into the body have arrived (the agent
+//!   can show them, viewport first),
 //!   its complete render when the last part has and the hash is verified. The baseline renders
 //!   when the whole HTML has arrived, so its first render is its time to complete.
 //! - Bytes on the wire of the viewer's link, headers included: for Tandem the agent ↔ relay
@@ -372,9 +373,9 @@ pub fn run_all(
 /// What [`tandem`] measured.
 #[derive(Debug, Clone)]
 pub struct TandemRun {
-    /// Milliseconds from the agent starting to connect to the first part of the snapshot (the
-    /// top of the page, which the agent can show while the rest arrives), or to the whole page
-    /// when it came in one part.
+    /// Milliseconds from the agent starting to connect to the first parts of the snapshot that
+    /// reach into the body (the top of the page, which the agent can show while the rest
+    /// arrives), or to the whole page when no earlier part showed anything.
     pub first_visible_ms: f64,
     /// Milliseconds from the agent starting to connect to its first verified render of the
     /// whole page.
@@ -1223,11 +1224,11 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
         r#"<text x="{LEFT}" y="30" class="title">Tandem vs. a websocket baseline: one corpus page to a viewer over an emulated link</text>"#
     );
     for (i, note) in [
-        "Tandem: relay, consumer and agent over QUIC, each client behind its own emulated link. Its agent shows the first part of",
-        "the snapshot (the top of the page) when it arrives, and completes when the whole snapshot is verified; a returning agent joins",
-        "in 0-RTT data. Baseline: the page's HTML gzip-compressed (level 6) as one websocket message over TCP + TLS 1.3 through the",
-        "same link (modelled TCP); it renders when the whole HTML has arrived. Times run from the viewer starting to connect,",
-        "handshakes included. Lower is better.",
+        "Tandem: relay, consumer and agent over QUIC, each client behind its own emulated link. Its agent shows the top of the",
+        "page once the snapshot's first parts reach into the body, and completes when the whole snapshot is verified; a returning",
+        "agent joins in 0-RTT data. Baseline: the page's HTML gzip-compressed (level 6) as one websocket message over TCP + TLS 1.3",
+        "through the same link (modelled TCP); it renders when the whole HTML has arrived. Times run from the viewer starting to",
+        "connect, handshakes included. Lower is better.",
     ]
     .iter()
     .enumerate()

@@ -186,8 +186,9 @@ pub struct DemoReport {
     pub udp_bytes: u64,
     /// Milliseconds from the agent joining to its first verified render.
     pub first_render_ms: Option<f64>,
-    /// Milliseconds from the agent joining to the first thing it could show: the first part of
-    /// the snapshot (the top of the page), or the whole page when it came in one part.
+    /// Milliseconds from the agent joining to the first thing it could show: the first parts of
+    /// the snapshot once they reach into the body (the top of the page), or the whole page
+    /// when no earlier part showed anything.
     pub first_visible_ms: Option<f64>,
     /// Milliseconds from the agent joining to the last blob it received whole and verified
     /// (`--resources`); `None` without resources or blobs.

@@ -1068,8 +1068,9 @@ pub struct AgentReport {
     /// Time from the start of the session (the agent joined) to the first verified render.
     pub first_render: Option<Duration>,
     /// Time from the start of the session to the first thing the agent could show: the first
-    /// part of the first snapshot (the top of the page, viewport first; spec §7.14), or the
-    /// whole verified page when it came in one part.
+    /// parts of the first snapshot once they reach into the body (the top of the page,
+    /// viewport first; spec §7.14, [`tandem_engine::Agent::partial_shows_body`]), or the whole
+    /// verified page when no earlier part showed anything.
     pub first_visible: Option<Duration>,
     /// Time from the start of the session to the last blob received whole and verified
     /// (resources, spec §14); `None` when none arrived.
@@ -1288,7 +1289,10 @@ pub async fn run_agent(
                             note!("agent: diverged ({error}); asked for a new snapshot");
                         }
                         AgentEvent::Progress { nodes, .. } => {
-                            if report.first_visible.is_none() && report.first_render.is_none() {
+                            if report.first_visible.is_none()
+                                && report.first_render.is_none()
+                                && agent.partial_shows_body()
+                            {
                                 // The top of the page is here: show it while the rest comes.
                                 report.first_visible = Some(started.elapsed());
                                 if let (Some(path), Some(partial)) = (&opts.out, agent.partial()) {
