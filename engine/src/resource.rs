@@ -2859,6 +2859,10 @@ pub mod fuzzing {
             rx.handle_stream_end(s);
         }
         assert_eq!(rx.in_flight(), 0, "budget kept after every stream ended");
+        assert!(
+            rx.retry_at_end.is_empty(),
+            "a retry still waits for a stream that ended"
+        );
         // Clean pieces on streams of their own still make every blob the limits allow.
         for (i, (b, ps)) in blobs.iter().zip(&pieces).enumerate() {
             if b.len() > LIMITS.max_blob || rx.store().contains(&b.address()) {
