@@ -1321,7 +1321,7 @@ async fn forward_control(
                 }
                 let Some(want) = now else { continue };
                 match r.answer(session, &want, recv.limits()).await {
-                    Some(bytes) => (&to_other, bytes.to_vec()),
+                    Some(bytes) => (&to_other, bytes),
                     None => continue,
                 }
             }
@@ -1336,26 +1336,26 @@ async fn forward_control(
                         },
                     });
                 }
-                (&to_other, frame.to_bytes())
+                (&to_other, Bytes::from(frame.to_bytes()))
             }
             ControlAction::End
             | ControlAction::Close
             | ControlAction::Ping
             | ControlAction::Ignore => match consumed(side, &frame, recv.limits()) {
-                Ok(Some(pong)) => (&to_self, pong.to_bytes()),
+                Ok(Some(pong)) => (&to_self, Bytes::from(pong.to_bytes())),
                 Ok(None) => continue,
                 Err(outcome) => break outcome,
             },
             ControlAction::Refuse(code) => {
                 let message = format!("{} is not allowed in a live session", frame.ty);
                 match state::refuse(&frame, recv.limits(), code, &message) {
-                    Ok(error) => (&to_self, error.to_bytes()),
+                    Ok(error) => (&to_self, Bytes::from(error.to_bytes())),
                     Err(e) => break outcome_of(side, e.into()),
                 }
             }
             ControlAction::Violation => break violation(side, frame.ty),
         };
-        if to.send(Bytes::from(bytes)).await.is_err() {
+        if to.send(bytes).await.is_err() {
             // That side's writer stopped: its connection is going away, and its watcher
             // reports that.
             return;

@@ -132,8 +132,6 @@ type Arrival = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct Transit {
     on_way: Mutex<HashMap<Address, Vec<Carrier>>>,
     next: AtomicU64,
-    /// Notified when a carrier leaves.
-    changed: tokio::sync::Notify,
 }
 
 /// One stream carrying an address.
@@ -237,30 +235,15 @@ impl Transit {
     /// once when nothing it names is on its way, and as soon as that becomes so.
     pub async fn drop_crossing(&self, want: &Addresses) -> Option<Addresses> {
         let deadline = tokio::time::Instant::now() + CROSSING_GRACE;
-        // A carrier's arrival is polled, not awaited: look again when one leaves and at a
-        // steady pace, so an acknowledgement is seen within a few milliseconds of arriving.
-        let mut tick = tokio::time::interval(CROSSING_POLL);
         loop {
-            let changed = self.changed.notified();
-            let any_on_way = {
-                let mut on_way = lock(&self.on_way);
-                want.addresses
-                    .iter()
-                    .any(|a| Self::still_on_way(&mut on_way, &Address(*a)))
-            };
-            if !any_on_way {
-                return Some(want.clone());
+            let now = tokio::time::Instant::now();
+            if now >= deadline || !want.addresses.iter().any(|a| self.is_on_way(&Address(*a))) {
+                return self.drop_on_way(want);
             }
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::select! {
-                _ = changed => {}
-                _ = tick.tick() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
+            // A carrier's arrival is polled, not awaited (nothing wakes this task when it
+            // comes): look again every few milliseconds.
+            tokio::time::sleep(CROSSING_POLL.min(deadline - now)).await;
         }
-        self.drop_on_way(want)
     }
 
     /// `want` split into the addresses not on their way now and those that are (each
@@ -313,8 +296,6 @@ impl Drop for Carried {
                 e.remove();
             }
         }
-        drop(on_way);
-        self.transit.changed.notify_waiters();
     }
 }
 
