@@ -2009,7 +2009,8 @@ impl Body {
 /// [`ResourceReceiver::handle_piece`], and the end or reset of a stream to
 /// [`ResourceReceiver::handle_stream_end`]; after each snapshot or patch the agent applied,
 /// call [`ResourceReceiver::scan_dom`]. Then drain [`ResourceReceiver::poll_want`] (send as
-/// `WANT`), [`ResourceReceiver::poll_stop`] (streams to stop) and
+/// `WANT`), [`ResourceReceiver::poll_want_again`] (send as `WANT_AGAIN`),
+/// [`ResourceReceiver::poll_stop`] (streams to stop) and
 /// [`ResourceReceiver::poll_event`]. [`ResourceReceiver::have`] is the `HAVE` to send at the
 /// start of a session.
 #[derive(Debug)]
@@ -2024,6 +2025,8 @@ pub struct ResourceReceiver {
     /// Addresses to ask for again once the stream that brought a corrupted copy ends.
     retry_at_end: HashMap<u64, Address>,
     want_queue: Vec<Address>,
+    /// Addresses whose corrupted copy's stream has ended: the next `WANT_AGAIN`.
+    again_queue: Vec<Address>,
     stops: VecDeque<u64>,
     events: VecDeque<ResourceEvent>,
     max_list: usize,
@@ -2042,6 +2045,7 @@ impl ResourceReceiver {
             retried: HashSet::new(),
             retry_at_end: HashMap::new(),
             want_queue: Vec::new(),
+            again_queue: Vec::new(),
             stops: VecDeque::new(),
             events: VecDeque::new(),
             max_list: tandem_protocol::Limits::DEFAULT.max_list as usize,
@@ -2139,8 +2143,11 @@ impl ResourceReceiver {
         self.in_flight = 0;
         self.dead.clear();
         self.stops.clear();
-        // Their streams are gone with the connection; the addresses are in `wanted`.
+        // Their streams are gone with the connection, and so is every copy on its way: a
+        // plain WANT of what is in `wanted` reaches a sender that has sent nothing on the new
+        // connection.
         self.retry_at_end.clear();
+        self.again_queue.clear();
         let mut again: Vec<Address> = self.wanted.iter().copied().collect();
         again.sort_unstable_by_key(|a| a.0);
         self.want_queue = again;
@@ -2158,6 +2165,19 @@ impl ResourceReceiver {
         }
         let n = self.want_queue.len().min(self.max_list);
         let addresses = self.want_queue.drain(..n).map(|a| a.0).collect();
+        Some(Addresses { addresses })
+    }
+
+    /// The next `WANT_AGAIN` to send (at most `max_list` addresses): blobs whose copy did not
+    /// match its address, asked for once more after the stream that brought it ended (spec
+    /// §7.37). Unlike a `WANT`, a sender answers it even while it still counts a copy of the
+    /// blob as on its way.
+    pub fn poll_want_again(&mut self) -> Option<Addresses> {
+        if self.again_queue.is_empty() {
+            return None;
+        }
+        let n = self.again_queue.len().min(self.max_list);
+        let addresses = self.again_queue.drain(..n).map(|a| a.0).collect();
         Some(Addresses { addresses })
     }
 
@@ -2301,9 +2321,9 @@ impl ResourceReceiver {
             self.wanted.remove(&p.address);
             let asked_again = self.retried.insert(p.address);
             if asked_again {
-                // Wanted from now on (no scan asks for it meanwhile), asked for once the stream
-                // has ended: a relay tells this retry from a WANT that crossed the stream by the
-                // stream's acknowledgement, FIN included (spec §14.4).
+                // Wanted from now on (no scan asks for it meanwhile), asked for with WANT_AGAIN
+                // once the stream has ended, so that no later piece of this copy is taken for
+                // the new one (spec §14.8).
                 self.wanted.insert(p.address);
                 self.retry_at_end.insert(stream, p.address);
             }
@@ -2331,13 +2351,14 @@ impl ResourceReceiver {
 
     /// Resource stream `stream` ended (FIN) or was reset. An unfinished blob is dropped
     /// ([`ResourceEvent::Incomplete`]) and may be wanted again by the next scan; a blob whose
-    /// copy on this stream was corrupted is asked for again now ([`ResourceEvent::Corrupt`]).
+    /// copy on this stream was corrupted is asked for again now, with `WANT_AGAIN`
+    /// ([`ResourceEvent::Corrupt`], [`ResourceReceiver::poll_want_again`]).
     pub fn handle_stream_end(&mut self, stream: u64) {
         self.dead.remove(&stream);
         if let Some(address) = self.retry_at_end.remove(&stream)
             && self.wanted.contains(&address)
         {
-            self.want_queue.push(address);
+            self.again_queue.push(address);
         }
         if let Some(p) = self.partial.remove(&stream) {
             self.in_flight -= p.total_len;
@@ -2854,6 +2875,7 @@ pub mod fuzzing {
             }
             while rx.poll_stop().is_some() {}
             while rx.poll_want().is_some() {}
+            while rx.poll_want_again().is_some() {}
         }
         for s in 0..streams {
             rx.handle_stream_end(s);

@@ -25,10 +25,10 @@
 //! one exception is resources (spec §14.7), in a session that negotiated `RESOURCES`: the
 //! consumer's resource streams are still forwarded byte for byte but their `RESOURCE` pieces
 //! also feed a cache shared by all sessions ([`crate::resources::forward_observed`]), and the
-//! agent's `WANT` is decoded so that the cache answers what it holds on streams of its own to
-//! the agent and only the rest goes on — less what is still on its way to the agent on a
-//! forwarded stream, which it asked for before that stream reached it (spec §14.4,
-//! [`crate::resources::Transit`]).
+//! agent's `WANT` and `WANT_AGAIN` are decoded so that the cache answers what it holds on
+//! streams of its own to the agent and only the rest goes on — a `WANT` less what is still on
+//! its way to the agent on a forwarded stream, which it asked for before that stream reached it
+//! (spec §14.4, [`crate::resources::Transit`]).
 
 mod invite;
 mod live;
@@ -46,7 +46,7 @@ use quinn::{Connection, Endpoint, Incoming, SendStream, VarInt, ZeroRttAccepted}
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use tandem_protocol::message::{
-    Addresses, Credential, End, EndReason, ErrorReport, Join, Role, SessionCreated,
+    Credential, End, EndReason, ErrorReport, Join, Role, SessionCreated,
 };
 use tandem_protocol::{ErrorCode, FrameType, Limits, Message, RawFrame};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -1240,22 +1240,37 @@ struct SessionResources {
     transit: Arc<Transit>,
 }
 
-/// The most `WANT`s of one agent that wait on the side for a blob on its way
-/// ([`Transit::drop_crossing`]): with that many waiting, the next one waits for the oldest to
-/// be done, holding the agent's control frames back for at most
-/// [`CROSSING_GRACE`](crate::resources::CROSSING_GRACE), so that the waits stay bounded.
-const MAX_CROSSING_WANTS: usize = 16;
-
 impl SessionResources {
-    /// Answers what the cache holds of `want` on the agent's resource streams and returns
-    /// the `WANT` frame of the rest, to forward to the consumer (`None`: nothing left).
-    async fn answer(&self, session: SessionId, want: &Addresses, limits: &Limits) -> Option<Bytes> {
-        let (blobs, rest) = self.cache.answer(want);
+    /// Takes the agent's `WANT` or `WANT_AGAIN` (`message`): answers what the cache holds on
+    /// the agent's resource streams and returns the frame of the rest, of the same type, to
+    /// forward to the consumer (`None`: nothing left). A `WANT` first loses the addresses
+    /// still on their way on a stream forwarded from the consumer: it crossed them (spec
+    /// §14.4). A `WANT_AGAIN` is a retry after a corrupted copy and is answered in full.
+    async fn answer(
+        &self,
+        session: SessionId,
+        message: &Message,
+        limits: &Limits,
+    ) -> Option<Bytes> {
+        let want = self.transit.answerable(message)?;
+        let again = matches!(message, Message::WantAgain(_));
+        let (blobs, rest) = self.cache.answer(&want);
         if !blobs.is_empty() {
-            tracing::debug!(session, blobs = blobs.len(), "WANT answered from the cache");
+            tracing::debug!(
+                session,
+                blobs = blobs.len(),
+                again,
+                "answered from the cache"
+            );
             self.uplink.queue(blobs).await;
         }
-        Some(frame_bytes(&Message::Want(rest?), limits))
+        let rest = rest?;
+        let forward = if again {
+            Message::WantAgain(rest)
+        } else {
+            Message::Want(rest)
+        };
+        Some(frame_bytes(&forward, limits))
     }
 }
 
@@ -1265,11 +1280,10 @@ impl SessionResources {
 /// never decoded, except those of the frames the relay consumes (`PING`, `PONG`, `ERROR`,
 /// `END`, `CLOSE`: one that does not decode is a violation, spec §4.5, see [`consumed`]) or
 /// refuses ([`state::refuse`]: likewise), and,
-/// with `resources`, the agent's `WANT`: addresses still on their way on a forwarded stream are
-/// dropped unless their acknowledgement comes within the grace, waited for on the side (the
-/// `WANT` crossed them, spec §14.4), the cache answers what it holds on resource
-/// streams to the agent, and only the rest goes on to the consumer (a `WANT` left empty is not
-/// forwarded, spec §7.19).
+/// with `resources`, the agent's `WANT` and `WANT_AGAIN` ([`SessionResources::answer`]): a
+/// `WANT` loses the addresses still on their way on a forwarded stream (it crossed them, spec
+/// §14.4), the cache answers what it holds on resource streams to the agent, and only the rest
+/// goes on to the consumer (one left empty is not forwarded, spec §7.19, §7.37).
 async fn forward_control(
     (shared, session): (Arc<Shared>, SessionId),
     side: Side,
@@ -1281,9 +1295,6 @@ async fn forward_control(
     // Held for the task's life; the stream outlives the task (relay/live.rs), and reading it
     // is cancel-safe, so stopping this task loses no frame.
     let mut recv = recv.lock().await;
-    // The agent's WANTs for blobs still on their way, each waiting for its grace; aborted
-    // with this task.
-    let mut crossing = JoinSet::new();
     let result = loop {
         let frame = match recv.next_raw().await {
             Ok(Some(frame)) => frame,
@@ -1291,36 +1302,16 @@ async fn forward_control(
             Err(e) => break outcome_of(side, e),
         };
         let (to, bytes) = match state::classify_control(side, frame.ty) {
-            ControlAction::Forward if frame.ty == FrameType::WANT && resources.is_some() => {
-                let want = match frame.decode(recv.limits()) {
-                    Ok(Message::Want(want)) => want,
-                    // A frame of type WANT always decodes to `Message::Want`.
-                    Ok(_) => continue,
+            ControlAction::Forward
+                if matches!(frame.ty, FrameType::WANT | FrameType::WANT_AGAIN)
+                    && resources.is_some() =>
+            {
+                let message = match frame.decode(recv.limits()) {
+                    Ok(message) => message,
                     Err(e) => break outcome_of(side, e.into()),
                 };
                 let Some(r) = &resources else { continue };
-                // A blob the consumer pushed and this relay is still forwarding was asked for
-                // before it arrived, unless the agent's acknowledgement of its stream comes
-                // within the grace (a retry after a corrupted copy, spec §14.4). Those
-                // addresses wait on the side, so the frames behind this WANT do not.
-                let (now, on_way) = r.transit.split_on_way(&want);
-                if let Some(on_way) = on_way {
-                    while crossing.try_join_next().is_some() {}
-                    if crossing.len() >= MAX_CROSSING_WANTS {
-                        let _ = crossing.join_next().await;
-                    }
-                    let (r, to_other, limits) = (r.clone(), to_other.clone(), *recv.limits());
-                    crossing.spawn(async move {
-                        let Some(retry) = r.transit.drop_crossing(&on_way).await else {
-                            return;
-                        };
-                        if let Some(bytes) = r.answer(session, &retry, &limits).await {
-                            let _ = to_other.send(bytes).await;
-                        }
-                    });
-                }
-                let Some(want) = now else { continue };
-                match r.answer(session, &want, recv.limits()).await {
+                match r.answer(session, &message, recv.limits()).await {
                     Some(bytes) => (&to_other, bytes),
                     None => continue,
                 }

@@ -9,7 +9,7 @@
 //!   Uplink ── resource stream ──► forward_observed ──► resource stream ──► ResourceReceiver
 //!   (ResourceSender, one uni          │ SharedCache::observe                 │ poll_want
 //!    stream per blob, priority        │ (cacheable, verified)                ▼
-//!    below the DOM stream)            ▼                                    WANT (control)
+//!    below the DOM stream)            ▼                          WANT, WANT_AGAIN (control)
 //!        ▲                        SharedCache::answer ◄──────────────────────┘
 //!        └──── WANT (the rest) ◄──────┤
 //!                                     └─ Uplink (relay → agent, from the cache)
@@ -20,16 +20,17 @@
 //!   the streams the sender cancels and hands the receiver's `STOP_SENDING` back to it. It keeps
 //!   at most [`RESOURCE_WINDOW`] bytes of finished streams unacknowledged, so resources never
 //!   fill the connection's send window ahead of a patch.
-//! * [`ConsumerResources`] is the consumer's side: it answers `HAVE` and `WANT` from the
-//!   consumer's blobs and knows when the agent holds everything the page referred to.
+//! * [`ConsumerResources`] is the consumer's side: it answers `HAVE`, `WANT` and `WANT_AGAIN`
+//!   from the consumer's blobs and knows when the agent holds everything the page referred to.
 //! * [`Downlink`] is the agent's side: a [`ResourceReceiver`] fed from the resource streams
-//!   (told from DOM streams by their first frame, [`is_resource_stream`]), the `WANT`s and
-//!   `HAVE`s it asks for, and `STOP_SENDING` on the streams it refuses.
+//!   (told from DOM streams by their first frame, [`is_resource_stream`]), the `WANT`s,
+//!   `WANT_AGAIN`s and `HAVE`s it asks for, and `STOP_SENDING` on the streams it refuses.
 //! * [`SharedCache`] is the relay's [`RelayCache`], shared by all sessions: it observes the
 //!   pieces the relay forwards ([`forward_observed`]) and answers agents' `WANT`s.
 //! * [`Transit`] holds the blobs on streams their receiver has not yet acknowledged, the
 //!   consumer's (an [`Uplink`]'s) and the relay's forwarded ones: an agent's `WANT` that
-//!   crossed a pushed blob on its way is not answered again (spec §14.4).
+//!   crossed a pushed blob on its way is not answered again (spec §14.4); a retry after a
+//!   corrupted copy comes as `WANT_AGAIN`, which passes it (§7.37).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -78,50 +79,32 @@ const READ_CHUNK: usize = 64 * 1024;
 
 // ───────────────────────────── blobs on their way ─────────────────────────────
 
-/// How long the relay waits, for a `WANT` that names a blob still on its way, for the agent's
-/// acknowledgement of that blob's stream before it takes the `WANT` for one that crossed the
-/// stream ([`Transit::drop_crossing`]): the longest the relay lets an agent hold an
-/// acknowledgement back ([`ACK_DELAY`](crate::transport::ACK_DELAY), asked for with
-/// ACK_FREQUENCY) and a margin for scheduling. The acknowledgement need not come with the
-/// `WANT`: quinn bundles acknowledgements with data at most once per round trip, so a retry
-/// sent just after another packet goes without one and its acknowledgement follows, at the
-/// latest, when the agent's ACK delay runs out. The relay waits on the side
-/// ([`Transit::split_on_way`]): the agent's control frames behind a crossing `WANT` go on.
-pub const CROSSING_GRACE: Duration =
-    Duration::from_millis(crate::transport::ACK_DELAY.as_millis() as u64 + 25);
-
-/// How often [`Transit::drop_crossing`] looks at the streams a waiting `WANT` names.
-const CROSSING_POLL: Duration = Duration::from_millis(5);
-
 /// Ready once a carried stream has been acknowledged in full (or reset, stopped, or its
 /// connection lost): a [`Transit`] polls it, without waiting, when a `WANT` asks.
 type Arrival = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The blobs on their way to one receiver: each sent on a resource stream that its receiver
 /// has not yet acknowledged in full. A sender that pushes blobs (spec §14.4) — the consumer in
-/// [`SendMode::Push`], and the relay forwarding those streams to the agent — uses it to tell an
-/// agent's `WANT` that crossed a blob on its way (the agent asked before the stream reached
-/// it) from one it sends again after a corrupted copy (§14.8), and answers only the second:
+/// [`SendMode::Push`], and the relay forwarding those streams to the agent — uses it to drop
+/// the addresses of an agent's `WANT` that crossed a blob on its way (the agent asked before
+/// the stream reached it):
 ///
 /// ```text
 ///  relay                          agent
-///  stream of X ─────────────┐  ┌─ WANT X   (asked before X arrived: crossed; dropped)
-///                           └──┼─► X complete, hash checked
-///  ACK of X's last byte  ◄─────┴── ACK       (X leaves the transit)
-///                          ◄────── WANT X   (asked after X arrived: a retry; answered)
+///  stream of X ─────────────┐  ┌─ WANT X        (asked before X arrived: crossed; dropped)
+///                           └──┼─► X arrives, hash checked
+///  ACK of X's last byte  ◄─────┴── ACK            (X leaves the transit)
+///                          ◄────── WANT_AGAIN X   (X did not match: always answered)
 /// ```
 ///
-/// The relay sees the agent's acknowledgements. An agent sends a retry only after the whole
-/// stream arrived, FIN included, so the acknowledgement of those bytes leaves with the retry's
-/// packet or at most the agent's ACK delay later. The relay registers each forwarded stream
-/// with its [`SendStream::stopped`] future ([`Transit::carry_until`]), which it polls to read
-/// the stream's state in its QUIC connection as it is at that moment (no task needs to run
-/// first), and gives a `WANT` that names a stream still unacknowledged [`CROSSING_GRACE`] for
-/// the acknowledgement to come ([`Transit::drop_crossing`]). A `WANT` that crossed reaches the
-/// relay before the stream's acknowledgement does (same path, sent earlier), and the agent
-/// acknowledges within its ACK delay of the stream's end, so it is still unacknowledged when
-/// read only if the stream is still arriving; one lost and sent again may come after the
-/// acknowledgement: that blob is then simply sent twice, as without this.
+/// A `WANT` that crossed reaches the relay before the stream's acknowledgement does (same path,
+/// sent earlier), so the relay reads, when the `WANT` arrives, whether the stream is still
+/// unacknowledged: it registers each forwarded stream with its [`SendStream::stopped`] future
+/// ([`Transit::carry_until`]), which it polls to read the stream's state in its QUIC
+/// connection as it is at that moment (no task needs to run first). A `WANT` lost and sent
+/// again may come after the acknowledgement: that blob is then simply sent twice, as without
+/// this. A retry after a corrupted copy travels as `WANT_AGAIN` (spec §7.37), which no
+/// transit filters: nothing here depends on timing.
 ///
 /// The consumer's streams are acknowledged by the relay, which says nothing of the agent's
 /// copy; what reaches the consumer is a `WANT` that passed the relay before the blob did, and
@@ -193,8 +176,8 @@ impl Transit {
 
     /// Records that a stream carries `address` until `arrived` is ready or the returned guard
     /// is dropped, whichever comes first. `arrived` is never awaited: it is polled, once, by
-    /// each check that asks about `address` ([`Transit::drop_crossing`],
-    /// [`Transit::drop_on_way`], [`Transit::is_on_way`]), so it must be a future that is ready
+    /// each check that asks about `address` ([`Transit::drop_on_way`],
+    /// [`Transit::is_on_way`]), so it must be a future that is ready
     /// as soon as the state it watches says so (as quinn's [`SendStream::stopped`] is) and must
     /// not need to be woken.
     pub fn carry_until(
@@ -230,26 +213,19 @@ impl Transit {
             .is_some_and(|carriers| carriers.iter_mut().any(Carrier::on_way))
     }
 
-    /// `want` without the addresses that are still on their way [`CROSSING_GRACE`] after it
-    /// arrived (each crossed its stream); `None` when nothing is left to ask for. Returns at
-    /// once when nothing it names is on its way, and as soon as that becomes so.
-    pub async fn drop_crossing(&self, want: &Addresses) -> Option<Addresses> {
-        let deadline = tokio::time::Instant::now() + CROSSING_GRACE;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= deadline || !want.addresses.iter().any(|a| self.is_on_way(&Address(*a))) {
-                return self.drop_on_way(want);
-            }
-            // A carrier's arrival is polled, not awaited (nothing wakes this task when it
-            // comes): look again every few milliseconds.
-            tokio::time::sleep(CROSSING_POLL.min(deadline - now)).await;
+    /// The addresses of an agent's request to answer: a `WANT` less what is on its way now
+    /// ([`Transit::drop_on_way`]), a `WANT_AGAIN` whole (it follows a copy that arrived
+    /// corrupted, spec §7.37); `None` when nothing is left, or for any other message.
+    pub fn answerable(&self, request: &Message) -> Option<Addresses> {
+        match request {
+            Message::Want(want) => self.drop_on_way(want),
+            Message::WantAgain(again) => Some(again.clone()),
+            _ => None,
         }
     }
 
     /// `want` split into the addresses not on their way now and those that are (each
-    /// `None` when empty): a relay answers the first at once and gives the second
-    /// [`Transit::drop_crossing`] on the side, so that a crossing `WANT` holds nothing else
-    /// back.
+    /// `None` when empty).
     pub fn split_on_way(&self, want: &Addresses) -> (Option<Addresses>, Option<Addresses>) {
         let mut on_way = lock(&self.on_way);
         let (going, rest): (Vec<[u8; 32]>, Vec<[u8; 32]>) = want
@@ -262,11 +238,8 @@ impl Transit {
     }
 
     /// `want` without the addresses on their way now (each crossed its stream); `None` when
-    /// nothing is left to ask for. Never waits: what a consumer behind a relay uses
-    /// ([`ConsumerResources::on_message`]): its streams are acknowledged by the relay, not by
-    /// the agent, so an acknowledgement says nothing about the agent's copy and waiting for
-    /// one would only let through a `WANT` that crossed the stream and came in the relay's
-    /// packet that carried that acknowledgement.
+    /// nothing is left to ask for. Never waits: a `WANT` that crossed a stream arrives before
+    /// that stream's acknowledgement, and one sent after the blob arrived finds it there.
     pub fn drop_on_way(&self, want: &Addresses) -> Option<Addresses> {
         let (rest, crossed) = self.split_on_way(want);
         if let Some(crossed) = crossed {
@@ -781,7 +754,7 @@ impl ConsumerResources {
         }
     }
 
-    /// Handles `HAVE` and `WANT` from the agent; `false` for any other message.
+    /// Handles `HAVE`, `WANT` and `WANT_AGAIN` from the agent; `false` for any other message.
     pub async fn on_message(&mut self, m: &Message, consumer: &mut Consumer) -> bool {
         match m {
             Message::Have(have) => {
@@ -790,15 +763,12 @@ impl ConsumerResources {
                 self.uplink.have(have.clone()).await;
                 true
             }
-            Message::Want(want) => {
-                // A blob pushed and not yet acknowledged by the relay was asked for before it
-                // reached the relay (see `Transit`).
-                let want = match self.mode {
-                    SendMode::Push => match self.uplink.transit().drop_on_way(want) {
-                        Some(w) => w,
-                        None => return true,
-                    },
-                    SendMode::Pull => want.clone(),
+            Message::Want(_) | Message::WantAgain(_) => {
+                // A blob on a stream the relay has not yet acknowledged was asked for before
+                // it reached the relay (see `Transit`); a retry is answered whatever is on its
+                // way (spec §7.37).
+                let Some(want) = self.uplink.transit().answerable(m) else {
+                    return true;
                 };
                 let blobs = match consumer.resources_mut() {
                     Some(r) => want
@@ -1106,6 +1076,10 @@ impl Downlink {
             self.report.wanted += w.addresses.len() as u64;
             self.out.push_back(Message::Want(w));
         }
+        while let Some(w) = self.rx.poll_want_again() {
+            self.report.wanted += w.addresses.len() as u64;
+            self.out.push_back(Message::WantAgain(w));
+        }
         if !self.unannounced.is_empty()
             && self.rx.in_flight() == 0
             && self.rx.wanted().next().is_none()
@@ -1235,7 +1209,7 @@ enum Kind {
 /// stream gets `dom_priority` and its bodies are never decoded. A resource stream's blob is in
 /// `transit` from its first piece until the agent acknowledged the whole stream (the task waits
 /// for that after finishing it), so that the agent's `WANT` that crossed the blob is not
-/// answered a second time ([`Transit::drop_crossing`]).
+/// answered a second time ([`Transit::drop_on_way`]).
 pub async fn forward_observed(
     mut from: RecvStream,
     to: SendStream,
@@ -1611,40 +1585,21 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_relay_waits_the_grace_for_an_acknowledgement() {
+    #[test]
+    fn a_retry_is_answered_whatever_is_on_its_way() {
         let transit = Transit::new();
         let (x, y) = (Address::of(b"x"), Address::of(b"y"));
-        // Nothing on its way: no wait at all.
-        assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
-        // X stays on its way through the grace: the WANT crossed it.
-        let carried = transit.carry(x);
-        let started = tokio::time::Instant::now();
+        let _carried = transit.carry(x);
         assert_eq!(
-            transit.drop_crossing(&want(&[x, y])).await,
+            transit.answerable(&Message::Want(want(&[x, y]))),
             Some(want(&[y]))
         );
-        assert!(started.elapsed() >= CROSSING_GRACE);
-        // A stream acknowledged within the grace: the WANT is a retry and passes, seen by
-        // polling the arrival (nothing wakes the waiting WANT) before the grace is out.
-        let (acked, ack) = oneshot::channel::<()>();
-        let watched = transit.carry_until(y, async move {
-            let _ = ack.await;
-        });
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(CROSSING_GRACE / 4).await;
-            acked.send(()).expect("the watch is alive");
-        });
-        assert_eq!(transit.drop_crossing(&want(&[y])).await, Some(want(&[y])));
-        release.await.expect("the release task");
-        // And one whose guard is dropped within the grace (a reset stream) passes too.
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(CROSSING_GRACE / 4).await;
-            drop(carried);
-        });
-        assert_eq!(transit.drop_crossing(&want(&[x])).await, Some(want(&[x])));
-        release.await.expect("the release task");
-        drop(watched);
+        assert_eq!(transit.answerable(&Message::Want(want(&[x]))), None);
+        assert_eq!(
+            transit.answerable(&Message::WantAgain(want(&[x, y]))),
+            Some(want(&[x, y]))
+        );
+        assert_eq!(transit.answerable(&Message::Have(want(&[y]))), None);
     }
 
     #[test]

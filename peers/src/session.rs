@@ -782,7 +782,7 @@ pub async fn run_consumer_with(
                     Some(Message::Ping(ping)) => write_message(&mut ctl_send, &Message::Pong(ping), &limits).await?,
                     Some(Message::Unknown(u)) if u.must_understand() => return Err(unknown_critical(u.ty)),
                     Some(m) if presence.on_message(&m) => {}
-                    Some(m @ (Message::Have(_) | Message::Want(_))) => {
+                    Some(m @ (Message::Have(_) | Message::Want(_) | Message::WantAgain(_))) => {
                         if let Some(r) = res.as_mut() {
                             r.on_message(&m, &mut consumer).await;
                         }

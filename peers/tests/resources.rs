@@ -318,44 +318,62 @@ async fn corrupting_consumer(
     }
     let mut have = BTreeSet::new();
     let (mut sent, mut corrupted) = (0usize, 0u32);
+    let mut retried = Vec::new();
+    let mut first_corrupted = None;
     while !referenced.is_subset(&have) {
-        match recv.next_message().await.expect("a message") {
-            Some(Message::Want(Addresses { addresses })) => {
-                for a in addresses {
-                    let blob = consumer
-                        .resources_mut()
-                        .expect("resources")
-                        .store_mut()
-                        .get(&Address(a))
-                        .expect("a blob the page refers to");
-                    let mut data = blob.bytes().to_vec();
-                    if corrupted == 0 {
-                        corrupted += 1;
-                        data[0] ^= 0xff;
-                    }
-                    let piece = Resource {
-                        address: a,
-                        total_len: blob.len(),
-                        offset: 0,
-                        content_type: blob.content_type().to_owned(),
-                        cacheable: blob.cacheable(),
-                        coding: Coding::Identity,
-                        data,
-                    };
-                    let mut s = conn.open_uni().await.expect("a resource stream");
-                    write_message(&mut s, &Message::Resource(piece), &limits)
-                        .await
-                        .expect("written");
-                    s.finish().expect("finished");
-                    sent += 1;
-                }
+        let want = match recv.next_message().await.expect("a message") {
+            Some(Message::Want(want)) => want,
+            // The retry comes as WANT_AGAIN (spec §7.37).
+            Some(Message::WantAgain(again)) => {
+                retried.extend(again.addresses.iter().copied());
+                again
             }
-            Some(Message::Have(Addresses { addresses })) => have.extend(addresses),
-            Some(Message::Ack(a)) => consumer.handle_message(&Message::Ack(a)).expect("ack"),
-            Some(_) => {}
+            Some(Message::Have(Addresses { addresses })) => {
+                have.extend(addresses);
+                continue;
+            }
+            Some(Message::Ack(a)) => {
+                consumer.handle_message(&Message::Ack(a)).expect("ack");
+                continue;
+            }
+            Some(_) => continue,
             None => panic!("the relay finished the control stream"),
+        };
+        for a in want.addresses {
+            let blob = consumer
+                .resources_mut()
+                .expect("resources")
+                .store_mut()
+                .get(&Address(a))
+                .expect("a blob the page refers to");
+            let mut data = blob.bytes().to_vec();
+            if corrupted == 0 {
+                corrupted += 1;
+                data[0] ^= 0xff;
+                first_corrupted = Some(a);
+            }
+            let piece = Resource {
+                address: a,
+                total_len: blob.len(),
+                offset: 0,
+                content_type: blob.content_type().to_owned(),
+                cacheable: blob.cacheable(),
+                coding: Coding::Identity,
+                data,
+            };
+            let mut s = conn.open_uni().await.expect("a resource stream");
+            write_message(&mut s, &Message::Resource(piece), &limits)
+                .await
+                .expect("written");
+            s.finish().expect("finished");
+            sent += 1;
         }
     }
+    assert_eq!(
+        retried,
+        Vec::from_iter(first_corrupted),
+        "the corrupted blob, and only it, was asked for again with WANT_AGAIN"
+    );
     let end = Message::End(End {
         reason: EndReason::EndedByConsumer,
     });

@@ -448,7 +448,7 @@ async fn pushed_blobs_go_once(links: (&str, &str)) -> u64 {
     let (res, up) = every_blob_arrived(c, a);
     // Each went once, but for the race spec §14.4 leaves: an agent that asks for a blob its
     // QUIC stack already received (and acknowledged) but it has not yet read sends a WANT
-    // that looks like a retry. On a busy machine (a core spinning beside the tests) that
+    // that comes after the stream's acknowledgement. On a busy machine (a core spinning beside the tests) that
     // happened to 2 of the 8 in 1 run of 20, never to more. Without the consumer's rule 3 to
     // 7 of the 8 went twice, without the relay's 3 to 6.
     let twice = up.uplink.sends.values().filter(|&&n| n > 1).count();

@@ -331,6 +331,14 @@ fn positive_vectors() -> Vec<Positive> {
         }),
     );
     add(
+        "want_again",
+        "WANT_AGAIN: the agent received a corrupted copy of the stylesheet and asks for it \
+         again; the body is laid out as WANT's.",
+        Message::WantAgain(Addresses {
+            addresses: vec![css_addr],
+        }),
+    );
+    add(
         "resource_whole",
         "RESOURCE carrying a whole 38-byte stylesheet: address = blake3 of the data, total_len \
          38, offset 0, content type text/css, cacheable true, data as a length-prefixed byte \
@@ -1276,7 +1284,7 @@ fn annotate(msg: &Message) -> Vec<(Vec<u8>, String)> {
         Message::Ack(m) => m.serialize(&mut a),
         Message::Rejoined(m) => m.serialize(&mut a),
         Message::Resync(m) => m.serialize(&mut a),
-        Message::Have(m) | Message::Want(m) => m.serialize(&mut a),
+        Message::Have(m) | Message::Want(m) | Message::WantAgain(m) => m.serialize(&mut a),
         Message::Resource(m) => m.serialize(&mut a),
         Message::Pointer(m) => m.serialize(&mut a),
         Message::Scroll(m) => m.serialize(&mut a),

@@ -382,8 +382,8 @@ pub struct Resync {
     pub reason: ResyncReason,
 }
 
-/// `HAVE` (0x40, spec §7.18) and `WANT` (0x42, spec §7.19): content addresses a receiver holds,
-/// or asks for.
+/// `HAVE` (0x40, spec §7.18), `WANT` (0x42, spec §7.19) and `WANT_AGAIN` (0x46, spec §7.37):
+/// content addresses a receiver holds, asks for, or asks for again after a corrupted copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Addresses {
@@ -823,6 +823,8 @@ catalogue! {
     Want(Addresses) = 0x42, WANT, "§7.19";
     /// `RESOURCE`.
     Resource(Resource) = 0x44, RESOURCE, "§7.20";
+    /// `WANT_AGAIN`: a retry after a corrupted copy.
+    WantAgain(Addresses) = 0x46, WANT_AGAIN, "§7.37";
     /// `POINTER` (optional).
     Pointer(Pointer) = 0x51, POINTER, "§7.21";
     /// `SCROLL` (optional).
@@ -1052,6 +1054,7 @@ impl Message {
             }
             Message::Have(m) => limit("have.addresses", m.addresses.len(), l.max_list),
             Message::Want(m) => limit("want.addresses", m.addresses.len(), l.max_list),
+            Message::WantAgain(m) => limit("want_again.addresses", m.addresses.len(), l.max_list),
             Message::Resource(m) => {
                 string("resource.content_type", &m.content_type, l)?;
                 match m.offset.checked_add(m.data.len() as u64) {

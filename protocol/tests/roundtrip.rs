@@ -322,6 +322,7 @@ fn message() -> impl Strategy<Value = Message> {
             .boxed(),
         addresses().prop_map(Message::Have).boxed(),
         addresses().prop_map(Message::Want).boxed(),
+        addresses().prop_map(Message::WantAgain).boxed(),
         resource().prop_map(Message::Resource).boxed(),
         (
             any::<u32>(),

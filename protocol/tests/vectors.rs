@@ -575,7 +575,7 @@ fn message_fields(m: &Message) -> Vec<&'static str> {
         Message::Patch(x) => field_names(x),
         Message::Ack(x) => field_names(x),
         Message::Resync(x) => field_names(x),
-        Message::Have(x) | Message::Want(x) => field_names(x),
+        Message::Have(x) | Message::Want(x) | Message::WantAgain(x) => field_names(x),
         Message::Resource(x) => field_names(x),
         Message::Pointer(x) => field_names(x),
         Message::Scroll(x) => field_names(x),
