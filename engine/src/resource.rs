@@ -2160,12 +2160,7 @@ impl ResourceReceiver {
 
     /// The next `WANT` to send (at most `max_list` addresses).
     pub fn poll_want(&mut self) -> Option<Addresses> {
-        if self.want_queue.is_empty() {
-            return None;
-        }
-        let n = self.want_queue.len().min(self.max_list);
-        let addresses = self.want_queue.drain(..n).map(|a| a.0).collect();
-        Some(Addresses { addresses })
+        take_list(&mut self.want_queue, self.max_list)
     }
 
     /// The next `WANT_AGAIN` to send (at most `max_list` addresses): blobs whose copy did not
@@ -2173,12 +2168,7 @@ impl ResourceReceiver {
     /// §7.37). Unlike a `WANT`, a sender answers it even while it still counts a copy of the
     /// blob as on its way.
     pub fn poll_want_again(&mut self) -> Option<Addresses> {
-        if self.again_queue.is_empty() {
-            return None;
-        }
-        let n = self.again_queue.len().min(self.max_list);
-        let addresses = self.again_queue.drain(..n).map(|a| a.0).collect();
-        Some(Addresses { addresses })
+        take_list(&mut self.again_queue, self.max_list)
     }
 
     /// The next stream to stop (`STOP_SENDING`): refused, or a blob held already.
@@ -2367,6 +2357,16 @@ impl ResourceReceiver {
                 .push_back(ResourceEvent::Incomplete { address: p.address });
         }
     }
+}
+
+/// The first `max_list` addresses of `queue`, as one list message's body; `None` when empty.
+fn take_list(queue: &mut Vec<Address>, max_list: usize) -> Option<Addresses> {
+    if queue.is_empty() {
+        return None;
+    }
+    let n = queue.len().min(max_list);
+    let addresses = queue.drain(..n).map(|a| a.0).collect();
+    Some(Addresses { addresses })
 }
 
 /// Addresses a blob refers to: resource URIs in a text blob (a stylesheet's `url()`s).
