@@ -763,12 +763,18 @@ impl ConsumerResources {
                 self.uplink.have(have.clone()).await;
                 true
             }
-            Message::Want(_) | Message::WantAgain(_) => {
-                // A blob on a stream the relay has not yet acknowledged was asked for before
-                // it reached the relay (see `Transit`); a retry is answered whatever is on its
-                // way (spec §7.37).
-                let Some(want) = self.uplink.transit().answerable(m) else {
-                    return true;
+            Message::Want(want) | Message::WantAgain(want) => {
+                // A blob pushed and not yet acknowledged by the relay was asked for before it
+                // reached the relay (see `Transit`); a retry is answered whatever is on its
+                // way (spec §7.37). A pulled blob is on its way only because it was wanted:
+                // asked for again, it was cut off (a stream the agent stopped or the relay
+                // reset), and this side may not have seen the stop yet.
+                let want = match self.mode {
+                    SendMode::Push => match self.uplink.transit().answerable(m) {
+                        Some(w) => w,
+                        None => return true,
+                    },
+                    SendMode::Pull => want.clone(),
                 };
                 let blobs = match consumer.resources_mut() {
                     Some(r) => want
