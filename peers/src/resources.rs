@@ -109,8 +109,10 @@ type Arrival = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The consumer's streams are acknowledged by the relay, which says nothing of the agent's
 /// copy; what reaches the consumer is a `WANT` that passed the relay before the blob did, and
 /// it arrives before or with the relay's acknowledgement. The consumer's streams are therefore
-/// on their way for as long as they are open ([`Transit::carry`]). Entries live as long as
-/// their streams, so the set is bounded by the streams QUIC lets a connection open.
+/// on their way for as long as they are open and not stopped (an [`Uplink`] watches each for a
+/// stop, [`Transit::carry_until`]: a `WANT` that follows a stop is the agent asking for a blob
+/// it did not get). Entries live as long as their streams, so the set is bounded by the
+/// streams QUIC lets a connection open.
 #[derive(Default)]
 pub struct Transit {
     on_way: Mutex<HashMap<Address, Vec<Carrier>>>,
@@ -449,7 +451,7 @@ struct Open {
     written: u64,
     finished: bool,
     watcher: tokio::task::AbortHandle,
-    /// The blob stays in the uplink's [`Transit`] while this stream is open.
+    /// The blob stays in the uplink's [`Transit`] while this stream is open and not stopped.
     _carried: Carried,
 }
 
@@ -566,6 +568,18 @@ enum Written {
     ConnectionGone,
 }
 
+/// Ready once `stopped` (a stream's [`SendStream::stopped`]) says that the receiver stopped
+/// the stream or that the connection is gone; never when it says the stream was acknowledged
+/// in full. What an [`Uplink`] watches its streams with ([`Transit::carry_until`]): a blob is
+/// on its way while its stream is open, whatever the relay acknowledged, and a stop shows as
+/// soon as QUIC has it, before the uplink's task has handled it, so that a `WANT` read after
+/// the stop is answered.
+async fn until_stopped<E>(stopped: impl Future<Output = Result<Option<VarInt>, E>>) {
+    if let Ok(None) = stopped.await {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn write_piece(
     (conn, transit): (&Connection, &Arc<Transit>),
     open: &mut HashMap<u64, Open>,
@@ -596,12 +610,13 @@ async fn write_piece(
             if let Some(m) = &stats.sends {
                 *lock(m).entry(Address(piece.address)).or_insert(0) += 1;
             }
+            let carried = transit.carry_until(Address(piece.address), until_stopped(s.stopped()));
             v.insert(Open {
                 stream: s,
                 written: 0,
                 finished: false,
                 watcher,
-                _carried: transit.carry(Address(piece.address)),
+                _carried: carried,
             })
         }
     };
@@ -1606,6 +1621,29 @@ mod tests {
             Some(want(&[x, y]))
         );
         assert_eq!(transit.answerable(&Message::Have(want(&[y]))), None);
+    }
+
+    #[test]
+    fn an_uplink_stream_leaves_the_transit_when_stopped_not_when_acknowledged() {
+        let transit = Transit::new();
+        let (x, y, z) = (Address::of(b"x"), Address::of(b"y"), Address::of(b"z"));
+        let watch = |address| {
+            let (tell, told) = oneshot::channel::<Option<VarInt>>();
+            let carried = transit.carry_until(address, until_stopped(told));
+            (tell, carried)
+        };
+        let (acked, _x) = watch(x);
+        let (stopped, _y) = watch(y);
+        let (lost, _z) = watch(z);
+        acked.send(None).expect("watched");
+        stopped.send(Some(VarInt::from_u32(0))).expect("watched");
+        drop(lost);
+        // Acknowledged by the relay says nothing of the agent's copy: still on its way.
+        assert!(transit.is_on_way(&x));
+        assert!(transit.is_on_way(&x), "and stays so when looked at again");
+        // Stopped, or the connection gone: the blob is not coming.
+        assert!(!transit.is_on_way(&y));
+        assert!(!transit.is_on_way(&z));
     }
 
     #[test]
