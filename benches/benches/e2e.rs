@@ -65,8 +65,8 @@ fn main() {
         "Times from the viewer starting to connect (handshakes included). Tandem's first render \
          is the snapshot's first parts once they reach into the body (the top of the page), its \
          complete render the whole page verified; the baseline renders when the whole HTML \
-         has arrived, so its first render is its complete time. Bytes: the viewer's link, both directions, headers \
-         included. bound = bytes down / rate + 2 round trips. pointer p95: on the target link, \
+         has arrived, so its first render is its complete time. Bytes: the viewer's link, both \
+         directions, headers included. bound = bytes down / rate + 2 round trips. pointer p95: on the target link, \
          in a run of its own, the customer's pointer every {} ms; the 95th percentile latency \
          of those that arrived while the snapshot did (how many in brackets). ret. first: on \
          the target link, in a run of its own, the first render of a returning agent, which \

@@ -142,12 +142,10 @@ impl LivePage {
 
     fn change(&mut self, c: &mut Consumer) -> Result<Option<ChangeKind>, EngineError> {
         let dom = c.dom();
-        let body = dom.preorder(0).find(|&id| {
-            dom.node(id)
-                .and_then(|n| n.element())
-                .is_some_and(|e| e.ns == Ns::Html && e.name == "body")
-        });
-        let Some(body) = body else { return Ok(None) };
+        // The changes below never move or remove the body, so it stays where the parser put it.
+        let Some(body) = dom.body() else {
+            return Ok(None);
+        };
         let mut elements = Vec::new();
         let mut texts = Vec::new();
         for id in dom.preorder(body) {

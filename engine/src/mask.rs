@@ -1462,14 +1462,7 @@ pub mod fuzzing {
             }
         }
         let dom = parse_html(&format!("<body>{html}</body>"), Limits::DEFAULT);
-        let body = dom
-            .preorder(DOCUMENT_ID)
-            .find(|&n| {
-                dom.node(n)
-                    .and_then(|x| x.element())
-                    .is_some_and(|e| e.name == "body")
-            })
-            .unwrap_or(DOCUMENT_ID);
+        let body = dom.body().unwrap_or(DOCUMENT_ID);
         dom.children(body)
             .iter()
             .flat_map(|&c| crate::patch::subtree(&dom, c))

@@ -79,8 +79,10 @@ const READ_CHUNK: usize = 64 * 1024;
 
 // ───────────────────────────── blobs on their way ─────────────────────────────
 
-/// Ready once a carried stream has been acknowledged in full (or reset, stopped, or its
-/// connection lost): a [`Transit`] polls it, without waiting, when a `WANT` asks.
+/// Ready once a carried blob is no longer on its way, as its registrant defines it (a relay's
+/// forwarded stream: acknowledged in full, reset, stopped or its connection lost; an
+/// [`Uplink`]'s: stopped or its connection lost): a [`Transit`] polls it, without waiting,
+/// when a `WANT` asks.
 type Arrival = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The blobs on their way to one receiver: each sent on a resource stream that its receiver
@@ -228,7 +230,7 @@ impl Transit {
 
     /// `want` split into the addresses not on their way now and those that are (each
     /// `None` when empty).
-    pub fn split_on_way(&self, want: &Addresses) -> (Option<Addresses>, Option<Addresses>) {
+    fn split_on_way(&self, want: &Addresses) -> (Option<Addresses>, Option<Addresses>) {
         let mut on_way = lock(&self.on_way);
         let (going, rest): (Vec<[u8; 32]>, Vec<[u8; 32]>) = want
             .addresses
