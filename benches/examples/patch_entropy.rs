@@ -1,0 +1,587 @@
+//! How small could the recorded change batches be with an entropy coder of Tandem's own
+//! (issue 3's patch-bytes target)? A scratch estimate, not a codec: it replays each state
+//! sequence as `tandem replay` does and charges every field of every `PATCH` the ideal code
+//! length of an adaptive model (`-log2 p` with `p` from counts kept as the coder and the
+//! decoder would keep them), which an arithmetic coder reaches within a few bytes per flush.
+//! It prints the estimate next to the compressed DOM stream as sent today and the targets.
+//!
+//! Run: `cargo run --release -p tandem-benches --example patch_entropy` (uses
+//! `../shared/corpus/states` when present, otherwise the repository's `testdata/states`); with
+//! `FIELDS=1` it also prints, per state sequence, what the new strings of each field cost.
+//!
+//! The models, each adaptive, each known to both ends:
+//!
+//! - operation kind, in the context of the kind before it; record kinds, namespaces, attribute
+//!   and child counts, and each `Sym`'s kind per field (tag, attribute name, value, text);
+//! - a node id named by an operation: uniformly one of the ids the epoch has given out
+//!   (`log2` of the highest id so far): the ids the recorded changes touch are spread over the
+//!   page; the `first` id of an insert: one bit "the next fresh id", else the id; a `Place`'s
+//!   parity: one bit;
+//! - integers (counts, lengths, edit offsets, run differences): Elias-gamma buckets coded
+//!   adaptively per field, the bits below the leading one as they are;
+//! - `Static` and `Ref` indices: adaptive counts over the indices seen in that field, escaping
+//!   to uniform over the table;
+//! - new texts, comments and inserted edit text as tokens (letter runs, digit runs and the runs
+//!   between them): a token seen before from its class's counts, a new one spelled byte by
+//!   byte with a PPM model; numbers always spelled. Every other new string (attribute values
+//!   above all) byte by byte with a second PPM model (orders 4 to 0, escape method C, no
+//!   exclusion). Both models are first fed the strings of the snapshot, which the agent holds;
+//! - per patch: the 8-byte check as 64 bits, the count of operations, and 4 bytes for ending
+//!   the coder's flush and the `COMPRESSED` frame header. Epoch and sequence number are implied
+//!   by the stream.
+//!
+//! What it showed (2026-12-02): 4,976 / 6,703 / 5,300 bytes for ars-1 / lwn-1 / mozilla-2,
+//! against 8,114 / 10,186 / 8,569 sent today and the targets (0.3 of rrweb's stream) of
+//! 3,706 / 3,808 / 3,461; below the HTML states' zstd delta (7,461 / 7,883 / 7,105) on all
+//! three. Node ids (1.2–1.9 KB, about 11 bits per operation) and the per-patch check (400 B)
+//! stay whatever the coder.
+
+use std::collections::HashMap;
+
+use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root, sorted_dirs};
+use tandem_engine::{Agent, Consumer, parse_html};
+use tandem_protocol::compress::{self, DomCompressor};
+use tandem_protocol::{
+    Limits, Message, NodeId, NodeRecord, PatchOp, Place, STATIC_TABLE, Sym, frame,
+};
+
+/// Adaptive counts over symbols, escaping to a fallback cost for symbols not seen yet.
+#[derive(Default)]
+struct Counts {
+    counts: HashMap<u64, u32>,
+    total: u32,
+}
+
+impl Counts {
+    /// Code length of `s` in bits; `fallback` is the cost of naming an unseen symbol.
+    fn cost(&mut self, s: u64, fallback: f64) -> f64 {
+        let distinct = self.counts.len() as f64;
+        let total = f64::from(self.total);
+        let bits = match self.counts.get(&s) {
+            Some(&c) => -(f64::from(c) / (total + distinct)).log2(),
+            None if self.total == 0 => fallback,
+            None => -(distinct / (total + distinct)).log2() + fallback,
+        };
+        *self.counts.entry(s).or_default() += 1;
+        self.total += 1;
+        bits
+    }
+}
+
+/// Adaptive models keyed by a context name.
+#[derive(Default)]
+struct Models {
+    by: HashMap<(&'static str, u64), Counts>,
+}
+
+impl Models {
+    /// A symbol of a small alphabet of `size` symbols.
+    fn symbol(&mut self, ctx: &'static str, sub: u64, s: u64, size: u64) -> f64 {
+        let fallback = (size as f64).log2();
+        self.by.entry((ctx, sub)).or_default().cost(s, fallback)
+    }
+
+    /// An integer: its Elias-gamma bucket adaptively, its mantissa raw.
+    fn integer(&mut self, ctx: &'static str, v: u64) -> f64 {
+        let n = 64 - (v + 1).leading_zeros() as u64;
+        self.symbol(ctx, 0, n, 65) + (n - 1) as f64
+    }
+}
+
+/// PPM over bytes, orders `ORDER` down to 0, escape method C, without exclusion.
+struct Ppm {
+    contexts: HashMap<(usize, u64), Counts>,
+    history: Vec<u8>,
+}
+
+const ORDER: usize = 4;
+
+impl Ppm {
+    fn new() -> Self {
+        Ppm {
+            contexts: HashMap::new(),
+            history: Vec::new(),
+        }
+    }
+
+    fn key(&self, order: usize) -> Option<u64> {
+        let h = &self.history;
+        (h.len() >= order).then(|| {
+            h[h.len() - order..]
+                .iter()
+                .fold(order as u64, |k, &b| k << 8 | u64::from(b))
+        })
+    }
+
+    /// Code length of `s` (ended by a 0 byte), learning it.
+    fn string(&mut self, s: &str) -> f64 {
+        s.bytes().chain([0]).map(|b| self.byte(b)).sum()
+    }
+
+    fn byte(&mut self, b: u8) -> f64 {
+        let mut bits = 0.0;
+        let mut coded = false;
+        for order in (0..=ORDER).rev() {
+            let Some(key) = self.key(order) else { continue };
+            let ctx = self.contexts.entry((order, key)).or_default();
+            if !coded {
+                let distinct = ctx.counts.len() as f64;
+                let total = f64::from(ctx.total);
+                match ctx.counts.get(&u64::from(b)) {
+                    Some(&c) => {
+                        bits += -(f64::from(c) / (total + distinct)).log2();
+                        coded = true;
+                    }
+                    None if ctx.total > 0 => bits += -(distinct / (total + distinct)).log2(),
+                    None => {}
+                }
+            }
+            *ctx.counts.entry(u64::from(b)).or_default() += 1;
+            ctx.total += 1;
+        }
+        if !coded {
+            bits += 8.0;
+        }
+        self.history.push(b);
+        bits
+    }
+}
+
+/// Strings as words and the runs between them: each token from adaptive counts of the tokens
+/// of its class seen so far (class alternates, so only the first is coded), a new token spelled
+/// with [`Ppm`] and counted from then on; an end token closes the string.
+struct Words {
+    classes: [Counts; 4],
+    tokens: [Counts; 3],
+    ppm: Ppm,
+}
+
+impl Words {
+    fn new() -> Self {
+        Words {
+            classes: Default::default(),
+            tokens: Default::default(),
+            ppm: Ppm::new(),
+        }
+    }
+
+    fn string(&mut self, s: &str) -> f64 {
+        let class = |c: char| {
+            if c.is_alphabetic() {
+                1
+            } else if c.is_numeric() {
+                2
+            } else {
+                0
+            }
+        };
+        let mut tokens: Vec<(usize, &str)> = Vec::new();
+        let mut start = 0;
+        let mut current = None;
+        for (i, c) in s.char_indices() {
+            let k = class(c);
+            match current {
+                Some(p) if p != k => {
+                    tokens.push((p, &s[start..i]));
+                    start = i;
+                }
+                _ => {}
+            }
+            current = Some(k);
+        }
+        if let Some(k) = current {
+            tokens.push((k, &s[start..]));
+        }
+        // Each token's class in the context of the class before (3: the start), 3 ends.
+        let mut bits = 0.0;
+        let mut prev = 3u64;
+        for &(k, t) in &tokens {
+            bits += self.classes[prev as usize].cost(k as u64, 2.0);
+            bits += self.token(k, t);
+            prev = k as u64;
+        }
+        bits + self.classes[prev as usize].cost(3, 2.0)
+    }
+
+    fn token(&mut self, class: usize, t: &str) -> f64 {
+        if class == 2 {
+            // Numbers: spelled, digit by digit, as PPM learns them.
+            return self.ppm.string(t);
+        }
+        let key = 1 + t.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) % (u64::MAX - 1);
+        let known = self.tokens[class].counts.contains_key(&key);
+        let spelled = if known { 0.0 } else { self.ppm.string(t) };
+        self.tokens[class].cost(key, spelled)
+    }
+}
+
+/// The estimate's state across one state sequence, and where its bits go.
+struct Estimate {
+    m: Models,
+    words: Words,
+    ppm: Ppm,
+    dynamic: u64,
+    max_id: NodeId,
+    bits: HashMap<&'static str, f64>,
+    fields: HashMap<(&'static str, u64), (f64, u32)>,
+}
+
+impl Estimate {
+    fn add(&mut self, what: &'static str, bits: f64) {
+        *self.bits.entry(what).or_default() += bits;
+    }
+
+    /// Spells a new string: texts by words, anything else (attribute values, names) by bytes.
+    fn spell(&mut self, field: &str, t: &str) -> f64 {
+        if field == "text" || field == "comment" {
+            self.words.string(t)
+        } else {
+            self.ppm.string(t)
+        }
+    }
+
+    fn id(&mut self, id: NodeId) {
+        self.max_id = self.max_id.max(id);
+        let bits = ((self.max_id + 1) as f64).log2();
+        self.add("ids", bits);
+    }
+
+    fn place(&mut self, p: &Place) {
+        let (parity, id) = match p {
+            Place::After(id) => (0, *id),
+            Place::First(id) => (1, *id),
+        };
+        let bits = self.m.symbol("place", 0, parity, 2);
+        self.add("ids", bits);
+        self.id(id);
+    }
+
+    fn sym(&mut self, field: &'static str, s: &Sym) {
+        let (kind, bits) = match s {
+            Sym::Static(i) => (0, {
+                let n = STATIC_TABLE.len() as u64;
+                self.m.symbol(field, 1, u64::from(*i), n)
+            }),
+            Sym::Ref(i) => (1, {
+                let n = self.dynamic.max(1);
+                self.m.symbol(field, 2, u64::from(*i), n)
+            }),
+            Sym::New(t) => {
+                self.dynamic += 1;
+                (2, self.spell(field, t))
+            }
+            Sym::Lit(t) => (3, self.spell(field, t)),
+        };
+        let k = self.m.symbol(field, 0, kind, 4);
+        self.add("strings", bits + k);
+        if std::env::var_os("FIELDS").is_some() {
+            let f = self.fields.entry((field, kind)).or_default();
+            f.0 += bits + k;
+            f.1 += 1;
+        }
+    }
+
+    fn record(&mut self, r: &NodeRecord) {
+        match r {
+            NodeRecord::Element {
+                ns,
+                name,
+                attrs,
+                children,
+            } => {
+                let b = self.m.symbol("record", 0, 0, 4)
+                    + self.m.symbol("ns", 0, u64::from(u32::from(*ns)), 3);
+                let b = b
+                    + self.m.integer("attrs", attrs.len() as u64)
+                    + self.m.integer("children", u64::from(*children));
+                self.add("structure", b);
+                self.sym("tag", name);
+                for a in attrs {
+                    self.sym("attr name", &a.name);
+                    self.sym("attr value", &a.value);
+                }
+            }
+            NodeRecord::Text { text } => {
+                let b = self.m.symbol("record", 0, 1, 4);
+                self.add("structure", b);
+                self.sym("text", text);
+            }
+            NodeRecord::Comment { text } => {
+                let b = self.m.symbol("record", 0, 2, 4);
+                self.add("structure", b);
+                self.sym("comment", text);
+            }
+            NodeRecord::Doctype {
+                name,
+                public_id,
+                system_id,
+            } => {
+                let b = self.m.symbol("record", 0, 3, 4);
+                self.add("structure", b);
+                for s in [name, public_id, system_id] {
+                    self.sym("doctype", s);
+                }
+            }
+        }
+    }
+
+    /// Learns the snapshot's strings and ids, as the agent holds them, at no cost.
+    fn prime(&mut self, nodes: &[NodeRecord]) {
+        let learn = |e: &mut Estimate, field: &str, s: &Sym| match s {
+            Sym::New(t) => {
+                e.dynamic += 1;
+                e.spell(field, t);
+            }
+            Sym::Lit(t) => {
+                e.spell(field, t);
+            }
+            _ => {}
+        };
+        for r in nodes {
+            self.max_id += 1;
+            match r {
+                NodeRecord::Element { name, attrs, .. } => {
+                    learn(self, "tag", name);
+                    for a in attrs {
+                        learn(self, "attr name", &a.name);
+                        learn(self, "attr value", &a.value);
+                    }
+                }
+                NodeRecord::Text { text } => learn(self, "text", text),
+                NodeRecord::Comment { text } => learn(self, "comment", text),
+                NodeRecord::Doctype {
+                    name,
+                    public_id,
+                    system_id,
+                } => {
+                    for s in [name, public_id, system_id] {
+                        learn(self, "doctype", s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn op(&mut self, op: &PatchOp, prev: u64) -> u64 {
+        let kind = match op {
+            PatchOp::Insert { .. } => 0,
+            PatchOp::Remove { .. } => 1,
+            PatchOp::Move { .. } => 2,
+            PatchOp::SetAttr { .. } => 3,
+            PatchOp::RemoveAttr { .. } => 4,
+            PatchOp::SetText { .. } => 5,
+            PatchOp::EditText { .. } => 6,
+            PatchOp::MoveRun { .. } => 7,
+        };
+        let b = self.m.symbol("op", prev, kind, 8);
+        self.add("op kinds", b);
+        match op {
+            PatchOp::Insert { at, first, nodes } => {
+                self.place(at);
+                let next = *first == self.max_id + 1;
+                let b = self.m.symbol("first is next", 0, u64::from(next), 2);
+                self.add("ids", b);
+                if !next {
+                    self.id(*first);
+                }
+                let b = self.m.integer("insert count", nodes.len() as u64);
+                self.add("structure", b);
+                for r in nodes {
+                    self.record(r);
+                }
+                self.max_id = self.max_id.max(*first + nodes.len() as u64 - 1);
+            }
+            PatchOp::Remove { node } => self.id(*node),
+            PatchOp::Move { node, at } => {
+                self.id(*node);
+                self.place(at);
+            }
+            PatchOp::MoveRun { at, nodes } => {
+                self.place(at);
+                let b = self.m.integer("run length", nodes.0.len() as u64);
+                self.add("structure", b);
+                let mut prev = None;
+                for &id in &nodes.0 {
+                    match prev {
+                        None => self.id(id),
+                        Some(p) => {
+                            let d = (id as i64).wrapping_sub(p as i64);
+                            let z = ((d << 1) ^ (d >> 63)) as u64;
+                            let b = self.m.integer("run delta", z);
+                            self.add("ids", b);
+                        }
+                    }
+                    prev = Some(id);
+                }
+            }
+            PatchOp::SetAttr { node, name, value } => {
+                self.id(*node);
+                self.sym("attr name", name);
+                self.sym("attr value", value);
+            }
+            PatchOp::RemoveAttr { node, name } => {
+                self.id(*node);
+                self.sym("attr name", name);
+            }
+            PatchOp::SetText { node, text } => {
+                self.id(*node);
+                self.sym("text", text);
+            }
+            PatchOp::EditText { node, edits } => {
+                self.id(*node);
+                let mut b = self.m.integer("edits", edits.len() as u64);
+                for e in edits {
+                    b += self.m.integer("keep", u64::from(e.keep));
+                    b += self.m.integer("delete", u64::from(e.delete));
+                }
+                self.add("structure", b);
+                for e in edits {
+                    let b = self.words.string(&e.insert);
+                    self.add("strings", b);
+                    if std::env::var_os("FIELDS").is_some() {
+                        let f = self.fields.entry(("edit", 3)).or_default();
+                        f.0 += b;
+                        f.1 += 1;
+                    }
+                }
+            }
+        }
+        kind
+    }
+}
+
+/// One state sequence: the snapshot's records and frames, and each step's frames and patches.
+struct Recording {
+    records: Vec<NodeRecord>,
+    snapshot: Vec<u8>,
+    steps: Vec<Vec<u8>>,
+    patches: Vec<Message>,
+}
+
+fn record(dir: &std::path::Path, limits: Limits) -> Option<Recording> {
+    let read = |k: usize| std::fs::read_to_string(dir.join(format!("{k}.html"))).ok();
+    let mut consumer = Consumer::new(parse_html(&read(0)?, limits), "", limits);
+    let mut agent = Agent::new(limits);
+    let mut rec = Recording {
+        records: Vec::new(),
+        snapshot: Vec::new(),
+        steps: Vec::new(),
+        patches: Vec::new(),
+    };
+    for k in 0.. {
+        if k > 0 {
+            let Some(html) = read(k) else { break };
+            let mut target = parse_html(&html, limits);
+            consumer
+                .update_to(&mut target)
+                .expect("the replay converges");
+            consumer.flush();
+        }
+        let mut step = Vec::new();
+        while let Some(f) = consumer.poll_frame() {
+            let bytes = f.expect("frames encode").bytes;
+            let msg = frame::decode_exact(&bytes, &limits).expect("frames decode");
+            agent
+                .handle_message(msg.clone())
+                .expect("the agent applies");
+            if k == 0 {
+                rec.snapshot.extend_from_slice(&bytes);
+            } else {
+                step.extend_from_slice(&bytes);
+            }
+            match msg {
+                Message::Snapshot(s) => rec.records.extend(s.nodes),
+                m @ Message::Patch(_) => rec.patches.push(m),
+                _ => {}
+            }
+        }
+        while let Some(reply) = agent.poll_message() {
+            consumer
+                .handle_message(&reply)
+                .expect("the consumer takes replies");
+        }
+        if k > 0 {
+            rec.steps.push(step);
+        }
+    }
+    Some(rec)
+}
+
+/// The compressed bytes of the steps after the snapshot, each step flushed, as `tandem replay`
+/// counts them.
+fn as_sent(rec: &Recording, limits: &Limits) -> usize {
+    let level = compress::level_for_snapshot(rec.snapshot.len());
+    let mut zstd = DomCompressor::with_level(level).expect("zstd starts");
+    let mut out = Vec::new();
+    zstd.write_frames(&rec.snapshot, &mut out, limits)
+        .expect("zstd compresses");
+    let mut total = 0;
+    for step in &rec.steps {
+        out.clear();
+        zstd.write_frames(step, &mut out, limits)
+            .expect("zstd compresses");
+        total += out.len();
+    }
+    total
+}
+
+fn main() {
+    let limits = Limits::DEFAULT;
+    let root = corpus_root().join("states");
+    println!("states: {}\n", root.display());
+    println!(
+        "| states | patches | ops | today (zstd) | estimate | op kinds | ids | structure | strings | per patch | target 0.3 rrweb |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for dir in sorted_dirs(&root) {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(rec) = record(&dir, limits) else {
+            continue;
+        };
+        let mut e = Estimate {
+            m: Models::default(),
+            words: Words::new(),
+            ppm: Ppm::new(),
+            dynamic: 0,
+            max_id: 0,
+            bits: HashMap::new(),
+            fields: HashMap::new(),
+        };
+        e.prime(&rec.records);
+        let mut ops = 0;
+        for m in &rec.patches {
+            let Message::Patch(p) = m else { continue };
+            let b = e.m.integer("op count", p.ops.len() as u64) + 64.0 + 32.0;
+            e.add("per patch", b);
+            let mut prev = 8;
+            for op in &p.ops {
+                prev = e.op(op, prev);
+                ops += 1;
+            }
+        }
+        let today = as_sent(&rec, &limits);
+        let total: f64 = e.bits.values().sum::<f64>() / 8.0;
+        let part = |k: &str| e.bits.get(k).copied().unwrap_or(0.0) / 8.0;
+        let target = RRWEB_STATES_ZSTD19
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, b, _)| (*b as f64 * 0.3) as usize);
+        println!(
+            "| {name} | {} | {ops} | {today} | {total:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            rec.patches.len(),
+            part("op kinds"),
+            part("ids"),
+            part("structure"),
+            part("strings"),
+            part("per patch"),
+            target.map_or("-".into(), |t| t.to_string()),
+        );
+        let mut fields: Vec<_> = e.fields.iter().collect();
+        fields.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        for ((f, k), (bits, n)) in fields {
+            eprintln!("  {f} kind {k}: {n} strings, {:.0} B", bits / 8.0);
+        }
+    }
+}
