@@ -1,11 +1,19 @@
-//! How small could the recorded change batches be with an entropy coder of Tandem's own
-//! (issue 3's patch-bytes target)? A scratch estimate, not a codec: it replays each state
-//! sequence as `tandem replay` does and charges every field of every `PATCH` the ideal code
-//! length of an adaptive model (`-log2 p` with `p` from counts kept as the coder and the
-//! decoder would keep them), which an arithmetic coder reaches within a few bytes per flush.
-//! It prints the estimate next to the compressed DOM stream as sent today and the targets.
+//! How small could patches and snapshots be with an entropy coder of Tandem's own (issue 3's
+//! byte targets)? A scratch estimate, not a codec: it charges every field of every `PATCH`
+//! and `SNAPSHOT` record the ideal code length of an adaptive model (`-log2 p` with `p` from
+//! counts kept as the coder and the decoder would keep them), which an arithmetic coder
+//! reaches within a few bytes per flush.
 //!
-//! Run: `cargo run --release -p tandem-benches --example patch_entropy` (uses
+//! Two tables:
+//!
+//! - the state sequences, replayed as `tandem replay` does: the 50 patches after the snapshot,
+//!   estimated, next to the compressed DOM stream as sent today and the targets;
+//! - the corpus pages' snapshots, as sent today (zstd with `dom-v1`), estimated with the same
+//!   models (each record in the context of its parent's tag), and *hybrid*: the records'
+//!   structure, string kinds and table indices estimated, the bytes of every new string
+//!   compressed together with `zstd -19`.
+//!
+//! Run: `cargo run --release -p tandem-benches --example entropy_estimate` (uses
 //! `../shared/corpus/states` when present, otherwise the repository's `testdata/states`); with
 //! `FIELDS=1` it also prints, per state sequence, what the new strings of each field cost; with
 //! `NOPRIME=1` the string models start empty instead of learning the snapshot's strings.
@@ -38,6 +46,13 @@
 //! stay whatever the coder. Without feeding the models the snapshot's strings first
 //! (`NOPRIME=1`): 5,130 / 7,140 / 5,187, still below the delta; so a codec need not learn the
 //! snapshot, whose strings would cost the agent time and memory to model.
+//!
+//! Snapshots (same day), median over the 14 pages of the ratio to rrweb's `zstd -19`: today
+//! 0.707, estimated 0.815, hybrid 0.676 (target 0.6). The structure is cheap under context
+//! models (1–5 % of a page's estimate); the string bytes are the snapshot, and byte-wise PPM of
+//! order 4 codes them worse than zstd's long matches (CSS, URLs, repeated markup in values).
+//! Modelling the structure apart takes 4 % off; the rest of the way to 0.6 would take a
+//! context-mixing coder for the strings, whose speed would not fit the throughput target.
 
 use std::collections::HashMap;
 
@@ -229,15 +244,35 @@ struct Estimate {
     max_id: NodeId,
     bits: HashMap<&'static str, f64>,
     fields: HashMap<(&'static str, u64), (f64, u32)>,
+    /// When set, new strings cost nothing here and are collected for zstd instead.
+    lz: Option<Vec<u8>>,
 }
 
 impl Estimate {
+    fn new() -> Self {
+        Estimate {
+            m: Models::default(),
+            words: Words::new(),
+            ppm: Ppm::new(),
+            dynamic: 0,
+            max_id: 0,
+            bits: HashMap::new(),
+            fields: HashMap::new(),
+            lz: None,
+        }
+    }
+
     fn add(&mut self, what: &'static str, bits: f64) {
         *self.bits.entry(what).or_default() += bits;
     }
 
     /// Spells a new string: texts by words, anything else (attribute values, names) by bytes.
     fn spell(&mut self, field: &str, t: &str) -> f64 {
+        if let Some(lz) = &mut self.lz {
+            lz.extend_from_slice(t.as_bytes());
+            lz.push(0);
+            return 0.0;
+        }
         if field == "text" || field == "comment" {
             self.words.string(t)
         } else {
@@ -262,14 +297,19 @@ impl Estimate {
     }
 
     fn sym(&mut self, field: &'static str, s: &Sym) {
+        self.sym_in(field, 0, s);
+    }
+
+    /// [`Estimate::sym`] with its kind and index coded in context `ctx` of the field.
+    fn sym_in(&mut self, field: &'static str, ctx: u64, s: &Sym) {
         let (kind, bits) = match s {
             Sym::Static(i) => (0, {
                 let n = STATIC_TABLE.len() as u64;
-                self.m.symbol(field, 1, u64::from(*i), n)
+                self.m.symbol(field, ctx * 4 + 1, u64::from(*i), n)
             }),
             Sym::Ref(i) => (1, {
                 let n = self.dynamic.max(1);
-                self.m.symbol(field, 2, u64::from(*i), n)
+                self.m.symbol(field, ctx * 4 + 2, u64::from(*i), n)
             }),
             Sym::New(t) => {
                 self.dynamic += 1;
@@ -277,7 +317,7 @@ impl Estimate {
             }
             Sym::Lit(t) => (3, self.spell(field, t)),
         };
-        let k = self.m.symbol(field, 0, kind, 4);
+        let k = self.m.symbol(field, ctx * 4, kind, 4);
         self.add("strings", bits + k);
         if std::env::var_os("FIELDS").is_some() {
             let f = self.fields.entry((field, kind)).or_default();
@@ -325,6 +365,70 @@ impl Estimate {
                 self.add("structure", b);
                 for s in [name, public_id, system_id] {
                     self.sym("doctype", s);
+                }
+            }
+        }
+    }
+
+    /// Charges a whole snapshot listing, each record in the context of its parent's tag: the
+    /// record kind and the tag by the parent's tag, attribute and child counts and attribute
+    /// names by the element's tag, values by the attribute's name.
+    fn snapshot(&mut self, nodes: &[NodeRecord]) {
+        // (tag key, children left) of the open elements.
+        let mut open: Vec<(u64, u32)> = vec![(u64::MAX, u32::MAX)];
+        let key = |s: &Sym| match s {
+            Sym::Static(i) => u64::from(*i) + 1,
+            _ => 0,
+        };
+        for r in nodes {
+            while open.last().is_some_and(|&(_, left)| left == 0) {
+                open.pop();
+            }
+            let parent = open.last().map_or(u64::MAX, |&(t, _)| t);
+            if let Some(top) = open.last_mut() {
+                top.1 = top.1.saturating_sub(1);
+            }
+            match r {
+                NodeRecord::Element {
+                    ns,
+                    name,
+                    attrs,
+                    children,
+                } => {
+                    let b = self.m.symbol("record", parent, 0, 4)
+                        + self.m.symbol("ns", parent, u64::from(u32::from(*ns)), 3);
+                    self.add("structure", b);
+                    self.sym_in("tag", parent, name);
+                    let tag = key(name);
+                    let b = self.m.symbol("attrs", tag, attrs.len() as u64, 65)
+                        + self.m.symbol("children", tag, u64::from(*children), 257);
+                    self.add("structure", b);
+                    for a in attrs {
+                        self.sym_in("attr name", tag, &a.name);
+                        self.sym_in("attr value", key(&a.name), &a.value);
+                    }
+                    open.push((tag, *children));
+                }
+                NodeRecord::Text { text } => {
+                    let b = self.m.symbol("record", parent, 1, 4);
+                    self.add("structure", b);
+                    self.sym_in("text", parent, text);
+                }
+                NodeRecord::Comment { text } => {
+                    let b = self.m.symbol("record", parent, 2, 4);
+                    self.add("structure", b);
+                    self.sym("comment", text);
+                }
+                NodeRecord::Doctype {
+                    name,
+                    public_id,
+                    system_id,
+                } => {
+                    let b = self.m.symbol("record", parent, 3, 4);
+                    self.add("structure", b);
+                    for s in [name, public_id, system_id] {
+                        self.sym("doctype", s);
+                    }
                 }
             }
         }
@@ -530,6 +634,66 @@ fn as_sent(rec: &Recording, limits: &Limits) -> usize {
     total
 }
 
+/// The snapshot table: each corpus page's snapshot as sent today and as estimated.
+fn snapshots(limits: Limits) {
+    let mut ratios = (Vec::new(), Vec::new(), Vec::new());
+    println!(
+        "\n| page | rrweb | today (zstd) | estimate | structure | strings | hybrid | today / rrweb | estimate / rrweb | hybrid / rrweb |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, html) in tandem_benches::pages() {
+        let mut consumer = Consumer::new(parse_html(&html, limits), "", limits);
+        let (mut frames, mut records) = (Vec::new(), Vec::new());
+        while let Some(f) = consumer.poll_frame() {
+            let bytes = f.expect("frames encode").bytes;
+            if let Ok(Message::Snapshot(s)) = frame::decode_exact(&bytes, &limits) {
+                records.extend(s.nodes);
+                frames.extend_from_slice(&bytes);
+            }
+        }
+        let mut zstd = DomCompressor::with_level(compress::level_for_snapshot(frames.len()))
+            .expect("zstd starts");
+        let mut out = Vec::new();
+        zstd.write_frames(&frames, &mut out, &limits)
+            .expect("zstd compresses");
+        let mut e = Estimate::new();
+        e.snapshot(&records);
+        let total = e.bits.values().sum::<f64>() / 8.0;
+        let mut h = Estimate::new();
+        h.lz = Some(Vec::new());
+        h.snapshot(&records);
+        let strings = zstd::bulk::compress(h.lz.as_deref().unwrap_or_default(), 19)
+            .expect("zstd compresses")
+            .len();
+        let hybrid = h.bits.values().sum::<f64>() / 8.0 + strings as f64;
+        let part = |k: &str| e.bits.get(k).copied().unwrap_or(0.0) / 8.0;
+        let Some(rrweb) = tandem_benches::rrweb_snapshot(&name) else {
+            continue;
+        };
+        let (today, est, hyb) = (
+            out.len() as f64 / rrweb as f64,
+            total / rrweb as f64,
+            hybrid / rrweb as f64,
+        );
+        ratios.0.push(today);
+        ratios.1.push(est);
+        ratios.2.push(hyb);
+        println!(
+            "| {name} | {rrweb} | {} | {total:.0} | {:.0} | {:.0} | {hybrid:.0} | {today:.3} | {est:.3} | {hyb:.3} |",
+            out.len(),
+            part("structure"),
+            part("strings"),
+        );
+    }
+    let m = |v: &mut Vec<f64>| tandem_benches::median(v).unwrap_or(f64::NAN);
+    println!(
+        "| **median** | | | | | | | **{:.3}** | **{:.3}** | **{:.3}** |",
+        m(&mut ratios.0),
+        m(&mut ratios.1),
+        m(&mut ratios.2)
+    );
+}
+
 fn main() {
     let limits = Limits::DEFAULT;
     let root = corpus_root().join("states");
@@ -543,15 +707,7 @@ fn main() {
         let Some(rec) = record(&dir, limits) else {
             continue;
         };
-        let mut e = Estimate {
-            m: Models::default(),
-            words: Words::new(),
-            ppm: Ppm::new(),
-            dynamic: 0,
-            max_id: 0,
-            bits: HashMap::new(),
-            fields: HashMap::new(),
-        };
+        let mut e = Estimate::new();
         if std::env::var_os("NOPRIME").is_none() {
             e.prime(&rec.records);
         } else {
@@ -592,4 +748,5 @@ fn main() {
             eprintln!("  {f} kind {k}: {n} strings, {:.0} B", bits / 8.0);
         }
     }
+    snapshots(limits);
 }
