@@ -20,8 +20,10 @@
 //!
 //! The models, each adaptive, each known to both ends:
 //!
-//! - operation kind, in the context of the kind before it; record kinds, namespaces, attribute
-//!   and child counts, and each `Sym`'s kind per field (tag, attribute name, value, text);
+//! - operation kind, in the context of the kind before it; in a listing (a snapshot's or an
+//!   insert's), record kind, namespace and tag in the context of the parent's tag, attribute
+//!   and child counts and attribute names in that of the element's tag, values in that of the
+//!   attribute's name; each `Sym`'s kind per field (tag, attribute name, value, text);
 //! - a node id named by an operation: uniformly one of the ids the epoch has given out
 //!   (`log2` of the highest id so far): the ids the recorded changes touch are spread over the
 //!   page; the `first` id of an insert: one bit "the next fresh id", else the id; a `Place`'s
@@ -39,16 +41,16 @@
 //!   the coder's flush and the `COMPRESSED` frame header. Epoch and sequence number are implied
 //!   by the stream.
 //!
-//! What it showed (2026-12-02): 4,976 / 6,703 / 5,300 bytes for ars-1 / lwn-1 / mozilla-2,
+//! What it showed (2026-12-02): 4,937 / 6,673 / 5,252 bytes for ars-1 / lwn-1 / mozilla-2,
 //! against 8,114 / 10,186 / 8,569 sent today and the targets (0.3 of rrweb's stream) of
 //! 3,706 / 3,808 / 3,461; below the HTML states' zstd delta (7,461 / 7,883 / 7,105) on all
 //! three. Node ids (1.2–1.9 KB, about 11 bits per operation) and the per-patch check (400 B)
 //! stay whatever the coder. Without feeding the models the snapshot's strings first
-//! (`NOPRIME=1`): 5,130 / 7,140 / 5,187, still below the delta; so a codec need not learn the
+//! (`NOPRIME=1`): 5,089 / 7,108 / 5,137, still below the delta; so a codec need not learn the
 //! snapshot, whose strings would cost the agent time and memory to model.
 //!
 //! Snapshots (same day), median over the 14 pages of the ratio to rrweb's `zstd -19`: today
-//! 0.707, estimated 0.815, hybrid 0.676 (target 0.6). The structure is cheap under context
+//! 0.707, estimated 0.819, hybrid 0.680 (target 0.6). The structure is cheap under context
 //! models (1–5 % of a page's estimate); the string bytes are the snapshot, and byte-wise PPM of
 //! order 4 codes them worse than zstd's long matches (CSS, URLs, repeated markup in values).
 //! Modelling the structure apart takes 4 % off; the rest of the way to 0.6 would take a
@@ -56,8 +58,8 @@
 
 use std::collections::HashMap;
 
-use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root, sorted_dirs};
-use tandem_engine::{Agent, Consumer, parse_html};
+use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root, replay, sorted_dirs};
+use tandem_engine::{Consumer, parse_html};
 use tandem_protocol::compress::{self, DomCompressor};
 use tandem_protocol::{
     Limits, Message, NodeId, NodeRecord, PatchOp, Place, STATIC_TABLE, Sym, frame,
@@ -101,8 +103,13 @@ impl Models {
 
     /// An integer: its Elias-gamma bucket adaptively, its mantissa raw.
     fn integer(&mut self, ctx: &'static str, v: u64) -> f64 {
+        self.integer_in(ctx, 0, v)
+    }
+
+    /// [`Models::integer`] in context `sub` of `ctx`.
+    fn integer_in(&mut self, ctx: &'static str, sub: u64, v: u64) -> f64 {
         let n = 64 - (v + 1).leading_zeros() as u64;
-        self.symbol(ctx, 0, n, 65) + (n - 1) as f64
+        self.symbol(ctx, sub, n, 65) + (n - 1) as f64
     }
 }
 
@@ -326,54 +333,11 @@ impl Estimate {
         }
     }
 
-    fn record(&mut self, r: &NodeRecord) {
-        match r {
-            NodeRecord::Element {
-                ns,
-                name,
-                attrs,
-                children,
-            } => {
-                let b = self.m.symbol("record", 0, 0, 4)
-                    + self.m.symbol("ns", 0, u64::from(u32::from(*ns)), 3);
-                let b = b
-                    + self.m.integer("attrs", attrs.len() as u64)
-                    + self.m.integer("children", u64::from(*children));
-                self.add("structure", b);
-                self.sym("tag", name);
-                for a in attrs {
-                    self.sym("attr name", &a.name);
-                    self.sym("attr value", &a.value);
-                }
-            }
-            NodeRecord::Text { text } => {
-                let b = self.m.symbol("record", 0, 1, 4);
-                self.add("structure", b);
-                self.sym("text", text);
-            }
-            NodeRecord::Comment { text } => {
-                let b = self.m.symbol("record", 0, 2, 4);
-                self.add("structure", b);
-                self.sym("comment", text);
-            }
-            NodeRecord::Doctype {
-                name,
-                public_id,
-                system_id,
-            } => {
-                let b = self.m.symbol("record", 0, 3, 4);
-                self.add("structure", b);
-                for s in [name, public_id, system_id] {
-                    self.sym("doctype", s);
-                }
-            }
-        }
-    }
-
-    /// Charges a whole snapshot listing, each record in the context of its parent's tag: the
-    /// record kind and the tag by the parent's tag, attribute and child counts and attribute
-    /// names by the element's tag, values by the attribute's name.
-    fn snapshot(&mut self, nodes: &[NodeRecord]) {
+    /// Charges a listing (a snapshot's or an insert's), each record in the context of its
+    /// parent's tag when the listing holds the parent: the record kind and the tag by the
+    /// parent's tag, attribute and child counts and attribute names by the element's tag,
+    /// values by the attribute's name.
+    fn listing(&mut self, nodes: &[NodeRecord]) {
         // (tag key, children left) of the open elements.
         let mut open: Vec<(u64, u32)> = vec![(u64::MAX, u32::MAX)];
         let key = |s: &Sym| match s {
@@ -400,8 +364,8 @@ impl Estimate {
                     self.add("structure", b);
                     self.sym_in("tag", parent, name);
                     let tag = key(name);
-                    let b = self.m.symbol("attrs", tag, attrs.len() as u64, 65)
-                        + self.m.symbol("children", tag, u64::from(*children), 257);
+                    let b = self.m.integer_in("attrs", tag, attrs.len() as u64)
+                        + self.m.integer_in("children", tag, u64::from(*children));
                     self.add("structure", b);
                     for a in attrs {
                         self.sym_in("attr name", tag, &a.name);
@@ -495,9 +459,7 @@ impl Estimate {
                 }
                 let b = self.m.integer("insert count", nodes.len() as u64);
                 self.add("structure", b);
-                for r in nodes {
-                    self.record(r);
-                }
+                self.listing(nodes);
                 self.max_id = self.max_id.max(*first + nodes.len() as u64 - 1);
             }
             PatchOp::Remove { node } => self.id(*node),
@@ -559,81 +521,6 @@ impl Estimate {
     }
 }
 
-/// One state sequence: the snapshot's records and frames, and each step's frames and patches.
-struct Recording {
-    records: Vec<NodeRecord>,
-    snapshot: Vec<u8>,
-    steps: Vec<Vec<u8>>,
-    patches: Vec<Message>,
-}
-
-fn record(dir: &std::path::Path, limits: Limits) -> Option<Recording> {
-    let read = |k: usize| std::fs::read_to_string(dir.join(format!("{k}.html"))).ok();
-    let mut consumer = Consumer::new(parse_html(&read(0)?, limits), "", limits);
-    let mut agent = Agent::new(limits);
-    let mut rec = Recording {
-        records: Vec::new(),
-        snapshot: Vec::new(),
-        steps: Vec::new(),
-        patches: Vec::new(),
-    };
-    for k in 0.. {
-        if k > 0 {
-            let Some(html) = read(k) else { break };
-            let mut target = parse_html(&html, limits);
-            consumer
-                .update_to(&mut target)
-                .expect("the replay converges");
-            consumer.flush();
-        }
-        let mut step = Vec::new();
-        while let Some(f) = consumer.poll_frame() {
-            let bytes = f.expect("frames encode").bytes;
-            let msg = frame::decode_exact(&bytes, &limits).expect("frames decode");
-            agent
-                .handle_message(msg.clone())
-                .expect("the agent applies");
-            if k == 0 {
-                rec.snapshot.extend_from_slice(&bytes);
-            } else {
-                step.extend_from_slice(&bytes);
-            }
-            match msg {
-                Message::Snapshot(s) => rec.records.extend(s.nodes),
-                m @ Message::Patch(_) => rec.patches.push(m),
-                _ => {}
-            }
-        }
-        while let Some(reply) = agent.poll_message() {
-            consumer
-                .handle_message(&reply)
-                .expect("the consumer takes replies");
-        }
-        if k > 0 {
-            rec.steps.push(step);
-        }
-    }
-    Some(rec)
-}
-
-/// The compressed bytes of the steps after the snapshot, each step flushed, as `tandem replay`
-/// counts them.
-fn as_sent(rec: &Recording, limits: &Limits) -> usize {
-    let level = compress::level_for_snapshot(rec.snapshot.len());
-    let mut zstd = DomCompressor::with_level(level).expect("zstd starts");
-    let mut out = Vec::new();
-    zstd.write_frames(&rec.snapshot, &mut out, limits)
-        .expect("zstd compresses");
-    let mut total = 0;
-    for step in &rec.steps {
-        out.clear();
-        zstd.write_frames(step, &mut out, limits)
-            .expect("zstd compresses");
-        total += out.len();
-    }
-    total
-}
-
 /// The snapshot table: each corpus page's snapshot as sent today and as estimated.
 fn snapshots(limits: Limits) {
     let mut ratios = (Vec::new(), Vec::new(), Vec::new());
@@ -657,11 +544,11 @@ fn snapshots(limits: Limits) {
         zstd.write_frames(&frames, &mut out, &limits)
             .expect("zstd compresses");
         let mut e = Estimate::new();
-        e.snapshot(&records);
+        e.listing(&records);
         let total = e.bits.values().sum::<f64>() / 8.0;
         let mut h = Estimate::new();
         h.lz = Some(Vec::new());
-        h.snapshot(&records);
+        h.listing(&records);
         let strings = zstd::bulk::compress(h.lz.as_deref().unwrap_or_default(), 19)
             .expect("zstd compresses")
             .len();
@@ -704,18 +591,27 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for dir in sorted_dirs(&root) {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let Some(rec) = record(&dir, limits) else {
+        let Some(rec) = replay(&dir, limits) else {
             continue;
         };
+        let records: Vec<NodeRecord> = rec
+            .snapshot_messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Snapshot(s) => Some(s.nodes.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
         let mut e = Estimate::new();
         if std::env::var_os("NOPRIME").is_none() {
-            e.prime(&rec.records);
+            e.prime(&records);
         } else {
             // The snapshot's ids are given out all the same.
-            e.max_id = rec.records.len() as u64;
+            e.max_id = records.len() as u64;
         }
         let mut ops = 0;
-        for m in &rec.patches {
+        for m in rec.steps.iter().flatten() {
             let Message::Patch(p) = m else { continue };
             let b = e.m.integer("op count", p.ops.len() as u64) + 64.0 + 32.0;
             e.add("per patch", b);
@@ -725,7 +621,7 @@ fn main() {
                 ops += 1;
             }
         }
-        let today = as_sent(&rec, &limits);
+        let today = rec.compressed_steps(&limits, Message::clone);
         let total: f64 = e.bits.values().sum::<f64>() / 8.0;
         let part = |k: &str| e.bits.get(k).copied().unwrap_or(0.0) / 8.0;
         let target = RRWEB_STATES_ZSTD19
@@ -734,7 +630,11 @@ fn main() {
             .map(|(_, b, _)| (*b as f64 * 0.3) as usize);
         println!(
             "| {name} | {} | {ops} | {today} | {total:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
-            rec.patches.len(),
+            rec.steps
+                .iter()
+                .flatten()
+                .filter(|m| matches!(m, Message::Patch(_)))
+                .count(),
             part("op kinds"),
             part("ids"),
             part("structure"),

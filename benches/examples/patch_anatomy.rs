@@ -21,10 +21,8 @@
 //! their sizes matter. Parts interact through the compressor, so the savings do not add up to
 //! the total.
 
-use tandem_benches::{corpus_root, sorted_dirs};
-use tandem_engine::{Agent, Consumer, parse_html};
-use tandem_protocol::compress::{self, DomCompressor};
-use tandem_protocol::{Limits, Message, NodeId, PatchCheck, PatchOp, Place, frame};
+use tandem_benches::{corpus_root, replay, sorted_dirs};
+use tandem_protocol::{Limits, Message, NodeId, PatchCheck, PatchOp, Place};
 
 /// One re-encoding of the recorded patches.
 #[derive(Clone, Copy, PartialEq)]
@@ -150,76 +148,6 @@ fn rewrite(msg: &Message, view: View) -> Message {
     msg
 }
 
-/// A state sequence as sent: the snapshot's frames, then each step's messages.
-struct Recording {
-    snapshot: Vec<u8>,
-    steps: Vec<Vec<Message>>,
-}
-
-fn record(dir: &std::path::Path, limits: Limits) -> Option<Recording> {
-    let read = |k: usize| std::fs::read_to_string(dir.join(format!("{k}.html"))).ok();
-    let mut consumer = Consumer::new(parse_html(&read(0)?, limits), "", limits);
-    let mut agent = Agent::new(limits);
-    let mut rec = Recording {
-        snapshot: Vec::new(),
-        steps: Vec::new(),
-    };
-    for k in 0.. {
-        if k > 0 {
-            let Some(html) = read(k) else { break };
-            let mut target = parse_html(&html, limits);
-            consumer
-                .update_to(&mut target)
-                .expect("the replay converges");
-            consumer.flush();
-        }
-        let mut step = Vec::new();
-        while let Some(f) = consumer.poll_frame() {
-            let bytes = f.expect("frames encode").bytes;
-            let msg = frame::decode_exact(&bytes, &limits).expect("frames decode");
-            agent
-                .handle_message(msg.clone())
-                .expect("the agent applies");
-            if k == 0 {
-                rec.snapshot.extend_from_slice(&bytes);
-            } else {
-                step.push(msg);
-            }
-        }
-        while let Some(reply) = agent.poll_message() {
-            consumer
-                .handle_message(&reply)
-                .expect("the consumer takes replies");
-        }
-        if k > 0 {
-            rec.steps.push(step);
-        }
-    }
-    Some(rec)
-}
-
-/// The compressed bytes of the steps after the snapshot, each step flushed, as `tandem replay`
-/// counts them.
-fn compressed(rec: &Recording, view: View, limits: &Limits) -> usize {
-    let level = compress::level_for_snapshot(rec.snapshot.len());
-    let mut zstd = DomCompressor::with_level(level).expect("zstd starts");
-    let mut out = Vec::new();
-    zstd.write_frames(&rec.snapshot, &mut out, limits)
-        .expect("zstd compresses");
-    let mut total = 0;
-    for step in &rec.steps {
-        let mut frames = Vec::new();
-        for msg in step {
-            frame::encode_frame(&rewrite(msg, view), &mut frames, limits).expect("frames encode");
-        }
-        out.clear();
-        zstd.write_frames(&frames, &mut out, limits)
-            .expect("zstd compresses");
-        total += out.len();
-    }
-    total
-}
-
 fn main() {
     let limits = Limits::DEFAULT;
     let root = corpus_root().join("states");
@@ -230,14 +158,15 @@ fn main() {
     println!("| states | patches | {} |", header.join(" | "));
     println!("|---|---:|{}", "---:|".repeat(VIEWS.len()));
     for dir in dirs {
-        let Some(rec) = record(&dir, limits) else {
+        let Some(rec) = replay(&dir, limits) else {
             continue;
         };
-        let base = compressed(&rec, View::AsSent, &limits);
+        let compressed = |view| rec.compressed_steps(&limits, |m| rewrite(m, view));
+        let base = compressed(View::AsSent);
         let cells: Vec<String> = VIEWS
             .iter()
             .map(|&(_, view)| {
-                let saved = base as i64 - compressed(&rec, view, &limits) as i64;
+                let saved = base as i64 - compressed(view) as i64;
                 format!(
                     "{saved} ({:.0} %)",
                     100.0 * saved as f64 / base.max(1) as f64

@@ -107,3 +107,98 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
         _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
+
+/// A state sequence (`k.html`, `k = 0, 1, …`) replayed as `tandem replay` does it: a consumer
+/// sends the snapshot of `0.html`, then diffs each state against the one before and sends the
+/// patch; an agent applies every frame, checking each hash.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// The snapshot's frames, uncompressed, as the consumer wrote them.
+    pub snapshot: Vec<u8>,
+    /// The snapshot's messages, in order.
+    pub snapshot_messages: Vec<tandem_protocol::Message>,
+    /// The messages of each step after the snapshot.
+    pub steps: Vec<Vec<tandem_protocol::Message>>,
+}
+
+/// Replays the state sequence in `dir`; `None` when it has no `0.html`.
+///
+/// # Panics
+///
+/// When the replay does not converge or a frame does not round-trip: the benchmarks measure
+/// only replays that work.
+pub fn replay(dir: &Path, limits: tandem_protocol::Limits) -> Option<Replay> {
+    use tandem_engine::{Agent, Consumer, parse_html};
+    let read = |k: usize| std::fs::read_to_string(dir.join(format!("{k}.html"))).ok();
+    let mut consumer = Consumer::new(parse_html(&read(0)?, limits), "", limits);
+    let mut agent = Agent::new(limits);
+    let mut out = Replay::default();
+    for k in 0.. {
+        if k > 0 {
+            let Some(html) = read(k) else { break };
+            let mut target = parse_html(&html, limits);
+            consumer
+                .update_to(&mut target)
+                .expect("the replay converges");
+            consumer.flush();
+        }
+        let mut step = Vec::new();
+        while let Some(f) = consumer.poll_frame() {
+            let bytes = f.expect("frames encode").bytes;
+            let msg = tandem_protocol::frame::decode_exact(&bytes, &limits).expect("frames decode");
+            agent
+                .handle_message(msg.clone())
+                .expect("the agent applies");
+            if k == 0 {
+                out.snapshot.extend_from_slice(&bytes);
+                out.snapshot_messages.push(msg);
+            } else {
+                step.push(msg);
+            }
+        }
+        while let Some(reply) = agent.poll_message() {
+            consumer
+                .handle_message(&reply)
+                .expect("the consumer takes replies");
+        }
+        if k > 0 {
+            out.steps.push(step);
+        }
+    }
+    Some(out)
+}
+
+impl Replay {
+    /// The compressed bytes of the steps after the snapshot, each step flushed, as `tandem
+    /// replay` counts them, with every message first passed through `view` (the identity for
+    /// the stream as sent).
+    ///
+    /// # Panics
+    ///
+    /// When `view` makes a message that does not encode.
+    pub fn compressed_steps(
+        &self,
+        limits: &tandem_protocol::Limits,
+        view: impl Fn(&tandem_protocol::Message) -> tandem_protocol::Message,
+    ) -> usize {
+        use tandem_protocol::compress::{self, DomCompressor};
+        let level = compress::level_for_snapshot(self.snapshot.len());
+        let mut zstd = DomCompressor::with_level(level).expect("zstd starts");
+        let mut out = Vec::new();
+        zstd.write_frames(&self.snapshot, &mut out, limits)
+            .expect("zstd compresses");
+        let mut total = 0;
+        for step in &self.steps {
+            let mut frames = Vec::new();
+            for msg in step {
+                tandem_protocol::frame::encode_frame(&view(msg), &mut frames, limits)
+                    .expect("frames encode");
+            }
+            out.clear();
+            zstd.write_frames(&frames, &mut out, limits)
+                .expect("zstd compresses");
+            total += out.len();
+        }
+        total
+    }
+}
