@@ -14,7 +14,7 @@
 //!   compressed together with `zstd -19`.
 //!
 //! Run: `cargo run --release -p tandem-benches --example entropy_estimate` (uses
-//! `../shared/corpus/states` when present, otherwise the repository's `testdata/states`); with
+//! `../shared/corpus` when present, otherwise the repository's `testdata/`); with
 //! `FIELDS=1` it also prints, per state sequence, what the new strings of each field cost; with
 //! `NOPRIME=1` the string models start empty instead of learning the snapshot's strings.
 //!
