@@ -1665,6 +1665,11 @@ impl ResourceSender {
         }
     }
 
+    /// Whether this sender pushes blobs or only answers `WANT`.
+    pub fn mode(&self) -> SendMode {
+        self.mode
+    }
+
     /// Sets the data bytes per piece (at least 1).
     pub fn set_piece_bytes(&mut self, n: usize) {
         self.piece_bytes = n.max(1);

@@ -394,13 +394,11 @@ impl Uplink {
     ) -> Self {
         let (tx, rx) = mpsc::channel(64);
         let transit = Transit::new();
-        let task = tokio::spawn(run_uplink(
-            conn,
-            sender,
-            (limits, transit.clone()),
-            stats.clone(),
-            rx,
-        ));
+        // Only a pushed blob can cross a `WANT`; a blob sent because it was wanted and asked
+        // for again was cut off, so a pulling sender's transit stays empty and lets every
+        // `WANT` through.
+        let carry = (sender.mode() == SendMode::Push).then(|| transit.clone());
+        let task = tokio::spawn(run_uplink(conn, sender, (limits, carry), stats.clone(), rx));
         Uplink {
             tx,
             task,
@@ -409,7 +407,8 @@ impl Uplink {
         }
     }
 
-    /// The blobs on streams the receiver has not yet acknowledged in full.
+    /// The blobs on their way: in [`SendMode::Push`], those on streams neither stopped nor
+    /// lost with the connection; in [`SendMode::Pull`], none.
     pub fn transit(&self) -> &Arc<Transit> {
         &self.transit
     }
@@ -453,8 +452,9 @@ struct Open {
     written: u64,
     finished: bool,
     watcher: tokio::task::AbortHandle,
-    /// The blob stays in the uplink's [`Transit`] while this stream is open and not stopped.
-    _carried: Carried,
+    /// In push mode, the blob stays in the uplink's [`Transit`] while this stream is open and
+    /// not stopped.
+    _carried: Option<Carried>,
 }
 
 impl Drop for Open {
@@ -473,7 +473,7 @@ type StreamEnd = (u64, Option<VarInt>);
 async fn run_uplink(
     conn: Connection,
     mut sender: ResourceSender,
-    (limits, transit): (Limits, Arc<Transit>),
+    (limits, transit): (Limits, Option<Arc<Transit>>),
     stats: Arc<UplinkStats>,
     mut rx: mpsc::Receiver<Command>,
 ) {
@@ -506,8 +506,15 @@ async fn run_uplink(
         if unacked < RESOURCE_WINDOW
             && let Some(t) = sender.poll_transmit()
         {
-            let written =
-                write_piece((&conn, &transit), &mut open, &end_tx, &stats, &limits, t).await;
+            let written = write_piece(
+                (&conn, transit.as_ref()),
+                &mut open,
+                &end_tx,
+                &stats,
+                &limits,
+                t,
+            )
+            .await;
             match written {
                 Written::Piece { finished } => unacked += finished,
                 Written::Stopped(stream) => sender.handle_stop(stream),
@@ -583,7 +590,7 @@ async fn until_stopped<E>(stopped: impl Future<Output = Result<Option<VarInt>, E
 }
 
 async fn write_piece(
-    (conn, transit): (&Connection, &Arc<Transit>),
+    (conn, transit): (&Connection, Option<&Arc<Transit>>),
     open: &mut HashMap<u64, Open>,
     end_tx: &mpsc::Sender<StreamEnd>,
     stats: &UplinkStats,
@@ -612,7 +619,8 @@ async fn write_piece(
             if let Some(m) = &stats.sends {
                 *lock(m).entry(Address(piece.address)).or_insert(0) += 1;
             }
-            let carried = transit.carry_until(Address(piece.address), until_stopped(s.stopped()));
+            let carried =
+                transit.map(|t| t.carry_until(Address(piece.address), until_stopped(s.stopped())));
             v.insert(Open {
                 stream: s,
                 written: 0,
@@ -780,18 +788,13 @@ impl ConsumerResources {
                 self.uplink.have(have.clone()).await;
                 true
             }
-            Message::Want(want) | Message::WantAgain(want) => {
+            Message::Want(_) | Message::WantAgain(_) => {
                 // A blob pushed and not yet acknowledged by the relay was asked for before it
                 // reached the relay (see `Transit`); a retry is answered whatever is on its
-                // way (spec §7.37). A pulled blob is on its way only because it was wanted:
-                // asked for again, it was cut off (a stream the agent stopped or the relay
-                // reset), and this side may not have seen the stop yet.
-                let want = match self.mode {
-                    SendMode::Push => match self.uplink.transit().answerable(m) {
-                        Some(w) => w,
-                        None => return true,
-                    },
-                    SendMode::Pull => want.clone(),
+                // way (spec §7.37). In pull mode nothing is in the transit (see
+                // `Uplink::spawn`).
+                let Some(want) = self.uplink.transit().answerable(m) else {
+                    return true;
                 };
                 let blobs = match consumer.resources_mut() {
                     Some(r) => want
