@@ -66,11 +66,11 @@ fn main() {
          is the snapshot's first parts once they reach into the body (the top of the page), its \
          complete render the whole page verified; the baseline renders when the whole HTML \
          has arrived, so its first render is its complete time. Bytes: the viewer's link, both \
-         directions, headers included. bound = bytes down / rate + 2 round trips. pointer p95: on the target link, \
-         in a run of its own, the customer's pointer every {} ms; the 95th percentile latency \
-         of those that arrived while the snapshot did (how many in brackets). ret. first: on \
-         the target link, in a run of its own, the first render of a returning agent, which \
-         visited the relay before and joins in 0-RTT data.\n",
+         directions, headers included. bound = bytes down / rate + 2 round trips. pointer p95: \
+         on the target link, in a run of its own, the customer's pointer every {} ms; the 95th \
+         percentile latency of those that arrived while the snapshot did (how many in \
+         brackets). ret. first: on the target link, in a run of its own, the first render of a \
+         returning agent, which visited the relay before and joins in 0-RTT data.\n",
         bench::POINTER_EVERY_MS
     );
     let target = links
