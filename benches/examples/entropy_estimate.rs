@@ -7,7 +7,9 @@
 //! Two tables:
 //!
 //! - the state sequences, replayed as `tandem replay` does: the 50 patches after the snapshot,
-//!   estimated, next to the compressed DOM stream as sent today and the targets;
+//!   estimated, next to the compressed DOM stream as sent today, the patches as the real coder
+//!   of [`tandem_protocol::patch_coder`] codes them (*coded*: not yet on the wire), and the
+//!   targets;
 //! - the corpus pages' snapshots, as sent today (zstd with `dom-v1`), estimated with the same
 //!   models (each record in the context of its parent's tag), and *hybrid*: the records'
 //!   structure, string kinds and table indices estimated, the bytes of every new string
@@ -63,6 +65,7 @@ use std::collections::HashMap;
 use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root, replay, sorted_dirs};
 use tandem_engine::{Consumer, parse_html};
 use tandem_protocol::compress::{self, DomCompressor};
+use tandem_protocol::patch_coder::PatchEncoder;
 use tandem_protocol::{
     Limits, Message, NodeId, NodeRecord, PatchOp, Place, STATIC_TABLE, Sym, frame,
 };
@@ -583,14 +586,32 @@ fn snapshots(limits: Limits) {
     );
 }
 
+/// The steps' patches through [`PatchEncoder`], one coder for the stream, plus 4 bytes per
+/// patch for the framing a coded patch would travel in (a `COMPRESSED` frame header and a
+/// length).
+fn coded_patches(rec: &tandem_benches::Replay) -> usize {
+    let mut coder = PatchEncoder::new();
+    let mut coded = Vec::new();
+    let mut framing = 0;
+    for m in rec.steps.iter().flatten() {
+        match m {
+            Message::Patch(p) => coder.encode(p, &mut coded),
+            // Not a patch (none in the recorded sequences): as raw frame bytes.
+            other => frame::encode_frame(other, &mut coded, &Limits::DEFAULT).expect("encodes"),
+        }
+        framing += 4;
+    }
+    coded.len() + framing
+}
+
 fn main() {
     let limits = Limits::DEFAULT;
     let root = corpus_root().join("states");
     println!("states: {}\n", root.display());
     println!(
-        "| states | patches | ops | today (zstd) | estimate | op kinds | ids | structure | strings | per patch | target 0.3 rrweb |"
+        "| states | patches | ops | today (zstd) | coded | estimate | op kinds | ids | structure | strings | per patch | target 0.3 rrweb |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for dir in sorted_dirs(&root) {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let Some(rec) = replay(&dir, limits) else {
@@ -624,6 +645,7 @@ fn main() {
             }
         }
         let today = rec.compressed_steps(&limits, Message::clone);
+        let coded = coded_patches(&rec);
         let total: f64 = e.bits.values().sum::<f64>() / 8.0;
         let part = |k: &str| e.bits.get(k).copied().unwrap_or(0.0) / 8.0;
         let target = RRWEB_STATES_ZSTD19
@@ -631,7 +653,7 @@ fn main() {
             .find(|(n, _, _)| *n == name)
             .map(|(_, b, _)| (*b as f64 * 0.3) as usize);
         println!(
-            "| {name} | {} | {ops} | {today} | {total:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {name} | {} | {ops} | {today} | {coded} | {total:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
             rec.steps
                 .iter()
                 .flatten()

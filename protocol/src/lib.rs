@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 mod macros;
+mod range;
 
 pub mod compress;
 pub mod dom;
@@ -46,6 +47,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod limits;
 pub mod message;
+pub mod patch_coder;
 pub mod strings;
 pub mod varint;
 pub mod view;

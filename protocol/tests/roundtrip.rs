@@ -15,6 +15,7 @@ use tandem_protocol::message::{
     Resource, Resync, ResyncReason, Role, Scroll, SessionCreated, SessionOpen, Snapshot, Status,
     UnknownFrame, Viewport, ViewportChange, Welcome,
 };
+use tandem_protocol::patch_coder::{PatchDecoder, PatchEncoder};
 use tandem_protocol::strings::MAX_SYM_INDEX;
 use tandem_protocol::{
     Attr, ErrorCode, FrameType, Limits, Message, NodeRecord, NodeRun, Ns, PatchOp, Place, REGISTRY,
@@ -436,6 +437,40 @@ proptest! {
             frame::encode_frame(m, &mut data, &Limits::DEFAULT).expect("encodes");
         }
         fuzzing::frame_decode(&data);
+    }
+
+    #[test]
+    fn coded_patches_round_trip(
+        patches in vec((any::<u32>(), any::<u64>(), vec(patch_op(), 0..8), any::<[u8; 8]>()), 1..6),
+        flip in any::<(usize, u8)>(),
+    ) {
+        let mut encoder = PatchEncoder::new();
+        let mut decoder = PatchDecoder::new(Limits::DEFAULT);
+        let mut coded = Vec::new();
+        for (i, (epoch, seq, ops, hash)) in patches.into_iter().enumerate() {
+            // Mostly the stream's own header, sometimes any.
+            let (epoch, seq) = if i % 2 == 0 { (7, i as u64 + 1) } else { (epoch, seq) };
+            let patch = Patch { epoch, seq, ops, hash };
+            coded.clear();
+            encoder.encode(&patch, &mut coded);
+            prop_assert_eq!(decoder.decode(&coded).expect("decodes"), patch);
+        }
+        // A corrupted patch fails or decodes to something; it never panics.
+        if !coded.is_empty() && flip.1 != 0 {
+            let at = flip.0 % coded.len();
+            coded[at] ^= flip.1;
+            let _ = decoder.decode(&coded);
+        }
+    }
+
+    #[test]
+    fn coded_patch_garbage_never_panics(data in vec(any::<u8>(), 0..512)) {
+        let mut decoder = PatchDecoder::new(Limits::DEFAULT);
+        for piece in data.chunks(37) {
+            if decoder.decode(piece).is_err() {
+                break;
+            }
+        }
     }
 
     #[test]
