@@ -39,6 +39,7 @@
 
 mod macros;
 mod range;
+mod text_model;
 
 pub mod compress;
 pub mod dom;

@@ -24,8 +24,9 @@
 //!   a model per field;
 //! - a string reference's kind per field (an attribute value's in the context of the
 //!   attribute's name), static-table indices with a model over the table per field;
-//! - new strings byte by byte, each byte in the context of the one before, with one model for
-//!   texts and another for names and attribute values;
+//! - new strings bit by bit, mixing predictions from the bytes before (orders 0 to 4) and from
+//!   the last place those bytes occurred in earlier strings, one such model for texts and
+//!   another for names and attribute values, each string introduced by a marker of its field;
 //! - an insert's records: the record kind in the context of the parent element's tag, child
 //!   and attribute counts in that of the element's own;
 //! - the header: the epoch as one bit when it is the previous patch's, the sequence number as
@@ -61,41 +62,12 @@
 
 use crate::dom::{Attr, NodeId, NodeRecord, NodeRun, Ns, PatchOp, Place, TextEdit};
 use crate::message::Patch;
-use crate::range::{self, Prob};
+use crate::range::{self, Coder, Prob};
+use crate::text_model::TextModel;
 use crate::{DecodeError, Limits, Sym};
 
 /// The field name in errors about a coded patch.
 const FIELD: &str = "coded_patch";
-
-/// One side of the range coder, so that every model is written once for both directions: the
-/// encoder codes the value it is given and returns it, the decoder ignores it and returns what
-/// it read.
-trait Coder {
-    fn bit(&mut self, p: &mut Prob, bit: bool) -> Result<bool, DecodeError>;
-    fn direct(&mut self, v: u64, n: u32) -> Result<u64, DecodeError>;
-}
-
-impl Coder for range::Encoder<'_> {
-    fn bit(&mut self, p: &mut Prob, bit: bool) -> Result<bool, DecodeError> {
-        range::Encoder::bit(self, p, bit);
-        Ok(bit)
-    }
-
-    fn direct(&mut self, v: u64, n: u32) -> Result<u64, DecodeError> {
-        range::Encoder::direct(self, v, n);
-        Ok(if n >= 64 { v } else { v & ((1 << n) - 1) })
-    }
-}
-
-impl Coder for range::Decoder<'_> {
-    fn bit(&mut self, p: &mut Prob, _: bool) -> Result<bool, DecodeError> {
-        range::Decoder::bit(self, p)
-    }
-
-    fn direct(&mut self, _: u64, n: u32) -> Result<u64, DecodeError> {
-        range::Decoder::direct(self, n)
-    }
-}
 
 /// A value of `bits` bits coded bit by bit from the top, each bit in the context of the bits
 /// above it: `probs` holds `2^bits` estimates (index 0 unused).
@@ -209,20 +181,6 @@ impl Default for SymModel {
     }
 }
 
-/// Bytes of new strings, each in the context of the byte before it.
-#[derive(Debug, Clone)]
-struct ByteModel {
-    probs: Box<[[Prob; 256]]>,
-}
-
-impl Default for ByteModel {
-    fn default() -> Self {
-        ByteModel {
-            probs: vec![[Prob::default(); 256]; 256].into_boxed_slice(),
-        }
-    }
-}
-
 /// Operation kinds as the coder numbers them (their wire variant numbers, spec §6.5).
 const OP_KINDS: usize = 8;
 
@@ -264,7 +222,7 @@ struct Models {
     attrs: [IntModel; TAG_CTXS],
     children: [IntModel; TAG_CTXS],
     syms: [SymModel; FIELDS],
-    bytes: [ByteModel; 2],
+    texts: [TextModel; 2],
     edits: IntModel,
     keep: IntModel,
     delete: IntModel,
@@ -297,7 +255,7 @@ impl Default for Models {
             attrs: std::array::from_fn(|_| IntModel::default()),
             children: std::array::from_fn(|_| IntModel::default()),
             syms: Default::default(),
-            bytes: Default::default(),
+            texts: Default::default(),
             edits: IntModel::default(),
             keep: IntModel::default(),
             delete: IntModel::default(),
@@ -394,7 +352,12 @@ impl Models {
             }
             _ => {
                 let text = s.literal().unwrap_or("");
-                let text = self.string(c, field.bytes(), Lengths::Sym(field), text, bound)?;
+                let marker = match field {
+                    Field::AttrValue => 16 + (sub % 48) as u8,
+                    f => 1 + f as u8,
+                };
+                let text =
+                    self.string(c, field.bytes(), (Lengths::Sym(field), marker), text, bound)?;
                 if kind == 2 {
                     Sym::New(text)
                 } else {
@@ -408,7 +371,7 @@ impl Models {
         &mut self,
         c: &mut C,
         class: usize,
-        lengths: Lengths,
+        (lengths, marker): (Lengths, u8),
         s: &str,
         bound: Option<&mut Bound>,
     ) -> Result<String, DecodeError> {
@@ -417,24 +380,19 @@ impl Models {
             Lengths::Insert => &mut self.insert,
         };
         let len = length.code(c, s.len() as u64)?;
-        let bytes = s.as_bytes();
-        let model = &mut self.bytes[class];
+        let model = &mut self.texts[class];
+        model.begin(marker);
         let Some(bound) = bound else {
-            let mut prev = 0u8;
-            for &b in bytes {
-                tree(c, &mut model.probs[usize::from(prev)], 8, b.into())?;
-                prev = b;
+            for &b in s.as_bytes() {
+                model.byte(c, b)?;
             }
             return Ok(s.to_owned());
         };
         let len = bound.count("coded_patch.string", len, bound.limits.max_string)?;
         // Grows as the input supports it: a length alone allocates nothing.
         let mut out = Vec::with_capacity(len.min(4096));
-        let mut prev = 0u8;
         for _ in 0..len {
-            let b = tree(c, &mut model.probs[usize::from(prev)], 8, 0)? as u8;
-            out.push(b);
-            prev = b;
+            out.push(model.byte(c, 0)?);
         }
         String::from_utf8(out).map_err(|_| DecodeError::InvalidValue {
             field: "coded_patch.string",
@@ -625,7 +583,7 @@ impl PatchEncoder {
                     for e in edits {
                         m.keep.code_u32(c, e.keep)?;
                         m.delete.code_u32(c, e.delete)?;
-                        m.string(c, TEXT_BYTES, Lengths::Insert, &e.insert, None)?;
+                        m.string(c, TEXT_BYTES, (Lengths::Insert, 8), &e.insert, None)?;
                     }
                 }
                 PatchOp::MoveRun { at, nodes } => {
@@ -813,7 +771,7 @@ fn decode_op(
             for _ in 0..n {
                 let keep = m.keep.code_u32(c, 0)?;
                 let delete = m.delete.code_u32(c, 0)?;
-                let insert = m.string(c, TEXT_BYTES, Lengths::Insert, "", Some(bound))?;
+                let insert = m.string(c, TEXT_BYTES, (Lengths::Insert, 8), "", Some(bound))?;
                 edits.push(TextEdit {
                     keep,
                     delete,

@@ -113,14 +113,24 @@ impl<'a> Encoder<'a> {
 
     /// Codes `bit` with `prob` and adapts `prob`.
     pub(crate) fn bit(&mut self, prob: &mut Prob, bit: bool) {
-        let bound = (self.range >> PROB_BITS) * u32::from(prob.0);
+        self.split((self.range >> PROB_BITS) * u32::from(prob.0), bit);
+        prob.update(bit);
+    }
+
+    /// Codes `bit` with a chance of `p1` out of 4096 (1 to 4095) that it is 1, given by a model
+    /// that adapts on its own.
+    pub(crate) fn bit_p(&mut self, p1: u32, bit: bool) {
+        self.split((self.range >> 12) * (4096 - p1.clamp(1, 4095)), bit);
+    }
+
+    /// Keeps the part of the range below `bound` for a 0, the rest for a 1.
+    fn split(&mut self, bound: u32, bit: bool) {
         if bit {
             self.low += u64::from(bound);
             self.range -= bound;
         } else {
             self.range = bound;
         }
-        prob.update(bit);
         self.normalize();
     }
 
@@ -223,7 +233,18 @@ impl<'a> Decoder<'a> {
 
     /// Decodes one bit with `prob` and adapts `prob`.
     pub(crate) fn bit(&mut self, prob: &mut Prob) -> Result<bool, DecodeError> {
-        let bound = (self.range >> PROB_BITS) * u32::from(prob.0);
+        let bit = self.split((self.range >> PROB_BITS) * u32::from(prob.0))?;
+        prob.update(bit);
+        Ok(bit)
+    }
+
+    /// Decodes one bit with a chance of `p1` out of 4096 that it is 1 (see [`Encoder::bit_p`]).
+    pub(crate) fn bit_p(&mut self, p1: u32) -> Result<bool, DecodeError> {
+        self.split((self.range >> 12) * (4096 - p1.clamp(1, 4095)))
+    }
+
+    /// The bit whose part of the range, split at `bound`, holds the code.
+    fn split(&mut self, bound: u32) -> Result<bool, DecodeError> {
         let bit = if self.code < bound {
             self.range = bound;
             false
@@ -232,7 +253,6 @@ impl<'a> Decoder<'a> {
             self.range -= bound;
             true
         };
-        prob.update(bit);
         self.normalize()?;
         Ok(bit)
     }
@@ -255,6 +275,46 @@ impl<'a> Decoder<'a> {
     /// Whether every byte of the input was read (a well-formed encoding leaves none over).
     pub(crate) fn is_exhausted(&self) -> bool {
         self.pos == self.input.len()
+    }
+}
+
+/// One side of the range coder, so that every model is written once for both directions: the
+/// encoder codes the value it is given and returns it, the decoder ignores it and returns what
+/// it read.
+pub(crate) trait Coder {
+    fn bit(&mut self, p: &mut Prob, bit: bool) -> Result<bool, DecodeError>;
+    fn direct(&mut self, v: u64, n: u32) -> Result<u64, DecodeError>;
+    fn bit_p(&mut self, p1: u32, bit: bool) -> Result<bool, DecodeError>;
+}
+
+impl Coder for Encoder<'_> {
+    fn bit(&mut self, p: &mut Prob, bit: bool) -> Result<bool, DecodeError> {
+        Encoder::bit(self, p, bit);
+        Ok(bit)
+    }
+
+    fn direct(&mut self, v: u64, n: u32) -> Result<u64, DecodeError> {
+        Encoder::direct(self, v, n);
+        Ok(if n >= 64 { v } else { v & ((1 << n) - 1) })
+    }
+
+    fn bit_p(&mut self, p1: u32, bit: bool) -> Result<bool, DecodeError> {
+        Encoder::bit_p(self, p1, bit);
+        Ok(bit)
+    }
+}
+
+impl Coder for Decoder<'_> {
+    fn bit(&mut self, p: &mut Prob, _: bool) -> Result<bool, DecodeError> {
+        Decoder::bit(self, p)
+    }
+
+    fn direct(&mut self, _: u64, n: u32) -> Result<u64, DecodeError> {
+        Decoder::direct(self, n)
+    }
+
+    fn bit_p(&mut self, p1: u32, _: bool) -> Result<bool, DecodeError> {
+        Decoder::bit_p(self, p1)
     }
 }
 

@@ -414,30 +414,8 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
-
-    #[test]
-    fn every_message_round_trips(msg in message()) {
-        let limits = Limits::DEFAULT;
-        let bytes = frame::to_frame(&msg, &limits).expect("encodes");
-        let back = frame::decode_exact(&bytes, &limits).expect("decodes");
-        prop_assert_eq!(&back, &msg);
-        prop_assert_eq!(frame::to_frame(&back, &limits).expect("re-encodes"), bytes);
-        fuzzing::message_roundtrip(&msg);
-    }
-
-    #[test]
-    fn streams_of_messages_split_anywhere(
-        msgs in vec(message(), 1..6),
-        step in 0u8..64,
-        strict in any::<bool>(),
-    ) {
-        let mut data = vec![step | if strict { 0x80 } else { 0 }];
-        for m in &msgs {
-            frame::encode_frame(m, &mut data, &Limits::DEFAULT).expect("encodes");
-        }
-        fuzzing::frame_decode(&data);
-    }
+    // Each case sets up a coder's models (a few MB), so fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn coded_patches_round_trip(
@@ -471,6 +449,33 @@ proptest! {
                 break;
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn every_message_round_trips(msg in message()) {
+        let limits = Limits::DEFAULT;
+        let bytes = frame::to_frame(&msg, &limits).expect("encodes");
+        let back = frame::decode_exact(&bytes, &limits).expect("decodes");
+        prop_assert_eq!(&back, &msg);
+        prop_assert_eq!(frame::to_frame(&back, &limits).expect("re-encodes"), bytes);
+        fuzzing::message_roundtrip(&msg);
+    }
+
+    #[test]
+    fn streams_of_messages_split_anywhere(
+        msgs in vec(message(), 1..6),
+        step in 0u8..64,
+        strict in any::<bool>(),
+    ) {
+        let mut data = vec![step | if strict { 0x80 } else { 0 }];
+        for m in &msgs {
+            frame::encode_frame(m, &mut data, &Limits::DEFAULT).expect("encodes");
+        }
+        fuzzing::frame_decode(&data);
     }
 
     #[test]

@@ -1,0 +1,328 @@
+//! The model of new strings in coded patches: context mixing over bytes.
+//!
+//! The strings a patch brings are short (a time, a count, a class name, a sentence) and often
+//! repeat pieces of strings sent before. Each bit of a byte is predicted by six models, whose
+//! predictions a small neural mixer combines (in the logistic domain, weights learnt online):
+//!
+//! - orders 0 to 4: the bits of the byte so far, after the last 0 to 4 bytes (order 1 in a
+//!   direct table, orders 2 to 4 hashed into tables of 2^[`HASH_BITS`]);
+//! - a match model: the last place the previous [`MIN_MATCH`] bytes occurred in the history of
+//!   the strings, predicting the byte that followed them there, with a confidence learnt per
+//!   match length.
+//!
+//! Every string starts with a marker byte that is not coded (the caller's: which field the
+//! string fills), so contexts know where strings begin. All arithmetic is on integers, so
+//! both ends compute the same probabilities bit for bit.
+
+use crate::DecodeError;
+use crate::range::Coder;
+
+/// Bits of the hashed context tables (orders 2 to 4).
+const HASH_BITS: u32 = 16;
+/// Bits of the match model's table of last positions.
+const MATCH_BITS: u32 = 14;
+/// Bytes a context must hold before the match model looks it up.
+const MIN_MATCH: usize = 4;
+/// The longest match length the model distinguishes.
+const MAX_LEN: usize = 15;
+/// History kept for the match model; when it is full the older half is dropped.
+const HISTORY: usize = 1 << 20;
+/// Inputs to the mixer: orders 0 to 4 and the match model.
+const INPUTS: usize = 6;
+/// Weight sets of the mixer, chosen by the match state.
+const SETS: usize = 5;
+/// How far a context's count grows: the adaptation rate never drops below about 1/128.
+const LIMIT: u32 = 127;
+
+/// The logistic function at every 128th point of −2048..2048, out of 4096.
+const SQUASH: [i32; 33] = [
+    1, 2, 4, 6, 10, 17, 27, 45, 74, 120, 194, 311, 488, 747, 1102, 1546, 2048, 2550, 2994, 3349,
+    3608, 3785, 3902, 3976, 4022, 4051, 4069, 4079, 4086, 4090, 4092, 4094, 4095,
+];
+
+/// `4096 / (1 + e^(−d/256))`, interpolated between the points of [`SQUASH`].
+fn squash(d: i32) -> i32 {
+    if d > 2047 {
+        return 4095;
+    }
+    if d < -2047 {
+        return 1;
+    }
+    let w = d & 127;
+    let i = ((d >> 7) + 16) as usize;
+    (SQUASH[i] * (128 - w) + SQUASH[i + 1] * w + 64) >> 7
+}
+
+/// The inverse of [`squash`], tabulated.
+fn stretch_table() -> Box<[i16; 4096]> {
+    let mut t = Box::new([0i16; 4096]);
+    let mut next = 0usize;
+    for x in -2047..=2047 {
+        let v = squash(x) as usize;
+        for slot in t.iter_mut().take(v + 1).skip(next) {
+            *slot = x as i16;
+        }
+        next = next.max(v + 1);
+    }
+    for slot in t.iter_mut().skip(next) {
+        *slot = 2047;
+    }
+    t
+}
+
+/// An adaptive probability with a count: the chance of a 1 in the high 22 bits, how many bits
+/// it has seen (up to [`LIMIT`]) in the low 10. It moves `1 / (n + 1.5)` of the way towards
+/// each bit, so a young context learns fast and an old one is stable.
+#[derive(Clone, Copy)]
+struct Counter(u32);
+
+impl Counter {
+    const NEW: Counter = Counter(1 << 31);
+
+    fn p(self) -> i32 {
+        (self.0 >> 20) as i32
+    }
+
+    fn update(&mut self, bit: bool) {
+        let n = self.0 & 1023;
+        let p = i64::from(self.0 >> 10);
+        let target = if bit { (1i64 << 22) - 1 } else { 0 };
+        let rate = 131_072 / (2 * i64::from(n) + 3);
+        let p = p + (((target - p) * rate) >> 16);
+        self.0 = ((p as u32) << 10) | (n + u32::from(n < LIMIT));
+    }
+}
+
+/// The string model of one class of strings (texts, or names and values).
+#[derive(Clone)]
+pub(crate) struct TextModel {
+    stretch: Box<[i16; 4096]>,
+    history: Vec<u8>,
+    order0: Box<[Counter]>,
+    order1: Box<[Counter]>,
+    hashed: [Box<[Counter]>; 3],
+    /// The byte-start hashes of orders 2 to 4 for the byte being coded.
+    hashes: [u32; 3],
+    last: Box<[u32]>,
+    /// Where the predicted byte is in `history`, and how long the match is (0: none).
+    match_at: usize,
+    match_len: usize,
+    match_counters: [Counter; 2 * (MAX_LEN + 1)],
+    weights: [[i32; INPUTS]; SETS],
+}
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextModel")
+            .field("history", &self.history.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TextModel {
+    fn default() -> Self {
+        let table = |n: usize| vec![Counter::NEW; n].into_boxed_slice();
+        TextModel {
+            stretch: stretch_table(),
+            history: Vec::new(),
+            order0: table(256),
+            order1: table(1 << 16),
+            hashed: std::array::from_fn(|_| table(1 << HASH_BITS)),
+            hashes: [0; 3],
+            last: vec![0; 1 << MATCH_BITS].into_boxed_slice(),
+            match_at: 0,
+            match_len: 0,
+            match_counters: [Counter::NEW; 2 * (MAX_LEN + 1)],
+            weights: [[1 << 14; INPUTS]; SETS],
+        }
+    }
+}
+
+/// Multiplicative hash of the `k` bytes before the end of `h` (missing bytes count as 0).
+fn context_hash(h: &[u8], k: usize) -> u32 {
+    let mut x = k as u32;
+    for i in 1..=k {
+        let b = h.len().checked_sub(i).map_or(0, |j| h[j]);
+        x = (x ^ u32::from(b)).wrapping_mul(0x2F0B_4A27).rotate_left(13);
+    }
+    x.wrapping_mul(0x9E37_79B1)
+}
+
+impl TextModel {
+    /// Starts a string: `marker` (which field it fills) enters the history without being coded.
+    pub(crate) fn begin(&mut self, marker: u8) {
+        self.learn(marker);
+    }
+
+    /// Codes one byte of a string (the encoder's `b`; the decoder's is returned).
+    pub(crate) fn byte<C: Coder>(&mut self, c: &mut C, b: u8) -> Result<u8, DecodeError> {
+        let prev = usize::from(self.history.last().copied().unwrap_or(0));
+        let expected = (self.match_len > 0).then(|| self.history[self.match_at]);
+        let mut node = 1usize;
+        for i in (0..8).rev() {
+            let bit = (b >> i) & 1 == 1;
+            // The match model speaks while the bits so far agree with its byte.
+            let predicted = expected
+                .filter(|&e| (usize::from(e) | 0x100) >> (i + 1) == node)
+                .map(|e| (e >> i) & 1 == 1);
+            let slots = self.slots(prev, node);
+            let mut inputs = [0i32; INPUTS];
+            for (input, &slot) in inputs.iter_mut().zip(&slots) {
+                *input = i32::from(self.stretch[self.counter(slot).p() as usize]);
+            }
+            let (set, matched) = match predicted {
+                Some(e) => {
+                    let len = self.match_len.min(MAX_LEN);
+                    let k = 2 * len + usize::from(e);
+                    inputs[INPUTS - 1] =
+                        i32::from(self.stretch[self.match_counters[k].p() as usize]);
+                    (1 + (len - 1) / 4, Some(k))
+                }
+                None => (0, None),
+            };
+            let dot: i64 = inputs
+                .iter()
+                .zip(&self.weights[set])
+                .map(|(&x, &w)| i64::from(x) * i64::from(w))
+                .sum();
+            let p = squash((dot >> 16).clamp(-2047, 2047) as i32);
+            let bit = c.bit_p(p as u32, bit)?;
+            let err = ((i32::from(bit) << 12) - p) * 7;
+            for (w, &x) in self.weights[set].iter_mut().zip(&inputs) {
+                *w += (x * err + 0x8000) >> 16;
+            }
+            for &slot in &slots {
+                self.counter_mut(slot).update(bit);
+            }
+            if let Some(k) = matched {
+                self.match_counters[k].update(bit);
+            }
+            node = (node << 1) | usize::from(bit);
+        }
+        let byte = (node & 0xFF) as u8;
+        self.learn(byte);
+        Ok(byte)
+    }
+
+    /// The table slots of orders 0 to 4 for the bits `node` of the byte after `prev`.
+    fn slots(&self, prev: usize, node: usize) -> [(usize, usize); INPUTS - 1] {
+        let mix = (node as u32).wrapping_mul(0x6F4F_2A35);
+        let hashed = |k: usize| (2 + k, ((self.hashes[k] ^ mix) >> (32 - HASH_BITS)) as usize);
+        [
+            (0, node),
+            (1, prev << 8 | node),
+            hashed(0),
+            hashed(1),
+            hashed(2),
+        ]
+    }
+
+    fn counter(&self, (table, i): (usize, usize)) -> Counter {
+        match table {
+            0 => self.order0[i],
+            1 => self.order1[i],
+            k => self.hashed[k - 2][i],
+        }
+    }
+
+    fn counter_mut(&mut self, (table, i): (usize, usize)) -> &mut Counter {
+        match table {
+            0 => &mut self.order0[i],
+            1 => &mut self.order1[i],
+            k => &mut self.hashed[k - 2][i],
+        }
+    }
+
+    /// Appends `byte` to the history and moves the contexts and the match on.
+    fn learn(&mut self, byte: u8) {
+        if self.history.len() == HISTORY {
+            self.history.drain(..HISTORY / 2);
+            self.last.fill(0);
+            self.match_len = 0;
+        }
+        if self.match_len > 0 && self.history[self.match_at] == byte {
+            self.match_len += 1;
+            self.match_at += 1;
+        } else {
+            self.match_len = 0;
+        }
+        self.history.push(byte);
+        let h = &self.history;
+        for (k, hash) in self.hashes.iter_mut().enumerate() {
+            *hash = context_hash(h, k + 2);
+        }
+        if h.len() >= MIN_MATCH {
+            let slot = (context_hash(h, MIN_MATCH) >> (32 - MATCH_BITS)) as usize;
+            if self.match_len == 0 {
+                let at = self.last[slot] as usize;
+                if at > 0 && at < h.len() {
+                    // Count how far back the candidate really matches.
+                    let len = (1..=at.min(MAX_LEN))
+                        .take_while(|&i| h[at - i] == h[h.len() - i])
+                        .count();
+                    if len > 0 {
+                        self.match_at = at;
+                        self.match_len = len;
+                    }
+                }
+            }
+            self.last[slot] = h.len() as u32;
+        }
+        if self.match_len > 0 && self.match_at >= self.history.len() {
+            self.match_len = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::{Decoder, Encoder};
+
+    fn code_all(strings: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = Encoder::new(&mut out);
+        let mut m = TextModel::default();
+        for s in strings {
+            m.begin(1);
+            for &b in s.as_bytes() {
+                m.byte(&mut enc, b).unwrap();
+            }
+        }
+        enc.finish();
+        let mut dec = Decoder::new(&out, "test").unwrap();
+        let mut m = TextModel::default();
+        for s in strings {
+            m.begin(1);
+            let back: Vec<u8> = (0..s.len()).map(|_| m.byte(&mut dec, 0).unwrap()).collect();
+            assert_eq!(back, s.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn squash_and_stretch_are_inverse() {
+        let t = stretch_table();
+        // Beyond ±1400 the logistic is too flat for a 12-bit probability to tell points apart.
+        for d in (-1400..1400).step_by(37) {
+            let back = i32::from(t[squash(d) as usize]);
+            assert!((back - d).abs() <= 40, "{d} → {} → {back}", squash(d));
+        }
+        assert!((1..4096).all(|p| t[p - 1] <= t[p]));
+    }
+
+    #[test]
+    fn repeated_strings_get_cheap() {
+        let once = code_all(&["Updated 3 minutes ago by the night desk"]).len();
+        let strings = ["Updated 3 minutes ago by the night desk"; 10];
+        let ten = code_all(&strings).len();
+        // Nine repeats cost a small fraction of the first.
+        assert!(ten < once * 2, "once {once} B, ten times {ten} B");
+    }
+
+    #[test]
+    fn any_bytes_round_trip() {
+        let all: String = (0u8..128).map(char::from).collect();
+        code_all(&[&all, "", "ü€𝄞", &all]);
+    }
+}
