@@ -1,6 +1,7 @@
 //! Where the compressed bytes of the recorded change batches go (issue 3's patch-bytes target):
 //! for each state sequence, the compressed DOM stream of the 50 patches after the snapshot,
-//! as `tandem replay` measures it, next to the same stream re-encoded without one part of it.
+//! as `tandem replay` measures it (codec 0x02: each patch a coded patch, spec §4.6.5, §4.7),
+//! next to the same stream re-encoded without one part of it.
 //!
 //! Run: `cargo run --release -p tandem-benches --example patch_anatomy` (uses
 //! `../shared/corpus/states` when present, otherwise the repository's `testdata/states`).
@@ -9,11 +10,12 @@
 //!
 //! - `no <kind>`: the patches without their operations of that kind (`insert`, `remove`,
 //!   `move` with `MoveRun`, `attr` for set and remove, `set text`, `edit text`);
-//! - `no ops`: every patch empty, which leaves what a patch costs whatever it holds (frame
-//!   header, epoch, sequence number, the 8-byte hash and the compressor's block overhead);
+//! - `no ops`: every patch empty, which leaves what a patch costs whatever it holds (epoch,
+//!   sequence number, the 8-byte hash, the chunk header and the `COMPRESSED` frame header);
 //! - `ids = 1`: every node id replaced by 1, an upper bound on what any coding of the ids
 //!   could save;
-//! - `hash = 0`: the patch hashes zeroed, which compress to almost nothing;
+//! - `hash = 0`: the patch hashes zeroed, which zstd compresses to almost nothing but the
+//!   patch coder writes as they are (so under codec 0x02 this saves little or nothing);
 //! - `id deltas`: each id as the zigzag difference from the id before it in the patch, with
 //!   runs of removals sorted: a coding the protocol could adopt, to see whether it pays.
 //!

@@ -170,8 +170,10 @@ pub fn replay(dir: &Path, limits: tandem_protocol::Limits) -> Option<Replay> {
 
 impl Replay {
     /// The compressed bytes of the steps after the snapshot, each step flushed, as `tandem
-    /// replay` counts them, with every message first passed through `view` (the identity for
-    /// the stream as sent).
+    /// replay` counts them (`COMPRESSED` frame headers included), with every message first
+    /// passed through `view` (the identity for the stream as sent). The stream is the one the
+    /// reference consumer sends when the session holds `CODED_PATCHES`: codec 0x02, each patch
+    /// coded (spec §4.6.5, §4.7). [`Replay::compressed_steps_with`] picks the codec.
     ///
     /// # Panics
     ///
@@ -181,9 +183,26 @@ impl Replay {
         limits: &tandem_protocol::Limits,
         view: impl Fn(&tandem_protocol::Message) -> tandem_protocol::Message,
     ) -> usize {
+        self.compressed_steps_with(tandem_protocol::compress::Codec::CodedPatches, limits, view)
+    }
+
+    /// [`Replay::compressed_steps`] on a stream of `codec` ([`Codec::Zstd`] for zstd alone,
+    /// spec §4.6.2).
+    ///
+    /// [`Codec::Zstd`]: tandem_protocol::compress::Codec::Zstd
+    ///
+    /// # Panics
+    ///
+    /// When `view` makes a message that does not encode.
+    pub fn compressed_steps_with(
+        &self,
+        codec: tandem_protocol::compress::Codec,
+        limits: &tandem_protocol::Limits,
+        view: impl Fn(&tandem_protocol::Message) -> tandem_protocol::Message,
+    ) -> usize {
         use tandem_protocol::compress::{self, DomCompressor};
         let level = compress::level_for_snapshot(self.snapshot.len());
-        let mut zstd = DomCompressor::with_level(level).expect("zstd starts");
+        let mut zstd = DomCompressor::with_codec(level, codec).expect("zstd starts");
         let mut out = Vec::new();
         zstd.write_frames(&self.snapshot, &mut out, limits)
             .expect("zstd compresses");

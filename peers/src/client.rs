@@ -128,10 +128,15 @@ impl ClientError {
 }
 
 /// The capabilities this crate's peers implement and offer in `HELLO` (spec §10.3): compressed
-/// DOM streams (spec §4.6), datagrams, and resuming a session on a new connection (spec §3.5;
-/// a channel resumes only when made [`ControlChannel::resumable`]).
-pub const CAPABILITIES: Capabilities =
-    Capabilities(Capabilities::COMPRESSION.0 | Capabilities::DATAGRAMS.0 | Capabilities::RESUME.0);
+/// DOM streams (spec §4.6) with coded patches (codec 0x02, spec §4.6.5, §4.7), datagrams, and
+/// resuming a session on a new connection (spec §3.5; a channel resumes only when made
+/// [`ControlChannel::resumable`]).
+pub const CAPABILITIES: Capabilities = Capabilities(
+    Capabilities::COMPRESSION.0
+        | Capabilities::CODED_PATCHES.0
+        | Capabilities::DATAGRAMS.0
+        | Capabilities::RESUME.0,
+);
 
 /// [`CAPABILITIES`] and `RESOURCES` (spec §10.3, §14): what the reference peers offer when
 /// resources travel by content address (`--resources`).
@@ -141,7 +146,8 @@ pub const CAPABILITIES_WITH_RESOURCES: Capabilities =
 /// A `HELLO` for `role` speaking exactly this crate's protocol version, offering
 /// [`CAPABILITIES`], with the reference peers' platform ([`crate::presence::platform`] with
 /// the default viewport). Set the fields of the result to say more (clear `COMPRESSION` from
-/// `capabilities` to keep the DOM stream uncompressed).
+/// `capabilities` to keep the DOM stream uncompressed, `CODED_PATCHES` to keep it on codec
+/// 0x01).
 pub fn hello(role: Role) -> Hello {
     Hello {
         min_version: PROTOCOL_VERSION,

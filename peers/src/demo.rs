@@ -174,6 +174,8 @@ pub struct DemoReport {
     pub patch_bytes: u64,
     /// Whether the DOM streams were compressed (both sides offered `COMPRESSION`).
     pub compressed: bool,
+    /// Whether they used codec 0x02, patches coded (both sides offered `CODED_PATCHES` too).
+    pub coded_patches: bool,
     /// Bytes the snapshots took on the DOM stream (compressed when `compressed`).
     pub snapshot_wire_bytes: u64,
     /// Bytes the patches took on the DOM stream (compressed when `compressed`).
@@ -425,7 +427,8 @@ pub async fn demo_with(
             h.capabilities = client::CAPABILITIES_WITH_RESOURCES;
         }
         if no_compression {
-            h.capabilities = Capabilities(h.capabilities.0 & !Capabilities::COMPRESSION.0);
+            let off = Capabilities::COMPRESSION | Capabilities::CODED_PATCHES;
+            h.capabilities = Capabilities(h.capabilities.0 & !off.0);
         }
         h
     };
@@ -592,6 +595,7 @@ pub async fn demo_with(
         snapshot_bytes: c.snapshot_bytes,
         patch_bytes: c.patch_bytes,
         compressed: c.compressed,
+        coded_patches: c.coded_patches,
         snapshot_wire_bytes: c.snapshot_wire_bytes,
         patch_wire_bytes: c.patch_wire_bytes,
         agent_dom_wire_bytes: a.dom_wire_bytes,
@@ -678,11 +682,16 @@ pub async fn run(cmd: DemoCommand) -> Result<bool, SessionError> {
         if r.compressed {
             let pct = |wire: u64, raw: u64| 100.0 * wire as f64 / raw.max(1) as f64;
             say!(
-                "on the wire:       snapshot {} bytes ({:.0} %), patches {} bytes ({:.0} %), zstd with dictionary dom-v1",
+                "on the wire:       snapshot {} bytes ({:.0} %), patches {} bytes ({:.0} %), {}",
                 r.snapshot_wire_bytes,
                 pct(r.snapshot_wire_bytes, r.snapshot_bytes),
                 r.patch_wire_bytes,
                 pct(r.patch_wire_bytes, r.patch_bytes),
+                if r.coded_patches {
+                    "codec 0x02: zstd with dictionary dom-v1, patches coded"
+                } else {
+                    "codec 0x01: zstd with dictionary dom-v1"
+                },
             );
         } else {
             say!("on the wire:       uncompressed (compression not negotiated)");

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, SendStream, VarInt};
 use tandem_engine::{Consumer, DomFrame, DomFrameKind};
 use tandem_protocol::Limits;
-use tandem_protocol::compress::{DomCompressor, level_for_snapshot};
+use tandem_protocol::compress::{Codec, DomCompressor, level_for_snapshot};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -76,7 +76,8 @@ struct Done {
 pub struct DomPump {
     conn: Connection,
     limits: Limits,
-    compressed: bool,
+    /// The codec of every stream, `None` when uncompressed.
+    codec: Option<Codec>,
     /// The current stream while idle (`None` in it: no stream yet).
     idle: Option<Option<DomStream>>,
     /// The batch being written: its task, the way to cancel it, and its epoch.
@@ -100,13 +101,13 @@ impl std::fmt::Debug for DomPump {
 }
 
 impl DomPump {
-    /// A pump for `conn`'s DOM streams; `compressed` when the session negotiated
-    /// `COMPRESSION`.
-    pub fn new(conn: Connection, limits: Limits, compressed: bool) -> Self {
+    /// A pump for `conn`'s DOM streams, compressed with `codec` (`None`: uncompressed), the
+    /// codec the session's capabilities call for ([`Codec::for_session`], spec §4.6).
+    pub fn new(conn: Connection, limits: Limits, codec: Option<Codec>) -> Self {
         DomPump {
             conn,
             limits,
-            compressed,
+            codec,
             idle: Some(None),
             busy: None,
             stats: DomStats::default(),
@@ -124,7 +125,12 @@ impl DomPump {
 
     /// Whether the streams are compressed (spec §4.6).
     pub fn is_compressed(&self) -> bool {
-        self.compressed
+        self.codec.is_some()
+    }
+
+    /// The streams' codec, `None` when they are not compressed (spec §4.6.1).
+    pub fn codec(&self) -> Option<Codec> {
+        self.codec
     }
 
     /// Gives up the streams: the batch in flight is cancelled and the current stream reset,
@@ -194,16 +200,14 @@ impl DomPump {
         let epoch = frames.last().map_or(consumer.epoch(), |f| f.kind.epoch());
         let dom = self.idle.take().flatten();
         let (cancel_tx, cancel_rx) = oneshot::channel();
-        let (conn, limits, compressed, stats) =
-            (self.conn.clone(), self.limits, self.compressed, self.stats);
+        let (conn, limits, codec, stats) = (self.conn.clone(), self.limits, self.codec, self.stats);
         let task = tokio::spawn(async move {
             let mut done = Done {
                 dom,
                 stats,
                 result: Ok(()),
             };
-            done.result =
-                write_batch(&conn, &mut done, frames, compressed, &limits, cancel_rx).await;
+            done.result = write_batch(&conn, &mut done, frames, codec, &limits, cancel_rx).await;
             done
         });
         self.busy = Some((task, cancel_tx, epoch));
@@ -279,13 +283,14 @@ impl DomPump {
 }
 
 /// Writes `frames`, opening a new stream for a new epoch (and resetting the old one), and
-/// compressing each frame on its own when the session negotiated it, so the agent can use
-/// each as soon as it arrives (spec §4.6.1). Stops, resetting the stream, when `cancel` fires.
+/// compressing each frame on its own with `codec` when the session negotiated compression, so
+/// the agent can use each as soon as it arrives (spec §4.6.1; with codec 0x02 a patch goes as
+/// a coded patch, §4.6.5). Stops, resetting the stream, when `cancel` fires.
 async fn write_batch(
     conn: &Connection,
     done: &mut Done,
     frames: Frames,
-    compressed: bool,
+    codec: Option<Codec>,
     limits: &Limits,
     mut cancel: oneshot::Receiver<()>,
 ) -> Result<(), SessionError> {
@@ -303,7 +308,7 @@ async fn write_batch(
             let _ = stream.set_priority(DOM_PRIORITY);
             // A new stream starts a new compression context, at a level that suits the size
             // of the snapshot it starts with.
-            let compressor = if compressed {
+            let compressor = if let Some(codec) = codec {
                 let snapshot: usize = frames[i..]
                     .iter()
                     .filter(
@@ -311,7 +316,10 @@ async fn write_batch(
                     )
                     .map(|f| f.bytes.len())
                     .sum();
-                Some(DomCompressor::with_level(level_for_snapshot(snapshot))?)
+                Some(DomCompressor::with_codec(
+                    level_for_snapshot(snapshot),
+                    codec,
+                )?)
             } else {
                 None
             };

@@ -24,7 +24,7 @@ use tandem_engine::{
     Agent, AgentEvent, BlobStore, Consumer, EngineError, LivePage, MaskPolicy, Resumption,
     parse_html,
 };
-use tandem_protocol::compress::{CompressError, DecompressError, DomDecompressor};
+use tandem_protocol::compress::{Codec, CompressError, DecompressError, DomDecompressor};
 use tandem_protocol::message::{
     Capabilities, End, EndReason, ErrorReport, Invite, Joined, Mode, RefusalCode, SessionCreated,
 };
@@ -255,6 +255,9 @@ pub struct ConsumerReport {
     pub patch_wire_bytes: u64,
     /// Whether the DOM streams were compressed (the session's capabilities hold `COMPRESSION`).
     pub compressed: bool,
+    /// Whether they were compressed with codec 0x02, patches coded (spec §4.6.5: the session's
+    /// capabilities hold `CODED_PATCHES` too).
+    pub coded_patches: bool,
     /// Patches sent.
     pub patches: u64,
     /// Snapshots sent (1 plus one per resync).
@@ -589,13 +592,11 @@ pub async fn run_consumer_with(
     on_code(&created);
     // Send the snapshot while waiting for the agent (spec §3.2): the relay holds the stream in
     // its flow-control window and hands it over when the agent joins, so the agent does not
-    // wait for a round trip to the customer and the upload. Compressed when the relay agreed;
-    // should the agent not take compression, a new epoch follows uncompressed.
+    // wait for a round trip to the customer and the upload. Compressed with the codec the relay
+    // agreed to; should the agent not take it, a new epoch follows with the codec it takes, or
+    // uncompressed.
     let start = if resources.is_none() && opts.preupload {
-        let offered = ctl
-            .welcome()
-            .capabilities
-            .contains(Capabilities::COMPRESSION);
+        let offered = Codec::for_session(ctl.welcome().capabilities);
         let mut pump = DomPump::new(ctl.connection().clone(), limits, offered);
         let mut c = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
         fold(&mut c, opts.fold_bytes);
@@ -637,7 +638,9 @@ pub async fn run_consumer_with(
         )
         .await?;
     let mut commands = cell.lock().await.take();
-    let compressed = joined.capabilities.contains(Capabilities::COMPRESSION);
+    // Codec 0x02 when the session holds CODED_PATCHES too (spec §4.6).
+    let codec = Codec::for_session(joined.capabilities);
+    let compressed = codec.is_some();
     let mut presence = Presence::with_peer(Some(&joined.peer_platform));
     let mut meter = StatusMeter::new();
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
@@ -683,6 +686,7 @@ pub async fn run_consumer_with(
         snapshot_wire_bytes: 0,
         patch_wire_bytes: 0,
         compressed,
+        coded_patches: codec == Some(Codec::CodedPatches),
         patches: 0,
         snapshots: 0,
         udp_bytes: 0,
@@ -697,15 +701,16 @@ pub async fn run_consumer_with(
         pointers_sent: Vec::new(),
     };
     let mut pump = match early_pump {
-        Some(p) if p.is_compressed() == compressed => p,
+        Some(p) if p.codec() == codec => p,
         Some(mut p) => {
-            // The agent does not take the compressed stream sent ahead: start over in a new
-            // epoch, uncompressed; the agent stops the old stream unread.
+            // The agent does not take the stream sent ahead (compression, or its codec): start
+            // over in a new epoch with what the session holds; the agent stops the old stream
+            // unread (spec §3.2).
             p.abandon().await;
             consumer.queue_snapshot();
-            DomPump::new(conn.clone(), limits, compressed).with_stats(p.stats())
+            DomPump::new(conn.clone(), limits, codec).with_stats(p.stats())
         }
-        None => DomPump::new(conn.clone(), limits, compressed),
+        None => DomPump::new(conn.clone(), limits, codec),
     };
     let mut paused = false;
     let mut end_now = false;
@@ -926,7 +931,7 @@ pub async fn run_consumer_with(
         udp_before += conn.stats().udp_tx.bytes;
         (conn, ctl_send, ctl_recv) = channel.into_parts();
         pump.abandon().await;
-        pump = DomPump::new(conn.clone(), limits, compressed).with_stats(pump.stats());
+        pump = DomPump::new(conn.clone(), limits, codec).with_stats(pump.stats());
         let how = consumer.resume();
         tracing::info!(?how, took = ?lost_at.elapsed(), "resumed");
         report.resumptions.push(ResumeRecord {

@@ -1,11 +1,16 @@
 //! Research tools over the engine alone (no network): `tandem diff FROM TO` and
 //! `tandem replay DIR`. Each prints what travels — operations, bytes — and verifies that the
 //! agent's tree ends equal to the target, exiting non-zero when it does not.
+//!
+//! Compressed figures are those of the DOM stream the reference consumer sends when the
+//! session holds `COMPRESSION` and `CODED_PATCHES`: codec 0x02 (spec §4.6.5), the snapshot
+//! through zstd and each patch as a coded patch (spec §4.7), `COMPRESSED` frame headers
+//! included.
 
 use std::path::{Path, PathBuf};
 
 use tandem_engine::{Agent, Consumer, parse_html};
-use tandem_protocol::compress::{self, DomCompressor};
+use tandem_protocol::compress::{self, Codec, DomCompressor};
 use tandem_protocol::{Limits, Message, PatchOp, Place, Sym, frame};
 
 use crate::session::{self, SessionError};
@@ -39,8 +44,8 @@ pub struct DiffReport {
     pub ops: Vec<String>,
     /// Bytes of the PATCH frame (0 when nothing changed).
     pub patch_bytes: usize,
-    /// Bytes the patch takes on a compressed DOM stream that carried the snapshot of FROM
-    /// before it (spec §4.6).
+    /// Bytes the patch takes on a compressed DOM stream (codec 0x02, spec §4.6.5) that carried
+    /// the snapshot of FROM before it.
     pub patch_compressed: usize,
     /// Whether the agent's tree, after the patch, equals the target page's.
     pub verified: bool,
@@ -157,7 +162,8 @@ struct Delivery {
 
 /// Sends everything queued to the agent, returning the PATCH operations and frame bytes; the
 /// batch also goes through `zstd`, the DOM stream's compressor, as one flushed batch (spec
-/// §4.6), created at the level the reference consumer picks from the snapshot's size.
+/// §4.6), created as the reference consumer creates it: codec 0x02 (patches coded, spec
+/// §4.6.5), at the level it picks from the snapshot's size.
 fn deliver(
     consumer: &mut Consumer,
     agent: &mut Agent,
@@ -186,8 +192,11 @@ fn deliver(
     let codec = match zstd {
         Some(c) => c,
         None => zstd.insert(
-            DomCompressor::with_level(compress::level_for_snapshot(snapshot_bytes))
-                .map_err(|e| SessionError::EndedEarly(format!("compression failed: {e}")))?,
+            DomCompressor::with_codec(
+                compress::level_for_snapshot(snapshot_bytes),
+                Codec::CodedPatches,
+            )
+            .map_err(|e| SessionError::EndedEarly(format!("compression failed: {e}")))?,
         ),
     };
     let mut wire = Vec::new();

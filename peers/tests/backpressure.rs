@@ -112,3 +112,54 @@ async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compr
     );
     relay.shutdown().await;
 }
+
+/// The snapshot sent ahead uses codec 0x02 because the relay agreed to `CODED_PATCHES` (spec
+/// §3.2, §4.6.5); for an agent whose session lacks it, the consumer starts a new epoch with
+/// codec 0x01, and the agent still ends with the customer's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sent_ahead_with_coded_patches_is_replaced_for_an_agent_without_them() {
+    use tandem_peers::client::{self, ControlChannel};
+    use tandem_peers::session::{self, AgentOptions, ChangeSource};
+    use tandem_protocol::message::{Capabilities, Credential, Role};
+
+    let relay = common::start_relay(|_| {});
+    let (code, consumer) = common::consumer_session(
+        &relay,
+        common::sample_options(ChangeSource::Live {
+            generator: tandem_engine::LivePage::new(2),
+            per_batch: 3,
+            batches: Some(3),
+        }),
+    )
+    .await;
+    let conn = client::connect(relay.addr, relay.fingerprint, Role::Agent)
+        .await
+        .expect("connect");
+    let mut hello = client::hello(Role::Agent);
+    hello.capabilities = Capabilities(hello.capabilities.0 & !Capabilities::CODED_PATCHES.0);
+    let (agent, joined) =
+        ControlChannel::open_and_join(conn, hello, Credential::Code(code), "Alex")
+            .await
+            .expect("joined");
+    assert!(joined.capabilities.contains(Capabilities::COMPRESSION));
+    assert!(!joined.capabilities.contains(Capabilities::CODED_PATCHES));
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        session::run_agent(agent, AgentOptions::default(), std::time::Instant::now()),
+    )
+    .await
+    .expect("the agent finishes")
+    .expect("the agent runs");
+    let consumer = tokio::time::timeout(Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer finishes")
+        .expect("task")
+        .expect("the consumer runs");
+    assert_eq!(report.hash, Some(consumer.hash));
+    assert!(consumer.compressed);
+    assert!(
+        consumer.snapshots >= 2,
+        "a new epoch replaced the one sent ahead with codec 0x02"
+    );
+    relay.shutdown().await;
+}

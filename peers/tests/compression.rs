@@ -9,7 +9,7 @@ use tandem_peers::client::{self, ControlChannel};
 use tandem_peers::relay::{self, RelayConfig, RelayHandle};
 use tandem_peers::session::{self, AgentOptions, SessionError};
 use tandem_peers::transport::Identity;
-use tandem_protocol::compress::{DecompressError, DomCompressor};
+use tandem_protocol::compress::{CODEC_CODED_PATCHES, DecompressError, DomCompressor};
 use tandem_protocol::message::{Capabilities, Credential, Ping, Role};
 use tandem_protocol::{DecodeError, FrameType, Limits, Message, frame, varint};
 
@@ -68,6 +68,8 @@ async fn agent_receiving(dom: Vec<u8>) -> Result<session::AgentReport, SessionEr
         .await
         .expect("joined");
     assert!(joined.capabilities.contains(Capabilities::COMPRESSION));
+    // Coded patches pass through the relay end to end, like compression (spec §10.3).
+    assert!(joined.capabilities.contains(Capabilities::CODED_PATCHES));
 
     let run = tokio::spawn(session::run_agent(
         agent,
@@ -107,6 +109,25 @@ async fn corrupt_compressed_stream_is_a_typed_error() {
     let err = decompress_error(agent_receiving(dom).await);
     assert!(matches!(err, DecompressError::Corrupt { .. }), "{err:?}");
     assert_eq!(err.code(), tandem_protocol::ErrorCode::MalformedFrame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_coded_patch_streams_are_typed_errors() {
+    // Codec 0x02 (spec §4.6.5): a chunk announced above the frame limit, refused from its
+    // header; and a coded chunk that is not a patch.
+    let mut big = vec![CODEC_CODED_PATCHES];
+    varint::write_u32(&mut big, (Limits::DEFAULT.max_frame_body + 1) << 1 | 1);
+    let err = decompress_error(agent_receiving(compressed_frame(&big)).await);
+    assert!(
+        matches!(err, DecompressError::ChunkTooLarge { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), tandem_protocol::ErrorCode::LimitExceeded);
+    let mut junk = vec![CODEC_CODED_PATCHES];
+    varint::write_u32(&mut junk, 40 << 1 | 1);
+    junk.extend([0xa5; 40]);
+    let err = decompress_error(agent_receiving(compressed_frame(&junk)).await);
+    assert!(matches!(err, DecompressError::CodedPatch(_)), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,9 +37,10 @@ async fn live_changes_over_quic_converge() {
     );
     assert!(report.first_render_ms.is_some());
     assert_eq!(report.divergences, 0);
-    // Both sides offer COMPRESSION, so the DOM stream was compressed (spec §4.6) and the agent
-    // received exactly what the consumer wrote.
+    // Both sides offer COMPRESSION and CODED_PATCHES, so the DOM stream was compressed with
+    // codec 0x02 (spec §4.6.5) and the agent received exactly what the consumer wrote.
     assert!(report.compressed, "{report:?}");
+    assert!(report.coded_patches, "{report:?}");
     assert!(
         report.snapshot_wire_bytes < report.snapshot_bytes,
         "{report:?}"
@@ -61,6 +62,7 @@ async fn uncompressed_sessions_still_converge() {
         .expect("demo runs");
     assert!(report.hashes_match, "{report:?}");
     assert!(!report.compressed);
+    assert!(!report.coded_patches);
     assert_eq!(report.snapshot_wire_bytes, report.snapshot_bytes);
     assert_eq!(report.patch_wire_bytes, report.patch_bytes);
     assert_eq!(

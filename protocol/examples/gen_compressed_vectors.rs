@@ -1,24 +1,34 @@
 //! Writes `spec/vectors/compressed.txt`: the test vectors of compressed DOM streams (spec §4.6,
 //! Appendix B).
 //!
-//! A small DOM stream — a snapshot and two patches — is given twice: as its uncompressed frames
-//! (`stream: order`, replayed to their tree hashes like every DOM stream vector) and as the three
-//! `COMPRESSED` frames a consumer sends for it, one per batch (`compressed: order`). Then single
-//! `COMPRESSED` frames whose content a receiver MUST refuse (`stream_error`).
+//! A small DOM stream — a snapshot and two patches — is given three times: as its uncompressed
+//! frames (`stream: order`, replayed to their tree hashes like every DOM stream vector), as the
+//! three `COMPRESSED` frames a consumer sends for it with codec 0x01, one per batch
+//! (`compressed: order`), and the same with codec 0x02, whose patches are coded (`compressed:
+//! order_coded`, `inner: order`). Then single `COMPRESSED` frames whose content a receiver MUST
+//! refuse (`stream_error`), for both codecs.
 //!
-//! zstd's output depends on its version and parameters, so the compressed bytes are what a
-//! decoder MUST decode, not what an encoder must produce.
+//! zstd's output depends on its version and parameters, and the coded patches on the models of
+//! spec §4.7, so the compressed bytes are what a decoder MUST decode, not what an encoder must
+//! produce. Every vector is checked against the reference decoder as it is written: a change of
+//! the patch coder's models is one run of this program away from new, consistent vectors.
 //!
 //! Run: `cargo run -p tandem-protocol --example gen_compressed_vectors`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use tandem_protocol::compress::{CODEC_ZSTD_DOM_V1, DICTIONARY, DomCompressor, WINDOW_LOG_MAX};
+use tandem_protocol::compress::{
+    CODEC_CODED_PATCHES, CODEC_ZSTD_DOM_V1, Codec, DEFAULT_LEVEL, DICTIONARY, DecompressError,
+    DomCompressor, DomDecompressor, WINDOW_LOG_MAX,
+};
 use tandem_protocol::message::{Patch, Snapshot};
+use tandem_protocol::patch_coder::PatchDecoder;
 use tandem_protocol::strings::static_index;
+use tandem_protocol::varint::Varint;
 use tandem_protocol::{
-    Attr, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Sym, TextEdit, frame, varint,
+    Attr, DecodeError, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Sym, TextEdit, frame,
+    varint,
 };
 use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
 
@@ -36,15 +46,22 @@ const HEADER: &str = "\
 # as soon as its COMPRESSED frame has arrived. zstd output depends on the library version, so an
 # encoder need not reproduce these bytes.
 #
+# Blocks with `compressed: order_coded` (and `inner: order`) are the same stream with codec 0x02
+# (spec §4.6.5): after the codec byte, chunks, each a varint header `len << 1 | coded` and `len`
+# bytes. The snapshot goes as a zstd chunk, each patch as a coded chunk (spec §4.7) with no zstd
+# data at all. The coded bytes depend on the patch coder's models; regenerate this file when they
+# change.
+#
 # Blocks with `stream_error` are single COMPRESSED frames, each the whole of a DOM stream, that a
 # receiver MUST refuse; `stream_error` names the failure as the reference implementation reports
-# it (DecompressError variant, spec §4.6.4).
+# it (DecompressError variant, spec §4.6.4; for Frame and CodedPatch, followed by the DecodeError
+# as in negative.txt).
 ";
 
 struct Block {
     name: String,
     message: &'static str,
-    key: Option<(&'static str, String)>,
+    keys: Vec<(&'static str, String)>,
     description: String,
     bytes: Vec<u8>,
     layout: Vec<(Vec<u8>, String)>,
@@ -61,7 +78,7 @@ fn render(b: &Block) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "name: {}", b.name);
     let _ = writeln!(s, "message: {}", b.message);
-    if let Some((k, v)) = &b.key {
+    for (k, v) in &b.keys {
         let _ = writeln!(s, "{k}: {v}");
     }
     let _ = writeln!(s, "description: {}", b.description);
@@ -161,8 +178,8 @@ fn describe(n: &NodeRecord) -> String {
     }
 }
 
-/// Layout of a COMPRESSED frame: header, codec byte (first frame only), zstd frame header,
-/// then each zstd block with its 3-byte header (RFC 8878 §3.1.1.2).
+/// Layout of a COMPRESSED frame of codec 0x01: header, codec byte (first frame only), zstd frame
+/// header, then each zstd block with its 3-byte header (RFC 8878 §3.1.1.2).
 fn compressed_layout(body: &[u8], first: bool) -> Vec<(Vec<u8>, String)> {
     let mut lines = header_lines(FrameType::COMPRESSED, body.len());
     let mut rest = body;
@@ -172,21 +189,35 @@ fn compressed_layout(body: &[u8], first: bool) -> Vec<(Vec<u8>, String)> {
             format!("codec byte 0x{:02x}: zstd with dictionary dom-v1", rest[0]),
         ));
         rest = &rest[1..];
+    }
+    lines.extend(zstd_layout(rest, first, ""));
+    lines
+}
+
+/// Layout of zstd data made of whole blocks, after the zstd frame header when `frame_start`;
+/// `prefix` starts each line.
+fn zstd_layout(mut rest: &[u8], frame_start: bool, prefix: &str) -> Vec<(Vec<u8>, String)> {
+    let mut lines = Vec::new();
+    if frame_start {
         // Magic, frame header descriptor, window descriptor (no dictionary id, no content size).
         assert_eq!(&rest[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
         assert_eq!(rest[4], 0x00, "frame header descriptor");
         let window = rest[5];
-        lines.push((rest[..4].to_vec(), "zstd frame magic 0xFD2FB528".into()));
+        lines.push((
+            rest[..4].to_vec(),
+            format!("{prefix}zstd frame magic 0xFD2FB528"),
+        ));
         lines.push((
             vec![rest[4]],
-            "frame header descriptor: no content size, not single segment, no checksum, no \
-             dictionary id"
-                .into(),
+            format!(
+                "{prefix}frame header descriptor: no content size, not single segment, no \
+                 checksum, no dictionary id"
+            ),
         ));
         lines.push((
             vec![window],
             format!(
-                "window descriptor: exponent {}, mantissa {} (window {} bytes)",
+                "{prefix}window descriptor: exponent {}, mantissa {} (window {} bytes)",
                 window >> 3,
                 window & 7,
                 {
@@ -210,13 +241,74 @@ fn compressed_layout(body: &[u8], first: bool) -> Vec<(Vec<u8>, String)> {
         };
         lines.push((
             rest[..3].to_vec(),
-            format!("zstd block header: {kind_name}, size {size}, last {last}"),
+            format!("{prefix}zstd block header: {kind_name}, size {size}, last {last}"),
         ));
         lines.push((
             rest[3..3 + content].to_vec(),
-            format!("{kind_name} block content"),
+            format!("{prefix}{kind_name} block content"),
         ));
         rest = &rest[3 + content..];
+    }
+    lines
+}
+
+/// What a codec 0x02 stream's layout has seen so far: whether its zstd frame started, and the
+/// patch decoder that names what each coded patch holds.
+struct CodedState {
+    zstd_started: bool,
+    patches: PatchDecoder,
+}
+
+/// Layout of a COMPRESSED frame of codec 0x02 (spec §4.6.5): header, codec byte (first frame
+/// only), then chunks, each a header and its bytes (zstd data as in codec 0x01, or a coded
+/// patch).
+fn coded_layout(body: &[u8], first: bool, state: &mut CodedState) -> Vec<(Vec<u8>, String)> {
+    let mut lines = header_lines(FrameType::COMPRESSED, body.len());
+    let mut rest = body;
+    if first {
+        lines.push((
+            vec![rest[0]],
+            format!(
+                "codec byte 0x{:02x}: zstd with dictionary dom-v1, patches coded",
+                rest[0]
+            ),
+        ));
+        rest = &rest[1..];
+    }
+    while !rest.is_empty() {
+        let Varint::Complete(h, n) = varint::read_u32(rest) else {
+            panic!("a chunk header");
+        };
+        let len = (h >> 1) as usize;
+        let coded = h & 1 == 1;
+        let kind = if coded { "coded patch" } else { "zstd" };
+        lines.push((
+            rest[..n].to_vec(),
+            format!(
+                "chunk header {h} = {len} << 1 | {}: {kind}, {len} bytes",
+                h & 1
+            ),
+        ));
+        let chunk = &rest[n..n + len];
+        if coded {
+            let p = state
+                .patches
+                .decode(chunk)
+                .expect("the coded patch decodes");
+            lines.push((
+                chunk.to_vec(),
+                format!(
+                    "coded patch (spec §4.7): PATCH epoch {} seq {}, {} operations",
+                    p.epoch,
+                    p.seq,
+                    p.ops.len()
+                ),
+            ));
+        } else {
+            lines.extend(zstd_layout(chunk, !state.zstd_started, "zstd chunk: "));
+            state.zstd_started = true;
+        }
+        rest = &rest[n + len..];
     }
     lines
 }
@@ -408,21 +500,115 @@ fn zstd_raw(data: &[u8], window_log: u32) -> Vec<u8> {
     out
 }
 
-fn negative(name: &str, description: &str, body: Vec<u8>, error: &str) -> Block {
+/// How the reference decoder refuses `body` as a whole DOM stream, in the form of
+/// `stream_error`; `None` when it accepts it.
+fn refusal(body: &[u8]) -> Option<String> {
+    let mut d = DomDecompressor::new(Limits::DEFAULT).expect("decompressor");
+    let result = d.push(body).and_then(|()| {
+        while d.next_frame()?.is_some() {}
+        d.finish()
+    });
+    let summary = |e: &DecodeError| match e {
+        DecodeError::Truncated { field } => format!("Truncated {field}"),
+        DecodeError::BadVarint { field } => format!("BadVarint {field}"),
+        DecodeError::FrameTooLarge { .. } => "FrameTooLarge".into(),
+        DecodeError::TrailingBytes { message, .. } => format!("TrailingBytes {message}"),
+        DecodeError::Malformed { message, reason } => format!("Malformed {message} {reason:?}"),
+        DecodeError::Limit { field, .. } => format!("Limit {field}"),
+        DecodeError::InvalidValue { field, .. } => format!("InvalidValue {field}"),
+        DecodeError::BadStringRef { field, .. } => format!("BadStringRef {field}"),
+        other => format!("{other:?}"),
+    };
+    Some(match result.err()? {
+        DecompressError::UnexpectedFrame { inner: true, .. } => "UnexpectedFrame inner".into(),
+        DecompressError::UnexpectedFrame { inner: false, .. } => "UnexpectedFrame outer".into(),
+        DecompressError::Frame(e) => format!("Frame {}", summary(&e)),
+        DecompressError::CodedPatch(e) => format!("CodedPatch {}", summary(&e)),
+        other => {
+            let name = format!("{other:?}");
+            name.split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    })
+}
+
+/// A `stream_error` vector: `body` as one COMPRESSED frame, annotated by `layout` (after the
+/// frame header), which the reference decoder MUST refuse as `error`.
+fn refused(
+    name: &str,
+    description: &str,
+    body: Vec<u8>,
+    layout: Vec<(Vec<u8>, String)>,
+    error: &str,
+) -> Block {
+    assert_eq!(
+        refusal(&body).as_deref(),
+        Some(error),
+        "{name}: not refused as named"
+    );
     let bytes = compressed_frame(&body);
-    let mut layout = header_lines(FrameType::COMPRESSED, body.len());
-    layout.push((vec![body[0]], format!("codec byte 0x{:02x}", body[0])));
-    if body.len() > 1 {
-        layout.push((body[1..].to_vec(), "compressed bytes".into()));
-    }
+    let mut lines = header_lines(FrameType::COMPRESSED, body.len());
+    lines.extend(layout);
     Block {
         name: name.into(),
         message: "COMPRESSED",
-        key: Some(("stream_error", error.into())),
+        keys: vec![("stream_error", error.into())],
         description: description.into(),
         bytes,
-        layout,
+        layout: lines,
     }
+}
+
+fn negative(name: &str, description: &str, body: Vec<u8>, error: &str) -> Block {
+    let mut layout = vec![(vec![body[0]], format!("codec byte 0x{:02x}", body[0]))];
+    if body.len() > 1 {
+        layout.push((body[1..].to_vec(), "compressed bytes".into()));
+    }
+    refused(name, description, body, layout, error)
+}
+
+/// A chunk of codec 0x02: whether it is coded, and the bytes it holds.
+type Part<'a> = (bool, &'a [u8], &'a str);
+
+/// A `stream_error` vector of codec 0x02: the codec byte, the chunks of `parts` (each with the
+/// length its header gives, which may differ from the bytes given) and `tail`.
+fn negative_coded(
+    name: &str,
+    description: &str,
+    parts: &[(Part<'_>, usize)],
+    tail: (&[u8], &str),
+    error: &str,
+) -> Block {
+    let mut body = vec![CODEC_CODED_PATCHES];
+    let mut layout = vec![(
+        vec![CODEC_CODED_PATCHES],
+        "codec byte 0x02: zstd with dictionary dom-v1, patches coded".to_owned(),
+    )];
+    for &((coded, bytes, what), len) in parts {
+        let mut header = Vec::new();
+        let h = (len as u32) << 1 | u32::from(coded);
+        varint::write_u32(&mut header, h);
+        let kind = if coded { "coded patch" } else { "zstd" };
+        layout.push((
+            header.clone(),
+            format!(
+                "chunk header {h} = {len} << 1 | {}: {kind}, {len} bytes",
+                h & 1
+            ),
+        ));
+        body.extend(header);
+        if !bytes.is_empty() {
+            layout.push((bytes.to_vec(), what.to_owned()));
+            body.extend_from_slice(bytes);
+        }
+    }
+    if !tail.0.is_empty() {
+        layout.push((tail.0.to_vec(), tail.1.to_owned()));
+        body.extend_from_slice(tail.0);
+    }
+    refused(name, description, body, layout, error)
 }
 
 fn main() {
@@ -436,7 +622,7 @@ fn main() {
         blocks.push(Block {
             name: format!("order_{}", ["snapshot", "patch_1", "patch_2"][i]),
             message: msg.name(),
-            key: Some(("stream", "order".into())),
+            keys: vec![("stream", "order".into())],
             description: desc.clone(),
             layout: dom_layout(msg),
             bytes: bytes.clone(),
@@ -449,7 +635,7 @@ fn main() {
         blocks.push(Block {
             name: format!("order_compressed_{}", i + 1),
             message: "COMPRESSED",
-            key: Some(("compressed", "order".into())),
+            keys: vec![("compressed", "order".into())],
             description: format!(
                 "COMPRESSED frame {} of the `order` stream: the flushed compressed bytes of the \
                  {what} frame of `order_{}` ({raw} bytes uncompressed){}.",
@@ -467,13 +653,57 @@ fn main() {
         });
     }
 
+    // The same stream with codec 0x02: the snapshot as a zstd chunk, each patch coded.
+    let mut coder =
+        DomCompressor::with_codec(DEFAULT_LEVEL, Codec::CodedPatches).expect("compressor");
+    let mut state = CodedState {
+        zstd_started: false,
+        patches: PatchDecoder::new(limits),
+    };
+    let mut coded_bodies = Vec::new();
+    for (i, (msg, _)) in stream.iter().enumerate() {
+        let bytes = frame::to_frame(msg, &limits).expect("encodes");
+        let mut body = Vec::new();
+        coder.compress(&bytes, &mut body).expect("compresses");
+        let what = if i == 0 {
+            "as one zstd chunk, preceded by the codec byte; the zstd frame inside stays open, \
+             so a later zstd chunk would continue it with the same context"
+                .to_owned()
+        } else {
+            format!(
+                "as one coded chunk of {} bytes and no zstd data; the patch coder's models keep \
+                 what earlier patches taught them",
+                body.len() - 1
+            )
+        };
+        blocks.push(Block {
+            name: format!("order_coded_{}", i + 1),
+            message: "COMPRESSED",
+            keys: vec![
+                ("compressed", "order_coded".into()),
+                ("inner", "order".into()),
+            ],
+            description: format!(
+                "COMPRESSED frame {} of the `order_coded` stream (codec 0x02): the {} frame of \
+                 `order_{}` ({} bytes uncompressed), {what}.",
+                i + 1,
+                msg.name(),
+                ["snapshot", "patch_1", "patch_2"][i],
+                bytes.len()
+            ),
+            layout: coded_layout(&body, i == 0, &mut state),
+            bytes: compressed_frame(&body),
+        });
+        coded_bodies.push(body);
+    }
+
     // Negative vectors: each frame is a whole DOM stream that MUST be refused.
     let inner = frame::to_frame(&stream[1].0, &limits).expect("encodes");
     let first = &compressed[0].0;
     blocks.push(negative(
         "compressed_unknown_codec",
-        "The stream starts with codec byte 0x02, which version 1 does not define.",
-        [&[0x02][..], &first[1..]].concat(),
+        "The stream starts with codec byte 0x03, which version 1 does not define.",
+        [&[0x03][..], &first[1..]].concat(),
         "UnknownCodec",
     ));
     blocks.push(negative(
@@ -516,6 +746,112 @@ fn main() {
         zstd_raw(&too_large, WINDOW_LOG_MAX),
         "Frame FrameTooLarge",
     ));
+
+    // Codec 0x02. The first patch's coded bytes (the models start afresh in every stream) and
+    // the snapshot's zstd data.
+    let chunk_of = |body: &[u8]| {
+        let Varint::Complete(h, n) = varint::read_u32(body) else {
+            panic!("a chunk header");
+        };
+        body[n..n + (h >> 1) as usize].to_vec()
+    };
+    let zstd_data = chunk_of(&coded_bodies[0][1..]);
+    let coded_1 = chunk_of(&coded_bodies[1]);
+    let n = coded_1.len();
+    blocks.push(negative_coded(
+        "coded_truncated",
+        "Codec 0x02: a coded chunk whose header announces the coded `order_patch_1`, cut one \
+         byte short: the stream ends inside a chunk.",
+        &[(
+            (
+                true,
+                &coded_1[..n - 1],
+                "the coded patch, without its last byte",
+            ),
+            n,
+        )],
+        (&[], ""),
+        "Truncated",
+    ));
+    blocks.push(negative_coded(
+        "coded_chunk_too_large",
+        "Codec 0x02: a chunk header announcing a coded chunk of max_frame_body + 1 bytes: \
+         refused from the header, before any of it is buffered.",
+        &[((true, &[], ""), limits.max_frame_body as usize + 1)],
+        (&[], ""),
+        "ChunkTooLarge",
+    ));
+    blocks.push(negative_coded(
+        "coded_bad_chunk_header",
+        "Codec 0x02: a chunk header that is not a minimal varint (0x81 0x00 for 1).",
+        &[],
+        (&[0x81, 0x00], "chunk header, not minimal"),
+        "BadChunkHeader",
+    ));
+    let mut longer = coded_1.clone();
+    longer.extend_from_slice(&[0x55; 8]);
+    let undecodable = [CODEC_CODED_PATCHES]
+        .into_iter()
+        .chain({
+            let mut h = Vec::new();
+            varint::write_u32(&mut h, (longer.len() as u32) << 1 | 1);
+            h
+        })
+        .chain(longer.iter().copied())
+        .collect::<Vec<u8>>();
+    let error = refusal(&undecodable).expect("refused");
+    assert!(error.starts_with("CodedPatch "), "{error}");
+    blocks.push(negative_coded(
+        "coded_patch_undecodable",
+        "Codec 0x02: a coded chunk holding the coded `order_patch_1` followed by eight bytes \
+         0x55: it does not decode to a PATCH (bytes are left after it).",
+        &[(
+            (true, &longer, "the coded patch, then 8 bytes 0x55"),
+            longer.len(),
+        )],
+        (&[], ""),
+        &error,
+    ));
+    let half = zstd_data.len() / 2;
+    blocks.push(negative_coded(
+        "coded_patch_inside_block",
+        "Codec 0x02: the first half of the `order_coded` snapshot's zstd data, then the coded \
+         `order_patch_1`: the zstd data before a coded chunk stops inside a block, so the \
+         patch has no place in the inner stream.",
+        &[
+            (
+                (false, &zstd_data[..half], "zstd data, cut inside its block"),
+                half,
+            ),
+            ((true, &coded_1, "the coded patch"), n),
+        ],
+        (&[], ""),
+        "PatchInsideBlock",
+    ));
+
+    // Every positive stream decodes to its frames, batch by batch.
+    let plain: Vec<u8> = stream
+        .iter()
+        .flat_map(|(m, _)| frame::to_frame(m, &limits).expect("encodes"))
+        .collect();
+    for bodies in [
+        compressed
+            .iter()
+            .map(|(b, ..)| b.clone())
+            .collect::<Vec<_>>(),
+        coded_bodies,
+    ] {
+        let mut d = DomDecompressor::new(limits).expect("decompressor");
+        let mut got = Vec::new();
+        for body in bodies {
+            d.push(&body).expect("decodes");
+            while let Some(f) = d.next_frame().expect("decodes") {
+                got.extend(f.to_bytes());
+            }
+        }
+        d.finish().expect("ends cleanly");
+        assert_eq!(got, plain, "a compressed stream decodes to other frames");
+    }
 
     let mut out = String::from(HEADER);
     for b in &blocks {

@@ -7,33 +7,46 @@
 //!        │                                                     ▲
 //!        ▼                                                     │ FrameReader (frame limit)
 //!  DomCompressor ── codec byte ‖ zstd, flushed per batch ──► DomDecompressor
-//!        │            (window ≤ 8 MiB, dictionary dom-v1)      ▲ bounded output chunks
+//!        │            (window ≤ 8 MiB, dictionary dom-v1;      ▲ bounded output chunks
+//!        │             codec 0x02: PATCH frames coded, §4.7)   │
 //!        ▼                                                     │
 //!  COMPRESSED frames (0x38) ═══════ DOM stream (QUIC) ══════► COMPRESSED frames
 //! ```
 //!
 //! When the session's capabilities (`JOINED`, spec §7.6) hold `COMPRESSION`, every DOM stream
 //! carries only [`COMPRESSED`](crate::message::Compressed) frames. Their bodies, concatenated,
-//! are the stream's compressed bytes: one codec byte ([`CODEC_ZSTD_DOM_V1`]), then Zstandard
-//! frames (RFC 8878) made with the raw-content dictionary [`DICTIONARY`] and a window of at most
-//! 2^[`WINDOW_LOG_MAX`] bytes. Decompressed, they are exactly the frames an uncompressed DOM
-//! stream would carry. The sender flushes after every batch of frames, so the receiver can
-//! decode everything sent so far.
+//! are the stream's compressed bytes: one codec byte, then the codec's data. Decompressed, they
+//! are exactly the frames an uncompressed DOM stream would carry. The sender flushes after every
+//! batch of frames, so the receiver can decode everything sent so far. Two codecs ([`Codec`]):
+//!
+//! - [`CODEC_ZSTD_DOM_V1`] (0x01, spec §4.6.2): Zstandard frames (RFC 8878) made with the
+//!   raw-content dictionary [`DICTIONARY`] and a window of at most 2^[`WINDOW_LOG_MAX`] bytes;
+//! - [`CODEC_CODED_PATCHES`] (0x02, spec §4.6.5), when the session also holds `CODED_PATCHES`:
+//!   a sequence of chunks, each a varint header `len << 1 | coded` and `len` bytes. A zstd
+//!   chunk (`coded` 0) continues the stream's one Zstandard stream, as codec 0x01's bytes; a
+//!   coded chunk (`coded` 1) is one `PATCH` coded by the stream's
+//!   [`PatchEncoder`](crate::patch_coder::PatchEncoder) (spec §4.7).
+//!
+//! ```text
+//!  02 │ 2a·zstd 21 bytes: 28 b5 2f fd … │ 0f·coded 7 bytes │ 0b·coded 5 bytes │ …
+//!       └─ SNAPSHOT and other frames ─┘   └─ PATCH 1 ──────┘  └─ PATCH 2 ──────┘
+//! ```
 //!
 //! Both halves are sans-IO: they take bytes and return bytes.
 //!
 //! ```
-//! use tandem_protocol::compress::{DomCompressor, DomDecompressor};
+//! use tandem_protocol::compress::{Codec, DEFAULT_LEVEL, DomCompressor, DomDecompressor};
 //! use tandem_protocol::{Limits, Message, frame, message::Ping};
 //!
 //! let limits = Limits::DEFAULT;
-//! let mut compressor = DomCompressor::new().unwrap();
+//! let mut compressor = DomCompressor::with_codec(DEFAULT_LEVEL, Codec::CodedPatches).unwrap();
 //! let mut decompressor = DomDecompressor::new(limits).unwrap();
 //! let inner = frame::to_frame(&Message::Ping(Ping { nonce: 7 }), &limits).unwrap();
 //! let mut wire = Vec::new();
 //! compressor.write_frames(&inner, &mut wire, &limits).unwrap();
 //!
-//! // The wire holds COMPRESSED frames; feed their bodies to the decompressor.
+//! // The wire holds COMPRESSED frames; feed their bodies to the decompressor, which reads
+//! // either codec from the stream's first byte.
 //! let mut reader = tandem_protocol::FrameReader::new(limits);
 //! reader.push(&wire);
 //! while let Some(outer) = reader.next_frame().unwrap() {
@@ -51,12 +64,62 @@ use zstd::zstd_safe::{
     self, CCtx, CDict, CParameter, DCtx, DDict, DParameter, InBuffer, OutBuffer,
 };
 
-use crate::frame::{FrameReader, FrameType, RawFrame};
-use crate::{DecodeError, ErrorCode, Limits, varint};
+use crate::frame::{self, FrameReader, FrameType, RawFrame};
+use crate::message::{Capabilities, EncodeError, Patch};
+use crate::patch_coder::{PatchDecoder, PatchEncoder};
+use crate::varint::Varint;
+use crate::{DecodeError, ErrorCode, Limits, Message, varint};
 
-/// The codec byte that starts a compressed DOM stream in this version: Zstandard with the
-/// dictionary [`DICTIONARY`] (spec §4.6). No other value is defined.
+/// The codec byte of codec 0x01: Zstandard with the dictionary [`DICTIONARY`] (spec §4.6.2).
 pub const CODEC_ZSTD_DOM_V1: u8 = 0x01;
+
+/// The codec byte of codec 0x02: Zstandard with the dictionary [`DICTIONARY`], `PATCH` frames
+/// coded (spec §4.6.5, §4.7). Used only when the session's capabilities hold `CODED_PATCHES`.
+pub const CODEC_CODED_PATCHES: u8 = 0x02;
+
+/// The codecs of a compressed DOM stream, named by its first byte (spec §4.6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// Codec 0x01 ([`CODEC_ZSTD_DOM_V1`]): the stream is one Zstandard stream (spec §4.6.2).
+    #[default]
+    Zstd,
+    /// Codec 0x02 ([`CODEC_CODED_PATCHES`]): chunks of that Zstandard stream and coded
+    /// `PATCH` messages (spec §4.6.5, §4.7).
+    CodedPatches,
+}
+
+impl Codec {
+    /// The codec byte that starts a stream of this codec.
+    pub fn byte(self) -> u8 {
+        match self {
+            Codec::Zstd => CODEC_ZSTD_DOM_V1,
+            Codec::CodedPatches => CODEC_CODED_PATCHES,
+        }
+    }
+
+    /// The codec a codec byte names; `None` for a byte this version does not define.
+    pub fn from_byte(byte: u8) -> Option<Codec> {
+        match byte {
+            CODEC_ZSTD_DOM_V1 => Some(Codec::Zstd),
+            CODEC_CODED_PATCHES => Some(Codec::CodedPatches),
+            _ => None,
+        }
+    }
+
+    /// The codec a sender uses for the DOM streams of a session with `capabilities` (spec
+    /// §10.3): none without `COMPRESSION`, codec 0x02 when `CODED_PATCHES` is set too, else
+    /// codec 0x01.
+    pub fn for_session(capabilities: Capabilities) -> Option<Codec> {
+        if !capabilities.contains(Capabilities::COMPRESSION) {
+            None
+        } else if capabilities.contains(Capabilities::CODED_PATCHES) {
+            Some(Codec::CodedPatches)
+        } else {
+            Some(Codec::Zstd)
+        }
+    }
+}
 
 /// The largest window a compressed DOM stream may use, as a power of two (8 MiB): a decoder
 /// refuses frames that announce more, so its memory stays bounded (spec §4.6, §8).
@@ -98,6 +161,9 @@ const OUTPUT_CHUNK: usize = 64 * 1024;
 
 /// The size of a zstd block header: what zstd asks for next when it stands between blocks.
 const BLOCK_HEADER: usize = 3;
+
+/// The longest chunk of codec 0x02 a header can announce: `len << 1` fits a `u32` varint.
+const MAX_CHUNK_LEN: u32 = u32::MAX >> 1;
 
 /// A compressor that could not be set up or failed; zstd names the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,9 +219,28 @@ pub enum DecompressError {
     /// frame inside, which names the field (spec §4.5).
     #[error("compressed DOM stream: {0}")]
     Frame(#[from] DecodeError),
-    /// The stream ended inside a compressed block.
+    /// The stream ended inside a compressed block, a chunk header or a chunk.
     #[error("compressed DOM stream ends inside compressed data")]
     Truncated,
+    /// Codec 0x02: a chunk header that is not a minimal `u32` varint (spec §4.6.5).
+    #[error("compressed DOM stream: bad varint in a chunk header")]
+    BadChunkHeader,
+    /// Codec 0x02: a chunk header announces more than `max_frame_body` bytes (spec §4.6.5).
+    #[error("compressed DOM stream: chunk of {len} bytes exceeds the limit of {max}")]
+    ChunkTooLarge {
+        /// The announced chunk length.
+        len: u32,
+        /// The receiver's `max_frame_body`.
+        max: u32,
+    },
+    /// Codec 0x02: a coded chunk where the Zstandard data before it stops inside a frame
+    /// header or a block, so the chunk's place in the inner stream is undefined (spec §4.6.5).
+    #[error("compressed DOM stream: a coded patch inside a zstd block")]
+    PatchInsideBlock,
+    /// Codec 0x02: a coded patch that does not decode to a `PATCH` within the limits (spec
+    /// §4.7): the decoding error, which names the field.
+    #[error("compressed DOM stream: coded patch: {0}")]
+    CodedPatch(DecodeError),
     /// zstd could not allocate a decompression context or load the dictionary.
     #[error("cannot set up the DOM stream decompressor: {detail}")]
     Setup {
@@ -168,13 +253,15 @@ impl DecompressError {
     /// The error code a receiver closes with (spec §4.6.4, §9).
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::WindowTooLarge { .. } => ErrorCode::LimitExceeded,
+            Self::WindowTooLarge { .. } | Self::ChunkTooLarge { .. } => ErrorCode::LimitExceeded,
             Self::UnexpectedFrame { .. } => ErrorCode::UnexpectedMessage,
-            Self::Frame(e) => e.code(),
+            Self::Frame(e) | Self::CodedPatch(e) => e.code(),
             Self::Setup { .. } => ErrorCode::Internal,
-            Self::UnknownCodec { .. } | Self::Corrupt { .. } | Self::Truncated => {
-                ErrorCode::MalformedFrame
-            }
+            Self::UnknownCodec { .. }
+            | Self::Corrupt { .. }
+            | Self::Truncated
+            | Self::BadChunkHeader
+            | Self::PatchInsideBlock => ErrorCode::MalformedFrame,
         }
     }
 }
@@ -219,16 +306,35 @@ fn is_window_too_large(code: usize) -> bool {
     )
 }
 
+/// Appends the header of a codec 0x02 chunk of `len` bytes (at most [`MAX_CHUNK_LEN`]).
+fn write_chunk_header(out: &mut Vec<u8>, len: usize, coded: bool) {
+    debug_assert!(len <= MAX_CHUNK_LEN as usize);
+    varint::write_u32(out, (len as u32) << 1 | u32::from(coded));
+}
+
 /// The sender's half: compresses the frames of one DOM stream with one context (spec §4.6).
 ///
 /// Call [`DomCompressor::write_frames`] (or [`DomCompressor::compress`]) with the encoded
 /// frames of each batch of messages — the parts of a snapshot, or a patch — and send what it
 /// appends. Every call ends with a flush, so the receiver can decode everything given so far.
 /// A new DOM stream (a new epoch) needs a new compressor.
+///
+/// With [`Codec::CodedPatches`], each `PATCH` frame of a batch that decodes and re-encodes to
+/// the same bytes travels as a coded chunk (spec §4.6.5, §4.7), every other frame through
+/// zstd; the zstd data is flushed into a chunk before each coded patch and at the end of the
+/// batch, when there is any. Should a coded patch come out longer than a chunk may be, that
+/// patch and every later one of the stream go through zstd instead.
 pub struct DomCompressor {
     cctx: CCtx<'static>,
     started: bool,
     level: i32,
+    codec: Codec,
+    /// The stream's patch coder (codec 0x02), until a patch could not be coded.
+    patches: Option<PatchEncoder>,
+    /// Codec 0x02: a zstd flush on its way into chunks…
+    flushed: Vec<u8>,
+    /// …and a coded patch.
+    coded: Vec<u8>,
     raw_in: u64,
     out: u64,
 }
@@ -237,6 +343,7 @@ impl std::fmt::Debug for DomCompressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DomCompressor")
             .field("level", &self.level)
+            .field("codec", &self.codec)
             .field("raw_in", &self.raw_in)
             .field("out", &self.out)
             .finish_non_exhaustive()
@@ -267,13 +374,20 @@ fn cctx_with_dictionary(level: i32) -> Result<CCtx<'static>, CompressError> {
 }
 
 impl DomCompressor {
-    /// A compressor at [`DEFAULT_LEVEL`].
+    /// A compressor at [`DEFAULT_LEVEL`], codec 0x01.
     pub fn new() -> Result<Self, CompressError> {
         Self::with_level(DEFAULT_LEVEL)
     }
 
-    /// A compressor at zstd `level` (1 to 22; the receiver does not need to know it).
+    /// A compressor at zstd `level` (1 to 22; the receiver does not need to know it), codec
+    /// 0x01.
     pub fn with_level(level: i32) -> Result<Self, CompressError> {
+        Self::with_codec(level, Codec::Zstd)
+    }
+
+    /// A compressor at zstd `level` writing a stream of `codec`: [`Codec::CodedPatches`] only
+    /// when the session's capabilities hold `CODED_PATCHES` ([`Codec::for_session`]).
+    pub fn with_codec(level: i32, codec: Codec) -> Result<Self, CompressError> {
         let mut cctx = cctx_with_dictionary(level)?;
         setup(cctx.set_parameter(CParameter::WindowLog(WINDOW_LOG_MAX)))?;
         // The frame's size is unknown (it lasts as long as the stream).
@@ -282,6 +396,10 @@ impl DomCompressor {
             cctx,
             started: false,
             level,
+            codec,
+            patches: (codec == Codec::CodedPatches).then(PatchEncoder::new),
+            flushed: Vec::new(),
+            coded: Vec::new(),
             raw_in: 0,
             out: 0,
         })
@@ -292,44 +410,58 @@ impl DomCompressor {
         self.level
     }
 
+    /// The codec of the stream this compressor writes.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
     /// Total frame bytes given so far.
     pub fn raw_bytes(&self) -> u64 {
         self.raw_in
     }
 
-    /// Total compressed bytes produced so far (the codec byte included, `COMPRESSED` frame
-    /// headers not).
+    /// Total compressed bytes produced so far (the codec byte and chunk headers included,
+    /// `COMPRESSED` frame headers not).
     pub fn compressed_bytes(&self) -> u64 {
         self.out
     }
 
     /// Compresses `frames` (the encoded frames of one batch, possibly empty) and appends the
     /// stream's next compressed bytes to `out`, flushed: the codec byte first on the first
-    /// call. Returns how many bytes it appended.
+    /// call. Returns how many bytes it appended. Chunks of codec 0x02 stay within the default
+    /// `max_frame_body` (spec §8).
     pub fn compress(&mut self, frames: &[u8], out: &mut Vec<u8>) -> Result<usize, CompressError> {
+        self.compress_within(frames, out, Limits::DEFAULT.max_frame_body)
+    }
+
+    /// [`DomCompressor::compress`] with chunks of at most `max_chunk` bytes.
+    fn compress_within(
+        &mut self,
+        frames: &[u8],
+        out: &mut Vec<u8>,
+        max_chunk: u32,
+    ) -> Result<usize, CompressError> {
         let start = out.len();
         if !self.started {
-            out.push(CODEC_ZSTD_DOM_V1);
+            out.push(self.codec.byte());
             self.started = true;
         }
-        let zstd_err = |code| CompressError::Zstd {
-            detail: zstd_safe::get_error_name(code),
-        };
-        let mut input = InBuffer::around(frames);
-        while input.pos() < frames.len() {
-            out.reserve(frames.len() / 4 + 1024);
-            let pos = out.len();
-            let mut o = OutBuffer::around_pos(out, pos);
-            self.cctx
-                .compress_stream(&mut o, &mut input)
-                .map_err(zstd_err)?;
-        }
-        loop {
-            out.reserve(1024);
-            let pos = out.len();
-            let mut o = OutBuffer::around_pos(out, pos);
-            if self.cctx.flush_stream(&mut o).map_err(zstd_err)? == 0 {
-                break;
+        match self.codec {
+            Codec::Zstd => self.zstd(frames, out)?,
+            Codec::CodedPatches => {
+                let max = max_chunk.clamp(1, MAX_CHUNK_LEN) as usize;
+                // `frames[plain..at]` waits for zstd.
+                let (mut plain, mut at) = (0, 0);
+                while let Some(end) = frame_end(&frames[at..]).map(|n| at + n) {
+                    if self.code_patch(&frames[at..end], max) {
+                        self.zstd_chunks(&frames[plain..at], out, max)?;
+                        write_chunk_header(out, self.coded.len(), true);
+                        out.extend_from_slice(&self.coded);
+                        plain = end;
+                    }
+                    at = end;
+                }
+                self.zstd_chunks(&frames[plain..], out, max)?;
             }
         }
         self.raw_in += frames.len() as u64;
@@ -338,9 +470,86 @@ impl DomCompressor {
         Ok(added)
     }
 
+    /// Compresses `input` into the zstd stream and flushes it, appending to `out`.
+    fn zstd(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
+        let zstd_err = |code| CompressError::Zstd {
+            detail: zstd_safe::get_error_name(code),
+        };
+        let mut buf = InBuffer::around(input);
+        while buf.pos() < input.len() {
+            out.reserve(input.len() / 4 + 1024);
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(out, pos);
+            self.cctx
+                .compress_stream(&mut o, &mut buf)
+                .map_err(zstd_err)?;
+        }
+        loop {
+            out.reserve(1024);
+            let pos = out.len();
+            let mut o = OutBuffer::around_pos(out, pos);
+            if self.cctx.flush_stream(&mut o).map_err(zstd_err)? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Codec 0x02: compresses and flushes `input`, when there is any, as zstd chunks of at
+    /// most `max` bytes.
+    fn zstd_chunks(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<(), CompressError> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        let mut flushed = std::mem::take(&mut self.flushed);
+        flushed.clear();
+        let result = self.zstd(input, &mut flushed);
+        for piece in flushed.chunks(max) {
+            write_chunk_header(out, piece.len(), false);
+            out.extend_from_slice(piece);
+        }
+        self.flushed = flushed;
+        result
+    }
+
+    /// Codec 0x02: codes `frame` into `self.coded` when it is a canonical `PATCH` frame
+    /// whose coding fits a chunk of `max` bytes; whether it did.
+    fn code_patch(&mut self, frame: &[u8], max: usize) -> bool {
+        let Some(encoder) = self.patches.as_mut() else {
+            return false;
+        };
+        if frame_type(frame) != Some(FrameType::PATCH) {
+            return false;
+        }
+        let Ok(msg @ Message::Patch(_)) = frame::decode_exact(frame, &Limits::DEFAULT) else {
+            return false;
+        };
+        // The receiver rebuilds the frame from the patch: only a canonical one comes back
+        // the same.
+        if frame::to_frame(&msg, &Limits::DEFAULT).ok().as_deref() != Some(frame) {
+            return false;
+        }
+        let Message::Patch(patch) = &msg else {
+            return false;
+        };
+        self.coded.clear();
+        encoder.encode(patch, &mut self.coded);
+        if self.coded.len() > max {
+            // The coder has learnt from a patch the receiver will not see: its models are out
+            // of step, so this stream codes no more patches.
+            self.patches = None;
+            return false;
+        }
+        true
+    }
+
     /// Like [`DomCompressor::compress`], but appends the result as `COMPRESSED` frames ready to
-    /// write on the DOM stream, each body at most `limits.max_frame_body` bytes. Returns the
-    /// number of bytes appended.
+    /// write on the DOM stream, each body at most `limits.max_frame_body` bytes (and so is
+    /// each chunk of codec 0x02). Returns the number of bytes appended.
     pub fn write_frames(
         &mut self,
         frames: &[u8],
@@ -349,7 +558,7 @@ impl DomCompressor {
     ) -> Result<usize, CompressError> {
         let start = out.len();
         let mut body = Vec::new();
-        self.compress(frames, &mut body)?;
+        self.compress_within(frames, &mut body, limits.max_frame_body)?;
         let max = (limits.max_frame_body as usize).max(1);
         for piece in body.chunks(max) {
             varint::write_u32(out, FrameType::COMPRESSED.0);
@@ -361,26 +570,65 @@ impl DomCompressor {
     }
 }
 
+/// The length of the whole frame at the front of `buf`, if `buf` starts with one (of any
+/// length a header can announce).
+fn frame_end(buf: &[u8]) -> Option<usize> {
+    let any = Limits {
+        max_frame_body: u32::MAX,
+        ..Limits::DEFAULT
+    };
+    let h = frame::read_header(buf, &any).ok()??;
+    let end = h.header_len + h.len as usize;
+    (end <= buf.len()).then_some(end)
+}
+
+/// The type of the frame at the front of `buf`.
+fn frame_type(buf: &[u8]) -> Option<FrameType> {
+    match varint::read_u32(buf) {
+        Varint::Complete(ty, _) => Some(FrameType(ty)),
+        _ => None,
+    }
+}
+
+/// Where a decoder of codec 0x02 stands in the chunk sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk header.
+    Header,
+    /// Inside a zstd chunk, with this many of its bytes still to come.
+    Zstd(usize),
+    /// Before a coded chunk of this many bytes, which is decoded once it is all buffered.
+    Coded(usize),
+}
+
 /// The receiver's half: turns the bodies of a DOM stream's `COMPRESSED` frames back into the
-/// frames they carry, with bounded memory (spec §4.6.4).
+/// frames they carry, with bounded memory (spec §4.6.4). It reads both codecs (the stream's
+/// first byte says which).
 ///
 /// Call order: [`DomDecompressor::push_frame`] (or [`DomDecompressor::push`]) with each
 /// `COMPRESSED` frame as it arrives, then [`DomDecompressor::next_frame`] until it returns
 /// `Ok(None)`; at the end of the stream, [`DomDecompressor::finish`]. Memory stays within the
-/// window (2^[`WINDOW_LOG_MAX`]), one frame of `limits.max_frame_body` and one output chunk, as
-/// long as every push is drained before the next: output is produced only as frames are taken.
+/// window (2^[`WINDOW_LOG_MAX`]), one frame of `limits.max_frame_body`, one output chunk and,
+/// with codec 0x02, one coded chunk of at most `limits.max_frame_body` and the patch coder's
+/// models, as long as every push is drained before the next: output is produced only as frames
+/// are taken.
 pub struct DomDecompressor {
     dctx: DCtx<'static>,
     reader: FrameReader,
+    limits: Limits,
     input: Vec<u8>,
     pos: usize,
-    codec_seen: bool,
+    codec: Option<Codec>,
+    /// Codec 0x02: the next chunk, or the one being read.
+    chunk: Chunk,
+    /// Codec 0x02: the stream's patch decoder, made at its first coded chunk.
+    patches: Option<PatchDecoder>,
     /// Whether the last step filled the output chunk (zstd may hold more).
     pending_output: bool,
     /// zstd's hint after the last step: 0 at the end of a zstd frame, [`BLOCK_HEADER`] between
     /// blocks, anything else inside a frame header or a block.
     hint: Option<usize>,
-    chunk: Box<[u8]>,
+    output: Box<[u8]>,
     raw_out: u64,
     compressed_in: u64,
 }
@@ -388,6 +636,7 @@ pub struct DomDecompressor {
 impl std::fmt::Debug for DomDecompressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DomDecompressor")
+            .field("codec", &self.codec)
             .field("compressed_in", &self.compressed_in)
             .field("raw_out", &self.raw_out)
             .finish_non_exhaustive()
@@ -395,22 +644,31 @@ impl std::fmt::Debug for DomDecompressor {
 }
 
 impl DomDecompressor {
-    /// A decompressor for one DOM stream whose inner frames are checked against `limits`.
+    /// A decompressor for one DOM stream whose inner frames, chunks and coded patches are
+    /// checked against `limits`.
     pub fn new(limits: Limits) -> Result<Self, DecompressError> {
         let dctx = dctx_with_dictionary(WINDOW_LOG_MAX)
             .map_err(|detail| DecompressError::Setup { detail })?;
         Ok(Self {
             dctx,
             reader: FrameReader::new(limits),
+            limits,
             input: Vec::new(),
             pos: 0,
-            codec_seen: false,
+            codec: None,
+            chunk: Chunk::Header,
+            patches: None,
             pending_output: false,
             hint: None,
-            chunk: vec![0; OUTPUT_CHUNK].into_boxed_slice(),
+            output: vec![0; OUTPUT_CHUNK].into_boxed_slice(),
             raw_out: 0,
             compressed_in: 0,
         })
+    }
+
+    /// The stream's codec, once its first byte has arrived.
+    pub fn codec(&self) -> Option<Codec> {
+        self.codec
     }
 
     /// Adds a frame read from the DOM stream: it must be `COMPRESSED`.
@@ -428,18 +686,17 @@ impl DomDecompressor {
     /// first byte of the stream is the codec byte.
     pub fn push(&mut self, mut compressed: &[u8]) -> Result<(), DecompressError> {
         self.compressed_in += compressed.len() as u64;
-        if !self.codec_seen {
+        if self.codec.is_none() {
             let Some((&codec, rest)) = compressed.split_first() else {
                 return Ok(());
             };
-            if codec != CODEC_ZSTD_DOM_V1 {
-                return Err(DecompressError::UnknownCodec { codec });
-            }
-            self.codec_seen = true;
+            self.codec =
+                Some(Codec::from_byte(codec).ok_or(DecompressError::UnknownCodec { codec })?);
             compressed = rest;
         }
-        if self.pos == self.input.len() {
-            self.input.clear();
+        // Drop what was used; what is left is a chunk header or a coded chunk in part.
+        if self.pos > 0 {
+            self.input.drain(..self.pos);
             self.pos = 0;
         }
         self.input.extend_from_slice(compressed);
@@ -459,17 +716,99 @@ impl DomDecompressor {
                 }
                 return Ok(Some(frame));
             }
-            if self.pos == self.input.len() && !self.pending_output {
+            let buffered = self.input.len() - self.pos;
+            let progress = if self.pending_output {
+                // zstd's output is drained before anything after it is read.
+                let zstd_bytes = match (self.codec, self.chunk) {
+                    (Some(Codec::Zstd), _) => buffered,
+                    (_, Chunk::Zstd(left)) => left.min(buffered),
+                    _ => 0,
+                };
+                self.step(zstd_bytes)?;
+                true
+            } else {
+                match self.codec {
+                    None => false,
+                    Some(Codec::Zstd) => {
+                        if buffered > 0 {
+                            self.step(buffered)?;
+                        }
+                        buffered > 0
+                    }
+                    Some(Codec::CodedPatches) => self.next_chunk_step()?,
+                }
+            };
+            if !progress {
                 return Ok(None);
             }
-            self.step()?;
         }
     }
 
-    /// Decompresses at most one output chunk and hands it to the frame reader.
-    fn step(&mut self) -> Result<(), DecompressError> {
-        let mut input = InBuffer::around(&self.input[self.pos..]);
-        let mut output = OutBuffer::around(&mut self.chunk[..]);
+    /// Codec 0x02, with no zstd output pending: reads a chunk header, feeds zstd from a zstd
+    /// chunk, or decodes a coded chunk that is all buffered. Whether it made progress.
+    fn next_chunk_step(&mut self) -> Result<bool, DecompressError> {
+        let buffered = self.input.len() - self.pos;
+        match self.chunk {
+            Chunk::Header => {
+                let (h, n) = match varint::read_u32(&self.input[self.pos..]) {
+                    Varint::Complete(h, n) => (h, n),
+                    Varint::Incomplete => return Ok(false),
+                    Varint::Invalid => return Err(DecompressError::BadChunkHeader),
+                };
+                let len = h >> 1;
+                if len > self.limits.max_frame_body {
+                    return Err(DecompressError::ChunkTooLarge {
+                        len,
+                        max: self.limits.max_frame_body,
+                    });
+                }
+                self.pos += n;
+                // A u32 fits a usize on every target this crate builds for.
+                let len = len as usize;
+                self.chunk = match (h & 1 == 1, len) {
+                    (true, _) => Chunk::Coded(len),
+                    (false, 0) => Chunk::Header,
+                    (false, _) => Chunk::Zstd(len),
+                };
+                Ok(true)
+            }
+            Chunk::Zstd(left) => {
+                let n = left.min(buffered);
+                if n == 0 {
+                    return Ok(false);
+                }
+                self.step(n)?;
+                Ok(true)
+            }
+            Chunk::Coded(len) => {
+                if buffered < len {
+                    return Ok(false);
+                }
+                // The coded patch follows all the output of the zstd data before it: that data
+                // must end between blocks (or frames) for its output to be whole.
+                if !matches!(self.hint, None | Some(0) | Some(BLOCK_HEADER)) {
+                    return Err(DecompressError::PatchInsideBlock);
+                }
+                let coded = &self.input[self.pos..self.pos + len];
+                let decoder = self
+                    .patches
+                    .get_or_insert_with(|| PatchDecoder::new(self.limits));
+                let patch = decoder.decode(coded).map_err(DecompressError::CodedPatch)?;
+                let frame = patch_frame(patch, &self.limits)?;
+                self.pos += len;
+                self.chunk = Chunk::Header;
+                self.raw_out += frame.len() as u64;
+                self.reader.push(&frame);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Decompresses at most one output chunk from the next `n` buffered bytes and hands it to
+    /// the frame reader.
+    fn step(&mut self, n: usize) -> Result<(), DecompressError> {
+        let mut input = InBuffer::around(&self.input[self.pos..self.pos + n]);
+        let mut output = OutBuffer::around(&mut self.output[..]);
         let result = self.dctx.decompress_stream(&mut output, &mut input);
         let produced = output.pos();
         let consumed = input.pos();
@@ -485,11 +824,17 @@ impl DomDecompressor {
             }
         })?;
         self.pos += consumed;
-        self.pending_output = produced == self.chunk.len();
+        if let Chunk::Zstd(left) = self.chunk {
+            self.chunk = match left - consumed {
+                0 => Chunk::Header,
+                left => Chunk::Zstd(left),
+            };
+        }
+        self.pending_output = produced == self.output.len();
         self.hint = Some(hint);
         self.raw_out += produced as u64;
-        self.reader.push(&self.chunk[..produced]);
-        if produced == 0 && consumed == 0 && self.pos < self.input.len() {
+        self.reader.push(&self.output[..produced]);
+        if produced == 0 && consumed == 0 && n > 0 {
             // zstd made no progress on input it was given: it cannot happen with a valid
             // stream, so treat it as corrupt rather than spin.
             return Err(DecompressError::Corrupt {
@@ -500,11 +845,15 @@ impl DomDecompressor {
     }
 
     /// Checks, when the DOM stream has ended, that it ended cleanly: at the end of a zstd block
-    /// or frame, with every inner frame complete. Call after draining
+    /// or frame and of a chunk, with every inner frame complete. Call after draining
     /// [`DomDecompressor::next_frame`].
     pub fn finish(&mut self) -> Result<(), DecompressError> {
         let inside = !matches!(self.hint, None | Some(0) | Some(BLOCK_HEADER));
-        if self.pos < self.input.len() || self.pending_output || inside {
+        if self.pos < self.input.len()
+            || self.pending_output
+            || inside
+            || self.chunk != Chunk::Header
+        {
             return Err(DecompressError::Truncated);
         }
         self.reader.finish()?;
@@ -516,10 +865,26 @@ impl DomDecompressor {
         self.compressed_in
     }
 
-    /// Total decompressed bytes produced so far.
+    /// Total decompressed bytes produced so far (coded patches as their frames).
     pub fn raw_bytes(&self) -> u64 {
         self.raw_out
     }
+}
+
+/// The frame of a decoded coded patch, within `limits`.
+fn patch_frame(patch: Patch, limits: &Limits) -> Result<Vec<u8>, DecompressError> {
+    frame::to_frame(&Message::Patch(patch), limits).map_err(|e| {
+        DecompressError::CodedPatch(match e {
+            EncodeError::TooLarge { len, max, .. } => DecodeError::FrameTooLarge {
+                len: len as u64,
+                max,
+            },
+            _ => DecodeError::InvalidValue {
+                field: "coded_patch",
+                detail: "decodes to a patch the wire cannot carry",
+            },
+        })
+    })
 }
 
 // ───────────────────────────── blobs ─────────────────────────────
@@ -734,7 +1099,8 @@ mod tests {
     use super::*;
     use crate::Message;
     use crate::frame::{self, encode_frame};
-    use crate::message::Ping;
+    use crate::message::{Ping, Snapshot};
+    use crate::{Attr, NodeRecord, Ns, PatchOp, Sym};
 
     fn pings(range: std::ops::Range<u64>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -893,8 +1259,8 @@ mod tests {
         let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
         // An empty body says nothing yet.
         d.push(&[]).unwrap();
-        let err = d.push(&[0x02, 0x28, 0xb5]).unwrap_err();
-        assert_eq!(err, DecompressError::UnknownCodec { codec: 2 });
+        let err = d.push(&[0x03, 0x28, 0xb5]).unwrap_err();
+        assert_eq!(err, DecompressError::UnknownCodec { codec: 3 });
         assert_eq!(err.code(), ErrorCode::MalformedFrame);
     }
 
@@ -1071,6 +1437,380 @@ mod tests {
             d.next_frame(),
             Err(DecompressError::Frame(DecodeError::FrameTooLarge { .. }))
         ));
+    }
+
+    // ─────────────────────── codec 0x02: coded patches ───────────────────────
+
+    fn snapshot_frames() -> Vec<u8> {
+        let el = |name: &str, children| NodeRecord::Element {
+            ns: Ns::Html,
+            name: Sym::Lit(name.into()),
+            attrs: vec![Attr {
+                name: Sym::Lit("class".into()),
+                value: Sym::New(format!("{name}-box")),
+            }],
+            children,
+        };
+        let mut nodes = vec![el("html", 1), el("body", 20)];
+        for i in 0..20 {
+            nodes.push(NodeRecord::Text {
+                text: Sym::Lit(format!("item {i} of the list")),
+            });
+        }
+        let mut out = Vec::new();
+        for (part, nodes) in [nodes[..10].to_vec(), nodes[10..].to_vec()]
+            .into_iter()
+            .enumerate()
+        {
+            let snapshot = Snapshot {
+                epoch: 2,
+                part: part as u32,
+                url: if part == 0 {
+                    "https://x.test/".into()
+                } else {
+                    String::new()
+                },
+                nodes,
+                hash: (part == 1).then_some([7; 16]),
+            };
+            encode_frame(&Message::Snapshot(snapshot), &mut out, &Limits::DEFAULT).unwrap();
+        }
+        out
+    }
+
+    fn patch(seq: u64, text: &str) -> Patch {
+        Patch {
+            epoch: 2,
+            seq,
+            ops: vec![
+                PatchOp::SetText {
+                    node: 3 + seq % 20,
+                    text: Sym::Lit(text.into()),
+                },
+                PatchOp::SetAttr {
+                    node: 2,
+                    name: Sym::Lit("class".into()),
+                    value: Sym::Lit(format!("body-box step-{seq}")),
+                },
+            ],
+            hash: seq.to_be_bytes(),
+        }
+    }
+
+    fn patch_frame(seq: u64, text: &str) -> Vec<u8> {
+        frame::to_frame(&Message::Patch(patch(seq, text)), &Limits::DEFAULT).unwrap()
+    }
+
+    /// The batches of a stream: the snapshot, then a patch per batch, the fifth batch two
+    /// patches and a ping.
+    fn batches() -> Vec<Vec<u8>> {
+        let mut out = vec![snapshot_frames()];
+        for seq in 1..=8u64 {
+            let mut batch = patch_frame(seq, &format!("{seq} minutes ago"));
+            if seq == 5 {
+                batch.extend(pings(3..4));
+                batch.extend(patch_frame(50, "then this"));
+            }
+            out.push(batch);
+        }
+        out
+    }
+
+    /// The chunks of a codec 0x02 body after its codec byte: (coded, length) each.
+    fn chunks(mut body: &[u8]) -> Vec<(bool, usize)> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            let varint::Varint::Complete(h, n) = varint::read_u32(body) else {
+                panic!("bad chunk header");
+            };
+            let len = (h >> 1) as usize;
+            out.push((h & 1 == 1, len));
+            body = &body[n + len..];
+        }
+        out
+    }
+
+    fn coded_compressor() -> DomCompressor {
+        DomCompressor::with_codec(DEFAULT_LEVEL, Codec::CodedPatches).unwrap()
+    }
+
+    #[test]
+    fn codecs_by_byte_and_by_capabilities() {
+        for codec in [Codec::Zstd, Codec::CodedPatches] {
+            assert_eq!(Codec::from_byte(codec.byte()), Some(codec));
+        }
+        assert_eq!(Codec::from_byte(0), None);
+        assert_eq!(Codec::from_byte(3), None);
+        let (c, p) = (Capabilities::COMPRESSION, Capabilities::CODED_PATCHES);
+        assert_eq!(Codec::for_session(Capabilities(0)), None);
+        assert_eq!(Codec::for_session(p), None);
+        assert_eq!(Codec::for_session(c), Some(Codec::Zstd));
+        assert_eq!(Codec::for_session(c | p), Some(Codec::CodedPatches));
+        assert_eq!(DomCompressor::new().unwrap().codec(), Codec::Zstd);
+    }
+
+    #[test]
+    fn coded_patches_decode_batch_by_batch() {
+        let mut c = coded_compressor();
+        let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
+        for (i, batch) in batches().iter().enumerate() {
+            let mut z = Vec::new();
+            c.compress(batch, &mut z).unwrap();
+            let body = if i == 0 {
+                assert_eq!(z[0], CODEC_CODED_PATCHES);
+                &z[1..]
+            } else {
+                &z[..]
+            };
+            let kinds: Vec<bool> = chunks(body).iter().map(|&(coded, _)| coded).collect();
+            let want = match i {
+                // The snapshot through zstd; a patch alone costs no zstd block.
+                0 => vec![false],
+                5 => vec![true, false, true],
+                _ => vec![true],
+            };
+            assert_eq!(kinds, want, "batch {i}");
+            d.push(&z).unwrap();
+            assert_eq!(&drain(&mut d).unwrap(), batch, "batch {i}");
+            d.finish().unwrap();
+        }
+        assert_eq!(d.codec(), Some(Codec::CodedPatches));
+        assert_eq!(c.raw_bytes(), d.raw_bytes());
+        assert_eq!(c.compressed_bytes(), d.compressed_bytes());
+    }
+
+    #[test]
+    fn coded_streams_decode_in_pieces_of_any_size() {
+        let limits = Limits::DEFAULT;
+        let mut c = coded_compressor();
+        let mut wire = Vec::new();
+        let mut frames = Vec::new();
+        for batch in batches() {
+            c.write_frames(&batch, &mut wire, &limits).unwrap();
+            frames.extend(batch);
+        }
+        let mut reader = FrameReader::new(limits);
+        reader.push(&wire);
+        let mut body = Vec::new();
+        while let Some(f) = reader.next_frame().unwrap() {
+            body.extend(f.body);
+        }
+        for step in [1, 2, 3, 7, 64] {
+            let mut d = DomDecompressor::new(limits).unwrap();
+            let mut got = Vec::new();
+            for piece in body.chunks(step) {
+                d.push(piece).unwrap();
+                got.extend(drain(&mut d).unwrap());
+            }
+            d.finish().unwrap();
+            assert_eq!(got, frames, "pieces of {step}");
+        }
+    }
+
+    #[test]
+    fn patch_frames_that_do_not_round_trip_go_through_zstd() {
+        let good = patch_frame(1, "fine");
+        // Not a PATCH body at all; a PATCH with a byte after it; a PATCH whose epoch is a
+        // non-minimal varint (postcard may read it, but it re-encodes shorter).
+        let garbage = RawFrame {
+            ty: FrameType::PATCH,
+            body: vec![0xff, 0xff, 0xff],
+        }
+        .to_bytes();
+        let mut body = good[2..].to_vec();
+        body.push(0);
+        let trailing = RawFrame {
+            ty: FrameType::PATCH,
+            body,
+        }
+        .to_bytes();
+        let mut body = vec![0x82, 0x00];
+        body.extend_from_slice(&good[3..]);
+        let long_epoch = RawFrame {
+            ty: FrameType::PATCH,
+            body,
+        }
+        .to_bytes();
+        for bad in [garbage, trailing, long_epoch] {
+            let mut c = coded_compressor();
+            let mut z = Vec::new();
+            let batch = [&bad[..], &good[..]].concat();
+            c.compress(&batch, &mut z).unwrap();
+            assert_eq!(
+                chunks(&z[1..]),
+                vec![(false, chunks(&z[1..])[0].1), (true, chunks(&z[1..])[1].1)]
+            );
+            let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
+            d.push(&z).unwrap();
+            assert_eq!(drain(&mut d).unwrap(), batch);
+            d.finish().unwrap();
+        }
+        // Bytes that are not whole frames go through zstd as they are.
+        let mut c = coded_compressor();
+        let cut = &good[..good.len() - 1];
+        let mut z = Vec::new();
+        c.compress(cut, &mut z).unwrap();
+        assert!(chunks(&z[1..]).iter().all(|&(coded, _)| !coded));
+    }
+
+    #[test]
+    fn a_patch_that_codes_longer_than_a_chunk_ends_coding_for_the_stream() {
+        let limits = Limits {
+            max_frame_body: 100,
+            ..Limits::DEFAULT
+        };
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let long: String = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x >> 58) as u8)
+            })
+            .collect();
+        let mut c = coded_compressor();
+        let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
+        let mut reader = FrameReader::new(limits);
+        for (seq, text, coded) in [
+            (1, "short", true),
+            (2, long.as_str(), false),
+            (3, "short", false),
+        ] {
+            let batch = patch_frame(seq, text);
+            let mut wire = Vec::new();
+            c.write_frames(&batch, &mut wire, &limits).unwrap();
+            reader.push(&wire);
+            let mut body = Vec::new();
+            while let Some(f) = reader.next_frame().unwrap() {
+                assert!(f.body.len() <= 100);
+                body.extend(f.body);
+            }
+            let start = usize::from(seq == 1);
+            let found = chunks(&body[start..]);
+            assert!(found.iter().all(|&(_, len)| len <= 100), "{found:?}");
+            assert_eq!(
+                found.iter().any(|&(c, _)| c),
+                coded,
+                "patch {seq}: {found:?}"
+            );
+            d.push(&body).unwrap();
+            assert_eq!(drain(&mut d).unwrap(), batch);
+        }
+        d.finish().unwrap();
+    }
+
+    /// A codec 0x02 stream of the given chunks: (coded, bytes).
+    fn chunked(parts: &[(bool, &[u8])]) -> Vec<u8> {
+        let mut out = vec![CODEC_CODED_PATCHES];
+        for &(coded, bytes) in parts {
+            write_chunk_header(&mut out, bytes.len(), coded);
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    /// Pushes `stream`, drains and finishes: the first error.
+    fn refuse(stream: &[u8], limits: Limits) -> DecompressError {
+        let mut d = DomDecompressor::new(limits).unwrap();
+        d.push(stream)
+            .and_then(|()| drain(&mut d))
+            .and_then(|_| d.finish())
+            .expect_err("refused")
+    }
+
+    #[test]
+    fn codec_0x02_errors_are_typed() {
+        // The coded patch and the zstd data of a good stream.
+        let mut c = coded_compressor();
+        let (mut snap, mut coded) = (Vec::new(), Vec::new());
+        c.compress(&pings(0..20), &mut snap).unwrap();
+        c.compress(&patch_frame(1, "one"), &mut coded).unwrap();
+        let zstd_data = &snap[1 + varint::len_u32(chunks(&snap[1..])[0].1 as u32 * 2)..];
+        let coded_data = &coded[1..];
+        assert_eq!(chunks(&coded), vec![(true, coded_data.len())]);
+
+        let err = refuse(&[CODEC_CODED_PATCHES, 0x80, 0x00], Limits::DEFAULT);
+        assert_eq!(err, DecompressError::BadChunkHeader);
+        assert_eq!(err.code(), ErrorCode::MalformedFrame);
+
+        let limits = Limits {
+            max_frame_body: 50,
+            ..Limits::DEFAULT
+        };
+        let mut big = vec![CODEC_CODED_PATCHES];
+        write_chunk_header(&mut big, 51, true);
+        let err = refuse(&big, limits);
+        assert_eq!(err, DecompressError::ChunkTooLarge { len: 51, max: 50 });
+        assert_eq!(err.code(), ErrorCode::LimitExceeded);
+        // Refused from the header alone, and for zstd chunks too; at the limit it waits.
+        let mut big = vec![CODEC_CODED_PATCHES];
+        write_chunk_header(&mut big, 51, false);
+        assert_eq!(
+            refuse(&big, limits),
+            DecompressError::ChunkTooLarge { len: 51, max: 50 }
+        );
+        let mut at_limit = vec![CODEC_CODED_PATCHES];
+        write_chunk_header(&mut at_limit, 50, true);
+        assert_eq!(refuse(&at_limit, limits), DecompressError::Truncated);
+
+        // A coded patch with bytes after it does not decode.
+        let mut longer = coded_data.to_vec();
+        longer.extend_from_slice(&[0x55; 8]);
+        let err = refuse(&chunked(&[(true, &longer)]), Limits::DEFAULT);
+        assert!(matches!(err, DecompressError::CodedPatch(_)), "{err:?}");
+        assert_eq!(err.code(), ErrorCode::MalformedFrame);
+
+        // A coded patch between two halves of a zstd block.
+        let half = zstd_data.len() / 2;
+        let err = refuse(
+            &chunked(&[
+                (false, &zstd_data[..half]),
+                (true, coded_data),
+                (false, &zstd_data[half..]),
+            ]),
+            Limits::DEFAULT,
+        );
+        assert_eq!(err, DecompressError::PatchInsideBlock);
+        assert_eq!(err.code(), ErrorCode::MalformedFrame);
+        // Split elsewhere between zstd chunks, the block is fine, and so is an empty chunk.
+        let whole = chunked(&[
+            (false, &zstd_data[..half]),
+            (false, &[]),
+            (false, &zstd_data[half..]),
+            (true, coded_data),
+        ]);
+        let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
+        d.push(&whole).unwrap();
+        assert_eq!(
+            drain(&mut d).unwrap(),
+            [pings(0..20), patch_frame(1, "one")].concat()
+        );
+        d.finish().unwrap();
+
+        // Cut inside a chunk header, a coded chunk or a zstd chunk.
+        let mut two_byte_header = vec![CODEC_CODED_PATCHES];
+        write_chunk_header(&mut two_byte_header, 200, false);
+        for cut in [
+            &two_byte_header[..2],
+            &whole[..whole.len() - 1],
+            &whole[..half],
+        ] {
+            assert_eq!(refuse(cut, Limits::DEFAULT), DecompressError::Truncated);
+        }
+    }
+
+    #[test]
+    fn a_coded_patch_waits_for_its_whole_chunk() {
+        let mut c = coded_compressor();
+        let mut z = Vec::new();
+        c.compress(&patch_frame(1, "one"), &mut z).unwrap();
+        let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
+        d.push(&z[..z.len() - 1]).unwrap();
+        assert_eq!(d.next_frame().unwrap(), None);
+        assert_eq!(d.finish(), Err(DecompressError::Truncated));
+        d.push(&z[z.len() - 1..]).unwrap();
+        assert_eq!(drain(&mut d).unwrap(), patch_frame(1, "one"));
+        d.finish().unwrap();
     }
 
     fn stylesheet(rules: usize) -> Vec<u8> {

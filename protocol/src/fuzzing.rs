@@ -5,6 +5,7 @@
 //! stays fixed. Each function panics when the property it checks is broken, and only then: input
 //! that the protocol rejects is not a failure, a panic while rejecting it is.
 
+use crate::compress::{Codec, DecompressError, DomCompressor, DomDecompressor};
 use crate::frame::{self, FrameReader};
 use crate::{DecodeError, FrameType, Limits, Message, SnapshotView};
 
@@ -149,6 +150,113 @@ pub fn message_roundtrip(msg: &Message) {
     }
 }
 
+/// A compressed DOM stream of either codec (spec §4.6), two ways.
+///
+/// The first byte is control: bit 0 picks the codec (0x01 or 0x02), bits 3..7 the size (1..=32)
+/// of the pieces compressed bytes are pushed in. Bit 1 picks what the rest is:
+///
+/// - clear: a stream of frames, cut after its last whole frame (and before a `COMPRESSED` one,
+///   which may not be inside). The frames are compressed as one batch each (bit 2 clear) or
+///   all as one batch (bit 2 set) by one [`DomCompressor`] of that codec; pushed into a
+///   [`DomDecompressor`] in pieces, each batch MUST decode to exactly its frames as soon as it
+///   is all pushed, and the stream MUST finish cleanly.
+/// - set: compressed bytes after that codec's byte. Pushed whole and pushed in pieces, they
+///   MUST give the same frames (up to an error: zstd decodes all it is given in one call, so
+///   what precedes a corrupt block may or may not come out, and be refused by the frame layer
+///   first) and both be refused or both accepted.
+///
+/// Nothing may panic either way.
+pub fn compressed_stream(data: &[u8]) {
+    let (ctl, rest) = data.split_first().map_or((0, data), |(c, r)| (*c, r));
+    let codec = if ctl & 1 == 0 {
+        Codec::Zstd
+    } else {
+        Codec::CodedPatches
+    };
+    let step = usize::from(ctl >> 3) + 1;
+    if ctl & 2 == 0 {
+        compressed_round_trip(codec, ctl & 4 != 0, step, rest);
+    } else {
+        let stream = [&[codec.byte()][..], rest].concat();
+        let whole = decompress_in(&stream, stream.len());
+        let pieces = decompress_in(&stream, step);
+        // A frame the error stopped is not taken, and where the error stops depends on the
+        // pieces (zstd decodes all it is given in one call): with an error, one run's frames
+        // are the start of the other's.
+        let n = whole.0.len().min(pieces.0.len());
+        assert_eq!(
+            whole.0[..n],
+            pieces.0[..n],
+            "frames differ with pieces of {step}"
+        );
+        if whole.1.is_none() || pieces.1.is_none() {
+            assert_eq!(whole.0, pieces.0, "frames differ with pieces of {step}");
+        }
+        assert_eq!(
+            whole.1.is_some(),
+            pieces.1.is_some(),
+            "{:?} whole, {:?} in pieces of {step}",
+            whole.1,
+            pieces.1
+        );
+    }
+}
+
+fn compressed_round_trip(codec: Codec, one_batch: bool, step: usize, stream: &[u8]) {
+    let limits = Limits::DEFAULT;
+    let mut batches: Vec<&[u8]> = Vec::new();
+    let mut off = 0;
+    while let Ok(Some(h)) = frame::read_header(&stream[off..], &limits) {
+        let end = off + h.header_len + h.len as usize;
+        if end > stream.len() || h.ty == FrameType::COMPRESSED {
+            break;
+        }
+        batches.push(&stream[off..end]);
+        off = end;
+    }
+    if one_batch {
+        batches = vec![&stream[..off]];
+    }
+    // Level 1: the oracle is about the stream's structure, not zstd's parser.
+    let mut c = DomCompressor::with_codec(1, codec).expect("a compressor");
+    let mut d = DomDecompressor::new(limits).expect("a decompressor");
+    for batch in batches {
+        let mut z = Vec::new();
+        c.compress(batch, &mut z).expect("compresses");
+        let mut got = Vec::new();
+        for piece in z.chunks(step) {
+            d.push(piece).expect("pushes");
+            while let Some(f) = d.next_frame().expect("decodes") {
+                got.extend(f.to_bytes());
+            }
+        }
+        assert_eq!(got, batch, "a batch decodes to other bytes");
+    }
+    d.finish().expect("the stream ends cleanly");
+    assert_eq!(c.raw_bytes(), d.raw_bytes());
+    assert_eq!(c.compressed_bytes(), d.compressed_bytes());
+}
+
+/// Pushes `stream` in pieces of `step` bytes, draining after each, and finishes: the frames
+/// decoded and the first error.
+fn decompress_in(stream: &[u8], step: usize) -> (Vec<Vec<u8>>, Option<DecompressError>) {
+    let mut d = DomDecompressor::new(Limits::DEFAULT).expect("a decompressor");
+    let mut frames = Vec::new();
+    for piece in stream.chunks(step.max(1)) {
+        if let Err(e) = d.push(piece) {
+            return (frames, Some(e));
+        }
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => frames.push(f.to_bytes()),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, d.finish().err())
+}
+
 /// Builds a [`Message`] from `data` with `arbitrary` and runs [`message_roundtrip`] on it.
 #[cfg(feature = "arbitrary")]
 pub fn message_roundtrip_bytes(data: &[u8]) {
@@ -175,5 +283,9 @@ mod tests {
         frame_decode(&[0x80, 0x30, 0xff, 0x03]);
         frame_decode(&[]);
         message_roundtrip(&Message::Ping(Ping { nonce: 9 }));
+        for ctl in 0..8 {
+            compressed_stream(&[&[ctl][..], &stream[1..]].concat());
+        }
+        compressed_stream(&[]);
     }
 }

@@ -131,6 +131,10 @@ impl Capabilities {
     pub const DATAGRAMS: Capabilities = Capabilities(1 << 2);
     /// The peer can resume a session on a new connection.
     pub const RESUME: Capabilities = Capabilities(1 << 3);
+    /// The peer implements codec 0x02 of compressed DOM streams, whose patches are coded
+    /// (spec §4.6.5, §4.7); meaningful only with [`Capabilities::COMPRESSION`]. With both in
+    /// the session's capabilities, the consumer codes every DOM stream with it.
+    pub const CODED_PATCHES: Capabilities = Capabilities(1 << 4);
 
     /// Whether every bit of `other` is set in `self`.
     pub fn contains(self, other: Capabilities) -> bool {

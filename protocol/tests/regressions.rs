@@ -38,6 +38,14 @@ fn frame_decode_regressions() {
 }
 
 #[test]
+fn compressed_stream_regressions() {
+    for (name, bytes) in inputs("compressed_stream") {
+        eprintln!("replaying {name}");
+        fuzzing::compressed_stream(&bytes);
+    }
+}
+
+#[test]
 fn message_roundtrip_regressions() {
     let inputs = inputs("message_roundtrip");
     #[cfg(feature = "arbitrary")]

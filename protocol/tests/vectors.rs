@@ -18,7 +18,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use serde::ser;
-use tandem_protocol::compress::{CODEC_ZSTD_DOM_V1, DICTIONARY, DecompressError, DomDecompressor};
+use tandem_protocol::compress::{
+    CODEC_CODED_PATCHES, CODEC_ZSTD_DOM_V1, DICTIONARY, DecompressError, DomDecompressor,
+};
 use tandem_protocol::message::{
     Capabilities, Coding, EndReason, Mode, ModeOp, RefusalCode, ResyncReason, Role,
 };
@@ -321,23 +323,31 @@ fn dom_streams_replay_to_their_hashes() {
 }
 
 /// Each compressed DOM stream (blocks sharing a `compressed` key) decodes to exactly the frames
-/// of the DOM stream of the same name, batch by batch: after each COMPRESSED frame, everything
-/// decoded so far is whole frames of that stream (spec §4.6).
+/// of its inner DOM stream (the `stream` its `inner` key names, or of the same name), batch by
+/// batch: after each COMPRESSED frame, everything decoded so far is whole frames of that stream
+/// (spec §4.6). Both codecs have a stream.
 #[test]
 fn compressed_streams_decode_to_their_frames() {
     let limits = Limits::DEFAULT;
     let blocks = all_vectors();
-    let mut names = BTreeSet::new();
+    let mut names = BTreeMap::new();
     for b in &blocks {
         if let Some(name) = b.get("compressed") {
-            names.insert(name.to_owned());
+            let inner = b.get("inner").unwrap_or(name);
+            let known = names.insert(name.to_owned(), inner.to_owned());
+            assert!(
+                known.is_none_or(|k| k == inner),
+                "{}: another inner stream",
+                b.name()
+            );
         }
     }
     assert!(!names.is_empty(), "no compressed DOM stream vectors");
-    for name in names {
+    let mut codecs = BTreeSet::new();
+    for (name, inner) in names {
         let plain: Vec<Vec<u8>> = blocks
             .iter()
-            .filter(|b| b.get("stream") == Some(name.as_str()))
+            .filter(|b| b.get("stream") == Some(inner.as_str()))
             .map(Block::bytes)
             .collect();
         assert!(!plain.is_empty(), "{name}: no uncompressed frames");
@@ -371,14 +381,20 @@ fn compressed_streams_decode_to_their_frames() {
         d.finish().unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, plain, "{name}: the whole stream");
         assert!(batches > 1, "{name}: one batch only");
+        codecs.insert(d.codec().expect("a codec byte arrived").byte());
     }
+    assert_eq!(
+        codecs.len(),
+        2,
+        "a compressed stream of each codec: only {codecs:?}"
+    );
 }
 
 /// The `stream_error` vectors: a DOM stream of one COMPRESSED frame that MUST be refused.
 #[test]
 fn compressed_stream_errors_fail_as_named() {
     let limits = Limits::DEFAULT;
-    let mut count = 0;
+    let (mut count, mut coded) = (0, 0);
     for b in all_vectors() {
         let Some(want) = b.get("stream_error") else {
             continue;
@@ -408,12 +424,20 @@ fn compressed_stream_errors_fail_as_named() {
                 "UnexpectedFrame outer".to_owned()
             }
             DecompressError::Frame(e) => format!("Frame {}", error_summary(e)),
+            DecompressError::ChunkTooLarge { .. } => "ChunkTooLarge".to_owned(),
+            DecompressError::BadChunkHeader => "BadChunkHeader".to_owned(),
+            DecompressError::PatchInsideBlock => "PatchInsideBlock".to_owned(),
+            DecompressError::CodedPatch(e) => format!("CodedPatch {}", error_summary(e)),
             other => format!("{other:?}"),
         };
         assert_eq!(got, want, "{}: {err}", b.name());
+        if c.data.first() == Some(&CODEC_CODED_PATCHES) {
+            coded += 1;
+        }
         count += 1;
     }
-    assert!(count >= 5, "only {count} compressed stream error vectors");
+    assert!(count >= 10, "only {count} compressed stream error vectors");
+    assert!(coded >= 5, "only {coded} codec 0x02 stream error vectors");
 }
 
 /// Appendix C names the dictionary's size and blake3 hash; the file must match them.
@@ -441,8 +465,8 @@ fn spec_dictionary_matches_code() {
     );
     assert_eq!(
         row[4],
-        format!("0x{CODEC_ZSTD_DOM_V1:02x}"),
-        "Appendix C: codec byte"
+        format!("0x{CODEC_ZSTD_DOM_V1:02x}`, `0x{CODEC_CODED_PATCHES:02x}"),
+        "Appendix C: codec bytes"
     );
 }
 
@@ -805,6 +829,7 @@ fn spec_wire_enums_match_code() {
             ("RESOURCES", Capabilities::RESOURCES),
             ("DATAGRAMS", Capabilities::DATAGRAMS),
             ("RESUME", Capabilities::RESUME),
+            ("CODED_PATCHES", Capabilities::CODED_PATCHES),
         ]
         .into_iter()
         .map(|(n, c)| (c.0.trailing_zeros(), n))

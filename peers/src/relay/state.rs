@@ -21,10 +21,12 @@ pub const MIN_VERSION: u32 = PROTOCOL_VERSION;
 pub const MAX_VERSION: u32 = PROTOCOL_VERSION;
 
 /// Capabilities the relay supports. It forwards streams and datagrams without looking inside,
-/// so compression and resources work through it, and it keeps a session whose peer lost its
-/// connection for a grace period so that the peer can resume (spec §3.5).
+/// so compression (either codec, spec §4.6) and resources work through it, and it keeps a
+/// session whose peer lost its connection for a grace period so that the peer can resume
+/// (spec §3.5).
 pub const RELAY_CAPABILITIES: Capabilities = Capabilities(
     Capabilities::COMPRESSION.0
+        | Capabilities::CODED_PATCHES.0
         | Capabilities::RESOURCES.0
         | Capabilities::DATAGRAMS.0
         | Capabilities::RESUME.0,
