@@ -8,12 +8,13 @@
 //!    rrweb's full snapshot compressed with `zstd -19` (the target: at most 0.6 on the
 //!    median page);
 //! 2. every state sequence of the corpus: the 50 batches' patch bytes, raw and compressed with
-//!    the stream's context, next to rrweb's incremental events as one `zstd -19` stream and the
-//!    summed `zstd -19` deltas of the HTML states.
+//!    the stream's context, by zstd alone (codec 0x01) and with the patches coded (codec 0x02,
+//!    what the reference consumer sends), next to rrweb's incremental events as one `zstd -19`
+//!    stream and the summed `zstd -19` deltas of the HTML states.
 //!
 //! Then criterion times compression and decompression of each snapshot (throughput in
 //! uncompressed bytes) and of one small patch on a stream that already carries its page's
-//! snapshot (the steady state).
+//! snapshot (the steady state), with each codec.
 //!
 //! Run: `cargo bench -p tandem-benches --bench wire`.
 
@@ -21,7 +22,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tandem_engine::{Consumer, LivePage, parse_html};
-use tandem_protocol::compress::{DomCompressor, DomDecompressor, level_for_snapshot};
+use tandem_protocol::compress::{
+    Codec, DEFAULT_LEVEL, DomCompressor, DomDecompressor, level_for_snapshot,
+};
 use tandem_protocol::{Limits, frame};
 
 const URL: &str = "https://example.com/";
@@ -81,9 +84,9 @@ fn print_tables() {
 
     eprintln!("\nState sequences: patch bytes of all batches (snapshot excluded)\n");
     eprintln!(
-        "| page | batches | patches raw | compressed, one context | rrweb zstd-19 stream | ratio | zstd delta of states |"
+        "| page | batches | patches raw | zstd (0x01) | coded (0x02) | rrweb zstd-19 stream | ratio (0x02) | zstd delta of states |"
     );
-    eprintln!("|---|---|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|---|---|");
     for dir in tandem_benches::sorted_dirs(&tandem_benches::corpus_root().join("states")) {
         let name = dir
             .file_name()
@@ -99,9 +102,12 @@ fn print_tables() {
         );
         let snapshot = drain(&mut consumer);
         let raw: usize = snapshot.iter().map(Vec::len).sum();
-        let mut c = DomCompressor::with_level(level_for_snapshot(raw)).expect("compressor");
+        let level = level_for_snapshot(raw);
+        let mut zstd = DomCompressor::with_codec(level, Codec::Zstd).expect("compressor");
+        let mut c = DomCompressor::with_codec(level, Codec::CodedPatches).expect("compressor");
+        wire_bytes(&mut zstd, &snapshot);
         wire_bytes(&mut c, &snapshot);
-        let (mut raw, mut wire, mut batches) = (0, 0, 0);
+        let (mut raw, mut zstd_wire, mut wire, mut batches) = (0, 0, 0, 0);
         for k in 1.. {
             let Some(html) = read(k) else { break };
             let mut target = parse_html(&String::from_utf8_lossy(&html), limits);
@@ -109,6 +115,7 @@ fn print_tables() {
             consumer.flush();
             let msgs = drain(&mut consumer);
             raw += msgs.iter().map(Vec::len).sum::<usize>();
+            zstd_wire += wire_bytes(&mut zstd, &msgs);
             wire += wire_bytes(&mut c, &msgs);
             batches += 1;
         }
@@ -117,10 +124,10 @@ fn print_tables() {
             .find(|(n, _, _)| *n == name);
         match reference {
             Some((_, rr, delta)) => eprintln!(
-                "| {name} | {batches} | {raw} | {wire} | {rr} | {:.3} | {delta} |",
+                "| {name} | {batches} | {raw} | {zstd_wire} | {wire} | {rr} | {:.3} | {delta} |",
                 wire as f64 / *rr as f64
             ),
-            None => eprintln!("| {name} | {batches} | {raw} | {wire} | — | — | — |"),
+            None => eprintln!("| {name} | {batches} | {raw} | {zstd_wire} | {wire} | — | — | — |"),
         }
     }
     eprintln!();
@@ -179,36 +186,39 @@ fn small_patch(c: &mut Criterion) {
         consumer.flush();
         let patch = drain(&mut consumer).concat();
         g.throughput(Throughput::Elements(1));
-        g.bench_function(BenchmarkId::new("compress", name), |b| {
-            let mut c = DomCompressor::new().expect("compressor");
-            wire_bytes(&mut c, &snapshot);
-            let mut out = Vec::new();
-            b.iter(|| {
-                out.clear();
-                c.compress(&patch, &mut out).expect("compresses")
-            })
-        });
-        g.bench_function(BenchmarkId::new("compress_then_decompress", name), |b| {
-            let mut c = DomCompressor::new().expect("compressor");
-            let mut d = DomDecompressor::new(limits).expect("decompressor");
-            let mut out = Vec::new();
-            for p in &snapshot {
-                out.clear();
-                c.compress(p, &mut out).expect("compresses");
-                d.push(&out).expect("pushes");
-                while d.next_frame().expect("decodes").is_some() {}
-            }
-            b.iter(|| {
-                out.clear();
-                c.compress(&patch, &mut out).expect("compresses");
-                d.push(&out).expect("pushes");
-                let mut n = 0;
-                while let Some(f) = d.next_frame().expect("decodes") {
-                    n += f.body.len();
+        for (codec, label) in [(Codec::Zstd, "zstd"), (Codec::CodedPatches, "coded")] {
+            let id = |what: &str| BenchmarkId::new(format!("{what}/{label}"), name);
+            g.bench_function(id("compress"), |b| {
+                let mut c = DomCompressor::with_codec(DEFAULT_LEVEL, codec).expect("compressor");
+                wire_bytes(&mut c, &snapshot);
+                let mut out = Vec::new();
+                b.iter(|| {
+                    out.clear();
+                    c.compress(&patch, &mut out).expect("compresses")
+                })
+            });
+            g.bench_function(id("compress_then_decompress"), |b| {
+                let mut c = DomCompressor::with_codec(DEFAULT_LEVEL, codec).expect("compressor");
+                let mut d = DomDecompressor::new(limits).expect("decompressor");
+                let mut out = Vec::new();
+                for p in &snapshot {
+                    out.clear();
+                    c.compress(p, &mut out).expect("compresses");
+                    d.push(&out).expect("pushes");
+                    while d.next_frame().expect("decodes").is_some() {}
                 }
-                n
-            })
-        });
+                b.iter(|| {
+                    out.clear();
+                    c.compress(&patch, &mut out).expect("compresses");
+                    d.push(&out).expect("pushes");
+                    let mut n = 0;
+                    while let Some(f) = d.next_frame().expect("decodes") {
+                        n += f.body.len();
+                    }
+                    n
+                })
+            });
+        }
     }
     g.finish();
 }
