@@ -53,7 +53,7 @@
 //! (`NOPRIME=1`): 5,089 / 7,108 / 5,137, still below the delta; so a codec need not learn the
 //! snapshot, whose strings would cost the agent time and memory to model.
 //!
-//! The codec built on that (2026-12-03, codec 0x02, spec §4.7): 5,717 / 7,510 / 5,897 bytes
+//! The codec built on that (2026-12-03, codec 0x02, spec §4.7): 5,735 / 7,533 / 5,917 bytes
 //! as sent, below the delta on all three. Its string model (context mixing with a match
 //! model) beats the estimate's PPM; its structure models (bit trees, bit-length integers) lose
 //! about 1 KB per sequence to the estimate's adaptive counts, node ids above all.

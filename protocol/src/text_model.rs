@@ -4,8 +4,9 @@
 //! repeat pieces of strings sent before. Each bit of a byte is predicted by six models, whose
 //! predictions a small neural mixer combines (in the logistic domain, weights learnt online):
 //!
-//! - orders 0 to 4: the bits of the byte so far, after the last 0 to 4 bytes (order 1 in a
-//!   direct table, orders 2 to 4 hashed into tables of 2^[`HASH_BITS`]);
+//! - orders 0 to 4: the bits of the byte so far, after the last 0 to 4 bytes (orders 0 and 1 in
+//!   direct tables, orders 2 to 4 hashed into tables of 2^[`HASH_BITS`]), the four bits of a
+//!   nibble in one line of 16 counters, so a byte touches two lines per table;
 //! - a match model: the last place the previous [`MIN_MATCH`] bytes occurred in the history of
 //!   the strings, predicting the byte that followed them there, with a confidence learnt per
 //!   match length.
@@ -27,6 +28,9 @@ const MIN_MATCH: usize = 4;
 const MAX_LEN: usize = 15;
 /// History kept for the match model; when it is full the older half is dropped.
 const HISTORY: usize = 1 << 20;
+/// Lines of 16 counters per context of orders 0 and 1: one for the high nibble, one per value of
+/// the high nibble for the low one.
+const NIBBLE_LINES: usize = 17;
 /// Inputs to the mixer: orders 0 to 4 and the match model.
 const INPUTS: usize = 6;
 /// Weight sets of the mixer, chosen by the match state.
@@ -70,6 +74,18 @@ fn stretch_table() -> Box<[i16; 4096]> {
     t
 }
 
+/// `floor(131072 / (2n + 3))` for every count `n` a [`Counter`] reaches: the fraction of the way
+/// (out of 2^16) it moves towards a bit.
+const RATES: [i64; LIMIT as usize + 1] = {
+    let mut t = [0; LIMIT as usize + 1];
+    let mut n = 0;
+    while n <= LIMIT as usize {
+        t[n] = 131_072 / (2 * n as i64 + 3);
+        n += 1;
+    }
+    t
+};
+
 /// An adaptive probability with a count: the chance of a 1 in the high 22 bits, how many bits
 /// it has seen (up to [`LIMIT`]) in the low 10. It moves `1 / (n + 1.5)` of the way towards
 /// each bit, so a young context learns fast and an old one is stable.
@@ -87,8 +103,7 @@ impl Counter {
         let n = self.0 & 1023;
         let p = i64::from(self.0 >> 10);
         let target = if bit { (1i64 << 22) - 1 } else { 0 };
-        let rate = 131_072 / (2 * i64::from(n) + 3);
-        let p = p + (((target - p) * rate) >> 16);
+        let p = p + (((target - p) * RATES[n as usize]) >> 16);
         self.0 = ((p as u32) << 10) | (n + u32::from(n < LIMIT));
     }
 }
@@ -125,8 +140,8 @@ impl Default for TextModel {
         TextModel {
             stretch: stretch_table(),
             history: Vec::new(),
-            order0: table(256),
-            order1: table(1 << 16),
+            order0: table(NIBBLE_LINES << 4),
+            order1: table((256 * NIBBLE_LINES) << 4),
             hashed: std::array::from_fn(|_| table(1 << HASH_BITS)),
             hashes: [0; 3],
             last: vec![0; 1 << MATCH_BITS].into_boxed_slice(),
@@ -165,7 +180,18 @@ impl TextModel {
             let predicted = expected
                 .filter(|&e| (usize::from(e) | 0x100) >> (i + 1) == node)
                 .map(|e| (e >> i) & 1 == 1);
-            let slots = self.slots(prev, node);
+            // The four bits of a nibble share a line of 16 counters in each table: the high
+            // nibble's line, then one per value of the high nibble for the low one.
+            let (nib, local) = if i >= 4 {
+                (0, node)
+            } else {
+                let low = 3 - i;
+                (
+                    1 + (node >> low) - 16,
+                    (1 << low) | (node & ((1 << low) - 1)),
+                )
+            };
+            let slots = self.slots(prev, nib, local);
             let mut inputs = [0i32; INPUTS];
             for (input, &slot) in inputs.iter_mut().zip(&slots) {
                 *input = i32::from(self.stretch[self.counter(slot).p() as usize]);
@@ -204,13 +230,17 @@ impl TextModel {
         Ok(byte)
     }
 
-    /// The table slots of orders 0 to 4 for the bits `node` of the byte after `prev`.
-    fn slots(&self, prev: usize, node: usize) -> [(usize, usize); INPUTS - 1] {
-        let mix = (node as u32).wrapping_mul(0x6F4F_2A35);
-        let hashed = |k: usize| (2 + k, ((self.hashes[k] ^ mix) >> (32 - HASH_BITS)) as usize);
+    /// The table slots of orders 0 to 4 for the bits `local` (1 to 15) of nibble line `nib` (0
+    /// for the high nibble, 1 + its value for the low one) of the byte after `prev`.
+    fn slots(&self, prev: usize, nib: usize, local: usize) -> [(usize, usize); INPUTS - 1] {
+        let mix = (nib as u32).wrapping_mul(0x6F4F_2A35);
+        let hashed = |k: usize| {
+            let line = ((self.hashes[k] ^ mix) >> (32 - HASH_BITS + 4)) as usize;
+            (2 + k, line << 4 | local)
+        };
         [
-            (0, node),
-            (1, prev << 8 | node),
+            (0, nib << 4 | local),
+            (1, (prev * NIBBLE_LINES + nib) << 4 | local),
             hashed(0),
             hashed(1),
             hashed(2),
