@@ -1,10 +1,10 @@
 //! A binary adaptive range coder: the entropy coder under
 //! [`patch_coder`](crate::patch_coder).
 //!
-//! Every symbol is coded as bits. A bit is coded with a [`Prob`], an 11-bit estimate of the
-//! chance that it is 0 which moves 1/32 of the way towards each bit seen. The coder keeps a
-//! 32-bit range; a bit splits it at `(range >> 11) × prob`, and whenever the range drops below
-//! 2^24 one byte leaves (the encoder carries into bytes already produced, the classic
+//! Every symbol is coded as bits. A bit is coded with a chance `p` (out of 4096) that it is 1:
+//! from a [`Prob`], an estimate that adapts to the bits of its context, or from a model that
+//! adapts on its own. The coder keeps a 32-bit range; a bit splits it at
+//! `(range >> 12) × (4096 − p)`, and whenever the range drops below 2^24 one byte leaves (the encoder carries into bytes already produced, the classic
 //! carry-less-by-caching scheme). Values that are close to uniform are coded as *direct* bits,
 //! each halving the range.
 //!
@@ -14,35 +14,58 @@
 
 use crate::DecodeError;
 
-/// Bits of precision of a probability.
-const PROB_BITS: u32 = 11;
-/// The probability scale: a [`Prob`] is a chance out of this.
-const PROB_ONE: u16 = 1 << PROB_BITS;
-/// How fast a probability adapts: it moves `1 / 2^ADAPT` of the way towards each bit.
-const ADAPT: u32 = 5;
 /// The range is renormalised (a byte shifted out) when it drops below this.
 const TOP: u32 = 1 << 24;
 /// How many zero bytes a decoder may read past the end of its input: the bytes an encoder's
 /// tail leaves out.
 pub(crate) const MAX_PAD: usize = 4;
 
-/// An adaptive estimate of the chance that the next bit in its context is 0, out of 2^11.
+/// How far a [`Prob`]'s count grows: its rate never drops below about 1/128.
+const LIMIT: u32 = 127;
+
+/// `floor(131072 / (2n + 3))` for every count `n` a [`Prob`] reaches: the fraction of the way
+/// (out of 2^16) it moves towards a bit.
+const RATES: [i64; LIMIT as usize + 1] = {
+    let mut t = [0; LIMIT as usize + 1];
+    let mut n = 0;
+    while n <= LIMIT as usize {
+        t[n] = 131_072 / (2 * n as i64 + 3);
+        n += 1;
+    }
+    t
+};
+
+/// An adaptive estimate of the chance that the next bit in its context is 1, with a count: the
+/// chance in the high 22 bits, how many bits it has seen (up to 127) in the low 10. It moves
+/// `1 / (n + 1.5)` of the way towards each bit, so a young context learns as fast as counting
+/// would and an old one settles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Prob(u16);
+pub(crate) struct Prob(u32);
 
 impl Default for Prob {
     fn default() -> Self {
-        Prob(PROB_ONE / 2)
+        Prob::NEW
     }
 }
 
 impl Prob {
-    fn update(&mut self, bit: bool) {
-        if bit {
-            self.0 -= self.0 >> ADAPT;
-        } else {
-            self.0 += (PROB_ONE - self.0) >> ADAPT;
-        }
+    /// Even odds, nothing seen.
+    pub(crate) const NEW: Prob = Prob(1 << 31);
+
+    /// The chance of a 1 out of 4096, kept within 1/256 of certainty: a bit never costs the
+    /// decoder less than 1/180 of an input bit, so the work a coded input asks for stays
+    /// within a small multiple of its length.
+    pub(crate) fn p1(self) -> u32 {
+        (self.0 >> 20).clamp(16, 4080)
+    }
+
+    /// Learns `bit`.
+    pub(crate) fn update(&mut self, bit: bool) {
+        let n = self.0 & 1023;
+        let p = i64::from(self.0 >> 10);
+        let target = if bit { (1i64 << 22) - 1 } else { 0 };
+        let p = p + (((target - p) * RATES[n as usize]) >> 16);
+        self.0 = ((p as u32) << 10) | (n + u32::from(n < LIMIT));
     }
 }
 
@@ -113,7 +136,7 @@ impl<'a> Encoder<'a> {
 
     /// Codes `bit` with `prob` and adapts `prob`.
     pub(crate) fn bit(&mut self, prob: &mut Prob, bit: bool) {
-        self.split((self.range >> PROB_BITS) * u32::from(prob.0), bit);
+        self.bit_p(prob.p1(), bit);
         prob.update(bit);
     }
 
@@ -233,7 +256,7 @@ impl<'a> Decoder<'a> {
 
     /// Decodes one bit with `prob` and adapts `prob`.
     pub(crate) fn bit(&mut self, prob: &mut Prob) -> Result<bool, DecodeError> {
-        let bit = self.split((self.range >> PROB_BITS) * u32::from(prob.0))?;
+        let bit = self.bit_p(prob.p1())?;
         prob.update(bit);
         Ok(bit)
     }

@@ -16,7 +16,7 @@
 //! both ends compute the same probabilities bit for bit.
 
 use crate::DecodeError;
-use crate::range::Coder;
+use crate::range::{Coder, Prob};
 
 /// Bits of the hashed context tables (orders 2 to 4).
 const HASH_BITS: u32 = 16;
@@ -35,8 +35,6 @@ const NIBBLE_LINES: usize = 17;
 const INPUTS: usize = 6;
 /// Weight sets of the mixer, chosen by the match state.
 const SETS: usize = 5;
-/// How far a context's count grows: the adaptation rate never drops below about 1/128.
-const LIMIT: u32 = 127;
 
 /// The logistic function at every 128th point of −2048..2048, out of 4096.
 const SQUASH: [i32; 33] = [
@@ -74,55 +72,21 @@ fn stretch_table() -> Box<[i16; 4096]> {
     t
 }
 
-/// `floor(131072 / (2n + 3))` for every count `n` a [`Counter`] reaches: the fraction of the way
-/// (out of 2^16) it moves towards a bit.
-const RATES: [i64; LIMIT as usize + 1] = {
-    let mut t = [0; LIMIT as usize + 1];
-    let mut n = 0;
-    while n <= LIMIT as usize {
-        t[n] = 131_072 / (2 * n as i64 + 3);
-        n += 1;
-    }
-    t
-};
-
-/// An adaptive probability with a count: the chance of a 1 in the high 22 bits, how many bits
-/// it has seen (up to [`LIMIT`]) in the low 10. It moves `1 / (n + 1.5)` of the way towards
-/// each bit, so a young context learns fast and an old one is stable.
-#[derive(Clone, Copy)]
-struct Counter(u32);
-
-impl Counter {
-    const NEW: Counter = Counter(1 << 31);
-
-    fn p(self) -> i32 {
-        (self.0 >> 20) as i32
-    }
-
-    fn update(&mut self, bit: bool) {
-        let n = self.0 & 1023;
-        let p = i64::from(self.0 >> 10);
-        let target = if bit { (1i64 << 22) - 1 } else { 0 };
-        let p = p + (((target - p) * RATES[n as usize]) >> 16);
-        self.0 = ((p as u32) << 10) | (n + u32::from(n < LIMIT));
-    }
-}
-
 /// The string model of one class of strings (texts, or names and values).
 #[derive(Clone)]
 pub(crate) struct TextModel {
     stretch: Box<[i16; 4096]>,
     history: Vec<u8>,
-    order0: Box<[Counter]>,
-    order1: Box<[Counter]>,
-    hashed: [Box<[Counter]>; 3],
+    order0: Box<[Prob]>,
+    order1: Box<[Prob]>,
+    hashed: [Box<[Prob]>; 3],
     /// The byte-start hashes of orders 2 to 4 for the byte being coded.
     hashes: [u32; 3],
     last: Box<[u32]>,
     /// Where the predicted byte is in `history`, and how long the match is (0: none).
     match_at: usize,
     match_len: usize,
-    match_counters: [Counter; 2 * (MAX_LEN + 1)],
+    match_counters: [Prob; 2 * (MAX_LEN + 1)],
     weights: [[i32; INPUTS]; SETS],
 }
 
@@ -136,7 +100,7 @@ impl std::fmt::Debug for TextModel {
 
 impl Default for TextModel {
     fn default() -> Self {
-        let table = |n: usize| vec![Counter::NEW; n].into_boxed_slice();
+        let table = |n: usize| vec![Prob::NEW; n].into_boxed_slice();
         TextModel {
             stretch: stretch_table(),
             history: Vec::new(),
@@ -147,7 +111,7 @@ impl Default for TextModel {
             last: vec![0; 1 << MATCH_BITS].into_boxed_slice(),
             match_at: 0,
             match_len: 0,
-            match_counters: [Counter::NEW; 2 * (MAX_LEN + 1)],
+            match_counters: [Prob::NEW; 2 * (MAX_LEN + 1)],
             weights: [[1 << 14; INPUTS]; SETS],
         }
     }
@@ -194,14 +158,14 @@ impl TextModel {
             let slots = self.slots(prev, nib, local);
             let mut inputs = [0i32; INPUTS];
             for (input, &slot) in inputs.iter_mut().zip(&slots) {
-                *input = i32::from(self.stretch[self.counter(slot).p() as usize]);
+                *input = i32::from(self.stretch[self.counter(slot).p1() as usize]);
             }
             let (set, matched) = match predicted {
                 Some(e) => {
                     let len = self.match_len.min(MAX_LEN);
                     let k = 2 * len + usize::from(e);
                     inputs[INPUTS - 1] =
-                        i32::from(self.stretch[self.match_counters[k].p() as usize]);
+                        i32::from(self.stretch[self.match_counters[k].p1() as usize]);
                     (1 + (len - 1) / 4, Some(k))
                 }
                 None => (0, None),
@@ -247,7 +211,7 @@ impl TextModel {
         ]
     }
 
-    fn counter(&self, (table, i): (usize, usize)) -> Counter {
+    fn counter(&self, (table, i): (usize, usize)) -> Prob {
         match table {
             0 => self.order0[i],
             1 => self.order1[i],
@@ -255,7 +219,7 @@ impl TextModel {
         }
     }
 
-    fn counter_mut(&mut self, (table, i): (usize, usize)) -> &mut Counter {
+    fn counter_mut(&mut self, (table, i): (usize, usize)) -> &mut Prob {
         match table {
             0 => &mut self.order0[i],
             1 => &mut self.order1[i],
