@@ -446,16 +446,7 @@ impl Estimate {
     }
 
     fn op(&mut self, op: &PatchOp, prev: u64) -> u64 {
-        let kind = match op {
-            PatchOp::Insert { .. } => 0,
-            PatchOp::Remove { .. } => 1,
-            PatchOp::Move { .. } => 2,
-            PatchOp::SetAttr { .. } => 3,
-            PatchOp::RemoveAttr { .. } => 4,
-            PatchOp::SetText { .. } => 5,
-            PatchOp::EditText { .. } => 6,
-            PatchOp::MoveRun { .. } => 7,
-        };
+        let kind = u64::from(op.variant());
         let b = self.m.symbol("op", prev, kind, 8);
         self.add("op kinds", b);
         match op {

@@ -63,11 +63,17 @@ async fn a_fast_changing_page_keeps_the_agent_near_the_present_on_a_slow_link() 
     );
 }
 
-/// The consumer sends its snapshot before the agent joins, compressed because the relay agreed
-/// (spec §3.2); an agent that does not take compression stops that stream unread, and the
-/// consumer starts a new epoch uncompressed: the agent still ends with the customer's page.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compression() {
+/// A consumer sends its snapshot before the agent joins, with what the relay agreed to
+/// (spec §3.2); then an agent whose hello lacks `without` joins and runs to the end. Returns the
+/// session's capabilities, whether the agent ended with the customer's page, and the
+/// consumer's report.
+async fn sent_ahead_to_an_agent_without(
+    without: tandem_protocol::message::Capabilities,
+) -> (
+    tandem_protocol::message::Capabilities,
+    bool,
+    tandem_peers::session::ConsumerReport,
+) {
     use tandem_peers::client::{self, ControlChannel};
     use tandem_peers::session::{self, AgentOptions, ChangeSource};
     use tandem_protocol::message::{Capabilities, Credential, Role};
@@ -86,12 +92,11 @@ async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compr
         .await
         .expect("connect");
     let mut hello = client::hello(Role::Agent);
-    hello.capabilities = Capabilities(hello.capabilities.0 & !Capabilities::COMPRESSION.0);
+    hello.capabilities = Capabilities(hello.capabilities.0 & !without.0);
     let (agent, joined) =
         ControlChannel::open_and_join(conn, hello, Credential::Code(code), "Alex")
             .await
             .expect("joined");
-    assert!(!joined.capabilities.contains(Capabilities::COMPRESSION));
     let report = tokio::time::timeout(
         Duration::from_secs(30),
         session::run_agent(agent, AgentOptions::default(), std::time::Instant::now()),
@@ -104,13 +109,27 @@ async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compr
         .expect("the consumer finishes")
         .expect("task")
         .expect("the consumer runs");
-    assert_eq!(report.hash, Some(consumer.hash));
+    relay.shutdown().await;
+    (
+        joined.capabilities,
+        report.hash == Some(consumer.hash),
+        consumer,
+    )
+}
+
+/// An agent that does not take compression stops the compressed stream sent ahead unread, and
+/// the consumer starts a new epoch uncompressed: the agent still ends with the customer's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compression() {
+    use tandem_protocol::message::Capabilities;
+    let (caps, same, consumer) = sent_ahead_to_an_agent_without(Capabilities::COMPRESSION).await;
+    assert!(!caps.contains(Capabilities::COMPRESSION));
+    assert!(same, "the agent ends with the customer's page");
     assert!(!consumer.compressed);
     assert!(
         consumer.snapshots >= 2,
         "a new epoch replaced the compressed one"
     );
-    relay.shutdown().await;
 }
 
 /// The snapshot sent ahead uses codec 0x02 because the relay agreed to `CODED_PATCHES` (spec
@@ -118,48 +137,14 @@ async fn a_snapshot_sent_ahead_compressed_is_replaced_for_an_agent_without_compr
 /// codec 0x01, and the agent still ends with the customer's page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_sent_ahead_with_coded_patches_is_replaced_for_an_agent_without_them() {
-    use tandem_peers::client::{self, ControlChannel};
-    use tandem_peers::session::{self, AgentOptions, ChangeSource};
-    use tandem_protocol::message::{Capabilities, Credential, Role};
-
-    let relay = common::start_relay(|_| {});
-    let (code, consumer) = common::consumer_session(
-        &relay,
-        common::sample_options(ChangeSource::Live {
-            generator: tandem_engine::LivePage::new(2),
-            per_batch: 3,
-            batches: Some(3),
-        }),
-    )
-    .await;
-    let conn = client::connect(relay.addr, relay.fingerprint, Role::Agent)
-        .await
-        .expect("connect");
-    let mut hello = client::hello(Role::Agent);
-    hello.capabilities = Capabilities(hello.capabilities.0 & !Capabilities::CODED_PATCHES.0);
-    let (agent, joined) =
-        ControlChannel::open_and_join(conn, hello, Credential::Code(code), "Alex")
-            .await
-            .expect("joined");
-    assert!(joined.capabilities.contains(Capabilities::COMPRESSION));
-    assert!(!joined.capabilities.contains(Capabilities::CODED_PATCHES));
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        session::run_agent(agent, AgentOptions::default(), std::time::Instant::now()),
-    )
-    .await
-    .expect("the agent finishes")
-    .expect("the agent runs");
-    let consumer = tokio::time::timeout(Duration::from_secs(30), consumer)
-        .await
-        .expect("the consumer finishes")
-        .expect("task")
-        .expect("the consumer runs");
-    assert_eq!(report.hash, Some(consumer.hash));
+    use tandem_protocol::message::Capabilities;
+    let (caps, same, consumer) = sent_ahead_to_an_agent_without(Capabilities::CODED_PATCHES).await;
+    assert!(caps.contains(Capabilities::COMPRESSION));
+    assert!(!caps.contains(Capabilities::CODED_PATCHES));
+    assert!(same, "the agent ends with the customer's page");
     assert!(consumer.compressed);
     assert!(
         consumer.snapshots >= 2,
         "a new epoch replaced the one sent ahead with codec 0x02"
     );
-    relay.shutdown().await;
 }

@@ -27,8 +27,7 @@ use tandem_protocol::patch_coder::PatchDecoder;
 use tandem_protocol::strings::static_index;
 use tandem_protocol::varint::Varint;
 use tandem_protocol::{
-    Attr, DecodeError, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Sym, TextEdit, frame,
-    varint,
+    Attr, FrameType, Limits, Message, NodeRecord, Ns, PatchOp, Sym, TextEdit, frame, varint,
 };
 use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
 
@@ -508,22 +507,11 @@ fn refusal(body: &[u8]) -> Option<String> {
         while d.next_frame()?.is_some() {}
         d.finish()
     });
-    let summary = |e: &DecodeError| match e {
-        DecodeError::Truncated { field } => format!("Truncated {field}"),
-        DecodeError::BadVarint { field } => format!("BadVarint {field}"),
-        DecodeError::FrameTooLarge { .. } => "FrameTooLarge".into(),
-        DecodeError::TrailingBytes { message, .. } => format!("TrailingBytes {message}"),
-        DecodeError::Malformed { message, reason } => format!("Malformed {message} {reason:?}"),
-        DecodeError::Limit { field, .. } => format!("Limit {field}"),
-        DecodeError::InvalidValue { field, .. } => format!("InvalidValue {field}"),
-        DecodeError::BadStringRef { field, .. } => format!("BadStringRef {field}"),
-        other => format!("{other:?}"),
-    };
     Some(match result.err()? {
         DecompressError::UnexpectedFrame { inner: true, .. } => "UnexpectedFrame inner".into(),
         DecompressError::UnexpectedFrame { inner: false, .. } => "UnexpectedFrame outer".into(),
-        DecompressError::Frame(e) => format!("Frame {}", summary(&e)),
-        DecompressError::CodedPatch(e) => format!("CodedPatch {}", summary(&e)),
+        DecompressError::Frame(e) => format!("Frame {}", e.vector_form()),
+        DecompressError::CodedPatch(e) => format!("CodedPatch {}", e.vector_form()),
         other => {
             let name = format!("{other:?}");
             name.split([' ', '{', '('])

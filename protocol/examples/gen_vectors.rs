@@ -27,8 +27,8 @@ use tandem_protocol::message::{
 };
 use tandem_protocol::strings::static_index;
 use tandem_protocol::{
-    Attr, DecodeError, ErrorCode, FrameType, Limits, Message, NodeRecord, NodeRun, Ns, PatchOp,
-    Place, Sym, TextEdit, frame, message, varint,
+    Attr, ErrorCode, FrameType, Limits, Message, NodeRecord, NodeRun, Ns, PatchOp, Place, Sym,
+    TextEdit, frame, message, varint,
 };
 
 #[path = "../tests/support/tree.rs"]
@@ -1107,22 +1107,6 @@ fn negative_vectors() -> Vec<Negative> {
     ]
 }
 
-/// The `error:` form of a decode error: variant, then field, message or postcard reason.
-fn error_summary(e: &DecodeError) -> String {
-    match e {
-        DecodeError::Truncated { field } => format!("Truncated {field}"),
-        DecodeError::BadVarint { field } => format!("BadVarint {field}"),
-        DecodeError::FrameTooLarge { .. } => "FrameTooLarge".into(),
-        DecodeError::TrailingBytes { message, .. } => format!("TrailingBytes {message}"),
-        DecodeError::Malformed { message, reason } => format!("Malformed {message} {reason:?}"),
-        DecodeError::Limit { field, .. } => format!("Limit {field}"),
-        DecodeError::InvalidValue { field, .. } => format!("InvalidValue {field}"),
-        DecodeError::BadStringRef { field, .. } => format!("BadStringRef {field}"),
-        DecodeError::UnknownCritical { .. } => "UnknownCritical".into(),
-        other => format!("{other:?}"),
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::new();
     for (i, b) in bytes.iter().enumerate() {
@@ -1253,7 +1237,7 @@ fn render_positive(v: &Positive) -> String {
 fn render_negative(v: &Negative) -> String {
     let err = frame::decode_exact(&v.bytes, &Limits::DEFAULT)
         .expect_err("a negative vector must not decode");
-    assert_eq!(error_summary(&err), v.error, "{}: {err}", v.name);
+    assert_eq!(err.vector_form(), v.error, "{}: {err}", v.name);
     let mut out = String::new();
     let _ = writeln!(out, "name: {}", v.name);
     field(&mut out, "description", v.description);

@@ -1115,6 +1115,20 @@ mod tests {
         out
     }
 
+    /// Checks that `body` decodes to `frames` when pushed in pieces of several sizes.
+    fn decodes_in_pieces(body: &[u8], frames: &[u8], limits: Limits) {
+        for step in [1, 2, 3, 7, 64] {
+            let mut d = DomDecompressor::new(limits).unwrap();
+            let mut got = Vec::new();
+            for piece in body.chunks(step) {
+                d.push(piece).unwrap();
+                got.extend(drain(&mut d).unwrap());
+            }
+            d.finish().unwrap();
+            assert_eq!(got, frames, "pieces of {step}");
+        }
+    }
+
     fn drain(d: &mut DomDecompressor) -> Result<Vec<u8>, DecompressError> {
         let mut out = Vec::new();
         while let Some(f) = d.next_frame()? {
@@ -1173,16 +1187,7 @@ mod tests {
             body.extend(f.body);
         }
         assert_eq!(body[0], CODEC_ZSTD_DOM_V1);
-        for step in [1, 2, 3, 7, 64] {
-            let mut d = DomDecompressor::new(limits).unwrap();
-            let mut got = Vec::new();
-            for piece in body.chunks(step) {
-                d.push(piece).unwrap();
-                got.extend(drain(&mut d).unwrap());
-            }
-            d.finish().unwrap();
-            assert_eq!(got, frames, "pieces of {step}");
-        }
+        decodes_in_pieces(&body, &frames, limits);
     }
 
     #[test]
@@ -1595,16 +1600,7 @@ mod tests {
         while let Some(f) = reader.next_frame().unwrap() {
             body.extend(f.body);
         }
-        for step in [1, 2, 3, 7, 64] {
-            let mut d = DomDecompressor::new(limits).unwrap();
-            let mut got = Vec::new();
-            for piece in body.chunks(step) {
-                d.push(piece).unwrap();
-                got.extend(drain(&mut d).unwrap());
-            }
-            d.finish().unwrap();
-            assert_eq!(got, frames, "pieces of {step}");
-        }
+        decodes_in_pieces(&body, &frames, limits);
     }
 
     #[test]

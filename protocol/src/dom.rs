@@ -222,6 +222,22 @@ pub enum PatchOp {
     },
 }
 
+impl PatchOp {
+    /// The operation's wire variant number (spec §6.5): 0 `Insert` … 7 `MoveRun`.
+    pub fn variant(&self) -> u32 {
+        match self {
+            PatchOp::Insert { .. } => 0,
+            PatchOp::Remove { .. } => 1,
+            PatchOp::Move { .. } => 2,
+            PatchOp::SetAttr { .. } => 3,
+            PatchOp::RemoveAttr { .. } => 4,
+            PatchOp::SetText { .. } => 5,
+            PatchOp::EditText { .. } => 6,
+            PatchOp::MoveRun { .. } => 7,
+        }
+    }
+}
+
 /// The node list of a [`PatchOp::MoveRun`] (spec §6.5): ids that usually lie close together,
 /// so each after the first travels as its difference from the one before.
 ///

@@ -138,6 +138,22 @@ impl DecodeError {
             _ => ErrorCode::MalformedFrame,
         }
     }
+
+    /// How the test vectors name this error on their `error:` lines (spec Appendix B): the
+    /// variant, then the field, the message or the postcard reason.
+    pub fn vector_form(&self) -> String {
+        match self {
+            Self::Truncated { field } => format!("Truncated {field}"),
+            Self::BadVarint { field } => format!("BadVarint {field}"),
+            Self::FrameTooLarge { .. } => "FrameTooLarge".into(),
+            Self::TrailingBytes { message, .. } => format!("TrailingBytes {message}"),
+            Self::Malformed { message, reason } => format!("Malformed {message} {reason:?}"),
+            Self::Limit { field, .. } => format!("Limit {field}"),
+            Self::InvalidValue { field, .. } => format!("InvalidValue {field}"),
+            Self::BadStringRef { field, .. } => format!("BadStringRef {field}"),
+            Self::UnknownCritical { .. } => "UnknownCritical".into(),
+        }
+    }
 }
 
 wire_enum! {

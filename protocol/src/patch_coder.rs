@@ -469,19 +469,6 @@ enum Lengths {
     Insert,
 }
 
-fn op_kind(op: &PatchOp) -> usize {
-    match op {
-        PatchOp::Insert { .. } => 0,
-        PatchOp::Remove { .. } => 1,
-        PatchOp::Move { .. } => 2,
-        PatchOp::SetAttr { .. } => 3,
-        PatchOp::RemoveAttr { .. } => 4,
-        PatchOp::SetText { .. } => 5,
-        PatchOp::EditText { .. } => 6,
-        PatchOp::MoveRun { .. } => 7,
-    }
-}
-
 /// The parents whose children an insert's listing is in: each element's tag context and how
 /// many of its child records are still to come.
 #[derive(Default)]
@@ -543,7 +530,7 @@ impl PatchEncoder {
         m.header(c, patch)?;
         m.ops.code(c, patch.ops.len() as u64)?;
         for op in &patch.ops {
-            let kind = m.kind(c, op_kind(op))?;
+            let kind = m.kind(c, op.variant() as usize)?;
             match op {
                 PatchOp::Insert { at, first, nodes } => {
                     m.place(c, kind, *at)?;

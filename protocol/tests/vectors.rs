@@ -138,22 +138,6 @@ fn all_vectors() -> Vec<Block> {
     blocks
 }
 
-/// The `error:` form of a decode error: variant, then field, message or postcard reason.
-fn error_summary(e: &DecodeError) -> String {
-    match e {
-        DecodeError::Truncated { field } => format!("Truncated {field}"),
-        DecodeError::BadVarint { field } => format!("BadVarint {field}"),
-        DecodeError::FrameTooLarge { .. } => "FrameTooLarge".into(),
-        DecodeError::TrailingBytes { message, .. } => format!("TrailingBytes {message}"),
-        DecodeError::Malformed { message, reason } => format!("Malformed {message} {reason:?}"),
-        DecodeError::Limit { field, .. } => format!("Limit {field}"),
-        DecodeError::InvalidValue { field, .. } => format!("InvalidValue {field}"),
-        DecodeError::BadStringRef { field, .. } => format!("BadStringRef {field}"),
-        DecodeError::UnknownCritical { .. } => "UnknownCritical".into(),
-        other => format!("{other:?}"),
-    }
-}
-
 #[test]
 fn positive_vectors_round_trip() {
     let limits = Limits::DEFAULT;
@@ -229,7 +213,7 @@ fn negative_vectors_fail_as_named() {
         let want = b.get("error").expect("filtered");
         match frame::decode_exact(&bytes, &Limits::DEFAULT) {
             Ok(m) => panic!("{}: decodes as {m:?}", b.name()),
-            Err(e) => assert_eq!(error_summary(&e), want, "{}: {e}", b.name()),
+            Err(e) => assert_eq!(e.vector_form(), want, "{}: {e}", b.name()),
         }
         fuzzing::frame_decode(&[&[0x01][..], &bytes].concat());
         count += 1;
@@ -423,11 +407,11 @@ fn compressed_stream_errors_fail_as_named() {
             DecompressError::UnexpectedFrame { inner: false, .. } => {
                 "UnexpectedFrame outer".to_owned()
             }
-            DecompressError::Frame(e) => format!("Frame {}", error_summary(e)),
+            DecompressError::Frame(e) => format!("Frame {}", e.vector_form()),
             DecompressError::ChunkTooLarge { .. } => "ChunkTooLarge".to_owned(),
             DecompressError::BadChunkHeader => "BadChunkHeader".to_owned(),
             DecompressError::PatchInsideBlock => "PatchInsideBlock".to_owned(),
-            DecompressError::CodedPatch(e) => format!("CodedPatch {}", error_summary(e)),
+            DecompressError::CodedPatch(e) => format!("CodedPatch {}", e.vector_form()),
             other => format!("{other:?}"),
         };
         assert_eq!(got, want, "{}: {err}", b.name());
