@@ -266,6 +266,36 @@ pub fn message_roundtrip_bytes(data: &[u8]) {
     }
 }
 
+/// Builds a sequence of [`Patch`](crate::message::Patch) values from `data` with `arbitrary`
+/// and codes them with one [`PatchEncoder`](crate::patch_coder::PatchEncoder): one
+/// [`PatchDecoder`](crate::patch_coder::PatchDecoder) MUST give each back, equal, whatever the
+/// values (spec §4.7); a decoder with tight limits may refuse them but MUST NOT panic.
+#[cfg(feature = "arbitrary")]
+pub fn coded_patches_bytes(data: &[u8]) {
+    use crate::message::Patch;
+    use crate::patch_coder::{PatchDecoder, PatchEncoder};
+    use arbitrary::{Arbitrary, Unstructured};
+    let Ok(patches) = Vec::<Patch>::arbitrary_take_rest(Unstructured::new(data)) else {
+        return;
+    };
+    let mut encoder = PatchEncoder::new();
+    let mut decoder = PatchDecoder::new(Limits::DEFAULT);
+    let mut tight = PatchDecoder::new(TIGHT);
+    let mut coded = Vec::new();
+    for patch in &patches {
+        coded.clear();
+        encoder.encode(patch, &mut coded);
+        assert_eq!(
+            &decoder.decode(&coded).expect("a coded patch decodes"),
+            patch
+        );
+        if tight.decode(&coded).is_err() {
+            // Its models are lost with the stream; a fresh one would start from scratch.
+            tight = PatchDecoder::new(TIGHT);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
