@@ -14,7 +14,8 @@
 //!
 //! Then criterion times compression and decompression of each snapshot (throughput in
 //! uncompressed bytes) and of one small patch on a stream that already carries its page's
-//! snapshot (the steady state), with each codec.
+//! snapshot (the steady state), with each codec, and a page-sized patch through the patch
+//! coder and zstd (throughput in frame bytes).
 //!
 //! Run: `cargo bench -p tandem-benches --bench wire`.
 
@@ -223,5 +224,86 @@ fn small_patch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, snapshots, small_patch);
+/// A page-sized patch (the whole page inserted under the document), coded by the patch coder
+/// and by zstd: why the reference sender codes only patches up to `MAX_CODED_PATCH_FRAME`.
+fn page_sized_patch(c: &mut Criterion) {
+    use tandem_protocol::message::Patch;
+    use tandem_protocol::patch_coder::{PatchDecoder, PatchEncoder};
+    use tandem_protocol::{Message, PatchOp, Place};
+    let limits = Limits::DEFAULT;
+    let mut g = c.benchmark_group("wire_page_patch");
+    for name in ["mozilla-2", "wikipedia"] {
+        let Some((_, html)) = tandem_benches::pages().into_iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let mut consumer = Consumer::new(parse_html(&html, limits), URL, limits);
+        let mut nodes = Vec::new();
+        for f in drain(&mut consumer) {
+            if let Ok(Message::Snapshot(s)) = frame::decode_exact(&f, &limits) {
+                nodes.extend(s.nodes);
+            }
+        }
+        let patch = Patch {
+            epoch: 1,
+            seq: 1,
+            ops: vec![PatchOp::Insert {
+                at: Place::First(0),
+                first: 1 << 20,
+                nodes,
+            }],
+            hash: [0; 8],
+        };
+        let raw = frame::to_frame(&Message::Patch(patch.clone()), &limits).expect("encodes");
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_function(BenchmarkId::new("coded/encode", name), |b| {
+            let mut e = PatchEncoder::new();
+            let mut out = Vec::new();
+            b.iter(|| {
+                out.clear();
+                e.encode(&patch, &mut out);
+                out.len()
+            })
+        });
+        g.bench_function(BenchmarkId::new("coded/decode", name), |b| {
+            let mut coded = Vec::new();
+            PatchEncoder::new().encode(&patch, &mut coded);
+            b.iter_batched(
+                || PatchDecoder::new(limits),
+                |mut d| d.decode(&coded).expect("decodes").ops.len(),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        // zstd on a fresh stream each time: the same patch again would be one long match.
+        g.bench_function(BenchmarkId::new("zstd/compress", name), |b| {
+            b.iter_batched(
+                || DomCompressor::new().expect("compressor"),
+                |mut z| {
+                    let mut out = Vec::new();
+                    z.compress(&raw, &mut out).expect("compresses")
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        g.bench_function(BenchmarkId::new("zstd/decompress", name), |b| {
+            let mut z = Vec::new();
+            let mut c = DomCompressor::new().expect("compressor");
+            c.compress(&raw, &mut z).expect("compresses");
+            b.iter_batched(
+                || DomDecompressor::new(limits).expect("decompressor"),
+                |mut d| {
+                    d.push(&z).expect("pushes");
+                    let mut n = 0;
+                    while let Some(f) = d.next_frame().expect("decodes") {
+                        n += f.body.len();
+                    }
+                    n
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, snapshots, small_patch, page_sized_patch);
 criterion_main!(benches);

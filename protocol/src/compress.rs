@@ -121,6 +121,12 @@ impl Codec {
     }
 }
 
+/// The largest `PATCH` frame the reference sender codes with codec 0x02 (spec §4.6.5): a
+/// larger one goes through zstd. The patch coder models every bit (about 5 MB/s either way),
+/// where zstd decodes at about 1 GB/s, so a page-sized patch would hold the receiver up;
+/// the patches of a session's steady state are far below this.
+pub const MAX_CODED_PATCH_FRAME: usize = 16 * 1024;
+
 /// The largest window a compressed DOM stream may use, as a power of two (8 MiB): a decoder
 /// refuses frames that announce more, so its memory stays bounded (spec §4.6, §8).
 pub const WINDOW_LOG_MAX: u32 = 23;
@@ -320,7 +326,7 @@ fn write_chunk_header(out: &mut Vec<u8>, len: usize, coded: bool) {
 /// A new DOM stream (a new epoch) needs a new compressor.
 ///
 /// With [`Codec::CodedPatches`], each `PATCH` frame of a batch that decodes and re-encodes to
-/// the same bytes travels as a coded chunk (spec §4.6.5, §4.7), every other frame through
+/// the same bytes, up to [`MAX_CODED_PATCH_FRAME`] bytes, travels as a coded chunk (spec §4.6.5, §4.7), every other frame through
 /// zstd; the zstd data is flushed into a chunk before each coded patch and at the end of the
 /// batch, when there is any. Should a coded patch come out longer than a chunk may be, that
 /// patch and every later one of the stream go through zstd instead.
@@ -522,7 +528,7 @@ impl DomCompressor {
         let Some(encoder) = self.patches.as_mut() else {
             return false;
         };
-        if frame_type(frame) != Some(FrameType::PATCH) {
+        if frame_type(frame) != Some(FrameType::PATCH) || frame.len() > MAX_CODED_PATCH_FRAME {
             return false;
         }
         let Ok(msg @ Message::Patch(_)) = frame::decode_exact(frame, &Limits::DEFAULT) else {
@@ -1647,6 +1653,26 @@ mod tests {
         let mut z = Vec::new();
         c.compress(cut, &mut z).unwrap();
         assert!(chunks(&z[1..]).iter().all(|&(coded, _)| !coded));
+    }
+
+    #[test]
+    fn large_patches_go_through_zstd_and_small_ones_stay_coded() {
+        let big = patch_frame(1, &"a long text ".repeat(MAX_CODED_PATCH_FRAME / 8));
+        assert!(big.len() > MAX_CODED_PATCH_FRAME);
+        let small = patch_frame(2, "short");
+        let mut c = coded_compressor();
+        let mut d = DomDecompressor::new(Limits::DEFAULT).unwrap();
+        for (i, (frame, coded)) in [(&big, false), (&small, true)].into_iter().enumerate() {
+            let mut z = Vec::new();
+            c.compress(frame, &mut z).unwrap();
+            // The stream's first bytes start with the codec byte.
+            let data = if i == 0 { &z[1..] } else { &z[..] };
+            let kinds: Vec<bool> = chunks(data).iter().map(|&(k, _)| k).collect();
+            assert_eq!(kinds, vec![coded]);
+            d.push(&z).unwrap();
+            assert_eq!(&drain(&mut d).unwrap(), frame);
+        }
+        d.finish().unwrap();
     }
 
     #[test]
