@@ -53,11 +53,12 @@
 //! (`NOPRIME=1`): 5,089 / 7,108 / 5,137, still below the delta; so a codec need not learn the
 //! snapshot, whose strings would cost the agent time and memory to model.
 //!
-//! The codec built on that (2026-12-03, codec 0x02, spec §4.7): 5,032 / 6,817 / 5,193 bytes
-//! as sent, below the delta on all three and level with the estimate. Its string model
-//! (context mixing with a match model) beats the estimate's PPM; its structure models (bit
-//! trees and bit-length integers over estimates that learn at the rate of counting while
-//! young) lose a little to the estimate's adaptive counts.
+//! The codec built on that (2026-12-03, codec 0x02, spec §4.7): 4,773 / 6,215 / 5,184 bytes
+//! as sent, below the delta on all three and below the estimate. Its string model (context
+//! mixing with a match model whose history first takes the snapshot's strings) beats the
+//! estimate's PPM; its structure models (bit trees and bit-length integers over estimates
+//! that learn at the rate of counting while young) lose a little to the estimate's adaptive
+//! counts.
 //!
 //! Snapshots (same day), median over the 14 pages of the ratio to rrweb's `zstd -19`: today
 //! 0.707, estimated 0.819, hybrid 0.680 (target 0.6). The structure is cheap under context

@@ -653,6 +653,15 @@ fn main() {
         let bytes = frame::to_frame(msg, &limits).expect("encodes");
         let mut body = Vec::new();
         coder.compress(&bytes, &mut body).expect("compresses");
+        if let Message::Snapshot(_) = msg {
+            // The layout's decoder takes the snapshot's strings, as a receiver's does (§4.7.4).
+            let header = frame::read_header(&bytes, &limits)
+                .expect("a header")
+                .expect("a whole header");
+            let view = tandem_protocol::SnapshotView::parse(&bytes[header.header_len..], &limits)
+                .expect("the snapshot parses");
+            state.patches.learn_snapshot(&view);
+        }
         let what = if i == 0 {
             "as one zstd chunk, preceded by the codec byte; the zstd frame inside stays open, \
              so a later zstd chunk would continue it with the same context"
@@ -660,7 +669,7 @@ fn main() {
         } else {
             format!(
                 "as one coded chunk of {} bytes and no zstd data; the patch coder's models keep \
-                 what earlier patches taught them",
+                 what the snapshot's strings and earlier patches taught them",
                 body.len() - 1
             )
         };

@@ -68,7 +68,7 @@ use crate::frame::{self, FrameReader, FrameType, RawFrame};
 use crate::message::{Capabilities, EncodeError, Patch};
 use crate::patch_coder::{PatchDecoder, PatchEncoder};
 use crate::varint::Varint;
-use crate::{DecodeError, ErrorCode, Limits, Message, varint};
+use crate::{DecodeError, ErrorCode, Limits, Message, SnapshotView, varint};
 
 /// The codec byte of codec 0x01: Zstandard with the dictionary [`DICTIONARY`] (spec §4.6.2).
 pub const CODEC_ZSTD_DOM_V1: u8 = 0x01;
@@ -326,10 +326,12 @@ fn write_chunk_header(out: &mut Vec<u8>, len: usize, coded: bool) {
 /// A new DOM stream (a new epoch) needs a new compressor.
 ///
 /// With [`Codec::CodedPatches`], each `PATCH` frame of a batch that decodes and re-encodes to
-/// the same bytes, up to [`MAX_CODED_PATCH_FRAME`] bytes, travels as a coded chunk (spec §4.6.5, §4.7), every other frame through
-/// zstd; the zstd data is flushed into a chunk before each coded patch and at the end of the
-/// batch, when there is any. Should a coded patch come out longer than a chunk may be, that
-/// patch and every later one of the stream go through zstd instead.
+/// the same bytes, up to [`MAX_CODED_PATCH_FRAME`] bytes, travels as a coded chunk (spec
+/// §4.6.5, §4.7), every other frame through zstd; the zstd data is flushed into a chunk before
+/// each coded patch and at the end of the batch, when there is any. The patch coder takes the
+/// strings of every `SNAPSHOT` frame as it passes, as the receiver's does (spec §4.7.4). Should
+/// a coded patch come out longer than a chunk may be, that patch and every later one of the
+/// stream go through zstd instead.
 pub struct DomCompressor {
     cctx: CCtx<'static>,
     started: bool,
@@ -464,6 +466,8 @@ impl DomCompressor {
                         write_chunk_header(out, self.coded.len(), true);
                         out.extend_from_slice(&self.coded);
                         plain = end;
+                    } else {
+                        self.learn_snapshot(&frames[at..end]);
                     }
                     at = end;
                 }
@@ -520,6 +524,23 @@ impl DomCompressor {
         }
         self.flushed = flushed;
         result
+    }
+
+    /// Codec 0x02: lets the patch coder take the strings of `frame` when it is a `SNAPSHOT`
+    /// (spec §4.7.4), as the receiver's does when it reads the frame.
+    fn learn_snapshot(&mut self, frame: &[u8]) {
+        let Some(encoder) = self.patches.as_mut() else {
+            return;
+        };
+        if frame_type(frame) != Some(FrameType::SNAPSHOT) {
+            return;
+        }
+        let Ok(Some(header)) = frame::read_header(frame, &Limits::DEFAULT) else {
+            return;
+        };
+        if let Ok(view) = SnapshotView::parse(&frame[header.header_len..], &Limits::DEFAULT) {
+            encoder.learn_snapshot(&view);
+        }
     }
 
     /// Codec 0x02: codes `frame` into `self.coded` when it is a canonical `PATCH` frame
@@ -719,6 +740,16 @@ impl DomDecompressor {
                         ty: frame.ty,
                         inner: true,
                     });
+                }
+                if frame.ty == FrameType::SNAPSHOT && self.codec == Some(Codec::CodedPatches) {
+                    // The patch coder takes the snapshot's strings as the sender's did (spec
+                    // §4.7.4); a part these limits refuse ends the stream anyway.
+                    if let Ok(view) = SnapshotView::parse(&frame.body, &self.limits) {
+                        let limits = self.limits;
+                        self.patches
+                            .get_or_insert_with(|| PatchDecoder::new(limits))
+                            .learn_snapshot(&view);
+                    }
                 }
                 return Ok(Some(frame));
             }

@@ -27,6 +27,8 @@
 //! - new strings bit by bit, mixing predictions from the bytes before (orders 0 to 4) and from
 //!   the last place those bytes occurred in earlier strings, one such model for texts and
 //!   another for names and attribute values, each string introduced by a marker of its field;
+//!   the strings of the stream's snapshot enter the same histories uncoded
+//!   ([`PatchEncoder::learn_snapshot`]), so a patch that repeats them finds them;
 //! - an insert's records: the record kind in the context of the parent element's tag, child
 //!   and attribute counts in that of the element's own;
 //! - the header: the epoch as one bit when it is the previous patch's, the sequence number as
@@ -64,7 +66,7 @@ use crate::dom::{Attr, NodeId, NodeRecord, NodeRun, Ns, PatchOp, Place, TextEdit
 use crate::message::Patch;
 use crate::range::{self, Coder, Prob};
 use crate::text_model::TextModel;
-use crate::{DecodeError, Limits, Sym};
+use crate::{DecodeError, Limits, RecordRef, SnapshotView, Sym, SymRef};
 
 /// The field name in errors about a coded patch.
 const FIELD: &str = "coded_patch";
@@ -197,9 +199,22 @@ fn tag_ctx(name: &Sym) -> usize {
 
 /// The context an attribute value's kind is coded in: its name.
 fn name_ctx(name: &Sym) -> usize {
-    match name {
-        Sym::Static(i) => 1 + (*i as usize % (SUBS - 1)),
-        _ => 0,
+    static_ctx(match name {
+        Sym::Static(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// [`name_ctx`] of a name that is `Static(i)`, or of any other name (`None`).
+fn static_ctx(i: Option<u32>) -> usize {
+    i.map_or(0, |i| 1 + (i as usize % (SUBS - 1)))
+}
+
+/// The marker that starts a string of `field` (in context `sub`) in its class's history.
+fn marker(field: Field, sub: usize) -> u8 {
+    match field {
+        Field::AttrValue => 16 + (sub % 48) as u8,
+        f => 1 + f as u8,
     }
 }
 
@@ -308,6 +323,47 @@ impl Bound {
 }
 
 impl Models {
+    /// Feeds the strings a snapshot part brings into the text models' histories (spec
+    /// §4.7.4), without coding them: later patches find them with the match model.
+    fn learn_snapshot(&mut self, snapshot: &SnapshotView<'_>) {
+        for record in snapshot.records() {
+            match record {
+                RecordRef::Element { name, attrs, .. } => {
+                    self.learn_sym(Field::Tag, 0, name);
+                    for (name, value) in attrs {
+                        let sub = static_ctx(match name {
+                            SymRef::Static(i) => Some(i),
+                            _ => None,
+                        });
+                        self.learn_sym(Field::AttrName, 0, name);
+                        self.learn_sym(Field::AttrValue, sub, value);
+                    }
+                }
+                RecordRef::Text { text } => self.learn_sym(Field::Text, 0, text),
+                RecordRef::Comment { text } => self.learn_sym(Field::Comment, 0, text),
+                RecordRef::Doctype {
+                    name,
+                    public_id,
+                    system_id,
+                } => {
+                    for s in [name, public_id, system_id] {
+                        self.learn_sym(Field::Doctype, 0, s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn learn_sym(&mut self, field: Field, sub: usize, s: SymRef<'_>) {
+        if let SymRef::New(text) | SymRef::Lit(text) = s {
+            let model = &mut self.texts[field.bytes()];
+            model.begin(marker(field, sub));
+            for &b in text.as_bytes() {
+                model.learn(b);
+            }
+        }
+    }
+
     fn sym<C: Coder>(
         &mut self,
         c: &mut C,
@@ -352,10 +408,7 @@ impl Models {
             }
             _ => {
                 let text = s.literal().unwrap_or("");
-                let marker = match field {
-                    Field::AttrValue => 16 + (sub % 48) as u8,
-                    f => 1 + f as u8,
-                };
+                let marker = marker(field, sub);
                 let text =
                     self.string(c, field.bytes(), (Lengths::Sym(field), marker), text, bound)?;
                 if kind == 2 {
@@ -517,6 +570,12 @@ impl PatchEncoder {
         }
     }
 
+    /// Takes the strings of a `SNAPSHOT` part the stream carries (spec §4.7.4): call it for
+    /// every part, in stream order, as the decoder's side does.
+    pub fn learn_snapshot(&mut self, snapshot: &SnapshotView<'_>) {
+        self.models.learn_snapshot(snapshot);
+    }
+
     /// Appends `patch`, coded, to `out`, and adapts the models to it.
     pub fn encode(&mut self, patch: &Patch, out: &mut Vec<u8>) {
         let mut c = range::Encoder::new(out);
@@ -653,6 +712,12 @@ impl PatchDecoder {
             models: Box::default(),
             limits,
         }
+    }
+
+    /// Takes the strings of a `SNAPSHOT` part the stream carries (spec §4.7.4), as the
+    /// encoder's side does.
+    pub fn learn_snapshot(&mut self, snapshot: &SnapshotView<'_>) {
+        self.models.learn_snapshot(snapshot);
     }
 
     /// Decodes one coded patch, the whole of `coded`, and adapts the models to it.
@@ -827,4 +892,66 @@ fn decode_record(
             system_id: m.sym(c, Field::Doctype, 0, &blank, Some(bound))?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Snapshot;
+    use crate::{Message, frame};
+
+    /// A snapshot part whose only text is `text`, as a frame body.
+    fn snapshot_body(text: &str) -> Vec<u8> {
+        let snapshot = Snapshot {
+            epoch: 1,
+            part: 0,
+            url: String::new(),
+            nodes: vec![NodeRecord::Text {
+                text: Sym::New(text.into()),
+            }],
+            hash: Some([0; 16]),
+        };
+        let bytes = frame::to_frame(&Message::Snapshot(snapshot), &Limits::DEFAULT).unwrap();
+        let header = frame::read_header(&bytes, &Limits::DEFAULT)
+            .unwrap()
+            .unwrap();
+        bytes[header.header_len..].to_vec()
+    }
+
+    #[test]
+    fn a_snapshot_s_strings_make_a_patch_that_repeats_them_cheap() {
+        let text = "Your order 1042 ships tomorrow from the Rotterdam warehouse";
+        let body = snapshot_body(text);
+        let view = SnapshotView::parse(&body, &Limits::DEFAULT).unwrap();
+        let patch = Patch {
+            epoch: 1,
+            seq: 1,
+            ops: vec![PatchOp::SetText {
+                node: 7,
+                text: Sym::Lit(text.into()),
+            }],
+            hash: [9; 8],
+        };
+        let (mut learnt, mut fresh) = (PatchEncoder::new(), PatchEncoder::new());
+        learnt.learn_snapshot(&view);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        learnt.encode(&patch, &mut a);
+        fresh.encode(&patch, &mut b);
+        // The match model finds the text in the history: its 59 bytes cost less than half of
+        // what they cost unseen (the 8-byte check and the header cost the same either way).
+        assert!(
+            a.len() + 20 < b.len(),
+            "{} B with the snapshot, {} B without",
+            a.len(),
+            b.len()
+        );
+        let mut decoder = PatchDecoder::new(Limits::DEFAULT);
+        decoder.learn_snapshot(&view);
+        assert_eq!(decoder.decode(&a).unwrap(), patch);
+        // A decoder that did not take the snapshot reads something else, or nothing.
+        assert_ne!(
+            PatchDecoder::new(Limits::DEFAULT).decode(&a).ok(),
+            Some(patch)
+        );
+    }
 }

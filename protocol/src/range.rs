@@ -4,9 +4,10 @@
 //! Every symbol is coded as bits. A bit is coded with a chance `p` (out of 4096) that it is 1:
 //! from a [`Prob`], an estimate that adapts to the bits of its context, or from a model that
 //! adapts on its own. The coder keeps a 32-bit range; a bit splits it at
-//! `(range >> 12) × (4096 − p)`, and whenever the range drops below 2^24 one byte leaves (the encoder carries into bytes already produced, the classic
-//! carry-less-by-caching scheme). Values that are close to uniform are coded as *direct* bits,
-//! each halving the range.
+//! `(range >> 12) × (4096 − p)`, and whenever the range drops below 2^24 one byte leaves (the
+//! encoder carries into bytes already produced, holding back the last byte and any `0xFF`s
+//! after it until it knows). Values that are close to uniform are coded as *direct* bits, each
+//! halving the range.
 //!
 //! An encoding ends with the shortest tail that pins a value inside the final range: the decoder
 //! reads zeros past the end of its input (at most [`MAX_PAD`] bytes of them), so the tail's

@@ -228,7 +228,7 @@ impl TextModel {
     }
 
     /// Appends `byte` to the history and moves the contexts and the match on.
-    fn learn(&mut self, byte: u8) {
+    pub(crate) fn learn(&mut self, byte: u8) {
         if self.history.len() == HISTORY {
             self.history.drain(..HISTORY / 2);
             self.last.fill(0);
