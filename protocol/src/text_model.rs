@@ -75,19 +75,57 @@ fn stretch_table() -> Box<[i16; 4096]> {
 /// The string model of one class of strings (texts, or names and values).
 #[derive(Clone)]
 pub(crate) struct TextModel {
-    stretch: Box<[i16; 4096]>,
     history: Vec<u8>,
-    order0: Box<[Prob]>,
-    order1: Box<[Prob]>,
-    hashed: [Box<[Prob]>; 3],
-    /// The byte-start hashes of orders 2 to 4 for the byte being coded.
-    hashes: [u32; 3],
+    /// The counters, set up when the first byte is coded: a stream that only learns (a
+    /// snapshot's strings) or codes no strings does without their 1.1 MB.
+    tables: Option<Box<Tables>>,
     last: Box<[u32]>,
     /// Where the predicted byte is in `history`, and how long the match is (0: none).
     match_at: usize,
     match_len: usize,
     match_counters: [Prob; 2 * (MAX_LEN + 1)],
     weights: [[i32; INPUTS]; SETS],
+}
+
+/// The counters of orders 0 to 4.
+#[derive(Clone)]
+struct Tables {
+    order0: Box<[Prob]>,
+    order1: Box<[Prob]>,
+    hashed: [Box<[Prob]>; 3],
+}
+
+impl Tables {
+    fn new() -> Box<Tables> {
+        let table = |n: usize| vec![Prob::NEW; n].into_boxed_slice();
+        Box::new(Tables {
+            order0: table(NIBBLE_LINES << 4),
+            order1: table((256 * NIBBLE_LINES) << 4),
+            hashed: std::array::from_fn(|_| table(1 << HASH_BITS)),
+        })
+    }
+
+    fn get(&self, (table, i): (usize, usize)) -> Prob {
+        match table {
+            0 => self.order0[i],
+            1 => self.order1[i],
+            k => self.hashed[k - 2][i],
+        }
+    }
+
+    fn get_mut(&mut self, (table, i): (usize, usize)) -> &mut Prob {
+        match table {
+            0 => &mut self.order0[i],
+            1 => &mut self.order1[i],
+            k => &mut self.hashed[k - 2][i],
+        }
+    }
+}
+
+/// The [`stretch_table`], computed once.
+fn stretch() -> &'static [i16; 4096] {
+    static TABLE: std::sync::OnceLock<Box<[i16; 4096]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(stretch_table)
 }
 
 impl std::fmt::Debug for TextModel {
@@ -100,14 +138,9 @@ impl std::fmt::Debug for TextModel {
 
 impl Default for TextModel {
     fn default() -> Self {
-        let table = |n: usize| vec![Prob::NEW; n].into_boxed_slice();
         TextModel {
-            stretch: stretch_table(),
             history: Vec::new(),
-            order0: table(NIBBLE_LINES << 4),
-            order1: table((256 * NIBBLE_LINES) << 4),
-            hashed: std::array::from_fn(|_| table(1 << HASH_BITS)),
-            hashes: [0; 3],
+            tables: None,
             last: vec![0; 1 << MATCH_BITS].into_boxed_slice(),
             match_at: 0,
             match_len: 0,
@@ -127,6 +160,24 @@ fn context_hash(h: &[u8], k: usize) -> u32 {
     x.wrapping_mul(0x9E37_79B1)
 }
 
+/// The table slots of orders 0 to 4 for the bits `local` (1 to 15) of nibble line `nib` (0 for
+/// the high nibble, 1 + its value for the low one) of the byte after `prev`, given the
+/// byte-start hashes of orders 2 to 4.
+fn slots(hashes: &[u32; 3], prev: usize, nib: usize, local: usize) -> [(usize, usize); INPUTS - 1] {
+    let mix = (nib as u32).wrapping_mul(0x6F4F_2A35);
+    let hashed = |k: usize| {
+        let line = ((hashes[k] ^ mix) >> (32 - HASH_BITS + 4)) as usize;
+        (2 + k, line << 4 | local)
+    };
+    [
+        (0, nib << 4 | local),
+        (1, (prev * NIBBLE_LINES + nib) << 4 | local),
+        hashed(0),
+        hashed(1),
+        hashed(2),
+    ]
+}
+
 impl TextModel {
     /// Starts a string: `marker` (which field it fills) enters the history without being coded.
     pub(crate) fn begin(&mut self, marker: u8) {
@@ -137,6 +188,9 @@ impl TextModel {
     pub(crate) fn byte<C: Coder>(&mut self, c: &mut C, b: u8) -> Result<u8, DecodeError> {
         let prev = usize::from(self.history.last().copied().unwrap_or(0));
         let expected = (self.match_len > 0).then(|| self.history[self.match_at]);
+        let hashes = [2, 3, 4].map(|k| context_hash(&self.history, k));
+        let stretch = stretch();
+        let tables = self.tables.get_or_insert_with(Tables::new);
         let mut node = 1usize;
         for i in (0..8).rev() {
             let bit = (b >> i) & 1 == 1;
@@ -155,17 +209,16 @@ impl TextModel {
                     (1 << low) | (node & ((1 << low) - 1)),
                 )
             };
-            let slots = self.slots(prev, nib, local);
+            let slots = slots(&hashes, prev, nib, local);
             let mut inputs = [0i32; INPUTS];
             for (input, &slot) in inputs.iter_mut().zip(&slots) {
-                *input = i32::from(self.stretch[self.counter(slot).p1() as usize]);
+                *input = i32::from(stretch[tables.get(slot).p1() as usize]);
             }
             let (set, matched) = match predicted {
                 Some(e) => {
                     let len = self.match_len.min(MAX_LEN);
                     let k = 2 * len + usize::from(e);
-                    inputs[INPUTS - 1] =
-                        i32::from(self.stretch[self.match_counters[k].p1() as usize]);
+                    inputs[INPUTS - 1] = i32::from(stretch[self.match_counters[k].p1() as usize]);
                     (1 + (len - 1) / 4, Some(k))
                 }
                 None => (0, None),
@@ -182,7 +235,7 @@ impl TextModel {
                 *w += (x * err + 0x8000) >> 16;
             }
             for &slot in &slots {
-                self.counter_mut(slot).update(bit);
+                tables.get_mut(slot).update(bit);
             }
             if let Some(k) = matched {
                 self.match_counters[k].update(bit);
@@ -192,39 +245,6 @@ impl TextModel {
         let byte = (node & 0xFF) as u8;
         self.learn(byte);
         Ok(byte)
-    }
-
-    /// The table slots of orders 0 to 4 for the bits `local` (1 to 15) of nibble line `nib` (0
-    /// for the high nibble, 1 + its value for the low one) of the byte after `prev`.
-    fn slots(&self, prev: usize, nib: usize, local: usize) -> [(usize, usize); INPUTS - 1] {
-        let mix = (nib as u32).wrapping_mul(0x6F4F_2A35);
-        let hashed = |k: usize| {
-            let line = ((self.hashes[k] ^ mix) >> (32 - HASH_BITS + 4)) as usize;
-            (2 + k, line << 4 | local)
-        };
-        [
-            (0, nib << 4 | local),
-            (1, (prev * NIBBLE_LINES + nib) << 4 | local),
-            hashed(0),
-            hashed(1),
-            hashed(2),
-        ]
-    }
-
-    fn counter(&self, (table, i): (usize, usize)) -> Prob {
-        match table {
-            0 => self.order0[i],
-            1 => self.order1[i],
-            k => self.hashed[k - 2][i],
-        }
-    }
-
-    fn counter_mut(&mut self, (table, i): (usize, usize)) -> &mut Prob {
-        match table {
-            0 => &mut self.order0[i],
-            1 => &mut self.order1[i],
-            k => &mut self.hashed[k - 2][i],
-        }
     }
 
     /// Appends `byte` to the history and moves the contexts and the match on.
@@ -242,9 +262,6 @@ impl TextModel {
         }
         self.history.push(byte);
         let h = &self.history;
-        for (k, hash) in self.hashes.iter_mut().enumerate() {
-            *hash = context_hash(h, k + 2);
-        }
         if h.len() >= MIN_MATCH {
             let slot = (context_hash(h, MIN_MATCH) >> (32 - MATCH_BITS)) as usize;
             if self.match_len == 0 {
