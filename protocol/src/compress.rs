@@ -460,14 +460,18 @@ impl DomCompressor {
                 let max = max_chunk.clamp(1, MAX_CHUNK_LEN) as usize;
                 // `frames[plain..at]` waits for zstd.
                 let (mut plain, mut at) = (0, 0);
-                while let Some(end) = frame_end(&frames[at..]).map(|n| at + n) {
-                    if self.code_patch(&frames[at..end], max) {
-                        self.zstd_chunks(&frames[plain..at], out, max)?;
-                        write_chunk_header(out, self.coded.len(), true);
-                        out.extend_from_slice(&self.coded);
-                        plain = end;
-                    } else {
-                        self.learn_snapshot(&frames[at..end]);
+                while let Some(header) = whole_frame(&frames[at..]) {
+                    let end = at + header.header_len + header.len as usize;
+                    let frame = &frames[at..end];
+                    match header.ty {
+                        FrameType::PATCH if self.code_patch(frame, max) => {
+                            self.zstd_chunks(&frames[plain..at], out, max)?;
+                            write_chunk_header(out, self.coded.len(), true);
+                            out.extend_from_slice(&self.coded);
+                            plain = end;
+                        }
+                        FrameType::SNAPSHOT => self.learn_snapshot(&frame[header.header_len..]),
+                        _ => {}
                     }
                     at = end;
                 }
@@ -526,30 +530,24 @@ impl DomCompressor {
         result
     }
 
-    /// Codec 0x02: lets the patch coder take the strings of `frame` when it is a `SNAPSHOT`
+    /// Codec 0x02: lets the patch coder take the strings of a `SNAPSHOT` frame's `body`
     /// (spec §4.7.4), as the receiver's does when it reads the frame.
-    fn learn_snapshot(&mut self, frame: &[u8]) {
+    fn learn_snapshot(&mut self, body: &[u8]) {
         let Some(encoder) = self.patches.as_mut() else {
             return;
         };
-        if frame_type(frame) != Some(FrameType::SNAPSHOT) {
-            return;
-        }
-        let Ok(Some(header)) = frame::read_header(frame, &Limits::DEFAULT) else {
-            return;
-        };
-        if let Ok(view) = SnapshotView::parse(&frame[header.header_len..], &Limits::DEFAULT) {
+        if let Ok(view) = SnapshotView::parse(body, &Limits::DEFAULT) {
             encoder.learn_snapshot(&view);
         }
     }
 
-    /// Codec 0x02: codes `frame` into `self.coded` when it is a canonical `PATCH` frame
-    /// whose coding fits a chunk of `max` bytes; whether it did.
+    /// Codec 0x02: codes the `PATCH` frame `frame` into `self.coded` when it is canonical and
+    /// its coding fits a chunk of `max` bytes; whether it did.
     fn code_patch(&mut self, frame: &[u8], max: usize) -> bool {
         let Some(encoder) = self.patches.as_mut() else {
             return false;
         };
-        if frame_type(frame) != Some(FrameType::PATCH) || frame.len() > MAX_CODED_PATCH_FRAME {
+        if frame.len() > MAX_CODED_PATCH_FRAME {
             return false;
         }
         let Ok(msg @ Message::Patch(_)) = frame::decode_exact(frame, &Limits::DEFAULT) else {
@@ -597,24 +595,15 @@ impl DomCompressor {
     }
 }
 
-/// The length of the whole frame at the front of `buf`, if `buf` starts with one (of any
-/// length a header can announce).
-fn frame_end(buf: &[u8]) -> Option<usize> {
+/// The header of the frame at the front of `buf`, if `buf` holds all of it (of any length a
+/// header can announce).
+fn whole_frame(buf: &[u8]) -> Option<frame::FrameHeader> {
     let any = Limits {
         max_frame_body: u32::MAX,
         ..Limits::DEFAULT
     };
     let h = frame::read_header(buf, &any).ok()??;
-    let end = h.header_len + h.len as usize;
-    (end <= buf.len()).then_some(end)
-}
-
-/// The type of the frame at the front of `buf`.
-fn frame_type(buf: &[u8]) -> Option<FrameType> {
-    match varint::read_u32(buf) {
-        Varint::Complete(ty, _) => Some(FrameType(ty)),
-        _ => None,
-    }
+    (h.header_len + h.len as usize <= buf.len()).then_some(h)
 }
 
 /// Where a decoder of codec 0x02 stands in the chunk sequence.
