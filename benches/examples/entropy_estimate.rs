@@ -66,14 +66,25 @@
 //! order 4 codes them worse than zstd's long matches (CSS, URLs, repeated markup in values).
 //! Modelling the structure apart takes 4 % off; the rest of the way to 0.6 would take a
 //! context-mixing coder for the strings, whose speed would not fit the throughput target.
+//!
+//! *coded* (2026-12-03): the snapshot's records coded by codec 0x02's patch coder as one insert, as
+//! if it carried snapshots too: median 0.707, the same as zstd with `dom-v1` (smaller on 10 pages,
+//! larger on the 4 whose text repeats most), at 5–10 MB/s of page HTML each way. The coder's
+//! context mixing is sized for the short strings of patches (orders 0–4 in tables of 2^16, a match
+//! model): on a page's worth of text zstd's long matches and dictionary win it back. Brotli at
+//! quality 11 (0.650, see `compression`) stays the best general codec measured, at 1 MB/s; given
+//! `dom-v1`'s content as its custom dictionary it did worse (0.686, a scratch run of the same
+//! snapshots).
 
 use std::collections::HashMap;
 
 use tandem_benches::{RRWEB_STATES_ZSTD19, corpus_root, replay, sorted_dirs};
 use tandem_engine::{Consumer, parse_html};
 use tandem_protocol::compress::{self, Codec, DomCompressor};
+use tandem_protocol::message::Patch;
+use tandem_protocol::patch_coder::{PatchDecoder, PatchEncoder};
 use tandem_protocol::{
-    Limits, Message, NodeId, NodeRecord, PatchOp, Place, STATIC_TABLE, Sym, frame,
+    DOCUMENT_ID, Limits, Message, NodeId, NodeRecord, PatchOp, Place, STATIC_TABLE, Sym, frame,
 };
 
 /// Adaptive counts over symbols, escaping to a fallback cost for symbols not seen yet.
@@ -525,11 +536,11 @@ impl Estimate {
 
 /// The snapshot table: each corpus page's snapshot as sent today and as estimated.
 fn snapshots(limits: Limits) {
-    let mut ratios = (Vec::new(), Vec::new(), Vec::new());
+    let mut ratios = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     println!(
-        "\n| page | rrweb | today (zstd) | estimate | structure | strings | hybrid | today / rrweb | estimate / rrweb | hybrid / rrweb |"
+        "\n| page | rrweb | today (zstd) | estimate | structure | strings | hybrid | coded | today / rrweb | estimate / rrweb | hybrid / rrweb | coded / rrweb |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, html) in tandem_benches::pages() {
         let mut consumer = Consumer::new(parse_html(&html, limits), "", limits);
         let (mut frames, mut records) = (Vec::new(), Vec::new());
@@ -555,6 +566,7 @@ fn snapshots(limits: Limits) {
             .expect("zstd compresses")
             .len();
         let hybrid = h.bits.values().sum::<f64>() / 8.0 + strings as f64;
+        let coded = coded_listing(records).len();
         let part = |k: &str| e.bits.get(k).copied().unwrap_or(0.0) / 8.0;
         let Some(rrweb) = tandem_benches::rrweb_snapshot(&name) else {
             continue;
@@ -567,8 +579,10 @@ fn snapshots(limits: Limits) {
         ratios.0.push(today);
         ratios.1.push(est);
         ratios.2.push(hyb);
+        let cod = coded as f64 / rrweb as f64;
+        ratios.3.push(cod);
         println!(
-            "| {name} | {rrweb} | {} | {total:.0} | {:.0} | {:.0} | {hybrid:.0} | {today:.3} | {est:.3} | {hyb:.3} |",
+            "| {name} | {rrweb} | {} | {total:.0} | {:.0} | {:.0} | {hybrid:.0} | {coded} | {today:.3} | {est:.3} | {hyb:.3} | {cod:.3} |",
             out.len(),
             part("structure"),
             part("strings"),
@@ -576,11 +590,34 @@ fn snapshots(limits: Limits) {
     }
     let m = |v: &mut Vec<f64>| tandem_benches::median(v).unwrap_or(f64::NAN);
     println!(
-        "| **median** | | | | | | | **{:.3}** | **{:.3}** | **{:.3}** |",
+        "| **median** | | | | | | | | **{:.3}** | **{:.3}** | **{:.3}** | **{:.3}** |",
         m(&mut ratios.0),
         m(&mut ratios.1),
-        m(&mut ratios.2)
+        m(&mut ratios.2),
+        m(&mut ratios.3)
     );
+}
+
+/// A snapshot's records coded as codec 0x02 codes an insert (spec §4.7): one `PATCH` whose
+/// one operation lists them all, through a fresh [`PatchEncoder`] (checked by decoding it).
+fn coded_listing(nodes: Vec<NodeRecord>) -> Vec<u8> {
+    let patch = Patch {
+        epoch: 0,
+        seq: 1,
+        ops: vec![PatchOp::Insert {
+            at: Place::First(DOCUMENT_ID),
+            first: 1,
+            nodes,
+        }],
+        hash: [0; 8],
+    };
+    let mut out = Vec::new();
+    PatchEncoder::new().encode(&patch, &mut out);
+    let back = PatchDecoder::new(Limits::DEFAULT)
+        .decode(&out)
+        .expect("the coded listing decodes");
+    assert_eq!(back, patch, "the coded listing round-trips");
+    out
 }
 
 fn main() {
