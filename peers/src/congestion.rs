@@ -19,7 +19,7 @@
 //!      queue > QUEUE_TARGET, not app-limited  →  cap = rate × min RTT + HEADROOM datagrams
 //!      queue < QUEUE_TARGET / 2, capped       →  cap += bytes / GROWTH_DIVISOR  (probe)
 //!  per ACK frame, before any cap (slow start):
-//!      ≥ SAMPLE_PACKETS acknowledged, not app-limited, and the RTT of the last sent of
+//!      ≥ SAMPLE_PACKETS acknowledged, not app-limited, and the smallest RTT among
 //!      them > smallest RTT + QUEUE_TARGET     →  hold: cap = Cubic's window now
 //!      the next interval: queue → cap measured as above; no queue → hold released
 //!  window = min(Cubic's window, cap), at least MIN_WINDOW datagrams
@@ -37,11 +37,14 @@
 //! The interval needs two ACK frames (the first only opens it), and in slow start each
 //! acknowledged datagram lets two more go: on the emulated link that was 16 more datagrams,
 //! 200 ms more queue, before the first cap. The hold stops that growth one frame earlier, at
-//! the first frame whose newest datagram queued. Only a frame that acknowledged a full sample
-//! counts: the peer sent it because the sample was complete, not because its delayed-ACK
-//! timer ran out, so the newest datagram's RTT holds no acknowledgement delay (an older
-//! datagram's does). A hold is no measurement: the next interval replaces it with a cap, or,
-//! when it saw no queue (the burst had drained), lets slow start go on.
+//! the first frame all of whose datagrams queued. A frame's smallest RTT is, like an
+//! interval's, free of acknowledgement delay: the peer held the older datagrams back until
+//! its threshold was reached, and the newest, which reached it, not at all. Only a frame that
+//! acknowledged a full sample counts: a shorter one may have waited out the peer's
+//! delayed-ACK timer. A hold is no measurement: the next interval replaces it with a cap, or,
+//! when it saw no queue (the burst had drained), lets slow start go on. On a fast link
+//! (50 ms, 10 Mbit/s) a burst of eight datagrams queues 8 ms, below the target, and no hold
+//! was seen.
 //!
 //! Nothing here reacts to loss: Cubic does, and the window is never more than Cubic's. The
 //! controller is Cubic on a path with no queue (a fast or idle link), and on a path whose
@@ -221,10 +224,10 @@ pub struct QueueGuard {
     interval_min: Option<Duration>,
     /// Whether any acknowledgement of the interval came while the sender was app-limited.
     app_limited: bool,
-    /// The ACK frame being processed: packets it acknowledged, the send time and RTT of the
-    /// latest sent of them, and whether any was sent while app-limited.
+    /// The ACK frame being processed: packets it acknowledged, their smallest RTT, and
+    /// whether any was sent while app-limited.
     frame_packets: u32,
-    frame_latest: Option<(Instant, Duration)>,
+    frame_min: Option<Duration>,
     frame_app_limited: bool,
     /// Whether `cap` is an early hold, not yet measured.
     held: bool,
@@ -244,7 +247,7 @@ impl QueueGuard {
             interval_min: None,
             app_limited: false,
             frame_packets: 0,
-            frame_latest: None,
+            frame_min: None,
             frame_app_limited: false,
             held: false,
         }
@@ -262,9 +265,7 @@ impl QueueGuard {
         self.app_limited |= app_limited;
         self.frame_packets += 1;
         self.frame_app_limited |= app_limited;
-        if self.frame_latest.is_none_or(|(at, _)| sent >= at) {
-            self.frame_latest = Some((sent, rtt));
-        }
+        self.frame_min = Some(self.frame_min.map_or(rtt, |m| m.min(rtt)));
     }
 
     /// An ACK frame was processed at `now`: closes the interval when it has enough samples.
@@ -315,17 +316,17 @@ impl QueueGuard {
         self.restart(now);
     }
 
-    /// Before any cap: an ACK frame that acknowledged a full sample of packets, the last of them
-    /// with a queue above the target, holds the window where it is (slow start ends) until an
+    /// Before any cap: an ACK frame that acknowledged a full sample of packets, all of them with
+    /// a queue above the target, holds the window where it is (slow start ends) until an
     /// interval measures the path.
     fn early_hold(&mut self, window: u64) {
         let packets = std::mem::take(&mut self.frame_packets);
-        let latest = self.frame_latest.take();
+        let frame_min = self.frame_min.take();
         let app_limited = std::mem::take(&mut self.frame_app_limited);
         if self.cap.is_some() || app_limited || packets < SAMPLE_PACKETS {
             return;
         }
-        if let (Some((_, rtt)), Some(min_rtt)) = (latest, self.min_rtt)
+        if let (Some(rtt), Some(min_rtt)) = (frame_min, self.min_rtt)
             && rtt.saturating_sub(min_rtt) > QUEUE_TARGET
         {
             self.cap = Some(window.max(MIN_WINDOW * self.mtu));
@@ -549,7 +550,7 @@ mod tests {
     }
 
     /// One ACK frame of `SAMPLE_PACKETS` datagrams at `now`, sent `gap` apart, the newest
-    /// `rtt` before `now`; Cubic's window is `window`.
+    /// `rtt` before `now` (the others' RTT grows by `gap` each); Cubic's window is `window`.
     fn frame(g: &mut QueueGuard, now: Instant, gap: Duration, rtt: Duration, window: u64) {
         for i in (0..SAMPLE_PACKETS).rev() {
             g.on_ack(now, now - rtt - gap * i, MTU, false);
@@ -573,8 +574,9 @@ mod tests {
         };
         let mut g = QueueGuard::new(MTU);
         handshake(&mut g);
-        // The first frame of a burst: its newest datagram waited behind seven others. Its
-        // interval holds the tickets' acknowledgement and is not judged.
+        // The first frame of a burst, sent at once: every datagram's RTT holds the seven
+        // datagrams' serialization at the bottleneck. Its interval holds the tickets'
+        // acknowledgement and is not judged.
         let t1 = t0 + Duration::from_millis(700);
         frame(&mut g, t1, Duration::ZERO, path + 7 * gap, 48 * MTU);
         assert_eq!(g.cap(), Some(48 * MTU), "slow start stops where it is");
