@@ -216,21 +216,34 @@ pub struct QueueGuard {
     rate: Option<(Instant, f64)>,
     /// When the current interval began (the end of an ACK frame's processing).
     start: Option<Instant>,
-    /// Bytes acknowledged in the current interval.
-    bytes: u64,
-    /// Packets acknowledged in the current interval.
-    packets: u32,
-    /// The smallest RTT sample of the current interval.
-    interval_min: Option<Duration>,
-    /// Whether any acknowledgement of the interval came while the sender was app-limited.
-    app_limited: bool,
-    /// The ACK frame being processed: packets it acknowledged, their smallest RTT, and
-    /// whether any was sent while app-limited.
-    frame_packets: u32,
-    frame_min: Option<Duration>,
-    frame_app_limited: bool,
+    /// The acknowledgements of the current interval.
+    interval: Samples,
+    /// The acknowledgements of the ACK frame being processed.
+    frame: Samples,
     /// Whether `cap` is an early hold, not yet measured.
     held: bool,
+}
+
+/// Acknowledgements taken together: an interval's, or one ACK frame's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Samples {
+    /// Bytes acknowledged.
+    bytes: u64,
+    /// Packets acknowledged.
+    packets: u32,
+    /// The smallest RTT sample.
+    min: Option<Duration>,
+    /// Whether any packet was sent while the sender was app-limited.
+    app_limited: bool,
+}
+
+impl Samples {
+    fn add(&mut self, rtt: Duration, bytes: u64, app_limited: bool) {
+        self.bytes += bytes;
+        self.packets += 1;
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        self.app_limited |= app_limited;
+    }
 }
 
 impl QueueGuard {
@@ -242,13 +255,8 @@ impl QueueGuard {
             cap: None,
             rate: None,
             start: None,
-            bytes: 0,
-            packets: 0,
-            interval_min: None,
-            app_limited: false,
-            frame_packets: 0,
-            frame_min: None,
-            frame_app_limited: false,
+            interval: Samples::default(),
+            frame: Samples::default(),
             held: false,
         }
     }
@@ -257,15 +265,11 @@ impl QueueGuard {
     pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
         let rtt = now.saturating_duration_since(sent);
         self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
-        self.interval_min = Some(self.interval_min.map_or(rtt, |m| m.min(rtt)));
+        self.frame.add(rtt, bytes, app_limited);
+        // Before the first interval opens nothing counts towards one.
         if self.start.is_some() {
-            self.bytes += bytes;
-            self.packets += 1;
+            self.interval.add(rtt, bytes, app_limited);
         }
-        self.app_limited |= app_limited;
-        self.frame_packets += 1;
-        self.frame_app_limited |= app_limited;
-        self.frame_min = Some(self.frame_min.map_or(rtt, |m| m.min(rtt)));
     }
 
     /// An ACK frame was processed at `now`: closes the interval when it has enough samples.
@@ -278,20 +282,20 @@ impl QueueGuard {
             return;
         };
         let elapsed = now.saturating_duration_since(start);
-        if self.packets < SAMPLE_PACKETS || elapsed.is_zero() {
+        if self.interval.packets < SAMPLE_PACKETS || elapsed.is_zero() {
             return;
         }
-        let (Some(min_rtt), Some(interval_min)) = (self.min_rtt, self.interval_min) else {
+        let (Some(min_rtt), Some(interval_min)) = (self.min_rtt, self.interval.min) else {
             return self.restart(now);
         };
-        if self.app_limited {
+        if self.interval.app_limited {
             // The rate was the application's, not the path's: nothing to judge.
             return self.restart(now);
         }
         let queue = interval_min.saturating_sub(min_rtt);
         // The fastest rate of the last round trip: an interval that spanned a pause of the
         // sender's measures less than the path delivers.
-        let measured = self.bytes as f64 / elapsed.as_secs_f64();
+        let measured = self.interval.bytes as f64 / elapsed.as_secs_f64();
         let rate = match self.rate {
             Some((at, best)) if best >= measured && now.saturating_duration_since(at) < min_rtt => {
                 best
@@ -311,7 +315,7 @@ impl QueueGuard {
         } else if let Some(cap) = self.cap
             && queue < QUEUE_TARGET / 2
         {
-            self.cap = Some(cap + self.bytes / GROWTH_DIVISOR);
+            self.cap = Some(cap + self.interval.bytes / GROWTH_DIVISOR);
         }
         self.restart(now);
     }
@@ -320,13 +324,11 @@ impl QueueGuard {
     /// a queue above the target, holds the window where it is (slow start ends) until an
     /// interval measures the path.
     fn early_hold(&mut self, window: u64) {
-        let packets = std::mem::take(&mut self.frame_packets);
-        let frame_min = self.frame_min.take();
-        let app_limited = std::mem::take(&mut self.frame_app_limited);
-        if self.cap.is_some() || app_limited || packets < SAMPLE_PACKETS {
+        let frame = std::mem::take(&mut self.frame);
+        if self.cap.is_some() || frame.app_limited || frame.packets < SAMPLE_PACKETS {
             return;
         }
-        if let (Some(rtt), Some(min_rtt)) = (frame_min, self.min_rtt)
+        if let (Some(rtt), Some(min_rtt)) = (frame.min, self.min_rtt)
             && rtt.saturating_sub(min_rtt) > QUEUE_TARGET
         {
             self.cap = Some(window.max(MIN_WINDOW * self.mtu));
@@ -349,10 +351,7 @@ impl QueueGuard {
 
     fn restart(&mut self, now: Instant) {
         self.start = Some(now);
-        self.bytes = 0;
-        self.packets = 0;
-        self.interval_min = None;
-        self.app_limited = false;
+        self.interval = Samples::default();
     }
 }
 
