@@ -69,12 +69,13 @@
 //!
 //! *coded* (2026-12-03): the snapshot's records coded by codec 0x02's patch coder as one insert, as
 //! if it carried snapshots too: median 0.707, the same as zstd with `dom-v1` (smaller on 10 pages,
-//! larger on the 4 whose text repeats most), at 5–10 MB/s of page HTML each way. The coder's
-//! context mixing is sized for the short strings of patches (orders 0–4 in tables of 2^16, a match
-//! model): on a page's worth of text zstd's long matches and dictionary win it back. Brotli at
-//! quality 11 (0.650, see `compression`) stays the best general codec measured, at 1 MB/s; given
-//! `dom-v1`'s content as its custom dictionary it did worse (0.686, a scratch run of the same
-//! snapshots).
+//! larger on the 4 whose text repeats most), at 3–12 MB/s of page HTML each way on the pages above
+//! 50 KB (encode and decode timed apart in a scratch run; archive-of-our-own and data-url-image
+//! slowest). The coder's context mixing is sized for the short strings of patches (orders 0–4 in
+//! tables of 2^16, a match model): on a page's worth of text zstd's long matches and dictionary win
+//! it back. Brotli at quality 11 (0.650, see `compression`) stays the best general codec measured,
+//! at 1 MB/s; given `dom-v1`'s content as its custom dictionary it did worse (0.686, a scratch run
+//! of the same snapshots).
 
 use std::collections::HashMap;
 
