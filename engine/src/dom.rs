@@ -169,6 +169,15 @@ impl Slots {
             .get_mut(s & (CHUNK - 1))
     }
 
+    /// Makes room for `additional` more slots in the first chunk (the only one that grows by
+    /// doubling), so that a builder that knows how many nodes come does not copy it as it grows.
+    fn reserve(&mut self, additional: usize) {
+        if let [first] = self.chunks.as_mut_slice() {
+            let want = (first.len() + additional).min(CHUNK);
+            first.reserve_exact(want.saturating_sub(first.len()));
+        }
+    }
+
     /// Appends a slot and returns its index.
     fn push(&mut self, node: Option<Node>) -> usize {
         match self.chunks.last_mut() {
@@ -253,14 +262,15 @@ impl Dom {
     }
 
     /// Makes room for `additional` more nodes with the next ids, so that a builder adding them
-    /// one by one does not grow the id index step by step (node slots grow by whole chunks
-    /// anyway). Never beyond the tree's node limit.
+    /// one by one does not grow the id index, nor the first chunk of node slots, step by step
+    /// (later slots come in whole chunks anyway). Never beyond the tree's node limit.
     pub fn reserve(&mut self, additional: usize) {
         let room = (self.limits.max_nodes as usize).saturating_sub(self.live);
         let n = additional.min(room);
         let ids = (self.next_id as usize).saturating_add(n);
         let ids = ids.min(self.limits.max_node_id as usize);
         self.index.reserve(ids.saturating_sub(self.index.len()));
+        self.slots.reserve(n);
     }
 
     /// The limits this tree enforces.
@@ -968,10 +978,18 @@ impl Dom {
         let mut node = Node::with_children(kind, children);
         node.parent = Some(parent);
         self.alloc(id, node)?;
-        self.mark_dirty(parent);
+        // A builder's parent is an element it is still filling, dirty since it was made: then
+        // marking it again would change nothing, and one lookup does both.
         match self.node_mut(parent) {
-            Some(p) => {
+            Some(p) if p.dirty && p.wide.is_none() => {
                 p.children.push(id);
+                Ok(())
+            }
+            Some(_) => {
+                self.mark_dirty(parent);
+                if let Some(p) = self.node_mut(parent) {
+                    p.children.push(id);
+                }
                 Ok(())
             }
             None => {
