@@ -25,7 +25,7 @@
 //!   a sequence of chunks, each a varint header `len << 1 | coded` and `len` bytes. A zstd
 //!   chunk (`coded` 0) continues the stream's one Zstandard stream, as codec 0x01's bytes; a
 //!   coded chunk (`coded` 1) is one `PATCH` coded by the stream's
-//!   [`PatchEncoder`](crate::patch_coder::PatchEncoder) (spec §4.7).
+//!   [`PatchEncoder`] (spec §4.7).
 //!
 //! ```text
 //!  02 │ 2a·zstd 21 bytes: 28 b5 2f fd … │ 0f·coded 7 bytes │ 0b·coded 5 bytes │ …
