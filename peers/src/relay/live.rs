@@ -4,14 +4,14 @@
 //!
 //! ## Resumption (spec §3.5)
 //!
-//! In a session with `RESUME` each side holds a *seat*: its connection, its control stream
-//! (kept across rounds: [`FrameRecv`] is cancel-safe, so no frame is lost when a round's
-//! tasks stop) and the single writer of its control stream. The forwarding tasks of one pair of
-//! connections form a *round*. When a side's connection is lost, the round stops and the
-//! session waits up to the table's `resume_grace` for that side to come back with its resume
-//! token; the other side is not read meanwhile (what it sends waits in flow control). The side
-//! that comes back gets `JOINED` with a new token, the other side `REJOINED`, and a new round
-//! starts. A side that comes back while the relay still holds its old connection replaces it.
+//! In a session with `RESUME` each side holds a *seat*: its connection, its control stream (kept
+//! across rounds: [`FrameRecv`](crate::framed::FrameRecv) is cancel-safe, so no frame is lost when
+//! a round's tasks stop) and the single writer of its control stream. The forwarding tasks of one
+//! pair of connections form a *round*. When a side's connection is lost, the round stops and the
+//! session waits up to the table's `resume_grace` for that side to come back with its resume token;
+//! the other side is not read meanwhile (what it sends waits in flow control). The side that comes
+//! back gets `JOINED` with a new token, the other side `REJOINED`, and a new round starts. A side
+//! that comes back while the relay still holds its old connection replaces it.
 //!
 //! ```text
 //!  round: control ⇄ control, uni streams, datagrams ──Lost(side)──► wait ≤ grace
