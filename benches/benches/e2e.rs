@@ -62,7 +62,10 @@ fn main() {
 
     println!("{}", bench::table(&rows));
     println!(
-        "Times from the viewer starting to connect (handshakes included). Tandem's first render \
+        "Times from the viewer starting to connect (handshakes included). The page is where \
+         the viewer fetches it: on the baseline's server; for Tandem, the customer's snapshot, \
+         sent ahead, has reached the relay (the agent connects after the upload's time at the \
+         link rate). Tandem's first render \
          is the snapshot's first parts once they reach into the body (the top of the page), its \
          complete render the whole page verified; the baseline renders when the whole HTML \
          has arrived, so its first render is its complete time. Bytes: the viewer's link, both \

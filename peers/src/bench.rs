@@ -10,12 +10,15 @@
 //! What one [`Measurement`] holds, for either system, on the viewer's side of the link:
 //!
 //! - Time to first visible render and time to complete, both from the moment the viewer
-//!   starts to connect, so both pay their handshakes. Tandem's agent connects (QUIC, HELLO,
-//!   JOIN), then the consumer sends the snapshot in parts, the top of the page first; Tandem's
-//!   first render is when the first parts that reach into the body have arrived (the agent
-//!   can show them, viewport first),
-//!   its complete render when the last part has and the hash is verified. The baseline renders
-//!   when the whole HTML has arrived, so its first render is its time to complete.
+//!   starts to connect, so both pay their handshakes. Both viewers find the page where they
+//!   fetch it: the baseline's on its web server, Tandem's at the relay, which the customer's
+//!   snapshot, sent ahead when the session opened, has reached by then ([`join_after`]: the
+//!   agent connects that long after the session exists, as one who is read the session code).
+//!   Tandem's agent connects (QUIC, HELLO, JOIN) and the relay hands it the snapshot in parts,
+//!   the top of the page first; Tandem's first render is when the first parts that reach into
+//!   the body have arrived (the agent can show them, viewport first), its complete render when
+//!   the last part has and the hash is verified. The baseline renders when the whole HTML has
+//!   arrived, so its first render is its time to complete.
 //! - Bytes on the wire of the viewer's link, headers included: for Tandem the agent ↔ relay
 //!   link (UDP payload + [`UDP_OVERHEAD`] per datagram), for the baseline the client ↔ server
 //!   TCP link (payload + 40 bytes per segment, handshake and pure ACKs included,
@@ -24,9 +27,9 @@
 //! - The bound of the target: bytes on the wire down ÷ link rate + 2 round trips.
 //! - On [`TARGET_LINK`], in a Tandem run of its own: how long the customer's pointer took to
 //!   reach the agent while the snapshot was arriving ([`Measurement::pointer`]). The customer
-//!   points from the moment the consumer knows the agent joined; the relay sent the snapshot,
-//!   sent ahead, when the agent joined, so on small pages it has arrived before any pointer
-//!   could and there is nothing to measure.
+//!   points from the moment the consumer knows the agent joined; the relay sent the snapshot
+//!   it held when the agent joined, so on small pages it has arrived before any pointer could
+//!   and there is nothing to measure.
 //! - On [`TARGET_LINK`], in another run of its own: the times of a returning agent, one that
 //!   visited the relay before and so joins in 0-RTT data ([`Measurement::returning`]). The
 //!   baseline stays a first visit: TCP gives a returning viewer no such shortcut, and a
@@ -287,7 +290,7 @@ pub async fn pointer(path: &Path, spec: &LinkSpec) -> Result<PointerLatency, Ben
 /// agent that visited the relay before. Fails with [`BenchError::NoZeroRtt`] when its join did
 /// not go as 0-RTT data after all, since its times would then be a new agent's.
 pub async fn returning(path: &Path, spec: &LinkSpec) -> Result<Returning, BenchError> {
-    let mut args = demo_args(path);
+    let mut args = demo_args(path, spec)?;
     args.returning_agent = true;
     let run = tandem_args(&args, spec).await?;
     if !run.report.agent_0rtt {
@@ -402,7 +405,7 @@ async fn tandem_with(
     spec: &LinkSpec,
     pointer_every: Option<u64>,
 ) -> Result<TandemRun, BenchError> {
-    let mut args = demo_args(path);
+    let mut args = demo_args(path, spec)?;
     args.pointer_every = pointer_every;
     tandem_args(&args, spec).await
 }
@@ -438,15 +441,33 @@ async fn tandem_args(args: &DemoArgs, spec: &LinkSpec) -> Result<TandemRun, Benc
     })
 }
 
-/// The demo's arguments for one page shared once (`tandem demo --page PATH --batches 0
-/// --json`); every other option keeps its default.
-fn demo_args(path: &Path) -> DemoArgs {
-    DemoArgs {
+/// The demo's arguments for one page shared once over `spec` (`tandem demo --page PATH
+/// --batches 0 --json --join-after MS`, MS from [`join_after`]); every other option keeps its
+/// default.
+fn demo_args(path: &Path, spec: &LinkSpec) -> Result<DemoArgs, BenchError> {
+    let html = std::fs::read(path)?;
+    Ok(DemoArgs {
         page: Some(path.to_path_buf()),
         batches: 0,
         json: true,
+        join_after: Some(join_after(&html, spec).as_millis() as u64),
         ..DemoArgs::default()
+    })
+}
+
+/// How long the agent waits after the customer's session exists before it connects
+/// (`tandem demo --join-after`): long enough for the customer's snapshot, sent ahead (spec
+/// §3.2), to reach the relay, so that the agent finds the page there as the baseline's viewer
+/// finds it on the web server. Reckoned from the page's gzip size (the compressed snapshot is
+/// within a few per cent of it, smaller on most pages) at the link's rate, a quarter more for
+/// headers and pacing, and two round trips for a lost datagram's retransmission; nothing on an
+/// unshaped link. A wait too short only makes Tandem slower: the agent then shares the
+/// customer's link with the rest of the upload.
+pub fn join_after(html: &[u8], spec: &LinkSpec) -> Duration {
+    if spec.is_none() {
+        return Duration::ZERO;
     }
+    spec.serialization(gzip(html).len()) * 5 / 4 + spec.delay * 4
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1285,4 +1306,38 @@ pub fn svg(rows: &[Measurement], links: &[String]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_waits_for_the_upload_on_a_shaped_link_only() {
+        // Bytes that gzip cannot shrink much, so that the upload takes a while at 750 kbit/s.
+        let mut x: u32 = 1;
+        let page: Vec<u8> = (0..60_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let none: LinkSpec = "none".parse().unwrap();
+        assert_eq!(join_after(&page, &none), Duration::ZERO);
+        let target: LinkSpec = TARGET_LINK.parse().unwrap();
+        let upload = target.serialization(gzip(&page).len());
+        assert!(upload > Duration::from_millis(600), "{upload:?}");
+        let wait = join_after(&page, &target);
+        // The upload at the link rate with a quarter more, and two round trips.
+        assert!(
+            wait > upload + 2 * (target.delay * 2),
+            "{wait:?} vs {upload:?}"
+        );
+        assert!(
+            wait < upload * 2 + 3 * (target.delay * 2),
+            "{wait:?} vs {upload:?}"
+        );
+    }
 }

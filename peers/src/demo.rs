@@ -83,6 +83,12 @@ pub struct DemoArgs {
     /// of a returning agent.
     #[arg(long)]
     pub returning_agent: bool,
+    /// The agent connects MS milliseconds after the customer's session exists, as an agent
+    /// does who is read the session code over the phone, instead of at once. The customer's
+    /// snapshot, sent ahead (spec §3.2), is then at the relay, or on its way, when the agent
+    /// joins; the agent's times still count from when it starts to connect.
+    #[arg(long, value_name = "MS")]
+    pub join_after: Option<u64>,
 }
 
 impl Default for DemoArgs {
@@ -516,10 +522,14 @@ pub async fn demo_with(
         .await
     });
     let out = args.out.clone();
+    let join_after = args.join_after;
     let agent = tokio::spawn(async move {
         let code = code_rx
             .await
             .map_err(|_| SessionError::EndedEarly("no session code".into()))?;
+        if let Some(ms) = join_after {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let connecting = Instant::now();
         // HELLO and JOIN in one round trip (spec §7.1), in 0-RTT data when returning.
         let (ctl, _) = ControlChannel::connect_and_join(
