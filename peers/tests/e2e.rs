@@ -283,3 +283,19 @@ async fn demo_honours_the_masking_flags() {
     assert!(!html.contains("394.00"), "the total is masked");
     assert!(html.contains("********"), "masked text shows as stars");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_told_to_join_later_connects_after_the_wait() {
+    let mut a = args(None, 0);
+    a.join_after = Some(1500);
+    let report = tokio::time::timeout(Duration::from_secs(60), demo(&a))
+        .await
+        .expect("demo finishes")
+        .expect("demo runs");
+    assert!(report.hashes_match, "{report:?}");
+    // The session lasted the wait and more; the agent's own times count from its connection,
+    // which on loopback takes milliseconds.
+    assert!(report.total_ms >= 1500.0, "{report:?}");
+    assert!(report.agent_join_ms < 1000.0, "{report:?}");
+    assert!(report.first_render_ms.is_some());
+}
