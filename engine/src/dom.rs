@@ -978,17 +978,13 @@ impl Dom {
         let mut node = Node::with_children(kind, children);
         node.parent = Some(parent);
         self.alloc(id, node)?;
-        // A builder's parent is an element it is still filling, dirty since it was made: then
-        // marking it again would change nothing, and one lookup does both.
         match self.node_mut(parent) {
-            Some(p) if p.dirty && p.wide.is_none() => {
+            Some(p) => {
                 p.children.push(id);
-                Ok(())
-            }
-            Some(_) => {
-                self.mark_dirty(parent);
-                if let Some(p) = self.node_mut(parent) {
-                    p.children.push(id);
+                // A builder's parent is an element it is still filling, dirty since it was
+                // made: marking it again would change nothing, so only another is marked.
+                if !p.dirty || p.wide.is_some() {
+                    self.mark_dirty(parent);
                 }
                 Ok(())
             }
