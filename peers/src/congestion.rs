@@ -67,9 +67,18 @@
 //! pointer's 95th percentile while the snapshot streams went from 838 to 760 ms, its median
 //! from 806 to 729 ms, with complete times unchanged, 2,311 and 2,307 ms; guardian-1 stayed
 //! at 746 / 743 ms). The cap bounds the queue of a long transfer, not the first round trip.
+//!
+//! The bursts and the wait are the sender's, and the relay keeps both out of the connections it
+//! forwards into: [`crate::meter`] writes at the pacer's rate two datagrams at a time and
+//! leaves two datagrams of the window free, reading the window and the bytes in flight that
+//! this controller shares ([`Occupancy`]). Such a sender looks
+//! application-limited to quinn most of the time (its last transmission found nothing more to
+//! send), which would stop Cubic's growth and the guard's measurements; this controller counts
+//! a sender that had half its window in flight as limited by the window, as RFC 7661 does.
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
@@ -109,9 +118,15 @@ impl ShallowQueueConfig {
 
 impl ControllerFactory for ShallowQueueConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let cubic = self.cubic.clone().build(now, current_mtu);
+        let occupancy = Arc::new(Occupancy::default());
+        occupancy.window.store(cubic.window(), Ordering::Relaxed);
         Box::new(ShallowQueue {
-            cubic: self.cubic.clone().build(now, current_mtu),
+            cubic,
             guard: QueueGuard::new(u64::from(current_mtu)),
+            in_flight: 0,
+            peak: 0,
+            occupancy,
         })
     }
 }
@@ -121,6 +136,13 @@ impl ControllerFactory for ShallowQueueConfig {
 pub struct ShallowQueue {
     cubic: Box<dyn Controller>,
     guard: QueueGuard,
+    /// Bytes in flight as the controller last knew them: counted up as datagrams are sent, set
+    /// to quinn's own count at the end of each batch of acknowledgements.
+    in_flight: u64,
+    /// The most bytes in flight since the last batch of acknowledgements ended.
+    peak: u64,
+    /// What the application may read of the window and the bytes in flight.
+    occupancy: Arc<Occupancy>,
 }
 
 impl ShallowQueue {
@@ -128,11 +150,73 @@ impl ShallowQueue {
     pub fn cap(&self) -> Option<u64> {
         self.guard.cap
     }
+
+    /// The window and the bytes in flight as the application sees them ([`occupancy`]).
+    pub fn occupancy(&self) -> &Arc<Occupancy> {
+        &self.occupancy
+    }
+
+    /// Whether acknowledgements count as those of a sender that its window held back, which
+    /// alone lets Cubic grow the window (and the guard measure the path). quinn calls a sender
+    /// application-limited whenever its last transmission found nothing more to send. A
+    /// sender that meters its writes ([`crate::meter`]) is that nearly always, yet keeps most
+    /// of its window in flight; under quinn's rule its window would never grow. As RFC 7661
+    /// (§4.3) does, a sender that had at least half its window in flight counts as limited by
+    /// the window.
+    fn app_limited(&self, quinn_says: bool) -> bool {
+        quinn_says && self.peak.saturating_mul(2) < self.window()
+    }
+
+    fn publish(&self) {
+        self.occupancy
+            .in_flight
+            .store(self.in_flight, Ordering::Relaxed);
+        self.occupancy
+            .window
+            .store(self.window(), Ordering::Relaxed);
+    }
+}
+
+/// A connection's congestion window and bytes in flight, as its [`ShallowQueue`] last knew
+/// them, for the application: the relay's [`crate::meter::SendMeter`] keeps room in the
+/// window for datagrams by reading them. Updated as datagrams are sent and acknowledgements
+/// processed; reads are lock-free and may be a few datagrams stale.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    in_flight: AtomicU64,
+    window: AtomicU64,
+}
+
+impl Occupancy {
+    /// Bytes sent and neither acknowledged nor declared lost.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The congestion window: the bytes that may be in flight.
+    pub fn window(&self) -> u64 {
+        self.window.load(Ordering::Relaxed)
+    }
+}
+
+/// The [`Occupancy`] of `conn`'s congestion controller, when it is a [`ShallowQueue`] (every
+/// connection made with [`crate::transport::transport_config`]).
+pub fn occupancy(conn: &quinn::Connection) -> Option<Arc<Occupancy>> {
+    // The state quinn hands out is a copy of the controller, which shares the original's
+    // `Occupancy`.
+    conn.congestion_state()
+        .into_any()
+        .downcast::<ShallowQueue>()
+        .ok()
+        .map(|q| q.occupancy.clone())
 }
 
 impl Controller for ShallowQueue {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         self.cubic.on_sent(now, bytes, last_packet_number);
+        self.in_flight += bytes;
+        self.peak = self.peak.max(self.in_flight);
+        self.publish();
     }
 
     fn on_ack(
@@ -143,6 +227,7 @@ impl Controller for ShallowQueue {
         app_limited: bool,
         rtt: &quinn_proto::RttEstimator,
     ) {
+        let app_limited = self.app_limited(app_limited);
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
         self.guard.on_ack(now, sent, bytes, app_limited);
     }
@@ -154,9 +239,13 @@ impl Controller for ShallowQueue {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
+        let app_limited = self.app_limited(app_limited);
         self.cubic
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
         self.guard.on_end_acks(now, self.cubic.window());
+        self.in_flight = in_flight;
+        self.peak = in_flight;
+        self.publish();
     }
 
     fn on_congestion_event(
@@ -168,11 +257,14 @@ impl Controller for ShallowQueue {
     ) {
         self.cubic
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+        self.in_flight = self.in_flight.saturating_sub(lost_bytes);
+        self.publish();
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
         self.cubic.on_mtu_update(new_mtu);
         self.guard.mtu = u64::from(new_mtu);
+        self.publish();
     }
 
     fn window(&self) -> u64 {
@@ -189,6 +281,9 @@ impl Controller for ShallowQueue {
         Box::new(ShallowQueue {
             cubic: self.cubic.clone_box(),
             guard: self.guard.clone(),
+            in_flight: self.in_flight,
+            peak: self.peak,
+            occupancy: self.occupancy.clone(),
         })
     }
 
@@ -487,6 +582,61 @@ mod tests {
             g.on_end_acks(now, u64::MAX);
         }
         assert_eq!(g.cap(), None);
+    }
+
+    /// A controller as [`crate::transport::transport_config`] builds it (a 40-datagram initial
+    /// window), and its [`ShallowQueue`] to look inside.
+    fn controller() -> Box<dyn Controller> {
+        let mut cubic = CubicConfig::default();
+        cubic.initial_window(40 * MTU);
+        Arc::new(ShallowQueueConfig::new(cubic)).build(Instant::now(), MTU as u16)
+    }
+
+    fn inside(c: &dyn Controller) -> Box<ShallowQueue> {
+        c.clone_box()
+            .into_any()
+            .downcast::<ShallowQueue>()
+            .expect("a ShallowQueue")
+    }
+
+    #[test]
+    fn a_sender_with_half_its_window_in_flight_is_limited_by_the_window() {
+        let mut c = controller();
+        let now = Instant::now();
+        for pn in 0..20 {
+            c.on_sent(now, MTU, pn);
+        }
+        // Half the window in flight: quinn's "application-limited" does not stop growth.
+        assert!(!inside(&*c).app_limited(true));
+        // A new batch of acknowledgements starts from what is in flight then.
+        c.on_end_acks(now, 0, true, Some(19));
+        assert!(inside(&*c).app_limited(true));
+        for pn in 20..39 {
+            c.on_sent(now, MTU, pn);
+        }
+        // Just under half: application-limited, as quinn says.
+        assert!(inside(&*c).app_limited(true));
+        assert!(!inside(&*c).app_limited(false));
+    }
+
+    #[test]
+    fn the_occupancy_follows_sends_acknowledgements_and_losses() {
+        let mut c = controller();
+        let occupancy = inside(&*c).occupancy().clone();
+        assert_eq!((occupancy.window(), occupancy.in_flight()), (40 * MTU, 0));
+        let now = Instant::now();
+        for pn in 0..3 {
+            c.on_sent(now, MTU, pn);
+        }
+        assert_eq!(occupancy.in_flight(), 3 * MTU);
+        // quinn's own count replaces the controller's at the end of each batch.
+        c.on_end_acks(now, 2 * MTU, false, Some(0));
+        assert_eq!(occupancy.in_flight(), 2 * MTU);
+        c.on_congestion_event(now, now, false, MTU);
+        assert_eq!(occupancy.in_flight(), MTU);
+        assert!(occupancy.window() < 40 * MTU, "Cubic backed off");
+        // A copy (what `quinn::Connection::congestion_state` hands out) shares it.
+        assert!(Arc::ptr_eq(inside(&*c).occupancy(), &occupancy));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use tandem_protocol::{
     DecodeError, EncodeError, ErrorCode, FrameReader, Limits, Message, RawFrame,
 };
 
+use crate::meter::{Outlet, SendMeter, next_chunk};
+
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -289,18 +291,25 @@ pub enum ForwardEnd {
 /// Forwards `from` to `to` chunk by chunk, checking every frame header against `limits` and
 /// never decoding bodies (unknown frame types pass through). Resets and stops are propagated
 /// with their codes. A bad header resets `to` and returns [`FramedError::Protocol`], which blames
-/// the sender of `from`; the other errors are connection losses of either side.
+/// the sender of `from`; the other errors are connection losses of either side. With a `meter`,
+/// the bytes go into `to` in whole pieces as it admits them ([`crate::meter`]), unchanged.
 pub async fn forward_stream(
     mut from: RecvStream,
     to: SendStream,
     limits: Limits,
+    meter: Option<SendMeter>,
 ) -> Result<ForwardEnd, FramedError> {
     // If this future is dropped halfway (the session ended), the destination is reset rather
     // than finished, so the receiver never mistakes a cut stream for a complete one.
     let mut to = ResetOnDrop(Some(to));
     let mut check = HeaderCheck::new(limits);
+    let mut outlet = Outlet::new(meter);
     loop {
-        let chunk = match from.read_chunk(READ_CHUNK, true).await {
+        let (read, flushed) = next_chunk(&mut from, &mut outlet, to.stream(), READ_CHUNK).await;
+        if let Err(e) = flushed {
+            return write_failed(&mut from, &mut to, e);
+        }
+        let chunk = match read {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(quinn::ReadError::Reset(code)) => {
@@ -309,7 +318,7 @@ pub async fn forward_stream(
             }
             Err(e) => return Err(e.into()),
         };
-        if let Err(e) = check.feed(&chunk.bytes) {
+        if let Err(e) = check.feed(&chunk) {
             let code = quic_code(e.code());
             to.reset(code);
             let _ = from.stop(code);
@@ -319,24 +328,40 @@ pub async fn forward_stream(
             // Only `finish` and `reset` take the stream, and both end the forwarding.
             return Ok(ForwardEnd::DestinationStopped(VarInt::from_u32(0)));
         };
-        match dest.write_chunk(chunk.bytes).await {
-            Ok(()) => {}
-            Err(quinn::WriteError::Stopped(code)) => {
-                let _ = from.stop(code);
-                to.0 = None;
-                return Ok(ForwardEnd::DestinationStopped(code));
-            }
-            Err(e) => return Err(e.into()),
+        if let Err(e) = outlet.put(dest, chunk).await {
+            return write_failed(&mut from, &mut to, e);
         }
     }
     if let Err(e) = check.finish() {
         to.reset(quic_code(e.code()));
         return Err(e.into());
     }
+    if let Some(dest) = to.stream()
+        && let Err(e) = outlet.flush(dest).await
+    {
+        return write_failed(&mut from, &mut to, e);
+    }
     to.finish()?;
     Ok(ForwardEnd::Finished {
         frames: check.frames(),
     })
+}
+
+/// A forwarder's write into `to` failed with `e`: a stop goes back to `from` with its code and
+/// ends the forwarding; any other failure is the connection's.
+fn write_failed(
+    from: &mut RecvStream,
+    to: &mut ResetOnDrop,
+    e: quinn::WriteError,
+) -> Result<ForwardEnd, FramedError> {
+    match e {
+        quinn::WriteError::Stopped(code) => {
+            let _ = from.stop(code);
+            to.0 = None;
+            Ok(ForwardEnd::DestinationStopped(code))
+        }
+        e => Err(e.into()),
+    }
 }
 
 /// A send stream that is reset, not finished, if dropped before [`ResetOnDrop::finish`]: a

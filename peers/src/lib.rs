@@ -7,6 +7,8 @@
 //!             pointer does not wait behind a buffer full of snapshot
 //!  framed     frames over QUIC streams: write Message/RawFrame, read with bounded memory,
 //!             forward a stream frame by frame without decoding bodies
+//!  meter      the relay's forwarded streams go into a connection at its pacing rate in small
+//!             pieces, leaving room in its window for datagrams (the pointer)
 //!  relay      `tandem relay`: pairing by code or token, forwarding, lifecycle events, a
 //!             session kept through a lost connection until its side resumes (relay/live.rs);
 //!             relay::state is its sans-IO core (session table, tokens, negotiation, teardown)
@@ -95,6 +97,7 @@ pub mod demo;
 pub mod framed;
 pub mod hands;
 pub mod link;
+pub mod meter;
 pub mod presence;
 pub mod pump;
 pub mod relay;

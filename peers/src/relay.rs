@@ -18,7 +18,9 @@
 //! (`invite.rs`); lifecycle events go to a JSON-lines log and a [`webhook`]. This module is the tokio pump around it: one task per
 //! connection until pairing, then one task per session that owns both connections. Bodies are
 //! never decoded after pairing: uni streams are forwarded chunk by chunk with every frame header
-//! checked against the limits ([`crate::framed::forward_stream`]), control frames are classified
+//! checked against the limits ([`crate::framed::forward_stream`]) and written into the other
+//! connection at its pacing rate, two datagrams at a time with room left in its window for
+//! datagrams ([`crate::meter`]), control frames are classified
 //! by type alone (the frames the relay consumes itself, `PING`, `PONG`, `ERROR`, `END` and
 //! `CLOSE`, are decoded first, [`state::consume`], and so are those it refuses with `ERROR`,
 //! [`state::refuse`], spec §4.5), datagrams pass as they are. The
@@ -59,6 +61,7 @@ use self::state::{
 };
 use self::webhook::{Webhook, WebhookUrl};
 use crate::framed::{FrameRecv, FramedError, forward_stream, quic_code, write_message, write_raw};
+use crate::meter::SendMeter;
 use crate::resources::{CacheStats, SharedCache, Transit, Uplink, forward_observed};
 use crate::session::DOM_PRIORITY;
 use crate::transport::{self, Fingerprint, Identity, TransportError};
@@ -1413,7 +1416,7 @@ type CacheFeed = (Arc<SharedCache>, Arc<Transit>);
 async fn forward_uni_streams(
     side: Side,
     from: Connection,
-    to: Connection,
+    (to, meter): (Connection, SendMeter),
     (limits, cache): (Limits, Option<CacheFeed>),
     outcome: mpsc::Sender<Outcome>,
 ) {
@@ -1432,10 +1435,13 @@ async fn forward_uni_streams(
         };
         let outcome = outcome.clone();
         let cache = cache.clone();
+        let meter = Some(meter.clone());
         streams.spawn(async move {
             let forwarded = match cache {
-                Some(feed) => forward_observed(recv, send, limits, feed, DOM_PRIORITY).await,
-                None => forward_stream(recv, send, limits).await,
+                Some(feed) => {
+                    forward_observed(recv, send, limits, feed, (DOM_PRIORITY, meter)).await
+                }
+                None => forward_stream(recv, send, limits, meter).await,
             };
             match forwarded {
                 Ok(end) => tracing::debug!(side = side.name(), ?end, "stream forwarded"),

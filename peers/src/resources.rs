@@ -55,6 +55,7 @@ use tandem_protocol::{DecodeError, ErrorCode, FrameReader, FrameType, Limits, Me
 use tokio::sync::{mpsc, oneshot};
 
 use crate::framed::{ForwardEnd, FrameRecv, FramedError, HeaderCheck, ResetOnDrop, quic_code};
+use crate::meter::{Outlet, SendMeter, next_chunk};
 
 /// Priority of resource streams (quinn `SendStream::set_priority`): below the DOM stream
 /// ([`crate::session::DOM_PRIORITY`]) and below the control stream (0), so a large image never
@@ -1227,6 +1228,13 @@ enum Kind {
     Other,
 }
 
+/// Why [`forward_observed`] stopped early: a write into the agent's stream failed (a stop
+/// goes back to the consumer's stream), or anything else.
+enum Broke {
+    Written(quinn::WriteError),
+    Other(FramedError),
+}
+
 /// Forwards a consumer's unidirectional stream to the agent like
 /// [`crate::framed::forward_stream`] (chunk by chunk, every frame header checked, bytes
 /// unchanged, resets and stops propagated), and tells a resource stream from a DOM stream by
@@ -1241,7 +1249,7 @@ pub async fn forward_observed(
     to: SendStream,
     limits: Limits,
     (cache, transit): (Arc<SharedCache>, Arc<Transit>),
-    dom_priority: i32,
+    (dom_priority, meter): (i32, Option<SendMeter>),
 ) -> Result<ForwardEnd, FramedError> {
     let key = cache.key();
     let mut carried: Option<Carried> = None;
@@ -1251,20 +1259,25 @@ pub async fn forward_observed(
     // Bytes held back until the first header says what the stream is (at most a header).
     let mut held: Vec<u8> = Vec::new();
     let mut reader: Option<FrameReader> = None;
+    let mut outlet = Outlet::new(meter);
     let result = loop {
-        let chunk = match from.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
+        let (read, flushed) = next_chunk(&mut from, &mut outlet, to.stream(), READ_CHUNK).await;
+        if let Err(e) = flushed {
+            break Err(Broke::Written(e));
+        }
+        let chunk = match read {
+            Ok(Some(chunk)) => chunk,
             Ok(None) => break Ok(()),
             Err(quinn::ReadError::Reset(code)) => {
                 to.reset(code);
                 cache.observe_end(key);
                 return Ok(ForwardEnd::SourceReset(code));
             }
-            Err(e) => break Err(FramedError::from(e)),
+            Err(e) => break Err(Broke::Other(FramedError::from(e))),
         };
         if let Err(e) = check.feed(&chunk) {
             let _ = from.stop(quic_code(e.code()));
-            break Err(e.into());
+            break Err(Broke::Other(e.into()));
         }
         let out = if kind == Kind::Unknown {
             held.extend_from_slice(&chunk);
@@ -1285,7 +1298,7 @@ pub async fn forward_observed(
                 }
                 Ok(None) => continue,
                 // HeaderCheck has refused a bad header already.
-                Err(e) => break Err(e.into()),
+                Err(e) => break Err(Broke::Other(e.into())),
             }
         } else {
             chunk
@@ -1295,7 +1308,7 @@ pub async fn forward_observed(
             let mut first = None;
             if let Err(e) = observe_frames(r, &cache, key, &limits, &mut first) {
                 let _ = from.stop(quic_code(e.code()));
-                break Err(e.into());
+                break Err(Broke::Other(e.into()));
             }
             if let (Some(a), None) = (first, &carried) {
                 // On its way until the agent acknowledged the whole stream, as its QUIC state
@@ -1314,16 +1327,25 @@ pub async fn forward_observed(
         let Some(s) = to.stream() else {
             break Ok(());
         };
-        match s.write_chunk(out).await {
-            Ok(()) => {}
-            Err(quinn::WriteError::Stopped(code)) => {
-                let _ = from.stop(code);
-                to.0 = None;
-                cache.observe_end(key);
-                return Ok(ForwardEnd::DestinationStopped(code));
-            }
-            Err(e) => break Err(e.into()),
+        if let Err(e) = outlet.put(s, out).await {
+            break Err(Broke::Written(e));
         }
+    };
+    // The rest of the last piece, unless the source broke off.
+    let result = match (result, to.stream()) {
+        (Ok(()), Some(s)) => outlet.flush(s).await.map_err(Broke::Written),
+        (other, _) => other,
+    };
+    let result = match result {
+        Err(Broke::Written(quinn::WriteError::Stopped(code))) => {
+            let _ = from.stop(code);
+            to.0 = None;
+            cache.observe_end(key);
+            return Ok(ForwardEnd::DestinationStopped(code));
+        }
+        Err(Broke::Written(e)) => Err(FramedError::from(e)),
+        Err(Broke::Other(e)) => Err(e),
+        Ok(()) => Ok(()),
     };
     cache.observe_end(key);
     if let Err(e) = result {

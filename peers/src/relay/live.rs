@@ -29,6 +29,8 @@ use tandem_protocol::{ErrorCode, Message, RawFrame};
 use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::meter::SendMeter;
+
 use super::state::{self, ControlAction, Outcome, PeerInfo, SessionId, Side};
 use super::{
     Arrival, Peer, RelayEvent, SessionResources, Shared, close_after, consumed, ended,
@@ -294,10 +296,13 @@ async fn run_round(
                 .map(|r| (r.cache.clone(), r.transit.clone())),
             Side::Agent => None,
         };
+        // One meter for every stream forwarded into the other connection: together they keep
+        // to its pacing rate and leave room in its window for the datagrams that go beside
+        // them (`crate::meter`).
         tasks.spawn(forward_uni_streams(
             side,
             me.conn.clone(),
-            other.conn.clone(),
+            (other.conn.clone(), SendMeter::new(other.conn.clone())),
             (limits, cache),
             outcome_tx.clone(),
         ));

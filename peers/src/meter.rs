@@ -1,0 +1,429 @@
+//! Metering bulk stream data into a connection that also carries datagrams (issue 7: the
+//! customer's pointer arrives within the path's delay plus 50 ms while a snapshot streams).
+//!
+//! The relay forwards a snapshot to an agent as fast as the agent's connection takes it. Left
+//! to quinn, that connection sends in bursts: its pacer holds a bucket of at least ten
+//! datagrams and refills it whole, so a stream with data waiting goes out ten datagrams (at
+//! 750 kbit/s, 130 ms of queue at the bottleneck) at a time, and the first flight to a new
+//! agent twice that. And stream data fills the congestion window, so a pointer datagram that
+//! arrives while the window is full waits for an acknowledgement before quinn sends it. Both
+//! delays land on the pointer, which the relay forwards as a datagram on the same connection.
+//!
+//! A [`SendMeter`] stands between a forwarder and the connection it writes to:
+//!
+//! ```text
+//!  forwarder ──chunk──► Outlet: whole pieces ──SendMeter::admit──► SendStream::write_chunk
+//!                         (coalesced across chunks,     tokens at PACING_GAIN × window ÷ RTT,
+//!                          flushed when the source       room for RESERVE datagrams kept in
+//!                          has nothing more ready)       the window (congestion::Occupancy)
+//! ```
+//!
+//! - **Rate.** Pieces are admitted at quinn's own pacing rate ([`PACING_GAIN`] × window ÷
+//!   smoothed RTT) from a bucket that holds one piece ([`PIECE`], two datagrams, or what the
+//!   rate carries in [`BURST_INTERVAL`] on a fast path), so the connection never sends more
+//!   than that at once. The rate is the pacer's: what the meter gives up is the head start of
+//!   quinn's bursts, which on a slow path is queue in front of the pointer and on a fast one
+//!   part of the first round trip (see below).
+//! - **Room for datagrams.** A piece waits while it would leave less than [`RESERVE`]
+//!   datagrams of the congestion window free ([`crate::congestion::Occupancy`]): a datagram
+//!   handed to quinn always finds room and leaves at once.
+//! - **Whole packets.** quinn sends what a write gives it as soon as the pacer lets it, so a
+//!   chunk a few bytes larger than a packet became a full packet and one of a few bytes. The
+//!   [`Outlet`] joins chunks into whole pieces and writes a partial one only when the source
+//!   has nothing more to read.
+//!
+//! A metered sender would look application-limited to quinn most of the time, which would stop
+//! Cubic's growth; [`crate::congestion::ShallowQueue`] counts a sender that kept half its
+//! window in flight as limited by the window (RFC 7661), so the window grows as before.
+//!
+//! On a fast path the bucket allows a whole [`BURST_INTERVAL`] of data at once and pieces grow
+//! to match (up to [`MAX_PIECE`] and a quarter of the window), so metering costs a few writes
+//! per millisecond, not one per datagram.
+//!
+//! What it costs: a new connection's first window leaves at the pacing rate instead of half of
+//! it at once. On a path whose first window is limited by pacing rather than by the link (at
+//! 50 ms each way and 10 Mbit/s) that put 10–60 ms on a page's first render. Metering only
+//! while datagrams flow, or only past a stream's first window, was tried and gave that back,
+//! and with it the pointer: at 750 kbit/s the first window's burst is the queue the pointer
+//! meets a round trip later, since quinn's rate (1.02 × that link's at the initial window)
+//! never drains it.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, RecvStream, SendStream};
+
+use crate::congestion::{self, Occupancy};
+
+/// The pacing rate as a multiple of window ÷ smoothed RTT: quinn's pacer uses 1.25 (RFC 9002
+/// §7.7's N), so that the window, not the pacer, limits a sender.
+pub const PACING_GAIN: f64 = 1.25;
+
+/// Datagrams of the congestion window that stream data leaves free for datagrams (at most an
+/// eighth of the window).
+pub const RESERVE: u64 = 2;
+
+/// The smallest piece admitted at once: two datagrams' worth of stream data (1,200-byte
+/// datagrams carry about 1,160 bytes of a stream).
+pub const PIECE: usize = 2 * 1150;
+
+/// The largest piece: what a fast path's [`BURST_INTERVAL`] allows is cut to this.
+pub const MAX_PIECE: usize = 64 * 1024;
+
+/// The bucket holds what the rate carries in this long (quinn's pacer aims at the same
+/// interval), and never less than one [`PIECE`].
+pub const BURST_INTERVAL: Duration = Duration::from_millis(2);
+
+/// How often a piece held back for the reserve looks at the window again.
+pub const HOLD_POLL: Duration = Duration::from_millis(2);
+
+/// Datagram size the reserve is counted in: Tandem's connections do not probe for larger ones
+/// (spec §3.4).
+const DATAGRAM: u64 = 1200;
+
+/// A token bucket, apart from any clock or connection so that it can be tested: `rate` bytes a
+/// second, at most `burst` at once.
+#[derive(Debug, Clone, Default)]
+pub struct Bucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    /// Takes `len` bytes at `now` if the bucket holds them and returns `None`; otherwise takes
+    /// nothing and returns how long until it will. A new bucket starts full.
+    pub fn take(&mut self, now: Instant, len: usize, rate: f64, burst: usize) -> Option<Duration> {
+        let burst = burst as f64;
+        self.tokens = match self.last {
+            None => burst,
+            Some(last) => {
+                (self.tokens + rate * now.saturating_duration_since(last).as_secs_f64()).min(burst)
+            }
+        };
+        self.last = Some(now);
+        let len = len as f64;
+        if self.tokens >= len {
+            self.tokens -= len;
+            return None;
+        }
+        let missing = len - self.tokens;
+        Some(if rate > 0.0 {
+            Duration::from_secs_f64(missing / rate)
+        } else {
+            HOLD_POLL
+        })
+    }
+}
+
+/// The metering of one connection's stream writes (see the module documentation). Clones
+/// share one bucket, so every stream metered into the connection shares its rate.
+#[derive(Debug, Clone)]
+pub struct SendMeter {
+    conn: Connection,
+    occupancy: Option<Arc<Occupancy>>,
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+impl SendMeter {
+    /// A meter for writes into `conn`. Without a [`congestion::ShallowQueue`] to read the
+    /// bytes in flight from, it meters the rate and keeps no reserve.
+    pub fn new(conn: Connection) -> Self {
+        Self {
+            occupancy: congestion::occupancy(&conn),
+            conn,
+            bucket: Arc::new(Mutex::new(Bucket::default())),
+        }
+    }
+
+    /// The window and the rate now: (window bytes, bytes a second).
+    fn window_and_rate(&self) -> (u64, f64) {
+        let window = match &self.occupancy {
+            Some(o) => o.window(),
+            None => self.conn.stats().path.cwnd,
+        };
+        let rtt = self.conn.rtt().max(Duration::from_micros(100));
+        (window, PACING_GAIN * window as f64 / rtt.as_secs_f64())
+    }
+
+    /// The size of the pieces to admit now: what the bucket holds at the current rate, and no
+    /// more than a quarter of the window, so that one piece can go while three are in flight.
+    pub fn piece(&self) -> usize {
+        let (window, rate) = self.window_and_rate();
+        burst(rate).min(usize::try_from(window / 4).unwrap_or(usize::MAX).max(PIECE))
+    }
+
+    /// Waits until `len` bytes (at most a [`SendMeter::piece`]) may be written.
+    pub async fn admit(&self, len: usize) {
+        loop {
+            let (window, rate) = self.window_and_rate();
+            if let Some(o) = &self.occupancy {
+                let in_flight = o.in_flight();
+                // With nothing in flight a piece always goes. A window of a few datagrams (a
+                // very slow path) keeps an eighth free, not half of itself.
+                let reserve = (RESERVE * DATAGRAM).min(window / 8);
+                if in_flight > 0 && in_flight + len as u64 + reserve > window {
+                    if self.conn.close_reason().is_some() {
+                        // Nothing will be acknowledged any more; the write reports the loss.
+                        return;
+                    }
+                    tokio::time::sleep(HOLD_POLL).await;
+                    continue;
+                }
+            }
+            let burst = self.piece().max(len);
+            let wait = self.bucket.lock().unwrap_or_else(|e| e.into_inner()).take(
+                Instant::now(),
+                len,
+                rate,
+                burst,
+            );
+            match wait {
+                None => return,
+                Some(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
+            }
+        }
+    }
+}
+
+/// The bucket's size at `rate` bytes a second: [`BURST_INTERVAL`]'s worth, within
+/// [`PIECE`]..=[`MAX_PIECE`].
+fn burst(rate: f64) -> usize {
+    let bytes = rate * BURST_INTERVAL.as_secs_f64();
+    if bytes.is_finite() {
+        (bytes as usize).clamp(PIECE, MAX_PIECE)
+    } else {
+        MAX_PIECE
+    }
+}
+
+/// A forwarder's writing end: without a meter it writes each chunk as it comes; with one it
+/// joins chunks into whole pieces and writes each when the meter admits it.
+#[derive(Debug, Default)]
+pub struct Outlet {
+    meter: Option<SendMeter>,
+    pending: BytesMut,
+}
+
+impl Outlet {
+    /// An outlet that writes through `meter`, or straight when `None`.
+    pub fn new(meter: Option<SendMeter>) -> Self {
+        Self {
+            meter,
+            pending: BytesMut::new(),
+        }
+    }
+
+    /// Bytes taken but not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes `chunk` and writes every whole piece of what is pending to `to`.
+    pub async fn put(
+        &mut self,
+        to: &mut SendStream,
+        chunk: Bytes,
+    ) -> Result<(), quinn::WriteError> {
+        let Some(meter) = &self.meter else {
+            return to.write_chunk(chunk).await;
+        };
+        self.pending.extend_from_slice(&chunk);
+        loop {
+            let piece = meter.piece();
+            if self.pending.len() < piece {
+                return Ok(());
+            }
+            let bytes = self.pending.split_to(piece).freeze();
+            meter.admit(bytes.len()).await;
+            to.write_chunk(bytes).await?;
+        }
+    }
+
+    /// Writes what is pending to `to`, in pieces as the meter admits them.
+    pub async fn flush(&mut self, to: &mut SendStream) -> Result<(), quinn::WriteError> {
+        let Some(meter) = &self.meter else {
+            return Ok(());
+        };
+        while !self.pending.is_empty() {
+            let n = meter.piece().min(self.pending.len());
+            let bytes = self.pending.split_to(n).freeze();
+            meter.admit(bytes.len()).await;
+            to.write_chunk(bytes).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What reading the next chunk found: a chunk, the end of the stream, or an error.
+pub(crate) type ChunkRead = Result<Option<Bytes>, quinn::ReadError>;
+
+/// Reads the next chunk of `from` for `outlet`: when the outlet holds a partial piece and
+/// `from` has nothing ready, the piece is written to `to` first (it would otherwise wait for
+/// data that may not come). Returns the read and the result of that flush.
+pub(crate) async fn next_chunk(
+    from: &mut RecvStream,
+    outlet: &mut Outlet,
+    to: Option<&mut SendStream>,
+    max: usize,
+) -> (ChunkRead, Result<(), quinn::WriteError>) {
+    let mut read = std::pin::pin!(from.read_chunk(max, true));
+    let mut flushed = Ok(());
+    if outlet.pending() > 0 {
+        let ready = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        if let Poll::Ready(r) = ready {
+            return (r.map(|c| c.map(|c| c.bytes)), flushed);
+        }
+        if let Some(to) = to {
+            flushed = outlet.flush(to).await;
+        }
+    }
+    (read.await.map(|c| c.map(|c| c.bytes)), flushed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framed::{ForwardEnd, forward_stream};
+    use crate::link::Link;
+    use crate::transport::{Identity, client_endpoint, connect, server_endpoint};
+    use tandem_protocol::message::Role;
+    use tandem_protocol::{FrameType, Limits, RawFrame};
+
+    /// Frames of `n` bytes each (unknown optional frames, which the relay forwards unread).
+    fn frames(count: usize, n: usize) -> Vec<u8> {
+        let frame = RawFrame {
+            ty: FrameType(0x1001),
+            body: vec![7; n],
+        }
+        .to_bytes();
+        frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * count)
+            .collect()
+    }
+
+    /// A relay's endpoint with two clients: `from` opens a stream that the relay forwards,
+    /// metered, to `to`; returns what `to` read (or the code it stopped with after `stop_after`
+    /// bytes), how the forwarding ended, and the datagrams the relay sent to `to`.
+    async fn forward(payload: Vec<u8>, stop_after: Option<usize>) -> (Vec<u8>, ForwardEnd, u64) {
+        let identity = Identity::generate().unwrap();
+        let relay = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let addr = relay.local_addr().unwrap();
+        let pin = identity.fingerprint();
+        let accepting = tokio::spawn(async move {
+            let first = relay.accept().await.unwrap().await.unwrap();
+            let second = relay.accept().await.unwrap().await.unwrap();
+            (relay, first, second)
+        });
+        let (from_end, to_end) = (
+            client_endpoint(pin, Role::Consumer).unwrap(),
+            client_endpoint(pin, Role::Agent).unwrap(),
+        );
+        // `from` connects first, so the relay's first connection is its. `to` is behind a
+        // link slow enough that quinn sends each write before the next one comes.
+        let from = connect(&from_end, addr).await.unwrap();
+        let link = Link::spawn(addr, &"10ms,4mbit".parse().unwrap())
+            .await
+            .unwrap();
+        let to = connect(&to_end, link.addr()).await.unwrap();
+        let (_relay, relay_from, relay_to) = accepting.await.unwrap();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            let mut s = from.open_uni().await.unwrap();
+            // Writes of odd sizes, so the relay reads chunks that are not whole packets.
+            for piece in sent.chunks(1187) {
+                if s.write_all(piece).await.is_err() {
+                    break;
+                }
+            }
+            let _ = s.finish();
+            let stopped = s.stopped().await;
+            (from, stopped)
+        });
+        let recv = relay_from.accept_uni().await.unwrap();
+        let send = relay_to.open_uni().await.unwrap();
+        let meter = SendMeter::new(relay_to.clone());
+        let forwarder = tokio::spawn(forward_stream(recv, send, Limits::DEFAULT, Some(meter)));
+        let mut s = to.accept_uni().await.unwrap();
+        let got = match stop_after {
+            None => s.read_to_end(1 << 24).await.unwrap(),
+            Some(n) => {
+                let mut got = vec![0; n];
+                s.read_exact(&mut got).await.unwrap();
+                s.stop(quinn::VarInt::from_u32(77)).unwrap();
+                got
+            }
+        };
+        let end = forwarder.await.unwrap().unwrap();
+        let (_from, stopped) = writer.await.unwrap();
+        if stop_after.is_some() {
+            assert_eq!(stopped.unwrap(), Some(quinn::VarInt::from_u32(77)));
+        }
+        (got, end, relay_to.stats().udp_tx.datagrams)
+    }
+
+    #[tokio::test]
+    async fn a_metered_stream_arrives_whole_in_full_packets() {
+        let payload = frames(1000, 300);
+        let (got, end, datagrams) = forward(payload.clone(), None).await;
+        assert!(got == payload, "the bytes arrive unchanged");
+        assert!(matches!(end, ForwardEnd::Finished { frames: 1000 }));
+        // About 1,160 bytes of the stream fit a datagram; pieces written whole fill them, with
+        // a few more for the handshake and acknowledgements.
+        let full = (payload.len() as u64).div_ceil(1160);
+        assert!(
+            datagrams < full + full / 10 + 10,
+            "{datagrams} datagrams for {full} packets' worth"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_goes_back_through_a_metered_forwarding() {
+        // More than the relay's receive window, so that the sender is still writing when the
+        // stop comes back.
+        let payload = frames(8000, 300);
+        let (got, end, _) = forward(payload.clone(), Some(10_000)).await;
+        assert_eq!(got, payload[..10_000]);
+        assert!(matches!(end, ForwardEnd::DestinationStopped(c) if c.into_inner() == 77));
+    }
+
+    #[test]
+    fn a_new_bucket_is_full_and_then_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::default();
+        // Full: one burst at once, then nothing.
+        assert_eq!(b.take(t0, 2300, 100_000.0, 2300), None);
+        let wait = b.take(t0, 2300, 100_000.0, 2300).expect("empty");
+        assert_eq!(wait, Duration::from_secs_f64(0.023));
+        // 23 ms later the piece is there, and no more.
+        let t1 = t0 + Duration::from_millis(23);
+        assert_eq!(b.take(t1, 2300, 100_000.0, 2300), None);
+        assert!(b.take(t1, 1, 100_000.0, 2300).is_some());
+    }
+
+    #[test]
+    fn a_bucket_never_holds_more_than_its_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::default();
+        assert_eq!(b.take(t0, 2300, 1_000.0, 2300), None);
+        // A long pause refills one burst, not the pause's worth.
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(b.take(t1, 2300, 1_000.0, 2300), None);
+        assert!(b.take(t1, 100, 1_000.0, 2300).is_some());
+    }
+
+    #[test]
+    fn pieces_are_two_datagrams_on_a_slow_path_and_grow_on_a_fast_one() {
+        // 750 kbit/s: 2 ms carries 188 bytes, less than a piece.
+        assert_eq!(burst(750_000.0 / 8.0), PIECE);
+        // 100 Mbit/s: 2 ms carries 25 KB.
+        assert_eq!(burst(100e6 / 8.0), 25_000);
+        assert_eq!(burst(10e9), MAX_PIECE);
+        assert_eq!(burst(f64::INFINITY), MAX_PIECE);
+    }
+}
