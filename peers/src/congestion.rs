@@ -71,10 +71,10 @@
 //! The bursts and the wait are the sender's, and the relay keeps both out of the connections it
 //! forwards into: [`crate::meter`] writes at the pacer's rate two datagrams at a time and
 //! leaves two datagrams of the window free, reading the window and the bytes in flight that
-//! this controller shares ([`Occupancy`]). Such a sender looks
-//! application-limited to quinn most of the time (its last transmission found nothing more to
-//! send), which would stop Cubic's growth and the guard's measurements; this controller counts
-//! a sender that had half its window in flight as limited by the window, as RFC 7661 does.
+//! this controller shares ([`Occupancy`]). Such a sender looks application-limited to quinn
+//! most of the time (its last transmission found nothing more to send), which would stop
+//! Cubic's growth and the guard's measurements; this controller counts a sender that had half
+//! its window in flight as limited by the window, as RFC 7661 does.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -118,16 +118,15 @@ impl ShallowQueueConfig {
 
 impl ControllerFactory for ShallowQueueConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        let cubic = self.cubic.clone().build(now, current_mtu);
-        let occupancy = Arc::new(Occupancy::default());
-        occupancy.window.store(cubic.window(), Ordering::Relaxed);
-        Box::new(ShallowQueue {
-            cubic,
+        let q = ShallowQueue {
+            cubic: self.cubic.clone().build(now, current_mtu),
             guard: QueueGuard::new(u64::from(current_mtu)),
             in_flight: 0,
             peak: 0,
-            occupancy,
-        })
+            occupancy: Arc::default(),
+        };
+        q.publish();
+        Box::new(q)
     }
 }
 

@@ -150,10 +150,10 @@ impl SendMeter {
     }
 
     /// The size of the pieces to admit now: what the bucket holds at the current rate, and no
-    /// more than a quarter of the window, so that one piece can go while three are in flight.
+    /// more than a quarter of the window.
     pub fn piece(&self) -> usize {
         let (window, rate) = self.window_and_rate();
-        burst(rate).min(usize::try_from(window / 4).unwrap_or(usize::MAX).max(PIECE))
+        piece_for(window, rate)
     }
 
     /// Waits until `len` bytes (at most a [`SendMeter::piece`]) may be written.
@@ -174,7 +174,7 @@ impl SendMeter {
                     continue;
                 }
             }
-            let burst = self.piece().max(len);
+            let burst = piece_for(window, rate).max(len);
             let wait = self.bucket.lock().unwrap_or_else(|e| e.into_inner()).take(
                 Instant::now(),
                 len,
@@ -189,8 +189,14 @@ impl SendMeter {
     }
 }
 
-/// The bucket's size at `rate` bytes a second: [`BURST_INTERVAL`]'s worth, within
-/// [`PIECE`]..=[`MAX_PIECE`].
+/// The size of a piece, and of the bucket, for a `window` and a `rate` in bytes a second: what
+/// the bucket holds at that rate ([`burst`]), and no more than a quarter of the window, so that
+/// one piece can go while three are in flight.
+fn piece_for(window: u64, rate: f64) -> usize {
+    burst(rate).min(usize::try_from(window / 4).unwrap_or(usize::MAX).max(PIECE))
+}
+
+/// [`BURST_INTERVAL`]'s worth at `rate` bytes a second, within [`PIECE`]..=[`MAX_PIECE`].
 fn burst(rate: f64) -> usize {
     let bytes = rate * BURST_INTERVAL.as_secs_f64();
     if bytes.is_finite() {
@@ -228,29 +234,33 @@ impl Outlet {
         to: &mut SendStream,
         chunk: Bytes,
     ) -> Result<(), quinn::WriteError> {
-        let Some(meter) = &self.meter else {
+        if self.meter.is_none() {
             return to.write_chunk(chunk).await;
-        };
-        self.pending.extend_from_slice(&chunk);
-        loop {
-            let piece = meter.piece();
-            if self.pending.len() < piece {
-                return Ok(());
-            }
-            let bytes = self.pending.split_to(piece).freeze();
-            meter.admit(bytes.len()).await;
-            to.write_chunk(bytes).await?;
         }
+        self.pending.extend_from_slice(&chunk);
+        self.drain(to, false).await
     }
 
     /// Writes what is pending to `to`, in pieces as the meter admits them.
     pub async fn flush(&mut self, to: &mut SendStream) -> Result<(), quinn::WriteError> {
+        self.drain(to, true).await
+    }
+
+    /// Writes pending pieces as the meter admits them: every whole one, and with `all` the
+    /// partial last one too.
+    async fn drain(&mut self, to: &mut SendStream, all: bool) -> Result<(), quinn::WriteError> {
         let Some(meter) = &self.meter else {
             return Ok(());
         };
         while !self.pending.is_empty() {
-            let n = meter.piece().min(self.pending.len());
-            let bytes = self.pending.split_to(n).freeze();
+            let piece = meter.piece();
+            if self.pending.len() < piece && !all {
+                break;
+            }
+            let bytes = self
+                .pending
+                .split_to(piece.min(self.pending.len()))
+                .freeze();
             meter.admit(bytes.len()).await;
             to.write_chunk(bytes).await?;
         }

@@ -1228,13 +1228,6 @@ enum Kind {
     Other,
 }
 
-/// Why [`forward_observed`] stopped early: a write into the agent's stream failed (a stop
-/// goes back to the consumer's stream), or anything else.
-enum Broke {
-    Written(quinn::WriteError),
-    Other(FramedError),
-}
-
 /// Forwards a consumer's unidirectional stream to the agent like
 /// [`crate::framed::forward_stream`] (chunk by chunk, every frame header checked, bytes
 /// unchanged, resets and stops propagated), and tells a resource stream from a DOM stream by
@@ -1263,7 +1256,7 @@ pub async fn forward_observed(
     let result = loop {
         let (read, flushed) = next_chunk(&mut from, &mut outlet, to.stream(), READ_CHUNK).await;
         if let Err(e) = flushed {
-            break Err(Broke::Written(e));
+            break Err(e.into());
         }
         let chunk = match read {
             Ok(Some(chunk)) => chunk,
@@ -1273,11 +1266,11 @@ pub async fn forward_observed(
                 cache.observe_end(key);
                 return Ok(ForwardEnd::SourceReset(code));
             }
-            Err(e) => break Err(Broke::Other(FramedError::from(e))),
+            Err(e) => break Err(FramedError::from(e)),
         };
         if let Err(e) = check.feed(&chunk) {
             let _ = from.stop(quic_code(e.code()));
-            break Err(Broke::Other(e.into()));
+            break Err(e.into());
         }
         let out = if kind == Kind::Unknown {
             held.extend_from_slice(&chunk);
@@ -1298,7 +1291,7 @@ pub async fn forward_observed(
                 }
                 Ok(None) => continue,
                 // HeaderCheck has refused a bad header already.
-                Err(e) => break Err(Broke::Other(e.into())),
+                Err(e) => break Err(e.into()),
             }
         } else {
             chunk
@@ -1308,7 +1301,7 @@ pub async fn forward_observed(
             let mut first = None;
             if let Err(e) = observe_frames(r, &cache, key, &limits, &mut first) {
                 let _ = from.stop(quic_code(e.code()));
-                break Err(Broke::Other(e.into()));
+                break Err(e.into());
             }
             if let (Some(a), None) = (first, &carried) {
                 // On its way until the agent acknowledged the whole stream, as its QUIC state
@@ -1328,25 +1321,20 @@ pub async fn forward_observed(
             break Ok(());
         };
         if let Err(e) = outlet.put(s, out).await {
-            break Err(Broke::Written(e));
+            break Err(e.into());
         }
     };
     // The rest of the last piece, unless the source broke off.
     let result = match (result, to.stream()) {
-        (Ok(()), Some(s)) => outlet.flush(s).await.map_err(Broke::Written),
+        (Ok(()), Some(s)) => outlet.flush(s).await.map_err(FramedError::from),
         (other, _) => other,
     };
-    let result = match result {
-        Err(Broke::Written(quinn::WriteError::Stopped(code))) => {
-            let _ = from.stop(code);
-            to.0 = None;
-            cache.observe_end(key);
-            return Ok(ForwardEnd::DestinationStopped(code));
-        }
-        Err(Broke::Written(e)) => Err(FramedError::from(e)),
-        Err(Broke::Other(e)) => Err(e),
-        Ok(()) => Ok(()),
-    };
+    if let Err(FramedError::Write(quinn::WriteError::Stopped(code))) = result {
+        let _ = from.stop(code);
+        to.0 = None;
+        cache.observe_end(key);
+        return Ok(ForwardEnd::DestinationStopped(code));
+    }
     cache.observe_end(key);
     if let Err(e) = result {
         to.reset(match &e {
