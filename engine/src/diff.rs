@@ -646,11 +646,11 @@ impl<'a> Matcher<'a> {
             }
         }
         for j in 1..self.b.len() {
-            if self.b.open(j) {
-                if let Some(s) = seen.get_mut(&self.b.key[j as usize]) {
-                    s.b_count += 1;
-                    s.b = j;
-                }
+            if self.b.open(j)
+                && let Some(s) = seen.get_mut(&self.b.key[j as usize])
+            {
+                s.b_count += 1;
+                s.b = j;
             }
         }
         // Breadth-first, so the largest subtree of a nest is paired first and claims the rest.
@@ -684,11 +684,10 @@ impl<'a> Matcher<'a> {
             if let Some(id) = self
                 .id_attr_b(j)
                 .filter(|v| !v.is_empty() && self.b.open(j))
+                && let Some(s) = seen.get_mut(id)
             {
-                if let Some(s) = seen.get_mut(id) {
-                    s.b_count += 1;
-                    s.b = j;
-                }
+                s.b_count += 1;
+                s.b = j;
             }
         }
         for j in 1..self.b.len() {
@@ -839,10 +838,10 @@ impl<'a> Matcher<'a> {
                     }
                 },
             };
-            if let Some(i) = pick {
-                if self.same_hash(i, j) {
-                    self.pair_exact(i, j);
-                }
+            if let Some(i) = pick
+                && self.same_hash(i, j)
+            {
+                self.pair_exact(i, j);
             }
         }
     }

@@ -1182,10 +1182,10 @@ mod tests {
             9 => {
                 let kids = dom.children(wide).to_vec();
                 let other = if wide == main { aside } else { main };
-                if let Some(&c) = kids.first() {
-                    if dom.text(c).is_none() {
-                        dom.move_node(c, other, 0).unwrap();
-                    }
+                if let Some(&c) = kids.first()
+                    && dom.text(c).is_none()
+                {
+                    dom.move_node(c, other, 0).unwrap();
                 }
             }
             // A partial rehash of a subtree: its ancestors stay dirty.

@@ -411,9 +411,9 @@ impl fmt::Display for LinkSpec {
         let mut parts: Vec<String> = Vec::new();
         if !self.delay.is_zero() {
             let nanos = self.delay.as_nanos();
-            parts.push(if nanos % 1_000_000_000 == 0 {
+            parts.push(if nanos.is_multiple_of(1_000_000_000) {
                 format!("{}s", nanos / 1_000_000_000)
-            } else if nanos % 1_000_000 == 0 {
+            } else if nanos.is_multiple_of(1_000_000) {
                 format!("{}ms", nanos / 1_000_000)
             } else {
                 // Exact for every delay a string can give; finer delays are truncated to µs.
@@ -462,7 +462,7 @@ impl fmt::Display for LinkSpec {
 /// `n` in the largest of `units` that divides it exactly, else in `base`.
 fn largest_unit(n: u64, units: &[(u64, &str)], base: &str) -> String {
     for &(scale, name) in units {
-        if n != 0 && n % scale == 0 {
+        if n != 0 && n.is_multiple_of(scale) {
             return format!("{}{name}", n / scale);
         }
     }

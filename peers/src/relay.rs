@@ -965,11 +965,11 @@ async fn wait_for_agent(
                 ));
             }
         };
-        if let Some(reply) = reply {
-            if let Err(e) = write_raw(&mut peer.send, &reply).await {
-                invite::consumer_gone(shared, invited.take()).await;
-                return lost(e.into());
-            }
+        if let Some(reply) = reply
+            && let Err(e) = write_raw(&mut peer.send, &reply).await
+        {
+            invite::consumer_gone(shared, invited.take()).await;
+            return lost(e.into());
         }
         if !expiry_armed && invited.is_none() && shared.table().expire(id, Instant::now()) {
             return expired(peer, shared).await;

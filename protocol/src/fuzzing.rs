@@ -82,10 +82,10 @@ pub fn frame_decode(data: &[u8]) {
             }
         }
     }
-    if !matches!(got.last(), Some(Err(_))) {
-        if let Err(e) = reader.finish() {
-            got.push(Err(e));
-        }
+    if !matches!(got.last(), Some(Err(_)))
+        && let Err(e) = reader.finish()
+    {
+        got.push(Err(e));
     }
     assert_eq!(got, reference, "FrameReader and decode_frame disagree");
 
@@ -127,10 +127,10 @@ fn at_end(e: DecodeError) -> DecodeError {
 /// skipped: their body is some known message's.
 pub fn message_roundtrip(msg: &Message) {
     let limits = Limits::DEFAULT;
-    if let Message::Unknown(u) = msg {
-        if u.ty.name().is_some() {
-            return;
-        }
+    if let Message::Unknown(u) = msg
+        && u.ty.name().is_some()
+    {
+        return;
     }
     let Ok(bytes) = frame::to_frame(msg, &limits) else {
         return;

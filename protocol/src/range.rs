@@ -356,7 +356,11 @@ mod tests {
                 x ^= x << 17;
                 let ctx = (x % 3) as usize;
                 // Context 0 is mostly 0, context 1 even, context 2 direct.
-                let bit = if ctx == 0 { x % 10 == 0 } else { x & 2 != 0 };
+                let bit = if ctx == 0 {
+                    x.is_multiple_of(10)
+                } else {
+                    x & 2 != 0
+                };
                 (ctx, bit, x.rotate_left(i as u32 % 64))
             })
             .collect()

@@ -462,10 +462,10 @@ async fn close(
     // An agent whose connection is gone hears nothing; one that broke the protocol hears only
     // its CLOSE.
     let agent_told = !matches!(fate, Fate::Gone | Fate::Violated(_));
-    if let Some(msg) = to_agent {
-        if agent_told {
-            let _ = write_message(&mut inv.agent.send, &msg, &shared.limits).await;
-        }
+    if let Some(msg) = to_agent
+        && agent_told
+    {
+        let _ = write_message(&mut inv.agent.send, &msg, &shared.limits).await;
     }
     shared.emit(ended(inv.id, &reason, by, None));
     let told = if reason == "declined" {
