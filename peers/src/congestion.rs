@@ -69,7 +69,7 @@
 //! at 746 / 743 ms). The cap bounds the queue of a long transfer, not the first round trip.
 //!
 //! The bursts and the wait are the sender's, and the relay keeps both out of the connections it
-//! forwards into: [`crate::meter`] writes at the pacer's rate two datagrams at a time and
+//! forwards into, as the consumer does out of its DOM streams: [`crate::meter`] writes at the pacer's rate two datagrams at a time and
 //! leaves two datagrams of the window free, reading the window and the bytes in flight that
 //! this controller shares ([`Occupancy`]). Such a sender looks application-limited to quinn
 //! most of the time (its last transmission found nothing more to send), which would stop

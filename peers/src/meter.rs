@@ -9,7 +9,12 @@
 //! arrives while the window is full waits for an acknowledgement before quinn sends it. Both
 //! delays land on the pointer, which the relay forwards as a datagram on the same connection.
 //!
-//! A [`SendMeter`] stands between a forwarder and the connection it writes to:
+//! The consumer's own DOM streams meet the same two delays on the customer's link, where its
+//! pointer datagrams share the connection with a snapshot or a large patch (a navigation): its
+//! [`crate::pump::DomPump`] writes through a meter as well.
+//!
+//! A [`SendMeter`] stands between a writer (a forwarder, the pump) and the connection it writes
+//! to:
 //!
 //! ```text
 //!  forwarder ──chunk──► Outlet: whole pieces ──SendMeter::admit──► SendStream::write_chunk
@@ -206,7 +211,7 @@ fn burst(rate: f64) -> usize {
     }
 }
 
-/// A forwarder's writing end: without a meter it writes each chunk as it comes; with one it
+/// The writing end of a forwarder or the DOM pump: without a meter it writes each chunk as it comes; with one it
 /// joins chunks into whole pieces and writes each when the meter admits it.
 #[derive(Debug, Default)]
 pub struct Outlet {

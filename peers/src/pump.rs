@@ -18,10 +18,18 @@
 //! at most one round trip plus one send behind the page. A new epoch (a snapshot after a
 //! `RESYNC`) cancels the batch in flight: its stream is reset, so stale bytes leave the send
 //! buffer (spec §3.2).
+//!
+//! The pump writes through a [`SendMeter`] (spec §3.4): a batch goes
+//! into the connection at its pacing rate in whole pieces of two datagrams, with room left in
+//! the congestion window, so the customer's pointer datagrams, which share the connection, do
+//! not wait behind quinn's bursts of the batch or for an acknowledgement to free the window.
+//! Measured on a navigation (an 86 KB patch) at 300 ms, 750 kbit/s, 1 % loss on both links, the
+//! pointer's 95th percentile over the session fell from about 870 to about 720 ms.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::{Connection, SendStream, VarInt};
 use tandem_engine::{Consumer, DomFrame, DomFrameKind};
 use tandem_protocol::Limits;
@@ -31,13 +39,16 @@ use tokio::task::JoinHandle;
 
 use crate::client::ClientError;
 use crate::framed::FramedError;
+use crate::meter::{Outlet, SendMeter};
 use crate::session::{DOM_PRIORITY, SessionError};
 
-/// One epoch's DOM stream and its compression context (spec §4.6).
+/// One epoch's DOM stream, its compression context (spec §4.6) and the outlet that meters
+/// writes into it.
 struct DomStream {
     stream: SendStream,
     epoch: u32,
     compressor: Option<DomCompressor>,
+    outlet: Outlet,
 }
 
 /// What the DOM streams carried so far.
@@ -75,6 +86,9 @@ struct Done {
 /// The consumer's DOM writer (see the module docs).
 pub struct DomPump {
     conn: Connection,
+    /// Meters the DOM streams' writes into `conn`, so that a batch leaves at the pacing rate,
+    /// not in quinn's bursts, and the pointer's datagrams find room in the window.
+    meter: SendMeter,
     limits: Limits,
     /// The codec of every stream, `None` when uncompressed.
     codec: Option<Codec>,
@@ -105,6 +119,7 @@ impl DomPump {
     /// codec the session's capabilities call for ([`Codec::for_session`], spec §4.6).
     pub fn new(conn: Connection, limits: Limits, codec: Option<Codec>) -> Self {
         DomPump {
+            meter: SendMeter::new(conn.clone()),
             conn,
             limits,
             codec,
@@ -201,13 +216,15 @@ impl DomPump {
         let dom = self.idle.take().flatten();
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let (conn, limits, codec, stats) = (self.conn.clone(), self.limits, self.codec, self.stats);
+        let meter = self.meter.clone();
         let task = tokio::spawn(async move {
             let mut done = Done {
                 dom,
                 stats,
                 result: Ok(()),
             };
-            done.result = write_batch(&conn, &mut done, frames, codec, &limits, cancel_rx).await;
+            let to = (&conn, &meter);
+            done.result = write_batch(to, &mut done, frames, codec, &limits, cancel_rx).await;
             done
         });
         self.busy = Some((task, cancel_tx, epoch));
@@ -285,9 +302,10 @@ impl DomPump {
 /// Writes `frames`, opening a new stream for a new epoch (and resetting the old one), and
 /// compressing each frame on its own with `codec` when the session negotiated compression, so
 /// the agent can use each as soon as it arrives (spec §4.6.1; with codec 0x02 a patch goes as
-/// a coded patch, §4.6.5). Stops, resetting the stream, when `cancel` fires.
+/// a coded patch, §4.6.5). The writes go through `meter` in whole pieces, the last one when
+/// the batch ends. Stops, resetting the stream, when `cancel` fires.
 async fn write_batch(
-    conn: &Connection,
+    (conn, meter): (&Connection, &SendMeter),
     done: &mut Done,
     frames: Frames,
     codec: Option<Codec>,
@@ -327,6 +345,7 @@ async fn write_batch(
                 stream,
                 epoch,
                 compressor,
+                outlet: Outlet::new(Some(meter.clone())),
             });
         }
         let Some(d) = done.dom.as_mut() else {
@@ -355,20 +374,33 @@ async fn write_batch(
                 s.patches += 1;
             }
         }
-        tokio::select! {
-            r = d.stream.write_all(out) => match r {
-                Ok(()) => {}
-                Err(quinn::WriteError::Stopped(code)) => {
-                    // The relay stopped the stream: the agent's connection was lost (spec
-                    // §3.5). The batch is dropped; REJOINED or RESYNC says how to go on.
-                    tracing::debug!(%code, "the DOM stream was stopped");
-                    done.dom = None;
-                    done.stats.cancelled += 1;
-                    return Ok(());
-                }
-                Err(e) => return Err(FramedError::from(e).into()),
-            },
-            _ = &mut cancel => {
+        // The frames of a batch are all at hand: the outlet holds back only the partial
+        // piece at the end of the last one until it writes it.
+        let last = i + 1 == frames.len();
+        let DomStream { stream, outlet, .. } = d;
+        let write = async {
+            outlet.put(stream, Bytes::copy_from_slice(out)).await?;
+            if last {
+                outlet.flush(stream).await?;
+            }
+            Ok(())
+        };
+        let written: Option<Result<(), quinn::WriteError>> = tokio::select! {
+            r = write => Some(r),
+            _ = &mut cancel => None,
+        };
+        match written {
+            Some(Ok(())) => {}
+            Some(Err(quinn::WriteError::Stopped(code))) => {
+                // The relay stopped the stream: the agent's connection was lost (spec
+                // §3.5). The batch is dropped; REJOINED or RESYNC says how to go on.
+                tracing::debug!(%code, "the DOM stream was stopped");
+                done.dom = None;
+                done.stats.cancelled += 1;
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(FramedError::from(e).into()),
+            None => {
                 let _ = d.stream.reset(VarInt::from_u32(0));
                 done.dom = None;
                 done.stats.cancelled += 1;
@@ -377,4 +409,78 @@ async fn write_batch(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::congestion;
+    use crate::link::Link;
+    use crate::transport::{Identity, client_endpoint, connect, server_endpoint};
+    use tandem_engine::parse_html;
+    use tandem_protocol::message::Role;
+
+    /// While the pump writes a snapshot far larger than the congestion window, the window keeps
+    /// room for a datagram: the metered writes stop short of filling it, where quinn left to
+    /// itself fills it whenever the stream has data waiting.
+    #[tokio::test]
+    async fn a_batch_leaves_room_in_the_window_for_datagrams() {
+        let identity = Identity::generate().unwrap();
+        let relay = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        // A delay and no rate limit: no queue, so the window only grows (no cap, no loss) and
+        // the sender is limited by it alone.
+        let link = Link::spawn(relay.local_addr().unwrap(), &"10ms".parse().unwrap())
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move {
+            let conn = relay.accept().await.unwrap().await.unwrap();
+            let mut s = conn.accept_uni().await.unwrap();
+            let got = s.read_to_end(1 << 26).await.unwrap();
+            (relay, conn, got.len())
+        });
+        let end = client_endpoint(identity.fingerprint(), Role::Consumer).unwrap();
+        let conn = connect(&end, link.addr()).await.unwrap();
+        let occupancy = congestion::occupancy(&conn).expect("a ShallowQueue connection");
+        // Uncompressed, distinct paragraphs: about 2 MB of snapshot frames.
+        let html: String = (0..20_000)
+            .map(|i| format!("<p id=p{i}>paragraph {i} of the page, {}</p>", i * 7919))
+            .collect();
+        let mut consumer = Consumer::new(parse_html(&html, Limits::DEFAULT), "", Limits::DEFAULT);
+        let mut pump = DomPump::new(conn.clone(), Limits::DEFAULT, None);
+        assert!(pump.send_queued(&mut consumer).unwrap());
+        let mut reader = std::pin::pin!(reader);
+        let (mut busy, mut full) = (0u32, 0u32);
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let received = loop {
+            tokio::select! {
+                r = &mut reader => break r.unwrap().2,
+                r = pump.written(), if !pump.is_idle() => {
+                    r.unwrap();
+                    // Finishes the stream, so the reader sees its end.
+                    pump.finish().await;
+                }
+                _ = tick.tick() => {
+                    let in_flight = occupancy.in_flight();
+                    // Read second: the window only grows here, so this one is at least the
+                    // window the bytes in flight were sent under.
+                    let window = occupancy.window();
+                    if in_flight > 0 {
+                        busy += 1;
+                        if in_flight + 1200 > window {
+                            full += 1;
+                        }
+                    }
+                }
+            }
+        };
+        let stats = pump.stats();
+        assert_eq!(received as u64, stats.snapshot_wire_bytes);
+        assert!(busy >= 20, "{busy} samples with data in flight");
+        // A stale reading now and then is allowed (a piece admitted a moment before an earlier
+        // one reached quinn's count); unmetered, the window was full in 6-7 % of the samples.
+        assert!(
+            full * 50 <= busy,
+            "the window was full in {full} of {busy} samples"
+        );
+    }
 }

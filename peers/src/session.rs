@@ -348,9 +348,9 @@ pub struct ConsumerOptions {
 /// consumer already sending its snapshot ahead of the agent.
 enum Start {
     /// The parsed page.
-    Page(tandem_engine::Dom),
+    Page(Box<tandem_engine::Dom>),
     /// The consumer and the pump writing its snapshot.
-    Early(Box<Consumer>, DomPump),
+    Early(Box<(Consumer, DomPump)>),
 }
 
 /// The next customer command; pends forever without a command channel.
@@ -601,9 +601,9 @@ pub async fn run_consumer_with(
         let mut c = Consumer::with_policy(page, &opts.url, limits, opts.policy.clone());
         fold(&mut c, opts.fold_bytes);
         pump.send_queued(&mut c)?;
-        Start::Early(Box::new(c), pump)
+        Start::Early(Box::new((c, pump)))
     } else {
-        Start::Page(page)
+        Start::Page(Box::new(page))
     };
     let invitations = opts.invitations;
     // With a command channel, an invitation asked about is answered by a command (`y`/`n`),
@@ -653,8 +653,12 @@ pub async fn run_consumer_with(
         None => None,
     };
     let (mut consumer, early_pump) = match start {
-        Start::Early(c, pump) => (*c, Some(pump)),
+        Start::Early(early) => {
+            let (c, pump) = *early;
+            (c, Some(pump))
+        }
         Start::Page(page) => {
+            let page = *page;
             let mut c = match &resources {
                 Some(r) => Consumer::with_resources(
                     page,
