@@ -77,11 +77,13 @@
 //! its window in flight as limited by the window, as RFC 7661 does.
 
 use std::any::Any;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
+
+use crate::meter::Gate;
 
 /// Queueing delay above which the queue is standing and the window is capped. A quarter of
 /// the pointer's slack over two links (issue 7: one-way delay plus 50 ms).
@@ -184,6 +186,8 @@ impl ShallowQueue {
 pub struct Occupancy {
     in_flight: AtomicU64,
     window: AtomicU64,
+    /// The token bucket that every [`crate::meter::SendMeter`] of the connection draws from.
+    gate: Mutex<Gate>,
 }
 
 impl Occupancy {
@@ -195,6 +199,11 @@ impl Occupancy {
     /// The congestion window: the bytes that may be in flight.
     pub fn window(&self) -> u64 {
         self.window.load(Ordering::Relaxed)
+    }
+
+    /// The connection's metering bucket, shared by its meters.
+    pub(crate) fn gate(&self) -> &Mutex<Gate> {
+        &self.gate
     }
 }
 

@@ -11,7 +11,9 @@
 //!
 //! The consumer's own DOM streams meet the same two delays on the customer's link, where its
 //! pointer datagrams share the connection with a snapshot or a large patch (a navigation): its
-//! [`crate::pump::DomPump`] writes through a meter as well.
+//! [`crate::pump::DomPump`] writes through a meter as well, and so does every
+//! [`crate::resources::Uplink`] (the consumer's blobs, and those the relay answers from its
+//! cache). The meters of one connection share one bucket, so together they keep its rate.
 //!
 //! A [`SendMeter`] stands between a writer (a forwarder, the pump) and the connection it writes
 //! to:
@@ -36,6 +38,10 @@
 //!   chunk a few bytes larger than a packet became a full packet and one of a few bytes. The
 //!   [`Outlet`] joins chunks into whole pieces and writes a partial one only when the source
 //!   has nothing more to read.
+//! - **Priority.** The meters of a connection share one bucket, and a writer waits while one of
+//!   a higher priority does: quinn orders streams by priority only among the data it holds,
+//!   and a metered writer hands it data a piece at a time, so without this a resource stream
+//!   would take every other piece from a DOM stream.
 //!
 //! A metered sender would look application-limited to quinn most of the time, which would stop
 //! Cubic's growth; [`crate::congestion::ShallowQueue`] counts a sender that kept half its
@@ -124,23 +130,91 @@ impl Bucket {
     }
 }
 
-/// The metering of one connection's stream writes (see the module documentation). Clones
-/// share one bucket, so every stream metered into the connection shares its rate.
+/// What the meters of one connection share: the token bucket, and the priorities of the
+/// writers waiting for it.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    bucket: Bucket,
+    /// One entry for each writer in [`SendMeter::admit`] now.
+    waiting: Vec<i32>,
+}
+
+impl Gate {
+    /// Whether a writer of higher priority than `priority` is waiting.
+    fn outranked(&self, priority: i32) -> bool {
+        self.waiting.iter().any(|&p| p > priority)
+    }
+}
+
+/// A writer's place among those waiting at a [`Gate`], given up when dropped (also when the
+/// write is cancelled).
+struct Waiting<'a> {
+    gate: &'a Mutex<Gate>,
+    priority: i32,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(gate: &'a Mutex<Gate>, priority: i32) -> Self {
+        lock(gate).waiting.push(priority);
+        Self { gate, priority }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut gate = lock(self.gate);
+        if let Some(i) = gate.waiting.iter().position(|&p| p == self.priority) {
+            gate.waiting.swap_remove(i);
+        }
+    }
+}
+
+fn lock(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
+    // Nothing panics while holding it; should something, the bucket stays usable.
+    gate.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The metering of one connection's stream writes (see the module documentation). Every meter
+/// of a connection with a [`congestion::ShallowQueue`] draws from the one bucket kept beside
+/// its [`Occupancy`], so all the writers metered into it (DOM streams, forwarded streams,
+/// resource streams) share its rate; without one, clones share a bucket of their own.
+///
+/// A meter writes at a priority, as quinn's streams do ([`quinn::SendStream::set_priority`]):
+/// while a writer of higher priority waits for the bucket, one of lower priority is not
+/// admitted, so a DOM stream keeps its precedence over resource streams (spec §3.2) although
+/// quinn sees the data only once admitted.
 #[derive(Debug, Clone)]
 pub struct SendMeter {
     conn: Connection,
     occupancy: Option<Arc<Occupancy>>,
-    bucket: Arc<Mutex<Bucket>>,
+    own: Arc<Mutex<Gate>>,
+    priority: i32,
 }
 
 impl SendMeter {
-    /// A meter for writes into `conn`. Without a [`congestion::ShallowQueue`] to read the
-    /// bytes in flight from, it meters the rate and keeps no reserve.
+    /// A meter for writes into `conn`, at priority 0. Without a [`congestion::ShallowQueue`]
+    /// to read the bytes in flight from, it meters the rate and keeps no reserve.
     pub fn new(conn: Connection) -> Self {
         Self {
             occupancy: congestion::occupancy(&conn),
             conn,
-            bucket: Arc::new(Mutex::new(Bucket::default())),
+            own: Arc::default(),
+            priority: 0,
+        }
+    }
+
+    /// This meter, for a writer of `priority` (a stream's priority in quinn's terms: higher
+    /// goes first).
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The gate this meter draws from: the connection's, or its own.
+    fn gate(&self) -> &Mutex<Gate> {
+        match &self.occupancy {
+            Some(o) => o.gate(),
+            None => &self.own,
         }
     }
 
@@ -163,6 +237,7 @@ impl SendMeter {
 
     /// Waits until `len` bytes (at most a [`SendMeter::piece`]) may be written.
     pub async fn admit(&self, len: usize) {
+        let _waiting = Waiting::new(self.gate(), self.priority);
         loop {
             let (window, rate) = self.window_and_rate();
             if let Some(o) = &self.occupancy {
@@ -180,12 +255,14 @@ impl SendMeter {
                 }
             }
             let burst = piece_for(window, rate).max(len);
-            let wait = self.bucket.lock().unwrap_or_else(|e| e.into_inner()).take(
-                Instant::now(),
-                len,
-                rate,
-                burst,
-            );
+            let wait = {
+                let mut gate = lock(self.gate());
+                if gate.outranked(self.priority) {
+                    Some(HOLD_POLL)
+                } else {
+                    gate.bucket.take(Instant::now(), len, rate, burst)
+                }
+            };
             match wait {
                 None => return,
                 Some(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
@@ -225,6 +302,13 @@ impl Outlet {
         Self {
             meter,
             pending: BytesMut::new(),
+        }
+    }
+
+    /// Writes from now on at `priority` ([`SendMeter::with_priority`]).
+    pub fn set_priority(&mut self, priority: i32) {
+        if let Some(m) = self.meter.as_mut() {
+            m.priority = priority;
         }
     }
 
@@ -297,6 +381,76 @@ pub(crate) async fn next_chunk(
         }
     }
     (read.await.map(|c| c.map(|c| c.bytes)), flushed)
+}
+
+/// What the tests of metered writers share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use quinn::{Connection, Endpoint};
+    use tandem_protocol::message::Role;
+    use tokio::task::JoinHandle;
+
+    use crate::congestion;
+    use crate::link::Link;
+    use crate::transport::{Identity, client_endpoint, connect, server_endpoint};
+
+    /// A client's connection to a server behind an emulated link of 10 ms each way and no rate
+    /// limit (no queue, so the window only grows: no cap, no loss, and a sender limited by the
+    /// window alone), and a task that reads the first stream the client opens to its end and
+    /// returns its length.
+    pub(crate) async fn uncongested_path() -> (Endpoint, Connection, JoinHandle<usize>) {
+        let identity = Identity::generate().unwrap();
+        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let link = Link::spawn(server.local_addr().unwrap(), &"10ms".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = link.addr();
+        let reader = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let mut s = conn.accept_uni().await.unwrap();
+            let len = s.read_to_end(1 << 26).await.unwrap().len();
+            drop((link, conn, server));
+            len
+        });
+        let end = client_endpoint(identity.fingerprint(), Role::Consumer).unwrap();
+        let conn = connect(&end, addr).await.unwrap();
+        (end, conn, reader)
+    }
+
+    /// Samples `conn`'s congestion window every millisecond until `until` is ready, and returns
+    /// its output, the samples that found data in flight, and how many of those found no room
+    /// in the window for a datagram. On a path with no queue and no loss the window only grows,
+    /// so a metered writer should leave room in nearly all of them; quinn left to itself fills
+    /// the window whenever the stream has data waiting.
+    pub(crate) async fn window_samples<T>(
+        conn: &Connection,
+        until: impl Future<Output = T>,
+    ) -> (T, u32, u32) {
+        let occupancy = congestion::occupancy(conn).expect("a ShallowQueue connection");
+        let mut until = std::pin::pin!(until);
+        let (mut busy, mut full) = (0, 0);
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        loop {
+            tokio::select! {
+                out = &mut until => return (out, busy, full),
+                _ = tick.tick() => {
+                    let in_flight = occupancy.in_flight();
+                    // Read second: the window only grows here, so this one is at least the
+                    // window the bytes in flight were sent under.
+                    let window = occupancy.window();
+                    if in_flight > 0 {
+                        busy += 1;
+                        if in_flight + 1200 > window {
+                            full += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -406,6 +560,52 @@ mod tests {
         let (got, end, _) = forward(payload.clone(), Some(10_000)).await;
         assert_eq!(got, payload[..10_000]);
         assert!(matches!(end, ForwardEnd::DestinationStopped(c) if c.into_inner() == 77));
+    }
+
+    #[tokio::test]
+    async fn the_meters_of_a_connection_share_its_bucket() {
+        let (_a_end, a, _) = testing::uncongested_path().await;
+        let (_b_end, b, _) = testing::uncongested_path().await;
+        let (a1, a2, b1) = (
+            SendMeter::new(a.clone()),
+            SendMeter::new(a),
+            SendMeter::new(b),
+        );
+        assert!(std::ptr::eq(a1.gate(), a2.gate()));
+        assert!(!std::ptr::eq(a1.gate(), b1.gate()));
+        // A piece taken by one meter is gone for the other.
+        let (t, piece) = (Instant::now(), a1.piece());
+        let take = |m: &SendMeter| lock(m.gate()).bucket.take(t, piece, 1.0, piece);
+        assert_eq!(take(&a1), None);
+        assert!(take(&a2).is_some());
+        assert_eq!(take(&b1), None);
+    }
+
+    #[tokio::test]
+    async fn a_writer_of_higher_priority_is_admitted_first() {
+        let (_end, conn, _) = testing::uncongested_path().await;
+        let low = SendMeter::new(conn.clone()).with_priority(-10);
+        let high = SendMeter::new(conn).with_priority(10);
+        let piece = low.piece();
+        // Empty the bucket, so that both have to wait for it.
+        assert_eq!(
+            lock(low.gate())
+                .bucket
+                .take(Instant::now(), piece, 1.0, piece),
+            None
+        );
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let admit = |m: SendMeter, name: &'static str| {
+            let order = order.clone();
+            tokio::spawn(async move {
+                m.admit(piece).await;
+                order.lock().unwrap().push(name);
+            })
+        };
+        // The low one starts waiting first.
+        let (l, h) = (admit(low, "low"), admit(high, "high"));
+        let _ = tokio::join!(l, h);
+        assert_eq!(*order.lock().unwrap(), ["high", "low"]);
     }
 
     #[test]

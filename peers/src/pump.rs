@@ -345,7 +345,7 @@ async fn write_batch(
                 stream,
                 epoch,
                 compressor,
-                outlet: Outlet::new(Some(meter.clone())),
+                outlet: Outlet::new(Some(meter.clone().with_priority(DOM_PRIORITY))),
             });
         }
         let Some(d) = done.dom.as_mut() else {
@@ -414,65 +414,29 @@ async fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::congestion;
-    use crate::link::Link;
-    use crate::transport::{Identity, client_endpoint, connect, server_endpoint};
+    use crate::meter::testing::{uncongested_path, window_samples};
     use tandem_engine::parse_html;
-    use tandem_protocol::message::Role;
 
     /// While the pump writes a snapshot far larger than the congestion window, the window keeps
     /// room for a datagram: the metered writes stop short of filling it, where quinn left to
     /// itself fills it whenever the stream has data waiting.
     #[tokio::test]
     async fn a_batch_leaves_room_in_the_window_for_datagrams() {
-        let identity = Identity::generate().unwrap();
-        let relay = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-        // A delay and no rate limit: no queue, so the window only grows (no cap, no loss) and
-        // the sender is limited by it alone.
-        let link = Link::spawn(relay.local_addr().unwrap(), &"10ms".parse().unwrap())
-            .await
-            .unwrap();
-        let reader = tokio::spawn(async move {
-            let conn = relay.accept().await.unwrap().await.unwrap();
-            let mut s = conn.accept_uni().await.unwrap();
-            let got = s.read_to_end(1 << 26).await.unwrap();
-            (relay, conn, got.len())
-        });
-        let end = client_endpoint(identity.fingerprint(), Role::Consumer).unwrap();
-        let conn = connect(&end, link.addr()).await.unwrap();
-        let occupancy = congestion::occupancy(&conn).expect("a ShallowQueue connection");
-        // Uncompressed, distinct paragraphs: about 2 MB of snapshot frames.
+        let (_end, conn, reader) = uncongested_path().await;
+        // Uncompressed, distinct paragraphs: a snapshot of many windows.
         let html: String = (0..20_000)
             .map(|i| format!("<p id=p{i}>paragraph {i} of the page, {}</p>", i * 7919))
             .collect();
         let mut consumer = Consumer::new(parse_html(&html, Limits::DEFAULT), "", Limits::DEFAULT);
         let mut pump = DomPump::new(conn.clone(), Limits::DEFAULT, None);
-        assert!(pump.send_queued(&mut consumer).unwrap());
-        let mut reader = std::pin::pin!(reader);
-        let (mut busy, mut full) = (0u32, 0u32);
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        let received = loop {
-            tokio::select! {
-                r = &mut reader => break r.unwrap().2,
-                r = pump.written(), if !pump.is_idle() => {
-                    r.unwrap();
-                    // Finishes the stream, so the reader sees its end.
-                    pump.finish().await;
-                }
-                _ = tick.tick() => {
-                    let in_flight = occupancy.in_flight();
-                    // Read second: the window only grows here, so this one is at least the
-                    // window the bytes in flight were sent under.
-                    let window = occupancy.window();
-                    if in_flight > 0 {
-                        busy += 1;
-                        if in_flight + 1200 > window {
-                            full += 1;
-                        }
-                    }
-                }
-            }
+        let pumping = async {
+            assert!(pump.send_queued(&mut consumer).unwrap());
+            pump.written().await.unwrap();
+            // Finishes the stream, so the reader sees its end.
+            pump.finish().await;
+            reader.await.unwrap()
         };
+        let (received, busy, full) = window_samples(&conn, pumping).await;
         let stats = pump.stats();
         assert_eq!(received as u64, stats.snapshot_wire_bytes);
         assert!(busy >= 20, "{busy} samples with data in flight");

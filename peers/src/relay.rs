@@ -1435,7 +1435,8 @@ async fn forward_uni_streams(
         };
         let outcome = outcome.clone();
         let cache = cache.clone();
-        let meter = Some(meter.clone());
+        // Without a cache every stream is a DOM stream; with one, its first frame tells.
+        let meter = Some(meter.clone().with_priority(DOM_PRIORITY));
         streams.spawn(async move {
             let forwarded = match cache {
                 Some(feed) => {
