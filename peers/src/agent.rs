@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tandem_protocol::Limits;
 use tandem_protocol::message::{Credential, Role};
@@ -119,15 +119,18 @@ pub async fn run(args: AgentArgs) -> Result<(), SessionError> {
         drop_after: None,
     };
     let report = session::run_agent(ctl, opts, started).await?;
+    let after_join = |d: Option<Duration>| {
+        d.map(|d| format!("{:.1} ms after joining", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|| "never".into())
+    };
     say!(
-        "agent: {} nodes, {} patches, {} DOM bytes, first render {}; final hash {}",
+        "agent: {} nodes, {} patches, {} DOM bytes, first render {} (the top of the page), \
+         complete {} (the whole page, its hash verified); final hash {}",
         report.nodes,
         report.patches,
         report.dom_bytes,
-        report
-            .first_render
-            .map(|d| format!("{d:?}"))
-            .unwrap_or_else(|| "never".into()),
+        after_join(report.first_visible),
+        after_join(report.first_render),
         report
             .hash
             .map(|h| session::hex(&h))
