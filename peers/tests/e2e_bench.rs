@@ -157,6 +157,10 @@ fn row(page: &str, bytes: u64, link: &str, system: System, first: f64, done: f64
         system,
         first_render_ms: first,
         complete_ms: done,
+        joined_ms: match system {
+            System::Tandem => Some(first.min(1_250.0)),
+            System::Baseline => None,
+        },
         wire_bytes_up: 1_000,
         wire_bytes_down: match system {
             System::Tandem => 30_000,
@@ -208,26 +212,26 @@ fn csv_checks_and_svg() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms,returning_first_render_ms,returning_complete_ms"
+        "page,page_bytes,link,system,first_render_ms,complete_ms,wire_bytes_up,wire_bytes_down,bound_ms,ratio_to_bound,pointer_arrived,pointer_p95_ms,returning_first_render_ms,returning_complete_ms,joined_ms"
     );
     // 30 000 B at 750 kbit/s = 320 ms, + 2 × 600 ms.
     assert_eq!(
         lines[1],
-        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250,39,650.0,700.0,1500.0"
+        "big,200000,\"300ms,750kbit,1%\",tandem,500.0,1900.0,1000,30000,1520.0,1.250,39,650.0,700.0,1500.0,500.0"
     );
     assert!(
-        lines[2].ends_with(",1840.0,1.304,,,,"),
+        lines[2].ends_with(",1840.0,1.304,,,,,"),
         "no pointer run for the baseline: {}",
         lines[2]
     );
     assert!(
-        lines[3].ends_with(",0,,,"),
+        lines[3].ends_with(",0,,,,1000.0"),
         "no pointer arrived: {}",
         lines[3]
     );
     assert_eq!(
         lines[5],
-        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,,,,,"
+        "small,3000,\"loopback\",tandem,5.0,5.0,1000,30000,,,,,,,5.0"
     );
     assert_eq!(lines.len(), 9);
 
@@ -243,6 +247,15 @@ fn csv_checks_and_svg() {
     assert_eq!(get("big", "first render"), Some(true)); // 500 <= 2400 / 3
     assert_eq!(get("small", "bound"), Some(true));
     assert_eq!(get("small", "first render"), None, "under 100 KB");
+    // The first render's check says when the agent had joined: the floor under it.
+    let detail = checks
+        .iter()
+        .find(|c| c.page == "big" && c.target == "first render")
+        .map(|c| c.detail.as_str());
+    assert_eq!(
+        detail,
+        Some("500 ms (joined at 500 ms) vs baseline complete 2400 ms / 3 = 800 ms")
+    );
     assert_eq!(get("big", "first, returning"), Some(true));
     assert_eq!(get("slow", "first, returning"), Some(false));
     assert_eq!(get("small", "first, returning"), None);
