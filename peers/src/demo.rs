@@ -2,8 +2,8 @@
 //! The consumer shares the built-in sample page (or `--page`) and a stream of generated
 //! changes; the demo prints the bytes sent (the DOM frames, and what they took on the wire once
 //! compressed, spec §4.6), the times to first render and to complete (as the end-to-end
-//! benchmark counts them, from the agent starting to connect) and the final hashes of both sides, and
-//! succeeds only when they match. With `--link SPEC` the consumer's and the agent's
+//! benchmark counts them, from the agent starting to connect) and the final hashes of both
+//! sides, and succeeds only when they match. With `--link SPEC` the consumer's and the agent's
 //! connections to the relay each cross an emulated link ([`crate::link`]).
 
 use std::path::PathBuf;
