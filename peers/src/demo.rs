@@ -75,7 +75,8 @@ pub struct DemoArgs {
     pub drop_after: Option<u64>,
     /// Move the customer's pointer every MS milliseconds (a `POINTER` datagram, spec §7.21)
     /// from the agent's join to the end of the session, and report how long the pointer took
-    /// to reach the agent, while the snapshot was on its way and over the whole session.
+    /// to reach the agent, while the snapshot was on its way and over the whole session (with
+    /// --json, also every pointer's send time and latency).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub pointer_every: Option<u64>,
     /// The agent has been here before: before it joins, it connects to the relay once, says
@@ -263,6 +264,37 @@ pub struct PointerReport {
     pub during_snapshot: PointerLatency,
     /// Every pointer of the session.
     pub all: PointerLatency,
+    /// Every pointer of the session in the order sent, with when it left and how long it took:
+    /// the series behind the percentiles, for plotting latency against time.
+    pub samples: Vec<PointerSample>,
+}
+
+/// One pointer of [`PointerReport::samples`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PointerSample {
+    /// When it left, in milliseconds after the agent had joined.
+    pub sent_ms: f64,
+    /// How long it took to reach the agent (its first arrival), in milliseconds; `None` when
+    /// it never did.
+    pub latency_ms: Option<f64>,
+}
+
+impl PointerSample {
+    /// The pointers in `sent` (sequence number, when it left), in that order, each matched by
+    /// sequence number to its first arrival in `received`, with times from `origin`.
+    pub fn series(
+        sent: &[(u32, Instant)],
+        received: &[(u32, Instant)],
+        origin: Instant,
+    ) -> Vec<PointerSample> {
+        let first = first_arrivals(received);
+        sent.iter()
+            .map(|&(seq, at)| PointerSample {
+                sent_ms: ms_between(origin, at),
+                latency_ms: first.get(&seq).map(|&got| ms_between(at, got)),
+            })
+            .collect()
+    }
 }
 
 /// The latencies of a set of pointers.
@@ -291,11 +323,7 @@ impl PointerLatency {
         received: &[(u32, Instant)],
         window: Option<(Instant, Instant)>,
     ) -> PointerLatency {
-        let mut first: std::collections::HashMap<u32, Instant> =
-            std::collections::HashMap::with_capacity(received.len());
-        for &(seq, at) in received {
-            first.entry(seq).or_insert(at);
-        }
+        let first = first_arrivals(received);
         let arrived = |seq: &u32| {
             first
                 .get(seq)
@@ -323,6 +351,16 @@ impl PointerLatency {
             max_ms: ms.last().copied(),
         }
     }
+}
+
+/// When each pointer of `received` (sequence number, arrival) first arrived: a datagram can
+/// arrive twice.
+fn first_arrivals(received: &[(u32, Instant)]) -> std::collections::HashMap<u32, Instant> {
+    let mut first = std::collections::HashMap::with_capacity(received.len());
+    for &(seq, at) in received {
+        first.entry(seq).or_insert(at);
+    }
+    first
 }
 
 /// Milliseconds from `from` to `to` (0 when `to` is earlier).
@@ -589,6 +627,7 @@ pub async fn demo_with(
                 Some(snapshot.unwrap_or((joined_at, joined_at))),
             ),
             all: PointerLatency::measure(sent, received, None),
+            samples: PointerSample::series(sent, received, joined_at),
         }
     });
     let resources = c.resources.as_ref().map(|r| DemoResourceReport {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tandem_peers::bench::{self, Measurement, Returning, System};
-use tandem_peers::demo::PointerLatency;
+use tandem_peers::demo::{PointerLatency, PointerSample};
 use tandem_peers::link::{LinkSpec, MSS, TCP_OVERHEAD, TcpLink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -326,6 +326,19 @@ fn pointer_latency_matches_arrivals_to_sends() {
 
     let none = PointerLatency::measure(&sent, &received, Some((at(0), at(50))));
     assert_eq!((none.sent, none.arrived, none.p95_ms), (0, 0, None));
+
+    // The series behind the percentiles: every pointer in the order sent, from the join (here
+    // 5 ms after t0), the lost one without a latency, the copy of pointer 2 ignored.
+    let series = PointerSample::series(&sent, &received, at(5));
+    assert_eq!(series.len(), 10);
+    let rounded: Vec<(f64, Option<f64>)> = series
+        .iter()
+        .map(|p| (p.sent_ms.round(), p.latency_ms.map(f64::round)))
+        .collect();
+    assert_eq!(rounded[0], (5.0, Some(101.0)));
+    assert_eq!(rounded[1], (15.0, Some(102.0)));
+    assert_eq!(rounded[3], (35.0, None));
+    assert_eq!(rounded[9], (95.0, Some(110.0)));
     assert_eq!(tandem_peers::demo::nearest_rank(&[], 95), None);
     assert_eq!(tandem_peers::demo::nearest_rank(&[1.0, 2.0], 50), Some(1.0));
     assert_eq!(tandem_peers::demo::nearest_rank(&[1.0, 2.0], 51), Some(2.0));
