@@ -443,7 +443,7 @@ async fn tandem_args(args: &DemoArgs, spec: &LinkSpec) -> Result<TandemRun, Benc
         })
     };
     let (wire_up, wire_down) = wire(report.agent_link);
-    let visible = report.first_visible_ms.unwrap_or(first).min(first);
+    let visible = report.first_shown_ms().unwrap_or(first);
     Ok(TandemRun {
         first_visible_ms: report.agent_join_ms + visible,
         complete_ms: report.agent_join_ms + first,

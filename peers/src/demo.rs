@@ -697,6 +697,23 @@ pub async fn demo_with(
     })
 }
 
+impl DemoReport {
+    /// Milliseconds from the agent joining to the first thing it could show (the text report's
+    /// and the end-to-end bench's first render): [`DemoReport::first_visible_ms`], never later
+    /// than the verified whole page; `None` when nothing showed.
+    pub fn first_shown_ms(&self) -> Option<f64> {
+        first_shown(self.first_visible_ms, self.first_render_ms)
+    }
+}
+
+/// The earlier of `visible_ms` and `complete_ms`, whichever exist.
+fn first_shown(visible_ms: Option<f64>, complete_ms: Option<f64>) -> Option<f64> {
+    match (visible_ms, complete_ms) {
+        (Some(v), Some(c)) => Some(v.min(c)),
+        (v, c) => v.or(c),
+    }
+}
+
 /// The report's `first render` and `complete` lines, in the words and from the moment the
 /// end-to-end benchmark uses (issue 7): the first render is the first thing the agent could
 /// show (the top of the page: the snapshot's first parts once they reach into the body), the
@@ -712,14 +729,15 @@ fn render_lines(join_ms: f64, visible_ms: Option<f64>, complete_ms: Option<f64>)
         ),
         None => format!("{name:<19}never"),
     };
+    let shown = first_shown(visible_ms, complete_ms);
     // A page whose first part already held all of it shows everything at once.
-    let (visible, what) = match (visible_ms, complete_ms) {
-        (Some(v), Some(c)) if v < c => (Some(v), "the top of the page"),
-        (Some(v), None) => (Some(v), "the top of the page"),
-        (_, c) => (c, "the whole page at once"),
+    let what = if shown.is_some() && shown == complete_ms {
+        "the whole page at once"
+    } else {
+        "the top of the page"
     };
     [
-        line("first render:", visible, what),
+        line("first render:", shown, what),
         line(
             "complete:",
             complete_ms,
