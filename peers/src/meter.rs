@@ -30,7 +30,11 @@
 //!   rate carries in [`BURST_INTERVAL`] on a fast path), so the connection never sends more
 //!   than that at once. The rate is the pacer's: what the meter gives up is the head start of
 //!   quinn's bursts, which on a slow path is queue in front of the pointer and on a fast one
-//!   part of the first round trip (see below). After a round trip in which the connection's
+//!   part of the first round trip (see below). Once the congestion controller has capped the
+//!   window at what the path holds ([`crate::congestion::QueueGuard`]), the rate is at most
+//!   that window ÷ the smallest RTT ([`Occupancy::pace`]): the bottleneck's own rate and a
+//!   little headroom, where 1.25 × window ÷ RTT would queue a quarter more for as long as the
+//!   window has room (a snapshot's second round trip). After a round trip in which the connection's
 //!   meters admitted nothing, the next window goes at [`RESTART_GAIN`] (1.0), not 1.25: the
 //!   window is then an old estimate of what the path holds, and a quarter more than the path's
 //!   rate would queue a fifth of it before acknowledgements clock the sender again.
@@ -158,13 +162,15 @@ impl Gate {
     /// Takes `len` bytes at `now` for a path of `window` bytes and smoothed `rtt`, from a bucket
     /// of `burst` bytes: `None` when they may go, else how long until they may. The rate is
     /// [`PACING_GAIN`] × window ÷ RTT, or [`RESTART_GAIN`] × that for the first window after
-    /// more than a round trip in which nothing was admitted.
+    /// more than a round trip in which nothing was admitted, and never more than `pace`, the
+    /// rate of a capped window ([`Occupancy::pace`]).
     fn take(
         &mut self,
         now: Instant,
         len: usize,
         (window, rtt): (u64, Duration),
         burst: usize,
+        pace: Option<f64>,
     ) -> Option<Duration> {
         if let Some(last) = self.last
             && now.saturating_duration_since(last) > rtt
@@ -176,7 +182,9 @@ impl Gate {
         } else {
             PACING_GAIN
         };
-        let wait = self.bucket.take(now, len, rate(gain, window, rtt), burst);
+        let paced = rate(gain, window, rtt);
+        let paced = pace.map_or(paced, |p| p.min(paced));
+        let wait = self.bucket.take(now, len, paced, burst);
         if wait.is_none() {
             self.last = Some(now);
             self.restart_left = self.restart_left.saturating_sub(len as u64);
@@ -303,7 +311,8 @@ impl SendMeter {
                 if gate.outranked(self.priority) {
                     Some(HOLD_POLL)
                 } else {
-                    gate.take(Instant::now(), len, (window, rtt), burst)
+                    let pace = self.occupancy.as_ref().and_then(|o| o.pace());
+                    gate.take(Instant::now(), len, (window, rtt), burst, pace)
                 }
             };
             match wait {
@@ -663,23 +672,45 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gate::default();
         // The first flight: a full bucket, then the pacing gain.
-        assert_eq!(g.take(t0, 2300, path, 2300), None);
-        let wait = g.take(t0, 2300, path, 2300).expect("the bucket is empty");
+        assert_eq!(g.take(t0, 2300, path, 2300, None), None);
+        let wait = g
+            .take(t0, 2300, path, 2300, None)
+            .expect("the bucket is empty");
         assert_eq!(wait, Duration::from_secs_f64(2300.0 / 125_000.0));
         // Nothing for more than a round trip: the bucket is full again, and the next window
         // is paced at the restart gain.
         let t1 = t0 + Duration::from_millis(700);
-        assert_eq!(g.take(t1, 2300, path, 2300), None);
-        let wait = g.take(t1, 2300, path, 2300).expect("the bucket is empty");
+        assert_eq!(g.take(t1, 2300, path, 2300, None), None);
+        let wait = g
+            .take(t1, 2300, path, 2300, None)
+            .expect("the bucket is empty");
         assert_eq!(wait, Duration::from_secs_f64(2300.0 / 100_000.0));
         // Once a window's worth went, the pacing gain again.
         let mut t = t1;
         while g.restart_left > 0 {
             t += Duration::from_millis(30);
-            assert_eq!(g.take(t, 2300, path, 2300), None);
+            assert_eq!(g.take(t, 2300, path, 2300, None), None);
         }
-        let wait = g.take(t, 2300, path, 2300).expect("the bucket is empty");
+        let wait = g
+            .take(t, 2300, path, 2300, None)
+            .expect("the bucket is empty");
         assert_eq!(wait, Duration::from_secs_f64(2300.0 / 125_000.0));
+    }
+
+    #[test]
+    fn a_capped_window_is_admitted_at_its_pace() {
+        // 50,000 bytes in flight over 500 ms: 125 KB/s at the pacing gain.
+        let path = (50_000, Duration::from_millis(500));
+        let t0 = Instant::now();
+        let mut g = Gate::default();
+        assert_eq!(g.take(t0, 2300, path, 2300, Some(92_000.0)), None);
+        let wait = g.take(t0, 2300, path, 2300, Some(92_000.0));
+        assert_eq!(wait, Some(Duration::from_secs_f64(2300.0 / 92_000.0)));
+        // A pace above the pacer's rate changes nothing.
+        let mut g = Gate::default();
+        assert_eq!(g.take(t0, 2300, path, 2300, Some(1e9)), None);
+        let wait = g.take(t0, 2300, path, 2300, Some(1e9));
+        assert_eq!(wait, Some(Duration::from_secs_f64(2300.0 / 125_000.0)));
     }
 
     #[test]
