@@ -694,10 +694,7 @@ mod tests {
 
     #[test]
     fn an_app_limited_sender_is_neither_capped_nor_grown() {
-        let mut g = QueueGuard::new(MTU);
-        let t0 = Instant::now();
-        g.on_ack(t0, t0 - Duration::from_millis(100), MTU, false);
-        g.on_end_acks(t0, u64::MAX);
+        let (mut g, t0) = opened(Duration::from_millis(100));
         let gap = Duration::from_millis(10);
         // A queue, but the rate is the application's, not the path's.
         let now = acks(&mut g, t0, gap, Duration::from_millis(150), true);
@@ -708,6 +705,16 @@ mod tests {
         // No queue, but nothing to send: no probe either.
         acks(&mut g, now, gap, Duration::from_millis(100), true);
         assert_eq!(g.cap(), Some(cap));
+    }
+
+    /// A guard whose first ACK frame, one datagram of `path` RTT, opened the first interval,
+    /// and when that frame came.
+    fn opened(path: Duration) -> (QueueGuard, Instant) {
+        let mut g = QueueGuard::new(MTU);
+        let t0 = Instant::now();
+        g.on_ack(t0, t0 - path, MTU, false);
+        g.on_end_acks(t0, u64::MAX);
+        (g, t0)
     }
 
     /// Acknowledges 8 datagrams `gap` apart from `from`, each with `rtt` (sent while the
@@ -730,10 +737,7 @@ mod tests {
 
     #[test]
     fn a_capped_window_is_paced_at_the_path_rate_not_a_quarter_above_it() {
-        let mut g = QueueGuard::new(MTU);
-        let t0 = Instant::now();
-        g.on_ack(t0, t0 - Duration::from_millis(300), MTU, false);
-        g.on_end_acks(t0, u64::MAX);
+        let (mut g, t0) = opened(Duration::from_millis(300));
         // No cap yet: no pace, whatever the window.
         assert_eq!(g.pace(1 << 20), None);
         // 120 KB/s with a 50 ms queue over a 300 ms path.
@@ -756,10 +760,7 @@ mod tests {
 
     #[test]
     fn a_pause_in_the_sending_does_not_shrink_the_cap() {
-        let mut g = QueueGuard::new(MTU);
-        let t0 = Instant::now();
-        g.on_ack(t0, t0 - Duration::from_millis(300), MTU, false);
-        g.on_end_acks(t0, u64::MAX);
+        let (mut g, t0) = opened(Duration::from_millis(300));
         let (gap, queued) = (Duration::from_millis(10), Duration::from_millis(350));
         // 120 KB/s with a 50 ms queue: the path holds 120 KB/s × 300 ms.
         let near = |cap: Option<u64>, path: u64| {
