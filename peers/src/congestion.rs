@@ -55,7 +55,7 @@
 //! bulk data no faster. Traced on guardian-1 at 300 ms each way and 750 kbit/s, the relay's
 //! second round trip to a new agent (slow start's, at 1.25–1.4 × the link's rate) grew the
 //! queue in front of the pointer from 2 to 17 datagrams, 145 ms, before the snapshot ended;
-//! the cap came 185 ms into that round trip, and the queue went on growing at the pacer's
+//! the cap came 133 ms into that round trip, and the queue went on growing at the pacer's
 //! surplus. Paced at the cap's rate, it stops growing when the cap comes: over seeds 1–6 the
 //! pointer's 95th percentile while the snapshot streamed went from 696 to 669 ms on guardian-1
 //! and from 655 to 649 ms on archive-of-our-own (agent joining once the customer's snapshot
