@@ -61,10 +61,11 @@
 //! and from 655 to 649 ms on archive-of-our-own (agent joining once the customer's snapshot
 //! is at the relay, as the e2e bench does), with the same times to complete.
 //!
-//! On that link the early hold does not fire: the agent's ACK frames carry four datagrams, the
-//! 50 ms [`crate::transport::ACK_DELAY`] running out before the eighth arrives (13 ms each),
-//! and a frame that short may have waited for the timer. Counting such frames was tried (a
-//! hold from four datagrams) and its effect on the pointer was within the noise of six seeds.
+//! In that trace the early hold did not fire: once the first window's acknowledgements had
+//! come (one frame of eight), the agent's ACK frames carried four datagrams each, the 50 ms
+//! [`crate::transport::ACK_DELAY`] running out before the eighth arrived (13 ms each), and a
+//! frame that short may have waited for the timer. Counting such frames was tried (a hold
+//! from four datagrams) and its effect on the pointer was within the noise of six seeds.
 //!
 //! Nothing here reacts to loss: Cubic does, and the window is never more than Cubic's. The
 //! controller is Cubic on a path with no queue (a fast or idle link), and on a path whose
@@ -89,12 +90,13 @@
 //! at 746 / 743 ms). The cap bounds the queue of a long transfer, not the first round trip.
 //!
 //! The bursts and the wait are the sender's, and the relay keeps both out of the connections it
-//! forwards into, as the consumer does out of its DOM streams: [`crate::meter`] writes at the pacer's rate two datagrams at a time and
-//! leaves two datagrams of the window free, reading the window and the bytes in flight that
-//! this controller shares ([`Occupancy`]). Such a sender looks application-limited to quinn
-//! most of the time (its last transmission found nothing more to send), which would stop
-//! Cubic's growth and the guard's measurements; this controller counts a sender that had half
-//! its window in flight as limited by the window, as RFC 7661 does.
+//! forwards into, as the consumer does out of its DOM streams: [`crate::meter`] writes at the
+//! pacer's rate two datagrams at a time and leaves two datagrams of the window free, reading
+//! the window and the bytes in flight that this controller shares ([`Occupancy`]). Such a
+//! sender looks application-limited to quinn most of the time (its last transmission found
+//! nothing more to send), which would stop Cubic's growth and the guard's measurements; this
+//! controller counts a sender that had half its window in flight as limited by the window, as
+//! RFC 7661 does.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};

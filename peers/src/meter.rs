@@ -345,8 +345,8 @@ fn burst(rate: f64) -> usize {
     }
 }
 
-/// The writing end of a forwarder or the DOM pump: without a meter it writes each chunk as it comes; with one it
-/// joins chunks into whole pieces and writes each when the meter admits it.
+/// The writing end of a forwarder or the DOM pump: without a meter it writes each chunk as it
+/// comes; with one it joins chunks into whole pieces and writes each when the meter admits it.
 #[derive(Debug, Default)]
 pub struct Outlet {
     meter: Option<SendMeter>,
