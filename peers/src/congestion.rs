@@ -259,7 +259,11 @@ impl Controller for ShallowQueue {
         self.cubic.on_sent(now, bytes, last_packet_number);
         self.in_flight += bytes;
         self.peak = self.peak.max(self.in_flight);
-        self.publish();
+        // A send moves only the bytes in flight: the window, the cap and the pace change with
+        // acknowledgements, losses and the MTU, which publish everything.
+        self.occupancy
+            .in_flight
+            .store(self.in_flight, Ordering::Relaxed);
     }
 
     fn on_ack(
